@@ -1,0 +1,1 @@
+"""Text filters, image filters, quality classifier and deduplication, as build steps."""

@@ -1,0 +1,1 @@
+"""interloom core: the record, config, Ray execution, shard writer/reader, manifest, stats, CLI."""

@@ -1,0 +1,100 @@
+"""Config machinery shared by every job: one small pydantic model per component, defaults in code,
+YAML files for runs, `--set a.b=value` overrides, and errors that name the file and the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Section(BaseModel):
+    """Base of every config model: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a","b","c"], value parsed as YAML, so 3 -> int, [en,de] -> list)."""
+    if "=" not in text:
+        raise ValueError(f"--set {text!r}: expected key=value, e.g. --set images.min_side=200")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ValueError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ValueError(f"--set {text!r}: value is not valid YAML: {e}") from None
+    return key.split("."), value
+
+
+def _apply(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {'.'.join(path)}: {part!r} is not a section")
+    node[path[-1]] = value
+
+
+def _format_errors(err: ValidationError, where: str) -> str:
+    lines = [f"invalid config ({where}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {loc}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden"
+                     else f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(model: type[M], path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> M:
+    """Build a config: model defaults <- `base` <- YAML file at `path` <- `--set` overrides.
+
+    Raises ValueError naming the file and the offending field on any unknown key or bad value.
+    """
+    tree: dict[str, Any] = dict(base or {})
+    where = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {p}: top level must be a mapping, got {type(loaded).__name__}")
+        tree = _deep_merge(tree, loaded)
+        where = str(p)
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        _apply(tree, keys, value)
+    if overrides:
+        where += " + --set " + " ".join(overrides)
+    try:
+        return model.model_validate(tree)
+    except ValidationError as e:
+        raise ValueError(_format_errors(e, where)) from None
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def dump_config(cfg: BaseModel) -> dict[str, Any]:
+    return cfg.model_dump(mode="json")

@@ -1,0 +1,267 @@
+"""A corpus on disk: WebDataset shards, Parquet index, manifest; the writer and the reader.
+
+```
+CORPUS/
+  shards/NAME.tar          sample key = document id; members KEY.json and KEY.<member> per image
+  index/NAME.parquet       one row per document (record.INDEX_SCHEMA), OBELICS columns
+  manifest.jsonl           one line per finished shard: name, documents, images, bytes, sha256, unit
+  stats.json, rejects/, build.json, dedup/   written by the build
+```
+Write protocol (what makes a corpus safe to follow while it is being built): the index is written and
+renamed into place, then the shard is written to `NAME.tar.tmp` and renamed to `NAME.tar`, and only then is
+its manifest line appended. A reader trusts only complete manifest lines.
+
+Tars are written byte-deterministically (fixed mtime/uid/gid/mode, members in document order), so the same
+documents give the same shard bytes and the same sha256 in the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.record import INDEX_SCHEMA, Document, index_row
+
+MANIFEST = "manifest.jsonl"
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    name: str  # file name without extension, e.g. "part-00003-0000"
+    documents: int
+    images: int
+    bytes: int
+    sha256: str
+    unit: str = ""
+
+    def line(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+# ---- writing -------------------------------------------------------------------------------------------
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _image_suffix(fmt: str) -> str:
+    return {"jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gif"}.get(fmt.lower(), fmt.lower() or "bin")
+
+
+def assign_members(doc: Document) -> None:
+    """Name each image's tar member by its position: KEY.img0003.jpg holds images[3]."""
+    for i, im in enumerate(doc.images):
+        if im is not None:
+            im.member = f"img{i:04d}.{_image_suffix(im.format)}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_shards(docs: Iterable[Document], corpus: str | Path, prefix: str, *, unit: str = "",
+                 max_bytes: int = 256 << 20, max_docs: int = 10_000) -> list[ShardInfo]:
+    """Write documents (with `image.data` bytes) into size-capped shards `PREFIX-0000.tar`, ... under
+    CORPUS/shards, each with its index Parquet. Returns the finished shards; does NOT touch the manifest
+    (the caller appends lines in a deterministic order with `append_manifest`)."""
+    root = Path(corpus)
+    (root / "shards").mkdir(parents=True, exist_ok=True)
+    (root / "index").mkdir(parents=True, exist_ok=True)
+    done: list[ShardInfo] = []
+    state: dict[str, Any] = {}
+
+    def open_shard() -> None:
+        name = f"{prefix}-{len(done):04d}"
+        tmp = root / "shards" / f"{name}.tar.tmp"
+        state.update(name=name, tmp=tmp, tar=tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT),
+                     rows=[], images=0, bytes=0)
+
+    def close_shard() -> None:
+        tar: tarfile.TarFile = state["tar"]
+        tar.close()
+        name, tmp = state["name"], state["tmp"]
+        index_tmp = root / "index" / f"{name}.parquet.tmp"
+        pq.write_table(pa.Table.from_pylist(state["rows"], schema=INDEX_SCHEMA), index_tmp)
+        os.replace(index_tmp, root / "index" / f"{name}.parquet")
+        final = root / "shards" / f"{name}.tar"
+        os.replace(tmp, final)
+        done.append(ShardInfo(name, len(state["rows"]), state["images"], final.stat().st_size,
+                              _sha256(final), unit))
+        state.clear()
+
+    for doc in docs:
+        if not state:
+            open_shard()
+        assign_members(doc)
+        tar = state["tar"]
+        offset = tar.offset
+        _add_member(tar, f"{doc.id}.json", doc.to_json())
+        for im in doc.image_list:
+            assert im.data is not None, f"{doc.id}: image {im.url} has no bytes to write"
+            _add_member(tar, f"{doc.id}.{im.member}", im.data)
+            state["images"] += 1
+        state["rows"].append(index_row(doc, f"{state['name']}.tar", offset))
+        if tar.offset >= max_bytes or len(state["rows"]) >= max_docs:
+            close_shard()
+    if state:
+        close_shard()
+    return done
+
+
+def append_manifest(corpus: str | Path, shards: Iterable[ShardInfo]) -> None:
+    """Append one line per shard and fsync. Call only after the shards are renamed into place."""
+    path = Path(corpus) / MANIFEST
+    with open(path, "a", encoding="utf-8") as f:
+        for s in shards:
+            f.write(s.line() + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def repair_manifest(corpus: str | Path) -> list[ShardInfo]:
+    """Drop a torn last line (a build killed mid-append) and return the complete entries."""
+    path = Path(corpus) / MANIFEST
+    if not path.exists():
+        return []
+    raw = path.read_text(encoding="utf-8")
+    good_lines = [ln for ln in raw.splitlines(keepends=True) if ln.endswith("\n") and _parse_line(ln)]
+    if "".join(good_lines) != raw:
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(good_lines), encoding="utf-8")
+        os.replace(tmp, path)
+    return [s for s in (_parse_line(ln) for ln in good_lines) if s is not None]
+
+
+def _parse_line(line: str) -> ShardInfo | None:
+    try:
+        d = json.loads(line)
+        return ShardInfo(**{k: d[k] for k in ("name", "documents", "images", "bytes", "sha256")},
+                         unit=d.get("unit", ""))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+# ---- reading -------------------------------------------------------------------------------------------
+def _join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+class Corpus:
+    """Read a corpus (local path or fsspec URL such as s3://bucket/corpus). Trusts only manifest lines."""
+
+    def __init__(self, path: str | Path, storage_options: dict[str, Any] | None = None):
+        self.path = str(path)
+        self.fs, self.root = fsspec.core.url_to_fs(self.path, **(storage_options or {}))
+        if not self.fs.exists(_join(self.root, MANIFEST)):
+            raise ValueError(f"not a corpus: {self.path} has no {MANIFEST} (run `interloom build` first)")
+
+    def shards(self) -> list[ShardInfo]:
+        with self.fs.open(_join(self.root, MANIFEST), "rb") as f:
+            raw = f.read().decode("utf-8", errors="replace")
+        # only complete lines count: a line still being appended has no newline yet
+        lines = raw.splitlines(keepends=True)
+        return [s for s in (_parse_line(ln) for ln in lines if ln.endswith("\n")) if s is not None]
+
+    def read_json(self, name: str) -> Any:
+        with self.fs.open(_join(self.root, name), "rb") as f:
+            return json.loads(f.read())
+
+    def shard_path(self, shard: ShardInfo | str) -> str:
+        name = shard.name if isinstance(shard, ShardInfo) else shard.removesuffix(".tar")
+        return _join(self.root, "shards", f"{name}.tar")
+
+    def index_path(self, shard: ShardInfo | str) -> str:
+        name = shard.name if isinstance(shard, ShardInfo) else shard.removesuffix(".tar")
+        return _join(self.root, "index", f"{name}.parquet")
+
+    def read_index(self, shard: ShardInfo | str, columns: list[str] | None = None) -> pa.Table:
+        with self.fs.open(self.index_path(shard), "rb") as f:
+            return pq.read_table(f, columns=columns)
+
+    def iter_shard(self, shard: ShardInfo | str, with_images: bool = True) -> Iterator[Document]:
+        with self.fs.open(self.shard_path(shard), "rb") as f:
+            yield from iter_tar_documents(f, with_images=with_images, where=self.shard_path(shard))
+
+    def iter_documents(self, with_images: bool = True) -> Iterator[Document]:
+        for shard in self.shards():
+            yield from self.iter_shard(shard, with_images=with_images)
+
+    def read_document(self, shard: str, offset: int) -> Document:
+        """Random access: the sample whose first member header starts at byte `offset` of `shard`."""
+        with self.fs.open(self.shard_path(shard), "rb") as f:
+            f.seek(offset)
+            return next(iter_tar_documents(f, with_images=True, where=self.shard_path(shard)))
+
+    def follow(self, poll_s: float = 2.0, until_complete: bool = True) -> Iterator[ShardInfo]:
+        """Yield manifest entries as they appear, while a build is still writing; stop once build.json
+        says the build finished (or never, with until_complete=False)."""
+        seen = 0
+        while True:
+            shards = self.shards()
+            yield from shards[seen:]
+            seen = len(shards)
+            if until_complete and self._build_finished() and len(self.shards()) == seen:
+                return
+            time.sleep(poll_s)
+
+    def _build_finished(self) -> bool:
+        p = _join(self.root, "build.json")
+        if not self.fs.exists(p):
+            return False
+        return bool(self.read_json("build.json").get("finished_at"))
+
+
+def iter_tar_documents(fileobj, with_images: bool = True, where: str = "") -> Iterator[Document]:
+    """Decode samples from a shard stream. Only JSON and raw image bytes are read: nothing is unpickled."""
+    current: Document | None = None
+    members: dict[str, bytes] = {}
+    with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            key, _, suffix = info.name.partition(".")
+            if current is not None and key != current.id:
+                yield _attach(current, members, with_images, where)
+                current, members = None, {}
+            data = tar.extractfile(info).read() if (suffix == "json" or with_images) else b""
+            if suffix == "json":
+                try:
+                    current = Document.from_json(data)
+                except ValueError as e:
+                    raise ValueError(f"{where}: member {info.name}: {e}") from None
+            elif current is None:
+                raise ValueError(f"{where}: member {info.name} comes before its {key}.json")
+            elif with_images:
+                members[suffix] = data
+        if current is not None:
+            yield _attach(current, members, with_images, where)
+
+
+def _attach(doc: Document, members: dict[str, bytes], with_images: bool, where: str) -> Document:
+    if with_images:
+        for im in doc.image_list:
+            if im.member not in members:
+                raise ValueError(f"{where}: sample {doc.id} lacks member {doc.id}.{im.member}")
+            im.data = members[im.member]
+    return doc

@@ -1,0 +1,122 @@
+"""The funnel: per stage, records in/out and drops by reason; plus the rejects log.
+
+Every step of a build reports here. Two kinds of counts:
+- document stages (`stage(name)`): in = out + sum(drops), and a stage's `out` feeds the next stage's `in`;
+- item counts inside documents (`items(stage, kind)`): images or text blocks dropped from a document that
+  itself goes on (e.g. an image not found in the WARC, a boilerplate paragraph).
+`Ledger`s of units merge into the build's `stats.json`; merging is order-independent so a build with
+1 or N workers writes the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+REJECTS_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),  # document id (empty when the record never became a document)
+        ("url", pa.string()),
+        ("stage", pa.string()),
+        ("item", pa.string()),  # "document" | "image" | "text" | "record"
+        ("reason", pa.string()),
+        ("detail", pa.string()),  # e.g. the image URL, the exception text
+    ]
+)
+
+
+@dataclass
+class StageCount:
+    n_in: int = 0
+    n_out: int = 0
+    drops: Counter = field(default_factory=Counter)
+
+    def merge(self, other: StageCount) -> None:
+        self.n_in += other.n_in
+        self.n_out += other.n_out
+        self.drops.update(other.drops)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"in": self.n_in, "out": self.n_out, "drops": dict(sorted(self.drops.items()))}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StageCount:
+        return cls(int(d["in"]), int(d["out"]), Counter(d.get("drops", {})))
+
+
+@dataclass
+class Ledger:
+    """Counts and rejects of one unit of work (or, merged, of a whole build)."""
+
+    stages: dict[str, StageCount] = field(default_factory=dict)
+    items: dict[str, StageCount] = field(default_factory=dict)  # key "stage/kind", e.g. "images/image"
+    counters: Counter = field(default_factory=Counter)  # free counters, e.g. "pii/email"
+    rejects: list[dict[str, str]] = field(default_factory=list)
+
+    def stage(self, name: str) -> StageCount:
+        return self.stages.setdefault(name, StageCount())
+
+    def item(self, stage: str, kind: str) -> StageCount:
+        return self.items.setdefault(f"{stage}/{kind}", StageCount())
+
+    def drop(self, stage: str, reason: str, *, id: str = "", url: str = "", item: str = "document",
+             detail: str = "") -> None:
+        """Record one drop: counted in the stage (documents/records) or item counts, and logged."""
+        if item in ("document", "record"):
+            self.stage(stage).drops[reason] += 1
+        else:
+            self.item(stage, item).drops[reason] += 1
+        self.rejects.append(
+            {"id": id, "url": url, "stage": stage, "item": item, "reason": reason, "detail": detail[:500]}
+        )
+
+    def merge(self, other: Ledger) -> None:
+        for name, c in other.stages.items():
+            self.stage(name).merge(c)
+        for name, c in other.items.items():
+            self.items.setdefault(name, StageCount()).merge(c)
+        self.counters.update(other.counters)
+        self.rejects.extend(other.rejects)
+
+    def to_dict(self, stage_order: list[str] | None = None) -> dict[str, Any]:
+        names = list(stage_order or [])
+        names += sorted(n for n in self.stages if n not in names)
+        return {
+            "stages": [{"name": n, **self.stages[n].to_dict()} for n in names if n in self.stages],
+            "items": {k: self.items[k].to_dict() for k in sorted(self.items)},
+            "counters": dict(sorted(self.counters.items())),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Ledger:
+        led = cls()
+        for s in d.get("stages", []):
+            led.stages[s["name"]] = StageCount.from_dict(s)
+        for k, v in d.get("items", {}).items():
+            led.items[k] = StageCount.from_dict(v)
+        led.counters.update(d.get("counters", {}))
+        return led
+
+    def rejects_table(self) -> pa.Table:
+        return pa.Table.from_pylist(self.rejects, schema=REJECTS_SCHEMA)
+
+    def dumps(self, stage_order: list[str] | None = None) -> str:
+        return json.dumps(self.to_dict(stage_order), indent=2, sort_keys=False)
+
+
+def check_funnel(stats: dict[str, Any]) -> list[str]:
+    """Return the violations of the funnel contract (empty when it adds up)."""
+    problems = []
+    for s in stats["stages"]:
+        dropped = sum(s["drops"].values())
+        if s["in"] != s["out"] + dropped:
+            problems.append(f"stage {s['name']}: in {s['in']} != out {s['out']} + drops {dropped}")
+    for k, s in stats.get("items", {}).items():
+        dropped = sum(s["drops"].values())
+        if s["in"] != s["out"] + dropped:
+            problems.append(f"items {k}: in {s['in']} != out {s['out']} + drops {dropped}")
+    return problems

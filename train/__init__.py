@@ -1,0 +1,1 @@
+"""Tokenizer, streaming loader, MoE vision-language model, losses, Ray Train trainer and recipes."""
