@@ -1,0 +1,596 @@
+"""HTML -> interleaved `Document`: main content in reading order, images kept at their positions.
+
+The pipeline of one page:
+1. `decode_html`: bytes -> str (BOM, Content-Type charset, `<meta charset>`, UTF-8, then detection);
+   binary garbage raises `ValueError`.
+2. `prepare_tree`: parse with lxml and normalise every image before any extraction runs: lazy-loading
+   attributes (`data-src`, `data-original`, `data-lazy-src`, `srcset`/`data-srcset`, `<picture><source>`),
+   `<noscript><img>` fallbacks, absolute URLs against the page URL and `<base href>`. Junk images (tracking
+   pixels, spacers, icons, logos, avatars, badges, buttons, data: URIs, SVG) are removed. Each surviving
+   `<img>` gets a stand-in `src` that trafilatura always accepts (it ignores URLs without an image file
+   extension), so the images it returns can be mapped back to our own records.
+3. trafilatura (`bare_extraction`, images and tables on) picks the main content; its XML body (`<p>`,
+   `<head>`, `<list>/<item>`, `<table>/<row>/<cell>`, `<quote>`, `<code>`, `<graphic>`) is walked in order
+   into text blocks (one per paragraph, heading, list item, table row) and images.
+4. Image recovery: content images that trafilatura dropped (figures without caption text, galleries) but
+   that sit inside the main content container of the page (the smallest element holding most of the
+   extracted paragraphs) are put back after the paragraph that precedes them in the page.
+
+The per-document time limit is a real stop: `SIGALRM` (via `signal.setitimer`) interrupts the extraction.
+That needs the main thread of the process (Ray task and actor methods run there); elsewhere
+`extract_document` refuses with a `RuntimeError` rather than running without a limit. A hang inside a
+single C call (one lxml call) is interrupted when that call returns.
+
+`ExtractStep` wraps it all as the build's "extract" step, with counted drops `html_too_large`,
+`undecodable_html`, `extract_timeout`, `no_main_content`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+import signal
+import threading
+import time
+import unicodedata
+from contextlib import contextmanager
+from copy import deepcopy
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import lxml.html
+import trafilatura
+from charset_normalizer import from_bytes
+from lxml import etree
+
+from crawl.page import RawPage
+from pipeline.config import Section
+from pipeline.record import Document, Image, make_doc_id
+from pipeline.stats import Ledger
+from pipeline.steps import Drop, Step
+
+
+class ExtractConfig(Section):
+    """Options of the extract step (section `extract` of a build config)."""
+
+    timeout_s: float = 10.0  # per-document limit; a page that takes longer is the drop `extract_timeout`
+    max_html_bytes: int = 5_000_000  # larger pages are the drop `html_too_large`
+    min_text_chars: int = 0  # text blocks shorter than this are left out (0 keeps all; filters come later)
+    include_tables: bool = True
+    include_comments: bool = False  # user comments below an article
+    favor_precision: bool = False  # trafilatura's knobs
+    favor_recall: bool = False
+    recover_images: bool = True  # put back content images trafilatura dropped (see module docstring)
+    max_images: int = 200  # images kept per document, in reading order
+
+
+class ExtractTimeout(BaseException):
+    """The extraction of one document ran past its time limit. A BaseException, so that the broad
+    `except Exception` blocks inside trafilatura's fallbacks cannot swallow it."""
+
+
+# ---- decoding ------------------------------------------------------------------------------------------
+_META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([a-zA-Z0-9_.:-]{2,40})""", re.I)
+_BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+_MAX_GARBAGE = 0.02  # share of control / replacement characters above which decoded text is garbage
+
+
+def _garbage_share(text: str) -> float:
+    sample = text[:20000]
+    if not sample:
+        return 0.0
+    bad = sum(1 for ch in sample if ch == "\ufffd" or (unicodedata.category(ch) == "Cc" and ch not in "\t\n\r\f"))
+    return bad / len(sample)
+
+
+def _try_decode(body: bytes, charset: str) -> str | None:
+    try:
+        codecs.lookup(charset)
+        return body.decode(charset)
+    except (LookupError, UnicodeDecodeError, ValueError):
+        return None
+
+
+def decode_html(body: bytes, charset_hint: str | None = None) -> str:
+    """Decode an HTML payload: BOM, then the header's charset, then `<meta charset>`/http-equiv, then
+    UTF-8, then charset detection. Raises ValueError when nothing yields text (binary data, garbage)."""
+    if not body or not body.strip():
+        raise ValueError("empty body")
+    candidates: list[tuple[str, str]] = []
+    for bom, name in _BOMS:
+        if body.startswith(bom):
+            candidates.append(("bom", name))
+    if charset_hint:
+        candidates.append(("content-type header", charset_hint.strip().lower()))
+    m = _META_CHARSET.search(body[:8192])
+    if m:
+        candidates.append(("meta charset", m.group(1).decode("ascii").lower()))
+    candidates.append(("utf-8 check", "utf-8"))
+    tried = []
+    for where, charset in candidates:
+        text = _try_decode(body, charset)
+        tried.append(f"{charset} ({where})")
+        if text is not None and _garbage_share(text) <= _MAX_GARBAGE:
+            return text
+    best = from_bytes(body[:200_000]).best()
+    if best is not None and best.encoding:
+        text = _try_decode(body, best.encoding)
+        tried.append(f"{best.encoding} (detected)")
+        if text is not None and _garbage_share(text) <= _MAX_GARBAGE:
+            return text
+    raise ValueError(f"not decodable as text; tried {', '.join(tried)}")
+
+
+# ---- time limit ----------------------------------------------------------------------------------------
+@contextmanager
+def time_limit(seconds: float):
+    """Raise `ExtractTimeout` inside the block once `seconds` have passed (SIGALRM; main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError(
+            "extract_document enforces its time limit with SIGALRM, which works only in the main thread of a "
+            "process; run extraction in a process (Ray task/actor, multiprocessing), not in a thread pool"
+        )
+
+    def on_alarm(signum, frame):
+        raise ExtractTimeout(f"extraction took longer than {seconds:g}s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# ---- image normalisation -------------------------------------------------------------------------------
+_LAZY_ATTRS = ("data-src", "data-original", "data-lazy-src", "data-lazy", "data-original-src", "data-url",
+               "data-hi-res-src", "data-full-src", "data-echo", "data-img-src")
+_SRCSET_ATTRS = ("data-srcset", "data-lazy-srcset", "srcset")
+_PLACEHOLDER = re.compile(r"(^data:)|(blank|spacer|placeholder|transparent|pixel|lazy|loading|grey|gray|"
+                          r"empty|1x1|dummy)[^/]*\.(gif|png|jpe?g|webp|svg)", re.I)
+# Directory names and file-name starts that mark site chrome rather than content.
+_JUNK_PATH = re.compile(
+    r"(/|^)(icons?|logos?|avatars?|badges?|buttons?|btns?|sprites?|emoji|emoticons?|smilies|smileys|spacers?|"
+    r"pixels?|tracking|tracker|beacons?|share|social|flags|rating|stars)(/|[._-])|"
+    r"/(spacer|pixel|blank|clear|transparent|1x1|tracking|tracker|beacon|logo|icon|favicon|avatar|badge|button|"
+    r"btn|sprite|gravatar|feed-icon|rss|loader|loading|spinner)[^/]*$",
+    re.I,
+)
+_JUNK_HOSTS = re.compile(r"(^|\.)(doubleclick\.net|google-analytics\.com|googletagmanager\.com|facebook\.com|"
+                         r"scorecardresearch\.com|quantserve\.com|gravatar\.com|pixel\.[a-z.]+|stats\.[a-z.]+|"
+                         r"feeds\.feedburner\.com|b\.scorecardresearch\.com|sb\.scorecardresearch\.com)$", re.I)
+_STANDIN_HOST = "img.interloom.invalid"
+_STANDIN = re.compile(r"^https?://img\.interloom\.invalid/(\d+)\.png$")
+
+
+def _int_attr(value: str | None) -> int | None:
+    if not value:
+        return None
+    m = re.match(r"\s*(\d+)(\.\d+)?\s*(px)?\s*$", value)
+    return int(m.group(1)) if m else None
+
+
+def largest_srcset_candidate(srcset: str) -> str | None:
+    """The URL of the largest candidate of a srcset (by `w`, else by `x`, else the last one)."""
+    best, best_size = None, -1.0
+    # candidates are separated by commas followed by whitespace (URLs may contain commas themselves)
+    for part in re.split(r",\s+", srcset.strip()):
+        bits = part.strip().split()
+        if not bits:
+            continue
+        url, size = bits[0].rstrip(","), 1.0
+        if len(bits) > 1:
+            m = re.match(r"^(\d+(?:\.\d+)?)([wx])$", bits[1])
+            if m:
+                size = float(m.group(1)) * (1.0 if m.group(2) == "w" else 1000.0)
+        if size >= best_size and url:
+            best, best_size = url, size
+    return best
+
+
+def _real(url: str | None) -> str | None:
+    """`url` unless it is empty or a lazy-loading placeholder."""
+    if not url:
+        return None
+    url = url.strip()
+    if not url or _PLACEHOLDER.search(url) or url.startswith("#") or url.lower().startswith("javascript:"):
+        return None
+    return url
+
+
+def _image_url(img: etree._Element) -> str | None:
+    """The real (not placeholder) URL of an <img>, relative as written in the page."""
+    for attr in _LAZY_ATTRS:
+        url = _real(img.get(attr))
+        if url:
+            return url
+    url = _real(img.get("src"))
+    if url:
+        return url
+    for attr in _SRCSET_ATTRS:
+        if img.get(attr):
+            url = _real(largest_srcset_candidate(img.get(attr)))
+            if url:
+                return url
+    picture = img.getparent()
+    if picture is not None and picture.tag == "picture":
+        for source in picture.iter("source"):
+            for attr in _SRCSET_ATTRS:
+                if source.get(attr):
+                    url = _real(largest_srcset_candidate(source.get(attr)))
+                    if url:
+                        return url
+    return None
+
+
+def junk_reason(url: str, width: int | None, height: int | None) -> str | None:
+    """Why an image is site chrome or a tracker rather than content (None when it looks like content)."""
+    if url.startswith("data:"):
+        return "data_uri"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return "not_http"
+    if (width is not None and width <= 2) or (height is not None and height <= 2):
+        return "pixel"
+    if width is not None and height is not None and width <= 32 and height <= 32:
+        return "icon_size"
+    path = parts.path.lower()
+    if path.endswith(".svg") or path.endswith(".svgz") or path.endswith(".ico"):
+        return "svg_or_ico"
+    if _JUNK_HOSTS.search(parts.hostname or ""):
+        return "tracker_host"
+    if _JUNK_PATH.search(path):
+        return "chrome_path"
+    return None
+
+
+@dataclass
+class _ImageRecord:
+    url: str
+    alt: str
+    element_id: int  # position in document order among kept <img> elements
+
+
+def _page_base(tree: etree._Element, url: str) -> str:
+    base = tree.find(".//base[@href]")
+    href = base.get("href").strip() if base is not None else ""
+    return urljoin(url, href) if href else url
+
+
+def _unwrap_noscript_images(tree: etree._Element) -> None:
+    """Replace `<noscript>` elements that hold an <img> by their images (the no-JS fallback of a lazy image);
+    a placeholder <img> just before it, with no real URL of its own, is removed."""
+    for ns in list(tree.iter("noscript")):
+        imgs = [el for el in ns.iter("img")]
+        if not imgs and ns.text and "<img" in ns.text:  # libxml2 may keep noscript content as text
+            try:
+                frag = lxml.html.fragment_fromstring(ns.text, create_parent="div")
+                imgs = list(frag.iter("img"))
+            except (etree.ParserError, ValueError):
+                imgs = []
+        parent = ns.getparent()
+        if not imgs or parent is None:
+            continue
+        prev = ns.getprevious()
+        if prev is not None and prev.tag == "img" and _image_url(prev) is None:
+            _drop_keep_tail(prev)
+        elif prev is not None and prev.tag == "img" and _image_url(prev) == _image_url(imgs[0]):
+            _drop_keep_tail(prev)
+        idx = parent.index(ns)
+        for k, img in enumerate(imgs):
+            copy = deepcopy(img)
+            copy.tail = None
+            parent.insert(idx + k, copy)
+        _drop_keep_tail(ns)
+
+
+def _drop_keep_tail(el: etree._Element) -> None:
+    el.drop_tree() if hasattr(el, "drop_tree") else el.getparent().remove(el)
+
+
+def prepare_tree(tree: etree._Element, url: str) -> tuple[list[_ImageRecord], dict[str, int]]:
+    """Normalise the images of a parsed page in place; return the kept images (by stand-in number) and
+    counts of junk images removed by reason."""
+    base = _page_base(tree, url)
+    _unwrap_noscript_images(tree)
+    records: list[_ImageRecord] = []
+    junk: dict[str, int] = {}
+    for img in list(tree.iter("img")):
+        raw = _image_url(img)
+        if raw is None:
+            junk["no_url"] = junk.get("no_url", 0) + 1
+            _drop_keep_tail(img)
+            continue
+        absolute = urljoin(base, raw.strip())
+        reason = junk_reason(absolute, _int_attr(img.get("width")), _int_attr(img.get("height")))
+        if reason is not None:
+            junk[reason] = junk.get(reason, 0) + 1
+            _drop_keep_tail(img)
+            continue
+        alt = " ".join((img.get("alt") or img.get("title") or "").split())
+        n = len(records)
+        records.append(_ImageRecord(url=absolute.split("#", 1)[0], alt=alt, element_id=n))
+        for attr in list(img.attrib):
+            if attr not in ("alt", "title", "width", "height"):
+                del img.attrib[attr]
+        img.set("src", f"http://{_STANDIN_HOST}/{n}.png")
+    # <picture>/<source> leftovers would confuse trafilatura's image handling
+    for source in list(tree.iter("source")):
+        if source.getparent() is not None and source.getparent().tag == "picture":
+            _drop_keep_tail(source)
+    return records, junk
+
+
+# ---- walking trafilatura's XML -------------------------------------------------------------------------
+_BLOCK_TAGS = {"p", "head", "item", "row", "quote", "code", "cell", "list", "table", "div"}
+
+
+def _clean(text: str) -> str:
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    return "\n".join(line for line in lines if line).strip()
+
+
+class _Walker:
+    """Turns trafilatura's XML body into an ordered list of ("text", str) / ("image", n) items."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, object]] = []
+        self.buf: list[str] = []
+
+    def flush(self) -> None:
+        text = _clean("".join(self.buf))
+        if text:
+            self.items.append(("text", text))
+        self.buf = []
+
+    def visit(self, el: etree._Element) -> None:
+        tag = el.tag if isinstance(el.tag, str) else ""
+        if tag == "graphic":
+            self.flush()
+            m = _STANDIN.match(el.get("src") or "")
+            if m:
+                self.items.append(("image", int(m.group(1))))
+            if el.tail:
+                self.buf.append(el.tail)
+            return
+        if tag == "row":
+            self.flush()
+            cells = []
+            for cell in el:
+                if cell.find(".//graphic") is not None:  # images in tables keep their place
+                    self.flush_cells(cells)
+                    cells = []
+                    self.visit_children(cell)
+                    self.flush()
+                else:
+                    t = " ".join("".join(cell.itertext()).split())
+                    if t:
+                        cells.append(t)
+            self.flush_cells(cells)
+            if el.tail and el.tail.strip():
+                self.buf.append(el.tail)
+            return
+        block = tag in _BLOCK_TAGS
+        if block:
+            self.flush()
+        if tag == "lb":
+            self.buf.append("\n")
+        if el.text:
+            self.buf.append(el.text)
+        self.visit_children(el)
+        if block:
+            self.flush()
+        if el.tail:
+            self.buf.append(el.tail)
+
+    def visit_children(self, el: etree._Element) -> None:
+        for child in el:
+            self.visit(child)
+
+    def flush_cells(self, cells: list[str]) -> None:
+        if cells:
+            self.items.append(("text", " | ".join(cells)))
+
+
+# ---- image recovery ------------------------------------------------------------------------------------
+def _norm_text(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+def _recover_images(original: etree._Element, items: list[tuple[str, object]],
+                    records: list[_ImageRecord]) -> list[tuple[str, object]]:
+    """Insert images of the main content container that trafilatura left out, after the text block that
+    precedes them in the page. The container is the smallest element holding at least half of the
+    extracted text blocks that can be found in the page."""
+    texts = [t for kind, t in items if kind == "text" and len(t) >= 40]
+    if not texts:
+        return items
+    # map each extracted text block (by its first 40 normalised characters) to its element in the page
+    keys = {_norm_text(t)[:40]: i for i, (kind, t) in enumerate(items) if kind == "text" and len(t) >= 40}
+    found: dict[int, etree._Element] = {}  # item index -> page element
+    for el in original.iter("p", "h1", "h2", "h3", "h4", "h5", "h6", "li", "blockquote", "pre", "td", "div"):
+        own = _norm_text("".join(el.itertext()))[:40]
+        if own in keys and keys[own] not in found:
+            found[keys[own]] = el
+    if len(found) < 2:
+        return items
+    # the container: walk up from the first found element until it holds half of the found elements
+    elements = list(found.values())
+    need = max(2, (len(elements) + 1) // 2)
+    container = elements[0]
+    while container is not None:
+        inside = sum(1 for e in elements if _is_ancestor(container, e))
+        if inside >= need:
+            break
+        container = container.getparent()
+    if container is None or container.tag in ("html", "body"):
+        return items
+    present = {n for kind, n in items if kind == "image"}
+    # page order of everything in the container: found text elements and stand-in images
+    order: list[tuple[str, int]] = []
+    el_to_item = {id(e): i for i, e in found.items()}
+    for el in container.iter():
+        if id(el) in el_to_item:
+            order.append(("text", el_to_item[id(el)]))
+        elif el.tag == "img":
+            m = _STANDIN.match(el.get("src") or "")
+            if m and int(m.group(1)) not in present:
+                order.append(("image", int(m.group(1))))
+    if not any(kind == "image" for kind, _ in order):
+        return items
+    # attach each missing image after the last extracted text block that precedes it in the page
+    after: dict[int, list[int]] = {}
+    leading: list[int] = []
+    last_text = None
+    for kind, v in order:
+        if kind == "text":
+            last_text = v
+        elif last_text is None:
+            leading.append(v)
+        else:
+            after.setdefault(last_text, []).append(v)
+    out: list[tuple[str, object]] = []
+    first_found = min(found)
+    for i, item in enumerate(items):
+        if i == first_found:
+            out.extend(("image", n) for n in leading)
+        out.append(item)
+        out.extend(("image", n) for n in after.get(i, []))
+    return out
+
+
+def _is_ancestor(a: etree._Element, b: etree._Element) -> bool:
+    while b is not None:
+        if b is a:
+            return True
+        b = b.getparent()
+    return False
+
+
+# ---- the extraction ------------------------------------------------------------------------------------
+def _meta_robots(tree: etree._Element) -> str:
+    values = [m.get("content", "") for m in tree.iter("meta")
+              if (m.get("name") or "").strip().lower() in ("robots", "googlebot", "ccbot")]
+    return ", ".join(v.strip().lower() for v in values if v and v.strip())
+
+
+def _title(tree: etree._Element) -> str:
+    for xpath in ('.//meta[@property="og:title"]/@content', './/title//text()', './/h1//text()'):
+        found = tree.xpath(xpath)
+        if found:
+            t = " ".join(" ".join(found).split())
+            if t:
+                return t[:500]
+    return ""
+
+
+def _parse(html: str) -> etree._Element | None:
+    data = html.encode("utf-8", "surrogatepass")
+    parser = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True, remove_pis=True,
+                                  collect_ids=False, huge_tree=False)
+    try:
+        tree = lxml.html.document_fromstring(data, parser=parser)
+    except (etree.ParserError, ValueError):
+        return None
+    return tree
+
+
+def _run_trafilatura(tree: etree._Element, url: str, config: ExtractConfig) -> etree._Element | None:
+    """trafilatura's main-content extraction on a prepared tree; its XML body or None."""
+    result = trafilatura.bare_extraction(
+        tree, url=url or None, include_images=True, include_tables=config.include_tables,
+        include_comments=config.include_comments, favor_precision=config.favor_precision,
+        favor_recall=config.favor_recall, with_metadata=False, output_format="python",
+    )
+    if result is None or result.body is None:
+        return None
+    body = result.body
+    if config.include_comments and result.commentsbody is not None and len(result.commentsbody):
+        body.extend(list(result.commentsbody))
+    return body
+
+
+def extract_document(html: str, url: str, *, source: str = "", fetched_at: str = "", doc_id: str = "",
+                     timeout_s: float = 10.0, config: ExtractConfig | None = None) -> Document | None:
+    """Extract the main content of a page as an interleaved Document (None when there is no main content).
+
+    `timeout_s` bounds the whole extraction (raises `ExtractTimeout`); `config` holds the other options.
+    """
+    config = config or ExtractConfig()
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    with time_limit(timeout_s):
+        return _extract(html, url, source=source, fetched_at=fetched_at, doc_id=doc_id, config=config)
+
+
+def _extract(html: str, url: str, *, source: str, fetched_at: str, doc_id: str,
+             config: ExtractConfig) -> Document | None:
+    tree = _parse(html)
+    if tree is None:
+        return None
+    meta = {}
+    robots = _meta_robots(tree)
+    if robots:
+        meta["meta_robots"] = robots
+    title = _title(tree)
+    records, _junk = prepare_tree(tree, url)
+    original = deepcopy(tree) if config.recover_images else None
+    body = _run_trafilatura(tree, url, config)
+    if body is None:
+        return None
+    walker = _Walker()
+    walker.visit(body)
+    walker.flush()
+    items = walker.items
+    if original is not None and records:
+        items = _recover_images(original, items, records)
+    doc = Document(id=doc_id or make_doc_id(source or url), url=url, source=source, fetched_at=fetched_at,
+                   title=title, meta=meta)
+    seen: set[str] = set()
+    for kind, value in items:
+        if kind == "text":
+            if len(value) >= max(1, config.min_text_chars):
+                doc.append_text(value)
+        else:
+            rec = records[value]
+            if rec.url in seen or len(seen) >= config.max_images:
+                continue
+            seen.add(rec.url)
+            doc.append_image(Image(url=rec.url, alt=rec.alt))
+    if not doc.text_blocks:
+        return None
+    doc.check()
+    return doc
+
+
+class ExtractStep(Step):
+    """RawPage -> Document. Drops: html_too_large, undecodable_html, extract_timeout, no_main_content."""
+
+    name = "extract"
+
+    def __init__(self, config: ExtractConfig | None = None) -> None:
+        self.config = config or ExtractConfig()
+
+    def process(self, page: RawPage, ledger: Ledger) -> Document | Drop:
+        cfg = self.config
+        if len(page.body) > cfg.max_html_bytes:
+            return Drop("html_too_large", f"{len(page.body)} bytes > max_html_bytes {cfg.max_html_bytes}")
+        try:
+            html = decode_html(page.body, page.charset)
+        except ValueError as e:
+            return Drop("undecodable_html", str(e))
+        started = time.monotonic()
+        try:
+            doc = extract_document(html, page.url, source=page.source, fetched_at=page.fetched_at,
+                                   doc_id=page.id or make_doc_id(page.source), timeout_s=cfg.timeout_s,
+                                   config=cfg)
+        except ExtractTimeout as e:
+            return Drop("extract_timeout", f"{e} (after {time.monotonic() - started:.1f}s)")
+        if doc is None:
+            return Drop("no_main_content")
+        robots_header = page.headers.get("x-robots-tag", "")
+        if robots_header:
+            doc.meta["x_robots_tag"] = robots_header.strip().lower()
+        ledger.counters["extract/images"] += len(doc.image_list)
+        return doc
