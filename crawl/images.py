@@ -1,0 +1,141 @@
+"""The image stage: give each image position of a document its bytes, checked and normalised.
+
+For every image of a document: look its bytes up through a resolver (the same WARC, local files, or the
+live image fetcher), then decode with Pillow, apply the EXIF orientation, refuse decompression bombs and
+files over the byte cap, drop images under a minimum side or outside the aspect-ratio band, re-encode to
+one standard format with a maximum side, and record sha1 (of the stored bytes) and pHash (of the
+EXIF-corrected image). Each failure is an item drop with its reason; the document goes on with the images
+that passed (document rules on image counts come later).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import imagehash
+from PIL import Image as PILImage
+from PIL import ImageOps, UnidentifiedImageError
+from pydantic import Field
+
+from pipeline.config import Section
+from pipeline.record import Document, Image
+from pipeline.stats import Ledger
+from pipeline.steps import Step
+
+# resolver: list of URLs -> {url: bytes | drop reason}
+Resolver = Callable[[list[str]], dict[str, "bytes | str"]]
+
+
+class ImageConfig(Section):
+    min_side: int = Field(150, ge=1, description="drop images whose shorter side is below this (px)")
+    max_aspect: float = Field(3.0, ge=1.0, description="drop images outside the band 1:max_aspect..max_aspect:1")
+    max_bytes: int = Field(20 << 20, ge=1, description="refuse encoded files larger than this")
+    max_pixels: int = Field(64_000_000, ge=1, description="refuse larger images (decompression bombs)")
+    max_side: int = Field(1024, ge=16, description="downscale so the longer side is at most this")
+    format: Literal["jpeg", "png", "webp"] = "jpeg"
+    quality: int = Field(90, ge=1, le=100)
+
+
+@dataclass
+class ProcessedImage:
+    data: bytes
+    width: int
+    height: int
+    format: str
+    sha1: str
+    phash: str
+
+
+def process_image(raw: bytes, cfg: ImageConfig) -> ProcessedImage | str:
+    """Decode, check and re-encode one image. Returns the result or a drop reason."""
+    if len(raw) > cfg.max_bytes:
+        return "too_large_bytes"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            im = PILImage.open(io.BytesIO(raw))
+            w, h = im.size
+            if w * h > cfg.max_pixels:
+                return "decompression_bomb"
+            im.load()
+    except PILImage.DecompressionBombError:
+        return "decompression_bomb"
+    except PILImage.DecompressionBombWarning:
+        return "decompression_bomb"
+    except UnidentifiedImageError:
+        return "not_an_image"
+    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
+        return "truncated_image" if "truncated" in str(e).lower() else "corrupt_image"
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - a broken EXIF block: keep the pixels as stored
+        pass
+    w, h = im.size
+    if min(w, h) < cfg.min_side:
+        return "too_small"
+    if max(w, h) / min(w, h) > cfg.max_aspect:
+        return "bad_aspect_ratio"
+    im = _to_rgb(im)
+    phash = str(imagehash.phash(im))
+    if max(w, h) > cfg.max_side:
+        scale = cfg.max_side / max(w, h)
+        im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), PILImage.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    save_kwargs = {"quality": cfg.quality} if cfg.format in ("jpeg", "webp") else {}
+    im.save(buf, format=cfg.format.upper(), **save_kwargs)
+    data = buf.getvalue()
+    return ProcessedImage(data, im.width, im.height, cfg.format, hashlib.sha1(data).hexdigest(), phash)
+
+
+def _to_rgb(im: PILImage.Image) -> PILImage.Image:
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        bg = PILImage.new("RGB", rgba.size, (255, 255, 255))
+        bg.paste(rgba, mask=rgba.split()[-1])
+        return bg
+    return im.convert("RGB")
+
+
+class ImageStep(Step):
+    """Resolve and process every image of a document; failures are item drops (stage `images`)."""
+
+    name = "images"
+
+    def __init__(self, cfg: ImageConfig, resolver: Resolver):
+        self.cfg = cfg
+        self.resolver = resolver
+        self._cache: dict[str, ProcessedImage | str] = {}  # url -> result, within one unit
+
+    def process(self, doc: Document, ledger: Ledger) -> Document:
+        count = ledger.item(self.name, "image")
+        urls = [im.url for im in doc.image_list]
+        missing = [u for u in dict.fromkeys(urls) if u not in self._cache]
+        if missing:
+            for url, got in self.resolver(missing).items():
+                self._cache[url] = got if isinstance(got, str) else process_image(got, self.cfg)
+        keep = []
+        for im in doc.images:
+            if im is None:
+                keep.append(True)
+                continue
+            count.n_in += 1
+            result = self._cache[im.url]
+            if isinstance(result, str):
+                ledger.drop(self.name, result, id=doc.id, url=doc.url, item="image", detail=im.url)
+                keep.append(False)
+                continue
+            count.n_out += 1
+            _fill(im, result)
+            keep.append(True)
+        doc.keep_positions(keep)
+        return doc
+
+
+def _fill(im: Image, p: ProcessedImage) -> None:
+    im.data, im.width, im.height, im.format, im.sha1, im.phash = (
+        p.data, p.width, p.height, p.format, p.sha1, p.phash)
