@@ -1,0 +1,48 @@
+# interloom: the two commands of the quick start are `make demo` and `make test`.
+# Each creates .venv (Python 3.11) and installs what it needs.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+.PHONY: demo test test-fast bench browser clean help
+
+help:
+	@echo "make demo   build the embedded sample corpus, train the debug-cpu model on it, write the report"
+	@echo "make test   run the whole test suite (installs test extras and headless Chromium)"
+	@echo "make bench  run the benchmarks of bench/ (results go to docs/benchmarks.md by hand)"
+
+$(VENV)/.core: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.test: pyproject.toml $(VENV)/.core
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+# headless Chromium for the report tests (Debian packages; needs root, as on CI)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+demo: $(VENV)/.core
+	$(VENV)/bin/interloom demo --output demo-out
+
+test: $(VENV)/.test browser
+	$(PY) -m pytest -q -ra
+
+test-fast: $(VENV)/.test
+	$(PY) -m pytest -q -ra -m "not slow and not browser"
+
+bench: $(VENV)/.test
+	$(PY) -m bench.extraction
+	$(PY) -m bench.minhash
+	$(PY) -m bench.moe
+	$(PY) -m bench.loader
+	$(PY) -m bench.crawl
+
+clean:
+	rm -rf demo-out artifacts .pytest_cache

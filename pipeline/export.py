@@ -1,0 +1,90 @@
+"""`interloom export hf CORPUS OUT`: OBELICS-format Parquet with the image bytes inside.
+
+Hugging Face `datasets` reads a corpus directly through its Parquet index
+(`load_dataset("parquet", data_files="CORPUS/index/*.parquet")`: `texts`, image URLs and member names in
+order). Its webdataset loader cannot read interleaved shards (samples carry different members), so for users
+who want images inside Parquet this command writes one Parquet file per shard with the OBELICS columns and
+`images` as a list of `datasets.Image()` values (struct<bytes, path>, None at text positions), with the
+`datasets` feature metadata in the schema so `load_dataset` decodes them as images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from pipeline.corpus import Corpus
+
+HF_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+OBELICS_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("url", pa.string()),
+        ("texts", pa.list_(pa.string())),
+        ("images", pa.list_(HF_IMAGE)),
+        ("image_urls", pa.list_(pa.string())),
+        ("metadata", pa.string()),  # JSON list, per position: image record or null (OBELICS `metadata`)
+        ("general_metadata", pa.string()),  # JSON object: url, lang, title, source, signals (OBELICS)
+    ],
+    metadata={
+        "huggingface": json.dumps({"info": {"features": {
+            "id": {"dtype": "string", "_type": "Value"},
+            "url": {"dtype": "string", "_type": "Value"},
+            "texts": {"feature": {"dtype": "string", "_type": "Value"}, "_type": "List"},
+            "images": {"feature": {"_type": "Image"}, "_type": "List"},
+            "image_urls": {"feature": {"dtype": "string", "_type": "Value"}, "_type": "List"},
+            "metadata": {"dtype": "string", "_type": "Value"},
+            "general_metadata": {"dtype": "string", "_type": "Value"},
+        }}})
+    },
+)
+
+
+def export_hf(corpus_path: str, out: str, progress: bool = True) -> list[Path]:
+    corpus = Corpus(corpus_path)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for shard in tqdm(corpus.shards(), desc="export hf", unit="shard", disable=not progress):
+        rows = []
+        for doc in corpus.iter_shard(shard):
+            rows.append({
+                "id": doc.id,
+                "url": doc.url,
+                "texts": list(doc.texts),
+                "images": [None if im is None else {"bytes": im.data, "path": f"{doc.id}.{im.member}"}
+                           for im in doc.images],
+                "image_urls": [None if im is None else im.url for im in doc.images],
+                "metadata": json.dumps([None if im is None else im.to_dict() for im in doc.images]),
+                "general_metadata": json.dumps({"url": doc.url, "lang": doc.lang, "title": doc.title,
+                                                "source": doc.source, "fetched_at": doc.fetched_at,
+                                                "signals": doc.signals}, sort_keys=True),
+            })
+        path = out_dir / f"{shard.name}.parquet"
+        tmp = path.with_name(path.name + ".tmp")
+        pq.write_table(pa.Table.from_pylist(rows, schema=OBELICS_SCHEMA), tmp)
+        os.replace(tmp, path)
+        written.append(path)
+    return written
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a corpus to other formats",
+                       description="Export a corpus. `hf`: OBELICS-format Parquet with image bytes, for "
+                                   "Hugging Face datasets (load_dataset('parquet', data_files='OUT/*.parquet')).")
+    p.add_argument("format", choices=["hf"], help="target format")
+    p.add_argument("corpus", help="corpus folder or fsspec URL")
+    p.add_argument("output", help="output folder")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    paths = export_hf(args.corpus, args.output)
+    print(f"wrote {len(paths)} Parquet files to {args.output}")
+    return 0

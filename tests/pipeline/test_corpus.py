@@ -1,0 +1,91 @@
+import hashlib
+import io
+
+import pytest
+from PIL import Image as PILImage
+
+from pipeline.corpus import Corpus, append_manifest, repair_manifest, write_shards
+from pipeline.record import Document, Image, make_doc_id
+
+
+def _jpeg(color) -> bytes:
+    buf = io.BytesIO()
+    PILImage.new("RGB", (160, 160), color).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _docs(n: int) -> list[Document]:
+    docs = []
+    for i in range(n):
+        d = Document(id=make_doc_id(f"test#{i}"), url=f"https://ex.org/{i}", source=f"test#{i}")
+        d.append_text(f"text of document {i} " * 20)
+        d.append_image(Image(url=f"https://ex.org/{i}.jpg", format="jpeg", width=160, height=160,
+                             data=_jpeg((i * 20 % 255, 0, 0))))
+        d.append_text("after the image")
+        docs.append(d)
+    return docs
+
+
+def test_write_read_roundtrip_with_images_in_order(tmp_path):
+    shards = write_shards(_docs(5), tmp_path, "part-00000", max_docs=2)
+    append_manifest(tmp_path, shards)
+    assert [s.name for s in shards] == ["part-00000-0000", "part-00000-0001", "part-00000-0002"]
+    assert [s.documents for s in shards] == [2, 2, 1]
+    corpus = Corpus(tmp_path)
+    docs = list(corpus.iter_documents())
+    assert [d.url for d in docs] == [f"https://ex.org/{i}" for i in range(5)]
+    assert docs[3].images[1].data == _docs(5)[3].images[1].data
+    assert docs[3].images[1].member == "img0001.jpg" and docs[3].texts[2] == "after the image"
+    # manifest sha256 is the file's
+    s = shards[0]
+    assert hashlib.sha256((tmp_path / "shards" / f"{s.name}.tar").read_bytes()).hexdigest() == s.sha256
+    # random access through the index offset
+    index = corpus.read_index(shards[1]).to_pylist()
+    doc = corpus.read_document(index[1]["shard"], index[1]["offset"])
+    assert doc.id == index[1]["id"] and doc.images[1].data
+
+
+def test_shards_are_byte_deterministic(tmp_path):
+    a = write_shards(_docs(3), tmp_path / "a", "p")
+    b = write_shards(_docs(3), tmp_path / "b", "p")
+    assert [s.sha256 for s in a] == [s.sha256 for s in b]
+
+
+def test_reader_trusts_only_complete_manifest_lines(tmp_path):
+    shards = write_shards(_docs(4), tmp_path, "p", max_docs=2)
+    append_manifest(tmp_path, shards[:1])
+    with open(tmp_path / "manifest.jsonl", "a") as f:
+        f.write(shards[1].line()[:20])  # a build killed mid-append
+    corpus = Corpus(tmp_path)
+    assert [s.name for s in corpus.shards()] == ["p-0000"]
+    assert len(list(corpus.iter_documents())) == 2
+    assert [s.name for s in repair_manifest(tmp_path)] == ["p-0000"]
+    assert (tmp_path / "manifest.jsonl").read_text().count("\n") == 1
+
+
+def test_not_a_corpus_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="not a corpus"):
+        Corpus(tmp_path)
+
+
+def test_hf_datasets_reads_the_index(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    append_manifest(tmp_path, write_shards(_docs(3), tmp_path, "p"))
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "index" / "*.parquet"), split="train")
+    assert len(ds) == 3
+    row = ds[0]
+    assert row["texts"][1] is None and row["images"][1] == "https://ex.org/0.jpg"
+    assert row["image_members"][1] == "img0001.jpg"
+
+
+def test_export_hf_gives_decoded_images(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from pipeline.export import export_hf
+
+    corpus = tmp_path / "c"
+    append_manifest(corpus, write_shards(_docs(2), corpus, "p"))
+    export_hf(str(corpus), str(tmp_path / "hf"), progress=False)
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "hf" / "*.parquet"), split="train")
+    assert isinstance(ds.features["images"].feature, datasets.Image)
+    im = ds[1]["images"][1]
+    assert im.size == (160, 160) and ds[1]["images"][0] is None
