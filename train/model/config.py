@@ -1,0 +1,94 @@
+"""Configuration of the MoE vision-language model: one pydantic `Section` per part, defaults in code.
+
+Recipes set fields (there is no size-preset table). `ModelConfig.image_token_id` must equal the
+tokenizer's id of `<|image|>`; the trainer sets it from the tokenizer it built.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import model_validator
+
+from pipeline.config import Section
+
+
+class MoEConfig(Section):
+    """Mixture-of-experts FFN: top-k softmax router in fp32, always-on shared expert(s), SwiGLU experts."""
+
+    n_experts: int = 8
+    top_k: int = 2
+    n_shared_experts: int = 1  # shared expert hidden size = n_shared_experts * d_expert; 0 disables it
+    d_expert: int = 256  # hidden size F of each routed expert
+    aux_loss_weight: float = 0.01  # load-balance loss E * sum_e f_e * P_e (minimum 1.0 when balanced)
+    z_loss_weight: float = 0.001  # router z-loss mean(logsumexp(logits)^2)
+    first_dense_layers: int = 0  # the first k decoder layers use a dense SwiGLU FFN (d_ffn) instead
+    moe_every: int = 1  # after those, every n-th layer is MoE (1 = all), the others dense
+    grouped_mm: Literal["auto", "grouped_mm", "loop"] = "auto"
+    # "auto": torch's grouped matmul where a probe on the actual device/dtype/shapes succeeds, else the
+    # per-expert loop over sorted contiguous slices; "grouped_mm": require it (error if unsupported);
+    # "loop": always the loop. The chosen backend is logged once and kept in `MoE.grouped_mm_backend`.
+
+    @model_validator(mode="after")
+    def _check(self) -> MoEConfig:
+        if not 1 <= self.top_k <= self.n_experts:
+            raise ValueError(f"moe.top_k={self.top_k} must be in [1, n_experts={self.n_experts}]")
+        if self.moe_every < 1 or self.first_dense_layers < 0 or self.n_shared_experts < 0:
+            raise ValueError("moe.moe_every must be >= 1, first_dense_layers and n_shared_experts >= 0")
+        return self
+
+
+class VisionConfig(Section):
+    """Native-resolution ViT: patch embedding, 2D RoPE, per-image attention, 2x2 patch merge."""
+
+    patch_size: int = 14  # debug recipes use 8
+    d_vit: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    merge: int = 2  # merge x merge neighbouring patches become one image token
+    rope_theta: float = 10000.0
+
+    @model_validator(mode="after")
+    def _check(self) -> VisionConfig:
+        if self.d_vit % self.n_heads or (self.d_vit // self.n_heads) % 4:
+            raise ValueError(f"vision.d_vit={self.d_vit} / n_heads={self.n_heads} must be a multiple of 4 "
+                             "(2D RoPE rotates one half of each head by row, the other by column)")
+        return self
+
+
+class ContrastiveConfig(Section):
+    """Optional image-text InfoNCE on pooled image tokens vs pooled text that follows the image."""
+
+    weight: float = 0.0  # 0 disables the loss term and its projection heads
+    d_proj: int = 128
+    temperature: float = 0.07
+
+
+class ModelConfig(Section):
+    vocab_size: int = 32000
+    d_model: int = 512
+    n_layers: int = 8
+    n_heads: int = 8
+    n_kv_heads: int = 4
+    d_ffn: int = 1024  # hidden size of dense SwiGLU layers (see moe.first_dense_layers / moe_every)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    image_token_id: int = 4  # id of <|image|>; index in SPECIAL_TOKENS when specials are added first
+    moe: MoEConfig = MoEConfig()
+    vision: VisionConfig = VisionConfig()
+    contrastive: ContrastiveConfig = ContrastiveConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.d_model % self.n_heads or self.n_heads % self.n_kv_heads:
+            raise ValueError(f"d_model={self.d_model} must divide by n_heads={self.n_heads}, and n_heads "
+                             f"by n_kv_heads={self.n_kv_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"head dim d_model/n_heads={self.d_model // self.n_heads} must be even (RoPE)")
+        if not 0 <= self.image_token_id < self.vocab_size:
+            raise ValueError(f"image_token_id={self.image_token_id} outside vocab_size={self.vocab_size}")
+        return self
+
+    def is_moe_layer(self, layer: int) -> bool:
+        k = self.moe.first_dense_layers
+        return layer >= k and (layer - k) % self.moe.moe_every == 0

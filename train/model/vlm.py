@@ -1,0 +1,211 @@
+"""The vision-language model: native-resolution ViT -> MLP adapter -> MoE decoder, on one `Batch`.
+
+What `VLM.forward(batch)` does:
+  1. vision: patches of all images -> merged image tokens (vision.py), adapter -> model dim
+  2. embed: token embeddings; the embeddings at `<|image|>` placeholders are replaced, in order (row-major
+     over B then T), by the image tokens (masked_scatter); counts must match exactly
+  3. decoder: causal attention within each packed document, MoE FFNs (decoder.py, moe.py)
+  4. LM loss: sum of token cross-entropy (fp32) over labels != IGNORE_INDEX, plus their count, so the
+     caller can take a token mean across data-parallel ranks (train/losses.py)
+  5. MoE statistics: aux and z losses averaged over MoE layers, per-layer expert load
+  6. contrastive embeddings (if enabled): image = mean of its adapter tokens, text = mean of final
+     hidden states of the text following it (`text_after_image_BT`), each through a Linear head;
+     only images that have following text are kept (`paired_I`)
+
+Also: `set_trainable(stage)` for staged training, `param_groups(weight_decay)` for the optimizer,
+`num_flops_per_token(seq_len)` for MFU.
+
+Shape legend:
+  B  batch rows   T  tokens per row   D  model dim   V  vocab   I  images   M  image tokens (merged)
+  E  experts      L  MoE layers       C  contrastive projection dim        S  label tokens
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from train.batch import IGNORE_INDEX, Batch
+from train.model.adapter import Adapter
+from train.model.config import ModelConfig
+from train.model.decoder import Decoder
+from train.model.moe import MoE
+from train.model.vision import VisionEncoder, merge_index
+
+STAGES = ("adapter", "adapter+vision", "all")
+
+
+@dataclass
+class ModelOutput:
+    lm_loss_sum: torch.Tensor  # scalar fp32: sum of token CE over labels != IGNORE_INDEX
+    n_label_tokens: torch.Tensor  # scalar int64: number of those labels
+    aux_loss: torch.Tensor  # scalar fp32: load-balance loss, mean over MoE layers (1.0 = balanced)
+    z_loss: torch.Tensor  # scalar fp32: router z-loss, mean over MoE layers
+    expert_load_LE: torch.Tensor  # int64 (MoE layers, experts): token-slots routed, detached
+    image_emb_ID: torch.Tensor | None  # (images with text, C=contrastive.d_proj); None if disabled
+    text_emb_ID: torch.Tensor | None  # (images with text, C) projected text embeddings, rows aligned
+    paired_I: torch.Tensor  # bool (I,): which images of the batch have following text (rows above)
+    logits_BTV: torch.Tensor | None = None  # only with forward(..., return_logits=True)
+
+
+def _segment_mean(x_XD: torch.Tensor, seg_X: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of rows of x per segment id in [0, n); rows with id < 0 are ignored. Returns (mean_nD, count_n)."""
+    keep = seg_X >= 0
+    idx = seg_X[keep]
+    sums_nD = x_XD.new_zeros(n, x_XD.shape[-1]).index_add_(0, idx, x_XD[keep])
+    count_n = torch.bincount(idx, minlength=n)[:n]
+    return sums_nD / count_n.clamp(min=1)[:, None].to(x_XD.dtype), count_n
+
+
+class VLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vision = VisionEncoder(cfg.vision, eps=cfg.norm_eps)
+        self.adapter = Adapter(cfg.vision.d_vit, cfg.d_model, eps=cfg.norm_eps)
+        self.decoder = Decoder(cfg)
+        if cfg.contrastive.weight > 0:
+            self.image_proj = nn.Linear(cfg.d_model, cfg.contrastive.d_proj, bias=False)
+            self.text_proj = nn.Linear(cfg.d_model, cfg.contrastive.d_proj, bias=False)
+        else:
+            self.image_proj = self.text_proj = None
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02) -> None:
+        """Normal(0, std) for weights, zeros for biases, ones for norms; residual output projections
+        (attention wo, FFN w2) scaled by 1/sqrt(2 * n_layers) (GPT-2 style)."""
+        out_std = std / math.sqrt(2 * self.cfg.n_layers)
+        for name, mod in self.named_modules():
+            if isinstance(mod, (nn.Linear, nn.Embedding)):
+                is_out = name.endswith((".wo", ".w2")) and name.startswith("decoder.")
+                nn.init.normal_(mod.weight, std=out_std if is_out else std)
+                if getattr(mod, "bias", None) is not None:
+                    nn.init.zeros_(mod.bias)
+            elif isinstance(mod, (nn.LayerNorm, nn.RMSNorm)):
+                mod.reset_parameters()
+            elif isinstance(mod, MoE):
+                mod.reset_parameters(std=std, out_std=out_std)
+
+    # --- forward -----------------------------------------------------------------------------------
+
+    def encode_images(self, batch: Batch) -> torch.Tensor:
+        """Image tokens in model dim, x_MD, images in batch order."""
+        return self.adapter(self.vision(batch.pixel_values_NP, batch.grid_hw_I2))
+
+    def embed(self, batch: Batch, img_MD: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with `<|image|>` placeholders replaced in order by the image tokens."""
+        x_BTD = self.decoder.tok_embeddings(batch.input_ids_BT)
+        is_image_BT = batch.input_ids_BT == self.cfg.image_token_id
+        n_placeholders, n_tokens = int(is_image_BT.sum()), 0 if img_MD is None else img_MD.shape[0]
+        if n_placeholders != n_tokens:
+            raise ValueError(f"batch has {n_placeholders} <|image|> tokens (id {self.cfg.image_token_id}) but "
+                             f"its {batch.n_images} images give {n_tokens} merged tokens "
+                             f"(grid_hw {batch.grid_hw_I2.tolist()}, merge {self.cfg.vision.merge})")
+        if img_MD is not None:
+            x_BTD = x_BTD.masked_scatter(is_image_BT[..., None], img_MD.to(x_BTD.dtype))
+        return x_BTD
+
+    def forward(self, batch: Batch, return_logits: bool = False) -> ModelOutput:
+        # 1-2. vision -> adapter -> placeholders; without images the vision tower is tied in with zero
+        # weight so every rank's backward touches the same parameters (DDP needs that)
+        if batch.n_images > 0:
+            img_MD = self.encode_images(batch)
+            x_BTD = self.embed(batch, img_MD)
+        else:
+            img_MD = None
+            x_BTD = self.embed(batch, None)
+            x_BTD = x_BTD + 0.0 * sum(p.sum() for p in self._image_side_params() if p.requires_grad)
+
+        # 3. decoder
+        h_BTD, moe_stats = self.decoder(x_BTD, batch.position_ids_BT, batch.segment_ids_BT)
+
+        # 4. LM loss on labelled positions only (the head runs on S rows, not B*T)
+        labels_BT = batch.labels_BT
+        is_label_BT = labels_BT != IGNORE_INDEX
+        logits_SV = self.decoder.output(h_BTD[is_label_BT]).float()
+        lm_loss_sum = F.cross_entropy(logits_SV, labels_BT[is_label_BT], reduction="sum")
+        n_label_tokens = is_label_BT.sum()
+
+        # 5. MoE statistics
+        if moe_stats:
+            aux_loss = torch.stack([s.aux_loss for s in moe_stats]).mean()
+            z_loss = torch.stack([s.z_loss for s in moe_stats]).mean()
+            expert_load_LE = torch.stack([s.load_E for s in moe_stats])
+        else:
+            aux_loss = z_loss = h_BTD.new_zeros((), dtype=torch.float32)
+            expert_load_LE = torch.zeros(0, self.cfg.moe.n_experts, dtype=torch.long, device=h_BTD.device)
+
+        # 6. contrastive embeddings for images that have following text
+        image_emb_IC = text_emb_IC = None
+        paired_I = torch.zeros(batch.n_images, dtype=torch.bool, device=h_BTD.device)
+        if img_MD is not None:
+            _, image_M = merge_index(batch.grid_hw_I2, self.cfg.vision.merge)
+            img_ID, _ = _segment_mean(img_MD, image_M, batch.n_images)
+            txt_ID, n_text_I = _segment_mean(h_BTD.flatten(0, 1), batch.text_after_image_BT.flatten(),
+                                             batch.n_images)
+            paired_I = n_text_I > 0
+            if self.image_proj is not None:
+                image_emb_IC = self.image_proj(img_ID[paired_I])
+                text_emb_IC = self.text_proj(txt_ID[paired_I])
+
+        logits_BTV = self.decoder.output(h_BTD).float() if return_logits else None
+        return ModelOutput(lm_loss_sum=lm_loss_sum, n_label_tokens=n_label_tokens, aux_loss=aux_loss,
+                           z_loss=z_loss, expert_load_LE=expert_load_LE, image_emb_ID=image_emb_IC,
+                           text_emb_ID=text_emb_IC, paired_I=paired_I, logits_BTV=logits_BTV)
+
+    # --- training helpers --------------------------------------------------------------------------
+
+    def _image_side_params(self):
+        yield from self.vision.parameters()
+        yield from self.adapter.parameters()
+        for head in (self.image_proj, self.text_proj):
+            if head is not None:
+                yield from head.parameters()
+
+    def set_trainable(self, stage: str) -> int:
+        """Freeze by training stage; returns the number of trainable parameters.
+
+        "adapter": only the adapter (and the contrastive heads, which sit on the adapter side) train;
+        "adapter+vision": also the vision encoder; "all": everything. Rebuild the optimizer afterwards
+        (`param_groups` lists trainable parameters only)."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown training stage {stage!r}; expected one of {STAGES}")
+        trainable = {"adapter": [self.adapter, self.image_proj, self.text_proj]}
+        trainable["adapter+vision"] = trainable["adapter"] + [self.vision]
+        for p in self.parameters():
+            p.requires_grad_(stage == "all")
+        for mod in trainable.get(stage, []):
+            if mod is not None:
+                mod.requires_grad_(True)
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Trainable parameters split for AdamW: matrices decay; norms, biases and embeddings do not."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (decay if p.ndim >= 2 and "tok_embeddings" not in name else no_decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def num_active_params(self) -> int:
+        """Decoder parameters one text token uses: all but the token embedding, with routed experts
+        counted at top_k / n_experts (the LM head is included)."""
+        n = 0
+        for name, p in self.decoder.named_parameters():
+            if name.startswith("tok_embeddings"):
+                continue
+            is_routed = name.rsplit(".", 1)[-1] in ("w1_EDF", "w3_EDF", "w2_EFD")
+            n += p.numel() * self.cfg.moe.top_k // self.cfg.moe.n_experts if is_routed else p.numel()
+        return n
+
+    def num_flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per text token (forward + backward): 6 * active params + attention
+        12 * n_layers * d_model * seq_len (PaLM/nanochat convention, full causal T x T counted).
+        The vision encoder is not included (it scales with patches, not tokens)."""
+        return 6 * self.num_active_params() + 12 * self.cfg.n_layers * self.cfg.d_model * seq_len
