@@ -13,7 +13,7 @@ from PIL import Image as PILImage
 from pipeline.corpus import append_manifest, write_shards
 from pipeline.record import Document, Image, make_doc_id
 
-REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real" / "dev"
+REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real" / "dev"
 PHOTOS = REAL / "images" / "photos"
 ARTICLES = REAL / "html" / "scrapinghub" / "ground-truth.json"
 

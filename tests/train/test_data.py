@@ -1,0 +1,232 @@
+"""Streaming loader: splitting, equal step counts, exact resume, token/label layout, patch grids, follow."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from _train_corpus import REAL, build_corpus, make_documents, require_real
+from pipeline.corpus import Corpus, append_manifest, write_shards
+from pipeline.record import Image
+from train.batch import IGNORE_INDEX
+from train.data import DataConfig, Loader, ShardReader, patch_grid, plan_units, slot_documents, SlotState
+from train.tokenizer import train_from_corpus
+
+PATCH = 8
+CFG = dict(seq_len=192, batch_size=2, min_pixels=16 * 16, max_pixels=48 * 48)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    require_real()
+    root = tmp_path_factory.mktemp("data")
+    c = build_corpus(root / "corpus", [3, 5, 1, 4, 2])  # uneven shards
+    train_from_corpus(c, root / "tokenizer.json", vocab_size=1024)
+    return c, root / "tokenizer.json"
+
+
+def take(loader, n):
+    return [b for _, b in zip(range(n), loader)]
+
+
+def assert_batches_equal(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        for name in x.__dataclass_fields__:
+            assert torch.equal(getattr(x, name), getattr(y, name)), name
+
+
+@pytest.mark.parametrize("world,workers", [(1, 1), (2, 1), (2, 2), (3, 2), (4, 1)])
+def test_plan_covers_every_document_once_per_epoch(corpus, world, workers):
+    c = Corpus(corpus[0])
+    shards = c.shards()
+    reader = ShardReader(c)
+    all_ids = sorted(d.id for d in c.iter_documents(with_images=False))
+    orders = []
+    for epoch in (0, 1):
+        slots = plan_units(shards, epoch, seed=7, world=world, num_workers=workers)
+        assert len(slots) == world * workers
+        seen = [d.id for units in slots for u in units for _, d in reader.read(u, 0, Counter())]
+        assert sorted(seen) == all_ids  # every document exactly once, across ranks and workers
+        orders.append([u.shard for units in slots for u in units])
+    assert plan_units(shards, 0, 7, world, workers) == plan_units(shards, 0, 7, world, workers)
+    assert orders[0] != orders[1] or world * workers >= len(shards)  # reshuffled per epoch
+
+
+def test_equal_steps_on_uneven_ranks(corpus):
+    c, tok = corpus
+    cfg = DataConfig(**CFG)
+    # rank 1 holds far fewer documents than rank 0 in epoch 0; both still yield every step asked for
+    docs_per_rank = []
+    for rank in (0, 1):
+        units = plan_units(Corpus(c).shards(), 0, seed=0, world=2, num_workers=1)[rank]
+        sizes = {s.name: s.documents for s in Corpus(c).shards()}
+        docs_per_rank.append(sum(u.n_documents(sizes[u.shard]) for u in units))
+    assert docs_per_rank[0] != docs_per_rank[1]
+    loaders = [Loader(cfg, tok, PATCH, rank=r, world=2, corpus=str(c)) for r in (0, 1)]
+    got = [take(ld, 40) for ld in loaders]
+    assert [len(g) for g in got] == [40, 40]
+    epochs = [ld.counters()["epochs"] for ld in loaders]
+    small = docs_per_rank.index(min(docs_per_rank))
+    assert epochs[small] > epochs[1 - small] >= 1  # the smaller rank wrapped into later epochs, no hang
+
+
+def test_too_few_documents_is_a_clear_error(tmp_path, corpus):
+    c = build_corpus(tmp_path / "tiny", [1])
+    with pytest.raises(ValueError, match="fewer documents than ranks x workers"):
+        take(Loader(DataConfig(**CFG), corpus[1], PATCH, rank=1, world=2, corpus=str(c)), 1)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_yields_the_uninterrupted_stream(corpus, workers):
+    c, tok = corpus
+    cfg = DataConfig(**CFG, num_workers=workers)
+    full = take(Loader(cfg, tok, PATCH, rank=1, world=2, seed=3, corpus=str(c)), 25)
+    first = Loader(cfg, tok, PATCH, rank=1, world=2, seed=3, corpus=str(c))
+    head = take(first, 11)
+    state = json.loads(json.dumps(first.state_dict()))  # the state survives a JSON round trip
+    assert any(s["token"] > 0 for s in state["slots"])  # resumes in the middle of a split document
+    resumed = Loader(cfg, tok, PATCH, rank=1, world=2, seed=3, corpus=str(c))
+    resumed.load_state_dict(state)
+    assert_batches_equal(head + take(resumed, 14), full)
+    assert resumed.counters()["epochs"] >= 1  # the compared stream crosses an epoch boundary
+    other = Loader(cfg, tok, PATCH, rank=0, world=2, seed=3, corpus=str(c))
+    with pytest.raises(ValueError, match="rank=1, 0"):
+        other.load_state_dict(state)
+
+
+def test_token_layout_labels_and_images(corpus):
+    c, tok_path = corpus
+    from train.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(tok_path)
+    cfg = DataConfig(**CFG)
+    batches = take(Loader(cfg, tok_path, PATCH, corpus=str(c)), 20)
+    n_images = 0
+    for b in batches:
+        ids, lab, seg, pos = b.input_ids_BT, b.labels_BT, b.segment_ids_BT, b.position_ids_BT
+        special = torch.isin(ids, torch.tensor(sorted(tok.special_ids)))
+        # labels: never a special/image token; where set, the next input token of the same segment
+        assert not torch.isin(lab, torch.tensor(sorted(tok.special_ids))).any()
+        assert (lab[ids == tok.image_id] == IGNORE_INDEX).all()
+        inner = (lab[:, :-1] != IGNORE_INDEX) & (seg[:, :-1] == seg[:, 1:])
+        assert torch.equal(lab[:, :-1][inner], ids[:, 1:][inner])
+        assert (lab[seg < 0] == IGNORE_INDEX).all() and (ids[seg < 0] == tok.pad_id).all()
+        # positions restart at every segment start
+        starts = torch.ones_like(seg, dtype=torch.bool)
+        starts[:, 1:] = seg[:, 1:] != seg[:, :-1]
+        assert (pos[starts & (seg >= 0)] == 0).all()
+        assert torch.equal(pos[:, 1:][~starts[:, 1:] & (seg[:, 1:] >= 0)],
+                           pos[:, :-1][~starts[:, 1:] & (seg[:, 1:] >= 0)] + 1)
+        # each image: <img_start> <image> x (h/2)(w/2) <img_end>, images in row-major order of appearance
+        grids = b.grid_hw_I2.tolist()
+        assert b.pixel_values_NP.shape == (sum(h * w for h, w in grids), 3 * PATCH * PATCH)
+        runs = []
+        for row in ids.tolist():
+            t = 0
+            while t < len(row):
+                if row[t] == tok.img_start_id:
+                    m = 0
+                    while row[t + 1 + m] == tok.image_id:
+                        m += 1
+                    assert row[t + 1 + m] == tok.img_end_id
+                    runs.append(m)
+                    t += m + 2
+                else:
+                    assert row[t] != tok.image_id
+                    t += 1
+        assert runs == [(h // 2) * (w // 2) for h, w in grids]
+        assert all(h % 2 == 0 and w % 2 == 0 for h, w in grids)
+        # text after an image points at that image; only text tokens carry it
+        after = b.text_after_image_BT
+        assert not special[after >= 0].any()
+        assert set(after[after >= 0].tolist()) <= set(range(len(grids)))
+        n_images += len(grids)
+    assert n_images > 10
+    # images start the batch stream with real pixel content (normalised to [-1, 1])
+    pv = batches[0].pixel_values_NP
+    assert pv.min() >= -1.0 and pv.max() <= 1.0 and pv.std() > 0.1
+
+
+@pytest.mark.parametrize("h,w", [(480, 640), (640, 480), (100, 1000), (37, 41), (4000, 3000), (9, 9)])
+def test_patch_grid_keeps_aspect_within_budget(h, w):
+    p, lo, hi = 14, 56 * 56, 448 * 448
+    gh, gw = patch_grid(h, w, p, lo, hi)
+    assert gh % 2 == 0 and gw % 2 == 0 and gh >= 2 and gw >= 2
+    assert gh * gw * p * p <= hi
+    assert gh * gw * p * p >= lo or (gh == 2 or gw == 2)
+    # aspect ratio kept up to the rounding of one 2-patch step on each side
+    assert abs(math.log((gh / gw) / (h / w))) <= math.log((gh + 2) / gh) + math.log((gw + 2) / gw)
+
+
+def test_real_photo_grids_follow_their_aspect(corpus):
+    c, tok = corpus
+    docs = list(Corpus(c).iter_documents())
+    from train.data import DocumentEncoder
+    from train.tokenizer import Tokenizer
+
+    enc = DocumentEncoder(Tokenizer.load(tok), DataConfig(**CFG), PATCH)
+    for doc in docs[:6]:
+        for im in doc.image_list:
+            patches, (gh, gw) = enc.image(im.data, Counter())
+            assert patches.shape == (gh * gw, 3 * PATCH * PATCH)
+            assert gh * gw * PATCH * PATCH <= CFG["max_pixels"]
+            if min(im.width, im.height) >= 32:
+                assert abs(math.log((gh / gw) / (im.height / im.width))) < 0.45
+
+
+def test_bad_images_are_dropped_and_counted(tmp_path, corpus):
+    doc = make_documents(1, images_per_doc=2)[0]
+    broken = (REAL / "images" / "edge_cases" / "skimage__truncated.jpg").read_bytes()[:200]
+    doc.append_image(Image(url="https://example.org/broken.jpg", format="jpeg", data=broken))
+    doc.append_image(Image(url="https://example.org/not-an-image.png", format="png", data=b"\x00" * 64))
+    doc.append_text("closing words")
+    infos = write_shards([doc], tmp_path / "c", "bad")
+    append_manifest(tmp_path / "c", infos)
+    ld = Loader(DataConfig(**CFG), corpus[1], PATCH, corpus=str(tmp_path / "c"))
+    b = take(ld, 1)[0]
+    cnt = ld.counters()
+    assert cnt["images_dropped:undecodable"] >= 2 and cnt["images_kept"] >= 2
+    assert cnt["images"] == cnt["images_kept"] + cnt["images_dropped:undecodable"]
+    assert b.n_images >= 1
+
+
+def test_follow_picks_up_a_shard_appended_later(tmp_path, corpus):
+    c = build_corpus(tmp_path / "live", [4], finished=False)
+    seen: list[tuple[int, str]] = []
+    done = threading.Event()
+
+    def consume():
+        docs = slot_documents(Corpus(c), 0, 1, 0, 0, True, 0.05, SlotState(n_shards=0), Counter())
+        for pos, doc in docs:
+            seen.append((pos.epoch, doc.id))
+            if pos.epoch == 1:
+                break
+        done.set()
+
+    th = threading.Thread(target=consume, daemon=True)
+    th.start()
+    deadline = time.time() + 20
+    while len(seen) < 4 and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(seen) == 4 and not done.is_set()  # waiting for the build, not finished
+    late = make_documents(3, start=50)
+    append_manifest(c, write_shards(late, c, "late", max_docs=3))
+    while len(seen) < 7 and time.time() < deadline:
+        time.sleep(0.05)
+    assert {d for _, d in seen[4:7]} == {d.id for d in late}
+    (Path(c) / "build.json").write_text(json.dumps({"finished_at": "now"}))
+    th.join(20)
+    assert done.is_set() and seen[-1][0] == 1  # build finished -> epoch 1 over all shards
+
+    # the whole loader in follow mode yields batches before the build is finished
+    c2 = build_corpus(tmp_path / "live2", [4], finished=False)
+    ld = Loader(DataConfig(**CFG, follow=True, poll_s=0.05), corpus[1], PATCH, corpus=str(c2))
+    assert take(ld, 2)[0].input_ids_BT.shape == (2, CFG["seq_len"])
