@@ -1,0 +1,64 @@
+"""`interloom crawl SEEDS --output DIR`: crawl seed URLs politely into WARC files (resumable).
+
+SEEDS is a text file (one URL per line) or a Parquet file (`--column`, default `url`). Running the same
+command again on the same output folder resumes: URLs already archived are not fetched again. The WARCs
+are then a build input: `interloom build --input 'DIR/*.warc.gz' ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from crawl.live.config import CrawlConfig
+from pipeline.config import load_config
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("crawl", help="crawl seed URLs into WARC files (robots.txt, politeness, resumable)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("seeds", help="text file with one URL per line, or a Parquet file")
+    p.add_argument("--output", "-o", required=True, help="folder for WARC files, crawl state and crawl_stats.json")
+    p.add_argument("--column", default="url", help="URL column of a Parquet seed file (default: url)")
+    p.add_argument("--config", help="YAML file with CrawlConfig keys (user_agent, min_delay_s, actors, ...)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set min_delay_s=2 --set follow_links=true")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import ray
+
+    from crawl.live.crawler import Crawler, read_seeds
+
+    cfg = load_config(CrawlConfig, args.config, args.overrides)
+    seeds = read_seeds(args.seeds, args.column)
+    ray.init(address=args.address, include_dashboard=False, ignore_reinit_error=True,
+             log_to_driver=False)
+    try:
+        result = Crawler(cfg, args.output, progress=not args.no_progress).run(seeds)
+    finally:
+        ray.shutdown()
+    stage = result.ledger.to_dict(["crawl"])["stages"][0]
+    print(json.dumps({"output": str(result.output), "warcs": len(result.warcs), "pages": result.pages,
+                      "crawl": stage}, sort_keys=True))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="interloom")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(["crawl", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as e:
+        print(f"interloom crawl: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,357 @@
+"""The live crawler: seed URLs -> Ray actors -> WARC files, a resumable crawl state, and `RawPage`s.
+
+Hosts are hash-partitioned over `cfg.actors` `CrawlActor`s (`politeness.partition`, sha1 of the host key),
+so one actor sees every request to a host and per-host politeness holds cluster-wide. Each actor crawls its
+hosts concurrently (one request at a time per host, `min_delay_s` apart, robots.txt obeyed), optionally
+follows links within the seed's host up to `max_depth`, optionally fetches each page's images into the same
+WARC, and archives every response to its own rotating WARC files in the output folder.
+
+Every URL taken from the frontier is counted in stage `crawl` of a `Ledger`: out (an HTML page) or a drop
+with its reason. The outcome of each URL is written to the state sidecar of the WARC file holding its
+records (`warc_writer`), so a crawl killed at any point and started again with the same output folder skips
+every URL already archived, fetches the rest, and reports the same funnel as one uninterrupted run.
+
+    crawler = Crawler(CrawlConfig(follow_links=True), "out/crawl")
+    for page in crawler.iter_pages(read_seeds("seeds.txt")):   # RawPage, source "warc:<file>#<record-id>"
+        ...
+    crawler.result  # CrawlResult: warcs, ledger (also written to out/crawl/crawl_stats.json)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import lxml.html
+import pyarrow.parquet as pq
+import ray
+from tqdm import tqdm
+
+from crawl.live.config import CrawlConfig
+from crawl.live.fetcher import Exchange, Fetched, Fetcher
+from crawl.live.image_fetcher import check_image
+from crawl.live.politeness import partition
+from crawl.live.safety import host_key, url_problem
+from crawl.live.warc_writer import WARC_SUFFIX, RotatingWarcWriter, clean_unfinished, closed_segments, read_state
+from crawl.page import RawPage
+from pipeline.record import make_doc_id
+from pipeline.stats import Ledger
+
+STAGE = "crawl"
+
+
+def canonical(url: str) -> str:
+    """Frontier key: scheme and host lower-cased, default port and fragment removed, empty path -> '/'."""
+    p = urlsplit(url.strip())
+    host = (p.hostname or "").lower().rstrip(".")
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = p.port
+    except ValueError:
+        return url.strip()
+    scheme = p.scheme.lower()
+    netloc = host if port is None or (scheme, port) in (("http", 80), ("https", 443)) else f"{host}:{port}"
+    return urlunsplit((scheme, netloc, p.path or "/", p.query, ""))
+
+
+def read_seeds(path: str | Path, column: str = "url") -> list[str]:
+    """Seed URLs from a text file (one per line, blank lines and # comments skipped) or a Parquet column."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"seed file not found: {p}")
+    if p.suffix == ".parquet":
+        schema = pq.read_schema(p)
+        if column not in schema.names:
+            raise ValueError(f"seed file {p}: no column {column!r} (columns: {', '.join(schema.names)})")
+        return [str(u) for u in pq.read_table(p, columns=[column]).column(column).to_pylist() if u]
+    lines = p.read_text(encoding="utf-8").splitlines()
+    return [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
+
+
+def page_links(body: bytes, base_url: str) -> tuple[list[str], list[str]]:
+    """(<a href> links, <img src> URLs) of an HTML page, absolute, http(s) only, fragments removed, in order."""
+    try:
+        doc = lxml.html.document_fromstring(body)
+    except (ValueError, lxml.etree.ParserError):
+        return [], []
+    base = base_url
+    for href in doc.xpath("//base/@href")[:1]:
+        base = urljoin(base_url, href.strip())
+
+    def absolute(values: list[str]) -> list[str]:
+        out = []
+        for v in values:
+            u = urljoin(base, v.strip()).split("#", 1)[0]
+            if u.startswith(("http://", "https://")):
+                out.append(canonical(u))
+        return list(dict.fromkeys(out))
+
+    return absolute(doc.xpath("//a/@href")), absolute(doc.xpath("//img/@src"))
+
+
+class CrawlWorker:
+    """The body of a `CrawlActor` (an async Ray actor): the frontier and fetches of its share of hosts."""
+
+    def __init__(self, index: int, n_actors: int, cfg: dict[str, Any], output: str):
+        self.cfg = CrawlConfig(**cfg)
+        self.index, self.n_actors = index, n_actors
+        self.output = Path(output)
+        prefix = f"{self.cfg.warc_prefix}-a{index:02d}"
+        self.removed = clean_unfinished(self.output, prefix)
+        self.warc = RotatingWarcWriter(self.output, prefix, self.cfg.warc_max_bytes)
+        self.ledger = Ledger()
+        self.ledger.stage(STAGE)
+        self.fetcher = Fetcher(self.cfg, self.warc, self.ledger, STAGE)
+        # resume: outcomes of every URL in a closed WARC file, whichever actor wrote it
+        self.done: dict[str, dict[str, Any]] = {e["url"]: e for e in read_state(self.output, self.cfg.warc_prefix + "-a")}
+        self.images_done: set[str] = {u for e in self.done.values() for u in e.get("images", {})}
+        self.queues: dict[str, deque[tuple[str, int]]] = {}
+        self.seen: set[str] = set()
+        self.pages_per_host: dict[str, int] = {}
+        self._out: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self._error: BaseException | None = None
+        self._finished = False
+
+    # ---- frontier ------------------------------------------------------------------------------------
+    def add(self, seeds: list[str]) -> int:
+        for url in seeds:
+            assert partition(host_key(url), self.n_actors) == self.index, f"{url} belongs to another actor"
+            self._enqueue(url, 0)
+        return sum(len(q) for q in self.queues.values())
+
+    def _enqueue(self, url: str, depth: int) -> None:
+        if url in self.seen:
+            return
+        self.seen.add(url)
+        entry = self.done.get(url)
+        if entry is None:
+            self.queues.setdefault(host_key(url), deque()).append((url, depth))
+            return
+        # archived by an earlier run: count its outcome again, never fetch it again
+        count = self.ledger.stage(STAGE)
+        count.n_in += 1
+        self.ledger.counters[f"{STAGE}/resumed"] += 1
+        if entry["reason"]:
+            self.ledger.drop(STAGE, entry["reason"], url=url, item="record", detail="(earlier run)")
+        else:
+            count.n_out += 1
+            self.pages_per_host[host_key(url)] = self.pages_per_host.get(host_key(url), 0) + 1
+            self._replay_images(entry)
+            for link in entry.get("links", []):
+                self._enqueue(link, entry["depth"] + 1)
+
+    def _replay_images(self, entry: dict[str, Any]) -> None:
+        count = self.ledger.item(STAGE, "image")
+        for url, reason in entry.get("images", {}).items():
+            count.n_in += 1
+            if reason:
+                self.ledger.drop(STAGE, reason, url=url, item="image", detail="(earlier run)")
+            else:
+                count.n_out += 1
+
+    # ---- crawling ------------------------------------------------------------------------------------
+    async def _crawl_one(self, url: str, depth: int, host: str) -> RawPage | None:
+        count = self.ledger.stage(STAGE)
+        count.n_in += 1
+        sink: list[Exchange] = []
+        entry: dict[str, Any] = {"url": url, "depth": depth}
+        page = None
+        if self.pages_per_host.get(host, 0) >= self.cfg.max_pages_per_host:
+            got = None
+            entry["reason"] = "host_page_limit"
+        else:
+            got = await self.fetcher.fetch(url, "page", sink)
+            entry["reason"] = got.reason if not isinstance(got, Fetched) else ""
+        links: list[str] = []
+        if isinstance(got, Fetched):
+            self.pages_per_host[host] = self.pages_per_host.get(host, 0) + 1
+            hrefs, imgs = page_links(got.body, got.final_url)
+            if self.cfg.follow_links and depth < self.cfg.max_depth:
+                links = [u for u in hrefs if host_key(u) == host and not url_problem(u)]
+            entry.update(final_url=got.final_url, links=links)
+            if self.cfg.fetch_images:
+                entry["images"] = await self._fetch_images(imgs, sink)
+        # archive the URL's records and its done-mark together (no await in between: same WARC file)
+        for ex in sink:
+            ex.archive(self.warc)
+        self.warc.add_state(entry)
+        if isinstance(got, Fetched):
+            count.n_out += 1
+            assert got.exchange is not None and got.exchange.warc, "page response must be archived"
+            source = f"warc:{got.exchange.warc}#{got.exchange.record_id}"
+            page = RawPage(url=got.final_url, body=got.body, source=source, fetched_at=got.fetched_at,
+                           headers=dict(got.headers), id=make_doc_id(source))
+        else:
+            detail = got.detail if got is not None else f"over {self.cfg.max_pages_per_host} pages"
+            self.ledger.drop(STAGE, entry["reason"], url=url, item="record", detail=detail)
+        self.warc.maybe_rotate()
+        for link in links:
+            self._enqueue(link, depth + 1)
+        return page
+
+    async def _fetch_images(self, urls: list[str], sink: list[Exchange]) -> dict[str, str]:
+        """Fetch a page's images not fetched before; {url: "" | drop reason} (items of stage crawl)."""
+        count = self.ledger.item(STAGE, "image")
+        out: dict[str, str] = {}
+        for url in urls:
+            if url in self.images_done:
+                continue
+            self.images_done.add(url)
+            count.n_in += 1
+            got = await self.fetcher.fetch(url, "image", sink)
+            reason = got.reason if not isinstance(got, Fetched) else await asyncio.to_thread(check_image, got)
+            out[url] = reason or ""
+            if reason:
+                self.ledger.drop(STAGE, reason, url=url, item="image", detail=getattr(got, "detail", ""))
+            else:
+                count.n_out += 1
+        return out
+
+    async def _host_worker(self, host: str, sem: asyncio.Semaphore) -> None:
+        assert self._out is not None
+        async with sem:
+            queue = self.queues[host]
+            while queue:
+                url, depth = queue.popleft()
+                try:
+                    page = await self._crawl_one(url, depth, host)
+                except Exception as e:  # noqa: BLE001 - a failing URL is a counted drop, never a crash
+                    self.ledger.drop(STAGE, f"error:{type(e).__name__}", url=url, item="record", detail=str(e))
+                    page = None
+                if page is not None:
+                    await self._out.put(page)
+
+    async def _run(self) -> None:
+        assert self._out is not None
+        try:
+            sem = asyncio.Semaphore(self.cfg.hosts_in_flight)
+            await asyncio.gather(*(self._host_worker(h, sem) for h in list(self.queues)))
+        except BaseException as e:  # surfaced to the driver by next_batch
+            self._error = e
+        finally:
+            await self._out.put(None)
+
+    async def next_batch(self, max_pages: int) -> dict[str, Any]:
+        """Up to `max_pages` pages fetched since the last call (waits for at least one, or the end)."""
+        if self._task is None:
+            self._out = asyncio.Queue(maxsize=max(8, 4 * max_pages))
+            self._task = asyncio.create_task(self._run())
+        assert self._out is not None
+        pages: list[RawPage] = []
+        item = await self._out.get()
+        while True:
+            if item is None:
+                self._finished = True
+                break
+            pages.append(item)
+            if len(pages) >= max_pages or self._out.empty():
+                break
+            item = self._out.get_nowait()
+        if self._error is not None:
+            raise self._error
+        return {"pages": pages, "done": self._finished}
+
+    async def finish(self) -> dict[str, Any]:
+        """Close the open WARC (with its state) and report counts."""
+        await self.fetcher.aclose()
+        self.warc.close()
+        return {"ledger": self.ledger.to_dict(), "rejects": list(self.ledger.rejects), "warcs": self.warc.closed,
+                "removed": self.removed}
+
+
+CrawlActor = ray.remote(CrawlWorker)
+
+
+@dataclass
+class CrawlResult:
+    output: Path
+    warcs: list[Path] = field(default_factory=list)  # every closed WARC file of the output folder
+    ledger: Ledger = field(default_factory=Ledger)
+    pages: int = 0  # pages yielded by this run
+
+
+class Crawler:
+    """Drives the actors; see the module docstring. A Ray instance must be running or startable."""
+
+    def __init__(self, cfg: CrawlConfig, output: str | Path, progress: bool = True):
+        self.cfg = cfg
+        self.output = Path(output)
+        self.progress = progress
+        self.result = CrawlResult(self.output)
+        self._actors: list[Any] = []
+
+    def _plan(self, seeds: Iterable[str], ledger: Ledger) -> list[list[str]]:
+        groups: list[list[str]] = [[] for _ in range(self.cfg.actors)]
+        seen: set[str] = set()
+        count = ledger.stage(STAGE)
+        for raw in seeds:
+            problem = url_problem(raw.strip())
+            url = canonical(raw) if not problem else raw
+            if problem or url in seen:
+                count.n_in += 1
+                ledger.drop(STAGE, problem or "duplicate_seed", url=raw, item="record")
+                continue
+            seen.add(url)
+            groups[partition(host_key(url), self.cfg.actors)].append(url)
+        return groups
+
+    def iter_pages(self, seeds: Iterable[str], batch: int = 16) -> Iterator[RawPage]:
+        """Crawl; yield each HTML page as it is archived. Stopping early kills the actors (resumable)."""
+        if not ray.is_initialized():
+            ray.init(include_dashboard=False, ignore_reinit_error=True)
+        self.output.mkdir(parents=True, exist_ok=True)
+        ledger = Ledger()
+        groups = self._plan(seeds, ledger)
+        cfg = self.cfg.model_dump()
+        self._actors = [CrawlActor.options(num_cpus=self.cfg.actor_num_cpus).remote(i, len(groups), cfg, str(self.output))
+                        for i in range(len(groups))]
+        bar = tqdm(desc="crawl", unit="page", disable=not self.progress)
+        try:
+            ray.get([a.add.remote(g) for a, g in zip(self._actors, groups)])
+            pending = {a.next_batch.remote(batch): a for a in self._actors}
+            while pending:
+                [ref], _ = ray.wait(list(pending), num_returns=1)
+                actor = pending.pop(ref)
+                res = ray.get(ref)
+                for page in res["pages"]:
+                    self.result.pages += 1
+                    bar.update(1)
+                    yield page
+                if res["done"]:
+                    fin = ray.get(actor.finish.remote())
+                    part = Ledger.from_dict(fin["ledger"])
+                    part.rejects = fin["rejects"]
+                    ledger.merge(part)
+                else:
+                    pending[actor.next_batch.remote(batch)] = actor
+        finally:
+            bar.close()
+            for a in self._actors:
+                ray.kill(a)
+            self._actors = []
+        self.result.ledger = ledger
+        self.result.warcs = [w for w, _ in closed_segments(self.output, self.cfg.warc_prefix + "-a")]
+        (self.output / "crawl_stats.json").write_text(ledger.dumps([STAGE]), encoding="utf-8")
+
+    def run(self, seeds: Iterable[str]) -> CrawlResult:
+        """Crawl to the end without keeping pages in memory (they are in the WARCs)."""
+        for _ in self.iter_pages(seeds):
+            pass
+        return self.result
+
+
+def warc_paths(output: str | Path, prefix: str = "crawl") -> list[str]:
+    """The closed crawl WARC files of an output folder, as build inputs."""
+    return [str(w) for w, _ in closed_segments(Path(output), prefix + "-a") if w.name.endswith(WARC_SUFFIX)]
+
+
+def load_stats(output: str | Path) -> dict[str, Any]:
+    return json.loads((Path(output) / "crawl_stats.json").read_text(encoding="utf-8"))
