@@ -1,0 +1,40 @@
+"""Phase 3 of dedup: apply the global decisions to each document as it is written."""
+
+from __future__ import annotations
+
+from filters.dedup.passes import REASON_IMAGE, DedupResult
+from pipeline.record import Document
+from pipeline.stats import Ledger
+from pipeline.steps import Drop, Step
+
+
+class ApplyDedup(Step):
+    """Drop documents `run_dedup` removed (reason duplicate_url | duplicate_exact | near_duplicate, detail =
+    the keeper's id) and remove images whose pHash is too common (item drop `image_too_common`)."""
+
+    name = "dedup"
+
+    def __init__(self, result: DedupResult):
+        self.result = result
+
+    def process(self, doc: Document, ledger: Ledger) -> Document | Drop:
+        reason = self.result.removed.get(doc.id)
+        if reason is not None:
+            return Drop(reason, f"keeper={self.result.keepers.get(doc.id, '')}")
+        common = self.result.common_image_phashes
+        counts = ledger.item(self.name, "image")
+        keep = []
+        for im in doc.images:
+            if im is None:
+                keep.append(True)
+                continue
+            counts.n_in += 1
+            if im.phash and im.phash in common:
+                ledger.drop(self.name, REASON_IMAGE, id=doc.id, url=doc.url, item="image", detail=im.url)
+                keep.append(False)
+            else:
+                counts.n_out += 1
+                keep.append(True)
+        if not all(keep):
+            doc.keep_positions(keep)
+        return doc
