@@ -29,11 +29,41 @@ class RobotsRules:
         return self.parser.can_fetch(user_agent, url)
 
 
+def crawl_delay(lines: list[str], user_agent: str) -> float | None:
+    """Crawl-delay of the group naming our agent, else of the `*` group (fractions allowed, unlike
+    urllib.robotparser which reads integers only)."""
+    token = user_agent.split("/", 1)[0].strip().lower()
+    delays: dict[str, float] = {}
+    agents: list[str] = []
+    in_rules = False
+    for raw in lines:
+        line = raw.split("#", 1)[0].strip()
+        key, _, value = line.partition(":")
+        key, value = key.strip().lower(), value.strip()
+        if key == "user-agent":
+            if in_rules:
+                agents, in_rules = [], False
+            agents.append(value.lower())
+        elif key:
+            in_rules = True
+            if key == "crawl-delay":
+                try:
+                    d = float(value)
+                except ValueError:
+                    continue
+                for a in agents:
+                    delays.setdefault(a, d)
+    for a, d in delays.items():
+        if a != "*" and a and a in token:
+            return d
+    return delays.get("*")
+
+
 def parse_robots(text: str, user_agent: str) -> RobotsRules:
+    lines = text.splitlines()
     rp = urllib.robotparser.RobotFileParser()
-    rp.parse(text.splitlines())
-    delay = rp.crawl_delay(user_agent)
-    return RobotsRules(rp, crawl_delay=float(delay) if delay is not None else None)
+    rp.parse(lines)
+    return RobotsRules(rp, crawl_delay=crawl_delay(lines, user_agent))
 
 
 def origin_of(url: str) -> str:

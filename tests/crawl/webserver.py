@@ -114,7 +114,7 @@ class TestServer:
                     server.log.append(Hit(time.monotonic(), self.path, {k.lower(): v for k, v in self.headers.items()}))
                     n = server._seen.get(self.path, 0)
                     server._seen[self.path] = n + 1
-                server.handle(self, self.path, n)
+                server.handle(self, self.path.split("?", 1)[0], n)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

@@ -1,0 +1,175 @@
+"""The fetch core against a real loopback server: every fault ends as its counted drop or a success,
+robots.txt is obeyed, private addresses and bad schemes are refused before any connection, no cookies
+travel, and every response read is archived in a valid WARC."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+from crawl.live.config import CrawlConfig
+from crawl.live.fetcher import Fetched, Fetcher, parse_retry_after
+from crawl.live.safety import AddressPolicy, UnsafeAddress, make_client
+from crawl.live.warc_writer import RotatingWarcWriter, closed_segments
+from pipeline.stats import Ledger
+
+ALLOW = ["127.0.0.1/32"]
+
+
+def cfg(**kw) -> CrawlConfig:
+    base = dict(allow_private=ALLOW, min_delay_s=0.05, connect_timeout_s=1.0, read_timeout_s=0.5,
+                total_timeout_s=2.0, retries=2, backoff_s=0.05, max_bytes=1_000_000, retry_after_max_s=5)
+    base.update(kw)
+    return CrawlConfig(**base)
+
+
+def run_fetches(c: CrawlConfig, urls: list[str], tmp_path, kind="page"):
+    async def go():
+        warc = RotatingWarcWriter(tmp_path, "t", 10**9)
+        f = Fetcher(c, warc, Ledger(), "crawl")
+        out = {}
+        for u in urls:
+            out[u] = await f.fetch(u, kind)
+        await f.aclose()
+        warc.close()
+        return out, f
+    return asyncio.run(go())
+
+
+def test_faults_end_as_counted_reasons(server, tmp_path):
+    expect = {
+        "/fault/slow": "timeout",
+        "/fault/loop-a": "redirect_loop",
+        "/fault/hop/0": "too_many_redirects",
+        "/fault/big": "too_large",
+        "/fault/bigstream": "too_large",
+        "/fault/text.txt": "not_html",
+        "/fault/notfound": "http_404",
+        "/private/secret.html": "robots",
+        "/fault/to-private": "unsafe_address",
+        "/fault/to-ftp": "bad_scheme",
+    }
+    ok = ["/index.html", "/fault/flaky", "/fault/ratelimit", "/fault/cookie.html", "/index.html?again"]
+    urls = [server.url(p) for p in [*expect, *ok]]
+    got, fetcher = run_fetches(cfg(), urls, tmp_path)
+    for path, reason in expect.items():
+        r = got[server.url(path)]
+        assert not isinstance(r, Fetched) and r.reason == reason, (path, r)
+    for path in ok:
+        r = got[server.url(path)]
+        assert isinstance(r, Fetched) and r.status == 200 and b"<html" in r.body.lower(), (path, r)
+    # retries really happened: slow 3 attempts, flaky 500 then 200, 429 then 200
+    assert len(server.hits("/fault/slow")) == 3
+    assert len(server.hits("/fault/flaky")) == 2
+    rl = server.hits("/fault/ratelimit")
+    assert len(rl) == 2 and rl[1].t - rl[0].t >= 1.0  # Retry-After: 1 honoured
+    # robots: fetched once, the disallowed path never requested
+    assert len(server.hits("/robots.txt")) == 1
+    assert server.hits("/private/secret.html") == []
+    # the redirect loop stopped at the loop, hop chain at max_redirects + 1 requests
+    assert len(server.hits("/fault/loop-a")) == 1 and len(server.hits("/fault/loop-b")) == 1
+    assert len([h for h in server.hits() if h.path.startswith("/fault/hop/")]) == 6
+    # no cookie ever sent back, no credentials, our user agent on every request
+    assert all("cookie" not in h.headers and "authorization" not in h.headers for h in server.hits())
+    assert {h.headers["user-agent"] for h in server.hits()} == {cfg().user_agent}
+    assert fetcher.ledger.counters["crawl/retries"] == 2 + 1 + 1
+
+
+def test_per_host_spacing_from_server_log(server, tmp_path):
+    c = cfg(min_delay_s=0.3)
+    urls = [server.url(p) for p in list(server.site.pages)[:5]]
+    run_fetches(c, urls, tmp_path)
+    times = [h.t for h in server.hits()]
+    assert len(times) == 6  # robots.txt + 5 pages
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert min(gaps) >= 0.3, gaps
+
+
+def test_crawl_delay_from_robots_raises_spacing(site, tmp_path):
+    from webserver import TestServer
+
+    srv = TestServer(site, crawl_delay=0.5)
+    try:
+        run_fetches(cfg(min_delay_s=0.0), [srv.url(p) for p in list(site.pages)[:3]], tmp_path)
+        times = [h.t for h in srv.hits()]
+        assert len(times) == 4
+        assert min(b - a for a, b in zip(times[1:], times[2:])) >= 0.5
+    finally:
+        srv.close()
+
+
+def test_private_addresses_and_bad_schemes_refused_before_connecting(server, tmp_path):
+    urls = ["http://10.0.0.1/", "http://169.254.169.254/latest/meta-data/", "http://[::1]/",
+            "http://0.0.0.0/", "http://224.0.0.1/", "file:///etc/passwd", "ftp://127.0.0.1/x",
+            "http://user:pw@127.0.0.1/", server.url("/index.html")]
+    got, _ = run_fetches(cfg(allow_private=[]), urls, tmp_path)  # 127.0.0.1 NOT allow-listed here
+    reasons = {u: r.reason for u, r in got.items()}
+    assert reasons == {
+        "http://10.0.0.1/": "unsafe_address", "http://169.254.169.254/latest/meta-data/": "unsafe_address",
+        "http://[::1]/": "unsafe_address", "http://0.0.0.0/": "unsafe_address", "http://224.0.0.1/": "unsafe_address",
+        "file:///etc/passwd": "bad_scheme", "ftp://127.0.0.1/x": "bad_scheme",
+        "http://user:pw@127.0.0.1/": "credentials_in_url", server.url("/index.html"): "unsafe_address",
+    }
+    assert server.hits() == []  # nothing reached the server
+
+
+def test_transport_checks_the_address_it_connects_to(server):
+    """Even a request that skips the up-front check is refused by the client's network backend."""
+    async def go(allow):
+        async with make_client(cfg(allow_private=allow)) as client:
+            return await client.get(server.url("/index.html"))
+
+    with pytest.raises(UnsafeAddress):
+        asyncio.run(go([]))
+    assert server.hits() == []
+    assert asyncio.run(go(ALLOW)).status_code == 200
+    assert not AddressPolicy([]).allowed(__import__("ipaddress").ip_address("::ffff:10.0.0.1"))
+    assert AddressPolicy([]).allowed(__import__("ipaddress").ip_address("8.8.8.8"))
+
+
+def test_warc_holds_every_response_as_received(server, tmp_path):
+    pages = list(server.site.pages)[:3]
+    urls = [server.url(p) for p in pages] + [server.url("/fault/notfound"), server.url("/fault/flaky")]
+    got, _ = run_fetches(cfg(), urls, tmp_path)
+    [(warc, state)] = list(closed_segments(tmp_path, "t"))
+    with open(warc, "rb") as fh:
+        assert all(rec.verify_block_digest() for rec in ArchiveIterator(fh, parse_http=False))
+    responses, requests = {}, 0
+    with open(warc, "rb") as fh:
+        for rec in ArchiveIterator(fh, parse_http=True):
+            if rec.record_type != WarcRecordType.warcinfo:
+                assert rec.verify_payload_digest()
+            if rec.record_type == WarcRecordType.response:
+                uri = rec.headers["WARC-Target-URI"]
+                responses.setdefault(uri, []).append((rec.http_headers.status_code, rec.reader.read()))
+                assert rec.headers["WARC-Date"] and rec.headers["WARC-IP-Address"] == "127.0.0.1"
+            elif rec.record_type == WarcRecordType.request:
+                requests += 1
+    for p in pages:
+        [(status, body)] = responses[server.url(p)]
+        assert status == 200 and body == server.site.pages[p]
+        assert got[server.url(p)].record_id
+    assert [s for s, _ in responses[server.url("/fault/flaky")]] == [500, 200]
+    assert [s for s, _ in responses[server.url("/fault/notfound")]] == [404]
+    assert server.url("/robots.txt") in responses
+    assert requests == sum(len(v) for v in responses.values())
+    # warcio reads it too
+    from warcio.archiveiterator import ArchiveIterator as WarcioIterator
+    with open(warc, "rb") as fh:
+        assert sum(1 for r in WarcioIterator(fh) if r.rec_type == "response") == sum(len(v) for v in responses.values())
+
+
+def test_retry_after_parsing():
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: no wait
+
+
+def test_config_rejects_bad_cidr():
+    with pytest.raises(ValueError, match="not a CIDR"):
+        CrawlConfig(allow_private=["localhost"])
+    with pytest.raises(ValueError):
+        CrawlConfig(bogus=1)
