@@ -62,6 +62,8 @@ class ExtractConfig(Section):
     favor_recall: bool = False
     recover_images: bool = True  # put back content images trafilatura dropped (see module docstring)
     max_images: int = 200  # images kept per document, in reading order
+    drop_teasers: bool = True  # drop images of teaser cards / related-links, nav, comment, ad blocks
+    prefer_largest: bool = False  # take the largest srcset candidate even where <img src> is a real image
 
 
 class ExtractTimeout(BaseException):
@@ -144,8 +146,11 @@ def time_limit(seconds: float):
 
 
 # ---- image normalisation -------------------------------------------------------------------------------
+# lazy-loading attributes hold the real URL while `src` holds a placeholder (or nothing)
 _LAZY_ATTRS = ("data-src", "data-original", "data-lazy-src", "data-lazy", "data-original-src", "data-url",
-               "data-hi-res-src", "data-full-src", "data-echo", "data-img-src")
+               "data-echo", "data-img-src")
+# alternates of a real `src` (high-resolution variants): used when there is no `src`
+_HIRES_ATTRS = ("data-hi-res-src", "data-full-src", "data-large-src")
 _SRCSET_ATTRS = ("data-srcset", "data-lazy-srcset", "srcset")
 _PLACEHOLDER = re.compile(r"(^data:)|(blank|spacer|placeholder|transparent|pixel|lazy|loading|grey|gray|"
                           r"empty|1x1|dummy)[^/]*\.(gif|png|jpe?g|webp|svg)", re.I)
@@ -154,12 +159,14 @@ _JUNK_PATH = re.compile(
     r"(/|^)(icons?|logos?|avatars?|badges?|buttons?|btns?|sprites?|emoji|emoticons?|smilies|smileys|spacers?|"
     r"pixels?|tracking|tracker|beacons?|share|social|flags|rating|stars)(/|[._-])|"
     r"/(spacer|pixel|blank|clear|transparent|1x1|tracking|tracker|beacon|logo|icon|favicon|avatar|badge|button|"
-    r"btn|sprite|gravatar|feed-icon|rss|loader|loading|spinner)[^/]*$",
+    r"btn|sprite|gravatar|feed-icon|rss|loader|loading|spinner)[^/]*$|"
+    r"/(facebook|twitter|pinterest|linkedin|whatsapp|reddit|email|e-mail|mail|print|share)([._-][^/]*)?$",
     re.I,
 )
 _JUNK_HOSTS = re.compile(r"(^|\.)(doubleclick\.net|google-analytics\.com|googletagmanager\.com|facebook\.com|"
                          r"scorecardresearch\.com|quantserve\.com|gravatar\.com|pixel\.[a-z.]+|stats\.[a-z.]+|"
                          r"feeds\.feedburner\.com|b\.scorecardresearch\.com|sb\.scorecardresearch\.com)$", re.I)
+_NOT_URL = re.compile(r"[\s{}\"'<>]")  # JSON blobs or templates in an attribute, not a URL
 _STANDIN_HOST = "img.interloom.invalid"
 _STANDIN = re.compile(r"^https?://img\.interloom\.invalid/(\d+)\.png$")
 
@@ -194,20 +201,14 @@ def _real(url: str | None) -> str | None:
     if not url:
         return None
     url = url.strip()
-    if not url or _PLACEHOLDER.search(url) or url.startswith("#") or url.lower().startswith("javascript:"):
+    if (not url or _PLACEHOLDER.search(url) or url.startswith("#") or url.lower().startswith("javascript:")
+            or _NOT_URL.search(url)):
         return None
     return url
 
 
-def _image_url(img: etree._Element) -> str | None:
-    """The real (not placeholder) URL of an <img>, relative as written in the page."""
-    for attr in _LAZY_ATTRS:
-        url = _real(img.get(attr))
-        if url:
-            return url
-    url = _real(img.get("src"))
-    if url:
-        return url
+def _srcset_url(img: etree._Element) -> str | None:
+    """Largest candidate of the srcset of an <img> or, inside <picture>, of its <source> elements."""
     for attr in _SRCSET_ATTRS:
         if img.get(attr):
             url = _real(largest_srcset_candidate(img.get(attr)))
@@ -224,7 +225,30 @@ def _image_url(img: etree._Element) -> str | None:
     return None
 
 
-def junk_reason(url: str, width: int | None, height: int | None) -> str | None:
+def _image_url(img: etree._Element, prefer_largest: bool = False) -> str | None:
+    """The real (not placeholder) URL of an <img>, relative as written in the page: a lazy-loading
+    attribute, else `src`, else a high-resolution alternate, else the largest srcset / <picture> candidate.
+    With `prefer_largest`, the largest srcset candidate wins over `src`."""
+    for attr in _LAZY_ATTRS:
+        url = _real(img.get(attr))
+        if url:
+            return url
+    if prefer_largest:
+        url = _srcset_url(img)
+        if url:
+            return url
+    for attr in ("src", *_HIRES_ATTRS):
+        url = _real(img.get(attr))
+        if url:
+            return url
+    return _srcset_url(img)
+
+
+_JUNK_CLASS = re.compile(r"(^|[\s_-])(logo|icon|avatar|emoji|emoticon|sponsor|promo|ads?|advert|badge|button|"
+                         r"spinner|loader|tracking|pixel|gravatar)([\s_-]|$)", re.I)
+
+
+def junk_reason(url: str, width: int | None, height: int | None, css: str = "") -> str | None:
     """Why an image is site chrome or a tracker rather than content (None when it looks like content)."""
     if url.startswith("data:"):
         return "data_uri"
@@ -242,6 +266,8 @@ def junk_reason(url: str, width: int | None, height: int | None) -> str | None:
         return "tracker_host"
     if _JUNK_PATH.search(path):
         return "chrome_path"
+    if css and _JUNK_CLASS.search(css):
+        return "chrome_class"
     return None
 
 
@@ -259,24 +285,28 @@ def _page_base(tree: etree._Element, url: str) -> str:
 
 
 def _unwrap_noscript_images(tree: etree._Element) -> None:
-    """Replace `<noscript>` elements that hold an <img> by their images (the no-JS fallback of a lazy image);
-    a placeholder <img> just before it, with no real URL of its own, is removed."""
+    """Replace `<noscript>` elements that hold an <img> by their images (the no-JS fallback of a lazy image)
+    and remove the lazy stand-ins it replaces: an <img> (or the images of an element) just before it, or,
+    when the parent holds only this one noscript, the parent's other images (blurred previews, empty tags)."""
     for ns in list(tree.iter("noscript")):
-        imgs = [el for el in ns.iter("img")]
-        if not imgs and ns.text and "<img" in ns.text:  # libxml2 may keep noscript content as text
-            try:
-                frag = lxml.html.fragment_fromstring(ns.text, create_parent="div")
-                imgs = list(frag.iter("img"))
-            except (etree.ParserError, ValueError):
-                imgs = []
+        imgs = list(ns.iter("img"))
         parent = ns.getparent()
         if not imgs or parent is None:
             continue
+        if len("".join(ns.itertext()).strip()) > 200:  # a parser artefact wrapping real content: keep it all
+            ns.drop_tag()
+            continue
         prev = ns.getprevious()
-        if prev is not None and prev.tag == "img" and _image_url(prev) is None:
-            _drop_keep_tail(prev)
-        elif prev is not None and prev.tag == "img" and _image_url(prev) == _image_url(imgs[0]):
-            _drop_keep_tail(prev)
+        stand_ins: list[etree._Element] = []
+        if prev is not None and prev.tag == "img":
+            stand_ins = [prev]
+        elif prev is not None and prev.find(".//noscript") is None and prev.find(".//img") is not None:
+            stand_ins = list(prev.iter("img"))
+        if len(parent.findall(".//noscript")) == 1:
+            stand_ins += [el for el in parent.iter("img") if el not in stand_ins and not _inside(el, ns)]
+        if len(stand_ins) <= 3 * len(imgs):  # never clear a whole gallery for one fallback
+            for el in stand_ins:
+                _drop_keep_tail(el)
         idx = parent.index(ns)
         for k, img in enumerate(imgs):
             copy = deepcopy(img)
@@ -285,11 +315,17 @@ def _unwrap_noscript_images(tree: etree._Element) -> None:
         _drop_keep_tail(ns)
 
 
+def _inside(el: etree._Element, ancestor: etree._Element) -> bool:
+    return _is_ancestor(ancestor, el)
+
+
 def _drop_keep_tail(el: etree._Element) -> None:
     el.drop_tree() if hasattr(el, "drop_tree") else el.getparent().remove(el)
 
 
-def prepare_tree(tree: etree._Element, url: str) -> tuple[list[_ImageRecord], dict[str, int]]:
+def prepare_tree(tree: etree._Element, url: str,
+                 prefer_largest: bool = False, drop_teasers: bool = True,
+                 ) -> tuple[list[_ImageRecord], dict[str, int]]:
     """Normalise the images of a parsed page in place; return the kept images (by stand-in number) and
     counts of junk images removed by reason."""
     base = _page_base(tree, url)
@@ -297,13 +333,16 @@ def prepare_tree(tree: etree._Element, url: str) -> tuple[list[_ImageRecord], di
     records: list[_ImageRecord] = []
     junk: dict[str, int] = {}
     for img in list(tree.iter("img")):
-        raw = _image_url(img)
+        raw = _image_url(img, prefer_largest)
         if raw is None:
             junk["no_url"] = junk.get("no_url", 0) + 1
             _drop_keep_tail(img)
             continue
         absolute = urljoin(base, raw.strip())
-        reason = junk_reason(absolute, _int_attr(img.get("width")), _int_attr(img.get("height")))
+        reason = junk_reason(absolute, _int_attr(img.get("width")), _int_attr(img.get("height")),
+                             f"{img.get('class') or ''} {img.get('id') or ''}")
+        if reason is None and drop_teasers and _teaser(img):
+            reason = "teaser"
         if reason is not None:
             junk[reason] = junk.get(reason, 0) + 1
             _drop_keep_tail(img)
@@ -324,10 +363,12 @@ def prepare_tree(tree: etree._Element, url: str) -> tuple[list[_ImageRecord], di
 
 # ---- walking trafilatura's XML -------------------------------------------------------------------------
 _BLOCK_TAGS = {"p", "head", "item", "row", "quote", "code", "cell", "list", "table", "div"}
+_CONTAINER_TAGS = ("p", "head", "list", "table", "graphic", "quote", "code")
+_INVISIBLE = str.maketrans("", "", "\u00ad\u200b\u2060\ufeff")  # soft hyphen, zero-width space/no-break
 
 
 def _clean(text: str) -> str:
-    lines = [" ".join(line.split()) for line in text.splitlines()]
+    lines = [" ".join(line.split()) for line in text.translate(_INVISIBLE).splitlines()]
     return "\n".join(line for line in lines if line).strip()
 
 
@@ -356,18 +397,11 @@ class _Walker:
             return
         if tag == "row":
             self.flush()
-            cells = []
-            for cell in el:
-                if cell.find(".//graphic") is not None:  # images in tables keep their place
-                    self.flush_cells(cells)
-                    cells = []
-                    self.visit_children(cell)
-                    self.flush()
-                else:
-                    t = " ".join("".join(cell.itertext()).split())
-                    if t:
-                        cells.append(t)
-            self.flush_cells(cells)
+            if any(cell.find(f".//{t}") is not None for cell in el for t in _CONTAINER_TAGS):
+                self.visit_children(el)  # a layout table: each cell holds blocks of its own
+            else:
+                cells = [" ".join("".join(cell.itertext()).translate(_INVISIBLE).split()) for cell in el]
+                self.flush_cells([c for c in cells if c])
             if el.tail and el.tail.strip():
                 self.buf.append(el.tail)
             return
@@ -435,29 +469,48 @@ def _recover_images(original: etree._Element, items: list[tuple[str, object]],
             order.append(("text", el_to_item[id(el)]))
         elif el.tag == "img":
             m = _STANDIN.match(el.get("src") or "")
-            if m and int(m.group(1)) not in present:
+            if m and int(m.group(1)) not in present and not _teaser(el, container):
                 order.append(("image", int(m.group(1))))
-    if not any(kind == "image" for kind, _ in order):
-        return items
-    # attach each missing image after the last extracted text block that precedes it in the page
+    # attach each missing image after the extracted text block that precedes it in the page; images before
+    # the first or after the last extracted block are outside the article body (headers, related links)
     after: dict[int, list[int]] = {}
-    leading: list[int] = []
+    pending: list[int] = []
     last_text = None
     for kind, v in order:
         if kind == "text":
-            last_text = v
-        elif last_text is None:
-            leading.append(v)
+            if pending and last_text is not None:
+                after.setdefault(last_text, []).extend(pending)
+            pending, last_text = [], v
         else:
-            after.setdefault(last_text, []).append(v)
+            pending.append(v)
     out: list[tuple[str, object]] = []
-    first_found = min(found)
     for i, item in enumerate(items):
-        if i == first_found:
-            out.extend(("image", n) for n in leading)
         out.append(item)
         out.extend(("image", n) for n in after.get(i, []))
     return out
+
+
+_TEASER_TOKEN = re.compile(
+    r"(^|[_-])(related|recommended|recommendations?|promo|promos|teaser|teasers|sidebar|share|sharing|social|"
+    r"comments?|author|byline|avatar|newsletter|footer|nav|navigation|menu|advert|advertisement|ad|ads|"
+    r"sponsored|outbrain|taboola|trending|popular|most-read|more-stories|read-more|rail)([_-]|$)", re.I)
+_SCOPE_TAGS = {"article", "main", "body", "html"}
+
+
+def _teaser(img: etree._Element, container: etree._Element | None = None) -> bool:
+    """An image that links to another page with a title (a teaser card), or sits in a block whose class or
+    id marks it as related links, navigation, comments, author box or ads. Ancestors are looked at up to
+    `container` or the nearest <article>/<main>/<body>, at most 8 levels up."""
+    el, depth = img.getparent(), 0
+    while el is not None and el is not container and el.tag not in _SCOPE_TAGS and depth < 8:
+        depth += 1
+        if el.tag == "a" and len(" ".join("".join(el.itertext()).split())) >= 15:
+            return True
+        for token in f"{el.get('class') or ''} {el.get('id') or ''}".split():
+            if _TEASER_TOKEN.search(token):
+                return True
+        el = el.getparent()
+    return False
 
 
 def _is_ancestor(a: etree._Element, b: etree._Element) -> bool:
@@ -534,7 +587,7 @@ def _extract(html: str, url: str, *, source: str, fetched_at: str, doc_id: str,
     if robots:
         meta["meta_robots"] = robots
     title = _title(tree)
-    records, _junk = prepare_tree(tree, url)
+    records, _junk = prepare_tree(tree, url, config.prefer_largest, config.drop_teasers)
     original = deepcopy(tree) if config.recover_images else None
     body = _run_trafilatura(tree, url, config)
     if body is None:
