@@ -16,6 +16,7 @@ gives the corpus an uninterrupted run gives.
 
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import os
@@ -38,7 +39,7 @@ from crawl.extract import ExtractConfig, ExtractStep
 from crawl.images import ImageConfig, ImageStep
 from crawl.sources import Unit, discover_units, open_source
 from filters.config import FiltersConfig
-from filters.dedup import ApplyDedup, DedupConfig, InDocumentImageDedup, load_dedup_result, run_dedup
+from filters.dedup import ApplyDedup, DedupConfig, DedupResult, InDocumentImageDedup, run_dedup
 from filters.registry import document_steps, text_steps
 from pipeline.config import Section, dump_config
 from pipeline.corpus import ShardInfo, append_manifest, repair_manifest, write_shards
@@ -78,13 +79,15 @@ class Steps:
         self.cfg = cfg
         self.extract = ExtractStep(cfg.extract)
         self.text = text_steps(cfg.filters)
-        self.image_dedup = InDocumentImageDedup(cfg.dedup)
+        self.image_dedup = InDocumentImageDedup(cfg.dedup.image_hamming)
         self.document = document_steps(cfg.filters)
+        # the same document rules run again after dedup, counted as their own stages ("image_count@final")
+        self.final = [_renamed(s, f"{s.name}@final") for s in self.document]
         self._set_up = False
 
     def setup(self) -> None:
         if not self._set_up:
-            for step in [self.extract, *self.text, self.image_dedup, *self.document]:
+            for step in [self.extract, *self.text, self.image_dedup, *self.document, *self.final]:
                 step.setup()
             self._set_up = True
 
@@ -95,7 +98,13 @@ class Steps:
 
     def write(self, dedup_result) -> list[Step]:
         """Phase 3: global dedup removals, then the document rules again (dedup may remove images)."""
-        return [ApplyDedup(dedup_result), *self.document]
+        return [ApplyDedup(dedup_result), *self.final]
+
+
+def _renamed(step: Step, name: str) -> Step:
+    twin = copy.copy(step)
+    twin.name = name
+    return twin
 
 
 def stage_order(cfg: BuildConfig) -> list[str]:
@@ -157,7 +166,7 @@ class UnitWorker:
         """Phase 3 for one unit: removals applied, shards written. The manifest is the driver's job."""
         unit_dir = Path(work) / "units" / unit.name
         ledger = Ledger()
-        result = load_dedup_result(str(Path(work) / "dedup"))
+        result = DedupResult.load(Path(work) / "dedup")
         self.steps.setup()
         steps = self.steps.write(result)
         docs = _iter_staged(unit_dir / "docs.parquet")

@@ -91,7 +91,7 @@ def page_html(title: str, blocks: list[tuple[str, str]], photos: list[tuple[str,
     for i, (kind, text) in enumerate(blocks):
         if i in photo_at:
             name, alt = photo_at[i]
-            src = f"/images/{name.rsplit('.', 1)[0]}.jpg"
+            src = f"{HOST}/images/{name.rsplit('.', 1)[0]}.jpg"  # absolute: copies on other hosts keep them
             attr = f'src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" data-src="{src}"' if lazy else f'src="{src}"'
             body.append(f'<figure><img {attr} alt="{html.escape(alt)}"><figcaption>{html.escape(alt)}'
                         f"</figcaption></figure>")

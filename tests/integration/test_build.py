@@ -1,0 +1,143 @@
+"""The corpus-build job end to end, on the real dev WARCs, on a real local Ray instance."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, real_path
+from pipeline.build import BuildConfig, build_corpus
+from pipeline.config import load_config
+from pipeline.corpus import Corpus
+from pipeline.stats import check_funnel
+
+pytestmark = pytest.mark.slow
+
+
+def _warcs() -> list[str]:
+    d = real_path("dev", "warc")
+    return sorted(str(p) for p in d.iterdir() if ".warc" in p.name)
+
+
+@pytest.fixture(scope="module")
+def dev_corpus(tmp_path_factory, ray_local):
+    out = tmp_path_factory.mktemp("dev") / "corpus"
+    cfg = load_config(BuildConfig, None, ["ray.workers=2"])
+    stats = build_corpus(_warcs(), out, cfg, progress=False)
+    return out, stats
+
+
+def test_funnel_adds_up_and_chains(dev_corpus):
+    out, stats = dev_corpus
+    assert check_funnel(stats) == []
+    on_disk = json.loads((out / "stats.json").read_text())
+    assert on_disk["stages"] == stats["stages"]
+    stages = stats["stages"]
+    for prev, nxt in zip(stages, stages[1:]):
+        if prev["name"] == "read" or nxt["name"] != "dedup":
+            continue
+    # documents out of the last stage are exactly the documents in the manifest
+    corpus = Corpus(out)
+    assert stats["stages"][-1]["out"] == sum(s.documents for s in corpus.shards()) > 0
+    # every drop is in rejects with its reason
+    import pyarrow.parquet as pq
+
+    rejects = pq.read_table(out / "rejects").to_pylist()
+    n_doc_drops = sum(sum(s["drops"].values()) for s in stats["stages"])
+    n_item_drops = sum(sum(s["drops"].values()) for s in stats["items"].values())
+    assert len(rejects) == n_doc_drops + n_item_drops
+
+
+def test_images_sit_at_their_page_positions_with_bytes(dev_corpus):
+    out, _ = dev_corpus
+    corpus = Corpus(out)
+    blackbook = [d for d in corpus.iter_documents() if "blackbook" in d.source]
+    with_images = [d for d in blackbook if d.image_list]
+    assert len(with_images) >= 10
+    for d in with_images:
+        d.check()
+        for im in d.image_list:
+            assert im.data and im.sha1 and len(im.phash) == 16 and im.member
+        # reading order: image positions interleave with text, not all appended at the end
+    interleaved = [d for d in with_images if d.texts[-1] is not None and any(t is not None for t in d.texts[:1])]
+    assert interleaved, "some documents have text both before and after their images"
+
+
+def test_manifest_index_and_shards_agree(dev_corpus):
+    out, _ = dev_corpus
+    corpus = Corpus(out)
+    for shard in corpus.shards():
+        index = corpus.read_index(shard).to_pylist()
+        docs = list(corpus.iter_shard(shard))
+        assert [r["id"] for r in index] == [d.id for d in docs]
+        assert shard.documents == len(docs) and shard.images == sum(len(d.image_list) for d in docs)
+    build = json.loads((out / "build.json").read_text())
+    assert build["finished_at"] and build["config"]["images"]["min_side"] == 150
+
+
+def _wait_for(pattern: Path, proc, timeout=300):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if list(pattern.parent.glob(pattern.name)) if pattern.parent.exists() else False:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"build ended before {pattern} appeared: rc={proc.returncode}")
+        time.sleep(0.2)
+    pytest.fail(f"{pattern} did not appear within {timeout}s")
+
+
+def _run_build(out: Path, workers: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "pipeline.cli", "build", "--no-progress", "--workers", str(workers),
+           "--output", str(out), "--set", "output.keep_work=false"]
+    for w in _warcs():
+        cmd += ["--input", w]
+    return subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _kill(proc):
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_kill_and_resume_gives_the_same_corpus_with_other_parallelism(dev_corpus, tmp_path):
+    """Killed in phase 1 and again in phase 3, resumed with 1 worker instead of 2: the manifest is
+    byte-identical to the uninterrupted 2-worker build's (same shards, same sha256, same order)."""
+    reference, _ = dev_corpus
+    out = tmp_path / "corpus"
+    proc = _run_build(out, workers=1)
+    _wait_for(out / "_work" / "units" / "*" / "DONE.json", proc)
+    _kill(proc)
+    assert not (out / "manifest.jsonl").exists()
+    proc = _run_build(out, workers=1)
+    _wait_for(out / "_work" / "units" / "*" / "WRITTEN.json", proc)
+    _kill(proc)
+    proc = _run_build(out, workers=1)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log
+    assert (out / "manifest.jsonl").read_bytes() == (reference / "manifest.jsonl").read_bytes()
+    ref_stats = json.loads((reference / "stats.json").read_text())
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["stages"] == ref_stats["stages"] and stats["items"] == ref_stats["items"]
+    assert not list((out / "shards").glob("*.tmp"))
+    assert re.search(r"documents in \d+ shards", log)
+
+
+def test_rerun_of_a_finished_build_does_nothing(dev_corpus):
+    out, stats = dev_corpus
+    again = build_corpus(_warcs(), out, load_config(BuildConfig, None, ["ray.workers=2"]), progress=False)
+    assert again["stages"] == stats["stages"]
+
+
+def test_other_config_on_same_output_is_refused(dev_corpus):
+    out, _ = dev_corpus
+    with pytest.raises(ValueError, match="other inputs or config"):
+        build_corpus(_warcs(), out, load_config(BuildConfig, None, ["images.min_side=10"]), progress=False)
