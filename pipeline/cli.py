@@ -10,8 +10,10 @@ import sys
 # subcommand modules, in the order `interloom --help` lists them
 COMMANDS = [
     "pipeline.build_cli",  # interloom build
+    "pipeline.report.cli",  # interloom inspect
     "pipeline.export",  # interloom export hf
     "train.tokenizer_cli",  # interloom tokenizer train
+    "train.cli",  # interloom train
 ]
 
 EPILOG = """\

@@ -1,0 +1,74 @@
+"""`interloom inspect CORPUS`: write the HTML report and print a short summary (or the JSON summary)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+HELP = """\
+Inspect a corpus: write a self-contained HTML report (funnel, distributions, quality signals with their
+thresholds, dedup clusters, a browser of sampled documents with their images) and summary.json, then
+print a short summary. The report opens from disk (no server, no network).
+
+The corpus is read by streaming its Parquet index shard by shard; only the sampled documents are read
+from the shards, so it works on corpora of millions of documents.
+"""
+
+EXAMPLES = """\
+examples:
+  interloom inspect corpus/                      report in corpus/report/index.html
+  interloom inspect corpus/ --output /tmp/rep --sample 500
+  interloom inspect corpus/ --json | jq .totals
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="HTML report and summary of a corpus", description=HELP,
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("corpus", metavar="CORPUS", help="corpus folder (or fsspec URL) written by `interloom build`")
+    p.add_argument("--output", "-o", metavar="DIR", help="report folder (default: CORPUS/report)")
+    p.add_argument("--sample", type=int, default=200, metavar="N",
+                   help="documents to sample for the browser (default: 200)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the document sample (default: 0)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.report import default_output, make_report
+
+    out = args.output or default_output(args.corpus)
+    summary = make_report(args.corpus, out, sample=args.sample, seed=args.seed, progress=not args.no_progress)
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        print_table(summary, str(out))
+    return 0
+
+
+def print_table(summary: dict, out: str) -> None:
+    t = summary["totals"]
+    rows = [("documents", f"{t['documents']:,}"), ("images", f"{t['images']:,}"), ("words", f"{t['words']:,}"),
+            ("tokens (estimate)", f"{t['tokens_estimate']:,}  ({t['tokens_estimate_method']})"),
+            ("shards", f"{t['shards']:,}")]
+    total_docs = max(t["documents"], 1)
+    langs = ", ".join(f"{k} {100 * v / total_docs:.0f}%" for k, v in list(summary["languages"].items())[:6])
+    rows.append(("languages", f"{t['languages']}: {langs}" if langs else "0"))
+    print(f"corpus: {summary['corpus']}")
+    for k, v in rows:
+        print(f"  {k:<18} {v}")
+    if summary["funnel"] is None:
+        print(f"  funnel: {summary['funnel_error']}")
+    else:
+        print("  top drop reasons:")
+        for d in summary["drops"][:8] or []:
+            where = d["stage"] if d["item"] == "document" else f"{d['stage']}/{d['item']}"
+            print(f"    {d['count']:>8,}  {where}: {d['reason']}")
+        if not summary["drops"]:
+            print("    (none)")
+    if not summary["dedup"]["available"]:
+        print("  dedup: no dedup data")
+    print(f"report: {out}/index.html")

@@ -1,0 +1,260 @@
+"""The report page: one `index.html` (plus `assets/img/`) that opens from disk with no server and no network.
+
+Everything the crawl supplied (text, URLs, alt text, titles, reasons, language codes, domains) is escaped
+with `html.escape(..., quote=True)`; URLs become links only when they are http(s). The document browser is
+rendered in the page by a small script (`report.js`) from JSON embedded in a
+`<script type="application/json">` block whose `<`, `>` and `&` are written as `\\u003c`-style escapes,
+so a `</script>` inside crawled text cannot end the block; the script inserts text with `textContent`
+only. A Content-Security-Policy allows only that one script (by its sha256), inline styles and images
+from the report's own folder or data: URIs, so even a mistake cannot load or run anything else.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from html import escape
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+from pipeline.report.charts import fmt, funnel_svg, hbar_svg, histogram_svg
+
+HIST_TITLES = {
+    "words_per_document": ("Words per document", "whitespace-separated words of all text blocks"),
+    "images_per_document": ("Images per document", ""),
+    "image_width": ("Image width (px)", "as stored in the shards (after the image stage)"),
+    "image_height": ("Image height (px)", "as stored in the shards (after the image stage)"),
+    "image_aspect_ratio": ("Image aspect ratio (width / height)", ""),
+}
+
+
+def esc(value: Any) -> str:
+    return escape("" if value is None else str(value), quote=True)
+
+
+def is_web_url(url: str) -> bool:
+    try:
+        return urlsplit(url).scheme.lower() in ("http", "https")
+    except ValueError:
+        return False
+
+
+def link(url: str) -> str:
+    """An http(s) URL as a link, anything else (javascript:, data:, junk) as plain escaped text."""
+    if is_web_url(url):
+        return f'<a class="url" href="{esc(url)}" rel="noopener noreferrer nofollow">{esc(url)}</a>'
+    return f'<span class="url">{esc(url)}</span>'
+
+
+def embed_json(obj: Any) -> str:
+    """JSON safe inside a <script> element: no `<`, `>` or `&` characters left (so no `</script>`)."""
+    text = json.dumps(obj, ensure_ascii=False, sort_keys=False)
+    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+def _asset(name: str) -> str:
+    return (resources.files("pipeline.report") / name).read_text(encoding="utf-8")
+
+
+def csp(script: str) -> str:
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+    return (f"default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
+            f"script-src 'sha256-{digest}'; base-uri 'none'; form-action 'none'")
+
+
+# ---- sections ---------------------------------------------------------------------------------------
+def _cards(summary: dict[str, Any]) -> str:
+    t = summary["totals"]
+    items = [("documents", t["documents"]), ("images", t["images"]), ("words", t["words"]),
+             ("tokens (estimate)", t["tokens_estimate"]), ("shards", t["shards"]), ("languages", t["languages"]),
+             ("domains", t["domains"])]
+    cards = "".join(f'<div class="card" data-total="{esc(k)}" data-value="{v}"><div class="v">{fmt(v)}</div>'
+                    f'<div class="k">{esc(k)}</div></div>' for k, v in items)
+    return (f'<section id="overview"><h2>Overview</h2><div class="cards">{cards}</div>'
+            f'<p class="muted">Token estimate: {esc(t["tokens_estimate_method"])}. Figures below describe the '
+            f"documents in the corpus (kept documents); drops are in the funnel and the rejects log.</p></section>")
+
+
+def _funnel(summary: dict[str, Any]) -> str:
+    funnel = summary["funnel"]
+    if funnel is None:
+        return (f'<section id="funnel"><h2>Funnel</h2><p class="warn">No funnel: '
+                f'{esc(summary["funnel_error"])} (a build still running, or a corpus made by hand).</p></section>')
+    stages = funnel["stages"]
+    rows = []
+    for s in stages:
+        drops = sorted(s.get("drops", {}).items(), key=lambda kv: (-kv[1], kv[0]))
+        drop_cells = "<br>".join(
+            f'<span data-drop-stage="{esc(s["name"])}" data-reason="{esc(r)}" data-count="{int(c)}">'
+            f"{esc(r)}: {fmt(c)}</span>" for r, c in drops) or '<span class="muted">none</span>'
+        rows.append(f'<tr data-stage="{esc(s["name"])}" data-in="{int(s["in"])}" data-out="{int(s["out"])}">'
+                    f'<td>{esc(s["name"])}</td><td class="num">{fmt(s["in"])}</td><td class="num">{fmt(s["out"])}</td>'
+                    f'<td class="num">{fmt(s["in"] - s["out"])}</td><td>{drop_cells}</td></tr>')
+    table = ('<table id="funnel-table"><tr><th>stage</th><th class="num">in</th><th class="num">out</th>'
+             f'<th class="num">dropped</th><th>drops by reason</th></tr>{"".join(rows)}</table>')
+    item_rows = []
+    for key, s in funnel.get("items", {}).items():
+        drops = ", ".join(f"{esc(r)}: {fmt(c)}" for r, c in sorted(s.get("drops", {}).items(), key=lambda kv: -kv[1]))
+        item_rows.append(f'<tr data-item="{esc(key)}" data-in="{int(s["in"])}" data-out="{int(s["out"])}"><td>{esc(key)}'
+                         f'</td><td class="num">{fmt(s["in"])}</td><td class="num">{fmt(s["out"])}</td><td>{drops}</td></tr>')
+    items = ("<h3>Items inside documents</h3><table id=\"items-table\"><tr><th>stage/item</th><th class=\"num\">in"
+             f"</th><th class=\"num\">out</th><th>drops by reason</th></tr>{''.join(item_rows)}</table>"
+             if item_rows else "")
+    counters = funnel.get("counters", {})
+    counter_html = ("<h3>Counters</h3><table><tr><th>counter</th><th class=\"num\">value</th></tr>"
+                    + "".join(f'<tr><td>{esc(k)}</td><td class="num">{fmt(v)}</td></tr>' for k, v in counters.items())
+                    + "</table>") if counters else ""
+    top = summary["drops"][:15]
+    top_chart = hbar_svg([(f'{d["stage"]}: {d["reason"]}', d["count"]) for d in top], width=620,
+                         label="top drop reasons") if top else ""
+    return (f'<section id="funnel"><h2>Funnel</h2><p class="muted">Records in and out of each stage, from '
+            f'stats.json (light bar: in, dark bar: out).</p>{funnel_svg(stages) if stages else ""}{table}'
+            f'{items}<h3>Top drop reasons</h3>{top_chart}{counter_html}</section>')
+
+
+def _panel(title: str, chart: str, note: str = "", attrs: str = "") -> str:
+    note_html = f'<div class="note">{note}</div>' if note else ""
+    return f'<div class="panel"{attrs}><h3>{esc(title)}</h3>{chart}{note_html}</div>'
+
+
+def _hist_note(h: dict[str, Any]) -> str:
+    return esc(f"n={fmt(h['count'])}, mean {fmt(h['mean'])}, min {fmt(h['min'])}, max {fmt(h['max'])}")
+
+
+def _distributions(summary: dict[str, Any]) -> str:
+    panels = []
+    for name, h in summary["histograms"].items():
+        title, extra = HIST_TITLES.get(name, (name, ""))
+        note = _hist_note(h) + (f"<br>{esc(extra)}" if extra else "")
+        panels.append(_panel(title, histogram_svg(h, label=title), note, f' data-hist="{esc(name)}"'))
+    langs = list(summary["languages"].items())[:25]
+    panels.append(_panel("Languages", hbar_svg(langs, label="languages") if langs else "<p>none</p>",
+                         esc(f"{len(summary['languages'])} languages; top 25 shown")))
+    doms = summary["domains"]
+    dom_items = list(doms["top"].items())
+    note = esc(f"top {len(dom_items)} hosts" + (" (counts are lower bounds: too many hosts to count exactly)"
+                                                  if doms["approximate"] else ""))
+    panels.append(_panel("Domains", hbar_svg(dom_items, label="domains") if dom_items else "<p>none</p>", note))
+    return f'<section id="distributions"><h2>Distributions</h2><div class="grid">{"".join(panels)}</div></section>'
+
+
+def _signals(summary: dict[str, Any]) -> str:
+    if not summary["signals"]:
+        return '<section id="signals"><h2>Quality signals</h2><p class="muted">No signals in the index.</p></section>'
+    panels = []
+    for name, h in summary["signals"].items():
+        thr = h["thresholds"]
+        thr_text = "; ".join(f'{t["config"]} = {fmt(t["value"])} (keeps {"≥" if t["kind"] == "min" else "≤"})'
+                             for t in thr) or "no threshold known for this signal"
+        note = _hist_note(h) + "<br>" + esc(thr_text)
+        panels.append(_panel(name, histogram_svg(h, thr, label=name), note, f' data-signal="{esc(name)}"'))
+    warn = "" if summary["build"] else (f'<p class="warn">No thresholds: {esc(summary["build_error"])}.</p>')
+    return (f'<section id="signals"><h2>Quality signals</h2>{warn}<p class="muted">Distributions over the kept '
+            f"documents, from the index's <code>signals</code> column. Red dashed lines: the thresholds of the "
+            f"build config (build.json); documents past them were dropped, so they are not in these "
+            f'histograms.</p><div class="grid">{"".join(panels)}</div></section>')
+
+
+def _dedup(summary: dict[str, Any], keeper_docs: dict[str, int], repeated: list[dict[str, Any]]) -> str:
+    d = summary["dedup"]
+    errors = "".join(f'<p class="warn">{esc(e)}</p>' for e in d["errors"])
+    if not d["available"]:
+        return (f'<section id="dedup"><h2>Dedup</h2>{errors}<p class="warn" id="no-dedup">No dedup data: '
+                f"this corpus has no dedup/clusters.parquet or dedup/images.parquet.</p></section>")
+    parts = [errors]
+    clusters = d["clusters"]
+    if clusters is None:
+        parts.append('<p class="warn">No dedup/clusters.parquet.</p>')
+    else:
+        by_reason = ", ".join(f"{esc(r)}: {fmt(c)}" for r, c in clusters["dropped_by_reason"].items())
+        parts.append(f"<p>{fmt(clusters['clusters'])} clusters, {fmt(clusters['rows'])} member rows, "
+                     f"{fmt(clusters['dropped'])} documents dropped as duplicates ({by_reason}).</p>")
+        for c in clusters["top"]:
+            keepers = [m for m in c["members"] if m["keeper"]]
+            dropped = [m for m in c["members"] if not m["keeper"]]
+            keep_html = "".join(
+                f'<div class="mono">{esc(m["id"])}</div>{link(m["url"])}'
+                + (f' <a href="#doc-{keeper_docs[m["id"]]}">show document</a>' if m["id"] in keeper_docs
+                   else ' <span class="muted">(not in the corpus)</span>') for m in keepers) or "<i>none</i>"
+            drop_html = "".join(f'<li><span class="mono">{esc(m["id"])}</span> {link(m["url"])} '
+                                f'<span class="muted">{esc(m["reason"])}</span></li>' for m in dropped[:20])
+            more = f"<li class=\"muted\">… {len(dropped) - 20} more</li>" if len(dropped) > 20 else ""
+            parts.append(f'<div class="dedup-cluster" data-cluster="{esc(c["cluster_id"])}" data-size="{c["size"]}">'
+                         f'<div class="keeper"><b>keeper</b> (cluster {esc(c["cluster_id"])}, size {fmt(c["size"])})'
+                         f'{keep_html}</div><div class="dropped"><b>dropped</b><ul>{drop_html}{more}</ul></div></div>')
+    images = d["images"]
+    if images is None:
+        parts.append('<p class="warn">No dedup/images.parquet.</p>')
+    else:
+        figs = []
+        for im in repeated:
+            pic = (f'<img src="{esc(im["src"])}" alt="">' if im.get("src")
+                   else f'<div class="broken">{esc(im.get("error") or "not in the corpus")}</div>')
+            figs.append(f'<figure data-phash="{esc(im["phash"])}">{pic}<figcaption><span class="mono">'
+                        f'{esc(im["phash"])}</span><br>{fmt(im["n_docs"])} documents, {fmt(im["dropped"])} '
+                        f"dropped</figcaption></figure>")
+        parts.append(f"<h3>Most repeated images</h3><p>{fmt(images['rows'])} distinct pHashes.</p>"
+                     f'<div class="thumbs">{"".join(figs)}</div>')
+    return f'<section id="dedup"><h2>Dedup</h2>{"".join(parts)}</section>'
+
+
+def _browser(summary: dict[str, Any], n_docs: int, load_errors: list[str]) -> str:
+    s = summary["sample"]
+    errors = "".join(f'<p class="warn">{esc(e)}</p>' for e in load_errors)
+    return (f'<section id="browser"><h2>Documents</h2><p class="muted">A uniform sample of {fmt(s["documents"])} '
+            f'kept documents (reservoir sampling, seed {s["seed"]}) and the keepers of the largest dedup clusters, '
+            f"rendered in reading order with their images.</p>{errors}"
+            '<form class="controls" id="jump-form"><label>language <select id="filter-lang">'
+            '<option value="">all</option></select></label><label>jump to id or URL <input id="jump-q" size="40">'
+            '</label><button type="submit">go</button><span id="jump-msg" class="muted"></span>'
+            '<span id="docs-count" class="muted"></span></form>'
+            f'<div id="docs" data-count="{n_docs}"></div></section>'
+            '<section id="rejects"><h2>Rejects</h2>'
+            + _rejects_counts(summary)
+            + '<p class="muted">A sample of rejected records per reason (their content is not in the corpus).</p>'
+            '<div class="controls"><label>reason <select id="filter-reason"><option value="">all</option>'
+            '</select></label></div><table id="rejects-table"><thead><tr><th>stage</th><th>item</th><th>reason</th>'
+            '<th>id</th><th>url</th><th>detail</th></tr></thead><tbody id="rejects-body"></tbody></table></section>')
+
+
+def _rejects_counts(summary: dict[str, Any]) -> str:
+    r = summary["rejects"]
+    if not r["files"]:
+        return '<p class="warn">No rejects log (rejects/*.parquet) in this corpus.</p>'
+    rows = "".join(f'<tr><td>{esc(x["stage"])}</td><td>{esc(x["item"])}</td><td>{esc(x["reason"])}</td>'
+                   f'<td class="num">{fmt(x["count"])}</td></tr>' for x in r["by_reason"][:40])
+    errs = "".join(f'<p class="warn">{esc(e)}</p>' for e in r["errors"])
+    return (f"{errs}<p>{fmt(r['rows'])} rows in {r['files']} files.</p><table><tr><th>stage</th><th>item</th>"
+            f'<th>reason</th><th class="num">rows</th></tr>{rows}</table>')
+
+
+def render_html(summary: dict[str, Any], documents: list[dict[str, Any]], rejects: list[dict[str, Any]],
+                repeated: list[dict[str, Any]], load_errors: list[str], generated_at: str) -> str:
+    """The whole page as a string."""
+    script = _asset("report.js")
+    keeper_docs = {d["id"]: d["n"] for d in documents if d["role"] == "keeper"}
+    data = {"documents": documents, "rejects": rejects}
+    build = summary["build"] or {}
+    sub = f"corpus {summary['corpus']} · report generated {generated_at}"
+    if build.get("finished_at"):
+        sub += f" · build finished {build['finished_at']}"
+    elif summary["build"] is not None:
+        sub += " · build not finished (still running or interrupted)"
+    toc = "".join(f'<a href="#{k}">{v}</a>' for k, v in [
+        ("overview", "Overview"), ("funnel", "Funnel"), ("distributions", "Distributions"),
+        ("signals", "Signals"), ("dedup", "Dedup"), ("browser", "Documents"), ("rejects", "Rejects")])
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f'<meta http-equiv="Content-Security-Policy" content="{esc(csp(script))}">'
+        '<meta name="referrer" content="no-referrer">'
+        f"<title>interloom report: {esc(summary['corpus'])}</title><style>{_asset('report.css')}</style></head>"
+        f'<body><header class="top"><h1>interloom corpus report</h1><div class="sub">{esc(sub)}</div></header>'
+        f'<nav class="toc">{toc}</nav><main>'
+        + _cards(summary) + _funnel(summary) + _distributions(summary) + _signals(summary)
+        + _dedup(summary, keeper_docs, repeated) + _browser(summary, len(documents), load_errors)
+        + "</main>"
+        f'<script type="application/json" id="report-data">{embed_json(data)}</script>'
+        f"<script>{script}</script></body></html>\n"
+    )

@@ -1,0 +1,512 @@
+"""The figures of a corpus report, computed by streaming over the corpus, never by loading it.
+
+One pass over the Parquet index (only the columns needed, shard by shard) feeds fixed-bin histograms
+(words and images per document, image sides and aspect ratio, every quality signal), language and domain
+counts, and a reservoir sample of documents (fixed seed) for the browser. The rejects log is streamed for
+counts by reason and a small reservoir per reason; the dedup outputs (`dedup/clusters.parquet`,
+`dedup/images.parquet`) give the largest clusters and the most repeated images. The funnel is copied from
+`stats.json` as is, and the filter thresholds are read from `build.json`'s resolved config.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from pipeline.corpus import Corpus
+
+TOKENS_PER_WORD = 1.3  # rough English BPE ratio; the report says it is an estimate
+INDEX_COLUMNS = ["id", "url", "lang", "n_words", "n_images", "image_meta", "signals", "shard", "offset"]
+
+# fixed bin edges; a value past the last edge counts as overflow, below the first as underflow
+WORD_EDGES = [0, 1, 10, 20, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 20000, 50000,
+              100000]
+IMAGE_COUNT_EDGES = list(range(0, 22))
+SIDE_EDGES = [0, 16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 8192]
+ASPECT_EDGES = [0.0, 0.2, 0.33, 0.5, 0.67, 0.8, 0.95, 1.05, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0]
+
+
+# ---- streaming aggregates --------------------------------------------------------------------------
+class Histogram:
+    """A histogram with fixed bins: given `edges`, or `n_bins` linear bins fixed from the first `warmup`
+    values (range min .. 99.5th percentile, widened to include the `include` values when they are near)."""
+
+    def __init__(self, edges: list[float] | None = None, *, n_bins: int = 30, warmup: int = 20_000,
+                 include: list[float] | None = None):
+        self.edges = None if edges is None else np.asarray(edges, dtype=np.float64)
+        self.n_bins = n_bins
+        self.warmup = warmup
+        self.include = list(include or [])
+        self._buffer: list[np.ndarray] = []
+        self._buffered = 0
+        self.counts = None if self.edges is None else np.zeros(len(self.edges) - 1, dtype=np.int64)
+        self.underflow = self.overflow = self.count = 0
+        self.total = 0.0
+        self.min = float("inf")
+        self.max = float("-inf")
+
+    def add(self, values: Any) -> None:
+        v = np.asarray(values, dtype=np.float64).ravel()
+        v = v[np.isfinite(v)]
+        if not v.size:
+            return
+        self.count += int(v.size)
+        self.total += float(v.sum())
+        self.min = min(self.min, float(v.min()))
+        self.max = max(self.max, float(v.max()))
+        if self.edges is None:
+            self._buffer.append(v)
+            self._buffered += v.size
+            if self._buffered >= self.warmup:
+                self._freeze()
+            return
+        self._bin(v)
+
+    def _bin(self, v: np.ndarray) -> None:
+        lo, hi = self.edges[0], self.edges[-1]
+        self.underflow += int((v < lo).sum())
+        self.overflow += int((v > hi).sum())
+        inside = v[(v >= lo) & (v <= hi)]
+        self.counts += np.histogram(inside, bins=self.edges)[0]
+
+    def _freeze(self) -> None:
+        data = np.concatenate(self._buffer) if self._buffer else np.zeros(0)
+        self._buffer, self._buffered = [], 0
+        if data.size:
+            lo, hi = float(data.min()), float(np.quantile(data, 0.995))
+        else:
+            lo, hi = 0.0, 1.0
+        span = max(hi - lo, 1e-9)
+        for t in self.include:  # a threshold next to the data widens the axis so it can be drawn
+            if lo - span <= t < lo:
+                lo = t
+            elif hi < t <= hi + span:
+                hi = t
+        if hi <= lo:
+            hi = lo + 1.0
+        if float(lo).is_integer() and float(hi).is_integer() and hi - lo <= self.n_bins and (
+                data.size == 0 or np.all(data == np.round(data))):
+            edges = np.arange(lo, hi + 2, dtype=np.float64)  # small integer range: one bin per value
+        else:
+            edges = np.linspace(lo, hi, self.n_bins + 1)
+        self.edges = edges
+        self.counts = np.zeros(len(edges) - 1, dtype=np.int64)
+        if data.size:
+            self._bin(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.edges is None:
+            self._freeze()
+        return {
+            "edges": [round(float(e), 6) for e in self.edges],
+            "counts": [int(c) for c in self.counts],
+            "underflow": self.underflow,
+            "overflow": self.overflow,
+            "count": self.count,
+            "mean": round(self.total / self.count, 6) if self.count else None,
+            "min": self.min if self.count else None,
+            "max": self.max if self.count else None,
+        }
+
+
+class Reservoir:
+    """Uniform sample of k items from a stream (Algorithm R) with a fixed seed: deterministic."""
+
+    def __init__(self, k: int, seed: int = 0):
+        self.k = k
+        self.rng = random.Random(seed)
+        self.items: list[Any] = []
+        self.seen = 0
+
+    def add(self, item: Any) -> None:
+        self.seen += 1
+        if len(self.items) < self.k:
+            self.items.append(item)
+        else:
+            j = self.rng.randrange(self.seen)
+            if j < self.k:
+                self.items[j] = item
+
+
+class BoundedCounter:
+    """A Counter that keeps at most `cap` keys: past it, the smaller half is pruned and the counts of
+    the survivors become lower bounds (`approximate` says so). Millions of domains stay in bounded memory."""
+
+    def __init__(self, cap: int = 200_000):
+        self.cap = cap
+        self.counts: Counter = Counter()
+        self.approximate = False
+
+    def update(self, keys: list[str]) -> None:
+        self.counts.update(keys)
+        if len(self.counts) > self.cap:
+            self.counts = Counter(dict(self.counts.most_common(self.cap // 2)))
+            self.approximate = True
+
+
+# ---- thresholds from build.json ---------------------------------------------------------------------
+# signal -> (filters section, config key, "min" keeps values >= threshold | "max" keeps values <= it)
+THRESHOLD_KEYS: dict[str, list[tuple[str, str, str]]] = {
+    "lang_score": [("language", "min_score", "min")],
+    "lang_block_agreement": [("language", "min_block_agreement", "min")],
+    "gopher_n_words": [("gopher_quality", "min_doc_words", "min"), ("gopher_quality", "max_doc_words", "max")],
+    "gopher_mean_word_length": [("gopher_quality", "min_avg_word_length", "min"),
+                                ("gopher_quality", "max_avg_word_length", "max")],
+    "gopher_hash_ratio": [("gopher_quality", "max_symbol_word_ratio", "max")],
+    "gopher_ellipsis_ratio": [("gopher_quality", "max_symbol_word_ratio", "max")],
+    "gopher_bullet_lines_ratio": [("gopher_quality", "max_bullet_lines_ratio", "max")],
+    "gopher_ellipsis_lines_ratio": [("gopher_quality", "max_ellipsis_lines_ratio", "max")],
+    "gopher_alpha_words_ratio": [("gopher_quality", "min_alpha_words_ratio", "min")],
+    "gopher_stop_words": [("gopher_quality", "min_stop_words", "min")],
+    "gopher_dup_para_frac": [("gopher_repetition", "dup_para_frac", "max")],
+    "gopher_dup_para_char_frac": [("gopher_repetition", "dup_para_char_frac", "max")],
+    "gopher_dup_line_frac": [("gopher_repetition", "dup_line_frac", "max")],
+    "gopher_dup_line_char_frac": [("gopher_repetition", "dup_line_char_frac", "max")],
+    "fineweb_line_punct_ratio": [("fineweb", "line_punct_thr", "min")],
+    "fineweb_short_line_ratio": [("fineweb", "short_line_thr", "max")],
+    "fineweb_char_dup_ratio": [("fineweb", "char_duplicates_ratio", "max")],
+    "fineweb_list_ratio": [("fineweb", "new_line_ratio", "max")],
+    "c4_n_sentences": [("c4", "min_num_sentences", "min")],
+    "quality_score": [("quality", "threshold", "min")],
+    "n_images": [("image_count", "min_images", "min"), ("image_count", "max_images", "max")],
+    "words_per_image": [("image_count", "min_words_per_image", "min")],
+}
+# n-gram signals whose thresholds are dicts in the config: section, key, signal name pattern
+NGRAM_KEYS = [("gopher_repetition", "top_n_grams", "gopher_top_{n}_gram_char_frac"),
+              ("gopher_repetition", "dup_n_grams", "gopher_dup_{n}_gram_char_frac")]
+
+
+def signal_thresholds(build: dict[str, Any] | None) -> dict[str, list[dict[str, Any]]]:
+    """Map signal names to the thresholds the build applied (enabled sections only). Keys missing from
+    the config are skipped: a corpus built by another version still gets a report."""
+    filters = ((build or {}).get("config") or {}).get("filters") or {}
+
+    def section(name: str) -> dict[str, Any] | None:
+        sec = filters.get(name)
+        if not isinstance(sec, dict) or sec.get("enabled") is False:
+            return None
+        return sec
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    for signal, keys in THRESHOLD_KEYS.items():
+        for sec_name, key, kind in keys:
+            sec = section(sec_name)
+            value = None if sec is None else sec.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not (
+                    kind == "min" and value < 0 and sec_name == "c4"):  # c4: -1 disables
+                out.setdefault(signal, []).append({"value": float(value), "kind": kind,
+                                                   "config": f"filters.{sec_name}.{key}"})
+    for sec_name, key, pattern in NGRAM_KEYS:
+        sec = section(sec_name)
+        table = None if sec is None else sec.get(key)
+        if isinstance(table, dict):
+            for n, value in table.items():
+                if isinstance(value, (int, float)):
+                    out.setdefault(pattern.format(n=n), []).append(
+                        {"value": float(value), "kind": "max", "config": f"filters.{sec_name}.{key}.{n}"})
+    return out
+
+
+# ---- the pass over the index ------------------------------------------------------------------------
+@dataclass
+class IndexScan:
+    """Aggregates of one pass over the index."""
+
+    documents: int = 0
+    images: int = 0
+    words: int = 0
+    shards: int = 0
+    hist: dict[str, Histogram] = field(default_factory=dict)
+    signals: dict[str, Histogram] = field(default_factory=dict)
+    signal_docs: Counter = field(default_factory=Counter)  # documents that carry each signal
+    languages: Counter = field(default_factory=Counter)
+    domains: BoundedCounter = field(default_factory=BoundedCounter)
+    sample: Reservoir | None = None
+    found_ids: dict[str, tuple[str, int]] = field(default_factory=dict)  # id -> (shard, offset)
+    found_phash: dict[str, tuple[str, int, str]] = field(default_factory=dict)  # -> (shard, offset, member)
+
+
+def _host(url: str) -> str:
+    try:
+        return (urlsplit(url).hostname or "").lower() or "(none)"
+    except ValueError:
+        return "(invalid)"
+
+
+def scan_index(corpus: Corpus, *, sample: int, seed: int, thresholds: dict[str, list[dict[str, Any]]],
+               want_ids: set[str] = frozenset(), want_phash: set[str] = frozenset(),
+               progress: bool = True) -> IndexScan:
+    """One streaming pass over the index of every shard in the manifest."""
+    scan = IndexScan(sample=Reservoir(sample, seed))
+    scan.hist = {
+        "words_per_document": Histogram(WORD_EDGES),
+        "images_per_document": Histogram(IMAGE_COUNT_EDGES),
+        "image_width": Histogram(SIDE_EDGES),
+        "image_height": Histogram(SIDE_EDGES),
+        "image_aspect_ratio": Histogram(ASPECT_EDGES),
+    }
+    shards = corpus.shards()
+    want_ids_arr = pa.array(sorted(want_ids), pa.string())
+    want_phash_arr = pa.array(sorted(want_phash), pa.string())
+    bar = tqdm(shards, desc="reading index", unit="shard", disable=not progress)
+    for shard in bar:
+        table = corpus.read_index(shard, columns=INDEX_COLUMNS)
+        scan.shards += 1
+        _scan_table(scan, table, thresholds, want_ids_arr, want_phash_arr)
+        bar.set_postfix(documents=scan.documents)
+    bar.close()
+    return scan
+
+
+def _scan_table(scan: IndexScan, table: pa.Table, thresholds: dict[str, list[dict[str, Any]]],
+                want_ids: pa.Array, want_phash: pa.Array) -> None:
+    n = table.num_rows
+    if not n:
+        return
+    n_words = table["n_words"].to_numpy(zero_copy_only=False).astype(np.int64)
+    n_images = table["n_images"].to_numpy(zero_copy_only=False).astype(np.int64)
+    scan.documents += n
+    scan.words += int(n_words.sum())
+    scan.images += int(n_images.sum())
+    scan.hist["words_per_document"].add(n_words)
+    scan.hist["images_per_document"].add(n_images)
+
+    meta = pc.list_flatten(table["image_meta"])  # null at text positions
+    if len(meta):
+        meta = meta.combine_chunks() if isinstance(meta, pa.ChunkedArray) else meta
+        valid = meta.filter(pc.is_valid(meta))
+        w = valid.field("width").to_numpy(zero_copy_only=False).astype(np.float64)
+        h = valid.field("height").to_numpy(zero_copy_only=False).astype(np.float64)
+        known = (w > 0) & (h > 0)
+        scan.hist["image_width"].add(w[known])
+        scan.hist["image_height"].add(h[known])
+        scan.hist["image_aspect_ratio"].add(w[known] / h[known])
+
+    cols = table.select(["id", "url", "lang", "signals", "shard", "offset"]).to_pydict()
+    langs = [lang or "(none)" for lang in cols["lang"]]
+    scan.languages.update(langs)
+    scan.domains.update([_host(u or "") for u in cols["url"]])
+
+    per_signal: dict[str, list[float]] = {}
+    for raw in cols["signals"]:
+        try:
+            sig = json.loads(raw) if raw else {}
+        except ValueError:
+            sig = {}
+        for name, value in sig.items() if isinstance(sig, dict) else ():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                per_signal.setdefault(name, []).append(float(value))
+    for name, values in per_signal.items():
+        if name not in scan.signals:
+            scan.signals[name] = Histogram(include=[t["value"] for t in thresholds.get(name, [])])
+        scan.signals[name].add(values)
+        scan.signal_docs[name] += len(values)
+
+    for i in range(n):
+        scan.sample.add((cols["shard"][i], int(cols["offset"][i]), cols["id"][i]))
+
+    if len(want_ids):
+        hits = pc.is_in(table["id"], value_set=want_ids).to_numpy(zero_copy_only=False)
+        for i in np.flatnonzero(hits):
+            scan.found_ids.setdefault(cols["id"][i], (cols["shard"][i], int(cols["offset"][i])))
+    if len(want_phash) and len(meta):
+        parents = pc.list_parent_indices(table["image_meta"])
+        parents = parents.combine_chunks() if isinstance(parents, pa.ChunkedArray) else parents
+        phash = meta.field("phash")
+        hits = pc.fill_null(pc.is_in(phash, value_set=want_phash), False).to_numpy(zero_copy_only=False)
+        members = meta.field("member")
+        for j in np.flatnonzero(hits):
+            ph = phash[j].as_py()
+            if ph not in scan.found_phash:
+                row = int(parents[j].as_py())
+                scan.found_phash[ph] = (cols["shard"][row], int(cols["offset"][row]), members[j].as_py())
+
+
+# ---- rejects ----------------------------------------------------------------------------------------
+def _parquet_files(corpus: Corpus, folder: str) -> list[str]:
+    root = f"{corpus.root.rstrip('/')}/{folder}"
+    if not corpus.fs.exists(root):
+        return []
+    return sorted(p for p in corpus.fs.find(root) if p.endswith(".parquet"))
+
+
+def read_rejects(corpus: Corpus, per_reason: int, seed: int, progress: bool = True) -> dict[str, Any]:
+    """Counts of the rejects log by (stage, item, reason) and a reservoir of rows per reason."""
+    files = _parquet_files(corpus, "rejects")
+    counts: Counter = Counter()
+    samples: dict[str, Reservoir] = {}
+    rows = 0
+    errors: list[str] = []
+    for path in tqdm(files, desc="reading rejects", unit="file", disable=not progress or not files):
+        try:
+            with corpus.fs.open(path, "rb") as f:
+                pf = pq.ParquetFile(f)
+                names = set(pf.schema_arrow.names)
+                cols = [c for c in ("id", "url", "stage", "item", "reason", "detail") if c in names]
+                if "reason" not in cols:
+                    errors.append(f"{path}: no `reason` column")
+                    continue
+                for batch in pf.iter_batches(batch_size=65_536, columns=cols):
+                    d = batch.to_pydict()
+                    for i in range(batch.num_rows):
+                        row = {c: ("" if d[c][i] is None else str(d[c][i])) for c in cols}
+                        key = (row.get("stage", ""), row.get("item", ""), row["reason"])
+                        counts[key] += 1
+                        samples.setdefault(row["reason"], Reservoir(per_reason, seed)).add(row)
+                    rows += batch.num_rows
+        except (OSError, pa.ArrowException) as e:
+            errors.append(f"{path}: {e}")
+    by_reason = sorted(({"stage": s, "item": it, "reason": r, "count": c} for (s, it, r), c in counts.items()),
+                       key=lambda x: (-x["count"], x["stage"], x["reason"]))
+    sample_rows = [row for reason in sorted(samples) for row in samples[reason].items]
+    return {"files": len(files), "rows": rows, "by_reason": by_reason, "sample": sample_rows, "errors": errors}
+
+
+# ---- dedup ------------------------------------------------------------------------------------------
+def read_dedup(corpus: Corpus, top_clusters: int, top_images: int) -> dict[str, Any]:
+    """The largest duplicate clusters and the most repeated images, from CORPUS/dedup/ if it is there."""
+    root = corpus.root.rstrip("/")
+    out: dict[str, Any] = {"clusters": None, "images": None, "errors": []}
+    clusters_path = f"{root}/dedup/clusters.parquet"
+    images_path = f"{root}/dedup/images.parquet"
+    if corpus.fs.exists(clusters_path):
+        try:
+            out["clusters"] = _read_clusters(corpus, clusters_path, top_clusters)
+        except (OSError, KeyError, pa.ArrowException) as e:
+            out["errors"].append(f"dedup/clusters.parquet: {type(e).__name__}: {e}")
+    if corpus.fs.exists(images_path):
+        try:
+            out["images"] = _read_images(corpus, images_path, top_images)
+        except (OSError, KeyError, pa.ArrowException) as e:
+            out["errors"].append(f"dedup/images.parquet: {type(e).__name__}: {e}")
+    out["available"] = out["clusters"] is not None or out["images"] is not None
+    return out
+
+
+def _read_clusters(corpus: Corpus, path: str, top: int) -> dict[str, Any]:
+    sizes: dict[Any, int] = {}  # the `top` largest clusters seen so far (size is per cluster, exact)
+    n_rows = n_dropped = 0
+    clusters: set = set()
+    reasons: Counter = Counter()
+    with corpus.fs.open(path, "rb") as f:
+        pf = pq.ParquetFile(f)
+        for batch in pf.iter_batches(batch_size=65_536, columns=["cluster_id", "keeper", "reason", "size"]):
+            d = batch.to_pydict()
+            n_rows += batch.num_rows
+            for cid, keeper, reason, size in zip(d["cluster_id"], d["keeper"], d["reason"], d["size"]):
+                clusters.add(cid)
+                if not keeper:
+                    n_dropped += 1
+                    reasons[str(reason)] += 1
+                sizes[cid] = int(size or 0)
+            if len(sizes) > 4 * top:
+                sizes = dict(heapq.nlargest(top, sizes.items(), key=lambda kv: (kv[1], str(kv[0]))))
+        chosen = dict(heapq.nlargest(top, sizes.items(), key=lambda kv: (kv[1], str(kv[0]))))
+        members: dict[Any, list[dict[str, Any]]] = {cid: [] for cid in chosen}
+        want = pa.array(list(chosen))
+        for batch in pf.iter_batches(batch_size=65_536, columns=["cluster_id", "id", "url", "keeper", "reason"]):
+            t = pa.Table.from_batches([batch])
+            t = t.filter(pc.is_in(t["cluster_id"], value_set=want.cast(t.schema.field("cluster_id").type)))
+            for r in t.to_pylist():
+                members[r["cluster_id"]].append({"id": str(r["id"] or ""), "url": str(r["url"] or ""),
+                                                 "keeper": bool(r["keeper"]), "reason": str(r["reason"] or "")})
+    top_list = []
+    for cid, size in sorted(chosen.items(), key=lambda kv: (-kv[1], str(kv[0]))):
+        rows = sorted(members[cid], key=lambda m: (not m["keeper"], m["id"]))
+        top_list.append({"cluster_id": str(cid), "size": size, "members": rows})
+    return {"rows": n_rows, "clusters": len(clusters), "dropped": n_dropped,
+            "dropped_by_reason": dict(reasons.most_common()), "top": top_list}
+
+
+def _read_images(corpus: Corpus, path: str, top: int) -> dict[str, Any]:
+    best: list[tuple[int, str, int]] = []
+    n_rows = 0
+    with corpus.fs.open(path, "rb") as f:
+        pf = pq.ParquetFile(f)
+        for batch in pf.iter_batches(batch_size=65_536, columns=["phash", "n_docs", "dropped"]):
+            d = batch.to_pydict()
+            n_rows += batch.num_rows
+            for ph, n_docs, dropped in zip(d["phash"], d["n_docs"], d["dropped"]):
+                item = (int(n_docs or 0), str(ph), int(dropped or 0))
+                if len(best) < top:
+                    heapq.heappush(best, item)
+                else:
+                    heapq.heappushpop(best, item)
+    top_list = [{"phash": ph, "n_docs": n, "dropped": dr} for n, ph, dr in sorted(best, key=lambda x: (-x[0], x[1]))]
+    return {"rows": n_rows, "top": top_list}
+
+
+# ---- the summary ------------------------------------------------------------------------------------
+def _read_optional_json(corpus: Corpus, name: str) -> tuple[Any, str | None]:
+    try:
+        return corpus.read_json(name), None
+    except FileNotFoundError:
+        return None, f"{name} not found"
+    except (OSError, ValueError) as e:
+        return None, f"{name} unreadable: {e}"
+
+
+def summarize(corpus: Corpus, *, sample: int = 200, seed: int = 0, top_domains: int = 25,
+              top_clusters: int = 10, top_images: int = 12, rejects_per_reason: int = 5,
+              progress: bool = True) -> tuple[dict[str, Any], IndexScan, dict[str, Any]]:
+    """Compute the summary figures. Returns (summary, the index scan, rejects with samples)."""
+    stats, stats_error = _read_optional_json(corpus, "stats.json")
+    build, build_error = _read_optional_json(corpus, "build.json")
+    thresholds = signal_thresholds(build)
+    dedup = read_dedup(corpus, top_clusters, top_images)
+    want_ids = {m["id"] for c in (dedup["clusters"] or {}).get("top", []) for m in c["members"] if m["keeper"]}
+    want_phash = {im["phash"] for im in (dedup["images"] or {}).get("top", [])}
+    scan = scan_index(corpus, sample=sample, seed=seed, thresholds=thresholds, want_ids=want_ids,
+                      want_phash=want_phash, progress=progress)
+    rejects = read_rejects(corpus, rejects_per_reason, seed, progress)
+
+    drops = []
+    for s in (stats or {}).get("stages", []):
+        drops += [{"stage": s["name"], "item": "document", "reason": r, "count": int(c)}
+                  for r, c in s.get("drops", {}).items()]
+    for key, s in (stats or {}).get("items", {}).items():
+        drops += [{"stage": key.split("/", 1)[0], "item": key.split("/", 1)[-1], "reason": r, "count": int(c)}
+                  for r, c in s.get("drops", {}).items()]
+    drops.sort(key=lambda d: (-d["count"], d["stage"], d["reason"]))
+
+    summary = {
+        "corpus": corpus.path,
+        "totals": {
+            "documents": scan.documents,
+            "images": scan.images,
+            "words": scan.words,
+            "tokens_estimate": int(round(scan.words * TOKENS_PER_WORD)),
+            "tokens_estimate_method": f"words * {TOKENS_PER_WORD} (whitespace words, rough BPE ratio)",
+            "shards": scan.shards,
+            "languages": len(scan.languages),
+            "domains": len(scan.domains.counts),
+        },
+        "funnel": None if stats is None else {"stages": stats.get("stages", []), "items": stats.get("items", {}),
+                                             "counters": stats.get("counters", {}), "build": stats.get("build", {})},
+        "funnel_error": stats_error,
+        "drops": drops,
+        "build": None if build is None else {k: build.get(k) for k in ("started_at", "finished_at", "inputs",
+                                                                        "versions")},
+        "build_error": build_error,
+        "histograms": {name: h.to_dict() for name, h in scan.hist.items()},
+        "signals": {name: {**scan.signals[name].to_dict(), "documents": scan.signal_docs[name],
+                           "thresholds": thresholds.get(name, [])} for name in sorted(scan.signals)},
+        "languages": dict(scan.languages.most_common()),
+        "domains": {"top": dict(scan.domains.counts.most_common(top_domains)),
+                    "approximate": scan.domains.approximate},
+        "rejects": {k: rejects[k] for k in ("files", "rows", "by_reason", "errors")},
+        "dedup": dedup,
+        "sample": {"requested": sample, "seed": seed, "documents": len(scan.sample.items)},
+    }
+    return summary, scan, rejects

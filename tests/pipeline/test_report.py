@@ -1,0 +1,301 @@
+"""`interloom inspect`: the report of a corpus built from the real dev WARCs, opened in headless Chromium.
+
+The corpus gets one planted page whose text, title, alt text and URLs carry script and event-handler
+injections, and a planted rejects file; the report must show them as text and run none of them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imagehash
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image as PILImage
+
+from pipeline.corpus import Corpus, append_manifest, write_shards
+from pipeline.record import Document, Image, make_doc_id
+from pipeline.report import make_report
+from pipeline.report.render import embed_json
+from pipeline.report.summary import Histogram, Reservoir, signal_thresholds
+from pipeline.stats import REJECTS_SCHEMA
+
+REPO = Path(__file__).resolve().parents[2]
+REAL = REPO / ".." / "shared" / "data" / "real"
+WARCS = ["iana.warc.gz", "IAH-20080430204825-00000-blackbook.warc.gz"]
+PHOTO = "dev/images/photos/pillow__flower.jpg"
+PLANTED_ID = make_doc_id("test:planted")
+PLANTED_TEXT_1 = "Before <script>window.__pwned=1</script> after."
+PLANTED_TEXT_2 = '<img src=x onerror="window.__pwned=2"> and </script><script>window.__pwned=7</script>'
+
+pytestmark = pytest.mark.skipif(not (REAL / "dev" / "warc").exists(),
+                                reason="../shared/data/real not present: real dev WARCs needed")
+
+
+# ---- the corpus -------------------------------------------------------------------------------------
+def planted_document() -> Document:
+    data = (REAL / PHOTO).read_bytes()
+    pil = PILImage.open(io.BytesIO(data))
+    doc = Document(id=PLANTED_ID, url='https://planted.example/p?q="><script>window.__pwned=3</script>',
+                   source="test:planted", lang="en", lang_score=0.99,
+                   title='<img src=x onerror="window.__pwned=5">Planted')
+    doc.append_text(PLANTED_TEXT_1)
+    doc.append_image(Image(url="javascript:window.__pwned=4", alt='"><img src=x onerror="window.__pwned=6">',
+                           width=pil.width, height=pil.height, format="jpeg", phash=str(imagehash.phash(pil)),
+                           data=data))
+    doc.append_text(PLANTED_TEXT_2)
+    doc.signals = {"lang_score": 0.99}
+    return doc
+
+
+def add_planted(corpus: Path) -> None:
+    """The planted page in a shard of its own, listed in the manifest; a planted rejects file."""
+    append_manifest(corpus, write_shards([planted_document()], corpus, "planted"))
+    (corpus / "rejects").mkdir(exist_ok=True)
+    row = {"id": "planted-reject", "url": "javascript:window.__pwned=8", "stage": "planted_stage",
+           "item": "document", "reason": "<b>planted_reason</b>",
+           "detail": "</script><script>window.__pwned=9</script>"}
+    pq.write_table(pa.Table.from_pylist([row], schema=REJECTS_SCHEMA), corpus / "rejects" / "planted.parquet")
+
+
+def build_real(corpus: Path) -> None:
+    import ray
+
+    from pipeline.build import BuildConfig, build_corpus
+
+    cfg = BuildConfig.model_validate({"ray": {"num_cpus": 2, "workers": 2}})
+    try:
+        build_corpus([str(REAL / "dev" / "warc" / w) for w in WARCS], corpus, cfg, progress=False)
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("report") / "corpus"
+    build_real(root)
+    add_planted(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(corpus) -> tuple[Path, dict]:
+    out = corpus.parent / "report"
+    summary = make_report(corpus, out, sample=1000, progress=False)
+    return out, summary
+
+
+# ---- figures ----------------------------------------------------------------------------------------
+def test_summary_figures_match_the_corpus(corpus, report):
+    out, summary = report
+    stats = json.loads((corpus / "stats.json").read_text())
+    written = json.loads((out / "summary.json").read_text())
+    assert written["funnel"]["stages"] == stats["stages"]
+    assert written["funnel"]["items"] == stats["items"]
+    shards = Corpus(corpus).shards()
+    n_docs = sum(s.documents for s in shards)
+    assert summary["totals"]["documents"] == n_docs > 1
+    assert summary["totals"]["images"] == sum(s.images for s in shards)
+    words = sum(d.n_words for d in Corpus(corpus).iter_documents(with_images=False))
+    assert summary["totals"]["words"] == words
+    assert summary["totals"]["tokens_estimate"] == round(words * 1.3)
+    h = summary["histograms"]["words_per_document"]
+    assert sum(h["counts"]) + h["underflow"] + h["overflow"] == n_docs
+    h = summary["histograms"]["image_width"]
+    assert sum(h["counts"]) + h["underflow"] + h["overflow"] == summary["totals"]["images"]
+    assert sum(summary["languages"].values()) == n_docs
+    # every stage's drops are in the drop list, with the exact counts
+    listed = {(d["stage"], d["reason"]): d["count"] for d in summary["drops"] if d["item"] == "document"}
+    for s in stats["stages"]:
+        for reason, count in s["drops"].items():
+            assert listed[(s["name"], reason)] == count
+    # the sample holds every document (sample > corpus size), and the planted page
+    assert summary["sample"]["documents"] == n_docs
+    assert "<b>planted_reason</b>" in {r["reason"] for r in summary["rejects"]["by_reason"]}
+
+
+def test_thresholds_come_from_build_json(corpus, report):
+    _, summary = report
+    build = json.loads((corpus / "build.json").read_text())
+    lang = summary["signals"]["lang_score"]["thresholds"]
+    assert lang == [{"value": build["config"]["filters"]["language"]["min_score"], "kind": "min",
+                     "config": "filters.language.min_score"}]
+    # missing keys and sections are skipped, not a crash
+    assert signal_thresholds({"config": {"filters": {"language": {"enabled": True}}}}) == {}
+    assert signal_thresholds(None) == {}
+    got = signal_thresholds({"config": {"filters": {"gopher_repetition": {"top_n_grams": {"2": 0.2}},
+                                                    "fineweb": {"enabled": False, "line_punct_thr": 0.1}}}})
+    assert got == {"gopher_top_2_gram_char_frac": [
+        {"value": 0.2, "kind": "max", "config": "filters.gopher_repetition.top_n_grams.2"}]}
+
+
+def test_streaming_helpers():
+    h = Histogram(n_bins=10, warmup=100, include=[0.5])
+    h.add([0.6 + i / 1000 for i in range(150)])  # freezes after 100 values; 0.5 is near: axis widened
+    d = h.to_dict()
+    assert d["edges"][0] == 0.5 and d["count"] == 150
+    assert sum(d["counts"]) + d["underflow"] + d["overflow"] == 150
+    a, b = Reservoir(5, seed=3), Reservoir(5, seed=3)
+    for i in range(1000):
+        a.add(i)
+        b.add(i)
+    assert a.items == b.items and len(set(a.items)) == 5
+    assert "<" not in embed_json({"t": "</script><!--"}) and json.loads(embed_json({"t": "</script>"})) == {
+        "t": "</script>"}
+
+
+def test_cli_json_and_table(corpus, tmp_path):
+    cmd = [sys.executable, "-m", "pipeline.cli", "inspect", str(corpus), "--output", str(tmp_path / "r"),
+           "--sample", "5", "--json", "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["totals"]["documents"] == sum(s.documents for s in Corpus(corpus).shards())
+    assert summary["sample"]["documents"] == 5
+    assert (tmp_path / "r" / "index.html").exists()
+    again = make_report(corpus, tmp_path / "r2", sample=5, progress=False)
+    html = (tmp_path / "r2" / "index.html").read_text()
+    ids = {d["id"] for d in json.loads(html.split('id="report-data">')[1].split("</script>")[0])["documents"]}
+    first = json.loads((tmp_path / "r" / "index.html").read_text().split('id="report-data">')[1]
+                       .split("</script>")[0])["documents"]
+    assert {d["id"] for d in first} == ids, "same seed, same sample"
+    assert again["totals"] == summary["totals"]
+    table = subprocess.run(cmd[:-2] + ["--no-progress"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert table.returncode == 0, table.stderr
+    assert f"documents          {summary['totals']['documents']:,}" in table.stdout
+    assert "top drop reasons" in table.stdout
+    bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "inspect", str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert bad.returncode == 2 and "not a corpus" in bad.stderr
+
+
+def test_corpus_without_stats_build_or_dedup(tmp_path, chrome):
+    """A bare corpus (only shards and manifest) still gets a report, saying what is missing."""
+    root = tmp_path / "bare"
+    append_manifest(root, write_shards([planted_document()], root, "planted"))
+    clusters = pa.table({"cluster_id": [7, 7, 7], "id": [PLANTED_ID, "dup-a", "dup-b"],
+                         "url": ["https://planted.example/", "https://copy.example/a", "javascript:alert(1)"],
+                         "keeper": [True, False, False], "reason": ["", "exact", "minhash"], "size": [3, 3, 3]})
+    out = tmp_path / "r"
+    summary = make_report(root, out, progress=False)
+    assert summary["funnel"] is None and summary["dedup"]["available"] is False
+    html = (out / "index.html").read_text()
+    assert "No dedup data" in html and "No funnel" in html and "No thresholds" in html
+    # now with the dedup outputs (schema of the dedup stage: clusters and repeated images)
+    (root / "dedup").mkdir()
+    pq.write_table(clusters, root / "dedup" / "clusters.parquet")
+    phash = planted_document().images[1].phash
+    pq.write_table(pa.table({"phash": [phash, "ffffffffffffffff"], "n_docs": [9, 2], "dropped": [8, 1]}),
+                   root / "dedup" / "images.parquet")
+    summary = make_report(root, out, progress=False)
+    top = summary["dedup"]["clusters"]["top"][0]
+    assert top["size"] == 3 and [m["id"] for m in top["members"]][0] == PLANTED_ID
+    assert summary["dedup"]["images"]["top"][0] == {"phash": phash, "n_docs": 9, "dropped": 8}
+    chrome.get((out / "index.html").as_uri())
+    _wait_ready(chrome)
+    cluster = chrome.find_element("css selector", '.dedup-cluster[data-size="3"]')
+    assert "show document" in cluster.text and "javascript:alert(1)" in cluster.text
+    assert not chrome.find_elements("css selector", 'a[href^="javascript"]')
+    img = chrome.find_element("css selector", f'#dedup figure[data-phash="{phash}"] img')
+    assert chrome.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 0
+
+
+# ---- the page in a browser --------------------------------------------------------------------------
+def _wait_ready(driver, timeout: float = 20) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if driver.execute_script("return document.body && document.body.getAttribute('data-ready')") == "1":
+            return
+        time.sleep(0.1)
+    raise AssertionError("report script did not finish rendering")
+
+
+def _wait_images(driver, article, timeout: float = 15) -> list[int]:
+    driver.execute_script("arguments[0].scrollIntoView()", article)
+    end = time.time() + timeout
+    while time.time() < end:
+        widths = driver.execute_script(
+            "return Array.from(arguments[0].querySelectorAll('img')).map(i => i.complete ? i.naturalWidth : -1)",
+            article)
+        if widths and all(w >= 0 for w in widths):
+            return widths
+        time.sleep(0.1)
+    raise AssertionError("images did not load")
+
+
+def test_report_in_chromium(corpus, report, chrome):
+    out, summary = report
+    stats = json.loads((corpus / "stats.json").read_text())
+    chrome.get((out / "index.html").as_uri())
+    _wait_ready(chrome)
+    severe = [e for e in chrome.get_log("browser") if e["level"] == "SEVERE"]
+    assert not severe, severe
+
+    # the funnel shown is stats.json, number for number
+    rows = chrome.find_elements("css selector", "#funnel-table tr[data-stage]")
+    assert [r.get_attribute("data-stage") for r in rows] == [s["name"] for s in stats["stages"]]
+    for row, s in zip(rows, stats["stages"]):
+        assert int(row.get_attribute("data-in")) == s["in"] and int(row.get_attribute("data-out")) == s["out"]
+        shown = {e.get_attribute("data-reason"): int(e.get_attribute("data-count"))
+                 for e in row.find_elements("css selector", "[data-drop-stage]")}
+        assert shown == s["drops"]
+    card = chrome.find_element("css selector", '[data-total="documents"]')
+    assert int(card.get_attribute("data-value")) == sum(s.documents for s in Corpus(corpus).shards())
+    assert chrome.find_elements("css selector", '[data-signal="lang_score"] line[stroke="#d62728"]'), \
+        "the lang_score threshold is drawn"
+
+    # a real document with images shows them, loaded from the report folder
+    with_images = [a for a in chrome.find_elements("css selector", "article.doc")
+                   if a.get_attribute("data-doc-id") != PLANTED_ID and a.find_elements("css selector", "img")]
+    assert with_images, "the sample has a document with images"
+    assert all(w > 0 for w in _wait_images(chrome, with_images[0]))
+
+    # the planted page: injections are text, nothing ran, nothing is a javascript: link
+    planted = chrome.find_element("css selector", f'article[data-doc-id="{PLANTED_ID}"]')
+    text = planted.get_attribute("textContent")
+    assert PLANTED_TEXT_1 in text and PLANTED_TEXT_2 in text
+    assert '<img src=x onerror="window.__pwned=5">Planted' in text
+    assert planted.find_elements("css selector", "script") == []
+    assert all(w > 0 for w in _wait_images(chrome, planted))
+    rejects = chrome.find_element("css selector", "#rejects-table").get_attribute("textContent")
+    assert "<b>planted_reason</b>" in rejects and "</script><script>window.__pwned=9</script>" in rejects
+    assert chrome.execute_script("return typeof window.__pwned") == "undefined"
+    assert chrome.execute_script("return document.querySelectorAll('[onerror]').length") == 0
+    assert not chrome.find_elements("css selector", 'a[href^="javascript"]')
+    assert len(chrome.find_elements("css selector", "script")) == 2  # the JSON block and the report script
+
+    # jump by id, filter by language and by reject reason
+    box = chrome.find_element("id", "jump-q")
+    box.send_keys(PLANTED_ID)
+    chrome.find_element("css selector", "#jump-form button").click()
+    assert "hit" in planted.get_attribute("class").split()
+    chrome.find_element("css selector", "#filter-lang option[value='en']").click()
+    shown = chrome.execute_script("return Array.from(document.querySelectorAll('article.doc'))"
+                                  ".filter(a => a.style.display !== 'none').map(a => a.dataset.lang)")
+    assert shown and set(shown) == {"en"}
+    chrome.find_element("css selector", "#filter-reason option[value='<b>planted_reason</b>']").click()
+    visible = chrome.execute_script("return Array.from(document.querySelectorAll('tr.reject'))"
+                                    ".filter(r => r.style.display !== 'none').length")
+    assert visible == 1
+
+    # screenshot artifact of the page top (not committed)
+    chrome.find_element("css selector", "#filter-lang option[value='']").click()
+    chrome.execute_script("window.scrollTo(0, 0)")
+    (REPO / "artifacts").mkdir(exist_ok=True)
+    chrome.save_screenshot(str(REPO / "artifacts" / "report.png"))
+
+    # the Content-Security-Policy refuses anything remote, even if a script tried
+    chrome.execute_script(
+        "window.__csp = 0; document.addEventListener('securitypolicyviolation', () => { window.__csp += 1; });"
+        "var i = document.createElement('img'); i.src = 'http://127.0.0.1:9/x.png'; document.body.appendChild(i);")
+    end = time.time() + 5
+    while time.time() < end and not chrome.execute_script("return window.__csp"):
+        time.sleep(0.1)
+    assert chrome.execute_script("return window.__csp") >= 1
