@@ -1,0 +1,46 @@
+"""Publisher opt-outs from AI training, read from robots directives the source recorded on the document.
+
+`OptOutFilter` (stage "opt_out") reads `doc.meta["x_robots_tag"]` (the X-Robots-Tag HTTP header) and
+`doc.meta["meta_robots"]` (`<meta name="robots">` content); directives are split on commas, semicolons,
+colons and whitespace and compared case-insensitively (so "googlebot: noai" counts too).
+- `noai`: the document is dropped (`optout_noai`);
+- `noimageai`: the text stays, every image is removed from the document, each counted as an image item
+  drop (`optout_noimageai`, `opt_out/image` in/out) with a rejects row naming the image URL.
+"""
+
+from __future__ import annotations
+
+import re
+
+from filters.config import OptOutConfig
+from pipeline.record import Document
+from pipeline.stats import Ledger
+from pipeline.steps import Drop, Step
+
+_SPLIT_RE = re.compile(r"[\s,;:]+")
+
+
+class OptOutFilter(Step):
+    name = "opt_out"
+
+    def __init__(self, cfg: OptOutConfig | None = None):
+        self.cfg = cfg or OptOutConfig()
+
+    def directives(self, doc: Document) -> set[str]:
+        found: set[str] = set()
+        for key in self.cfg.meta_keys:
+            found.update(d for d in _SPLIT_RE.split(doc.meta.get(key, "").lower()) if d)
+        return found
+
+    def process(self, doc: Document, ledger: Ledger) -> Document | Drop:
+        directives = self.directives(doc)
+        if "noai" in directives:
+            return Drop("optout_noai")
+        if "noimageai" in directives:
+            count = ledger.item(self.name, "image")
+            for im in doc.image_list:
+                count.n_in += 1
+                ledger.drop(self.name, "optout_noimageai", id=doc.id, url=doc.url, item="image", detail=im.url)
+            doc.keep_positions([t is not None for t in doc.texts])
+            doc.signals["optout_noimageai"] = 1.0
+        return doc
