@@ -4,6 +4,11 @@ travel, and every response read is archived in a valid WARC."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # webserver.py, crawl_fixtures.py (importlib mode)
+
 import asyncio
 
 import httpx
@@ -14,6 +19,7 @@ from crawl.live.config import CrawlConfig
 from crawl.live.fetcher import Fetched, Fetcher, parse_retry_after
 from crawl.live.safety import AddressPolicy, UnsafeAddress, make_client
 from crawl.live.warc_writer import RotatingWarcWriter, closed_segments
+from crawl_fixtures import server, site  # noqa: E402,F401 - fixtures
 from pipeline.stats import Ledger
 
 ALLOW = ["127.0.0.1/32"]

@@ -10,7 +10,7 @@ at the server's real photos, the others at missing images) and real photos, plus
   /fault/flaky                500 on the first request, then a page
   /fault/ratelimit            429 with Retry-After: 1 on the first request, then a page
   /fault/loop-a, loop-b       a redirect loop      /fault/hop/<n>        redirects to hop n+1 forever
-  /fault/big, /fault/bigstream a body over the cap (with, without Content-Length)
+  /fault/big, /fault/bigstream a body over the cap (with, without Content-Length); /fault/big.jpg an image one
   /fault/html-image.jpg       HTML at an image URL /fault/truncated.jpg  a truncated JPEG (real file)
   /fault/noai.jpg             a photo with X-Robots-Tag: noai
   /fault/text.txt             text/plain          /fault/to-private      302 to http://10.0.0.1/
@@ -73,7 +73,7 @@ def load_site(real: Path, n_pages: int = 12, photos_per_page: int = 2) -> Site:
                 k += 1
                 shown.append(target)
             else:
-                target = f"/photos/missing-{d.name}-{i}.jpg"
+                target = "/photos/missing.jpg"  # one shared 404, so tests stay quick
             return m.group(1) + m.group(2) + target.encode() + m.group(2)
 
         html = _IMG_SRC.sub(rewrite, html)
@@ -116,7 +116,11 @@ class TestServer:
                     server._seen[self.path] = n + 1
                 server.handle(self, self.path.split("?", 1)[0], n)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class QuietServer(ThreadingHTTPServer):
+            def handle_error(self, request, client_address):  # clients abort on purpose (size cap, timeout)
+                pass
+
+        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -204,6 +208,8 @@ class TestServer:
                 pass
             h.close_connection = True
             return None
+        if path == "/fault/big.jpg":
+            return send(h, 200, b"\xff\xd8\xff" + b"z" * self.big_bytes, "image/jpeg")
         if path == "/fault/html-image.jpg":
             return send(h, 200, b"<!doctype html><html><body>not an image</body></html>")
         if path == "/fault/html-as-jpeg.jpg":  # lies about its type

@@ -1,16 +1,13 @@
-"""Fixtures of the crawler tests: the loopback test server (tests/crawl/webserver.py) and a crawl config
+"""Fixtures of the crawler tests (imported by test_crawl_*.py; not a conftest, so the repo-wide
+`tests/conftest.py` stays the one `conftest` module): the loopback test server (tests/crawl/webserver.py) and a crawl config
 that allow-lists 127.0.0.1 with short timeouts."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from webserver import TestServer, load_site  # noqa: E402
+from webserver import TestServer, load_site
 
 REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
 
