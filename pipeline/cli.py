@@ -10,6 +10,7 @@ import sys
 # subcommand modules, in the order `interloom --help` lists them
 COMMANDS = [
     "pipeline.build_cli",  # interloom build
+    "crawl.crawl_cli",  # interloom crawl
     "pipeline.report.cli",  # interloom inspect
     "pipeline.export",  # interloom export hf
     "train.tokenizer_cli",  # interloom tokenizer train
