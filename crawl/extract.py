@@ -27,6 +27,7 @@ single C call (one lxml call) is interrupted when that call returns.
 
 from __future__ import annotations
 
+import bisect
 import codecs
 import re
 import signal
@@ -60,6 +61,7 @@ class ExtractConfig(Section):
     include_comments: bool = False  # user comments below an article
     favor_precision: bool = False  # trafilatura's knobs
     favor_recall: bool = False
+    text_pass: bool = True  # a second, text-only trafilatura pass decides which text blocks are main content
     recover_images: bool = True  # put back content images trafilatura dropped (see module docstring)
     max_images: int = 200  # images kept per document, in reading order
     drop_teasers: bool = True  # drop images of teaser cards / related-links, nav, comment, ad blocks
@@ -368,7 +370,8 @@ _INVISIBLE = str.maketrans("", "", "\u00ad\u200b\u2060\ufeff")  # soft hyphen, z
 
 
 def _clean(text: str) -> str:
-    lines = [" ".join(line.split()) for line in text.translate(_INVISIBLE).splitlines()]
+    text = unicodedata.normalize("NFC", text.translate(_INVISIBLE))
+    lines = [" ".join(line.split()) for line in text.splitlines()]
     return "\n".join(line for line in lines if line).strip()
 
 
@@ -400,7 +403,7 @@ class _Walker:
             if any(cell.find(f".//{t}") is not None for cell in el for t in _CONTAINER_TAGS):
                 self.visit_children(el)  # a layout table: each cell holds blocks of its own
             else:
-                cells = [" ".join("".join(cell.itertext()).translate(_INVISIBLE).split()) for cell in el]
+                cells = [_clean(" ".join(cell.itertext())).replace("\n", " ") for cell in el]
                 self.flush_cells([c for c in cells if c])
             if el.tail and el.tail.strip():
                 self.buf.append(el.tail)
@@ -425,6 +428,37 @@ class _Walker:
     def flush_cells(self, cells: list[str]) -> None:
         if cells:
             self.items.append(("text", " | ".join(cells)))
+
+
+def _walk(body: etree._Element) -> list[tuple[str, object]]:
+    walker = _Walker()
+    walker.visit(body)
+    walker.flush()
+    return walker.items
+
+
+def _keep_main_text(items: list[tuple[str, object]], main_texts: list[str]) -> list[tuple[str, object]]:
+    """Keep the text blocks of the image pass that the text-only pass also extracted. trafilatura with
+    images on keeps image containers (captions, sidebars with thumbnails) whose text it judges boilerplate
+    when images are off; its text-only judgement decides, image positions come from the image pass."""
+    exact = {_norm_text(t) for t in main_texts}
+    joined = "\n".join(_norm_text(t) for t in main_texts)
+    keep = []
+    for kind, value in items:
+        if kind == "text":
+            norm = _norm_text(value)
+            keep.append(norm in exact or (len(norm) >= 20 and norm in joined))
+        else:
+            keep.append(True)
+    # an image whose nearest text blocks on both sides were both judged boilerplate goes with them
+    text_at = [i for i, (kind, _) in enumerate(items) if kind == "text"]
+    for i, (kind, _) in enumerate(items):
+        if kind != "image":
+            continue
+        k = bisect.bisect_left(text_at, i)
+        if 0 < k < len(text_at) and not keep[text_at[k - 1]] and not keep[text_at[k]]:
+            keep[i] = False
+    return [item for item, k in zip(items, keep) if k]
 
 
 # ---- image recovery ------------------------------------------------------------------------------------
@@ -549,10 +583,11 @@ def _parse(html: str) -> etree._Element | None:
     return tree
 
 
-def _run_trafilatura(tree: etree._Element, url: str, config: ExtractConfig) -> etree._Element | None:
+def _run_trafilatura(tree: etree._Element, url: str, config: ExtractConfig,
+                     images: bool = True) -> etree._Element | None:
     """trafilatura's main-content extraction on a prepared tree; its XML body or None."""
     result = trafilatura.bare_extraction(
-        tree, url=url or None, include_images=True, include_tables=config.include_tables,
+        tree, url=url or None, include_images=images, include_tables=config.include_tables,
         include_comments=config.include_comments, favor_precision=config.favor_precision,
         favor_recall=config.favor_recall, with_metadata=False, output_format="python",
     )
@@ -589,13 +624,18 @@ def _extract(html: str, url: str, *, source: str, fetched_at: str, doc_id: str,
     title = _title(tree)
     records, _junk = prepare_tree(tree, url, config.prefer_largest, config.drop_teasers)
     original = deepcopy(tree) if config.recover_images else None
+    text_tree = deepcopy(tree) if config.text_pass else None
     body = _run_trafilatura(tree, url, config)
-    if body is None:
+    items = _walk(body) if body is not None else []
+    if text_tree is not None:
+        text_body = _run_trafilatura(text_tree, url, config, images=False)
+        if text_body is None:
+            return None
+        main_texts = [t for kind, t in _walk(text_body) if kind == "text"]
+        # when the image pass found nothing, the text pass alone gives the blocks (images come from recovery)
+        items = _keep_main_text(items, main_texts) if body is not None else [("text", t) for t in main_texts]
+    elif body is None:
         return None
-    walker = _Walker()
-    walker.visit(body)
-    walker.flush()
-    items = walker.items
     if original is not None and records:
         items = _recover_images(original, items, records)
     doc = Document(id=doc_id or make_doc_id(source or url), url=url, source=source, fetched_at=fetched_at,
