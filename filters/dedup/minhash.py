@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from filters.dedup.text import is_cjk, normalize_codepoints
+from filters.dedup.text import is_cjk_codepoints, normalize_codepoints
 
 U64 = np.uint64
 _BASE = U64(0x100000001B3)  # FNV-64 prime, odd -> invertible mod 2^64
@@ -125,7 +125,8 @@ class MinHasher:
         return h[np.concatenate(([True], h[1:] != h[:-1]))]
 
     def shingle_hashes_of_text(self, text: str, lang: str = "") -> np.ndarray:
-        return self.shingle_hashes(normalize_codepoints(text), is_cjk(text, lang))
+        cp = normalize_codepoints(text)
+        return self.shingle_hashes(cp, is_cjk_codepoints(cp, lang))
 
     # ---- signatures -----------------------------------------------------------------------------------
     def signatures(self, shingle_sets: Sequence[np.ndarray], block: int = 512) -> np.ndarray:

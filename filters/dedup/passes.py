@@ -47,7 +47,7 @@ from filters.dedup.config import DedupConfig
 from filters.dedup.graph import connected_components, pairs_in_groups
 from filters.dedup.images import parse_phash, phash_clusters
 from filters.dedup.minhash import MinHasher, estimate_jaccard
-from filters.dedup.text import codepoints_to_str, is_cjk, normalize_codepoints, normalize_url, text_hash
+from filters.dedup.text import codepoints_to_str, is_cjk_codepoints, normalize_codepoints, normalize_url, text_hash
 
 REASON_URL = "duplicate_url"
 REASON_EXACT = "duplicate_exact"
@@ -148,7 +148,7 @@ def signatures_pass(staged_path: str, out_path: str, cfg: DedupConfig) -> int:
         full = "\n\n".join(t for t in (texts or []) if t is not None)
         cp = normalize_codepoints(full)
         hashes.append(text_hash(codepoints_to_str(cp)) if cfg.exact else None)
-        shingles.append(hasher.shingle_hashes(cp, is_cjk(full, lang or "")) if cfg.minhash else
+        shingles.append(hasher.shingle_hashes(cp, is_cjk_codepoints(cp, lang or "")) if cfg.minhash else
                         np.empty(0, dtype=np.uint64))
     sigs = hasher.signatures(shingles)
     bands = hasher.band_hashes(sigs)
@@ -228,6 +228,14 @@ def _estimated_jaccard(pairs: pa.Table, sig_paths: list[str]) -> np.ndarray:
     return estimate_jaccard(matrix[ia], matrix[ib]).astype(np.float32)
 
 
+def _read_signatures(paths: list[str], columns: list[str], cfg: DedupConfig) -> pa.Table:
+    """The given columns of all signature files as one table (an empty one when there are none)."""
+    tables = [pq.read_table(p, columns=columns) for p in paths]
+    if not tables:
+        return signature_schema(cfg.num_perm).empty_table().select(columns)
+    return pa.concat_tables(tables)
+
+
 # ---- pass 3: clusters ----------------------------------------------------------------------------------
 def _first_of_groups(keys: pa.Array) -> np.ndarray:
     """For a key array sorted so that each group is contiguous: True at each group's first row."""
@@ -253,7 +261,7 @@ def clusters_pass(sig_paths: list[str], edge_paths: list[str], work_dir: str, co
                   cfg: DedupConfig) -> dict[str, int]:
     """Pass 3: URL, exact and near-duplicate decisions; writes clusters.parquet (work and corpus)."""
     cols = ["id", "url", "url_key", "fetched_ts", "text_hash", "quality"]
-    docs = pa.concat_tables([pq.read_table(p, columns=cols) for p in sig_paths]).sort_by("id")
+    docs = _read_signatures(sig_paths, cols, cfg).sort_by("id")
     ids = docs.column("id").combine_chunks()
     n = len(ids)
     if len(pc.unique(ids)) != n:
@@ -342,16 +350,17 @@ def images_pass(sig_paths: list[str], work_dir: str, corpus_dir: str | None, cfg
     """Count, per pHash cluster, the surviving documents that show it; drop clusters in > image_max_docs."""
     removed = pq.read_table(os.path.join(work_dir, "clusters.parquet"), columns=["id", "keeper"])
     removed_ids = removed.filter(pc.invert(removed["keeper"])).column("id")
-    pairs = []
+    pair_schema = pa.schema([("id", pa.string()), ("phash", pa.string())])
+    pairs = [pair_schema.empty_table()]
     for path in sig_paths:
         t = pq.read_table(path, columns=["id", "phashes"])
         t = t.filter(pc.invert(pc.is_in(t["id"], value_set=removed_ids)))
-        lengths = pc.list_value_length(t["phashes"]).to_numpy(zero_copy_only=False)
+        lengths = pc.list_value_length(t["phashes"]).fill_null(0).to_numpy(zero_copy_only=False)
         pairs.append(pa.table({
-            "id": t.column("id").take(pa.array(np.repeat(np.arange(t.num_rows), lengths))),
+            "id": t.column("id").take(pa.array(np.repeat(np.arange(t.num_rows), lengths), pa.int64())),
             "phash": pc.list_flatten(t["phashes"]),
-        }))
-    pairs = pa.concat_tables(pairs) if pairs else pa.table({"id": [], "phash": []})
+        }, schema=pair_schema))
+    pairs = pa.concat_tables(pairs)
     pairs = pairs.group_by(["id", "phash"]).aggregate([])  # one document counts once per pHash
     distinct = sorted({p for p in pairs.column("phash").to_pylist() if parse_phash(p) is not None})
     n_invalid = len(set(pairs.column("phash").to_pylist())) - len(distinct)

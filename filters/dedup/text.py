@@ -22,8 +22,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import numpy as np
 
 CJK_LANGS = frozenset({"zh", "ja", "ko"})
-# Han, Hiragana, Katakana, Hangul syllables and jamo.
-_CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\u1100-\u11ff]")
 _TRACKING_PARAMS = frozenset({"fbclid", "gclid", "dclid", "msclkid", "mc_cid", "mc_eid", "igshid", "ref_src"})
 
 KEEP, DELETE, SPACE = 0, 1, 2
@@ -79,13 +77,27 @@ def text_hash(normalized: str) -> str | None:
     return hashlib.blake2b(normalized.encode("utf-8"), digest_size=8).hexdigest()
 
 
-def is_cjk(text: str, lang: str = "") -> bool:
-    """True when the document should be shingled by characters: lang zh/ja/ko, or > half CJK letters."""
+_CJK_RANGES = np.array([(0x1100, 0x11FF), (0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF),
+                        (0xAC00, 0xD7AF), (0xF900, 0xFAFF)], dtype=np.uint32)
+
+
+def is_cjk_codepoints(cp: np.ndarray, lang: str = "") -> bool:
+    """`is_cjk` on already normalised code points (vectorised)."""
     if (lang or "").split("-")[0].lower() in CJK_LANGS:
         return True
-    sample = text[:2000]
-    letters = sum(1 for ch in sample if ch.isalpha())
-    return letters > 0 and len(_CJK_RE.findall(sample)) * 2 > letters
+    chars = cp[cp != 32]
+    if not len(chars):
+        return False
+    cjk = np.zeros(len(chars), dtype=bool)
+    for lo, hi in _CJK_RANGES:
+        cjk |= (chars >= lo) & (chars <= hi)
+    return int(cjk.sum()) * 2 > len(chars)
+
+
+def is_cjk(text: str, lang: str = "") -> bool:
+    """True when the document should be shingled by characters: lang zh/ja/ko, or more than half of its
+    (normalised) characters are Han, kana or Hangul."""
+    return is_cjk_codepoints(normalize_codepoints(text), lang)
 
 
 def normalize_url(url: str) -> str | None:

@@ -327,3 +327,19 @@ def test_too_common_images_dropped_and_apply_step(ray_local, planted, photo_hash
     assert ledger.items["dedup/image"].drops == {"image_too_common": 12}
     assert not check_funnel(ledger.to_dict())
     assert {r["reason"] for r in ledger.rejects} == {"near_duplicate", "image_too_common"}
+
+
+def test_empty_inputs_and_missing_file(ray_local, tmp_path):
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(documents_to_staged_table([]), empty)
+    for paths in ([], [str(empty)]):
+        result = run_dedup(paths, str(tmp_path / f"work{len(paths)}"), DedupConfig(partitions=2), None)
+        assert result.removed == {} and result.common_image_phashes == set()
+        assert result.counts["documents"] == 0
+    with pytest.raises(ValueError, match="not found"):
+        run_dedup([str(tmp_path / "nope.parquet")], str(tmp_path / "w"), DedupConfig(), None)
+
+
+def test_config_rejects_inconsistent_bands():
+    with pytest.raises(ValueError, match="bands x rows"):
+        DedupConfig(num_perm=112, bands=10, rows=8)
