@@ -105,7 +105,7 @@ class CrawlWorker:
         self.output = Path(output)
         prefix = f"{self.cfg.warc_prefix}-a{index:02d}"
         self.removed = clean_unfinished(self.output, prefix)
-        self.warc = RotatingWarcWriter(self.output, prefix, self.cfg.warc_max_bytes)
+        self.warc = RotatingWarcWriter(self.output, prefix, self.cfg.warc_max_bytes, gzip_level=self.cfg.warc_gzip_level)
         self.ledger = Ledger()
         self.ledger.stage(STAGE)
         self.fetcher = Fetcher(self.cfg, self.warc, self.ledger, STAGE)

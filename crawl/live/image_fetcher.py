@@ -76,7 +76,7 @@ class ImageFetcher:
     def __init__(self, cfg: CrawlConfig, warc_dir: str | Path | None, prefix: str = "images"):
         self.cfg = cfg
         self.ledger = Ledger()
-        self.warc = RotatingWarcWriter(warc_dir, prefix, cfg.warc_max_bytes) if warc_dir is not None else None
+        self.warc = RotatingWarcWriter(warc_dir, prefix, cfg.warc_max_bytes, gzip_level=cfg.warc_gzip_level) if warc_dir is not None else None
         self.fetcher = Fetcher(cfg, self.warc, self.ledger, STAGE)
 
     async def fetch_one(self, url: str) -> bytes | str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import zlib
 
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,12 +62,14 @@ def clean_unfinished(directory: Path, prefix: str) -> list[str]:
 class RotatingWarcWriter:
     """Writes request/response exchanges to `DIR/PREFIX-NNNNN.warc.gz`, rotating at `max_bytes`."""
 
-    def __init__(self, directory: str | Path, prefix: str, max_bytes: int, software: str = "interloom"):
+    def __init__(self, directory: str | Path, prefix: str, max_bytes: int, software: str = "interloom",
+                 gzip_level: int = 6):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.prefix = prefix
         self.max_bytes = max_bytes
         self.software = software
+        self.gzip_level = gzip_level  # warcio's own gzip is level 9, several times slower for little gain
         self._fh = None
         self._writer: WARCWriter | None = None
         self._name = ""
@@ -88,9 +91,16 @@ class RotatingWarcWriter:
         self._name = f"{self.prefix}-{self._seq:05d}{WARC_SUFFIX}"
         self._seq += 1
         self._fh = open(self.dir / (self._name + OPEN_SUFFIX), "wb")
-        self._writer = WARCWriter(self._fh, gzip=True, warc_version="1.1")
-        info = self._writer.create_warcinfo_record(self._name, {"software": self.software, "format": "WARC/1.1"})
-        self._writer.write_record(info)
+        self._writer = WARCWriter(None, gzip=False, warc_version="1.1")  # builds records; _write stores them
+        self._write(self._writer.create_warcinfo_record(self._name, {"software": self.software, "format": "WARC/1.1"}))
+
+    def _write(self, record) -> None:
+        """Serialise one record with warcio and append it as its own gzip member (as warcio does)."""
+        assert self._fh is not None
+        buf = io.BytesIO()
+        WARCWriter(buf, gzip=False, warc_version="1.1").write_record(record)
+        z = zlib.compressobj(self.gzip_level, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+        self._fh.write(z.compress(buf.getvalue()) + z.flush())
 
     def write_exchange(self, url: str, *, method: str, target: str, request_headers: list[tuple[str, str]],
                        status: int, reason: str, http_version: str, response_headers: list[tuple[str, str]],
@@ -109,8 +119,8 @@ class RotatingWarcWriter:
         req_http = StatusAndHeaders(f"{method} {target} {http_version}", request_headers, is_http_request=True)
         req = self._writer.create_warc_record(url, "request", payload=io.BytesIO(b""), http_headers=req_http,
                                               warc_headers_dict={"WARC-Date": date, "WARC-Concurrent-To": rid})
-        self._writer.write_record(resp)
-        self._writer.write_record(req)
+        self._write(resp)
+        self._write(req)
         return self._name, rid.strip("<>")
 
     def add_state(self, entry: dict[str, Any]) -> None:
