@@ -162,6 +162,7 @@ _JUNK_PATH = re.compile(
     r"pixels?|tracking|tracker|beacons?|share|social|flags|rating|stars)(/|[._-])|"
     r"/(spacer|pixel|blank|clear|transparent|1x1|tracking|tracker|beacon|logo|icon|favicon|avatar|badge|button|"
     r"btn|sprite|gravatar|feed-icon|rss|loader|loading|spinner)[^/]*$|"
+    r"/[^/]*-(logo|icon|avatar|badge|button|sprite)s?[-.][^/]*$|"  # site-logo.png (not Wiki_File_logo.png)
     r"/(facebook|twitter|pinterest|linkedin|whatsapp|reddit|email|e-mail|mail|print|share)([._-][^/]*)?$",
     re.I,
 )
@@ -217,6 +218,10 @@ def _srcset_url(img: etree._Element) -> str | None:
             if url:
                 return url
     picture = img.getparent()
+    for _ in range(3):  # libxml2 does not know <source> is void and may nest the <img> inside it
+        if picture is None or picture.tag == "picture":
+            break
+        picture = picture.getparent()
     if picture is not None and picture.tag == "picture":
         for source in picture.iter("source"):
             for attr in _SRCSET_ATTRS:
@@ -356,10 +361,12 @@ def prepare_tree(tree: etree._Element, url: str,
             if attr not in ("alt", "title", "width", "height"):
                 del img.attrib[attr]
         img.set("src", f"http://{_STANDIN_HOST}/{n}.png")
-    # <picture>/<source> leftovers would confuse trafilatura's image handling
-    for source in list(tree.iter("source")):
-        if source.getparent() is not None and source.getparent().tag == "picture":
-            _drop_keep_tail(source)
+    # <picture>/<source> leftovers would confuse trafilatura's image handling: keep the bare <img>
+    for picture in list(tree.iter("picture")):
+        for source in list(picture.iter("source")):
+            source.drop_tag() if len(source) else _drop_keep_tail(source)
+        if picture.getparent() is not None:
+            picture.drop_tag()
     return records, junk
 
 
