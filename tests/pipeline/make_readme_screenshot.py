@@ -1,0 +1,70 @@
+"""Make docs/report.png, the README's picture of `interloom inspect`: build the project's own sample
+corpus (pipeline.sample), render its report and photograph it in headless Chromium.
+
+    .venv/bin/python tests/pipeline/make_readme_screenshot.py [--output docs/report.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default=str(REPO / "docs" / "report.png"))
+    args = parser.parse_args(argv)
+
+    import ray
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    from pipeline.build import BuildConfig, build_corpus
+    from pipeline.report import make_report
+    from pipeline.sample import make_sample
+    from tests.pipeline.conftest import chromium_paths
+
+    found = chromium_paths()
+    if found is None:
+        raise SystemExit("chromium/chromedriver not found: apt-get install -y chromium chromium-driver")
+    with tempfile.TemporaryDirectory(prefix="interloom-shot-") as tmp:
+        warc = make_sample(Path(tmp) / "sample")
+        corpus = Path(tmp) / "corpus"
+        cfg = BuildConfig.model_validate({"ray": {"num_cpus": 2}})
+        try:
+            build_corpus([str(warc)], corpus, cfg, progress=True)
+        finally:
+            ray.shutdown()
+        make_report(corpus, corpus / "report", sample=50)
+
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = found[0]
+        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-dev-shm-usage", f"--user-data-dir={tmp}/profile", "--window-size=1280,1500",
+                    "--hide-scrollbars"):
+            opts.add_argument(arg)
+        driver = webdriver.Chrome(service=Service(found[1]), options=opts)
+        try:
+            driver.get((corpus / "report" / "index.html").as_uri())
+            end = time.time() + 20
+            while driver.execute_script("return document.body.getAttribute('data-ready')") != "1":
+                if time.time() > end:
+                    raise SystemExit("report did not render")
+                time.sleep(0.1)
+            out = Path(args.output)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            driver.save_screenshot(str(out))
+        finally:
+            driver.quit()
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
