@@ -39,12 +39,15 @@ def word_shingles(normalized: str, ngram: int) -> list[bytes]:
     return [" ".join(words[i:i + ngram]).encode("utf-8") for i in range(max(1, len(words) - ngram + 1))]
 
 
-def best_of(repeats: int, fn) -> float:
-    best = float("inf")
+def best_of(repeats: int, *fns) -> list[float]:
+    """Best wall time of each function over `repeats` rounds; the functions alternate inside a round so that
+    background load on a shared machine hits all of them alike."""
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+        for k, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
     return best
 
 
@@ -61,7 +64,7 @@ def main() -> None:
     num_perm = args.bands * args.rows
     texts = load_texts(args.docs)
     char_classes()  # build the lookup table outside the timings
-    t_norm = best_of(1, lambda: [normalize_codepoints(t) for t in texts])
+    (t_norm,) = best_of(1, lambda: [normalize_codepoints(t) for t in texts])
     cps = [normalize_codepoints(t) for t in texts]
     normalized = [codepoints_to_str(c) for c in cps]
     n_shingles = sum(len(set(word_shingles(t, args.ngram))) for t in normalized)
@@ -86,9 +89,8 @@ def main() -> None:
             m.update_batch(word_shingles(t, args.ngram))
             m.digest()
 
-    t_ours = best_of(args.repeats, ours)
-    t_ds = best_of(args.repeats, datasketch_shared)
-    t_plain = best_of(1, datasketch_plain) * args.docs / n_plain
+    t_ours, t_ds, t_plain = best_of(args.repeats, ours, datasketch_shared, datasketch_plain)
+    t_plain *= args.docs / n_plain
     rate = {name: args.docs / t for name, t in
             [("ours", t_ours), ("datasketch_shared", t_ds), ("datasketch_plain", t_plain)]}
     print(f"documents: {args.docs} (mean {n_shingles / args.docs:.0f} distinct shingles), num_perm {num_perm} "

@@ -129,7 +129,7 @@ class MinHasher:
         return self.shingle_hashes(cp, is_cjk_codepoints(cp, lang))
 
     # ---- signatures -----------------------------------------------------------------------------------
-    def signatures(self, shingle_sets: Sequence[np.ndarray], block: int = 512) -> np.ndarray:
+    def signatures(self, shingle_sets: Sequence[np.ndarray], block: int = 64) -> np.ndarray:
         """(n_docs, num_perm) uint32 signatures of many shingle-hash arrays at once. Documents are
         concatenated and processed in blocks of ~`block` shingles (cache-sized), then min-reduced per
         document with `np.minimum.reduceat`. A document without shingles gets all 0xFFFFFFFF."""
