@@ -79,6 +79,15 @@ class InDocumentImageDedup(Step):
         return doc
 
 
+_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def popcount64(x: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 (numpy < 2 has no bitwise_count)."""
+    x = np.ascontiguousarray(x, dtype=np.uint64)
+    return _POPCOUNT8[x.view(np.uint8)].reshape(-1, 8).sum(axis=1, dtype=np.int64)
+
+
 def _bit_ranges(max_distance: int) -> list[tuple[int, int]]:
     """max_distance + 1 contiguous (shift, width) ranges covering the 64 bits."""
     n = max_distance + 1
@@ -100,7 +109,7 @@ def phash_clusters(values: np.ndarray, max_distance: int, window: int = 64) -> n
         order = np.argsort(key, kind="stable")
         i, j = pairs_in_groups(key[order], window)
         a, b = order[i], order[j]
-        close = np.bitwise_count(values[a] ^ values[b]) <= max_distance
+        close = popcount64(values[a] ^ values[b]) <= max_distance
         us.append(a[close])
         vs.append(b[close])
     return connected_components(n, np.concatenate(us), np.concatenate(vs))
