@@ -34,7 +34,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +123,6 @@ def _fetch_ts(text: str | None) -> float:
     except ValueError:
         return -math.inf
     if dt.tzinfo is None:
-        from datetime import timezone
-
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.timestamp()
 

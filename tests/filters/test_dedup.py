@@ -100,8 +100,8 @@ def planted():
     for i in long:
         url, text = arts[i]
         for c in range(1 + (i % 2)):
-            copies.append((i, _doc(f"copy:{i}:{c}", f"https://mirror{c}.example.org/{i}", _near_copy(text, rng, (i + c) % 3),
-                                   quality=rng.random())))
+            copy = _near_copy(text, rng, (i + c) % 3)
+            copies.append((i, _doc(f"copy:{i}:{c}", f"https://mirror{c}.example.org/{i}", copy, quality=rng.random())))
     return originals, copies
 
 
