@@ -1,0 +1,100 @@
+"""Configuration of a training run: one `Section` per component, composed into `TrainConfig`.
+
+  data    the loader (train/data.py DataConfig): corpus, tokenizer, seq_len, batch size, pixel budget, follow
+  model   the model (train/model/config.py ModelConfig); the loss weights live there too
+          (model.moe.aux_loss_weight, model.moe.z_loss_weight, model.contrastive.weight), and the patch size
+          (model.vision.patch_size) is the loader's patch size
+  optim   AdamW, warmup + cosine, clipping, gradient accumulation
+  stages  what trains when: a list of {trainable: adapter | adapter+vision | all, steps, lr?}; steps add up
+  run     output dir, checkpoint/log cadence, seed, Ray workers, GPU, failures
+
+Recipes (train/recipes/NAME.yaml) are YAML files of these keys; `resolve_recipe` finds them by name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from pipeline.config import Section
+from train.data import DataConfig
+from train.model.config import ModelConfig
+
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
+class OptimConfig(Section):
+    lr: float = 3e-4  # peak learning rate (a stage may override it)
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the end of each stage
+    warmup_steps: int = 100  # linear warmup at the start of each stage
+    weight_decay: float = 0.1  # on matrices only (model.param_groups)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    grad_accum: int = Field(1, ge=1)  # micro-batches per optimizer step
+
+
+class StageConfig(Section):
+    trainable: Literal["adapter", "adapter+vision", "all"] = "all"
+    steps: int = Field(1000, ge=1)
+    lr: float | None = None  # None: optim.lr
+
+
+class RunSection(Section):
+    output: str = "runs/run"  # run directory: checkpoints, metrics.jsonl, tb/, tokenizer.json, config
+    checkpoint_every: int = Field(100, ge=1)  # optimizer steps; the last step always checkpoints
+    keep_checkpoints: int = Field(3, ge=1)
+    log_every: int = Field(10, ge=1)
+    seed: int = 0  # model init (same on every rank) and shard shuffling
+    num_workers: int = Field(2, ge=1)  # Ray Train workers (data-parallel ranks)
+    use_gpu: bool = False  # NCCL + FSDP2 + bf16 autocast; False: gloo + DDP in fp32
+    cpus_per_worker: float = 1.0
+    threads_per_worker: int = Field(1, ge=1)  # torch intra-op threads per CPU worker
+    max_failures: int = 0  # worker failures Ray Train restarts from the last checkpoint
+    peak_flops: float | None = None  # per device, for MFU; None: GPU table or the assumed CPU peak below
+    cpu_peak_flops: float = 1e11  # ASSUMED peak of one CPU worker (not measured); MFU on CPU is indicative
+    fail_at_step: int | None = None  # testing the resume path: rank 1 (or 0) dies hard once after this step
+
+
+class TrainConfig(Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    stages: list[StageConfig] = Field(default_factory=lambda: [StageConfig()])
+    run: RunSection = RunSection()
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if not self.stages:
+            raise ValueError("stages: need at least one stage")
+        if self.model.vision.merge != 2:
+            raise ValueError("model.vision.merge must be 2: the loader builds grids for a 2x2 merge")
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+    def stage_at(self, step: int) -> tuple[int, int]:
+        """(stage index, first step of that stage) for optimizer step `step` (0-based)."""
+        start = 0
+        for i, s in enumerate(self.stages):
+            if step < start + s.steps:
+                return i, start
+            start += s.steps
+        return len(self.stages) - 1, start - self.stages[-1].steps
+
+
+def resolve_recipe(name_or_path: str) -> Path:
+    """A YAML path, or the name of a bundled recipe (`debug-cpu` -> train/recipes/debug-cpu.yaml)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    bundled = RECIPES / f"{name_or_path}.yaml"
+    if bundled.is_file():
+        return bundled
+    names = sorted(q.stem for q in RECIPES.glob("*.yaml"))
+    raise ValueError(f"no config file {name_or_path!r} and no recipe of that name (recipes: {', '.join(names)})")
