@@ -13,6 +13,7 @@ COMMANDS = [
     "crawl.crawl_cli",  # interloom crawl
     "pipeline.report.cli",  # interloom inspect
     "pipeline.export",  # interloom export hf
+    "filters.quality_cli",  # interloom quality train
     "train.tokenizer_cli",  # interloom tokenizer train
     "train.cli",  # interloom train
 ]
