@@ -6,7 +6,7 @@ loss below is scaled so that this average is the gradient of the global objectiv
     over-weight ranks with few label tokens). Rank r returns  W * sum_r / sum_all(n); the mean of the
     returned values over ranks is the global token mean.
   - contrastive loss: InfoNCE where each rank's images see the texts of every rank as negatives (and the
-    other way round); gathered tensors keep their gradient (torch.distributed.nn.functional.all_gather
+    other way round); gathered tensors keep their gradient (the functional all-gather's backward
     sums the gradients of every rank into the local slice), averaged over all pairs of all ranks.
 Single process, or torch.distributed not initialised, or group of size 1: W = 1, plain means.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 
 from train.model.config import ModelConfig
@@ -51,9 +52,12 @@ def _gather_rows(x_ND: torch.Tensor, group) -> tuple[torch.Tensor, int, int]:
     dist.all_gather(sizes, n_local, group=group)
     sizes = [int(s) for s in sizes]
     padded_ND = F.pad(x_ND, (0, 0, 0, max(sizes) - x_ND.shape[0]))
-    gathered = torch.distributed.nn.functional.all_gather(padded_ND, group=group)
+    # differentiable all-gather: backward reduce-scatters (sums) every rank's gradient into the local slice
+    all_gather = getattr(funcol, "all_gather_single_autograd", None) or funcol.all_gather_tensor_autograd
+    gathered_WND = all_gather(padded_ND, 0, group if group is not None else dist.group.WORLD)
+    gathered_WND = gathered_WND.view(W, max(sizes), -1)
     rank = dist.get_rank(group)
-    rows = torch.cat([g[:n] for g, n in zip(gathered, sizes)], dim=0)
+    rows = torch.cat([g[:n] for g, n in zip(gathered_WND, sizes)], dim=0)
     return rows, sum(sizes[:rank]), sum(sizes)
 
 

@@ -141,17 +141,19 @@ class VLM(nn.Module):
             expert_load_LE = torch.zeros(0, self.cfg.moe.n_experts, dtype=torch.long, device=h_BTD.device)
 
         # 6. contrastive embeddings for images that have following text
-        image_emb_IC = text_emb_IC = None
-        paired_I = torch.zeros(batch.n_images, dtype=torch.bool, device=h_BTD.device)
         if img_MD is not None:
             _, image_M = merge_index(batch.grid_hw_I2, self.cfg.vision.merge)
             img_ID, _ = _segment_mean(img_MD, image_M, batch.n_images)
             txt_ID, n_text_I = _segment_mean(h_BTD.flatten(0, 1), batch.text_after_image_BT.flatten(),
                                              batch.n_images)
             paired_I = n_text_I > 0
-            if self.image_proj is not None:
-                image_emb_IC = self.image_proj(img_ID[paired_I])
-                text_emb_IC = self.text_proj(txt_ID[paired_I])
+        else:
+            img_ID = txt_ID = h_BTD.new_zeros(0, self.cfg.d_model)
+            paired_I = torch.zeros(0, dtype=torch.bool, device=h_BTD.device)
+        image_emb_IC = text_emb_IC = None
+        if self.image_proj is not None:  # empty (0, C) when no image has text: the loss is then 0
+            image_emb_IC = self.image_proj(img_ID[paired_I])
+            text_emb_IC = self.text_proj(txt_ID[paired_I])
 
         logits_BTV = self.decoder.output(h_BTD).float() if return_logits else None
         return ModelOutput(lm_loss_sum=lm_loss_sum, n_label_tokens=n_label_tokens, aux_loss=aux_loss,

@@ -1,0 +1,398 @@
+"""The VLM on hand-built batches: packing invariance, no attention across documents or images, 2D RoPE on
+non-square grids, image-token placement, forward/backward, freezing stages, FLOPs, and the losses
+(contrastive vs a manual InfoNCE; token-mean and gathered negatives across 2 real gloo ranks)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from train.batch import IGNORE_INDEX, Batch
+from train.losses import contrastive_loss, next_token_loss, total_loss
+from train.model import VLM, ModelConfig
+from train.model.vision import VisionEncoder, merge_index, patch_coords
+
+PAD, BOS, EOS, IMG_START, IMAGE, IMG_END = range(6)
+SPECIAL = {PAD, BOS, EOS, IMG_START, IMAGE, IMG_END}
+PATCH = 2
+P = 3 * PATCH * PATCH
+
+
+@dataclass(frozen=True)
+class Img:
+    name: str
+    h: int
+    w: int
+
+    def pixels(self) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(sum(map(ord, self.name)) + 1000 * self.h + self.w)
+        return torch.randn(self.h * self.w, P, generator=gen)
+
+
+def build_batch(rows: list[list[list]], T: int, after: int = 3, pixels: dict[str, torch.Tensor] | None = None):
+    """Batch from rows of documents; a document is a list of items: list[int] text ids or Img.
+    Returns (batch, spans) with spans[(row, doc)] = (start, end) token positions."""
+    B = len(rows)
+    ids = torch.full((B, T), PAD, dtype=torch.long)
+    seg = torch.full((B, T), -1, dtype=torch.int32)
+    pos = torch.zeros((B, T), dtype=torch.long)
+    after_BT = torch.full((B, T), -1, dtype=torch.long)
+    patches, grids, spans, n_img = [], [], {}, 0
+    for b, docs in enumerate(rows):
+        t = 0
+        for d, doc in enumerate(docs):
+            toks, owner = [BOS], [-1]
+            cur_img, left = -1, 0  # text right after an image belongs to it, for `after` tokens
+            for item in doc:
+                if isinstance(item, Img):
+                    span = [IMG_START] + [IMAGE] * (item.h // 2) * (item.w // 2) + [IMG_END]
+                    toks += span
+                    owner += [-1] * len(span)
+                    patches.append(pixels[item.name] if pixels and item.name in pixels else item.pixels())
+                    grids.append((item.h, item.w))
+                    cur_img, left, n_img = n_img, after, n_img + 1
+                else:
+                    for tok in item:
+                        toks.append(tok)
+                        owner.append(cur_img if left > 0 else -1)
+                        left -= 1
+            toks.append(EOS)
+            owner.append(-1)
+            n = len(toks)
+            assert t + n <= T, "row too long"
+            ids[b, t:t + n] = torch.tensor(toks)
+            seg[b, t:t + n] = d
+            pos[b, t:t + n] = torch.arange(n)
+            after_BT[b, t:t + n] = torch.tensor(owner)
+            spans[(b, d)] = (t, t + n)
+            t += n
+    labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
+    for (b, _), (s, e) in spans.items():
+        for t in range(s, e - 1):
+            if int(ids[b, t + 1]) not in SPECIAL:
+                labels[b, t] = ids[b, t + 1]
+    batch = Batch(input_ids_BT=ids, labels_BT=labels, position_ids_BT=pos, segment_ids_BT=seg,
+                  pixel_values_NP=torch.cat(patches) if patches else torch.zeros(0, P),
+                  grid_hw_I2=torch.tensor(grids, dtype=torch.long).view(-1, 2),
+                  text_after_image_BT=after_BT)
+    return batch, spans
+
+
+def tiny_config(**over) -> ModelConfig:
+    base = dict(vocab_size=40, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, d_ffn=48,
+                moe=dict(n_experts=4, top_k=2, d_expert=16, first_dense_layers=1),
+                vision=dict(patch_size=PATCH, d_vit=16, n_layers=2, n_heads=2),
+                contrastive=dict(weight=0.1, d_proj=8))
+    base.update(over)
+    return ModelConfig(**base)
+
+
+def tiny_model(dtype=torch.float64, seed=0, **over) -> VLM:
+    torch.manual_seed(seed)
+    model = VLM(tiny_config(**over))
+    model.init_weights(std=0.3)  # large weights: attention and routing really depend on the inputs
+    return model.to(dtype)
+
+
+DOC_A = [[7, 8, 9], Img("a", 2, 4), [10, 11, 12, 13]]
+DOC_B = [[14, 15, 16, 17, 18, 19]]
+
+
+def per_token_ce(logits_BTV: torch.Tensor, batch: Batch) -> torch.Tensor:
+    labels = batch.labels_BT.clone()
+    ce = F.cross_entropy(logits_BTV.flatten(0, 1), labels.flatten().clamp(min=0), reduction="none")
+    return (ce * (labels.flatten() != IGNORE_INDEX)).view(labels.shape)
+
+
+# --- packing and isolation -------------------------------------------------------------------------------
+
+def test_packed_and_unpacked_documents_give_the_same_loss_float64():
+    model = tiny_model()
+    packed, spans = build_batch([[DOC_A, DOC_B]], T=24)
+    alone_a, span_a = build_batch([[DOC_A]], T=24)
+    alone_b, span_b = build_batch([[DOC_B]], T=12)
+    out_p = model(packed, return_logits=True)
+    out_a = model(alone_a, return_logits=True)
+    out_b = model(alone_b, return_logits=True)
+    ce_p, ce_a, ce_b = per_token_ce(out_p.logits_BTV, packed), per_token_ce(out_a.logits_BTV, alone_a), \
+        per_token_ce(out_b.logits_BTV, alone_b)
+    (sa, ea), (sb, eb) = spans[(0, 0)], spans[(0, 1)]
+    loss_a_packed, loss_b_packed = ce_p[0, sa:ea].sum(), ce_p[0, sb:eb].sum()
+    torch.testing.assert_close(loss_a_packed, ce_a[0].sum(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(loss_b_packed, ce_b[0].sum(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out_p.lm_loss_sum, out_a.lm_loss_sum + out_b.lm_loss_sum, rtol=1e-12, atol=1e-12)
+    assert int(out_p.n_label_tokens) == int(out_a.n_label_tokens) + int(out_b.n_label_tokens) == 13
+    # the per-document numbers are real, distinct losses (not e.g. all zero)
+    assert loss_a_packed > 1.0 and loss_b_packed > 1.0 and abs(loss_a_packed - loss_b_packed) > 1e-6
+    # contrastive embeddings of the image do not depend on packing either
+    torch.testing.assert_close(out_p.image_emb_ID, out_a.image_emb_ID, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out_p.text_emb_ID, out_a.text_emb_ID, rtol=1e-12, atol=1e-12)
+
+
+def test_no_attention_across_documents():
+    model = tiny_model()
+    batch, spans = build_batch([[DOC_A, DOC_B]], T=24)
+    doc_a2 = [[20, 21, 22], Img("a", 2, 4), [23, 24, 25, 26]]  # same length, other tokens
+    batch2, _ = build_batch([[doc_a2, DOC_B]], T=24)
+    lo1, lo2 = model(batch, return_logits=True).logits_BTV, model(batch2, return_logits=True).logits_BTV
+    (sa, ea), (sb, eb) = spans[(0, 0)], spans[(0, 1)]
+    assert (lo1[0, sa + 1:ea] - lo2[0, sa + 1:ea]).abs().max() > 1e-3  # doc A itself changed
+    torch.testing.assert_close(lo1[0, sb:eb], lo2[0, sb:eb], rtol=0, atol=1e-12)  # doc B did not
+    # control: with one segment id for the whole row, doc B would see doc A
+    merged = replace(batch, segment_ids_BT=torch.where(batch.segment_ids_BT >= 0, 0, -1).int())
+    merged2 = replace(batch2, segment_ids_BT=merged.segment_ids_BT)
+    lm1, lm2 = model(merged, return_logits=True).logits_BTV, model(merged2, return_logits=True).logits_BTV
+    assert (lm1[0, sb:eb] - lm2[0, sb:eb]).abs().max() > 1e-3
+
+
+def test_vision_encoder_never_attends_across_images():
+    torch.manual_seed(0)
+    enc = VisionEncoder(tiny_config().vision).double()
+    grid = torch.tensor([[2, 4], [4, 2]])
+    px = torch.randn(16, P, dtype=torch.float64)
+    px2 = px.clone()
+    px2[:8] += torch.randn(8, P, dtype=torch.float64)  # perturb image 0 only
+    y1, y2 = enc(px, grid), enc(px2, grid)
+    assert y1.shape == (4, 16)  # (2/2)*(4/2) + (4/2)*(2/2) merged tokens
+    assert (y1[:2] - y2[:2]).abs().max() > 1e-3
+    torch.testing.assert_close(y1[2:], y2[2:], rtol=0, atol=1e-12)
+    # control: without the block-diagonal mask the same perturbation would leak
+    enc_one = enc(px, torch.tensor([[4, 4]])), enc(px2, torch.tensor([[4, 4]]))
+    assert (enc_one[0] - enc_one[1]).abs().max() > 1e-3
+
+
+# --- vision geometry ------------------------------------------------------------------------------------
+
+def test_patch_coords_and_merge_index_on_non_square_grids():
+    image_N, row_N, col_N = patch_coords(torch.tensor([[2, 4], [4, 2]]))
+    assert image_N.tolist() == [0] * 8 + [1] * 8
+    assert row_N.tolist() == [0, 0, 0, 0, 1, 1, 1, 1] + [0, 0, 1, 1, 2, 2, 3, 3]
+    assert col_N.tolist() == [0, 1, 2, 3, 0, 1, 2, 3] + [0, 1, 0, 1, 0, 1, 0, 1]
+    idx_Mq, image_M = merge_index(torch.tensor([[4, 6], [2, 2]]), 2)
+    assert image_M.tolist() == [0] * 6 + [1]
+    assert idx_Mq[0].tolist() == [0, 1, 6, 7]
+    assert idx_Mq[2].tolist() == [4, 5, 10, 11]
+    assert idx_Mq[3].tolist() == [12, 13, 18, 19]  # second merged row
+    assert idx_Mq[6].tolist() == [24, 25, 26, 27]  # second image starts after 24 patches
+
+
+def test_2d_rope_is_relative_in_rows_and_columns_on_non_square_grid():
+    torch.manual_seed(0)
+    enc = VisionEncoder(tiny_config().vision).double()
+    h, w = 3, 5
+    cos_NR, sin_NR = enc.rope_2d(torch.tensor([[h, w]]), torch.float64)
+    from train.model.decoder import apply_rotary
+    q, k = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    qr, kr = apply_rotary(q.expand(h * w, 8), cos_NR, sin_NR), apply_rotary(k.expand(h * w, 8), cos_NR, sin_NR)
+
+    def score(a, b):  # (row, col) of query a and key b
+        return float(qr[a[0] * w + a[1]] @ kr[b[0] * w + b[1]])
+
+    # the same offset anywhere on the grid gives the same score (depends on (dr, dc) only)
+    assert score((0, 0), (1, 2)) == pytest.approx(score((1, 2), (2, 4)), abs=1e-12)
+    assert score((0, 4), (2, 1)) == pytest.approx(score((0, 3), (2, 0)), abs=1e-12)
+    # rows and columns are distinct axes: a step down is not a step right
+    assert abs(score((0, 0), (1, 0)) - score((0, 0), (0, 1))) > 1e-4
+    # and the encoder runs on both orientations of a non-square grid
+    assert enc(torch.randn(24, P, dtype=torch.float64), torch.tensor([[2, 6], [6, 2]])).shape == (6, 16)
+
+
+def test_bad_vision_inputs_are_value_errors():
+    enc = VisionEncoder(tiny_config().vision)
+    with pytest.raises(ValueError, match="multiples of merge"):
+        enc(torch.randn(6, P), torch.tensor([[2, 3]]))
+    with pytest.raises(ValueError, match="patches"):
+        enc(torch.randn(7, P), torch.tensor([[2, 4]]))
+
+
+# --- placement, forward/backward, freezing --------------------------------------------------------------
+
+def test_image_tokens_replace_placeholders_in_order():
+    model = tiny_model()
+    batch, _ = build_batch([[DOC_A, [[30], Img("c", 2, 2), [31]]], [[[32], Img("d", 4, 2)]]], T=24)
+    img_MD = model.encode_images(batch)
+    assert img_MD.shape == (2 + 1 + 2, 32)
+    x_BTD = model.embed(batch, img_MD)
+    is_img = batch.input_ids_BT == IMAGE
+    torch.testing.assert_close(x_BTD[is_img], img_MD)  # row-major over B then T == image order
+    torch.testing.assert_close(x_BTD[~is_img], model.decoder.tok_embeddings(batch.input_ids_BT)[~is_img])
+    bad = replace(batch, input_ids_BT=torch.where(batch.input_ids_BT == IMAGE, 30, batch.input_ids_BT))
+    with pytest.raises(ValueError, match="<\\|image\\|> tokens"):
+        model(bad)
+
+
+def test_tiny_vlm_forward_backward_and_outputs():
+    model = tiny_model(torch.float32, contrastive=dict(weight=0.5, d_proj=8))
+    doc_c = [[30, 31], Img("c", 2, 2)]  # image at the end: no following text, excluded from contrastive
+    batch, _ = build_batch([[DOC_A, doc_c], [[[32], Img("d", 4, 2), [33, 34]]]], T=26)
+    out = model(batch)
+    assert out.logits_BTV is None
+    assert out.paired_I.tolist() == [True, False, True]
+    assert out.image_emb_ID.shape == out.text_emb_ID.shape == (2, 8)
+    n_moe = 2  # 3 layers, the first dense
+    assert out.expert_load_LE.shape == (n_moe, 4)
+    n_real = int((batch.segment_ids_BT >= 0).sum())
+    assert out.expert_load_LE.sum(1).tolist() == [n_real * 2] * n_moe  # padding is not routed
+    terms = total_loss(out, model.cfg)
+    for name in ("loss", "lm", "aux", "z", "contrastive"):
+        assert torch.isfinite(terms[name]), name
+    expected = (out.lm_loss_sum / out.n_label_tokens + 0.01 * out.aux_loss + 0.001 * out.z_loss
+                + 0.5 * contrastive_loss(out.image_emb_ID, out.text_emb_ID, temperature=0.07))
+    torch.testing.assert_close(terms["loss"], expected)
+    assert terms["lm"] == pytest.approx(math.log(40), rel=0.5)
+    terms["loss"].backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert model.vision.patch_embed.weight.grad.abs().sum() > 0
+    assert model.decoder.layers[1].ffn.w1_EDF.grad.abs().sum() > 0
+
+
+def test_batch_without_images_still_touches_every_parameter():
+    model = tiny_model(torch.float32)
+    batch, _ = build_batch([[DOC_B, [[20, 21, 22]]]], T=16)
+    out = model(batch)
+    assert batch.n_images == 0 and out.image_emb_ID.shape == (0, 8) and out.paired_I.numel() == 0
+    total_loss(out, model.cfg)["loss"].backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name  # DDP requires the same parameters in every backward
+    assert model.vision.patch_embed.weight.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("stage,prefixes", [
+    ("adapter", ("adapter.", "image_proj.", "text_proj.")),
+    ("adapter+vision", ("adapter.", "image_proj.", "text_proj.", "vision.")),
+    ("all", ("",)),
+])
+def test_set_trainable_freezes_as_named(stage, prefixes):
+    model = tiny_model(torch.float32)
+    n_trainable = model.set_trainable(stage)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if n.startswith(prefixes)}
+    assert n_trainable == sum(p.numel() for n, p in model.named_parameters() if n in trainable)
+    grouped = [p for g in model.param_groups(0.1) for p in g["params"]]
+    assert len(grouped) == len(trainable)
+    batch, _ = build_batch([[DOC_A]], T=16)
+    total_loss(model(batch), model.cfg)["loss"].backward()
+    for n, p in model.named_parameters():
+        assert (p.grad is not None) == (n in trainable), n
+    assert model.adapter.fc1.weight.grad.abs().sum() > 0
+
+
+def test_set_trainable_rejects_unknown_stage():
+    with pytest.raises(ValueError, match="unknown training stage"):
+        tiny_model(torch.float32).set_trainable("decoder")
+
+
+def test_param_groups_split_decay():
+    model = tiny_model(torch.float32)
+    decay, no_decay = model.param_groups(0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    emb = model.decoder.tok_embeddings.weight
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p is emb or p.ndim == 1 for p in no_decay["params"])
+    assert any(p is emb for p in no_decay["params"]) and not any(p is emb for p in decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert any(p is model.decoder.layers[1].ffn.w1_EDF for p in decay["params"])
+
+
+def test_num_flops_per_token_counts_active_experts_only():
+    model = tiny_model(torch.float32)
+    dec = sum(p.numel() for p in model.decoder.parameters())
+    emb = model.decoder.tok_embeddings.weight.numel()
+    experts = sum(p.numel() for n, p in model.decoder.named_parameters() if n.endswith(("_EDF", "_EFD")))
+    active = dec - emb - experts + experts * 2 // 4
+    assert model.num_active_params() == active
+    assert model.num_flops_per_token(64) == 6 * active + 12 * 3 * 32 * 64
+
+
+# --- losses ---------------------------------------------------------------------------------------------
+
+def manual_infonce(img, txt, tau):
+    img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+    n, total = img.shape[0], 0.0
+    for i in range(n):
+        s_it = torch.stack([img[i] @ txt[j] / tau for j in range(n)])
+        s_ti = torch.stack([txt[i] @ img[j] / tau for j in range(n)])
+        total = total - 0.5 * (s_it[i] - torch.logsumexp(s_it, 0)) - 0.5 * (s_ti[i] - torch.logsumexp(s_ti, 0))
+    return total / n
+
+
+def test_contrastive_loss_matches_manual_infonce():
+    torch.manual_seed(0)
+    img, txt = torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64)
+    got = contrastive_loss(img, txt, temperature=0.1)
+    torch.testing.assert_close(got, manual_infonce(img, txt, 0.1).float(), rtol=1e-6, atol=1e-6)
+    aligned = contrastive_loss(img, img * 3.0, temperature=0.05)  # matching pairs: much lower loss
+    assert aligned < got
+    empty = torch.zeros(0, 8, requires_grad=True)
+    zero = contrastive_loss(empty, empty)
+    assert zero == 0 and zero.requires_grad
+
+
+def test_next_token_loss_single_process_is_token_mean():
+    loss = next_token_loss(torch.tensor(12.0), torch.tensor(4))
+    assert float(loss) == 3.0
+
+
+# Two real gloo ranks: rank-averaged gradients of our losses equal the gradient of the global objective.
+RANK_SIZES = [(3, 5), (2, 9)]  # (contrastive pairs, label tokens) per rank: deliberately unequal
+
+
+def _global_data():
+    gen = torch.Generator().manual_seed(7)
+    n_pairs, n_tok = sum(a for a, _ in RANK_SIZES), sum(b for _, b in RANK_SIZES)
+    return (torch.randn(n_pairs, 4, generator=gen, dtype=torch.float64),
+            torch.randn(n_pairs, 4, generator=gen, dtype=torch.float64),
+            torch.randn(n_tok, 4, generator=gen, dtype=torch.float64),
+            torch.randint(0, 6, (n_tok,), generator=gen))
+
+
+def _shared_model():
+    torch.manual_seed(3)
+    return torch.nn.ModuleDict({"img": torch.nn.Linear(4, 6), "txt": torch.nn.Linear(4, 6),
+                                "head": torch.nn.Linear(4, 6)}).double()
+
+
+def _objective(m, a, b, h, y, group=None):
+    lm_sum = F.cross_entropy(m["head"](h), y, reduction="sum")
+    return next_token_loss(lm_sum, torch.tensor(len(y)), group) + contrastive_loss(m["img"](a), m["txt"](b), group, 0.2)
+
+
+def _dist_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        a, b, h, y = _global_data()
+        p0 = sum(n for n, _ in RANK_SIZES[:rank])
+        t0 = sum(n for _, n in RANK_SIZES[:rank])
+        pn, tn = RANK_SIZES[rank]
+        m = _shared_model()
+        loss = _objective(m, a[p0:p0 + pn], b[p0:p0 + pn], h[t0:t0 + tn], y[t0:t0 + tn])
+        loss.backward()
+        for p in m.parameters():  # what DDP / FSDP do: average gradients over ranks
+            dist.all_reduce(p.grad)
+            p.grad /= world
+        mean_loss = loss.detach().clone()
+        dist.all_reduce(mean_loss)
+        if rank == 0:
+            torch.save({"grads": [p.grad for p in m.parameters()], "loss": mean_loss / world}, out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(300)
+def test_losses_across_two_gloo_ranks_match_the_global_objective(tmp_path):
+    out_file = tmp_path / "rank0.pt"
+    # spawn, not fork: forking a process whose torch thread pools already ran can deadlock the children
+    mp.spawn(_dist_worker, args=(2, str(tmp_path / "init"), str(out_file)), nprocs=2, join=True)
+    got = torch.load(out_file, weights_only=True)
+    m = _shared_model()
+    loss = _objective(m, *_global_data())  # one process, all data: token mean + all pairs
+    loss.backward()
+    torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-6, atol=1e-6)
+    for g, p in zip(got["grads"], m.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-7)
