@@ -12,9 +12,9 @@ Order: e-mails, then IPs, then phones (so an address or a dotted quad is never r
   `+CC` prefix and `(area)` group, 7 to 15 digits in all (E.164). A candidate is a phone number when it
   starts with `+`, has a `(area)` group, or starts with a trunk `0` (national format: "030 1234567",
   "020 7946 0958"), or is NANP-shaped with hyphens/dots (555-123-4567, 555.123.4567, 555-1234). Dates
-  (2024-01-15, 15.01.2024, 01/15/2024), years and year ranges (1999 2000, 1999-2000), version numbers
-  (1.2.3, 10.0.19041.1), thousands ("1 000 000") and digits glued to letters (v2.10, ISBN-like strings)
-  are not.
+  (2024-01-15, 15.01.2024, "05.12.1972 00 UTC"), years and year ranges (1999 2000, 1999-2000), version
+  numbers (1.2.3, 10.0.19041.1), thousands ("1 000 000"), digits glued to letters (v2.10), ISBNs and IBANs
+  are not (false positives found on the real dev pages are regression tests).
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ PHONE_RE = re.compile(
     r"(?![\w/-]|\.\d)"
 )
 DATE_RE = re.compile(r"\d{4}[./-]\d{1,2}[./-]\d{1,2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}")
+# digit runs that look like phone numbers but are not: bank accounts and book numbers
+NOT_PHONE_RE = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"  # IBAN
+                          r"|\b(?i:isbn)(?:-1[03])?:?\s*[\dX][\d -]{8,16}[\dXx]\b")
 _GROUP_SPLIT = re.compile(r"[ \u00a0.\-]+")
 
 
@@ -59,12 +62,12 @@ def is_ip(s: str, public_only: bool) -> bool:
 
 def is_phone(s: str) -> bool:
     digits = sum(ch.isdigit() for ch in s)
-    if not 7 <= digits <= 15 or DATE_RE.fullmatch(s):
+    if not 7 <= digits <= 15 or DATE_RE.search(s):
         return False
     if s.startswith("+") or "(" in s:
         return True
     groups = [g for g in _GROUP_SPLIT.split(s) if g]
-    if len(groups) >= 2 and groups[0].startswith("0") and len(groups[0]) >= 2:
+    if len(groups) >= 2 and re.fullmatch(r"0[1-9]\d{0,4}", groups[0]):
         return True
     if "-" in s or "." in s:
         seps = set(re.findall(r"[.\-]", s))
@@ -72,13 +75,14 @@ def is_phone(s: str) -> bool:
     return False
 
 
-_PHONE_GROUP_RE = re.compile(r"\+?\(?\d+\)?")
+_PHONE_CHUNK_RE = re.compile(r"[^ \u00a0]+")
 
 
 def phone_spans(candidate: str) -> list[tuple[int, int]]:
     """Spans of phone numbers inside one candidate run of digit groups, left to right, longest first:
-    a run like "2019 555-123-4567" holds one number after a year."""
-    groups = [m.span() for m in _PHONE_GROUP_RE.finditer(candidate)]
+    a run like "2019 555-123-4567" holds one number after a year. Numbers start and end at spaces (never
+    inside a hyphenated or dotted group, e.g. an ISBN)."""
+    groups = [m.span() for m in _PHONE_CHUNK_RE.finditer(candidate)]
     spans, i = [], 0
     while i < len(groups):
         for j in range(len(groups) - 1, i - 1, -1):
@@ -113,6 +117,7 @@ class PIIStep(Step):
         if c.phones:
             rules.append(("phone", PHONE_RE, phone_spans, c.phone_placeholder))
         self.rules = rules
+        self.protect = {"phone": NOT_PHONE_RE}  # candidates inside these matches are left alone
 
     def __getstate__(self) -> dict:
         return {"cfg": self.cfg}  # the rules hold lambdas, which do not pickle; rebuilt from the config
@@ -123,8 +128,13 @@ class PIIStep(Step):
     def redact(self, text: str) -> tuple[str, dict[str, int]]:
         counts: dict[str, int] = {}
         for kind, pattern, find_spans, placeholder in self.rules:
-            def repl(m: re.Match, kind=kind, find_spans=find_spans, placeholder=placeholder) -> str:
+            protected = [m.span() for m in self.protect[kind].finditer(text)] if kind in self.protect else []
+
+            def repl(m: re.Match, kind=kind, find_spans=find_spans, placeholder=placeholder,
+                     protected=protected) -> str:
                 cand = m.group(0)
+                if any(start < m.end() and m.start() < end for start, end in protected):
+                    return cand
                 spans = find_spans(cand)
                 if not spans:
                     return cand
