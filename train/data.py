@@ -273,7 +273,7 @@ class DocumentEncoder:
         self._special = np.array(sorted(tok.special_ids), dtype=np.int64)
 
     def image(self, data: bytes, counters: Counter) -> tuple[torch.Tensor, tuple[int, int]] | None:
-        cfg = self.cfg
+        cfg, p = self.cfg, self.p
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", PILImage.DecompressionBombWarning)
@@ -281,24 +281,27 @@ class DocumentEncoder:
                 if im.width * im.height > cfg.max_decode_pixels:
                     counters["images_dropped:too_large"] += 1
                     return None
+                turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientation swaps w and h
+                w, h = (im.height, im.width) if turned else (im.width, im.height)
+                if min(w, h) < 1 or max(w, h) / min(w, h) > cfg.max_aspect_ratio:
+                    counters["images_dropped:aspect_ratio"] += 1
+                    return None
+                gh, gw = patch_grid(h, w, p, cfg.min_pixels, cfg.max_pixels, self.merge)
+                # JPEG: decode at a reduced DCT scale when the target is at least 2x smaller (same pixels
+                # as a full decode would give after the resize, at a fraction of the cost)
+                im.draft("RGB", (gh * p, gw * p) if turned else (gw * p, gh * p))
                 im = ImageOps.exif_transpose(im).convert("RGB")
         except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError,
                 PILImage.DecompressionBombWarning) as e:
             counters["images_dropped:undecodable"] += 1
             log.debug("undecodable image: %s", e)
             return None
-        w, h = im.size
-        if min(w, h) < 1 or max(w, h) / min(w, h) > cfg.max_aspect_ratio:
+        if gh * gw * p * p > cfg.max_pixels:
             counters["images_dropped:aspect_ratio"] += 1
             return None
-        gh, gw = patch_grid(h, w, self.p, cfg.min_pixels, cfg.max_pixels, self.merge)
-        if gh * gw * self.p * self.p > cfg.max_pixels:
-            counters["images_dropped:aspect_ratio"] += 1
-            return None
-        im = im.resize((gw * self.p, gh * self.p), PILImage.Resampling.BICUBIC)
+        im = im.resize((gw * p, gh * p), PILImage.Resampling.BICUBIC)
         x = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1)  # 3, H, W
         x = (x / 255.0 - cfg.image_mean) / cfg.image_std
-        p = self.p
         patches = x.reshape(3, gh, p, gw, p).permute(1, 3, 0, 2, 4).reshape(gh * gw, 3 * p * p)
         return patches.contiguous(), (gh, gw)
 
