@@ -86,7 +86,9 @@ class GopherRepetitionConfig(FilterSection):
 class C4Config(FilterSection):
     remove_citations: bool = True  # "[1]", "[edit]", "[citation needed]"
     filter_no_terminal_punct: bool = True  # drop lines not ending in end_punctuation (or ending in "...")
-    end_punctuation: list[str] = [".", "?", "!", '"', "'", "”", "’", "。", "！", "？", "」", "』", "．", "｡", "।", "॥", "؟", "۔"]
+    end_punctuation: list[str] = [
+        ".", "?", "!", '"', "'", "”", "’", "。", "！", "？", "」", "』", "．", "｡", "।", "॥", "؟", "۔",
+    ]
     min_words_per_line: int = 3  # drop shorter lines; -1 disables
     max_word_length: int = 1000  # drop lines with a longer word; -1 disables
     filter_javascript: bool = True  # drop lines mentioning javascript
