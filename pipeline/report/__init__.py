@@ -38,7 +38,7 @@ def make_report(corpus_path: str | Path, output: str | Path | None = None, *, sa
     if img_dir.exists():
         shutil.rmtree(img_dir)  # a re-run must not leave images of an older sample behind
     img_dir.mkdir(parents=True)
-    wanted = sorted(scan.sample.items)  # read shard by shard, in offset order
+    wanted = scan.sample  # shard by shard, in offset order
     sampled_ids = {doc_id for _, _, doc_id in wanted}
     keepers = sorted((shard, off, doc_id) for doc_id, (shard, off) in scan.found_ids.items()
                      if doc_id not in sampled_ids)

@@ -41,7 +41,7 @@ def histogram_svg(hist: dict[str, Any], thresholds: list[dict[str, Any]] | None 
         bars.insert(0, (f"< {_edge_label(edges[0])}", hist["underflow"]))
     if hist.get("overflow"):
         bars.append((f"> {_edge_label(edges[-1])}", hist["overflow"]))
-    left, right, top, bottom = 44, 8, 10, 34
+    left, right, top, bottom = 44, 18, 10, 34
     plot_w, plot_h = width - left - right, height - top - bottom
     n = max(len(bars), 1)
     bw = plot_w / n

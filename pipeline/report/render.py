@@ -146,11 +146,16 @@ def _signals(summary: dict[str, Any]) -> str:
     panels = []
     for name, h in summary["signals"].items():
         thr = h["thresholds"]
+        lo, hi = h["edges"][0], h["edges"][-1]
         thr_text = "; ".join(f'{t["config"]} = {fmt(t["value"])} (keeps {"≥" if t["kind"] == "min" else "≤"})'
+                             + ("" if lo <= t["value"] <= hi else ", off the axis")
                              for t in thr) or "no threshold known for this signal"
         note = _hist_note(h) + "<br>" + esc(thr_text)
         panels.append(_panel(name, histogram_svg(h, thr, label=name), note, f' data-signal="{esc(name)}"'))
     warn = "" if summary["build"] else (f'<p class="warn">No thresholds: {esc(summary["build_error"])}.</p>')
+    if summary.get("invalid_signals"):
+        warn += (f'<p class="warn">{fmt(summary["invalid_signals"])} index rows have a signals column that is '
+                 f"not a JSON object; they are left out of these histograms.</p>")
     return (f'<section id="signals"><h2>Quality signals</h2>{warn}<p class="muted">Distributions over the kept '
             f"documents, from the index's <code>signals</code> column. Red dashed lines: the thresholds of the "
             f"build config (build.json); documents past them were dropped, so they are not in these "
@@ -204,7 +209,7 @@ def _browser(summary: dict[str, Any], n_docs: int, load_errors: list[str]) -> st
     s = summary["sample"]
     errors = "".join(f'<p class="warn">{esc(e)}</p>' for e in load_errors)
     return (f'<section id="browser"><h2>Documents</h2><p class="muted">A uniform sample of {fmt(s["documents"])} '
-            f'kept documents (reservoir sampling, seed {s["seed"]}) and the keepers of the largest dedup clusters, '
+            f'kept documents (seeded bottom-k sampling, seed {s["seed"]}) and the keepers of the largest dedup clusters, '
             f"rendered in reading order with their images.</p>{errors}"
             '<form class="controls" id="jump-form"><label>language <select id="filter-lang">'
             '<option value="">all</option></select></label><label>jump to id or URL <input id="jump-q" size="40">'

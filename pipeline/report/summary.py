@@ -16,11 +16,11 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -232,23 +232,61 @@ class IndexScan:
     signal_docs: Counter = field(default_factory=Counter)  # documents that carry each signal
     languages: Counter = field(default_factory=Counter)
     domains: BoundedCounter = field(default_factory=BoundedCounter)
-    sample: Reservoir | None = None
+    sample_k: int = 0
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    candidates: list[tuple[float, str, int, str]] = field(default_factory=list)  # (key, shard, offset, id)
+    invalid_signals: int = 0  # rows whose signals JSON did not parse
+
+    @property
+    def sample(self) -> list[tuple[str, int, str]]:
+        """The sampled documents as (shard, offset, id), in shard and offset order."""
+        return sorted((shard, offset, doc_id) for _, shard, offset, doc_id in self.candidates)
     found_ids: dict[str, tuple[str, int]] = field(default_factory=dict)  # id -> (shard, offset)
     found_phash: dict[str, tuple[str, int, str]] = field(default_factory=dict)  # -> (shard, offset, member)
 
 
-def _host(url: str) -> str:
+HOST_RE = r"^(?:[A-Za-z][A-Za-z0-9+.-]*://)?(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]*)"
+
+
+def _value_counts(arr: pa.ChunkedArray | pa.Array) -> dict[str, int]:
+    vc = pc.value_counts(arr)
+    return dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()))
+
+
+def _signal_columns(signals: pa.ChunkedArray, scan: IndexScan) -> dict[str, np.ndarray]:
+    """Numeric values of each signal in a column of JSON objects, parsed by Arrow's JSON reader in one
+    go; a column that Arrow cannot parse as a whole is parsed row by row, bad rows counted."""
+    col = signals.combine_chunks()
+    col = pc.fill_null(pc.if_else(pc.equal(pc.utf8_trim_whitespace(col), ""), None, col), "{}")
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(col)], pa.int32()), col), "\n")
+    buf = joined[0].as_buffer() if len(col) else pa.py_buffer(b"")
+    out: dict[str, np.ndarray] = {}
     try:
-        return (urlsplit(url).hostname or "").lower() or "(none)"
-    except ValueError:
-        return "(invalid)"
+        table = pa_json.read_json(pa.BufferReader(buf), read_options=pa_json.ReadOptions(block_size=buf.size + 1))
+    except pa.ArrowInvalid:
+        per_signal: dict[str, list[float]] = {}
+        for raw in col.to_pylist():
+            try:
+                sig = json.loads(raw)
+            except ValueError:
+                scan.invalid_signals += 1
+                continue
+            for name, value in sig.items() if isinstance(sig, dict) else ():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    per_signal.setdefault(name, []).append(float(value))
+        return {k: np.asarray(v, dtype=np.float64) for k, v in per_signal.items()}
+    for name in table.column_names:
+        col = table[name]
+        if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+            out[name] = col.drop_null().to_numpy().astype(np.float64)
+    return out
 
 
 def scan_index(corpus: Corpus, *, sample: int, seed: int, thresholds: dict[str, list[dict[str, Any]]],
                want_ids: set[str] = frozenset(), want_phash: set[str] = frozenset(),
                progress: bool = True) -> IndexScan:
     """One streaming pass over the index of every shard in the manifest."""
-    scan = IndexScan(sample=Reservoir(sample, seed))
+    scan = IndexScan(sample_k=sample, rng=np.random.default_rng(seed))
     scan.hist = {
         "words_per_document": Histogram(WORD_EDGES),
         "images_per_document": Histogram(IMAGE_COUNT_EDGES),
@@ -282,9 +320,9 @@ def _scan_table(scan: IndexScan, table: pa.Table, thresholds: dict[str, list[dic
     scan.hist["words_per_document"].add(n_words)
     scan.hist["images_per_document"].add(n_images)
 
-    meta = pc.list_flatten(table["image_meta"])  # null at text positions
+    image_meta = table["image_meta"].combine_chunks()  # one array: parent indices are row numbers
+    meta = pc.list_flatten(image_meta)  # null at text positions
     if len(meta):
-        meta = meta.combine_chunks() if isinstance(meta, pa.ChunkedArray) else meta
         valid = meta.filter(pc.is_valid(meta))
         w = valid.field("width").to_numpy(zero_copy_only=False).astype(np.float64)
         h = valid.field("height").to_numpy(zero_copy_only=False).astype(np.float64)
@@ -293,36 +331,34 @@ def _scan_table(scan: IndexScan, table: pa.Table, thresholds: dict[str, list[dic
         scan.hist["image_height"].add(h[known])
         scan.hist["image_aspect_ratio"].add(w[known] / h[known])
 
-    cols = table.select(["id", "url", "lang", "signals", "shard", "offset"]).to_pydict()
-    langs = [lang or "(none)" for lang in cols["lang"]]
-    scan.languages.update(langs)
-    scan.domains.update([_host(u or "") for u in cols["url"]])
+    langs = pc.fill_null(pc.if_else(pc.equal(table["lang"], ""), None, table["lang"]), "(none)")
+    scan.languages.update(_value_counts(langs))
+    host = pc.struct_field(pc.extract_regex(pc.fill_null(table["url"], ""), HOST_RE), [0])
+    host = pc.fill_null(pc.if_else(pc.equal(host, ""), None, pc.utf8_lower(host)), "(none)")
+    scan.domains.update(_value_counts(host))
 
-    per_signal: dict[str, list[float]] = {}
-    for raw in cols["signals"]:
-        try:
-            sig = json.loads(raw) if raw else {}
-        except ValueError:
-            sig = {}
-        for name, value in sig.items() if isinstance(sig, dict) else ():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                per_signal.setdefault(name, []).append(float(value))
-    for name, values in per_signal.items():
+    for name, values in _signal_columns(table["signals"], scan).items():
         if name not in scan.signals:
             scan.signals[name] = Histogram(include=[t["value"] for t in thresholds.get(name, [])])
         scan.signals[name].add(values)
         scan.signal_docs[name] += len(values)
 
-    for i in range(n):
-        scan.sample.add((cols["shard"][i], int(cols["offset"][i]), cols["id"][i]))
+    # bottom-k sampling: each row draws a key from the seeded generator, the k smallest keys are a
+    # uniform sample without replacement; deterministic for a given seed and shard order
+    keys = scan.rng.random(n)
+    take = np.argpartition(keys, min(scan.sample_k, n) - 1)[: scan.sample_k] if scan.sample_k else []
+    if len(take):
+        ids, shards_, offsets = (table[c].take(pa.array(take)).to_pylist() for c in ("id", "shard", "offset"))
+        scan.candidates += [(float(keys[j]), s, int(o), i) for j, s, o, i in zip(take, shards_, offsets, ids)]
+        scan.candidates = heapq.nsmallest(scan.sample_k, scan.candidates)
 
     if len(want_ids):
         hits = pc.is_in(table["id"], value_set=want_ids).to_numpy(zero_copy_only=False)
         for i in np.flatnonzero(hits):
-            scan.found_ids.setdefault(cols["id"][i], (cols["shard"][i], int(cols["offset"][i])))
+            i = int(i)
+            scan.found_ids.setdefault(table["id"][i].as_py(), (table["shard"][i].as_py(), table["offset"][i].as_py()))
     if len(want_phash) and len(meta):
-        parents = pc.list_parent_indices(table["image_meta"])
-        parents = parents.combine_chunks() if isinstance(parents, pa.ChunkedArray) else parents
+        parents = pc.list_parent_indices(image_meta)
         phash = meta.field("phash")
         hits = pc.fill_null(pc.is_in(phash, value_set=want_phash), False).to_numpy(zero_copy_only=False)
         members = meta.field("member")
@@ -330,7 +366,7 @@ def _scan_table(scan: IndexScan, table: pa.Table, thresholds: dict[str, list[dic
             ph = phash[j].as_py()
             if ph not in scan.found_phash:
                 row = int(parents[j].as_py())
-                scan.found_phash[ph] = (cols["shard"][row], int(cols["offset"][row]), members[j].as_py())
+                scan.found_phash[ph] = (table["shard"][row].as_py(), table["offset"][row].as_py(), members[j].as_py())
 
 
 # ---- rejects ----------------------------------------------------------------------------------------
@@ -507,6 +543,8 @@ def summarize(corpus: Corpus, *, sample: int = 200, seed: int = 0, top_domains: 
                     "approximate": scan.domains.approximate},
         "rejects": {k: rejects[k] for k in ("files", "rows", "by_reason", "errors")},
         "dedup": dedup,
-        "sample": {"requested": sample, "seed": seed, "documents": len(scan.sample.items)},
+        "sample": {"requested": sample, "seed": seed, "documents": len(scan.candidates),
+                   "method": "bottom-k: a seeded random key per document, the k smallest kept"},
+        "invalid_signals": scan.invalid_signals,
     }
     return summary, scan, rejects

@@ -7,6 +7,7 @@ corpus (pipeline.sample), render its report and photograph it in headless Chromi
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import tempfile
 import time
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import ray
+    from PIL import Image as PILImage
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         opts = webdriver.ChromeOptions()
         opts.binary_location = found[0]
         for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-dev-shm-usage", f"--user-data-dir={tmp}/profile", "--window-size=1280,1500",
+                    "--disable-dev-shm-usage", f"--user-data-dir={tmp}/profile", "--window-size=1100,1300",
                     "--hide-scrollbars"):
             opts.add_argument(arg)
         driver = webdriver.Chrome(service=Service(found[1]), options=opts)
@@ -57,9 +59,25 @@ def main(argv: list[str] | None = None) -> int:
                 if time.time() > end:
                     raise SystemExit("report did not render")
                 time.sleep(0.1)
+            top = driver.get_screenshot_as_png()
+            # the right half: the document browser at the first document with images, loaded
+            art = driver.execute_script(
+                "return Array.from(document.querySelectorAll('article.doc')).find(a => a.querySelector('img'))")
+            driver.execute_script("arguments[0].scrollIntoView(); window.scrollBy(0, -40)", art)
+            end = time.time() + 20
+            while not driver.execute_script(
+                    "return Array.from(arguments[0].querySelectorAll('img')).every(i => i.complete)", art):
+                if time.time() > end:
+                    raise SystemExit("document images did not load")
+                time.sleep(0.1)
+            doc = driver.get_screenshot_as_png()
+            left, right = PILImage.open(io.BytesIO(top)), PILImage.open(io.BytesIO(doc))
+            both = PILImage.new("RGB", (left.width + right.width + 16, max(left.height, right.height)), "#555")
+            both.paste(left, (0, 0))
+            both.paste(right, (left.width + 16, 0))
             out = Path(args.output)
             out.parent.mkdir(parents=True, exist_ok=True)
-            driver.save_screenshot(str(out))
+            both.save(out, optimize=True)
         finally:
             driver.quit()
     print(f"wrote {out}")

@@ -177,6 +177,11 @@ def test_cli_json_and_table(corpus, tmp_path):
 
 def test_corpus_without_stats_build_or_dedup(tmp_path, chrome):
     """A bare corpus (only shards and manifest) still gets a report, saying what is missing."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "manifest.jsonl").write_text("")  # a build that has not finished a shard yet
+    summary = make_report(empty, progress=False)
+    assert summary["totals"]["documents"] == 0 and (empty / "report" / "index.html").exists()
     root = tmp_path / "bare"
     append_manifest(root, write_shards([planted_document()], root, "planted"))
     clusters = pa.table({"cluster_id": [7, 7, 7], "id": [PLANTED_ID, "dup-a", "dup-b"],
