@@ -43,13 +43,11 @@ class FineWebQualityFilter(Filter):
         s["fineweb_char_dup_ratio"] = find_duplicates(lines)[1] / max(len(text.replace("\n", "")), 1)
         s["fineweb_list_ratio"] = text.count("\n") / max(len(tokens(text)), 1)
 
-        ratio = s["fineweb_line_punct_ratio"]
-        if ratio < c.line_punct_thr and not (ratio == 0 and c.line_punct_exclude_zero):
-            return False, "fineweb_line_punct_ratio"
-        if s["fineweb_short_line_ratio"] > c.short_line_thr:
-            return False, "fineweb_short_line_ratio"
-        if s["fineweb_char_dup_ratio"] > c.char_duplicates_ratio:
-            return False, "fineweb_char_dup_ratio"
-        if s["fineweb_list_ratio"] > c.new_line_ratio:
-            return False, "fineweb_list_ratio"
-        return True
+        punct = s["fineweb_line_punct_ratio"]
+        rules = [  # (reason, failed), checked in datatrove's order
+            ("fineweb_line_punct_ratio", punct < c.line_punct_thr and not (punct == 0 and c.line_punct_exclude_zero)),
+            ("fineweb_short_line_ratio", s["fineweb_short_line_ratio"] > c.short_line_thr),
+            ("fineweb_char_dup_ratio", s["fineweb_char_dup_ratio"] > c.char_duplicates_ratio),
+            ("fineweb_list_ratio", s["fineweb_list_ratio"] > c.new_line_ratio),
+        ]
+        return next(((False, reason) for reason, failed in rules if failed), True)

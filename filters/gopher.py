@@ -59,28 +59,20 @@ class GopherQualityFilter(Filter):
             present = {t.lower() for t in words}
             s["gopher_stop_words"] = sum(w in present for w in stop_words)
 
-        if n_words < c.min_doc_words:
-            return False, "gopher_too_few_words"
-        if n_words > c.max_doc_words:
-            return False, "gopher_too_many_words"
-        if not is_no_space(lang):
-            if s["gopher_mean_word_length"] < c.min_avg_word_length:
-                return False, "gopher_mean_word_length_low"
-            if s["gopher_mean_word_length"] > c.max_avg_word_length:
-                return False, "gopher_mean_word_length_high"
-        if s["gopher_hash_ratio"] > c.max_symbol_word_ratio:
-            return False, "gopher_too_many_hashes"
-        if s["gopher_ellipsis_ratio"] > c.max_symbol_word_ratio:
-            return False, "gopher_too_many_ellipsis"
-        if s["gopher_bullet_lines_ratio"] > c.max_bullet_lines_ratio:
-            return False, "gopher_too_many_bullet_lines"
-        if s["gopher_ellipsis_lines_ratio"] > c.max_ellipsis_lines_ratio:
-            return False, "gopher_too_many_ellipsis_lines"
-        if s["gopher_alpha_words_ratio"] < c.min_alpha_words_ratio:
-            return False, "gopher_too_few_alpha_words"
-        if stop_words is not None and s["gopher_stop_words"] < c.min_stop_words:
-            return False, "gopher_too_few_stop_words"
-        return True
+        spaced = not is_no_space(lang)  # a character is not a word: no mean-word-length rule for zh/ja/th
+        rules = [  # (reason, failed), checked in datatrove's order
+            ("gopher_too_few_words", n_words < c.min_doc_words),
+            ("gopher_too_many_words", n_words > c.max_doc_words),
+            ("gopher_mean_word_length_low", spaced and s["gopher_mean_word_length"] < c.min_avg_word_length),
+            ("gopher_mean_word_length_high", spaced and s["gopher_mean_word_length"] > c.max_avg_word_length),
+            ("gopher_too_many_hashes", s["gopher_hash_ratio"] > c.max_symbol_word_ratio),
+            ("gopher_too_many_ellipsis", s["gopher_ellipsis_ratio"] > c.max_symbol_word_ratio),
+            ("gopher_too_many_bullet_lines", s["gopher_bullet_lines_ratio"] > c.max_bullet_lines_ratio),
+            ("gopher_too_many_ellipsis_lines", s["gopher_ellipsis_lines_ratio"] > c.max_ellipsis_lines_ratio),
+            ("gopher_too_few_alpha_words", s["gopher_alpha_words_ratio"] < c.min_alpha_words_ratio),
+            ("gopher_too_few_stop_words", stop_words is not None and s["gopher_stop_words"] < c.min_stop_words),
+        ]
+        return next(((False, reason) for reason, failed in rules if failed), True)
 
 
 # ---- repetition -------------------------------------------------------------------------------------
