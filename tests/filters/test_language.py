@@ -148,3 +148,31 @@ def test_chinese_and_japanese_pages_are_not_dropped_by_english_word_rules(dev_pa
         doc.lang = "en"
     verdicts = [GopherQualityFilter().filter(doc) for doc in english]
     assert all(v == (False, "gopher_mean_word_length_low") for v in verdicts), verdicts
+
+
+def test_language_step_runs_in_a_ray_actor(ray_local):
+    """Ray ships the step (without its model) to an actor, which loads lid.176 once and keeps it."""
+    ray = ray_local
+
+    @ray.remote(num_cpus=1)
+    class Worker:
+        def __init__(self, step):
+            self.step = step
+            self.step.setup()
+
+        def run(self, texts):
+            led = Ledger()
+            docs = [doc_from_text(f"d{i}", t) for i, t in enumerate(texts)]
+            kept = list(run_steps(docs, [self.step], led))
+            return [d.lang for d in kept], led.to_dict(), id(self.step._model)
+
+    worker = Worker.remote(LanguageFilter(LanguageConfig(languages=["de", "fr"])))
+    texts = ["Das ist ein Satz auf Deutsch, geschrieben für diesen Test.",
+             "Ceci est une phrase en français, écrite pour ce test.",
+             "This is an English sentence, written for this test."]
+    langs, stats, model_1 = ray.get(worker.run.remote(texts))
+    _, _, model_2 = ray.get(worker.run.remote(texts))
+    assert langs == ["de", "fr"]
+    assert stats["stages"] == [{"name": "language", "in": 3, "out": 2, "drops": {"lang_not_kept": 1}}]
+    assert model_1 == model_2  # loaded once per worker
+    ray.kill(worker)
