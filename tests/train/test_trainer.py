@@ -40,6 +40,7 @@ def debug_run(ray_local, corpus, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_debug_cpu_drives_the_loss_down(debug_run):
     loss = [v for _, v in sorted(losses(debug_run).items())]
     assert len(loss) == 120
@@ -54,6 +55,7 @@ def test_debug_cpu_drives_the_loss_down(debug_run):
     assert json.loads((debug_run / "config.json").read_text())["model"]["image_token_id"] == 4
 
 
+@pytest.mark.slow
 def test_resume_reproduces_uninterrupted_losses(debug_run, corpus, tmp_path):
     reference = losses(debug_run)
     # 1) the run dies after the step-40 checkpoint; running the command again on the run dir continues there
