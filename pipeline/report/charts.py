@@ -15,7 +15,7 @@ OUT = "#9aa5b1"
 THRESHOLD = "#d62728"
 
 
-def fmt(x: float | int | None) -> str:
+def fmt(x: float | None) -> str:
     """Compact number: 1234567 -> 1,234,567; 0.123456 -> 0.1235."""
     if x is None:
         return "-"
@@ -46,8 +46,8 @@ def histogram_svg(hist: dict[str, Any], thresholds: list[dict[str, Any]] | None 
     n = max(len(bars), 1)
     bw = plot_w / n
     peak = max([c for _, c in bars] + [1])
-    parts = [f'<svg class="chart" role="img" aria-label="{escape(label, quote=True)}" width="{width}" '
-             f'height="{height}" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">']
+    parts = [(f'<svg class="chart" role="img" aria-label="{escape(label, quote=True)}" width="{width}" '
+             f'height="{height}" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">')]
     parts.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#888"/>')
     parts.append(f'<text x="{left - 4}" y="{top + 8}" class="ax" text-anchor="end">{fmt(peak)}</text>')
     parts.append(f'<text x="{left - 4}" y="{top + plot_h}" class="ax" text-anchor="end">0</text>')
@@ -94,8 +94,8 @@ def hbar_svg(items: list[tuple[str, int]], *, width: int = 460, label: str = "",
     label_w, right = 170, 70
     height = max(row_h * len(items) + 6, 24)
     peak = max([c for _, c in items] + [1])
-    parts = [f'<svg class="chart" role="img" aria-label="{escape(label, quote=True)}" width="{width}" '
-             f'height="{height}" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">']
+    parts = [(f'<svg class="chart" role="img" aria-label="{escape(label, quote=True)}" width="{width}" '
+             f'height="{height}" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">')]
     for i, (name, c) in enumerate(items):
         y = 3 + i * row_h
         w = (width - label_w - right) * c / peak
@@ -114,8 +114,8 @@ def funnel_svg(stages: list[dict[str, Any]], *, width: int = 760, row_h: int = 2
     height = max(row_h * len(stages) + 8, 24)
     peak = max([s["in"] for s in stages] + [1])
     scale = (width - label_w - right) / peak
-    parts = [f'<svg class="chart" role="img" aria-label="funnel" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">']
+    parts = [(f'<svg class="chart" role="img" aria-label="funnel" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">')]
     for i, s in enumerate(stages):
         y = 4 + i * row_h
         dropped = s["in"] - s["out"]

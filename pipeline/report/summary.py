@@ -2,8 +2,9 @@
 
 One pass over the Parquet index (only the columns needed, shard by shard) feeds fixed-bin histograms
 (words and images per document, image sides and aspect ratio, every quality signal), language and domain
-counts, and a reservoir sample of documents (fixed seed) for the browser. The rejects log is streamed for
-counts by reason and a small reservoir per reason; the dedup outputs (`dedup/clusters.parquet`,
+counts, and a seeded bottom-k sample of documents for the browser (each document draws a random key, the
+k smallest are kept: uniform, deterministic). The rejects log is streamed for counts by reason and a small
+bottom-k sample per reason; the dedup outputs (`dedup/clusters.parquet`,
 `dedup/images.parquet`) give the largest clusters and the most repeated images. The funnel is copied from
 `stats.json` as is, and the filter thresholds are read from `build.json`'s resolved config.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import random
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +32,7 @@ INDEX_COLUMNS = ["id", "url", "lang", "n_words", "n_images", "image_meta", "sign
 # fixed bin edges; a value past the last edge counts as overflow, below the first as underflow
 WORD_EDGES = [0, 1, 10, 20, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 20000, 50000,
               100000]
-IMAGE_COUNT_EDGES = list(range(0, 22))
+IMAGE_COUNT_EDGES = list(range(22))
 SIDE_EDGES = [0, 16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 8192]
 ASPECT_EDGES = [0.0, 0.2, 0.33, 0.5, 0.67, 0.8, 0.95, 1.05, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0]
 
@@ -118,25 +118,6 @@ class Histogram:
             "min": self.min if self.count else None,
             "max": self.max if self.count else None,
         }
-
-
-class Reservoir:
-    """Uniform sample of k items from a stream (Algorithm R) with a fixed seed: deterministic."""
-
-    def __init__(self, k: int, seed: int = 0):
-        self.k = k
-        self.rng = random.Random(seed)
-        self.items: list[Any] = []
-        self.seen = 0
-
-    def add(self, item: Any) -> None:
-        self.seen += 1
-        if len(self.items) < self.k:
-            self.items.append(item)
-        else:
-            j = self.rng.randrange(self.seen)
-            if j < self.k:
-                self.items[j] = item
 
 
 class BoundedCounter:
@@ -378,10 +359,12 @@ def _parquet_files(corpus: Corpus, folder: str) -> list[str]:
 
 
 def read_rejects(corpus: Corpus, per_reason: int, seed: int, progress: bool = True) -> dict[str, Any]:
-    """Counts of the rejects log by (stage, item, reason) and a reservoir of rows per reason."""
+    """Counts of the rejects log by (stage, item, reason), and per reason a seeded bottom-k sample of
+    rows; vectorised per batch, so a log of millions of rows streams in bounded memory."""
     files = _parquet_files(corpus, "rejects")
     counts: Counter = Counter()
-    samples: dict[str, Reservoir] = {}
+    picks: dict[str, list[tuple[float, int, dict[str, str]]]] = {}  # reason -> (key, n, row)
+    rng = np.random.default_rng(seed)
     rows = 0
     errors: list[str] = []
     for path in tqdm(files, desc="reading rejects", unit="file", disable=not progress or not files):
@@ -389,24 +372,38 @@ def read_rejects(corpus: Corpus, per_reason: int, seed: int, progress: bool = Tr
             with corpus.fs.open(path, "rb") as f:
                 pf = pq.ParquetFile(f)
                 names = set(pf.schema_arrow.names)
-                cols = [c for c in ("id", "url", "stage", "item", "reason", "detail") if c in names]
+                cols = [c for c in REJECT_COLUMNS if c in names]
                 if "reason" not in cols:
                     errors.append(f"{path}: no `reason` column")
                     continue
                 for batch in pf.iter_batches(batch_size=65_536, columns=cols):
-                    d = batch.to_pydict()
-                    for i in range(batch.num_rows):
-                        row = {c: ("" if d[c][i] is None else str(d[c][i])) for c in cols}
-                        key = (row.get("stage", ""), row.get("item", ""), row["reason"])
-                        counts[key] += 1
-                        samples.setdefault(row["reason"], Reservoir(per_reason, seed)).add(row)
-                    rows += batch.num_rows
+                    t = pa.Table.from_batches([batch])
+                    for c in REJECT_COLUMNS:  # absent or null fields read as ""
+                        t = (t.set_column(t.schema.get_field_index(c), c, pc.fill_null(t[c].cast(pa.string()), ""))
+                             if c in t.column_names else t.append_column(c, pa.array([""] * t.num_rows)))
+                    grouped = t.group_by(["stage", "item", "reason"]).aggregate([([], "count_all")])
+                    for st, it, r, c in zip(*(grouped[k].to_pylist() for k in ("stage", "item", "reason",
+                                                                                 "count_all"))):
+                        counts[(st, it, r)] += c
+                    keys = rng.random(t.num_rows)
+                    reason = t["reason"].combine_chunks()
+                    for r in pc.unique(reason).to_pylist():
+                        idx = np.flatnonzero(pc.equal(reason, r).to_numpy(zero_copy_only=False))
+                        idx = idx[np.argsort(keys[idx])[:per_reason]]
+                        chosen = t.take(pa.array(idx, pa.int64())).select(list(REJECT_COLUMNS)).to_pylist()
+                        heap = picks.setdefault(r, [])
+                        heap += [(float(keys[j]), rows + int(j), row) for j, row in zip(idx, chosen)]
+                        picks[r] = heapq.nsmallest(per_reason, heap, key=lambda x: (x[0], x[1]))
+                    rows += t.num_rows
         except (OSError, pa.ArrowException) as e:
             errors.append(f"{path}: {e}")
     by_reason = sorted(({"stage": s, "item": it, "reason": r, "count": c} for (s, it, r), c in counts.items()),
                        key=lambda x: (-x["count"], x["stage"], x["reason"]))
-    sample_rows = [row for reason in sorted(samples) for row in samples[reason].items]
+    sample_rows = [row for reason in sorted(picks) for _, _, row in picks[reason]]
     return {"files": len(files), "rows": rows, "by_reason": by_reason, "sample": sample_rows, "errors": errors}
+
+
+REJECT_COLUMNS = ("id", "url", "stage", "item", "reason", "detail")
 
 
 # ---- dedup ------------------------------------------------------------------------------------------
@@ -431,34 +428,34 @@ def read_dedup(corpus: Corpus, top_clusters: int, top_images: int) -> dict[str, 
 
 
 def _read_clusters(corpus: Corpus, path: str, top: int) -> dict[str, Any]:
-    sizes: dict[Any, int] = {}  # the `top` largest clusters seen so far (size is per cluster, exact)
+    """Pass 1: cluster count, drops by reason and the `top` largest clusters (a cluster's size is the
+    same on each of its rows, so keeping the running top is exact); pass 2: the members of those."""
+    best: dict[Any, int] = {}
     n_rows = n_dropped = 0
     clusters: set = set()
     reasons: Counter = Counter()
     with corpus.fs.open(path, "rb") as f:
         pf = pq.ParquetFile(f)
         for batch in pf.iter_batches(batch_size=65_536, columns=["cluster_id", "keeper", "reason", "size"]):
-            d = batch.to_pydict()
-            n_rows += batch.num_rows
-            for cid, keeper, reason, size in zip(d["cluster_id"], d["keeper"], d["reason"], d["size"]):
-                clusters.add(cid)
-                if not keeper:
-                    n_dropped += 1
-                    reasons[str(reason)] += 1
-                sizes[cid] = int(size or 0)
-            if len(sizes) > 4 * top:
-                sizes = dict(heapq.nlargest(top, sizes.items(), key=lambda kv: (kv[1], str(kv[0]))))
-        chosen = dict(heapq.nlargest(top, sizes.items(), key=lambda kv: (kv[1], str(kv[0]))))
-        members: dict[Any, list[dict[str, Any]]] = {cid: [] for cid in chosen}
-        want = pa.array(list(chosen))
+            t = pa.Table.from_batches([batch])
+            n_rows += t.num_rows
+            dropped = t.filter(pc.invert(pc.fill_null(t["keeper"], False)))
+            n_dropped += dropped.num_rows
+            reasons.update(_value_counts(pc.fill_null(dropped["reason"].cast(pa.string()), "")))
+            per = t.group_by("cluster_id").aggregate([("size", "max")])
+            ids = per["cluster_id"].to_pylist()
+            clusters.update(ids)
+            best.update(zip(ids, (int(x or 0) for x in per["size_max"].to_pylist())))
+            best = dict(heapq.nlargest(top, best.items(), key=lambda kv: (kv[1], str(kv[0]))))
+        members: dict[Any, list[dict[str, Any]]] = {cid: [] for cid in best}
+        want = pa.array(list(best), pf.schema_arrow.field("cluster_id").type)
         for batch in pf.iter_batches(batch_size=65_536, columns=["cluster_id", "id", "url", "keeper", "reason"]):
             t = pa.Table.from_batches([batch])
-            t = t.filter(pc.is_in(t["cluster_id"], value_set=want.cast(t.schema.field("cluster_id").type)))
-            for r in t.to_pylist():
+            for r in t.filter(pc.is_in(t["cluster_id"], value_set=want)).to_pylist():
                 members[r["cluster_id"]].append({"id": str(r["id"] or ""), "url": str(r["url"] or ""),
                                                  "keeper": bool(r["keeper"]), "reason": str(r["reason"] or "")})
     top_list = []
-    for cid, size in sorted(chosen.items(), key=lambda kv: (-kv[1], str(kv[0]))):
+    for cid, size in sorted(best.items(), key=lambda kv: (-kv[1], str(kv[0]))):
         rows = sorted(members[cid], key=lambda m: (not m["keeper"], m["id"]))
         top_list.append({"cluster_id": str(cid), "size": size, "members": rows})
     return {"rows": n_rows, "clusters": len(clusters), "dropped": n_dropped,
@@ -466,21 +463,19 @@ def _read_clusters(corpus: Corpus, path: str, top: int) -> dict[str, Any]:
 
 
 def _read_images(corpus: Corpus, path: str, top: int) -> dict[str, Any]:
+    """The `top` pHashes by number of documents."""
     best: list[tuple[int, str, int]] = []
     n_rows = 0
     with corpus.fs.open(path, "rb") as f:
         pf = pq.ParquetFile(f)
         for batch in pf.iter_batches(batch_size=65_536, columns=["phash", "n_docs", "dropped"]):
-            d = batch.to_pydict()
             n_rows += batch.num_rows
-            for ph, n_docs, dropped in zip(d["phash"], d["n_docs"], d["dropped"]):
-                item = (int(n_docs or 0), str(ph), int(dropped or 0))
-                if len(best) < top:
-                    heapq.heappush(best, item)
-                else:
-                    heapq.heappushpop(best, item)
-    top_list = [{"phash": ph, "n_docs": n, "dropped": dr} for n, ph, dr in sorted(best, key=lambda x: (-x[0], x[1]))]
-    return {"rows": n_rows, "top": top_list}
+            n_docs = pc.fill_null(batch.column("n_docs"), 0).to_numpy(zero_copy_only=False)
+            idx = np.argsort(-n_docs, kind="stable")[:top]
+            t = pa.Table.from_batches([batch]).take(pa.array(idx, pa.int64())).to_pydict()
+            best += [(int(n or 0), str(ph), int(dr or 0)) for ph, n, dr in zip(t["phash"], t["n_docs"], t["dropped"])]
+            best = sorted(best, key=lambda x: (-x[0], x[1]))[:top]
+    return {"rows": n_rows, "top": [{"phash": ph, "n_docs": n, "dropped": dr} for n, ph, dr in best]}
 
 
 # ---- the summary ------------------------------------------------------------------------------------
@@ -522,7 +517,7 @@ def summarize(corpus: Corpus, *, sample: int = 200, seed: int = 0, top_domains: 
             "documents": scan.documents,
             "images": scan.images,
             "words": scan.words,
-            "tokens_estimate": int(round(scan.words * TOKENS_PER_WORD)),
+            "tokens_estimate": round(scan.words * TOKENS_PER_WORD),
             "tokens_estimate_method": f"words * {TOKENS_PER_WORD} (whitespace words, rough BPE ratio)",
             "shards": scan.shards,
             "languages": len(scan.languages),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from pipeline.corpus import Corpus, append_manifest, write_shards
 from pipeline.record import Document, Image, make_doc_id
 from pipeline.report import make_report
 from pipeline.report.render import embed_json
-from pipeline.report.summary import Histogram, Reservoir, signal_thresholds
+from pipeline.report.summary import Histogram, signal_thresholds
 from pipeline.stats import REJECTS_SCHEMA
 
 REPO = Path(__file__).resolve().parents[2]
@@ -141,11 +140,6 @@ def test_streaming_helpers():
     d = h.to_dict()
     assert d["edges"][0] == 0.5 and d["count"] == 150
     assert sum(d["counts"]) + d["underflow"] + d["overflow"] == 150
-    a, b = Reservoir(5, seed=3), Reservoir(5, seed=3)
-    for i in range(1000):
-        a.add(i)
-        b.add(i)
-    assert a.items == b.items and len(set(a.items)) == 5
     assert "<" not in embed_json({"t": "</script><!--"}) and json.loads(embed_json({"t": "</script>"})) == {
         "t": "</script>"}
 
@@ -153,7 +147,7 @@ def test_streaming_helpers():
 def test_cli_json_and_table(corpus, tmp_path):
     cmd = [sys.executable, "-m", "pipeline.cli", "inspect", str(corpus), "--output", str(tmp_path / "r"),
            "--sample", "5", "--json", "--no-progress"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["totals"]["documents"] == sum(s.documents for s in Corpus(corpus).shards())
@@ -166,12 +160,12 @@ def test_cli_json_and_table(corpus, tmp_path):
                        .split("</script>")[0])["documents"]
     assert {d["id"] for d in first} == ids, "same seed, same sample"
     assert again["totals"] == summary["totals"]
-    table = subprocess.run(cmd[:-2] + ["--no-progress"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    table = subprocess.run(cmd[:-2] + ["--no-progress"], capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
     assert table.returncode == 0, table.stderr
     assert f"documents          {summary['totals']['documents']:,}" in table.stdout
     assert "top drop reasons" in table.stdout
     bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "inspect", str(tmp_path / "nope")],
-                         capture_output=True, text=True, timeout=60, cwd=REPO)
+                         capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
     assert bad.returncode == 2 and "not a corpus" in bad.stderr
 
 
@@ -200,7 +194,7 @@ def test_corpus_without_stats_build_or_dedup(tmp_path, chrome):
                    root / "dedup" / "images.parquet")
     summary = make_report(root, out, progress=False)
     top = summary["dedup"]["clusters"]["top"][0]
-    assert top["size"] == 3 and [m["id"] for m in top["members"]][0] == PLANTED_ID
+    assert top["size"] == 3 and next(m["id"] for m in top["members"]) == PLANTED_ID
     assert summary["dedup"]["images"]["top"][0] == {"phash": phash, "n_docs": 9, "dropped": 8}
     chrome.get((out / "index.html").as_uri())
     _wait_ready(chrome)
@@ -235,7 +229,7 @@ def _wait_images(driver, article, timeout: float = 15) -> list[int]:
 
 
 def test_report_in_chromium(corpus, report, chrome):
-    out, summary = report
+    out, _summary = report
     stats = json.loads((corpus / "stats.json").read_text())
     chrome.get((out / "index.html").as_uri())
     _wait_ready(chrome)
