@@ -58,6 +58,8 @@ def print_table(summary: dict, out: str) -> None:
     langs = ", ".join(f"{k} {100 * v / total_docs:.0f}%" for k, v in list(summary["languages"].items())[:6])
     rows.append(("languages", f"{t['languages']}: {langs}" if langs else "0"))
     print(f"corpus: {summary['corpus']}")
+    for e in summary["index_errors"]:
+        print(f"  left out: {e}")
     for k, v in rows:
         print(f"  {k:<18} {v}")
     if summary["funnel"] is None:

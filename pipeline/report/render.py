@@ -72,7 +72,8 @@ def _cards(summary: dict[str, Any]) -> str:
              ("domains", t["domains"])]
     cards = "".join(f'<div class="card" data-total="{esc(k)}" data-value="{v}"><div class="v">{fmt(v)}</div>'
                     f'<div class="k">{esc(k)}</div></div>' for k, v in items)
-    return (f'<section id="overview"><h2>Overview</h2><div class="cards">{cards}</div>'
+    errors = "".join(f'<p class="warn">Left out: {esc(e)}</p>' for e in summary["index_errors"])
+    return (f'<section id="overview"><h2>Overview</h2>{errors}<div class="cards">{cards}</div>'
             f'<p class="muted">Token estimate: {esc(t["tokens_estimate_method"])}. Figures below describe the '
             f"documents in the corpus (kept documents); drops are in the funnel and the rejects log.</p></section>")
 

@@ -217,6 +217,7 @@ class IndexScan:
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
     candidates: list[tuple[float, str, int, str]] = field(default_factory=list)  # (key, shard, offset, id)
     invalid_signals: int = 0  # rows whose signals JSON did not parse
+    errors: list[str] = field(default_factory=list)  # shards whose index could not be read
 
     @property
     def sample(self) -> list[tuple[str, int, str]]:
@@ -280,7 +281,11 @@ def scan_index(corpus: Corpus, *, sample: int, seed: int, thresholds: dict[str, 
     want_phash_arr = pa.array(sorted(want_phash), pa.string())
     bar = tqdm(shards, desc="reading index", unit="shard", disable=not progress)
     for shard in bar:
-        table = corpus.read_index(shard, columns=INDEX_COLUMNS)
+        try:
+            table = corpus.read_index(shard, columns=INDEX_COLUMNS)
+        except (OSError, KeyError, pa.ArrowException) as e:  # listed but unreadable: reported, not fatal
+            scan.errors.append(f"index of shard {shard.name}: {type(e).__name__}: {e}")
+            continue
         scan.shards += 1
         _scan_table(scan, table, thresholds, want_ids_arr, want_phash_arr)
         bar.set_postfix(documents=scan.documents)
@@ -541,5 +546,6 @@ def summarize(corpus: Corpus, *, sample: int = 200, seed: int = 0, top_domains: 
         "sample": {"requested": sample, "seed": seed, "documents": len(scan.candidates),
                    "method": "bottom-k: a seeded random key per document, the k smallest kept"},
         "invalid_signals": scan.invalid_signals,
+        "index_errors": scan.errors,
     }
     return summary, scan, rejects

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image as PILImage
 
-from pipeline.corpus import Corpus, append_manifest, write_shards
+from pipeline.corpus import Corpus, ShardInfo, append_manifest, write_shards
 from pipeline.record import Document, Image, make_doc_id
 from pipeline.report import make_report
 from pipeline.report.render import embed_json
@@ -176,6 +176,10 @@ def test_corpus_without_stats_build_or_dedup(tmp_path, chrome):
     (empty / "manifest.jsonl").write_text("")  # a build that has not finished a shard yet
     summary = make_report(empty, progress=False)
     assert summary["totals"]["documents"] == 0 and (empty / "report" / "index.html").exists()
+    append_manifest(empty, [ShardInfo("ghost-0000", 3, 0, 10, "0" * 64)])  # listed, but its files are gone
+    summary = make_report(empty, progress=False)
+    assert summary["totals"]["documents"] == 0 and len(summary["index_errors"]) == 1
+    assert "ghost-0000" in (empty / "report" / "index.html").read_text()
     root = tmp_path / "bare"
     append_manifest(root, write_shards([planted_document()], root, "planted"))
     clusters = pa.table({"cluster_id": [7, 7, 7], "id": [PLANTED_ID, "dup-a", "dup-b"],
