@@ -1,6 +1,6 @@
 """`interloom inspect`: a self-contained HTML report and a JSON summary of a corpus.
 
-`make_report(corpus, output)` streams the index once (summary.py), reads a reservoir sample of documents
+`make_report(corpus, output)` streams the index once (summary.py), reads a seeded bottom-k sample of documents
 from their shards (docs.py), and writes `OUTPUT/index.html` with inline SVG charts (charts.py, render.py),
 `OUTPUT/assets/img/*.jpg` and `OUTPUT/summary.json` (the same figures, for machines).
 """
