@@ -9,6 +9,7 @@ import sys
 
 # subcommand modules, in the order `interloom --help` lists them
 COMMANDS = [
+    "pipeline.demo",  # interloom demo
     "pipeline.build_cli",  # interloom build
     "crawl.crawl_cli",  # interloom crawl
     "pipeline.report.cli",  # interloom inspect

@@ -47,15 +47,35 @@ def run(args: argparse.Namespace) -> int:
     print_summary(stats, str(corpus))
     where = {"sample": warc, "corpus": corpus}
     if not args.skip_train:
-        from train.cli import train_demo
-
-        print("[3/4] training the debug-cpu recipe on the corpus")
-        where.update(train_demo(corpus, out / "run", steps=args.steps))
-    from pipeline.report.render import write_report
+        print(f"[3/4] training the debug-cpu recipe on the corpus ({args.steps} steps, 2 Ray workers)")
+        where.update(train_debug(corpus, out / "run", steps=args.steps))
+    from pipeline.report import make_report
 
     print("[4/4] writing the inspection report")
-    where["report"] = write_report(str(corpus), str(out / "report"))
+    make_report(str(corpus), out / "report", progress=True)
+    where["report"] = out / "report" / "index.html"
     print(f"\ndone in {time.time() - t0:.0f}s. Everything is under {out}/:")
     for k, v in where.items():
         print(f"  {k:<10} {v}")
     return 0
+
+
+def train_debug(corpus: Path, run_dir: Path, steps: int) -> dict[str, Path]:
+    """Train the debug-cpu recipe on the corpus and print how the loss fell."""
+    import json
+
+    from pipeline.config import load_config
+    from train.config import TrainConfig, resolve_recipe
+    from train.trainer import run_training
+
+    cfg = load_config(TrainConfig, resolve_recipe("debug-cpu"),
+                      [f"data.corpus={corpus}", f"run.output={run_dir}",
+                       f"stages=[{{trainable: all, steps: {steps}}}]"])
+    run_training(cfg)
+    metrics = run_dir / "metrics.jsonl"
+    losses = [json.loads(line)["loss"] for line in metrics.read_text().splitlines() if '"loss"' in line]
+    if losses:
+        k = max(1, len(losses) // 5)
+        first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+        print(f"  loss: first {k} log steps {first:.3f} -> last {k} log steps {last:.3f}")
+    return {"run": run_dir, "metrics": metrics, "tensorboard": run_dir / "tb"}

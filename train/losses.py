@@ -51,11 +51,13 @@ def _gather_rows(x_ND: torch.Tensor, group) -> tuple[torch.Tensor, int, int]:
     sizes = [torch.zeros_like(n_local) for _ in range(W)]
     dist.all_gather(sizes, n_local, group=group)
     sizes = [int(s) for s in sizes]
+    if max(sizes) == 0:  # no rank has a pair: nothing to gather (and a 0-row collective cannot reshape)
+        return x_ND, 0, 0
     padded_ND = F.pad(x_ND, (0, 0, 0, max(sizes) - x_ND.shape[0]))
     # differentiable all-gather: backward reduce-scatters (sums) every rank's gradient into the local slice
     all_gather = getattr(funcol, "all_gather_single_autograd", None) or funcol.all_gather_tensor_autograd
     gathered_WND = all_gather(padded_ND, 0, group if group is not None else dist.group.WORLD)
-    gathered_WND = gathered_WND.view(W, max(sizes), -1)
+    gathered_WND = gathered_WND.view(W, max(sizes), x_ND.shape[1])
     rank = dist.get_rank(group)
     rows = torch.cat([g[:n] for g, n in zip(gathered_WND, sizes)], dim=0)
     return rows, sum(sizes[:rank]), sum(sizes)
