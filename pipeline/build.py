@@ -8,6 +8,13 @@
   phase 3, per unit, in unit order: apply removals -> post-dedup document rules -> shards + index;
       the driver appends manifest lines strictly in unit order, so any parallelism gives the same manifest.
 
+Storage: the corpus may be a local folder or any fsspec URL (s3://bucket/corpus, gs://...; see
+pipeline/storage.py); inputs may be URLs too (each remote unit is downloaded to a worker-local temp file).
+The work folder (staged documents, dedup passes, markers) is a POSIX folder every Ray node can reach:
+CORPUS/_work for a local corpus, `output.work_dir` (a shared file system on a cluster) for a remote one.
+With a remote corpus, workers write each shard locally and upload its index, then the shard; the driver
+then rewrites the manifest object with the new lines, so a manifest line never names a missing shard.
+
 Resume: every unit output is written to a temporary name and renamed, then its marker is written. A re-run
 with the same inputs and config skips finished units and finished dedup, and re-writes only the shards whose
 manifest lines are missing (shards are byte-deterministic). Killing a build at any point and re-running it
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import glob
+import hashlib
 import json
 import os
 import platform
@@ -42,10 +50,11 @@ from filters.config import FiltersConfig
 from filters.dedup import ApplyDedup, DedupConfig, DedupResult, InDocumentImageDedup, run_dedup
 from filters.registry import document_steps, text_steps
 from pipeline.config import Section, dump_config
-from pipeline.corpus import ShardInfo, append_manifest, repair_manifest, write_shards
+from pipeline.corpus import MANIFEST, ShardInfo, _parse_line, write_shards
 from pipeline.record import STAGED_SCHEMA, documents_to_staged_table, staged_table_to_documents
 from pipeline.stats import Ledger, check_funnel
 from pipeline.steps import Step, run_steps
+from pipeline.storage import Storage, StorageError, expand_input, fetch_input, is_remote, local_scratch
 
 
 class OutputConfig(Section):
@@ -54,6 +63,9 @@ class OutputConfig(Section):
     max_shard_docs: int = Field(10_000, ge=1)
     staged_batch_docs: int = Field(64, ge=1, description="documents per Parquet row group in WORK")
     keep_work: bool = Field(False, description="keep CORPUS/_work (staged documents) after a finished build")
+    work_dir: str | None = Field(None, description="work folder (staged documents, markers); None = "
+                                 "CORPUS/_work. Needed for a remote corpus (s3://...): a folder every Ray "
+                                 "node can reach")
 
 
 class RayConfig(Section):
@@ -138,6 +150,16 @@ class UnitWorker:
         """Phase 1 for one unit: staged docs + rejects + DONE marker. Returns the summary."""
         out = Path(work) / "units" / unit.name
         out.mkdir(parents=True, exist_ok=True)
+        if is_remote(unit.path):  # read a local copy, under the same file name (sources name documents by it)
+            scratch = local_scratch("interloom-input-")
+            try:
+                local = Unit(str(fetch_input(unit.path, scratch)), unit.kind, unit.name)
+                return self._run_unit(local, unit, out)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        return self._run_unit(unit, unit, out)
+
+    def _run_unit(self, unit: Unit, reported: Unit, out: Path) -> dict[str, Any]:
         ledger = Ledger()
         source = open_source(unit)
         source.index_images()
@@ -158,7 +180,7 @@ class UnitWorker:
                 n_docs += len(batch)
         os.replace(tmp, out / "docs.parquet")
         _write_parquet_atomic(out / "rejects.parquet", ledger.rejects_table())
-        summary = {"unit": asdict(unit), "documents": n_docs, "ledger": ledger.to_dict()}
+        summary = {"unit": asdict(reported), "documents": n_docs, "ledger": ledger.to_dict()}
         _write_json_atomic(out / "DONE.json", summary)
         return summary
 
@@ -171,9 +193,21 @@ class UnitWorker:
         steps = self.steps.write(result)
         docs = _iter_staged(unit_dir / "docs.parquet")
         prefix = f"{self.cfg.output.shard_prefix}-{index:05d}"
-        shards = write_shards(run_steps(docs, steps, ledger), corpus, prefix, unit=unit.name,
-                              max_bytes=self.cfg.output.max_shard_bytes,
-                              max_docs=self.cfg.output.max_shard_docs)
+        target = corpus
+        if is_remote(corpus):  # shards are written locally, then uploaded one by one (index, then shard)
+            target = str(local_scratch("interloom-shards-"))
+        try:
+            shards = write_shards(run_steps(docs, steps, ledger), target, prefix, unit=unit.name,
+                                  max_bytes=self.cfg.output.max_shard_bytes,
+                                  max_docs=self.cfg.output.max_shard_docs)
+            if target != corpus:
+                store = Storage(corpus)
+                for s in shards:
+                    store.put_file(Path(target) / "index" / f"{s.name}.parquet", f"index/{s.name}.parquet")
+                    store.put_file(Path(target) / "shards" / f"{s.name}.tar", f"shards/{s.name}.tar")
+        finally:
+            if target != corpus:
+                shutil.rmtree(target, ignore_errors=True)
         _write_parquet_atomic(unit_dir / "write-rejects.parquet", ledger.rejects_table())
         summary = {"shards": [asdict(s) for s in shards], "ledger": ledger.to_dict()}
         _write_json_atomic(unit_dir / "WRITTEN.json", summary)
@@ -190,11 +224,26 @@ def _iter_staged(path: Path):
 def resolve_inputs(patterns: list[str]) -> list[str]:
     paths: list[str] = []
     for pattern in patterns:
-        matched = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+        if is_remote(pattern):
+            matched = expand_input(pattern)
+        else:
+            matched = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
         if not matched:
             raise ValueError(f"--input {pattern!r} matches no file")
         paths.extend(matched)
     return paths
+
+
+def make_units(paths: list[str]) -> list[Unit]:
+    """Local inputs as crawl.sources finds them; remote inputs (files only) named by their URL."""
+    local = discover_units([p for p in paths if not is_remote(p)])
+    remote = []
+    for url in sorted({p for p in paths if is_remote(p)}):
+        name = url.rsplit("/", 1)[-1]
+        [probe] = discover_units([name])  # the kind from the file name; a remote folder is not an input
+        digest = hashlib.sha1(url.encode()).hexdigest()[:8]
+        remote.append(Unit(url, probe.kind, probe.name.rsplit("-", 1)[0] + f"-{digest}"))
+    return local + remote
 
 
 def init_ray(cfg: RayConfig) -> None:
@@ -220,6 +269,12 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _storage_env() -> dict[str, str]:
+    """The driver's object-store settings (AWS_*, GOOGLE_*, FSSPEC_*) for the workers; Ray workers on the
+    driver's node would not see variables set after the instance started, nor would other nodes."""
+    return {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "GOOGLE_", "FSSPEC_"))}
+
+
 def _run_pool(cfg: BuildConfig, items: list, method: str, desc: str, args_of, on_result,
               progress: bool) -> None:
     """Run `method` of UnitWorker actors over items; results handed to on_result as they finish."""
@@ -228,52 +283,114 @@ def _run_pool(cfg: BuildConfig, items: list, method: str, desc: str, args_of, on
     n_workers = cfg.ray.workers or max(1, int(ray.available_resources().get("CPU", 1)))
     n_workers = min(n_workers, len(items))
     actor_cls = ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2)(UnitWorker)
+    env = _storage_env()
+    if env:  # object-store endpoint and credentials of the driver reach the workers that read and write
+        actor_cls = actor_cls.options(runtime_env={"env_vars": env})
     actors = [actor_cls.remote(dump_config(cfg)) for _ in range(n_workers)]
     pending: dict[Any, Any] = {}
     queue = list(items)
+    failed: list[tuple[Any, BaseException]] = []
     bar = tqdm(total=len(items), desc=desc, unit="unit", disable=not progress)
     try:
         free = list(actors)
         while queue or pending:
-            while queue and free:
+            while queue and free and not failed:
                 actor, item = free.pop(), queue.pop(0)
                 pending[getattr(actor, method).remote(*args_of(item))] = (actor, item)
+            if not pending:
+                break
             done, _ = ray.wait(list(pending), num_returns=1)
             actor, item = pending.pop(done[0])
             free.append(actor)
-            on_result(item, ray.get(done[0]), bar)
+            try:
+                result = ray.get(done[0])
+            except ray.exceptions.RayTaskError as e:
+                # an output that cannot be written (disk full, read-only, permission denied, storage down
+                # for good): let the units in flight finish (their outputs are kept), then stop
+                cause = e.cause if isinstance(e.cause, OSError) else None
+                if cause is None:
+                    raise
+                failed.append((item, cause))
+                continue
+            on_result(item, result, bar)
             bar.update(1)
+        if failed:
+            item, cause = failed[0]
+            where = getattr(cause, "filename", None) or ""
+            raise ValueError(f"{desc}: unit {getattr(item, 'name', item)} could not write its output"
+                             f"{' ' + str(where) if where else ''}: {cause} -- finished units are kept; fix the "
+                             f"output (space, permissions) and run the same command again to resume") from cause
     finally:
         bar.close()
         for a in actors:
             ray.kill(a)
 
 
+def _put_json(store: Storage, rel: str, obj: Any) -> None:
+    store.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True).encode("utf-8"))
+
+
+def _listed_shards(store: Storage) -> list[ShardInfo]:
+    """The manifest's complete entries; a torn last line (a build killed mid-append) is dropped for good."""
+    if not store.exists(MANIFEST):
+        return []
+    raw = store.read_bytes(MANIFEST).decode("utf-8")
+    good_lines = [ln for ln in raw.splitlines(keepends=True) if ln.endswith("\n") and _parse_line(ln)]
+    if "".join(good_lines) != raw:
+        store.write_bytes(MANIFEST, "".join(good_lines).encode("utf-8"))
+    return [s for s in (_parse_line(ln) for ln in good_lines) if s is not None]
+
+
+def _work_dir(cfg: BuildConfig, output: str) -> Path:
+    if cfg.output.work_dir:
+        return Path(cfg.output.work_dir).expanduser().resolve()
+    if is_remote(output):
+        raise ValueError(f"--output {output} is remote: set output.work_dir to a folder every Ray node can "
+                         f"reach (a shared file system on a cluster), e.g. --set output.work_dir=/mnt/work/run1")
+    return Path(output) / "_work"
+
+
 def build_corpus(inputs: list[str], output: str | Path, cfg: BuildConfig | None = None,
                  progress: bool = True) -> dict[str, Any]:
-    """Build (or resume) a corpus from input globs. Returns the stats funnel (also in stats.json)."""
+    """Build (or resume) a corpus from input globs (local or URLs) into a local folder or an fsspec URL.
+    Returns the stats funnel (also in stats.json)."""
     cfg = cfg or BuildConfig()
     paths = resolve_inputs(inputs)
-    units = discover_units(paths)
-    corpus = Path(output)
-    work = corpus / "_work"
-    corpus.mkdir(parents=True, exist_ok=True)
-    (work / "units").mkdir(parents=True, exist_ok=True)
-    build_json = corpus / "build.json"
-    identity = {"config": dump_config(cfg), "inputs": [os.path.abspath(p) for p in paths]}
-    if build_json.exists():
-        previous = json.loads(build_json.read_text())
+    units = make_units(paths)
+    work = _work_dir(cfg, str(output))
+    store = Storage(output)
+    try:
+        store.makedirs()
+        (work / "units").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the corpus or its work folder: {e}") from e
+    try:
+        return _build(cfg, paths, units, store, work, progress)
+    except StorageError as e:
+        raise ValueError(f"{e} -- finished units are kept in {work}; run the same command again to resume") \
+            from e
+    except OSError as e:
+        raise ValueError(f"cannot write {e.filename or work}: {e.strerror or e} -- finished units are kept in "
+                         f"{work}; fix the output (space, permissions) and run the same command again "
+                         f"to resume") from e
+
+
+def _build(cfg: BuildConfig, paths: list[str], units: list[Unit], store: Storage, work: Path,
+           progress: bool) -> dict[str, Any]:
+    identity = {"config": dump_config(cfg), "inputs": [p if is_remote(p) else os.path.abspath(p) for p in paths]}
+    if store.exists("build.json"):
+        previous = json.loads(store.read_bytes("build.json"))
         if {"config": previous.get("config"), "inputs": previous.get("inputs")} != identity:
-            raise ValueError(f"{corpus} holds a build with other inputs or config; use a new --output "
-                             f"or delete it (see {build_json})")
+            raise ValueError(f"{store.url} holds a build with other inputs or config; use a new --output "
+                             f"or delete it (see {store.url_of('build.json')})")
         if previous.get("finished_at"):
-            print(f"{corpus}: build already finished at {previous['finished_at']}; nothing to do")
-            return json.loads((corpus / "stats.json").read_text())
+            print(f"{store.url}: build already finished at {previous['finished_at']}; nothing to do")
+            return json.loads(store.read_bytes("stats.json"))
         info = previous
     else:
         info = {**identity, "versions": _versions(), "started_at": _now(), "finished_at": None,
                 "units": [asdict(u) for u in units]}
-        _write_json_atomic(build_json, info)
+        _put_json(store, "build.json", info)
 
     init_ray(cfg.ray)
     t0 = time.time()
@@ -290,15 +407,20 @@ def build_corpus(inputs: list[str], output: str | Path, cfg: BuildConfig | None 
 
     # phase 2 -----------------------------------------------------------------------------------------
     dedup_dir = work / "dedup"
+    # a remote corpus gets its dedup/ files from a local copy once the passes are done
+    published = work / "publish" if not store.local else Path(store.root)
     if not (dedup_dir / "DONE").exists():
         if dedup_dir.exists():
             shutil.rmtree(dedup_dir)
         staged = [str(work / "units" / u.name / "docs.parquet") for u in units]
-        run_dedup(staged, str(dedup_dir), cfg.dedup, str(corpus))
+        run_dedup(staged, str(dedup_dir), cfg.dedup, str(published))
+        if not store.local:
+            for f in sorted((published / "dedup").glob("*.parquet")):
+                store.put_file(f, f"dedup/{f.name}")
         (dedup_dir / "DONE").write_text(_now())
 
     # phase 3 -----------------------------------------------------------------------------------------
-    listed = {s.name for s in repair_manifest(corpus)}
+    listed = {s.name for s in _listed_shards(store)}
     index_of = {u.name: i for i, u in enumerate(units)}
     to_write = [u for u in units if not (work / "units" / u.name / "WRITTEN.json").exists()]
     results: dict[str, list[ShardInfo]] = {}
@@ -306,6 +428,7 @@ def build_corpus(inputs: list[str], output: str | Path, cfg: BuildConfig | None 
 
     def flush_in_order():
         # append manifest lines strictly in unit order, whatever order units finished in
+        lines, first = [], next_unit["i"]
         while next_unit["i"] < len(units):
             u = units[next_unit["i"]]
             marker = work / "units" / u.name / "WRITTEN.json"
@@ -314,11 +437,15 @@ def build_corpus(inputs: list[str], output: str | Path, cfg: BuildConfig | None 
             elif marker.exists():
                 shards = [ShardInfo(**s) for s in json.loads(marker.read_text())["shards"]]
             else:
-                return
+                break
             missing = [s for s in shards if s.name not in listed]
-            append_manifest(corpus, missing)
+            lines += [s.line() for s in missing]
             listed.update(s.name for s in missing)
             next_unit["i"] += 1
+        if lines:
+            store.append_lines(MANIFEST, lines)  # one write (object stores: one rewrite) per flush
+        elif next_unit["i"] > first and not store.exists(MANIFEST):
+            store.write_bytes(MANIFEST, b"")  # units without documents: still a (empty) corpus
 
     def on_written(unit, summary, bar):
         results[unit.name] = [ShardInfo(**s) for s in summary["shards"]]
@@ -326,29 +453,29 @@ def build_corpus(inputs: list[str], output: str | Path, cfg: BuildConfig | None 
 
     flush_in_order()
     _run_pool(cfg, to_write, "write_unit", "write shards",
-              lambda u: (index_of[u.name], u, str(work), str(corpus)), on_written, progress)
+              lambda u: (index_of[u.name], u, str(work), store.url), on_written, progress)
     flush_in_order()
     assert next_unit["i"] == len(units), "every unit's shards are in the manifest"
 
     # stats, rejects, build.json ---------------------------------------------------------------------
     ledger = Ledger()
-    (corpus / "rejects").mkdir(exist_ok=True)
+    store.makedirs("rejects")
     for u in units:
         unit_dir = work / "units" / u.name
         ledger.merge(Ledger.from_dict(json.loads((unit_dir / "DONE.json").read_text())["ledger"]))
         ledger.merge(Ledger.from_dict(json.loads((unit_dir / "WRITTEN.json").read_text())["ledger"]))
-        shutil.copyfile(unit_dir / "rejects.parquet", corpus / "rejects" / f"{u.name}.parquet")
-        shutil.copyfile(unit_dir / "write-rejects.parquet", corpus / "rejects" / f"{u.name}.dedup.parquet")
+        store.put_file(unit_dir / "rejects.parquet", f"rejects/{u.name}.parquet")
+        store.put_file(unit_dir / "write-rejects.parquet", f"rejects/{u.name}.dedup.parquet")
     stats = ledger.to_dict(stage_order(cfg))
     elapsed = time.time() - t0
     stats["build"] = {"units": len(units), "seconds": round(elapsed, 3),
-                      "documents": sum(s.documents for s in repair_manifest(corpus)),
+                      "documents": sum(s.documents for s in _listed_shards(store)),
                       "shards": len(listed)}
     problems = check_funnel(stats)
     assert not problems, f"funnel does not add up: {problems}"
-    _write_json_atomic(corpus / "stats.json", stats)
+    _put_json(store, "stats.json", stats)
     if not cfg.output.keep_work:
         shutil.rmtree(work)
     info["finished_at"] = _now()
-    _write_json_atomic(build_json, info)
+    _put_json(store, "build.json", info)
     return stats

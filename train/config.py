@@ -45,6 +45,10 @@ class StageConfig(Section):
 
 class RunSection(Section):
     output: str = "runs/run"  # run directory: checkpoints, metrics.jsonl, tb/, tokenizer.json, config
+    # where Ray Train keeps the checkpoints: None = next to the logs in `output`; or a URL such as
+    # s3://bucket/runs (pyarrow file system; endpoint/credentials from the environment, e.g.
+    # AWS_ENDPOINT_URL). The run is stored at STORAGE/<name of output>; a cluster needs shared or object storage
+    storage: str | None = None
     checkpoint_every: int = Field(100, ge=1)  # optimizer steps; the last step always checkpoints
     keep_checkpoints: int = Field(3, ge=1)
     log_every: int = Field(10, ge=1)

@@ -102,7 +102,7 @@ def run_training(cfg: TrainConfig):
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=out.name,
-            storage_path=str(out.parent),
+            storage_path=cfg.run.storage or str(out.parent),
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
         ),
