@@ -1,0 +1,233 @@
+"""Corpus storage: a build reading its WARCs from and writing its corpus to a real S3 API (moto's server on
+127.0.0.1) while the endpoint goes away and comes back; a full disk and a read-only output (a real tmpfs and a
+real read-only bind mount) give a clear error naming the path and keep the finished units."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import real_path
+from pipeline.build import BuildConfig, build_corpus
+from pipeline.config import load_config
+from pipeline.corpus import Corpus
+from pipeline.stats import check_funnel
+from pipeline.storage import Storage, StorageError, is_transient
+from _s3server import BUCKET, S3Server, environ
+
+# build mechanics under test (see tests/integration/test_build.py): no text-quality filters, generous timeouts
+SETTINGS = ["images.min_side=32", "images.max_aspect=8", "extract.timeout_s=300", "ray.workers=2",
+            "filters.gopher_quality.enabled=false", "filters.gopher_repetition.enabled=false",
+            "filters.c4.enabled=false", "filters.fineweb.enabled=false", "output.max_shard_docs=2"]
+INPUTS = ["example-iana.org-chunked.warc", "warcfile.warc.gz", "whirlwind.warc.gz"]
+
+
+def _warcs() -> list[Path]:
+    d = real_path("dev", "warc")
+    return [d / name for name in INPUTS]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    server = S3Server()
+    with environ(server.env()):
+        server.client().create_bucket(Bucket=BUCKET)
+        yield server
+    if not server.up:
+        server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, ray_local):
+    """The same build on local paths, uninterrupted."""
+    out = tmp_path_factory.mktemp("ref") / "corpus"
+    build_corpus([str(p) for p in _warcs()], out, load_config(BuildConfig, None, SETTINGS), progress=False)
+    return out
+
+
+# ---- Storage ------------------------------------------------------------------------------------------
+def test_storage_on_s3_is_atomic_and_retries_across_an_outage(s3, tmp_path):
+    store = Storage(f"s3://{BUCKET}/ops", retries=6, backoff_s=0.2)
+    local = tmp_path / "a.bin"
+    local.write_bytes(os.urandom(300_000))
+    store.put_file(local, "shards/a.tar")
+    assert store.read_bytes("shards/a.tar") == local.read_bytes()
+    store.append_lines("manifest.jsonl", ['{"n": 1}'])
+    store.append_lines("manifest.jsonl", ['{"n": 2}\n', '{"n": 3}'])
+    assert store.read_bytes("manifest.jsonl") == b'{"n": 1}\n{"n": 2}\n{"n": 3}\n'
+    assert store.glob("shards/*.tar") == [f"s3://{BUCKET}/ops/shards/a.tar"]
+    # the endpoint goes away for 2 s: the write waits it out and lands once
+    back = s3.outage(2.0)
+    t0 = time.time()
+    store.append_lines("manifest.jsonl", ['{"n": 4}'])
+    back.join()
+    assert time.time() - t0 >= 1.5
+    assert store.read_bytes("manifest.jsonl").count(b"\n") == 4
+    # what retrying cannot fix fails at once, naming the URL
+    t0 = time.time()
+    with pytest.raises(StorageError, match=f"s3://{BUCKET}/ops/missing.json"):
+        store.read_bytes("missing.json")
+    assert time.time() - t0 < 5
+
+
+def test_storage_gives_up_after_its_retries_naming_the_url(s3):
+    store = Storage(f"s3://{BUCKET}/ops", retries=1, backoff_s=0.1)
+    s3.stop()
+    try:
+        with pytest.raises(StorageError, match=rf"s3://{BUCKET}/ops/x.json: still failing after 2 attempts"):
+            store.write_bytes("x.json", b"{}")
+    finally:
+        s3.start()
+
+
+def test_local_storage_errors_are_not_retried(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    store = Storage(blocker / "corpus")
+    with pytest.raises(StorageError, match=str(blocker / "corpus")) as e:
+        store.write_bytes("build.json", b"{}")
+    assert not is_transient(e.value.__cause__)
+
+
+# ---- a build on S3 ------------------------------------------------------------------------------------
+class ManifestWatcher(threading.Thread):
+    """Reads the manifest object while the build runs: every line must name a shard and an index that are
+    already there, complete (size as listed). Also takes the endpoint down once the first shard appears."""
+
+    def __init__(self, s3: S3Server, prefix: str, outage_s: float):
+        super().__init__(daemon=True)
+        self.s3, self.prefix, self.outage_s = s3, prefix, outage_s
+        self.stop_event = threading.Event()
+        self.violations: list[str] = []
+        self.checked_lines = 0
+        self.outage_at: float | None = None
+
+    def run(self):
+        while not self.stop_event.is_set():
+            try:
+                self.check()
+            except Exception:  # noqa: BLE001 - the endpoint is down on purpose for a while
+                pass
+            time.sleep(0.1)
+
+    def check(self):
+        c = self.s3.client()
+        if self.outage_at is None:
+            if c.list_objects_v2(Bucket=BUCKET, Prefix=f"{self.prefix}/shards/").get("KeyCount", 0):
+                self.outage_at = time.time()
+                self.s3.outage(self.outage_s)
+                return
+        raw = c.get_object(Bucket=BUCKET, Key=f"{self.prefix}/manifest.jsonl")["Body"].read().decode()
+        for line in raw.splitlines():
+            entry = json.loads(line)
+            head = c.head_object(Bucket=BUCKET, Key=f"{self.prefix}/shards/{entry['name']}.tar")
+            if head["ContentLength"] != entry["bytes"]:
+                self.violations.append(f"{entry['name']}: {head['ContentLength']} bytes, listed {entry['bytes']}")
+            c.head_object(Bucket=BUCKET, Key=f"{self.prefix}/index/{entry['name']}.parquet")
+            self.checked_lines += 1
+
+
+def _without_unit(corpus: Corpus) -> list[tuple]:
+    return [(s.name, s.documents, s.images, s.bytes, s.sha256) for s in corpus.shards()]
+
+
+@pytest.mark.slow
+def test_build_from_and_to_s3_through_an_outage_equals_the_local_build(s3, reference, tmp_path):
+    client = s3.client()
+    for p in _warcs():
+        client.upload_file(str(p), BUCKET, f"crawl/{p.name}")
+    url = f"s3://{BUCKET}/corpus"
+    cfg = load_config(BuildConfig, None, [*SETTINGS, f"output.work_dir={tmp_path / 'work'}"])
+    watcher = ManifestWatcher(s3, "corpus", outage_s=3.0)
+    watcher.start()
+    try:
+        stats = build_corpus([f"s3://{BUCKET}/crawl/*.warc*"], url, cfg, progress=False)
+    finally:
+        watcher.stop_event.set()
+        watcher.join()
+    finished = time.time()
+    assert watcher.outage_at is not None and watcher.outage_at < finished - 3.0, "the outage hit the build"
+    assert watcher.violations == []
+    assert watcher.checked_lines > 0
+
+    ref = Corpus(reference)
+    got = Corpus(url)
+    # same shards, byte for byte (the unit names differ: a remote unit is named by its URL)
+    assert _without_unit(got) == _without_unit(ref)
+    assert [d.id for d in got.iter_documents()] == [d.id for d in ref.iter_documents()]
+    ref_stats = json.loads((reference / "stats.json").read_text())
+    assert stats["stages"] == ref_stats["stages"] and check_funnel(stats) == []
+    assert got.read_json("build.json")["finished_at"]
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="corpus/")["Contents"]]
+    assert not [k for k in keys if k.endswith((".tmp", ".part"))]
+    assert {k.split("/")[1] for k in keys} == {"shards", "index", "manifest.jsonl", "stats.json", "rejects",
+                                               "dedup", "build.json"}
+    assert not (tmp_path / "work").exists()  # the work folder goes once the corpus is complete
+    # the report reads the corpus where it is
+    from pipeline.cli import main
+
+    assert main(["inspect", url, "--output", str(tmp_path / "report"), "--no-progress", "--sample", "20"]) == 0
+    assert list((tmp_path / "report").glob("*.html"))
+
+
+def test_a_remote_corpus_needs_a_work_dir(s3):
+    with pytest.raises(ValueError, match="output.work_dir"):
+        build_corpus([str(_warcs()[0])], f"s3://{BUCKET}/c2", load_config(BuildConfig, None, SETTINGS))
+
+
+# ---- a full disk, a read-only output ------------------------------------------------------------------
+@pytest.fixture
+def mount_point(tmp_path):
+    mounts: list[Path] = []
+
+    def mount(*args: str) -> Path:
+        d = tmp_path / f"mnt{len(mounts)}"
+        d.mkdir()
+        r = subprocess.run(["mount", *args, str(d)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount here (needs root and CAP_SYS_ADMIN): {r.stderr.strip()}")
+        mounts.append(d)
+        return d
+
+    yield mount
+    for d in reversed(mounts):
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+@pytest.mark.slow
+def test_disk_full_names_the_path_keeps_finished_units_and_resumes(mount_point, ray_local):
+    # a 1 MiB file system: the first two small units fit, the 135 KB warcfile.warc.gz (2 MB of staged
+    # documents and images) does not
+    mnt = mount_point("-t", "tmpfs", "-o", "size=1m", "tmpfs")
+    out = mnt / "corpus"
+    cfg = load_config(BuildConfig, None, [*SETTINGS, "ray.workers=1", "output.keep_work=true"])
+    inputs = [str(p) for p in _warcs()]
+    with pytest.raises(ValueError, match=r"No space left on device") as e:
+        build_corpus(inputs, out, cfg, progress=False)
+    assert str(out) in str(e.value) and "run the same command again" in str(e.value)
+    units = out / "_work" / "units"
+    done = sorted(p.parent.name for p in units.glob("*/DONE.json"))
+    assert done and all(not n.startswith("warcfile") for n in done)
+    marker_mtimes = {n: (units / n / "DONE.json").stat().st_mtime_ns for n in done}
+    # more space, same command: the finished units are not run again, the corpus completes
+    subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
+    stats = build_corpus(inputs, out, cfg, progress=False)
+    assert check_funnel(stats) == []
+    assert {n: (units / n / "DONE.json").stat().st_mtime_ns for n in done} == marker_mtimes
+    assert stats["build"]["documents"] == sum(s.documents for s in Corpus(out).shards()) > 0
+
+
+def test_read_only_output_names_the_path(mount_point, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    ro = mount_point("--bind", "-o", "ro", str(src))
+    out = ro / "corpus"
+    with pytest.raises(ValueError, match=rf"Read-only file system.*{out}|{out}.*Read-only file system"):
+        build_corpus([str(_warcs()[0])], out, load_config(BuildConfig, None, SETTINGS), progress=False)
