@@ -276,8 +276,9 @@ def _storage_env() -> dict[str, str]:
 
 
 def _run_pool(cfg: BuildConfig, items: list, method: str, desc: str, args_of, on_result,
-              progress: bool) -> None:
-    """Run `method` of UnitWorker actors over items; results handed to on_result as they finish."""
+              progress: bool, writes_to) -> None:
+    """Run `method` of UnitWorker actors over items; results handed to on_result as they finish.
+    `writes_to(item)` names where an item's outputs go, for the error when they cannot be written."""
     if not items:
         return
     n_workers = cfg.ray.workers or max(1, int(ray.available_resources().get("CPU", 1)))
@@ -316,10 +317,10 @@ def _run_pool(cfg: BuildConfig, items: list, method: str, desc: str, args_of, on
             bar.update(1)
         if failed:
             item, cause = failed[0]
-            where = getattr(cause, "filename", None) or ""
-            raise ValueError(f"{desc}: unit {getattr(item, 'name', item)} could not write its output"
-                             f"{' ' + str(where) if where else ''}: {cause} -- finished units are kept; fix the "
-                             f"output (space, permissions) and run the same command again to resume") from cause
+            where = getattr(cause, "filename", None) or writes_to(item)  # pyarrow's errors name no file
+            raise ValueError(f"{desc}: unit {getattr(item, 'name', item)} could not write its output to "
+                             f"{where}: {cause} -- finished units are kept; fix the output (space, permissions) "
+                             f"and run the same command again to resume") from cause
     finally:
         bar.close()
         for a in actors:
@@ -365,7 +366,12 @@ def build_corpus(inputs: list[str], output: str | Path, cfg: BuildConfig | None 
     except OSError as e:
         raise ValueError(f"cannot create the corpus or its work folder: {e}") from e
     try:
-        return _build(cfg, paths, units, store, work, progress)
+        try:
+            return _build(cfg, paths, units, store, work, progress)
+        except ray.exceptions.RayTaskError as e:  # a Ray task (e.g. a dedup pass) could not write
+            if isinstance(e.cause, OSError):
+                raise e.cause from e
+            raise
     except StorageError as e:
         raise ValueError(f"{e} -- finished units are kept in {work}; run the same command again to resume") \
             from e
@@ -403,7 +409,8 @@ def _build(cfg: BuildConfig, paths: list[str], units: list[Unit], store: Storage
         docs_total["n"] += summary["documents"]
         bar.set_postfix(documents=docs_total["n"])
 
-    _run_pool(cfg, todo, "run_unit", "extract+filter", lambda u: (u, str(work)), on_unit, progress)
+    _run_pool(cfg, todo, "run_unit", "extract+filter", lambda u: (u, str(work)), on_unit, progress,
+              writes_to=lambda u: str(work / "units" / u.name))
 
     # phase 2 -----------------------------------------------------------------------------------------
     dedup_dir = work / "dedup"
@@ -453,7 +460,8 @@ def _build(cfg: BuildConfig, paths: list[str], units: list[Unit], store: Storage
 
     flush_in_order()
     _run_pool(cfg, to_write, "write_unit", "write shards",
-              lambda u: (index_of[u.name], u, str(work), store.url), on_written, progress)
+              lambda u: (index_of[u.name], u, str(work), store.url), on_written, progress,
+              writes_to=lambda u: f"{store.url} (shards, index) and {work / 'units' / u.name}")
     flush_in_order()
     assert next_unit["i"] == len(units), "every unit's shards are in the manifest"
 

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 SETTINGS = ["images.min_side=32", "images.max_aspect=8", "extract.timeout_s=300",
             "filters.gopher_quality.enabled=false", "filters.gopher_repetition.enabled=false",
-            "filters.c4.enabled=false", "filters.fineweb.enabled=false"]
+            "filters.c4.enabled=false", "filters.fineweb.enabled=false", "filters.image_count.min_images=0"]
 INPUTS = ["IAH-urls-wget.warc.gz", "example-iana.org-chunked.warc", "example.warc.gz", "warcfile.warc.gz",
           "whirlwind.warc.gz"]
 
