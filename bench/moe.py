@@ -41,22 +41,29 @@ def hf_style_moe(moe: MoE, x_SD: torch.Tensor) -> torch.Tensor:
     return final_SD
 
 
-def time_fwd_bwd(fn, x_SD: torch.Tensor, params: list[torch.nn.Parameter], iters: int, sync) -> float:
-    """Median seconds of forward + backward (after 2 warm-up runs)."""
-    times = []
+def fwd_bwd_seconds(fn, x_SD: torch.Tensor, params: list[torch.nn.Parameter], sync) -> float:
+    x = x_SD.detach().requires_grad_()
+    for p in params:
+        p.grad = None
+    sync()
+    t0 = time.perf_counter()
+    y = fn(x)
+    y = y[0] if isinstance(y, tuple) else y
+    y.float().square().mean().backward()
+    sync()
+    return time.perf_counter() - t0
+
+
+def time_round_robin(variants: dict, x_SD: torch.Tensor, iters: int, sync) -> dict[str, float]:
+    """Median seconds of forward + backward per variant. Variants take turns within each iteration, so
+    drifting machine load (a shared 2-core box) hits all of them alike; 2 warm-up rounds not counted."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for i in range(iters + 2):
-        x = x_SD.detach().requires_grad_()
-        for p in params:
-            p.grad = None
-        sync()
-        t0 = time.perf_counter()
-        y = fn(x)
-        y = y[0] if isinstance(y, tuple) else y
-        y.float().square().mean().backward()
-        sync()
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, (fn, params) in variants.items():
+            t = fwd_bwd_seconds(fn, x_SD, params, sync)
+            if i >= 2:
+                times[name].append(t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def run_shape(S: int, D: int, Fh: int, E: int, K: int, device: str, dtype: torch.dtype, iters: int) -> dict:
@@ -77,19 +84,20 @@ def run_shape(S: int, D: int, Fh: int, E: int, K: int, device: str, dtype: torch
 
     res = {"shape": f"S={S} D={D} F={Fh} E={E} K={K}", "device": f"{device} {str(dtype).split('.')[-1]}",
            "backend": ours.grouped_mm_backend}
-    res["ours"] = time_fwd_bwd(ours, x_SD, list(ours.parameters()), iters, sync)
-    res["ours_loop"] = time_fwd_bwd(loop, x_SD, list(loop.parameters()), iters, sync)
-    res["hf"] = time_fwd_bwd(lambda x: hf_style_moe(ours, x), x_SD, list(ours.parameters()), iters, sync)
-    res["dense"] = time_fwd_bwd(dense, x_SD, list(dense.parameters()), iters, sync)
+    res.update(time_round_robin({
+        "ours": (ours, list(ours.parameters())),
+        "ours_loop": (loop, list(loop.parameters())),
+        "hf": (lambda x: hf_style_moe(ours, x), list(ours.parameters())),
+        "dense": (dense, list(dense.parameters())),
+    }, x_SD, iters, sync))
     return res
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--iters", type=int, default=7)
+    ap.add_argument("--iters", type=int, default=9)
     args = ap.parse_args()
-    shapes = [("cpu", torch.float32, (2048, 256, 512, 8, 2)), ("cpu", torch.float32, (4096, 512, 1024, 8, 2)),
-              ("cpu", torch.float32, (4096, 256, 256, 32, 4))]
+    shapes = [("cpu", torch.float32, (1024, 256, 512, 8, 2)), ("cpu", torch.float32, (2048, 256, 256, 32, 4))]
     if torch.cuda.is_available():
         shapes += [("cuda", torch.bfloat16, (16384, 1024, 2048, 8, 2)),
                    ("cuda", torch.bfloat16, (16384, 1024, 512, 64, 8))]

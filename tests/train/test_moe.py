@@ -77,6 +77,14 @@ def test_grouped_mm_backend_matches_loop_float32():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_backend_probe_is_independent_of_the_calling_context():
+    grouped_mm_backend.cache_clear()  # the first call of a combination probes; here under no_grad
+    with torch.no_grad():
+        first = grouped_mm_backend("cpu", None, torch.float32, 8, 16)
+    grouped_mm_backend.cache_clear()
+    assert first == grouped_mm_backend("cpu", None, torch.float32, 8, 16)
+
+
 def test_required_grouped_mm_on_unsupported_dtype_is_an_error():
     moe = make_moe(mode="grouped_mm")  # float64: no kernel
     with pytest.raises(ValueError, match="grouped_mm"):
