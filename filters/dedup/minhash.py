@@ -1,22 +1,27 @@
-"""MinHash signatures and LSH band keys, vectorised with numpy (no per-shingle or per-permutation Python).
+"""MinHash signatures and LSH band keys: one-permutation hashing, vectorised with numpy.
 
-Pipeline for one document (all steps are numpy array ops over the whole document at once):
+Pipeline for one document (array ops over the whole document, no per-shingle Python):
 
 1. shingles: the normalised text (`text.normalize_codepoints`) is cut into word `ngram`-grams, or into
    character `ngram`-grams (spaces removed) for CJK text. A text with fewer tokens than `ngram` is one shingle;
    an empty text has none (no signature, never a near-duplicate).
 2. shingle hash (64 bit): polynomial hash of the shingle's code points, sum_j cp_j * B^j mod 2^64, read off
-   prefix sums of cp_j * B^j and re-based with B^-start (B is odd, so invertible mod 2^64), then the
-   MurmurHash3 64-bit finaliser. Equal to hashing each shingle string separately (`shingle_hash_reference`).
-3. permutations: `num_perm` universal hash functions h_i(x) = ((a_i * x + b_i) mod 2^64) >> 32 over the
-   32-bit folded shingle hash x (multiply-add-shift, Dietzfelbinger 1996: 2-independent for 32-bit keys with
-   64-bit a_i, b_i). The modulus is the uint64 wrap-around, so the whole shingles x permutations matrix is
-   one multiply, one add and a column min; shifting after the min equals the min after shifting.
-   (A prime modulus needs either a 122-bit product or few wrap-arounds; see docs/benchmarks.md.)
+   prefix sums of cp_j * B^j and re-based with B^-start (B is odd, so invertible mod 2^64), xor a seeded salt,
+   then the MurmurHash3 64-bit finaliser. Equal to hashing each shingle string separately
+   (`shingle_hash_reference`). The hashes come back sorted and unique.
+3. signature: one-permutation hashing (Li, Owen, Zhang 2012) with optimal densification (Shrivastava 2017).
+   The hash is the one random permutation: its range is cut into `num_perm` equal bins (bin of x =
+   ((x >> 32) * num_perm) >> 32), and value i of the signature is the smallest hash in bin i (its low 32
+   bits). Since the hashes are sorted, that is the first hash of each bin: O(shingles) for all `num_perm`
+   values instead of a shingles x permutations matrix. An empty bin i borrows the value of the first
+   non-empty bin in its own seeded sequence of donor bins d(i, 0), d(i, 1), ... (the same sequence for every
+   document), which keeps P[values equal] = Jaccard for every position, so `estimate_jaccard` stays unbiased
+   and banding works as with `num_perm` independent permutations.
 4. bands: the `bands` x `rows` signature is cut into bands; each band is hashed to 64 bits (band index mixed
    in) and two documents are LSH candidates when any band hash is equal.
 
 Parameters come from a seeded `numpy.random.Generator`, so signatures are identical across processes/runs.
+`signature_reference` is the plain-Python definition the vectorised path must equal (tested).
 """
 
 from __future__ import annotations
@@ -53,13 +58,13 @@ def _fmix64_int(h: int) -> int:
     return h ^ (h >> 33)
 
 
-def shingle_hash_reference(shingle: str) -> int:
+def shingle_hash_reference(shingle: str, salt: int = 0) -> int:
     """Plain-Python hash of one shingle string; the vectorised path must give exactly this."""
     h, p = 0, 1
     for ch in shingle:
         h = (h + ord(ch) * p) & _MASK64
         p = (p * int(_BASE)) & _MASK64
-    return _fmix64_int(h)
+    return _fmix64_int(h ^ salt)
 
 
 def shingles_reference(normalized: str, ngram: int, cjk: bool) -> list[str]:
@@ -75,6 +80,10 @@ def shingles_reference(normalized: str, ngram: int, cjk: bool) -> list[str]:
     return [" ".join(words[i:i + ngram]) for i in range(max(1, len(words) - ngram + 1))]
 
 
+EMPTY = np.uint32(0xFFFFFFFF)  # every value of the signature of a document without shingles
+_DONOR_CHUNK = 16  # donor attempts tried at once per empty bin
+
+
 class MinHasher:
     """Signatures (`num_perm` = bands x rows values, uint32) and band hashes (uint64) of texts."""
 
@@ -84,8 +93,8 @@ class MinHasher:
         self.bands, self.rows, self.ngram, self.seed = bands, rows, ngram, seed
         self.num_perm = bands * rows
         rng = np.random.default_rng(seed)
-        self.a = rng.integers(0, 1 << 64, self.num_perm, dtype=np.uint64, endpoint=False) | U64(1)
-        self.b = rng.integers(0, 1 << 64, self.num_perm, dtype=np.uint64, endpoint=False)
+        self.salt = int(rng.integers(0, 1 << 64, dtype=np.uint64, endpoint=False))
+        self._donor_salt = int(rng.integers(0, 1 << 64, dtype=np.uint64, endpoint=False))
         self._band_salt = rng.integers(0, 1 << 64, self.bands, dtype=np.uint64, endpoint=False)
         self._row_mult = rng.integers(0, 1 << 64, self.rows, dtype=np.uint64, endpoint=False) | U64(1)
         self._pow = np.ones(1, dtype=np.uint64)
@@ -120,7 +129,9 @@ class MinHasher:
         pw, inv = self._powers(n_cp)
         prefix = np.zeros(n_cp + 1, dtype=np.uint64)  # array arithmetic wraps mod 2^64 silently
         np.cumsum(cp.astype(np.uint64) * pw, out=prefix[1:])
-        h = fmix64((prefix[ends] - prefix[starts]) * inv[starts])
+        h = (prefix[ends] - prefix[starts]) * inv[starts]
+        h ^= U64(self.salt)
+        h = fmix64(h)
         h.sort()
         return h[np.concatenate(([True], h[1:] != h[:-1]))]
 
@@ -129,31 +140,54 @@ class MinHasher:
         return self.shingle_hashes(cp, is_cjk_codepoints(cp, lang))
 
     # ---- signatures -----------------------------------------------------------------------------------
-    def signatures(self, shingle_sets: Sequence[np.ndarray], block: int = 64) -> np.ndarray:
-        """(n_docs, num_perm) uint32 signatures of many shingle-hash arrays at once. Documents are
-        concatenated and processed in blocks of ~`block` shingles (cache-sized), then min-reduced per
-        document with `np.minimum.reduceat`. A document without shingles gets all 0xFFFFFFFF."""
+    def _bins(self, h: np.ndarray) -> np.ndarray:
+        """Bin of each 64-bit hash: ((h >> 32) * num_perm) >> 32, non-decreasing in h."""
+        return ((h >> U64(32)) * U64(self.num_perm)) >> U64(32)
+
+    def _donors(self, bins: np.ndarray, attempts: np.ndarray) -> np.ndarray:
+        """Donor bin d(bin, attempt) of the densification sequence (broadcasts; int64)."""
+        x = (bins.astype(np.uint64) << U64(32)) | attempts.astype(np.uint64)
+        x ^= U64(self._donor_salt)
+        return self._bins(fmix64(x)).astype(np.int64)
+
+    def _donor_reference(self, b: int, attempt: int) -> int:
+        x = _fmix64_int(((b << 32) | attempt) ^ self._donor_salt)
+        return ((x >> 32) * self.num_perm) >> 32
+
+    def signatures(self, shingle_sets: Sequence[np.ndarray]) -> np.ndarray:
+        """(n_docs, num_perm) uint32 signatures of many shingle-hash arrays (each sorted and unique, as
+        `shingle_hashes` returns them). A document without shingles gets all `EMPTY`."""
+        k = self.num_perm
         n_docs = len(shingle_sets)
-        out = np.full((n_docs, self.num_perm), np.uint32(0xFFFFFFFF), dtype=np.uint32)
-        nonempty = [i for i, s in enumerate(shingle_sets) if len(s)]
-        if not nonempty:
+        out = np.full((n_docs, k), EMPTY, dtype=np.uint32)
+        lengths = np.array([len(s) for s in shingle_sets], dtype=np.int64)
+        if not lengths.any():
             return out
-        lengths = np.array([len(shingle_sets[i]) for i in nonempty])
-        x_all = np.concatenate([shingle_sets[i] for i in nonempty]) >> U64(32)  # fold to 32-bit keys
-        offsets = np.concatenate(([0], np.cumsum(lengths)))
-        # process whole documents per block: cut points at document boundaries
-        cuts = [0]
-        for k in range(1, len(nonempty) + 1):
-            if offsets[k] - offsets[cuts[-1]] >= block or k == len(nonempty):
-                cuts.append(k)
-        rows = np.array(nonempty)
-        a, b = self.a[None, :], self.b[None, :]
-        for d0, d1 in zip(cuts[:-1], cuts[1:]):
-            lo, hi = offsets[d0], offsets[d1]
-            h = x_all[lo:hi, None] * a  # uint64 wrap-around is the "mod 2^64"
-            h += b
-            mins = np.minimum.reduceat(h, offsets[d0:d1] - lo, axis=0)
-            out[rows[d0:d1]] = (mins >> U64(32)).astype(np.uint32)
+        h = np.concatenate([np.asarray(s, dtype=np.uint64) for s in shingle_sets])
+        doc = np.repeat(np.arange(n_docs, dtype=np.int64), lengths)
+        key = doc * k + self._bins(h).astype(np.int64)  # flat (doc, bin) index
+        if len(h) > 1 and not np.all((key[1:] > key[:-1]) | ((key[1:] == key[:-1]) & (h[1:] > h[:-1]))):
+            raise ValueError("MinHasher.signatures: shingle hashes must be sorted and unique per document "
+                             "(as shingle_hashes returns them)")
+        first = np.concatenate(([True], key[1:] != key[:-1]))  # the smallest hash of each (doc, bin)
+        flat = out.reshape(-1)
+        flat[key[first]] = (h[first] & U64(0xFFFFFFFF)).astype(np.uint32)
+        filled = np.zeros(n_docs * k, dtype=bool)
+        filled[key[first]] = True
+        filled = filled.reshape(n_docs, k)
+        # optimal densification: empty bins of non-empty documents borrow from their donor sequence
+        rows, cols = np.nonzero(~filled & (lengths > 0)[:, None])
+        attempt = 0
+        while len(rows):
+            tries = np.arange(attempt, attempt + _DONOR_CHUNK)
+            donors = self._donors(cols[:, None], tries[None, :])  # (empty bins, attempts)
+            ok = filled[rows[:, None], donors]
+            hit = ok.argmax(axis=1)
+            found = ok[np.arange(len(rows)), hit]
+            src = donors[found, hit[found]]
+            out[rows[found], cols[found]] = out[rows[found], src]
+            rows, cols = rows[~found], cols[~found]
+            attempt += _DONOR_CHUNK
         return out
 
     def signature(self, shingles: np.ndarray) -> np.ndarray:
@@ -164,11 +198,23 @@ class MinHasher:
         return self.signatures([self.shingle_hashes_of_text(t, lg) for t, lg in zip(texts, langs)])
 
     def signature_reference(self, shingles: Sequence[str]) -> np.ndarray:
-        """Straightforward Python MinHash of shingle strings (for tests): per permutation, per shingle."""
-        xs = {shingle_hash_reference(s) >> 32 for s in shingles}
+        """Straightforward Python definition of the signature of shingle strings (for tests): per bin, the
+        smallest hash falling into it; empty bins walk their donor sequence to the first non-empty bin."""
+        xs = {shingle_hash_reference(s, self.salt) for s in shingles}
+        k = self.num_perm
+        if not xs:
+            return np.full(k, EMPTY, dtype=np.uint32)
+        smallest: list[int | None] = []
+        for b in range(k):
+            in_bin = [x for x in xs if ((x >> 32) * k) >> 32 == b]
+            smallest.append(min(in_bin) & 0xFFFFFFFF if in_bin else None)
         out = []
-        for a, b in zip(self.a.tolist(), self.b.tolist()):
-            out.append(min(((a * x + b) & _MASK64) >> 32 for x in xs) if xs else 0xFFFFFFFF)
+        for b in range(k):
+            attempt, value = 0, smallest[b]
+            while value is None:
+                value = smallest[self._donor_reference(b, attempt)]
+                attempt += 1
+            out.append(value)
         return np.array(out, dtype=np.uint32)
 
     # ---- LSH bands ------------------------------------------------------------------------------------

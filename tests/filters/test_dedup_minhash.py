@@ -58,11 +58,11 @@ def test_vectorised_equals_reference_on_real_text():
         norm = normalize_text(text)
         ref_shingles = shingles_reference(norm, 5, cjk)
         got = mh.shingle_hashes(normalize_codepoints(text), cjk)
-        assert got.tolist() == sorted({shingle_hash_reference(s) for s in ref_shingles})
+        assert got.tolist() == sorted({shingle_hash_reference(s, mh.salt) for s in ref_shingles})
         assert np.array_equal(mh.signature(got), mh.signature_reference(ref_shingles))
     # batch of many documents == one by one
     sets = [mh.shingle_hashes_of_text(t) for t in texts]
-    batch = mh.signatures(sets, block=64)
+    batch = mh.signatures(sets)
     for i, s in enumerate(sets):
         assert np.array_equal(batch[i], mh.signature(s))
 
@@ -99,3 +99,31 @@ def test_band_hashes_agree_exactly_when_rows_agree():
     bands = mh.band_hashes(sig)
     assert (bands[0] == bands[1]).tolist() == [True, False, True, False]
     assert len(set(mh.band_hashes(np.zeros((1, 8), np.uint32))[0].tolist())) == 4  # band index is salted
+
+
+def test_short_documents_densified_estimates_track_jaccard():
+    # 40 words = 36 shingles for 112 bins: most bins are empty and borrow a value (densification)
+    arts = _articles()
+    mh = MinHasher(bands=14, rows=8, ngram=5, seed=5)
+    signed = []
+    for k, frac in enumerate(np.linspace(0.0, 1.0, 41)):
+        a_words = normalize_text(arts[k % len(arts)]).split()[:40]
+        b_words = normalize_text(arts[(k + 7) % len(arts)]).split()
+        cut = int(len(a_words) * frac)
+        mixed = a_words[:cut] + b_words[: len(a_words) - cut]
+        sa = set(shingles_reference(" ".join(a_words), 5, False))
+        sb = set(shingles_reference(" ".join(mixed), 5, False))
+        true = len(sa & sb) / len(sa | sb)
+        sig = mh.signatures_of_texts([" ".join(a_words), " ".join(mixed)])
+        assert len(set(sig[0].tolist())) <= len(sa)  # every value is the hash of one of its shingles
+        signed.append(float(estimate_jaccard(sig[0], sig[1])) - true)
+    signed = np.array(signed)
+    assert abs(signed.mean()) < 0.03, signed.mean()  # unbiased
+    assert np.sqrt((signed ** 2).mean()) < 0.07  # ~ sqrt(J(1-J)/112) <= 0.047 expected
+
+
+def test_signatures_refuse_unsorted_shingle_hashes():
+    mh = MinHasher(bands=2, rows=2)
+    with pytest.raises(ValueError, match="sorted and unique"):
+        mh.signatures([np.array([5, 3], dtype=np.uint64)])
+    assert mh.signatures([np.empty(0, np.uint64)]).tolist() == [[0xFFFFFFFF] * 4]
