@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
 
 from train.batch import IGNORE_INDEX, Batch
 from train.model.adapter import Adapter
@@ -119,7 +120,9 @@ class VLM(nn.Module):
         else:
             img_MD = None
             x_BTD = self.embed(batch, None)
-            x_BTD = x_BTD + 0.0 * sum(p.sum() for p in self._image_side_params() if p.requires_grad)
+            # (FSDP2's sharded DTensor parameters are skipped: FSDP2 tolerates unused parameters)
+            x_BTD = x_BTD + 0.0 * sum(p.sum() for p in self._image_side_params()
+                                      if p.requires_grad and not isinstance(p, DTensor))
 
         # 3. decoder
         h_BTD, moe_stats = self.decoder(x_BTD, batch.position_ids_BT, batch.segment_ids_BT)
