@@ -1,7 +1,8 @@
 """Mixture-of-experts SwiGLU feed-forward layer with dropless grouped dispatch.
 
 What it does, in `MoE.forward` order:
-  1. router: fp32 Linear on fp32 inputs (float64 for float64 models) -> softmax over E experts -> top-k, top-k weights renormalised to 1
+  1. router: fp32 Linear on fp32 inputs (float64 for float64 models) -> softmax over E experts -> top-k,
+     top-k weights renormalised to 1
   2. dispatch (dropless): the S*K (token, expert) slots are sorted by expert id, so each expert's tokens
      are one contiguous slice delimited by `offs_E` (cumulative counts); no capacity, nothing dropped
   3. experts: SwiGLU with weights stacked in 3-D tensors (w1_EDF, w3_EDF, w2_EFD), applied with one
