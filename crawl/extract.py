@@ -62,6 +62,8 @@ class ExtractConfig(Section):
     favor_precision: bool = False  # trafilatura's knobs
     favor_recall: bool = False
     text_pass: bool = True  # a second, text-only trafilatura pass decides which text blocks are main content
+    image_pass: bool = True  # with text_pass: also run trafilatura with images on (False: one pass, images
+    #                          come from recovery only); skipped anyway on pages without candidate images
     recover_images: bool = True  # put back content images trafilatura dropped (see module docstring)
     max_images: int = 200  # images kept per document, in reading order
     drop_teasers: bool = True  # drop images of teaser cards / related-links, nav, comment, ad blocks
@@ -77,14 +79,15 @@ class ExtractTimeout(BaseException):
 _META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([a-zA-Z0-9_.:-]{2,40})""", re.I)
 _BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 _MAX_GARBAGE = 0.02  # share of control / replacement characters above which decoded text is garbage
+# U+FFFD and the control characters (Unicode category Cc is exactly U+0000-001F and U+007F-009F) but \t\n\f\r
+_GARBAGE_CHARS = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ufffd]")
 
 
 def _garbage_share(text: str) -> float:
     sample = text[:20000]
     if not sample:
         return 0.0
-    bad = sum(1 for ch in sample if ch == "\ufffd" or (unicodedata.category(ch) == "Cc" and ch not in "\t\n\r\f"))
-    return bad / len(sample)
+    return len(_GARBAGE_CHARS.findall(sample)) / len(sample)
 
 
 def _try_decode(body: bytes, charset: str) -> str | None:
@@ -260,7 +263,7 @@ def junk_reason(url: str, width: int | None, height: int | None, css: str = "") 
     if url.startswith("data:"):
         return "data_uri"
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
+    if parts.scheme not in ("http", "https", "file"):  # file: pages of a local HTML folder show local images
         return "not_http"
     if (width is not None and width <= 2) or (height is not None and height <= 2):
         return "pixel"
@@ -407,7 +410,7 @@ class _Walker:
             return
         if tag == "row":
             self.flush()
-            if any(cell.find(f".//{t}") is not None for cell in el for t in _CONTAINER_TAGS):
+            if any(next(cell.iterdescendants(*_CONTAINER_TAGS), None) is not None for cell in el):
                 self.visit_children(el)  # a layout table: each cell holds blocks of its own
             else:
                 cells = [_clean(" ".join(cell.itertext())).replace("\n", " ") for cell in el]
@@ -630,19 +633,23 @@ def _extract(html: str, url: str, *, source: str, fetched_at: str, doc_id: str,
         meta["meta_robots"] = robots
     title = _title(tree)
     records, _junk = prepare_tree(tree, url, config.prefer_largest, config.drop_teasers)
-    original = deepcopy(tree) if config.recover_images else None
-    text_tree = deepcopy(tree) if config.text_pass else None
-    body = _run_trafilatura(tree, url, config)
-    items = _walk(body) if body is not None else []
-    if text_tree is not None:
-        text_body = _run_trafilatura(text_tree, url, config, images=False)
+    original = deepcopy(tree) if config.recover_images and records else None
+    # The image pass only places images: on a page without candidate images it would repeat the text pass.
+    image_pass = not config.text_pass or (config.image_pass and bool(records))
+    body, items = None, []
+    if image_pass:
+        body = _run_trafilatura(deepcopy(tree) if config.text_pass else tree, url, config)
+        if body is None and not config.text_pass:
+            return None
+        items = _walk(body) if body is not None else []
+    if config.text_pass:
+        text_body = _run_trafilatura(tree, url, config, images=False)
         if text_body is None:
             return None
         main_texts = [t for kind, t in _walk(text_body) if kind == "text"]
-        # when the image pass found nothing, the text pass alone gives the blocks (images come from recovery)
+        # without an image pass (or when it found nothing) the text pass alone gives the blocks; images then
+        # come from recovery
         items = _keep_main_text(items, main_texts) if body is not None else [("text", t) for t in main_texts]
-    elif body is None:
-        return None
     if original is not None and records:
         items = _recover_images(original, items, records)
     doc = Document(id=doc_id or make_doc_id(source or url), url=url, source=source, fetched_at=fetched_at,

@@ -32,3 +32,33 @@ def ray_local():
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
+
+
+# The corpus most job tests share: every dev WARC, built once per session on the session's Ray instance.
+# It keeps small and repeated archive.org images (the blackbook WARC's pages show 50-150 px images and logos
+# on every page), keeps text-only pages, writes small shards (so there are many, of uneven sizes), leaves the
+# text-quality filters to their own tests, and gives extraction a time limit no
+# loaded test machine reaches (a timeout would be a counted drop that differs between runs, and builds are
+# compared byte for byte).
+DEV_SETTINGS = ["images.min_side=32", "images.max_aspect=8", "dedup.image_max_docs=1000", "extract.timeout_s=300",
+                "filters.gopher_quality.enabled=false", "filters.gopher_repetition.enabled=false",
+                "filters.c4.enabled=false", "filters.fineweb.enabled=false", "filters.image_count.min_images=0",
+                "output.max_shard_docs=16"]
+
+
+def dev_warcs() -> list[str]:
+    d = real_path("dev", "warc")
+    return sorted(str(p) for p in d.iterdir() if ".warc" in p.name)
+
+
+@pytest.fixture(scope="session")
+def dev_corpus(tmp_path_factory, ray_local):
+    """(path, stats) of the corpus built from all dev WARCs with DEV_SETTINGS and 2 workers. Read-only:
+    tests that change a corpus copy it first."""
+    from pipeline.build import BuildConfig, build_corpus
+    from pipeline.config import load_config
+
+    out = tmp_path_factory.mktemp("dev") / "corpus"
+    cfg = load_config(BuildConfig, None, ["ray.workers=2", *DEV_SETTINGS])
+    stats = build_corpus(dev_warcs(), out, cfg, progress=False)
+    return out, stats

@@ -13,35 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, real_path
+from conftest import DEV_SETTINGS, REPO, dev_warcs, real_path
 from pipeline.build import BuildConfig, build_corpus
 from pipeline.config import load_config
 from pipeline.corpus import Corpus
 from pipeline.stats import check_funnel
 
 pytestmark = pytest.mark.slow
-
-
-# The build mechanics are under test here, on every dev WARC: keep small and repeated archive.org images
-# (the blackbook WARC's pages show 50-150 px images and logos on every page), leave the text-quality filters to
-# their own tests, and give extraction a time limit no loaded test machine reaches (a timeout would be a
-# counted drop that differs between runs, and the runs are compared byte for byte).
-SETTINGS = ["images.min_side=32", "images.max_aspect=8", "dedup.image_max_docs=1000", "extract.timeout_s=300",
-            "filters.gopher_quality.enabled=false",
-            "filters.gopher_repetition.enabled=false", "filters.c4.enabled=false", "filters.fineweb.enabled=false"]
-
-
-def _warcs() -> list[str]:
-    d = real_path("dev", "warc")
-    return sorted(str(p) for p in d.iterdir() if ".warc" in p.name)
-
-
-@pytest.fixture(scope="module")
-def dev_corpus(tmp_path_factory, ray_local):
-    out = tmp_path_factory.mktemp("dev") / "corpus"
-    cfg = load_config(BuildConfig, None, ["ray.workers=2", *SETTINGS])
-    stats = build_corpus(_warcs(), out, cfg, progress=False)
-    return out, stats
 
 
 def test_funnel_adds_up_and_chains(dev_corpus):
@@ -119,16 +97,16 @@ def _wait_for(root: Path, pattern: str, proc, timeout=300):
             return
         if proc.poll() is not None:
             pytest.fail(f"build ended before {pattern} appeared: rc={proc.returncode}")
-        time.sleep(0.2)
+        time.sleep(0.02)
     pytest.fail(f"{pattern} did not appear within {timeout}s")
 
 
 def _run_build(out: Path, workers: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "pipeline.cli", "build", "--no-progress", "--workers", str(workers),
            "--output", str(out)]
-    for setting in SETTINGS:
+    for setting in DEV_SETTINGS:
         cmd += ["--set", setting]
-    for w in _warcs():
+    for w in dev_warcs():
         cmd += ["--input", w]
     return subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -164,7 +142,7 @@ def test_kill_and_resume_gives_the_same_corpus_with_other_parallelism(dev_corpus
 
 def test_rerun_of_a_finished_build_does_nothing(dev_corpus):
     out, stats = dev_corpus
-    again = build_corpus(_warcs(), out, load_config(BuildConfig, None, ["ray.workers=2", *SETTINGS]),
+    again = build_corpus(dev_warcs(), out, load_config(BuildConfig, None, ["ray.workers=2", *DEV_SETTINGS]),
                          progress=False)
     assert again["stages"] == stats["stages"]
 
@@ -172,4 +150,37 @@ def test_rerun_of_a_finished_build_does_nothing(dev_corpus):
 def test_other_config_on_same_output_is_refused(dev_corpus):
     out, _ = dev_corpus
     with pytest.raises(ValueError, match="other inputs or config"):
-        build_corpus(_warcs(), out, load_config(BuildConfig, None, ["images.min_side=10"]), progress=False)
+        build_corpus(dev_warcs(), out, load_config(BuildConfig, None, ["images.min_side=10"]), progress=False)
+
+
+def test_every_dev_page_and_broken_image_goes_through_a_build(tmp_path, ray_local):
+    """All real dev pages (HTML folders, .html and .html.gz) and the broken images of images/edge_cases,
+    shown by a page of their own, go through a build: no crash, every file and image accounted for."""
+    html = real_path("dev", "html")
+    edge = real_path("dev", "images", "edge_cases")
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    imgs = []
+    for p in sorted(edge.iterdir()):
+        (gallery / p.name).write_bytes(p.read_bytes())  # a temporary copy beside the page, outside the repo
+        imgs.append(f'<p>Figure {p.stem} shows what the camera recorded that afternoon in the old town.</p>'
+                    f'<img src="{p.name}" alt="{p.stem}">')
+    (gallery / "index.html").write_text(
+        "<html><head><title>Broken images</title></head><body><article><h1>A gallery of odd files</h1>"
+        + "".join(imgs) + "<p>That is all of them, one after the other, as they came from the cameras.</p>"
+        "</article></body></html>")
+    inputs = [str(html / "trafilatura" / "pages"), str(html / "readability"), str(html / "scrapinghub" / "html"),
+              str(gallery)]
+    n_files = sum(1 for d in inputs for p in Path(d).rglob("*")
+                  if p.is_file() and p.name.endswith((".html", ".htm", ".html.gz")))
+    out = tmp_path / "corpus"
+    cfg = load_config(BuildConfig, None, ["ray.workers=2", "extract.timeout_s=300", "images.min_side=8",
+                                          "filters.image_count.min_images=0"])
+    stats = build_corpus(inputs, out, cfg, progress=False)
+    assert check_funnel(stats) == []
+    read = stats["stages"][0]
+    assert read["name"] == "read" and read["in"] == n_files
+    image_drops = stats["items"]["images/image"]["drops"]
+    assert image_drops.get("truncated_image", 0) >= 2  # the two truncated JPEGs
+    gallery_docs = [d for d in Corpus(out).iter_documents() if d.url.endswith("gallery/index.html")]
+    assert len(gallery_docs) == 1 and 1 <= len(gallery_docs[0].image_list) < len(list(edge.iterdir()))

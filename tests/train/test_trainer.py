@@ -1,6 +1,6 @@
 """Trainer on a real local Ray (2 workers, gloo): resume reproduces the uninterrupted run bit for bit (both
 re-running the command on the run dir and a killed worker restarted by Ray), the debug-cpu recipe drives the
-loss down, stages freeze what they should, config errors are clear."""
+loss down on a corpus built from the real dev WARCs, stages freeze what they should, config errors are clear."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import ray.train
 
-from _train_corpus import build_corpus, require_real
 from pipeline.config import load_config
 from train.config import TrainConfig, resolve_recipe
 from train.trainer import lr_at, run_training
 
+
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    require_real()
-    return build_corpus(tmp_path_factory.mktemp("train") / "corpus", [6, 4, 5, 3])  # uneven shards
+def corpus(dev_corpus):
+    """The corpus the real build makes from the dev WARCs (shards of uneven sizes, real pages and images)."""
+    return dev_corpus[0]
 
 
 def config(corpus, out, *extra):
