@@ -44,8 +44,9 @@ from pydantic import Field
 from tqdm import tqdm
 
 from crawl.extract import ExtractConfig, ExtractStep
-from crawl.images import ImageConfig, ImageStep
-from crawl.sources import Unit, discover_units, open_source
+from crawl.images import ImageConfig, ImageStep, chain
+from crawl.live.config import CrawlConfig
+from crawl.sources import NOT_IN_SOURCE, Unit, discover_units, open_source
 from filters.config import FiltersConfig
 from filters.dedup import ApplyDedup, DedupConfig, DedupResult, InDocumentImageDedup, run_dedup
 from filters.registry import document_steps, text_steps
@@ -74,7 +75,15 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local instance (None = all)")
 
 
+class InputConfig(Section):
+    crawl_seeds: str | None = Field(None, description="seed URLs (a .txt file, one per line, or Parquet): "
+                                    "crawl them first (section `crawl`) and build the crawl's WARCs")
+    crawl_output: str | None = Field(None, description="where the crawl's WARCs go; None = CORPUS/crawl")
+
+
 class BuildConfig(Section):
+    input: InputConfig = InputConfig()
+    crawl: CrawlConfig = CrawlConfig()
     extract: ExtractConfig = ExtractConfig()
     images: ImageConfig = ImageConfig()
     filters: FiltersConfig = FiltersConfig()
@@ -146,8 +155,10 @@ class UnitWorker:
         self.cfg = BuildConfig.model_validate(cfg)
         self.steps = Steps(self.cfg)
 
-    def run_unit(self, unit: Unit, work: str) -> dict[str, Any]:
-        """Phase 1 for one unit: staged docs + rejects + DONE marker. Returns the summary."""
+    def run_unit(self, unit: Unit, work: str, fetcher=None) -> dict[str, Any]:
+        """Phase 1 for one unit: staged docs + rejects + DONE marker. Returns the summary. `fetcher`
+        (a crawl.live FetchResolver shared by all workers) fetches images the source does not hold."""
+        self.fetcher = fetcher
         out = Path(work) / "units" / unit.name
         out.mkdir(parents=True, exist_ok=True)
         if is_remote(unit.path):  # read a local copy, under the same file name (sources name documents by it)
@@ -164,7 +175,10 @@ class UnitWorker:
         source = open_source(unit)
         source.index_images()
         self.steps.setup()
-        steps = self.steps.unit(source.images.fetch_many)
+        resolver = source.images.fetch_many
+        if getattr(self, "fetcher", None) is not None:
+            resolver = chain(resolver, self.fetcher.fetch_many, when=NOT_IN_SOURCE)
+        steps = self.steps.unit(resolver)
         tmp = out / "docs.parquet.tmp"
         n_docs = 0
         with pq.ParquetWriter(tmp, STAGED_SCHEMA) as writer:
@@ -234,6 +248,30 @@ def resolve_inputs(patterns: list[str]) -> list[str]:
     return paths
 
 
+def _crawl_dir(cfg: BuildConfig, output: str) -> Path:
+    if cfg.input.crawl_output:
+        return Path(cfg.input.crawl_output).expanduser().resolve()
+    if is_remote(output):
+        raise ValueError(f"--output {output} is remote: set input.crawl_output to a local or shared folder for "
+                         f"the crawl's WARC files")
+    return Path(output).resolve() / "crawl"
+
+
+def crawl_first(cfg: BuildConfig, output: str, progress: bool) -> list[str]:
+    """The `crawl` source: crawl the seeds into WARC files (resumable: URLs already archived are not
+    fetched again), then build those WARCs like any others, so a crawl and a later rebuild from its WARCs
+    go through the same reading and extraction path."""
+    from crawl.live.crawler import Crawler, read_seeds, warc_paths
+
+    seeds_path = Path(cfg.input.crawl_seeds).expanduser()
+    if not seeds_path.is_file():
+        raise ValueError(f"input.crawl_seeds: seed file not found: {seeds_path}")
+    crawl_dir = _crawl_dir(cfg, output)
+    init_ray(cfg.ray)
+    Crawler(cfg.crawl, crawl_dir, progress=progress).run(read_seeds(seeds_path))
+    return warc_paths(crawl_dir)
+
+
 def make_units(paths: list[str]) -> list[Unit]:
     """Local inputs as crawl.sources finds them; remote inputs (files only) named by their URL."""
     local = discover_units([p for p in paths if not is_remote(p)])
@@ -291,6 +329,7 @@ def _run_pool(cfg: BuildConfig, items: list, method: str, desc: str, args_of, on
     pending: dict[Any, Any] = {}
     queue = list(items)
     failed: list[tuple[Any, BaseException]] = []
+    lost: dict[str, int] = {}  # unit name -> times its actor died under it
     bar = tqdm(total=len(items), desc=desc, unit="unit", disable=not progress)
     try:
         free = list(actors)
@@ -305,6 +344,22 @@ def _run_pool(cfg: BuildConfig, items: list, method: str, desc: str, args_of, on
             free.append(actor)
             try:
                 result = ray.get(done[0])
+            except ray.exceptions.RayActorError as e:
+                # the actor's process or node died mid-unit (Ray would retry the call on the restarted actor,
+                # but may first report it unavailable): retire that actor for good, so no second attempt runs
+                # beside ours, and run the unit again on a fresh actor (unit outputs are atomic + markers)
+                key = getattr(item, "name", repr(item))
+                lost[key] = lost.get(key, 0) + 1
+                if lost[key] > 3:
+                    raise ValueError(f"{desc}: unit {key}: its worker died {lost[key]} times ({e}); "
+                                     f"run the same command again to resume") from e
+                free.remove(actor)
+                ray.kill(actor, no_restart=True)
+                replacement = actor_cls.remote(dump_config(cfg))
+                actors.append(replacement)
+                free.append(replacement)
+                queue.insert(0, item)
+                continue
             except ray.exceptions.RayTaskError as e:
                 # an output that cannot be written (disk full, read-only, permission denied, storage down
                 # for good): let the units in flight finish (their outputs are kept), then stop
@@ -357,6 +412,10 @@ def build_corpus(inputs: list[str], output: str | Path, cfg: BuildConfig | None 
     Returns the stats funnel (also in stats.json)."""
     cfg = cfg or BuildConfig()
     paths = resolve_inputs(inputs)
+    if cfg.input.crawl_seeds:
+        paths += crawl_first(cfg, str(output), progress)
+    if not paths:
+        raise ValueError("nothing to build: give --input files and/or a crawl (input.crawl_seeds)")
     units = make_units(paths)
     work = _work_dir(cfg, str(output))
     store = Storage(output)
@@ -409,8 +468,17 @@ def _build(cfg: BuildConfig, paths: list[str], units: list[Unit], store: Storage
         docs_total["n"] += summary["documents"]
         bar.set_postfix(documents=docs_total["n"])
 
-    _run_pool(cfg, todo, "run_unit", "extract+filter", lambda u: (u, str(work)), on_unit, progress,
-              writes_to=lambda u: str(work / "units" / u.name))
+    fetcher = None
+    if cfg.images.fetch and todo:  # one fetcher for all workers, so per-host politeness holds build-wide
+        from crawl.live.image_fetcher import FetchResolver
+
+        fetcher = FetchResolver(cfg.crawl, warc_dir=_crawl_dir(cfg, store.url) / "images")
+    try:
+        _run_pool(cfg, todo, "run_unit", "extract+filter", lambda u: (u, str(work), fetcher), on_unit, progress,
+                  writes_to=lambda u: str(work / "units" / u.name))
+    finally:
+        if fetcher is not None:
+            fetcher.close()
 
     # phase 2 -----------------------------------------------------------------------------------------
     dedup_dir = work / "dedup"
