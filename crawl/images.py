@@ -39,6 +39,21 @@ class ImageConfig(Section):
     max_side: int = Field(1024, ge=16, description="downscale so the longer side is at most this")
     format: Literal["jpeg", "png", "webp"] = "jpeg"
     quality: int = Field(90, ge=1, le=100)
+    fetch: bool = Field(False, description="fetch images not found in the source over HTTP (crawler's "
+                        "politeness, robots and address rules, section `crawl`), archived to WARC")
+
+
+def chain(first: Resolver, then: Resolver, when: str) -> Resolver:
+    """A resolver that asks `then` for the URLs `first` answered with the reason `when`."""
+
+    def resolve(urls: list[str]) -> dict[str, bytes | str]:
+        got = first(urls)
+        missing = [u for u, v in got.items() if v == when]
+        if missing:
+            got.update(then(missing))
+        return got
+
+    return resolve
 
 
 @dataclass

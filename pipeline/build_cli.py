@@ -23,9 +23,10 @@ examples:
   interloom build --input '../shared/data/real/dev/warc/*.warc.gz' --output corpus/
   interloom build --input 'crawl/*.warc.gz' --output corpus/ --config run.yaml
   interloom build --input pages/ --output corpus/ --set images.min_side=200 --set filters.language.languages=[en,de]
+  interloom build --crawl seeds.txt --output corpus/ --set images.fetch=true
   interloom build --input 'cc/*.warc.gz' --output s3corpus/ --address ray://head:10001 --set ray.workers=64
 
-config: a YAML file with any of the sections extract, images, filters, dedup, output, ray;
+config: a YAML file with any of the sections input, crawl, extract, images, filters, dedup, output, ray;
   `interloom build --print-config` shows every key with its default.
 """
 
@@ -36,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", "-i", action="append", default=[], metavar="GLOB",
                    help="input files/folders (glob; repeatable)")
     p.add_argument("--output", "-o", metavar="DIR", help="corpus folder to create or resume")
+    p.add_argument("--crawl", metavar="SEEDS", help="crawl these seed URLs first (a .txt or Parquet file) and "
+                   "build the crawl's WARCs (kept in DIR/crawl); see `interloom crawl --help`")
     p.add_argument("--config", "-c", metavar="FILE", help="YAML config file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a config value, e.g. images.min_side=200 (repeatable)")
@@ -52,14 +55,16 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.address:
         overrides.append(f"ray.address={args.address}")
+    if args.crawl:
+        overrides.append(f"input.crawl_seeds={args.crawl}")
     if args.workers is not None:
         overrides.append(f"ray.workers={args.workers}")
     cfg = load_config(BuildConfig, args.config, overrides)
     if args.print_config:
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
         return 0
-    if not args.input or not args.output:
-        raise ValueError("--input and --output are required (see `interloom build --help`)")
+    if not (args.input or args.crawl) or not args.output:
+        raise ValueError("--output and --input (or --crawl) are required (see `interloom build --help`)")
     stats = build_corpus(args.input, args.output, cfg, progress=not args.no_progress)
     print_summary(stats, args.output)
     return 0

@@ -1,0 +1,60 @@
+"""The build's `crawl` source and its image fetcher, against a real HTTP server on 127.0.0.1 serving real
+pages and photos: a corpus built straight from a crawl equals the corpus rebuilt later from the crawl's WARCs
+(no network), and images missing from the source are fetched over HTTP and archived."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "crawl"))  # webserver.py (importlib mode)
+
+from crawl_fixtures import server, site  # noqa: E402,F401 - fixtures
+from pipeline.build import BuildConfig, build_corpus  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.corpus import Corpus  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+CRAWL = ["crawl.allow_private=['127.0.0.1/32']", "crawl.min_delay_s=0", "crawl.follow_links=true",
+         "crawl.max_depth=1", "extract.timeout_s=300", "ray.workers=2"]
+
+
+def test_corpus_from_a_crawl_equals_the_corpus_rebuilt_from_its_warcs(ray_local, server, tmp_path):
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text(server.url("/index.html") + "\n")
+    direct = tmp_path / "direct"
+    cfg = load_config(BuildConfig, None, [*CRAWL, "crawl.fetch_images=true", f"input.crawl_seeds={seeds}"])
+    build_corpus([], direct, cfg, progress=False)
+    warcs = sorted(str(p) for p in (direct / "crawl").glob("crawl-*.warc.gz"))
+    assert warcs
+    n_requests = len(server.hits())
+    rebuilt = tmp_path / "rebuilt"
+    build_corpus(warcs, rebuilt, load_config(BuildConfig, None, CRAWL), progress=False)
+    assert len(server.hits()) == n_requests  # the rebuild needed no network
+    assert (rebuilt / "manifest.jsonl").read_bytes() == (direct / "manifest.jsonl").read_bytes()
+    docs = list(Corpus(direct).iter_documents())
+    assert len(docs) >= 3
+    assert sum(len(d.image_list) for d in docs) >= 3 and all(im.data for d in docs for im in d.image_list)
+
+
+def test_images_not_in_the_source_are_fetched_and_archived(ray_local, server, tmp_path):
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text(server.url("/index.html") + "\n")
+    # a crawl of pages only: their photos are not in the WARCs
+    pages_only = load_config(BuildConfig, None, [*CRAWL, f"input.crawl_seeds={seeds}"])
+    no_fetch = build_corpus([], tmp_path / "a", pages_only, progress=False)
+    assert no_fetch["items"]["images/image"]["drops"].get("image_not_in_source", 0) > 0
+    warcs = sorted(str(p) for p in (tmp_path / "a" / "crawl").glob("crawl-*.warc.gz"))
+    server.reset()
+    fetch = load_config(BuildConfig, None, [*CRAWL, "images.fetch=true", f"input.crawl_output={tmp_path / 'fx'}"])
+    stats = build_corpus(warcs, tmp_path / "b", fetch, progress=False)
+    images = stats["items"]["images/image"]
+    assert images["drops"].get("image_not_in_source", 0) == 0
+    assert images["out"] > 0
+    assert any(h.path.startswith("/photos/") for h in server.hits())
+    assert list((tmp_path / "fx" / "images").glob("*.warc.gz"))  # fetched images archived
+    docs = list(Corpus(tmp_path / "b").iter_documents())
+    assert all(im.data for d in docs for im in d.image_list) and any(d.image_list for d in docs)
