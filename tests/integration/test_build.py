@@ -174,8 +174,7 @@ def test_every_dev_page_and_broken_image_goes_through_a_build(tmp_path, ray_loca
     n_files = sum(1 for d in inputs for p in Path(d).rglob("*")
                   if p.is_file() and p.name.endswith((".html", ".htm", ".html.gz")))
     out = tmp_path / "corpus"
-    cfg = load_config(BuildConfig, None, ["ray.workers=2", "extract.timeout_s=300", "images.min_side=8",
-                                          "filters.image_count.min_images=0"])
+    cfg = load_config(BuildConfig, None, ["ray.workers=2", *DEV_SETTINGS, "images.min_side=8"])
     stats = build_corpus(inputs, out, cfg, progress=False)
     assert check_funnel(stats) == []
     read = stats["stages"][0]
