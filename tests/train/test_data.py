@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import threading
@@ -9,18 +10,30 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-
 from _train_corpus import REAL, build_corpus, make_documents, require_real
+from PIL import Image as PILImage
+
 from pipeline.corpus import Corpus, append_manifest, write_shards
 from pipeline.record import Image
 from train.batch import IGNORE_INDEX
-from train.data import DataConfig, Loader, ShardReader, patch_grid, plan_units, slot_documents, SlotState
-from train.tokenizer import train_from_corpus
+from train.data import (
+    DataConfig,
+    DocumentEncoder,
+    Loader,
+    ShardReader,
+    SlotState,
+    patch_grid,
+    plan_units,
+    slot_batches,
+    slot_documents,
+)
+from train.tokenizer import Tokenizer, train_from_corpus
 
 PATCH = 8
-CFG = dict(seq_len=192, batch_size=2, min_pixels=16 * 16, max_pixels=48 * 48)
+CFG = {"seq_len": 192, "batch_size": 2, "min_pixels": 16 * 16, "max_pixels": 48 * 48}
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +97,11 @@ def test_too_few_documents_is_a_clear_error(tmp_path, corpus):
         take(Loader(DataConfig(**CFG), corpus[1], PATCH, rank=1, world=2, corpus=str(c)), 1)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_yields_the_uninterrupted_stream(corpus, workers):
+@pytest.mark.parametrize("workers,pixel_threads", [(0, 1), (2, 3)])
+def test_resume_yields_the_uninterrupted_stream(corpus, workers, pixel_threads):
     c, tok = corpus
-    cfg = DataConfig(**CFG, num_workers=workers)
+    # pixel_threads > 1: batches are normalised out of order on a pool and must still come out in order
+    cfg = DataConfig(**CFG, num_workers=workers, pixel_threads=pixel_threads)
     full = take(Loader(cfg, tok, PATCH, rank=1, world=2, seed=3, corpus=str(c)), 25)
     first = Loader(cfg, tok, PATCH, rank=1, world=2, seed=3, corpus=str(c))
     head = take(first, 11)
@@ -104,8 +118,6 @@ def test_resume_yields_the_uninterrupted_stream(corpus, workers):
 
 def test_token_layout_labels_and_images(corpus):
     c, tok_path = corpus
-    from train.tokenizer import Tokenizer
-
     tok = Tokenizer.load(tok_path)
     cfg = DataConfig(**CFG)
     batches = take(Loader(cfg, tok_path, PATCH, corpus=str(c)), 20)
@@ -169,8 +181,6 @@ def test_patch_grid_keeps_aspect_within_budget(h, w):
 def test_real_photo_grids_follow_their_aspect(corpus):
     c, tok = corpus
     docs = list(Corpus(c).iter_documents())
-    from train.data import DocumentEncoder
-    from train.tokenizer import Tokenizer
 
     enc = DocumentEncoder(Tokenizer.load(tok), DataConfig(**CFG), PATCH)
     for doc in docs[:6]:
@@ -180,6 +190,36 @@ def test_real_photo_grids_follow_their_aspect(corpus):
             assert gh * gw * PATCH * PATCH <= CFG["max_pixels"]
             if min(im.width, im.height) >= 32:
                 assert abs(math.log((gh / gw) / (im.height / im.width))) < 0.45
+
+
+def test_pixels_are_pillow_bicubic_patches_normalised_once_per_batch(corpus):
+    c, tok_path = corpus
+    tok = Tokenizer.load(tok_path)
+    cfg = DataConfig(**CFG, image_mean=0.4, image_std=0.3)
+    enc = DocumentEncoder(tok, cfg, PATCH)
+    n = 0
+    for doc in list(Corpus(c).iter_documents())[:4]:
+        for im in doc.image_list:
+            patches, (gh, gw) = enc.image(im.data, Counter())
+            assert patches.dtype == np.uint8 and patches.shape == (gh * gw, 3 * PATCH * PATCH)
+            # reference: Pillow's own path (JPEG draft, RGB, bicubic resize), patches in raster order, each
+            # patch channel-major
+            ref = PILImage.open(io.BytesIO(im.data))
+            ref.draft("RGB", (gw * PATCH, gh * PATCH))
+            ref = np.asarray(ref.convert("RGB").resize((gw * PATCH, gh * PATCH), PILImage.Resampling.BICUBIC))
+            got = patches.reshape(gh, gw, 3, PATCH, PATCH).transpose(0, 3, 1, 4, 2).reshape(ref.shape)
+            diff = np.abs(got.astype(int) - ref.astype(int))
+            assert diff.max() <= 2 and diff.mean() < 0.1
+            n += 1
+    assert n >= 4
+    # the Loader's batch is the slot's raw batch with float32 pixels (x/255 - mean)/std, nothing else changed
+    raw, _ = next(slot_batches(Corpus(c), tok, cfg, PATCH, 0, 1, 0, SlotState(n_shards=len(Corpus(c).shards()))))
+    got = take(Loader(cfg, tok_path, PATCH, corpus=str(c)), 1)[0]
+    assert raw.pixel_values_NP.dtype == torch.uint8 and got.pixel_values_NP.dtype == torch.float32
+    assert torch.equal(got.pixel_values_NP, (raw.pixel_values_NP.float() / 255.0 - 0.4) / 0.3)
+    for name in raw.__dataclass_fields__:
+        if name != "pixel_values_NP":
+            assert torch.equal(getattr(got, name), getattr(raw, name)), name
 
 
 def test_bad_images_are_dropped_and_counted(tmp_path, corpus):
