@@ -1,22 +1,32 @@
 """Loader throughput vs what the trainer consumes, and vs a peer reader (webdataset) on the same shards.
 
-For each recipe shape (debug-cpu, single-gpu) on a corpus of real text and real photos written with the
-real shard writer:
-  - interloom loader: documents/s, images/s, tokens/s (non-pad) of packed `Batch`es, with JPEG decode,
-    resize to the patch grid, patchify, tokenize, pack, collate; one process (data.num_workers=0)
+On a corpus of real text and real photos written with the real shard writer, at each recipe's shapes
+(debug-cpu, single-gpu):
+  - interloom loader in one process (data.num_workers=0): documents/s, images/s, tokens/s (non-pad) of
+    packed `Batch`es, with JPEG decode, resize to the patch grid, patchify, tokenize, pack, collate and the
+    float32 pixel normalisation; wall-clock rate, and the rate per CPU-second of the process (= per core)
+  - single-gpu shapes, the loader as the trainer runs it: N DataLoader worker processes (N = 1, 2 and the
+    recipe's data.num_workers) feeding the training process: aggregate wall tokens/s on this machine, and
+    tokens per CPU-second of the workers + the training process's share (receiving batches, normalising
+    pixels), read from /proc; that per-core rate is what sizes the loader: wall rates of N processes on a
+    machine with fewer than N free cores say nothing about N cores
   - peer: webdataset `WebDataset(shards).decode("pil")` over the same tars (read + JSON + PIL decode only,
     no resize, no tokenizer, no packing): documents/s
-  - consumption: the model's forward + backward + AdamW step on the loader's batches, tokens/s; on CPU for
+  - consumption: the model's forward + backward + AdamW step on the loader's batches, tokens/s, on CPU for
     debug-cpu. The single-gpu shapes need a GPU for that; without one the bench prints the tokens/s an
-    H100 would need at a given MFU (model FLOPs per token from the model) instead of a measurement.
-Headroom = loader tokens/s / consumed tokens/s (per rank; the loader runs once per rank).
+    H100 would need at a given MFU (model FLOPs per token of the recipe's model, vocab included) instead.
+Every figure is the median of --repeats runs (the machine may be shared). Headroom = loader tokens/s /
+consumed tokens/s; loader cores for 2x headroom = 2 x consumed tokens/s / loader tokens per CPU-second.
 
-Run: .venv/bin/python -m bench.loader [--docs 240] [--seconds 8]
+Run: .venv/bin/python -m bench.loader [--docs 240] [--seconds 8] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -25,30 +35,53 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _train_corpus import build_corpus, require_real  # noqa: E402
+from _train_corpus import build_corpus, require_real
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.corpus import Corpus  # noqa: E402
-from train.config import TrainConfig, resolve_recipe  # noqa: E402
-from train.data import Loader  # noqa: E402
-from train.tokenizer import train_from_corpus  # noqa: E402
-from train.trainer import GPU_PEAK_BF16_FLOPS  # noqa: E402
+from pipeline.config import load_config
+from pipeline.corpus import Corpus
+from train.config import TrainConfig, resolve_recipe
+from train.data import Loader
+from train.tokenizer import train_from_corpus
+from train.trainer import GPU_PEAK_BF16_FLOPS
+
+
+def children_cpu_s() -> float:
+    """CPU seconds (user + system) of this process's live child processes (DataLoader workers), Linux."""
+    me, total = os.getpid(), 0
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == me:
+                total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def time_loader(cfg: TrainConfig, tok: Path, corpus: Path, seconds: float) -> dict[str, float]:
+    """One run of the rank's loader as configured (cfg.data.num_workers worker processes or in-process)."""
     ld = Loader(cfg.data, str(tok), cfg.model.vision.patch_size, corpus=str(corpus))
     it = iter(ld)
-    next(it)  # open shards, warm caches
-    c0 = ld.counters()
-    t0, n = time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds:
+    # warm up past the workers' start and their first prefetched batches: the window sees steady state
+    for _ in range(1 + 3 * cfg.data.num_workers):
         next(it)
+    c0 = ld.counters()
+    t0, p0, w0 = time.perf_counter(), time.process_time(), children_cpu_s()
+    n = tokens = 0
+    while time.perf_counter() - t0 < seconds:
+        b = next(it)
         n += 1
-    dt = time.perf_counter() - t0
-    c1 = ld.counters()
+        tokens += int((b.segment_ids_BT >= 0).sum())
+    dt, main_cpu, workers_cpu = time.perf_counter() - t0, time.process_time() - p0, children_cpu_s() - w0
+    del it  # shuts the workers down
+    c1 = ld.counters()  # counters of the batches yielded (slot states travel with the batches)
+    assert c1["tokens"] - c0["tokens"] == tokens
+    cpu = main_cpu + workers_cpu
     return {"batches/s": n / dt, "docs/s": (c1["documents"] - c0["documents"]) / dt,
             "images/s": (c1.get("images_kept", 0) - c0.get("images_kept", 0)) / dt,
-            "tokens/s": (c1["tokens"] - c0["tokens"]) / dt}
+            "tokens/s": tokens / dt, "tokens/cpu-s": tokens / cpu, "cores busy": cpu / dt,
+            "main cpu ms/batch": 1e3 * main_cpu / n}
 
 
 def time_peer(corpus: Path, seconds: float) -> dict[str, float]:
@@ -97,14 +130,18 @@ def time_consumption(cfg: TrainConfig, tok: Path, corpus: Path, steps: int) -> d
         step(b)
         tokens += int((b.segment_ids_BT >= 0).sum())
     dt = time.perf_counter() - t0
-    return {"steps/s": steps / dt, "tokens/s": tokens / dt,
-            "flops/token": model.num_flops_per_token(cfg.data.seq_len)}
+    return {"steps/s": steps / dt, "tokens/s": tokens / dt}
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=240)
-    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--seconds", type=float, default=8.0, help="length of one timed run")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is reported")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--mfu", type=float, default=0.4, help="assumed MFU for the GPU consumption estimate")
     args = ap.parse_args()
@@ -116,39 +153,62 @@ def main() -> None:
     tok = work / "tokenizer.json"
     train_from_corpus(corpus, tok, vocab_size=2048)
     print(f"corpus: {args.docs} documents, {sum(s.images for s in Corpus(corpus).shards())} images, "
-          f"{sum(s.bytes for s in Corpus(corpus).shards()) / 1e6:.1f} MB; torch threads 1; loader in-process")
+          f"{sum(s.bytes for s in Corpus(corpus).shards()) / 1e6:.1f} MB; torch threads 1; {os.cpu_count()} "
+          f"cores, load average {os.getloadavg()[0]:.1f}; medians of {args.repeats} runs of {args.seconds:.0f} s",
+          flush=True)
 
-    rows = []
-    peer = time_peer(corpus, args.seconds)
+    def recipe_cfg(recipe: str, *overrides: str) -> TrainConfig:
+        return load_config(TrainConfig, resolve_recipe(recipe), [f"data.corpus={corpus}", *overrides])
+
+    peer = median_of([time_peer(corpus, args.seconds) for _ in range(args.repeats)])
+    rows, worker_rows = [], []
     for recipe in ("debug-cpu", "single-gpu"):
-        cfg = load_config(TrainConfig, resolve_recipe(recipe), [f"data.corpus={corpus}", "data.num_workers=0"])
-        load = time_loader(cfg, tok, corpus, args.seconds)
+        cfg = recipe_cfg(recipe, "data.num_workers=0")
+        load = median_of([time_loader(cfg, tok, corpus, args.seconds) for _ in range(args.repeats)])
         if recipe == "debug-cpu":
-            cons = time_consumption(cfg, tok, corpus, args.steps)
-            need, how = cons["tokens/s"], f"measured on CPU, {cons['steps/s']:.2f} steps/s"
+            cons = median_of([time_consumption(recipe_cfg(recipe, "data.num_workers=0"), tok, corpus, args.steps)
+                              for _ in range(args.repeats)])
+            need, how = cons["tokens/s"], f"measured on CPU, {cons['steps/s']:.1f} steps/s"
         else:
             from train.model import VLM
 
-            cfg.model.vocab_size = 2048
+            cfg.model.vocab_size = -(-cfg.data.vocab_size // 64) * 64  # the recipe's model, not the bench's
             with torch.device("meta"):
                 fpt = VLM(cfg.model).num_flops_per_token(cfg.data.seq_len)
             need = GPU_PEAK_BF16_FLOPS["H100"] * args.mfu / fpt
             how = f"NOT measured (no GPU): H100 at {args.mfu:.0%} MFU, {fpt / 1e9:.2f} GFLOP/token"
+            for n in sorted({1, 2, recipe_cfg(recipe).data.num_workers}):
+                wcfg = recipe_cfg(recipe, f"data.num_workers={n}")
+                w = median_of([time_loader(wcfg, tok, corpus, args.seconds) for _ in range(args.repeats)])
+                worker_rows.append((n, w, cfg))
+                print(f"{recipe}, {n} worker processes: {w['tokens/s']:.0f} tokens/s wall ({w['cores busy']:.2f}"
+                      f" cores busy), {w['tokens/cpu-s']:.0f} tokens per CPU-second, training process "
+                      f"{w['main cpu ms/batch']:.0f} ms CPU per batch", flush=True)
         rows.append((recipe, cfg, load, need, how))
         print(f"{recipe}: loader {load['docs/s']:.1f} docs/s, {load['images/s']:.1f} images/s, "
-              f"{load['tokens/s']:.0f} tokens/s, {load['batches/s']:.2f} batches/s | consumption "
-              f"{need:.0f} tokens/s ({how}) | headroom {load['tokens/s'] / need:.2f}x", flush=True)
+              f"{load['tokens/s']:.0f} tokens/s ({load['tokens/cpu-s']:.0f} per CPU-second), "
+              f"{load['batches/s']:.2f} batches/s | consumption {need:.0f} tokens/s ({how}) | headroom "
+              f"{load['tokens/s'] / need:.2f}x per loader process", flush=True)
     print(f"peer webdataset .decode('pil'): {peer['docs/s']:.1f} docs/s, {peer['images/s']:.1f} images/s")
 
-    print("\n| shapes | loader docs/s | loader images/s | loader tokens/s | trainer tokens/s | headroom |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("\n| shapes | loader docs/s | loader images/s | loader tokens/s | tokens per CPU-s | trainer tokens/s "
+          "| headroom per loader process |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for recipe, cfg, load, need, how in rows:
         d = cfg.data
         print(f"| {recipe} (T={d.seq_len}, B={d.batch_size}, <= {d.max_pixels} px, p={cfg.model.vision.patch_size})"
-              f" | {load['docs/s']:.1f} | {load['images/s']:.1f} | {load['tokens/s']:,.0f} | {need:,.0f} ({how}) "
-              f"| {load['tokens/s'] / need:.1f}x |")
+              f" | {load['docs/s']:.1f} | {load['images/s']:.1f} | {load['tokens/s']:,.0f} | "
+              f"{load['tokens/cpu-s']:,.0f} | {need:,.0f} ({how}) | {load['tokens/s'] / need:.2f}x |")
     print(f"| peer: webdataset `.decode(\"pil\")` (read + decode only) | {peer['docs/s']:.1f} | "
-          f"{peer['images/s']:.1f} | - | - | - |")
+          f"{peer['images/s']:.1f} | - | - | - | - |")
+    need = rows[-1][3]
+    print("\n| single-gpu loader | wall tokens/s (this machine) | cores busy | tokens per CPU-s (workers + "
+          "training process) | training-process CPU per batch | cores for 2x headroom |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for n, w, _ in worker_rows:
+        print(f"| {n} worker process{'es' if n > 1 else ''} | {w['tokens/s']:,.0f} | {w['cores busy']:.2f} | "
+              f"{w['tokens/cpu-s']:,.0f} | {w['main cpu ms/batch']:.0f} ms | "
+              f"{math.ceil(2 * need / w['tokens/cpu-s'])} |")
 
 
 if __name__ == "__main__":
