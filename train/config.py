@@ -60,6 +60,7 @@ class RunSection(Section):
     max_failures: int = 0  # worker failures Ray Train restarts from the last checkpoint
     peak_flops: float | None = None  # per device, for MFU; None: GPU table or the assumed CPU peak below
     cpu_peak_flops: float = 1e11  # ASSUMED peak of one CPU worker (not measured); MFU on CPU is indicative
+    fail_delay_s: float = Field(5.0, ge=0)  # testing: how long after its checkpoint the injected failure waits
     fail_at_step: int | None = None  # testing the resume path: rank 1 (or 0) dies hard once after this step
 
 

@@ -370,4 +370,8 @@ def _maybe_fail(cfg: TrainConfig, step: int, rank: int, out: Path) -> None:
     if marker.exists():
         return
     marker.write_text(f"worker {rank} killed after step {step}\n")
+    # A worker killed in the instant after `ray.train.report()` may die before the controller has registered
+    # that checkpoint (it polls the workers), and the restart then rightly begins from the previous one. The
+    # resume under test is from *this* checkpoint, so the worker dies once the controller has seen it.
+    time.sleep(cfg.run.fail_delay_s)
     os._exit(1)

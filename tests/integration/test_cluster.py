@@ -137,13 +137,6 @@ def _train(cluster: LocalCluster, corpus: Path, run: Path, *overrides: str) -> s
     return _finish(_interloom(cluster, *args))
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "OPEN: on the 2-node cluster with run.storage=s3://, the group restarted after the injected worker death "
-    "started again at step 0 instead of the step-20 checkpoint (the one run whose log showed it; another run failed "
-    "outright after the worker death despite max_failures=1). The losses "
-    "still match because the run is deterministic). Suspect: the rank exits (os._exit) right after "
-    "ray.train.report(), before the controller has registered that checkpoint; the local test "
-    "(tests/train/test_trainer.py) resumes correctly"))
 def test_training_on_the_cluster_resumes_from_s3_checkpoints_after_a_worker_dies(cluster, s3, tmp_path):
     require_real()
     corpus = build_train_corpus(tmp_path / "corpus", [6, 4, 5, 3])
@@ -155,7 +148,8 @@ def test_training_on_the_cluster_resumes_from_s3_checkpoints_after_a_worker_dies
                  "run.max_failures=1")
     assert (run / "injected_failure_20.done").exists(), "the worker was killed"
     starts = re.findall(r"\[train\] world=2 device=cpu step=(\d+)/40", log)
-    assert starts == ["0", "20"], f"the restarted workers resume at the step-20 checkpoint: {starts}"
+    runs = [s for i, s in enumerate(starts) if i == 0 or starts[i - 1] != s]  # a start may be logged twice
+    assert runs == ["0", "20"], f"the restarted workers resume at the step-20 checkpoint: {starts}"
     assert _losses(run) == _losses(reference)  # every step's loss, bit for bit
     keys = {o["Key"] for o in s3.client().list_objects_v2(Bucket=BUCKET, Prefix="runs/s3run/")["Contents"]}
     for step in (20, 40):
