@@ -48,7 +48,8 @@ def test_debug_cpu_drives_the_loss_down(debug_run):
     assert last < first - 0.8, (first, last)
     rows = [json.loads(ln) for ln in (debug_run / "metrics.jsonl").read_text().splitlines()]
     r = rows[-1]
-    assert r["tokens_per_s"] > 0 and r["images_per_s"] > 0 and 0 < r["mfu"] < 1 and r["mfu_peak_assumed"]
+    assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 and r["mfu_peak_assumed"]
+    assert any(row["images_per_s"] > 0 for row in rows)  # images flow (not every log step holds one)
     assert len(r["expert_load"]) == 4 and math.isclose(sum(r["expert_load"]), 1.0, rel_tol=1e-6)
     assert "contrastive_loss" in r and "lm_loss" in r and "aux_loss" in r and "z_loss" in r
     assert list((debug_run / "tb").glob("events.out.tfevents.*"))
