@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.sample import make_sample
 
-    out = Path(args.output)
+    out = Path(args.output).resolve()
     t0 = time.time()
     print(f"[1/4] writing the sample WARC to {out / 'sample'}")
     warc = make_sample(out / "sample", n_pages=args.pages)

@@ -74,6 +74,8 @@ def prepare_run(cfg: TrainConfig) -> TrainConfig:
     tok = Tokenizer.load(tok_path)
     resolved = cfg.model_copy(deep=True)
     resolved.run.output = str(out)
+    if "://" not in cfg.data.corpus:  # workers run elsewhere (other cwd, other node): an absolute path
+        resolved.data.corpus = str(Path(cfg.data.corpus).expanduser().resolve())
     resolved.data.tokenizer = str(tok_path)
     resolved.model.vocab_size = -(-tok.vocab_size // 64) * 64  # padded to a multiple of 64
     resolved.model.image_token_id = tok.image_id
