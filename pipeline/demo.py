@@ -77,5 +77,5 @@ def train_debug(corpus: Path, run_dir: Path, steps: int) -> dict[str, Path]:
     if losses:
         k = max(1, len(losses) // 5)
         first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
-        print(f"  loss: first {k} log steps {first:.3f} -> last {k} log steps {last:.3f}")
+        print(f"\n  loss: first {k} log steps {first:.3f} -> last {k} log steps {last:.3f}")
     return {"run": run_dir, "metrics": metrics, "tensorboard": run_dir / "tb"}
