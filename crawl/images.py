@@ -25,7 +25,7 @@ from pydantic import Field
 from pipeline.config import Section
 from pipeline.record import Document, Image
 from pipeline.stats import Ledger
-from pipeline.steps import Step
+from pipeline.steps import Step, drop_images
 
 # resolver: list of URLs -> {url: bytes | drop reason}
 Resolver = Callable[[list[str]], dict[str, "bytes | str"]]
@@ -127,30 +127,19 @@ class ImageStep(Step):
         self._cache: dict[str, ProcessedImage | str] = {}  # url -> result, within one unit
 
     def process(self, doc: Document, ledger: Ledger) -> Document:
-        count = ledger.item(self.name, "image")
         urls = [im.url for im in doc.image_list]
         missing = [u for u in dict.fromkeys(urls) if u not in self._cache]
         if missing:
             for url, got in self.resolver(missing).items():
                 self._cache[url] = got if isinstance(got, str) else process_image(got, self.cfg)
-        keep = []
-        for im in doc.images:
-            if im is None:
-                keep.append(True)
-                continue
-            count.n_in += 1
-            result = self._cache[im.url]
-            if isinstance(result, str):
-                ledger.drop(self.name, result, id=doc.id, url=doc.url, item="image", detail=im.url)
-                keep.append(False)
-                continue
-            count.n_out += 1
-            _fill(im, result)
-            keep.append(True)
-        doc.keep_positions(keep)
+        drop_images(doc, ledger, self.name, self._fill)
         return doc
 
-
-def _fill(im: Image, p: ProcessedImage) -> None:
-    im.data, im.width, im.height, im.format, im.sha1, im.phash = (
-        p.data, p.width, p.height, p.format, p.sha1, p.phash)
+    def _fill(self, im: Image) -> str | None:
+        """Give the image its processed bytes and facts, or return why it has none."""
+        p = self._cache[im.url]
+        if isinstance(p, str):
+            return p
+        im.data, im.width, im.height, im.format, im.sha1, im.phash = (
+            p.data, p.width, p.height, p.format, p.sha1, p.phash)
+        return None

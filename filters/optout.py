@@ -15,7 +15,7 @@ import re
 from filters.config import OptOutConfig
 from pipeline.record import Document
 from pipeline.stats import Ledger
-from pipeline.steps import Drop, Step
+from pipeline.steps import Drop, Step, drop_images
 
 _SPLIT_RE = re.compile(r"[\s,;:]+")
 
@@ -37,10 +37,6 @@ class OptOutFilter(Step):
         if "noai" in directives:
             return Drop("optout_noai")
         if "noimageai" in directives:
-            count = ledger.item(self.name, "image")
-            for im in doc.image_list:
-                count.n_in += 1
-                ledger.drop(self.name, "optout_noimageai", id=doc.id, url=doc.url, item="image", detail=im.url)
-            doc.keep_positions([t is not None for t in doc.texts])
+            drop_images(doc, ledger, self.name, lambda im: "optout_noimageai")
             doc.signals["optout_noimageai"] = 1.0
         return doc

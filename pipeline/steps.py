@@ -10,7 +10,7 @@ heavy model load it lazily in `setup()`, which the runner calls once per worker 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 from pipeline.stats import Ledger
@@ -49,6 +49,27 @@ class Filter(Step):
         if isinstance(verdict, tuple) and len(verdict) == 2 and verdict[0] is False:
             return Drop(str(verdict[1]))
         raise TypeError(f"{self!r}.filter must return True or (False, reason), got {verdict!r}")
+
+
+def drop_images(doc: Any, ledger: Ledger, stage: str, reason_of: Callable[[Any], str | None]) -> None:
+    """Remove the images of `doc` for which `reason_of(image)` gives a reason; the text stays.
+
+    Images are visited in reading order (so `reason_of` may keep state, e.g. the images kept so far); each
+    is counted in the item count `stage/image`, and each removed one is an item drop with its reason and
+    a rejects row naming the image URL."""
+    count = ledger.item(stage, "image")
+    keep = []
+    for im in doc.images:
+        reason = None if im is None else reason_of(im)
+        if im is not None:
+            count.n_in += 1
+            if reason is None:
+                count.n_out += 1
+            else:
+                ledger.drop(stage, reason, id=doc.id, url=doc.url, item="image", detail=im.url)
+        keep.append(reason is None)
+    if not all(keep):
+        doc.keep_positions(keep)
 
 
 def _ident(item: Any) -> tuple[str, str]:

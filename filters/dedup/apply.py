@@ -5,7 +5,7 @@ from __future__ import annotations
 from filters.dedup.passes import REASON_IMAGE, DedupResult
 from pipeline.record import Document
 from pipeline.stats import Ledger
-from pipeline.steps import Drop, Step
+from pipeline.steps import Drop, Step, drop_images
 
 
 class ApplyDedup(Step):
@@ -22,19 +22,5 @@ class ApplyDedup(Step):
         if reason is not None:
             return Drop(reason, f"keeper={self.result.keepers.get(doc.id, '')}")
         common = self.result.common_image_phashes
-        counts = ledger.item(self.name, "image")
-        keep = []
-        for im in doc.images:
-            if im is None:
-                keep.append(True)
-                continue
-            counts.n_in += 1
-            if im.phash and im.phash in common:
-                ledger.drop(self.name, REASON_IMAGE, id=doc.id, url=doc.url, item="image", detail=im.url)
-                keep.append(False)
-            else:
-                counts.n_out += 1
-                keep.append(True)
-        if not all(keep):
-            doc.keep_positions(keep)
+        drop_images(doc, ledger, self.name, lambda im: REASON_IMAGE if im.phash and im.phash in common else None)
         return doc

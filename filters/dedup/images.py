@@ -18,7 +18,7 @@ import numpy as np
 from filters.dedup.graph import connected_components, pairs_in_groups
 from pipeline.record import Document
 from pipeline.stats import Ledger
-from pipeline.steps import Step
+from pipeline.steps import Step, drop_images
 
 
 def image_phash(data: bytes) -> str:
@@ -56,26 +56,17 @@ class InDocumentImageDedup(Step):
         self.max_distance = max_distance
 
     def process(self, doc: Document, ledger: Ledger) -> Document:
-        counts = ledger.item(self.name, "image")
         kept_hashes: list[int] = []
-        keep: list[bool] = []
-        for im in doc.images:
-            if im is None:
-                keep.append(True)
-                continue
-            counts.n_in += 1
+
+        def reason_of(im) -> str | None:
             h = parse_phash(im.phash)
             if h is not None and any(hamming(h, k) <= self.max_distance for k in kept_hashes):
-                ledger.drop(self.name, "near_duplicate_in_document", id=doc.id, url=doc.url, item="image",
-                            detail=im.url)
-                keep.append(False)
-                continue
+                return "near_duplicate_in_document"
             if h is not None:
                 kept_hashes.append(h)
-            counts.n_out += 1
-            keep.append(True)
-        if not all(keep):
-            doc.keep_positions(keep)
+            return None
+
+        drop_images(doc, ledger, self.name, reason_of)
         return doc
 
 
