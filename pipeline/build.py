@@ -37,7 +37,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 from pydantic import Field
@@ -55,7 +54,15 @@ from pipeline.corpus import MANIFEST, ShardInfo, _parse_line, write_shards
 from pipeline.record import STAGED_SCHEMA, documents_to_staged_table, staged_table_to_documents
 from pipeline.stats import Ledger, check_funnel
 from pipeline.steps import Step, run_steps
-from pipeline.storage import Storage, StorageError, expand_input, fetch_input, is_remote, local_scratch
+from pipeline.storage import (
+    Storage,
+    StorageError,
+    expand_input,
+    fetch_input,
+    is_remote,
+    local_scratch,
+    write_parquet_atomic,
+)
 
 
 class OutputConfig(Section):
@@ -141,12 +148,6 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _write_parquet_atomic(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
 # ---- phase 1 and 3 worker -----------------------------------------------------------------------------
 class UnitWorker:
     """Runs units of work. As a Ray actor it keeps its steps (and their models) across units."""
@@ -154,6 +155,7 @@ class UnitWorker:
     def __init__(self, cfg: dict[str, Any]):
         self.cfg = BuildConfig.model_validate(cfg)
         self.steps = Steps(self.cfg)
+        self._dedup: dict[str, DedupResult] = {}  # dedup folder -> its decisions, read once per worker
 
     def run_unit(self, unit: Unit, work: str, fetcher=None) -> dict[str, Any]:
         """Phase 1 for one unit: staged docs + rejects + DONE marker. Returns the summary. `fetcher`
@@ -193,7 +195,7 @@ class UnitWorker:
                 writer.write_table(documents_to_staged_table(batch))
                 n_docs += len(batch)
         os.replace(tmp, out / "docs.parquet")
-        _write_parquet_atomic(out / "rejects.parquet", ledger.rejects_table())
+        write_parquet_atomic(ledger.rejects_table(), out / "rejects.parquet")
         summary = {"unit": asdict(reported), "documents": n_docs, "ledger": ledger.to_dict()}
         _write_json_atomic(out / "DONE.json", summary)
         return summary
@@ -202,7 +204,10 @@ class UnitWorker:
         """Phase 3 for one unit: removals applied, shards written. The manifest is the driver's job."""
         unit_dir = Path(work) / "units" / unit.name
         ledger = Ledger()
-        result = DedupResult.load(Path(work) / "dedup")
+        dedup_dir = str(Path(work) / "dedup")
+        if dedup_dir not in self._dedup:
+            self._dedup = {dedup_dir: DedupResult.load(dedup_dir)}
+        result = self._dedup[dedup_dir]
         self.steps.setup()
         steps = self.steps.write(result)
         docs = _iter_staged(unit_dir / "docs.parquet")
@@ -222,7 +227,7 @@ class UnitWorker:
         finally:
             if target != corpus:
                 shutil.rmtree(target, ignore_errors=True)
-        _write_parquet_atomic(unit_dir / "write-rejects.parquet", ledger.rejects_table())
+        write_parquet_atomic(ledger.rejects_table(), unit_dir / "write-rejects.parquet")
         summary = {"shards": [asdict(s) for s in shards], "ledger": ledger.to_dict()}
         _write_json_atomic(unit_dir / "WRITTEN.json", summary)
         return summary
@@ -248,13 +253,19 @@ def resolve_inputs(patterns: list[str]) -> list[str]:
     return paths
 
 
-def _crawl_dir(cfg: BuildConfig, output: str) -> Path:
-    if cfg.input.crawl_output:
-        return Path(cfg.input.crawl_output).expanduser().resolve()
+def _local_folder(configured: str | None, output: str, key: str, default: str, what: str) -> Path:
+    """A folder the build writes with plain file I/O: the configured one, else `default` inside a local
+    corpus; a remote corpus (s3://...) needs it configured."""
+    if configured:
+        return Path(configured).expanduser().resolve()
     if is_remote(output):
-        raise ValueError(f"--output {output} is remote: set input.crawl_output to a local or shared folder for "
-                         f"the crawl's WARC files")
-    return Path(output).resolve() / "crawl"
+        raise ValueError(f"--output {output} is remote: set {key} to {what}, e.g. --set {key}=/mnt/work/run1")
+    return Path(output).resolve() / default
+
+
+def _crawl_dir(cfg: BuildConfig, output: str) -> Path:
+    return _local_folder(cfg.input.crawl_output, output, "input.crawl_output", "crawl",
+                         "a local or shared folder for the crawl's WARC files")
 
 
 def crawl_first(cfg: BuildConfig, output: str, progress: bool) -> list[str]:
@@ -398,12 +409,8 @@ def _listed_shards(store: Storage) -> list[ShardInfo]:
 
 
 def _work_dir(cfg: BuildConfig, output: str) -> Path:
-    if cfg.output.work_dir:
-        return Path(cfg.output.work_dir).expanduser().resolve()
-    if is_remote(output):
-        raise ValueError(f"--output {output} is remote: set output.work_dir to a folder every Ray node can "
-                         f"reach (a shared file system on a cluster), e.g. --set output.work_dir=/mnt/work/run1")
-    return Path(output) / "_work"
+    return _local_folder(cfg.output.work_dir, output, "output.work_dir", "_work",
+                         "a folder every Ray node can reach (a shared file system on a cluster)")
 
 
 def build_corpus(inputs: list[str], output: str | Path, cfg: BuildConfig | None = None,

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.record import INDEX_SCHEMA, Document, index_row
+from pipeline.storage import write_parquet_atomic
 
 MANIFEST = "manifest.jsonl"
 
@@ -101,9 +102,8 @@ def write_shards(docs: Iterable[Document], corpus: str | Path, prefix: str, *, u
         tar: tarfile.TarFile = state["tar"]
         tar.close()
         name, tmp = state["name"], state["tmp"]
-        index_tmp = root / "index" / f"{name}.parquet.tmp"
-        pq.write_table(pa.Table.from_pylist(state["rows"], schema=INDEX_SCHEMA), index_tmp)
-        os.replace(index_tmp, root / "index" / f"{name}.parquet")
+        write_parquet_atomic(pa.Table.from_pylist(state["rows"], schema=INDEX_SCHEMA),
+                             root / "index" / f"{name}.parquet")
         final = root / "shards" / f"{name}.tar"
         os.replace(tmp, final)
         done.append(ShardInfo(name, len(state["rows"]), state["images"], final.stat().st_size,

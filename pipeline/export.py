@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipeline.corpus import Corpus
+from pipeline.storage import write_parquet_atomic
 
 HF_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 OBELICS_SCHEMA = pa.schema(
@@ -67,9 +66,7 @@ def export_hf(corpus_path: str, out: str, progress: bool = True) -> list[Path]:
                                                 "signals": doc.signals}, sort_keys=True),
             })
         path = out_dir / f"{shard.name}.parquet"
-        tmp = path.with_name(path.name + ".tmp")
-        pq.write_table(pa.Table.from_pylist(rows, schema=OBELICS_SCHEMA), tmp)
-        os.replace(tmp, path)
+        write_parquet_atomic(pa.Table.from_pylist(rows, schema=OBELICS_SCHEMA), path)
         written.append(path)
     return written
 

@@ -201,6 +201,17 @@ def fetch_input(url: str, into: str | Path, storage_options: dict[str, Any] | No
     return local
 
 
+def write_parquet_atomic(table, path: str | Path) -> None:
+    """Write a local Parquet file atomically (temp name, then rename) so a reader never sees half a file."""
+    import pyarrow.parquet as pq
+
+    path = str(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
 def local_scratch(prefix: str) -> Path:
     """A fresh local temp folder (the caller removes it)."""
     return Path(tempfile.mkdtemp(prefix=prefix))

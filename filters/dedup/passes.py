@@ -44,6 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from filters.dedup.config import DedupConfig
+from pipeline.storage import write_parquet_atomic
 from filters.dedup.graph import connected_components, pairs_in_groups
 from filters.dedup.images import parse_phash, phash_clusters
 from filters.dedup.minhash import MinHasher, estimate_jaccard
@@ -166,7 +167,7 @@ def signatures_pass(staged_path: str, out_path: str, cfg: DedupConfig) -> int:
         "bands": pa.array(band_lists, pa.list_(pa.uint64())),
         "phashes": pa.array(phashes, pa.list_(pa.string())),
     }, schema=signature_schema(cfg.num_perm))
-    _write(out, out_path)
+    write_parquet_atomic(out, out_path)
     return n
 
 
@@ -206,7 +207,7 @@ def buckets_pass(partition: int, sig_paths: list[str], out_path: str, cfg: Dedup
                      schema=EDGES_SCHEMA)
     if cfg.verify:
         edges = edges.filter(pc.greater_equal(edges["jaccard"], pa.scalar(cfg.jaccard_threshold, pa.float32())))
-    _write(edges, out_path)
+    write_parquet_atomic(edges, out_path)
     return edges.num_rows
 
 
@@ -320,9 +321,9 @@ def clusters_pass(sig_paths: list[str], edge_paths: list[str], work_dir: str, co
         "url": [urls[i] or "" for i in members],
         "size": size[members].astype(np.int32),
     }, schema=CLUSTERS_SCHEMA).sort_by([("cluster_id", "ascending"), ("id", "ascending")])
-    _write(table, os.path.join(work_dir, "clusters.parquet"))
+    write_parquet_atomic(table, os.path.join(work_dir, "clusters.parquet"))
     if corpus_dir is not None:
-        _write(table.select(["cluster_id", "id", "url", "keeper", "reason", "size"]),
+        write_parquet_atomic(table.select(["cluster_id", "id", "url", "keeper", "reason", "size"]),
                os.path.join(corpus_dir, "dedup", "clusters.parquet"))
     return {
         "documents": n,
@@ -340,7 +341,7 @@ def removals_pass(work_dir: str) -> int:
     rem = clusters.filter(pc.invert(clusters["keeper"]))
     out = pa.table({"id": rem["id"], "reason": rem["reason"], "keeper": rem["keeper_id"]},
                    schema=REMOVALS_SCHEMA).sort_by("id")
-    _write(out, os.path.join(work_dir, "removals.parquet"))
+    write_parquet_atomic(out, os.path.join(work_dir, "removals.parquet"))
     return out.num_rows
 
 
@@ -380,19 +381,11 @@ def images_pass(sig_paths: list[str], work_dir: str, corpus_dir: str | None, cfg
     images = pa.table({"phash": distinct, "n_docs": docs_per, "dropped": dropped, "cluster": rep},
                       schema=IMAGES_SCHEMA)
     too_common = images.filter(images["dropped"]).select(["phash", "n_docs", "cluster"])
-    _write(too_common.cast(IMAGE_REMOVALS_SCHEMA), os.path.join(work_dir, "image_removals.parquet"))
+    write_parquet_atomic(too_common.cast(IMAGE_REMOVALS_SCHEMA), os.path.join(work_dir, "image_removals.parquet"))
     if corpus_dir is not None:
-        _write(images, os.path.join(corpus_dir, "dedup", "images.parquet"))
+        write_parquet_atomic(images, os.path.join(corpus_dir, "dedup", "images.parquet"))
     return {"images_distinct": len(distinct), "images_invalid_phash": n_invalid,
             REASON_IMAGE: too_common.num_rows}
-
-
-def _write(table: pa.Table, path: str) -> None:
-    """Write atomically (temp name, then rename) so a reader never sees half a file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
 
 
 # ---- driver --------------------------------------------------------------------------------------------
