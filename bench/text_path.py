@@ -6,9 +6,8 @@ hold no HTML). Both sides run on one core, one after the other in this process, 
 
 - interloom: `crawl.sources.WarcSource` (image index pass + page pass) -> `crawl.extract.ExtractStep` ->
   `filters.language.LanguageFilter` -> `filters.gopher.GopherQualityFilter` -> staged Parquet (the build's own
-  phase-1 write, `pipeline.record.STAGED_SCHEMA`), through `pipeline.steps.run_steps` with a `Ledger`; once
-  with the default extraction (an image pass and a text-only pass of trafilatura per page with candidate
-  images) and once as `interloom-1pass` (`extract.text_pass=false`: one trafilatura pass per page).
+  phase-1 write, `pipeline.record.STAGED_SCHEMA`), through `pipeline.steps.run_steps` with a `Ledger`, with
+  the default extraction (one text-only trafilatura pass per page; images placed from the page layout).
 - datatrove: `WarcReader` -> `Trafilatura` -> `LanguageFilter` -> `GopherQualityFilter` -> `JsonlWriter` under
   `LocalPipelineExecutor(tasks=1, workers=1)`. Its Trafilatura step runs trafilatura in a sandbox child
   process (its design; the parent waits), so its CPU time is reported as parent + child.
@@ -100,8 +99,8 @@ def _cpu_now() -> float:
 
 
 # ---- interloom ------------------------------------------------------------------------------------------
-def run_ours(paths: list[Path], out: Path, name: str = "interloom", **extract: object) -> Result:
-    steps = [ExtractStep(ExtractConfig(timeout_s=TIMEOUT_S, **extract)),
+def run_ours(paths: list[Path], out: Path, name: str = "interloom") -> Result:
+    steps = [ExtractStep(ExtractConfig(timeout_s=TIMEOUT_S)),
              LanguageFilter(LanguageConfig(min_score=MIN_LANG_SCORE)),
              GopherQualityFilter(GopherQualityConfig())]
     ledger = Ledger()
@@ -261,7 +260,7 @@ def report(results: list[Result]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=1, help="rounds; the sides alternate, best wall time wins")
-    ap.add_argument("--only", choices=("interloom", "interloom-1pass", "datatrove"), default=None,
+    ap.add_argument("--only", choices=("interloom", "datatrove"), default=None,
                     help="run one side (profiling)")
     ap.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
     args = ap.parse_args()
@@ -269,7 +268,6 @@ def main() -> None:
     print(f"inputs: {len(paths)} WARC files in {WARC_DIR.resolve()}")
     sides = {
         "interloom": lambda p, o: run_ours(p, o),
-        "interloom-1pass": lambda p, o: run_ours(p, o, "interloom-1pass", text_pass=False),
         "datatrove": run_datatrove,
     }
     best: dict[str, Result] = {}

@@ -6,15 +6,17 @@ The pipeline of one page:
 2. `prepare_tree`: parse with lxml and normalise every image before any extraction runs: lazy-loading
    attributes (`data-src`, `data-original`, `data-lazy-src`, `srcset`/`data-srcset`, `<picture><source>`),
    `<noscript><img>` fallbacks, absolute URLs against the page URL and `<base href>`. Junk images (tracking
-   pixels, spacers, icons, logos, avatars, badges, buttons, data: URIs, SVG) are removed. Each surviving
-   `<img>` gets a stand-in `src` that trafilatura always accepts (it ignores URLs without an image file
-   extension), so the images it returns can be mapped back to our own records.
-3. trafilatura (`bare_extraction`, images and tables on) picks the main content; its XML body (`<p>`,
-   `<head>`, `<list>/<item>`, `<table>/<row>/<cell>`, `<quote>`, `<code>`, `<graphic>`) is walked in order
-   into text blocks (one per paragraph, heading, list item, table row) and images.
-4. Image recovery: content images that trafilatura dropped (figures without caption text, galleries) but
-   that sit inside the main content container of the page (the smallest element holding most of the
-   extracted paragraphs) are put back after the paragraph that precedes them in the page.
+   pixels, spacers, icons, logos, avatars, badges, buttons, data: URIs, SVG, teaser cards) are removed. Each
+   surviving `<img>` is numbered by a stand-in `src` that maps it back to our own image record.
+3. trafilatura (`bare_extraction`, text and tables, one pass) picks the main content; its XML body (`<p>`,
+   `<head>`, `<list>/<item>`, `<table>/<row>/<cell>`, `<quote>`, `<code>`) is walked in order into text
+   blocks (one per paragraph, heading, list item, table row).
+4. Image placement (`_place_images`): each extracted block is anchored in the page's visible text, the main
+   content container is the smallest element holding most anchored blocks, and the container's images that
+   sit between the blocks (plus a lead picture just above the first one) go in before the block that follows
+   them in the page. One trafilatura pass decides the text; the page's own layout decides where the images
+   go. (Earlier versions ran trafilatura a second time with images on: slower, and it kept image captions and
+   sidebars as text and lost galleries; docs/benchmarks.md, "Extraction quality", has the comparison.)
 
 The per-document time limit is a real stop: `SIGALRM` (via `signal.setitimer`) interrupts the extraction.
 That needs the main thread of the process (Ray task and actor methods run there); elsewhere
@@ -34,6 +36,7 @@ import signal
 import threading
 import time
 import unicodedata
+from collections import Counter
 from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass
@@ -61,10 +64,8 @@ class ExtractConfig(Section):
     include_comments: bool = False  # user comments below an article
     favor_precision: bool = False  # trafilatura's knobs
     favor_recall: bool = False
-    text_pass: bool = True  # a second, text-only trafilatura pass decides which text blocks are main content
-    image_pass: bool = True  # with text_pass: also run trafilatura with images on (False: one pass, images
-    #                          come from recovery only); skipped anyway on pages without candidate images
-    recover_images: bool = True  # put back content images trafilatura dropped (see module docstring)
+    lead_image_chars: int = 300  # an image before the first extracted block is kept (as the lead picture)
+    #                              when at most this many characters of page text lie between them; 0: never
     max_images: int = 200  # images kept per document, in reading order
     drop_teasers: bool = True  # drop images of teaser cards / related-links, nav, comment, ad blocks
     prefer_largest: bool = False  # take the largest srcset candidate even where <img src> is a real image
@@ -364,7 +365,7 @@ def prepare_tree(tree: etree._Element, url: str,
             if attr not in ("alt", "title", "width", "height"):
                 del img.attrib[attr]
         img.set("src", f"http://{_STANDIN_HOST}/{n}.png")
-    # <picture>/<source> leftovers would confuse trafilatura's image handling: keep the bare <img>
+    # <picture>/<source> leftovers (their srcset is resolved above): keep the bare <img>
     for picture in list(tree.iter("picture")):
         for source in list(picture.iter("source")):
             source.drop_tag() if len(source) else _drop_keep_tail(source)
@@ -375,7 +376,7 @@ def prepare_tree(tree: etree._Element, url: str,
 
 # ---- walking trafilatura's XML -------------------------------------------------------------------------
 _BLOCK_TAGS = {"p", "head", "item", "row", "quote", "code", "cell", "list", "table", "div"}
-_CONTAINER_TAGS = ("p", "head", "list", "table", "graphic", "quote", "code")
+_CONTAINER_TAGS = ("p", "head", "list", "table", "quote", "code")
 _INVISIBLE = str.maketrans("", "", "\u00ad\u200b\u2060\ufeff")  # soft hyphen, zero-width space/no-break
 
 
@@ -386,7 +387,8 @@ def _clean(text: str) -> str:
 
 
 class _Walker:
-    """Turns trafilatura's XML body into an ordered list of ("text", str) / ("image", n) items."""
+    """Turns trafilatura's XML body into an ordered list of ("text", str) items (images come later, from
+    `_place_images`, as ("image", stand-in number) items)."""
 
     def __init__(self) -> None:
         self.items: list[tuple[str, object]] = []
@@ -400,17 +402,9 @@ class _Walker:
 
     def visit(self, el: etree._Element) -> None:
         tag = el.tag if isinstance(el.tag, str) else ""
-        if tag == "graphic":
-            self.flush()
-            m = _STANDIN.match(el.get("src") or "")
-            if m:
-                self.items.append(("image", int(m.group(1))))
-            if el.tail:
-                self.buf.append(el.tail)
-            return
         if tag == "row":
             self.flush()
-            if any(next(cell.iterdescendants(*_CONTAINER_TAGS), None) is not None for cell in el):
+            if next(el.iterdescendants(*_CONTAINER_TAGS), None) is not None:
                 self.visit_children(el)  # a layout table: each cell holds blocks of its own
             else:
                 cells = [_clean(" ".join(cell.itertext())).replace("\n", " ") for cell in el]
@@ -447,90 +441,128 @@ def _walk(body: etree._Element) -> list[tuple[str, object]]:
     return walker.items
 
 
-def _keep_main_text(items: list[tuple[str, object]], main_texts: list[str]) -> list[tuple[str, object]]:
-    """Keep the text blocks of the image pass that the text-only pass also extracted. trafilatura with
-    images on keeps image containers (captions, sidebars with thumbnails) whose text it judges boilerplate
-    when images are off; its text-only judgement decides, image positions come from the image pass."""
-    exact = {_norm_text(t) for t in main_texts}
-    joined = "\n".join(_norm_text(t) for t in main_texts)
-    keep = []
-    for kind, value in items:
-        if kind == "text":
-            norm = _norm_text(value)
-            keep.append(norm in exact or (len(norm) >= 20 and norm in joined))
-        else:
-            keep.append(True)
-    # an image whose nearest text blocks on both sides were both judged boilerplate goes with them
-    text_at = [i for i, (kind, _) in enumerate(items) if kind == "text"]
-    for i, (kind, _) in enumerate(items):
-        if kind != "image":
+# ---- image placement -----------------------------------------------------------------------------------
+# Elements whose text is not page text (JSON-LD in <script> often repeats the article body verbatim).
+_NOT_PAGE_TEXT = {"script", "style", "template", "head", "title", "noscript", "select", "option", "textarea"}
+_ANCHOR_CHARS = 30  # an extracted block is found in the page by its first 30 non-space characters
+
+
+def _squash(text: str) -> str:
+    """Text as compared between trafilatura's output and the page: NFC, no invisible characters and no
+    whitespace at all (trafilatura inserts or drops spaces at tag boundaries; CJK text has none)."""
+    text = "".join(text.split()).translate(_INVISIBLE)
+    return text if unicodedata.is_normalized("NFC", text) else unicodedata.normalize("NFC", text)
+
+
+@dataclass
+class _PageText:
+    """The visible text of a page as one squashed string, with where each piece and each image sits."""
+
+    text: str
+    piece_at: list[int]  # offset of each text piece (ascending)
+    piece_owner: list[etree._Element]  # the element whose text (or whose child's tail) the piece is
+    images: list[tuple[int, int, etree._Element]]  # (offset, stand-in number, <img>) in page order
+
+
+def _page_text(root: etree._Element) -> _PageText:
+    chunks: list[str] = []
+    page = _PageText("", [], [], [])
+    pos = 0
+
+    def add(text: str | None, owner: etree._Element) -> None:
+        nonlocal pos
+        if not text or text.isspace():  # most tails are layout whitespace
+            return
+        squashed = _squash(text)
+        if squashed:
+            page.piece_at.append(pos)
+            page.piece_owner.append(owner)
+            chunks.append(squashed)
+            pos += len(squashed)
+
+    walker = etree.iterwalk(root, events=("start", "end"))
+    for event, el in walker:
+        if event == "end":
+            add(el.tail, el.getparent())
             continue
-        k = bisect.bisect_left(text_at, i)
-        if 0 < k < len(text_at) and not keep[text_at[k - 1]] and not keep[text_at[k]]:
-            keep[i] = False
-    return [item for item, k in zip(items, keep) if k]
+        tag = el.tag if isinstance(el.tag, str) else ""
+        if tag in _NOT_PAGE_TEXT:
+            walker.skip_subtree()  # no "end" event follows for a skipped element: take its tail here
+            add(el.tail, el.getparent())
+            continue
+        if tag == "img":
+            m = _STANDIN.match(el.get("src") or "")
+            if m:
+                page.images.append((pos, int(m.group(1)), el))
+        add(el.text, el)
+    page.text = "".join(chunks)
+    return page
 
 
-# ---- image recovery ------------------------------------------------------------------------------------
-def _norm_text(text: str) -> str:
-    return " ".join(text.split()).lower()
+def _place_images(original: etree._Element, items: list[tuple[str, object]],
+                  lead_image_chars: int) -> list[tuple[str, object]]:
+    """Put the page's content images between the text blocks trafilatura extracted.
 
-
-def _recover_images(original: etree._Element, items: list[tuple[str, object]],
-                    records: list[_ImageRecord]) -> list[tuple[str, object]]:
-    """Insert images of the main content container that trafilatura left out, after the text block that
-    precedes them in the page. The container is the smallest element holding at least half of the
-    extracted text blocks that can be found in the page."""
-    texts = [t for kind, t in items if kind == "text" and len(t) >= 40]
-    if not texts:
+    Each extracted block is anchored in the page text (its first characters, searched forward from the
+    previous anchor). The main content container is the smallest element holding at least half of the
+    anchored blocks. An image of that container (not a teaser card, related link, nav or ad block) that sits
+    between the first and the last anchored block goes before the first block that follows it in the page; an
+    image before the first block goes first when at most `lead_image_chars` characters of page text separate
+    them (a lead picture under the headline); images after the last block (related stories, author boxes) are
+    left out."""
+    page = _page_text(original)
+    if not page.images:
         return items
-    # map each extracted text block (by its first 40 normalised characters) to its element in the page
-    keys = {_norm_text(t)[:40]: i for i, (kind, t) in enumerate(items) if kind == "text" and len(t) >= 40}
-    found: dict[int, etree._Element] = {}  # item index -> page element
-    for el in original.iter("p", "h1", "h2", "h3", "h4", "h5", "h6", "li", "blockquote", "pre", "td", "div"):
-        own = _norm_text("".join(el.itertext()))[:40]
-        if own in keys and keys[own] not in found:
-            found[keys[own]] = el
-    if len(found) < 2:
+    anchors: list[tuple[int, int, int]] = []  # (item index, start, end) as offsets in page.text
+    cursor = 0
+    for i, (kind, text) in enumerate(items):
+        if kind != "text":
+            continue
+        squashed = _squash(str(text).split(" | ", 1)[0])  # a table row: its first cell
+        key = squashed[:_ANCHOR_CHARS]
+        if len(key) < 2:
+            continue
+        at = page.text.find(key, cursor)
+        if at < 0 and len(key) >= 8:  # out of page order (trafilatura moved it): anywhere, if distinctive
+            at = page.text.find(key)
+        if at < 0:
+            continue
+        anchors.append((i, at, at + len(_squash(str(text)))))
+        cursor = max(cursor, at + len(key))
+    if not anchors:
         return items
-    # the container: walk up from the first found element until it holds half of the found elements
-    elements = list(found.values())
-    need = max(2, (len(elements) + 1) // 2)
-    container = elements[0]
-    while container is not None:
-        inside = sum(1 for e in elements if _is_ancestor(container, e))
-        if inside >= need:
-            break
+    owners = [page.piece_owner[bisect.bisect_right(page.piece_at, start) - 1] for _, start, _ in anchors]
+    holds: Counter = Counter()  # element -> how many anchored blocks it holds
+    for owner in owners:
+        holds.update(owner.iterancestors())
+        holds[owner] += 1
+    container = owners[0]
+    while container is not None and holds[container] < (len(owners) + 1) // 2:
         container = container.getparent()
     if container is None or container.tag in ("html", "body"):
-        return items
-    present = {n for kind, n in items if kind == "image"}
-    # page order of everything in the container: found text elements and stand-in images
-    order: list[tuple[str, int]] = []
-    el_to_item = {id(e): i for i, e in found.items()}
-    for el in container.iter():
-        if id(el) in el_to_item:
-            order.append(("text", el_to_item[id(el)]))
-        elif el.tag == "img":
-            m = _STANDIN.match(el.get("src") or "")
-            if m and int(m.group(1)) not in present and not _teaser(el, container):
-                order.append(("image", int(m.group(1))))
-    # attach each missing image after the extracted text block that precedes it in the page; images before
-    # the first or after the last extracted block are outside the article body (headers, related links)
-    after: dict[int, list[int]] = {}
-    pending: list[int] = []
-    last_text = None
-    for kind, v in order:
-        if kind == "text":
-            if pending and last_text is not None:
-                after.setdefault(last_text, []).extend(pending)
-            pending, last_text = [], v
-        else:
-            pending.append(v)
+        container = None  # no single content element: every image between the blocks is a candidate
+    anchors.sort(key=lambda a: a[1])
+    starts = [start for _, start, _ in anchors]
+    last_end = max(end for _, _, end in anchors)
+    before: dict[int, list[int]] = {}  # item index -> images that go just before it
+    after: list[int] = []  # images that go just after the last block in page order
+    for at, n, img in page.images:
+        if container is not None and not _is_ancestor(container, img):
+            continue
+        k = bisect.bisect_left(starts, at)  # an image at the very offset where a block starts precedes it
+        lead = k == 0
+        if at >= last_end or (lead and not 0 < lead_image_chars >= starts[0] - at) or _teaser(img, container):
+            continue
+        if k < len(anchors):
+            before.setdefault(anchors[k][0], []).append(n)
+        else:  # inside the last block's text (an inline picture): after that block
+            after.append(n)
     out: list[tuple[str, object]] = []
     for i, item in enumerate(items):
+        out.extend(("image", n) for n in before.get(i, []))
         out.append(item)
-        out.extend(("image", n) for n in after.get(i, []))
+        if i == anchors[-1][0]:
+            out.extend(("image", n) for n in after)
     return out
 
 
@@ -593,13 +625,13 @@ def _parse(html: str) -> etree._Element | None:
     return tree
 
 
-def _run_trafilatura(tree: etree._Element, url: str, config: ExtractConfig,
-                     images: bool = True) -> etree._Element | None:
-    """trafilatura's main-content extraction on a prepared tree; its XML body or None."""
+def _run_trafilatura(tree: etree._Element, url: str, config: ExtractConfig) -> etree._Element | None:
+    """trafilatura's main-content extraction (text only) on a prepared tree; its XML body or None."""
     result = trafilatura.bare_extraction(
-        tree, url=url or None, include_images=images, include_tables=config.include_tables,
+        tree, url=url or None, include_images=False, include_tables=config.include_tables,
         include_comments=config.include_comments, favor_precision=config.favor_precision,
-        favor_recall=config.favor_recall, with_metadata=False, output_format="python",
+        favor_recall=config.favor_recall, with_metadata=False,
+        output_format="xml",  # the XML body only: "python" would also render it as plain text, unused here
     )
     if result is None or result.body is None:
         return None
@@ -633,25 +665,12 @@ def _extract(html: str, url: str, *, source: str, fetched_at: str, doc_id: str,
         meta["meta_robots"] = robots
     title = _title(tree)
     records, _junk = prepare_tree(tree, url, config.prefer_largest, config.drop_teasers)
-    original = deepcopy(tree) if config.recover_images and records else None
-    # The image pass only places images: on a page without candidate images it would repeat the text pass.
-    image_pass = not config.text_pass or (config.image_pass and bool(records))
-    body, items = None, []
-    if image_pass:
-        body = _run_trafilatura(deepcopy(tree) if config.text_pass else tree, url, config)
-        if body is None and not config.text_pass:
-            return None
-        items = _walk(body) if body is not None else []
-    if config.text_pass:
-        text_body = _run_trafilatura(tree, url, config, images=False)
-        if text_body is None:
-            return None
-        main_texts = [t for kind, t in _walk(text_body) if kind == "text"]
-        # without an image pass (or when it found nothing) the text pass alone gives the blocks; images then
-        # come from recovery
-        items = _keep_main_text(items, main_texts) if body is not None else [("text", t) for t in main_texts]
-    if original is not None and records:
-        items = _recover_images(original, items, records)
+    body = _run_trafilatura(tree, url, config)  # works on its own copy of the tree
+    if body is None:
+        return None
+    items = _walk(body)
+    if records:
+        items = _place_images(tree, items, config.lead_image_chars)
     doc = Document(id=doc_id or make_doc_id(source or url), url=url, source=source, fetched_at=fetched_at,
                    title=title, meta=meta)
     seen: set[str] = set()

@@ -53,7 +53,7 @@ class GopherQualityFilter(Filter):
         s["gopher_bullet_lines_ratio"] = sum(ln.lstrip().startswith(self.bullets) for ln in lines) / len(lines)
         s["gopher_ellipsis_lines_ratio"] = sum(
             ln.rstrip().endswith(("...", "…")) for ln in lines) / len(lines)
-        s["gopher_alpha_words_ratio"] = sum(any(ch.isalpha() for ch in w) for w in ws_words) / n_ws
+        s["gopher_alpha_words_ratio"] = sum(any(map(str.isalpha, w)) for w in ws_words) / n_ws
         stop_words = stop_words_for(lang)
         if stop_words is not None:
             present = {t.lower() for t in words}

@@ -77,7 +77,7 @@ def tokens(text: str) -> list[str]:
 
 def is_word(token: str) -> bool:
     """A token with at least one letter or digit (not a pure punctuation/symbol token)."""
-    return any(c.isalnum() for c in token)
+    return any(map(str.isalnum, token))
 
 
 def words(text: str) -> list[str]:

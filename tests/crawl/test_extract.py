@@ -82,6 +82,52 @@ def test_lazy_attributes_srcset_and_picture():
     ]
 
 
+def test_images_between_short_cjk_paragraphs_are_placed():
+    # Chinese paragraphs are short in characters and have no spaces: each is anchored in the page text
+    paras = ["一波波接續性低溫寒流報到，已將新竹尖石鄉後山一帶層層山巒披上嫣紅的彩衣。",
+             "玉峰道路一路上雲氣山嵐滯留山頭，順路下切蜿蜒道路後不久即抵達玉峰國小。",
+             "美樹營地美如其名，偌大楓香樹早已呈現金黃，泛紅色彩也是攝影人士喜愛造訪之地。",
+             "第二次造訪美樹發現營區變了，印象中以前生冷的招牌換成了原木招牌，可謂匠心獨運。"]
+    body = "".join(f"<p>{t}</p><p><a href='/p{i}.jpg'><img src='/photos/{i}.jpg'></a></p>"
+                   for i, t in enumerate(paras[:3])) + f"<p>{paras[3]}</p>"
+    doc = extract(page(body).replace("Market day in the river town", "楓紅層層的美樹營地"),
+                  url="https://blog.example.tw/post/1")
+    assert doc is not None
+    assert image_urls(doc) == [f"https://blog.example.tw/photos/{i}.jpg" for i in range(3)]
+    body_texts = doc.texts[doc.texts.index(None) - 1:]  # from the first paragraph on (after the headline)
+    assert [t if t is None else t[:10] for t in body_texts] == [
+        paras[0][:10], None, paras[1][:10], None, paras[2][:10], None, paras[3][:10]]  # each photo after its paragraph
+
+
+def test_lead_image_kept_trailing_and_outside_images_left_out():
+    html = ("<html><head><title>Market town</title>"
+            f"<script type='application/ld+json'>{{\"articleBody\": \"{PARA} {PARA2}\"}}</script></head><body>"
+            "<div class='masthead'><img src='/ads/banner-728x90.jpg' width='728' height='90'></div>"
+            "<article><figure><img src='/media/lead.jpg' alt='The market square'></figure>"
+            "<h1>Market day in the river town</h1>"
+            f"<p>{PARA}</p><img src='/media/middle.jpg'><p>{PARA2}</p><p>{PARA3}</p>"
+            "<img src='/media/after-the-text.jpg'></article>"
+            "<aside><p>More stories from the valley and beyond, every week in your inbox.</p>"
+            "<img src='/media/aside.jpg'></aside></body></html>")
+    doc = extract(html)
+    assert doc is not None
+    assert image_urls(doc) == ["https://news.example.com/media/lead.jpg",
+                               "https://news.example.com/media/middle.jpg"]
+    kinds = "".join("t" if t is not None else "i" for t in doc.texts)
+    assert kinds in ("ittitt", "ititt"), kinds  # lead picture, (headline), text, image, text, text
+    middle = doc.texts.index(None, 1)
+    assert PARA[:40] in doc.texts[middle - 1] and PARA2[:40] in doc.texts[middle + 1]
+    assert image_urls(extract(html, lead_image_chars=0)) == ["https://news.example.com/media/middle.jpg"]
+
+
+def test_inline_image_inside_the_last_paragraph_follows_it():
+    half = len(PARA3) // 2
+    doc = extract(page(f"<p>{PARA}</p><p>{PARA2}</p><p>{PARA3[:half]}<img src='/inline.jpg'>{PARA3[half:]}</p>"))
+    assert doc is not None
+    assert image_urls(doc) == ["https://news.example.com/inline.jpg"]
+    assert doc.texts[-1] is None and PARA3[:40] in doc.texts[-2]
+
+
 def test_largest_srcset_candidate():
     assert largest_srcset_candidate("a.jpg 100w, b.jpg 800w, c.jpg 400w") == "b.jpg"
     assert largest_srcset_candidate("a.jpg 1x, b.jpg 3x, c.jpg 2x") == "b.jpg"
