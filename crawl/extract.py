@@ -499,7 +499,7 @@ def _page_text(root: etree._Element) -> _PageText:
     return page
 
 
-def _place_images(original: etree._Element, items: list[tuple[str, object]],
+def _place_images(tree: etree._Element, items: list[tuple[str, object]],
                   lead_image_chars: int) -> list[tuple[str, object]]:
     """Put the page's content images between the text blocks trafilatura extracted.
 
@@ -510,7 +510,7 @@ def _place_images(original: etree._Element, items: list[tuple[str, object]],
     image before the first block goes first when at most `lead_image_chars` characters of page text separate
     them (a lead picture under the headline); images after the last block (related stories, author boxes) are
     left out."""
-    page = _page_text(original)
+    page = _page_text(tree)
     if not page.images:
         return items
     anchors: list[tuple[int, int, int]] = []  # (item index, start, end) as offsets in page.text
@@ -549,10 +549,11 @@ def _place_images(original: etree._Element, items: list[tuple[str, object]],
     for at, n, img in page.images:
         if container is not None and not _is_ancestor(container, img):
             continue
-        k = bisect.bisect_left(starts, at)  # an image at the very offset where a block starts precedes it
-        lead = k == 0
-        if at >= last_end or (lead and not 0 < lead_image_chars >= starts[0] - at) or _teaser(img, container):
+        if at >= last_end or _teaser(img, container):  # after the text, or a teaser / nav / ad block
             continue
+        k = bisect.bisect_left(starts, at)  # an image at the very offset where a block starts precedes it
+        if k == 0 and not (lead_image_chars > 0 and starts[0] - at <= lead_image_chars):
+            continue  # above the first block, too far from it to be its lead picture
         if k < len(anchors):
             before.setdefault(anchors[k][0], []).append(n)
         else:  # inside the last block's text (an inline picture): after that block
