@@ -1,3 +1,4 @@
+import hashlib
 import io
 import struct
 import zlib
@@ -8,6 +9,7 @@ from PIL import Image as PILImage
 
 from conftest import real_path
 from crawl.images import ImageConfig, ImageStep, process_image
+from crawl.sources import discover_units, open_source
 from pipeline.record import Document, Image
 from pipeline.stats import Ledger, check_funnel
 
@@ -43,9 +45,22 @@ def test_corrupt_exif_keeps_the_image():
 
 
 def test_every_real_photo_decodes_or_drops_without_raising():
+    decoded = 0
     for p in sorted(real_path("dev", "images", "photos").iterdir()):
         r = process_image(p.read_bytes(), CFG)
-        assert isinstance(r, str) or (r.format == "jpeg" and max(r.width, r.height) <= CFG.max_side)
+        with PILImage.open(p) as src:
+            w, h = src.size
+        if isinstance(r, str):  # the only reason a real, intact photo may be dropped: it is really small
+            assert r == "too_small" and min(w, h) < CFG.min_side, (p.name, r, w, h)
+            continue
+        assert r.format == "jpeg" and max(r.width, r.height) <= CFG.max_side, p.name
+        # downscaled (never up), aspect kept (up to EXIF rotation and rounding), bytes a JPEG of that size
+        assert max(r.width, r.height) == min(max(w, h), CFG.max_side), (p.name, w, h, r.width, r.height)
+        assert abs(min(r.width, r.height) / max(r.width, r.height) - min(w, h) / max(w, h)) < 0.01, p.name
+        with PILImage.open(io.BytesIO(r.data)) as out:
+            assert out.format == "JPEG" and out.size == (r.width, r.height), p.name
+        decoded += 1
+    assert decoded >= 30  # most real photos decode (the dropped ones are the 128 px hopper variants)
 
 
 def test_exif_orientation_is_applied_before_phash():
@@ -66,18 +81,32 @@ def test_caps_and_bands():
     assert (ok.width, ok.height) == (1024, 683) and ok.data[:2] == b"\xff\xd8"
 
 
-def test_image_step_drops_items_and_counts():
-    doc = Document(id="d1", url="https://a.org/", source="t")
+def test_image_step_drops_items_and_counts(tmp_path):
+    # the resolver of an HTML-folder source: images are the files beside the page (never outside its folder)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<html><body><p>hello</p><img src='ok.png'></body></html>")
+    (site / "ok.png").write_bytes(_png(300, 200))
+    (site / "small.png").write_bytes(_png(20, 20))
+    (tmp_path / "outside.png").write_bytes(_png(300, 200))  # exists, but outside the source's folder
+    [unit] = discover_units([str(site)])
+    source = open_source(unit)
+    source.index_images()
+    ok, small, missing, outside = ((site / n).as_uri() for n in ("ok.png", "small.png", "missing.png",
+                                                                   "../outside.png"))
+    doc = Document(id="d1", url=(site / "index.html").as_uri(), source="t")
     doc.append_text("hello")
-    for u in ("https://a.org/ok.png", "https://a.org/small.png", "https://a.org/missing.png"):
+    for u in (ok, small, missing, outside):
         doc.append_image(Image(url=u))
-    store = {"https://a.org/ok.png": _png(300, 200), "https://a.org/small.png": _png(20, 20)}
-    step = ImageStep(CFG, lambda urls: {u: store.get(u, "image_not_in_source") for u in urls})
+    step = ImageStep(CFG, source.images.fetch_many)
     ledger = Ledger()
     out = step.process(doc, ledger)
-    assert [im.url if im else None for im in out.images] == [None, "https://a.org/ok.png"]
-    assert out.images[1].sha1 and len(out.images[1].phash) == 16
+    assert [im.url if im else None for im in out.images] == [None, ok]
+    im = out.images[1]
+    assert (im.width, im.height, im.format) == (300, 200, "jpeg") and im.data[:2] == b"\xff\xd8"
+    assert im.sha1 == hashlib.sha1(im.data).hexdigest() and len(im.phash) == 16
     items = ledger.to_dict()["items"]["images/image"]
-    assert items == {"in": 3, "out": 1, "drops": {"image_not_in_source": 1, "too_small": 1}}
+    assert items == {"in": 4, "out": 1, "drops": {"image_not_in_source": 2, "too_small": 1}}
     assert check_funnel(ledger.to_dict()) == []
-    assert {r["reason"] for r in ledger.rejects} == {"image_not_in_source", "too_small"}
+    assert sorted((r["reason"], r["detail"]) for r in ledger.rejects) == sorted(
+        [("image_not_in_source", missing), ("image_not_in_source", outside), ("too_small", small)])
