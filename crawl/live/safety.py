@@ -2,7 +2,8 @@
 
 `url_problem(url)` refuses non-http(s) schemes (`bad_scheme`), URLs with user:password (`credentials_in_url`)
 and unparseable ones (`bad_url`). `AddressPolicy` refuses private, loopback, link-local, multicast,
-reserved and unspecified addresses unless they fall in an allow-listed CIDR.
+reserved, site-local and unspecified addresses unless they fall in an allow-listed CIDR; an IPv6 address
+that carries an IPv4 one (IPv4-mapped, NAT64 64:ff9b::/96, 6to4 2002::/16) is judged by that IPv4 address.
 
 DNS rebinding: `SafeNetworkBackend` is the httpx/httpcore network backend of every client we make. It
 resolves the host itself, checks every address, and connects to the checked address, so the address that
@@ -65,6 +66,21 @@ def host_key(url: str) -> str:
     return f"{host}:{port}"
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: the last 32 bits are an IPv4 address
+
+
+def embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for and routes to: IPv4-mapped (::ffff:a.b.c.d), NAT64
+    (64:ff9b::a.b.c.d) or 6to4 (2002:AABB:CCDD::); None otherwise."""
+    if ip.version != 6:
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip.sixtofour
+
+
 class AddressPolicy:
     def __init__(self, allow: Iterable[str] = ()):
         self.allow = [ipaddress.ip_network(c, strict=False) for c in allow]
@@ -72,10 +88,13 @@ class AddressPolicy:
     def allowed(self, ip: IPAddress) -> bool:
         if any(ip in net for net in self.allow if net.version == ip.version):
             return True
-        mapped = getattr(ip, "ipv4_mapped", None)
-        if mapped is not None:
-            return self.allowed(mapped)
-        return ip.is_global and not ip.is_multicast
+        inner = embedded_ipv4(ip)
+        if inner is not None:  # judged by the IPv4 address it reaches (64:ff9b::10.0.0.1 is 10.0.0.1)
+            return self.allowed(inner)
+        # is_global alone lets through IPv6 reserved space (IPv4-compatible ::127.0.0.1) and the deprecated
+        # site-local fec0::/10
+        return (ip.is_global and not ip.is_multicast and not ip.is_reserved
+                and not getattr(ip, "is_site_local", False))
 
     async def resolve(self, host: str, port: int) -> list[str]:
         """Resolve `host` and check every address; return them (IP literals skip DNS).

@@ -179,3 +179,26 @@ def test_config_rejects_bad_cidr():
         CrawlConfig(allow_private=["localhost"])
     with pytest.raises(ValueError):
         CrawlConfig(bogus=1)
+
+
+def test_ipv6_forms_of_private_ipv4_and_dns_spellings_of_loopback_are_refused(server, tmp_path):
+    """An IPv6 address is judged by the IPv4 address it carries (NAT64 and 6to4 route to it); IPv6 reserved
+    and site-local space is refused; hostnames that resolve to 127.0.0.1 (decimal, octal, short forms,
+    localhost) are refused at resolution time, so nothing reaches the loopback server."""
+    import ipaddress
+
+    policy = AddressPolicy([])
+    refused = ["64:ff9b::a00:1", "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "2002:a00:1::", "2002:7f00:1::1",
+               "::7f00:1", "::a00:1", "fec0::1", "::ffff:169.254.169.254"]
+    for a in refused:
+        assert not policy.allowed(ipaddress.ip_address(a)), a
+    for a in ["64:ff9b::808:808", "2002:808:808::1", "2606:4700:4700::1111", "8.8.8.8"]:
+        assert policy.allowed(ipaddress.ip_address(a)), a
+    assert AddressPolicy(["10.0.0.0/8"]).allowed(ipaddress.ip_address("64:ff9b::a00:1"))  # allow-list applies
+    port = server.port
+    urls = [f"http://[64:ff9b::7f00:1]:{port}/", f"http://[::127.0.0.1]:{port}/", f"http://2130706433:{port}/",
+            f"http://0177.0.0.1:{port}/", f"http://0x7f.1:{port}/", f"http://127.1:{port}/",
+            f"http://localhost:{port}/index.html"]
+    got, _ = run_fetches(cfg(allow_private=[]), urls, tmp_path)
+    assert {u: r.reason for u, r in got.items()} == {u: "unsafe_address" for u in urls}
+    assert server.hits() == []
