@@ -49,6 +49,10 @@ def test_shards_are_byte_deterministic(tmp_path):
     a = write_shards(_docs(3), tmp_path / "a", "p")
     b = write_shards(_docs(3), tmp_path / "b", "p")
     assert [s.sha256 for s in a] == [s.sha256 for s in b]
+    for s in a:  # the files themselves, not only what the manifest says about them
+        tar_a, tar_b = (root / "shards" / f"{s.name}.tar" for root in (tmp_path / "a", tmp_path / "b"))
+        assert tar_a.read_bytes() == tar_b.read_bytes()
+        assert hashlib.sha256(tar_a.read_bytes()).hexdigest() == s.sha256
 
 
 def test_reader_trusts_only_complete_manifest_lines(tmp_path):
