@@ -32,15 +32,6 @@ def _need(path: Path) -> None:
         pytest.skip(f"../shared/data/real not present: {path} is needed")
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 # ---- data ----------------------------------------------------------------------------------------------
 def _articles() -> list[tuple[str, str]]:
     _need(GROUND_TRUTH)
