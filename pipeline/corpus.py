@@ -233,7 +233,16 @@ class Corpus:
 
 
 def iter_tar_documents(fileobj, with_images: bool = True, where: str = "") -> Iterator[Document]:
-    """Decode samples from a shard stream. Only JSON and raw image bytes are read: nothing is unpickled."""
+    """Decode samples from a shard stream. Only JSON and raw image bytes are read: nothing is unpickled.
+
+    A damaged shard (not a tar, truncated, a sample JSON of the wrong shape) raises ValueError naming `where`."""
+    try:
+        yield from _iter_tar_documents(fileobj, with_images, where)
+    except tarfile.TarError as e:
+        raise ValueError(f"{where}: not a readable tar stream: {e}") from None
+
+
+def _iter_tar_documents(fileobj, with_images: bool, where: str) -> Iterator[Document]:
     current: Document | None = None
     members: dict[str, bytes] = {}
     with tarfile.open(fileobj=fileobj, mode="r|") as tar:
@@ -248,7 +257,7 @@ def iter_tar_documents(fileobj, with_images: bool = True, where: str = "") -> It
             if suffix == "json":
                 try:
                     current = Document.from_json(data)
-                except ValueError as e:
+                except (ValueError, TypeError, AttributeError, KeyError) as e:  # valid JSON, wrong shape too
                     raise ValueError(f"{where}: member {info.name}: {e}") from None
             elif current is None:
                 raise ValueError(f"{where}: member {info.name} comes before its {key}.json")

@@ -93,3 +93,33 @@ def test_export_hf_gives_decoded_images(tmp_path):
     assert isinstance(ds.features["images"].feature, datasets.Image)
     im = ds[1]["images"][1]
     assert im.size == (160, 160) and ds[1]["images"][0] is None
+
+
+def test_damaged_shards_raise_value_error_naming_the_shard(tmp_path):
+    """Not a tar, a tar cut short, a sample JSON of the wrong shape: each a ValueError with the shard path
+    (what readers catch and count), never a tarfile or TypeError escaping."""
+    import tarfile
+
+    [info] = write_shards(_docs(2), tmp_path, "p")
+    append_manifest(tmp_path, [info])
+    corpus = Corpus(tmp_path)
+    shard = tmp_path / "shards" / "p-0000.tar"
+    good = shard.read_bytes()
+    shard.write_bytes(b"\x01 this is not a tar archive " * 64)
+    with pytest.raises(ValueError, match="p-0000.tar"):
+        corpus.read_document("p-0000", 0)
+    with pytest.raises(ValueError, match="p-0000.tar"):
+        list(corpus.iter_documents())
+    shard.write_bytes(good[:1200])  # the first sample's JSON header and part of its body
+    with pytest.raises(ValueError, match="p-0000.tar"):
+        list(corpus.iter_documents())
+    for body in (b"[1, 2]", b'{"id": "x", "url": "u", "source": "s", "texts": ["a"], "images": [null],'
+                                b' "signals": ["not", "a", "dict"]}'):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            member = tarfile.TarInfo("x.json")
+            member.size = len(body)
+            tar.addfile(member, io.BytesIO(body))
+        shard.write_bytes(buf.getvalue())
+        with pytest.raises(ValueError, match="x.json"):
+            list(corpus.iter_documents())

@@ -301,3 +301,21 @@ def test_report_in_chromium(corpus, report, chrome):
     while time.time() < end and not chrome.execute_script("return window.__csp"):
         time.sleep(0.1)
     assert chrome.execute_script("return window.__csp") >= 1
+
+
+def test_damaged_shard_is_a_reported_load_error_not_a_crash(tmp_path):
+    """A shard listed in the manifest whose bytes are not a tar any more (its index still points into it):
+    the report is written, the other shard's document is shown, the damaged one is named as left out."""
+    root = tmp_path / "c"
+    append_manifest(root, write_shards([planted_document()], root, "good"))
+    other = planted_document()
+    other.id, other.source = make_doc_id("test:damaged"), "test:damaged"
+    append_manifest(root, write_shards([other], root, "damaged"))
+    (root / "shards" / "damaged-0000.tar").write_bytes(b"\x01 not a tar any more " * 200)
+    summary = make_report(root, tmp_path / "r", progress=False)
+    errors = summary["sample"]["load_errors"]
+    assert len(errors) == 1 and "damaged-0000" in errors[0]
+    html = (tmp_path / "r" / "index.html").read_text()
+    shown = json.loads(html.split('id="report-data">')[1].split("</script>")[0])["documents"]
+    assert [d["id"] for d in shown] == [PLANTED_ID]
+    assert "damaged-0000" in html
