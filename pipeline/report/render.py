@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 from html import escape
 from importlib import resources
 from typing import Any
@@ -48,9 +49,22 @@ def link(url: str) -> str:
     return f'<span class="url">{esc(url)}</span>'
 
 
+def _finite(obj: Any) -> Any:
+    """`obj` with NaN and infinities as the strings "NaN", "Infinity", "-Infinity": JSON.parse rejects the
+    bare tokens Python's json writes for them, and one in a document would stop the whole browser."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj).replace("nan", "NaN").replace("inf", "Infinity")
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def embed_json(obj: Any) -> str:
-    """JSON safe inside a <script> element: no `<`, `>` or `&` characters left (so no `</script>`)."""
-    text = json.dumps(obj, ensure_ascii=False, sort_keys=False)
+    """JSON safe inside a <script> element: no `<`, `>` or `&` characters left (so no `</script>`), and
+    strict (no NaN/Infinity tokens), so the browser's JSON.parse accepts it."""
+    text = json.dumps(_finite(obj), ensure_ascii=False, sort_keys=False, allow_nan=False)
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 

@@ -319,3 +319,25 @@ def test_damaged_shard_is_a_reported_load_error_not_a_crash(tmp_path):
     shown = json.loads(html.split('id="report-data">')[1].split("</script>")[0])["documents"]
     assert [d["id"] for d in shown] == [PLANTED_ID]
     assert "damaged-0000" in html
+
+
+def test_non_finite_numbers_keep_the_embedded_json_strict(tmp_path):
+    """A document with NaN/infinite signals or language score (a foreign or hand-made shard): the embedded
+    JSON stays strict (browsers' JSON.parse rejects NaN and Infinity tokens, which would stop the whole
+    document browser) and the values are shown as text."""
+    def strict(blob: str):
+        def refuse(token):
+            raise ValueError(f"non-standard JSON token {token}")
+        return json.loads(blob, parse_constant=refuse)
+
+    assert strict(embed_json({"v": [float("nan"), float("inf"), -float("inf"), 0.5]})) == {
+        "v": ["NaN", "Infinity", "-Infinity", 0.5]}
+    root = tmp_path / "c"
+    doc = planted_document()
+    doc.lang_score = float("nan")
+    doc.signals = {"quality_score": float("nan"), "words_per_image": float("inf")}
+    append_manifest(root, write_shards([doc], root, "odd"))
+    make_report(root, tmp_path / "r", progress=False)
+    html = (tmp_path / "r" / "index.html").read_text()
+    [shown] = strict(html.split('id="report-data">')[1].split("</script>")[0])["documents"]
+    assert shown["signals"] == {"quality_score": "NaN", "words_per_image": "Infinity"}
