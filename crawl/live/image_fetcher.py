@@ -82,8 +82,13 @@ class ImageFetcher:
     async def fetch_one(self, url: str) -> bytes | str:
         count = self.ledger.item(STAGE, "image")
         count.n_in += 1
-        got = await self.fetcher.fetch(url, "image")
-        reason = got.reason if not isinstance(got, Fetched) else await asyncio.to_thread(check_image, got)
+        try:
+            got = await self.fetcher.fetch(url, "image")
+            reason = got.reason if not isinstance(got, Fetched) else await asyncio.to_thread(check_image, got)
+        except Exception as e:  # noqa: BLE001 - one failing URL is a counted drop, not the whole batch lost
+            reason = f"error:{type(e).__name__}"
+            self.ledger.drop(STAGE, reason, url=url, item="image", detail=str(e))
+            return reason
         if self.warc is not None:
             self.warc.maybe_rotate()
         if reason is not None:

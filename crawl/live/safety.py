@@ -53,6 +53,10 @@ def url_problem(url: str) -> str | None:
         return "bad_url"
     if parts.username is not None or parts.password is not None:
         return "credentials_in_url"
+    try:  # what the HTTP client cannot send (control characters, lone surrogates) is refused here, counted
+        httpx.URL(url)
+    except (httpx.InvalidURL, UnicodeError):
+        return "bad_url"
     return None
 
 

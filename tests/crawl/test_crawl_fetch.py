@@ -202,3 +202,29 @@ def test_ipv6_forms_of_private_ipv4_and_dns_spellings_of_loopback_are_refused(se
     got, _ = run_fetches(cfg(allow_private=[]), urls, tmp_path)
     assert {u: r.reason for u, r in got.items()} == {u: "unsafe_address" for u in urls}
     assert server.hits() == []
+
+
+def test_urls_the_client_cannot_send_are_counted_drops_not_a_lost_batch(server, tmp_path):
+    """Image URLs with control characters or lone surrogates (as they come out of real <img src>) are a
+    counted `bad_url` before any request; the other URLs of the same batch still come back."""
+    from crawl.live.image_fetcher import ImageFetcher
+    from crawl.live.safety import url_problem
+    from pipeline.stats import check_funnel
+
+    photo = next(iter(server.site.photos))
+    bad = [server.url("/photos/a\x01b.jpg"), server.url("/photos/\x7f.jpg"), server.url("/photos/a\tb.jpg"),
+           server.url("/photos/x.jpg?q=\udcff")]
+    assert [url_problem(u) for u in bad] == ["bad_url"] * len(bad)
+    assert url_problem(server.url("/photos/a b.jpg")) is None  # a space is quoted by the client, still fine
+
+    async def go():
+        fetcher = ImageFetcher(cfg(), tmp_path)
+        got = await fetcher.fetch_many([*bad, server.url(photo)])
+        await fetcher.aclose()
+        return got, fetcher.ledger
+
+    got, ledger = asyncio.run(go())
+    assert got == {**{u: "bad_url" for u in bad}, server.url(photo): server.site.photos[photo]}
+    d = ledger.to_dict()
+    assert check_funnel(d) == [] and d["items"]["fetch_images/image"] == {
+        "in": len(bad) + 1, "out": 1, "drops": {"bad_url": len(bad)}}
