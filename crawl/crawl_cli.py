@@ -15,16 +15,31 @@ from crawl.live.config import CrawlConfig
 from pipeline.config import load_config
 
 
+EXAMPLES = """\
+examples:
+  interloom crawl seeds.txt --output crawl/
+  interloom crawl seeds.parquet --column page_url --output crawl/ --set fetch_images=true
+  interloom crawl seeds.txt --output crawl/ --set follow_links=true --set max_depth=2 --set min_delay_s=2
+  interloom build --input 'crawl/*.warc.gz' --output corpus/          then build the WARCs
+
+config keys (--config YAML or --set): user_agent, min_delay_s, retries, follow_links, max_depth,
+  max_pages_per_host, fetch_images, allow_private, actors, warc_max_bytes, ... (all in crawl/live/config.py;
+  `interloom build --print-config` lists them with their defaults under "crawl").
+"""
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("crawl", help="crawl seed URLs into WARC files (robots.txt, politeness, resumable)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("seeds", help="text file with one URL per line, or a Parquet file")
-    p.add_argument("--output", "-o", required=True, help="folder for WARC files, crawl state and crawl_stats.json")
+                              description=__doc__, epilog=EXAMPLES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("seeds", help="text file with one URL per line (# comments allowed), or a Parquet file")
+    p.add_argument("--output", "-o", required=True, metavar="DIR",
+                   help="folder for WARC files, crawl state and crawl_stats.json (resumed when it exists)")
     p.add_argument("--column", default="url", help="URL column of a Parquet seed file (default: url)")
-    p.add_argument("--config", help="YAML file with CrawlConfig keys (user_agent, min_delay_s, actors, ...)")
+    p.add_argument("--config", "-c", metavar="FILE", help="YAML file with CrawlConfig keys (user_agent, min_delay_s, actors, ...)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set min_delay_s=2 --set follow_links=true")
-    p.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: start a local Ray instance)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

@@ -7,7 +7,8 @@ with a reason (`record_type:request`, `image_resource`, `not_html:text/css`, `ht
 
 WARC reading is two passes with fastwarc: pass 1 indexes image responses (by normalised URL and by payload
 digest, so revisit records of images resolve too), pass 2 streams HTML pages. Transfer and content encodings
-(chunked, gzip) are decoded by fastwarc; a truncated file ends its unit with a counted `warc_read_error`.
+(chunked, gzip) are decoded by fastwarc; a truncated file ends its unit with a counted `warc_read_error`, and
+a file with no WARC record in it (empty, or not a WARC) is one counted `warc_read_error`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def discover_units(paths: list[str]) -> list[Unit]:
         path = Path(p)
         if path.is_dir():
             kind = "html"
+            _check_html_folder(path)
         elif path.name.endswith(WARC_SUFFIXES):
             kind = "warc"
         elif path.name.endswith(HTML_SUFFIXES):
@@ -60,6 +62,20 @@ def discover_units(paths: list[str]) -> list[Unit]:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.name)[:60]
         units.append(Unit(str(path), kind, f"{safe}-{digest}"))
     return units
+
+
+def _check_html_folder(path: Path) -> None:
+    """A folder input is a folder of HTML pages: one with none (empty, or holding WARC files) is an error,
+    not an empty unit."""
+    files = (p for p in path.rglob("*") if p.is_file())
+    if any(p.name.lower().endswith(HTML_SUFFIXES) for p in files):
+        return
+    warcs = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(WARC_SUFFIXES))
+    if warcs:
+        suffix = next(s for s in WARC_SUFFIXES if warcs[0].name.endswith(s))
+        raise ValueError(f"input {path}: a folder input is a folder of HTML pages, and this one holds WARC files; "
+                         f"give them as files, e.g. --input '{path}/*{suffix}'")
+    raise ValueError(f"input {path}: folder holds no HTML files ({', '.join(HTML_SUFFIXES)})")
 
 
 class ImageStore:
@@ -179,16 +195,30 @@ class WarcSource:
         count = ledger.stage(READ)
         name = Path(self.unit.path).name
         it = self._iter()
+        prev, seen = None, 0
         while True:
+            if prev is not None:  # a record the file ends inside: fastwarc stops there without an error
+                prev.reader.consume()
+                if prev.reader.tell() < prev.content_length:
+                    count.n_in += 1
+                    ledger.drop(READ, "warc_read_error", item="record",
+                                detail=f"{name}: file ends inside a record (truncated)")
+                    return
             try:
                 rec = next(it)
             except StopIteration:
+                if seen == 0:  # random bytes or text: fastwarc finds no record and raises nothing
+                    count.n_in += 1
+                    ledger.drop(READ, "warc_read_error", item="record",
+                                detail=f"{name}: no WARC record found (empty, or not a WARC file)")
                 return
             except Exception as e:  # noqa: BLE001 - truncated/corrupt file: counted, unit ends
                 count.n_in += 1
                 ledger.drop(READ, "warc_read_error", item="record", detail=f"{name}: {e}")
                 return
             count.n_in += 1
+            seen += 1
+            prev = rec
             rtype = str(rec.record_type).rsplit(".", 1)[-1]
             url = rec.headers.get("WARC-Target-URI", "")
             rid = rec.headers.get("WARC-Record-ID", "").strip("<>")
@@ -216,9 +246,12 @@ class WarcSource:
                 ledger.drop(READ, reason, url=url, item="record")
                 continue
             try:
-                body = decode_payload(rec.reader.read(), _headers(rec))
+                raw = rec.reader.read()
+                if rec.reader.tell() < rec.content_length:
+                    raise ValueError("file ends inside this record (truncated)")
+                body = decode_payload(raw, _headers(rec))
             except Exception as e:  # noqa: BLE001
-                ledger.drop(READ, "warc_read_error", url=url, item="record", detail=str(e))
+                ledger.drop(READ, "warc_read_error", url=url, item="record", detail=f"{name}: {e}")
                 return
             source = f"warc:{name}#{rid}"
             count.n_out += 1

@@ -495,7 +495,7 @@ def _build(cfg: BuildConfig, paths: list[str], units: list[Unit], store: Storage
         if dedup_dir.exists():
             shutil.rmtree(dedup_dir)
         staged = [str(work / "units" / u.name / "docs.parquet") for u in units]
-        run_dedup(staged, str(dedup_dir), cfg.dedup, str(published))
+        run_dedup(staged, str(dedup_dir), cfg.dedup, str(published), progress=progress)
         if not store.local:
             for f in sorted((published / "dedup").glob("*.parquet")):
                 store.put_file(f, f"dedup/{f.name}")

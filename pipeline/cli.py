@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # user errors: bad config, missing input, unreadable corpus
         print(f"interloom {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the file system refused: an output folder that cannot be created, a full disk, ...
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"interloom {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -30,8 +30,20 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise ValueError(f"--set {text!r}: value is not valid YAML: {e}") from None
+        raise ValueError(f"--set {text!r}: value is not valid YAML: {_yaml_problem(e)}") from None
     return key.split("."), value
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: `line L, column C: problem (context)`."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(e).split())
+    context, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context and cmark is not None:
+        context += f" started at line {cmark.line + 1}, column {cmark.column + 1}"
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context})" if context else "")
 
 
 def _apply(tree: dict[str, Any], path: list[str], value: Any) -> None:
@@ -70,7 +82,7 @@ def load_config(model: type[M], path: str | Path | None = None, overrides: list[
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
-            raise ValueError(f"config file {p} is not valid YAML: {e}") from None
+            raise ValueError(f"config file {p} is not valid YAML: {_yaml_problem(e)}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {p}: top level must be a mapping, got {type(loaded).__name__}")
         tree = _deep_merge(tree, loaded)

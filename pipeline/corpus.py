@@ -180,8 +180,16 @@ class Corpus:
         with self.fs.open(_join(self.root, MANIFEST), "rb") as f:
             raw = f.read().decode("utf-8", errors="replace")
         # only complete lines count: a line still being appended has no newline yet
-        lines = raw.splitlines(keepends=True)
-        return [s for s in (_parse_line(ln) for ln in lines if ln.endswith("\n")) if s is not None]
+        out = []
+        for i, ln in enumerate(raw.splitlines(keepends=True), 1):
+            if not ln.endswith("\n") or not ln.strip():
+                continue
+            shard = _parse_line(ln)
+            if shard is None:  # a complete line that is no shard entry: the manifest was damaged
+                raise ValueError(f"{self.path}/{MANIFEST} line {i}: not a shard entry (JSON with name, "
+                                 f"documents, images, bytes, sha256): {ln.strip()[:80]!r}")
+            out.append(shard)
+        return out
 
     def read_json(self, name: str) -> Any:
         with self.fs.open(_join(self.root, name), "rb") as f:

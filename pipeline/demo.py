@@ -16,17 +16,28 @@ from pathlib import Path
 
 HELP = """\
 Run the whole interloom job on a small sample the project makes itself (CPU only, a few minutes):
-sample WARC -> corpus (Ray) -> debug-cpu MoE VLM training -> HTML report.
+sample WARC -> corpus (Ray) -> debug-cpu MoE VLM training -> HTML report. Nothing is downloaded.
+
+The output folder gets sample/ (the WARC), corpus/, run/ (checkpoints, metrics.jsonl, tb/) and
+report/index.html.
+"""
+
+EXAMPLES = """\
+examples:
+  interloom demo                                 everything, into demo-out/
+  interloom demo --skip-train --output /tmp/d    corpus and report only (under a minute)
+  interloom demo --pages 79 --steps 600
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="sample -> corpus -> training -> report, on this machine",
-                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=HELP, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", "-o", default="demo-out", metavar="DIR", help="where everything goes (default: demo-out)")
-    p.add_argument("--pages", type=int, default=60, help="article pages in the sample (default 60, max 79)")
-    p.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
-    p.add_argument("--skip-train", action="store_true", help="stop after the corpus and the report")
+    p.add_argument("--pages", type=int, default=60, metavar="N",
+                   help="article pages in the sample (default: 60, max 79)")
+    p.add_argument("--steps", type=int, default=300, metavar="N", help="training steps (default: 300)")
+    p.add_argument("--skip-train", action="store_true", help="no training: sample, corpus and report only")
     p.set_defaults(func=run)
 
 
@@ -36,6 +47,12 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.sample import make_sample
 
+    from pydoc_data.topics import topics  # the prose of the sample's article pages
+
+    if not 1 <= args.pages <= len(topics):
+        raise ValueError(f"--pages {args.pages}: the sample has 1 to {len(topics)} article pages")
+    if args.steps < 1 and not args.skip_train:
+        raise ValueError(f"--steps {args.steps}: train at least 1 step (or --skip-train)")
     out = Path(args.output).resolve()
     t0 = time.time()
     print(f"[1/4] writing the sample WARC to {out / 'sample'}")

@@ -1,7 +1,11 @@
 """`interloom train CONFIG [--corpus PATH] [--output RUN_DIR] [--set key=value ...]`.
 
-CONFIG is a YAML file or a bundled recipe name (debug-cpu, single-gpu, multi-gpu). Running it again on an
-existing RUN_DIR continues that run from its latest checkpoint.
+Train the Mixture-of-Experts vision-language model on a corpus with Ray Train, streaming its shards.
+CONFIG is a YAML file or a bundled recipe name (debug-cpu, single-gpu, multi-gpu; train/recipes/). Running it
+again on an existing RUN_DIR continues that run from its latest checkpoint.
+
+RUN_DIR gets checkpoint_*/ (Ray Train checkpoints), metrics.jsonl (loss, tokens/s, MFU), tb/ (TensorBoard),
+tokenizer.json and the resolved config.json.
 """
 
 from __future__ import annotations
@@ -9,17 +13,30 @@ from __future__ import annotations
 import argparse
 import sys
 
+EXAMPLES = """\
+examples:
+  interloom train debug-cpu --corpus corpus/ --output runs/debug        tiny model, CPU, 2 workers
+  interloom train single-gpu --corpus s3://bucket/corpus --output runs/a --set optim.lr=1e-3
+  interloom train run.yaml --corpus corpus/ --follow                     while `interloom build` writes it
+  interloom train multi-gpu --corpus s3://bucket/corpus --address ray://head:10001 --set run.num_workers=16
+
+config sections: data, model, optim, stages, run (train/config.py); a recipe shows a full YAML file.
+"""
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train the MoE VLM on a corpus (Ray Train); resumes a run dir",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=__doc__, epilog=EXAMPLES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="YAML file or recipe name: debug-cpu | single-gpu | multi-gpu")
-    p.add_argument("--corpus", help="corpus directory or fsspec URL (sets data.corpus)")
-    p.add_argument("--output", help="run directory (sets run.output); an existing one is resumed")
-    p.add_argument("--follow", action="store_true", help="stream shards of a build that is still running")
+    p.add_argument("--corpus", metavar="PATH", help="corpus directory or fsspec URL (sets data.corpus)")
+    p.add_argument("--output", "-o", metavar="RUN_DIR",
+                   help="run directory (sets run.output; default: the recipe's); an existing one is resumed")
+    p.add_argument("--follow", action="store_true",
+                   help="stream shards of a build that is still running (sets data.follow=true)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: a local instance)")
+    p.add_argument("--address", default=None, metavar="ADDR", help="Ray cluster address (default: a local instance)")
     p.set_defaults(func=run)
 
 
@@ -35,6 +52,12 @@ def run(args: argparse.Namespace) -> int:
     if args.follow:
         overrides.insert(0, "data.follow=true")
     cfg = load_config(TrainConfig, resolve_recipe(args.config), overrides)
+    if not cfg.data.corpus:  # checked before Ray starts, so a typo costs no cluster start-up
+        raise ValueError("data.corpus is empty: pass --corpus PATH (a corpus directory or fsspec URL)")
+    if not cfg.data.follow:
+        from pipeline.corpus import Corpus
+
+        Corpus(cfg.data.corpus)  # ValueError "not a corpus: ..." when it has no manifest
 
     import ray
     import ray.train

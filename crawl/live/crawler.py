@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import lxml.html
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 from tqdm import tqdm
@@ -65,14 +66,26 @@ def read_seeds(path: str | Path, column: str = "url") -> list[str]:
     """Seed URLs from a text file (one per line, blank lines and # comments skipped) or a Parquet column."""
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"seed file not found: {p}")
+        raise ValueError(f"seed file {p} is a folder: give a text file (one URL per line) or a .parquet file"
+                         if p.is_dir() else f"seed file not found: {p}")
     if p.suffix == ".parquet":
-        schema = pq.read_schema(p)
+        try:
+            schema = pq.read_schema(p)
+        except pa.ArrowException as e:
+            raise ValueError(f"seed file {p}: not a readable Parquet file ({e})") from None
         if column not in schema.names:
             raise ValueError(f"seed file {p}: no column {column!r} (columns: {', '.join(schema.names)})")
-        return [str(u) for u in pq.read_table(p, columns=[column]).column(column).to_pylist() if u]
-    lines = p.read_text(encoding="utf-8").splitlines()
-    return [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
+        seeds = [str(u) for u in pq.read_table(p, columns=[column]).column(column).to_pylist() if u]
+    else:
+        try:
+            lines = p.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"seed file {p}: not UTF-8 text ({e.reason} at byte {e.start}); give a text file "
+                             f"with one URL per line or a .parquet file") from None
+        seeds = [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
+    if not seeds:
+        raise ValueError(f"seed file {p} holds no URL")
+    return seeds
 
 
 def page_links(body: bytes, base_url: str) -> tuple[list[str], list[str]]:

@@ -389,7 +389,7 @@ def images_pass(sig_paths: list[str], work_dir: str, corpus_dir: str | None, cfg
 
 
 # ---- driver --------------------------------------------------------------------------------------------
-def _run_all(ray: Any, calls: list[tuple[Any, tuple]], desc: str) -> list[Any]:
+def _run_all(ray: Any, calls: list[tuple[Any, tuple]], desc: str, progress: bool = True) -> list[Any]:
     """Run (function, args) calls as Ray tasks (one CPU each); results in call order, with a progress bar."""
     from tqdm import tqdm
 
@@ -399,7 +399,7 @@ def _run_all(ray: Any, calls: list[tuple[Any, tuple]], desc: str) -> list[Any]:
         remote = remotes.setdefault(fn, ray.remote(num_cpus=1)(fn))
         refs.append(remote.remote(*args))
     pending, results = list(refs), {}
-    with tqdm(total=len(refs), desc=desc, unit="task", leave=False) as bar:
+    with tqdm(total=len(refs), desc=desc, unit="task", leave=False, disable=not progress) as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
@@ -408,8 +408,10 @@ def _run_all(ray: Any, calls: list[tuple[Any, tuple]], desc: str) -> list[Any]:
     return [results[r] for r in refs]
 
 
-def run_dedup(staged_paths: list[str], work_dir: str, cfg: DedupConfig, corpus_dir: str | None) -> DedupResult:
-    """Run the four passes on the running Ray instance; returns the decisions (also on disk in work_dir)."""
+def run_dedup(staged_paths: list[str], work_dir: str, cfg: DedupConfig, corpus_dir: str | None, *,
+              progress: bool = True) -> DedupResult:
+    """Run the four passes on the running Ray instance; returns the decisions (also on disk in work_dir).
+    `progress`: a progress bar per pass."""
     import ray
 
     if not ray.is_initialized():
@@ -421,14 +423,17 @@ def run_dedup(staged_paths: list[str], work_dir: str, cfg: DedupConfig, corpus_d
     corpus = os.path.abspath(corpus_dir) if corpus_dir is not None else None
     staged = sorted(os.path.abspath(p) for p in staged_paths)
     sig_paths = [os.path.join(work, "signatures", f"{i:05d}.parquet") for i in range(len(staged))]
-    n_docs = _run_all(ray, [(signatures_pass, (s, o, cfg)) for s, o in zip(staged, sig_paths)], "dedup signatures")
+    n_docs = _run_all(ray, [(signatures_pass, (s, o, cfg)) for s, o in zip(staged, sig_paths)], "dedup signatures",
+                    progress)
     edge_paths = []
     if cfg.minhash:
         edge_paths = [os.path.join(work, "buckets", f"{k:04d}.parquet") for k in range(cfg.partitions)]
-        _run_all(ray, [(buckets_pass, (k, sig_paths, p, cfg)) for k, p in enumerate(edge_paths)], "dedup buckets")
-    (counts,) = _run_all(ray, [(clusters_pass, (sig_paths, edge_paths, work, corpus, cfg))], "dedup clusters")
+        _run_all(ray, [(buckets_pass, (k, sig_paths, p, cfg)) for k, p in enumerate(edge_paths)], "dedup buckets",
+                 progress)
+    (counts,) = _run_all(ray, [(clusters_pass, (sig_paths, edge_paths, work, corpus, cfg))], "dedup clusters", progress)
     n_removed, image_counts = _run_all(
-        ray, [(removals_pass, (work,)), (images_pass, (sig_paths, work, corpus, cfg))], "dedup removals")
+        ray, [(removals_pass, (work,)), (images_pass, (sig_paths, work, corpus, cfg))], "dedup removals",
+        progress)
     counts = {**counts, **image_counts, "removed": n_removed, "staged_files": len(staged)}
     assert counts["documents"] == sum(n_docs), "signature rows must match staged documents"
     Path(work, "counts.json").write_text(json.dumps(counts, indent=2, sort_keys=True))

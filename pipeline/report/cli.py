@@ -73,4 +73,8 @@ def print_table(summary: dict, out: str) -> None:
             print("    (none)")
     if not summary["dedup"]["available"]:
         print("  dedup: no dedup data")
+    errors = summary.get("sample", {}).get("load_errors") or []
+    if errors:  # a shard that cannot be read (truncated, deleted): the index still counts its documents
+        print(f"  unreadable: {len(errors)} documents picked for the report could not be read, e.g. {errors[0]} "
+              f"(all in summary.json, sample.load_errors)")
     print(f"report: {out}/index.html")

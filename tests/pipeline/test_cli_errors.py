@@ -1,0 +1,136 @@
+"""User errors of the `interloom` command line: one clear line on stderr naming the file or field, exit code 2,
+no traceback; and broken inputs inside a build counted, not silently read as nothing. No Ray is started."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import real_path
+from crawl.live.crawler import read_seeds
+from crawl.sources import discover_units, open_source
+from pipeline.cli import main
+from pipeline.stats import Ledger, check_funnel
+
+
+def _error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_yaml_syntax_error_is_one_line_with_file_and_position(tmp_path, capsys):
+    f = tmp_path / "run.yaml"
+    f.write_text("images:\n  min_side: [1\n")
+    err = _error(capsys, ["build", "--config", str(f), "--print-config"])
+    assert err.count("\n") == 1
+    assert "run.yaml is not valid YAML: line 3, column 1" in err and "started at line 2, column 13" in err
+
+
+def test_bad_set_value_names_the_key(capsys):
+    err = _error(capsys, ["build", "--set", "images.min_side=[1", "--print-config"])
+    assert err.count("\n") == 1 and "images.min_side=[1" in err and "line 1, column 3" in err
+
+
+def test_folder_input_without_html_is_an_error_not_an_empty_build(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="empty: folder holds no HTML files"):
+        discover_units([str(empty)])
+    warcs = tmp_path / "warcs"
+    warcs.mkdir()
+    (warcs / "a.warc.gz").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"holds WARC files; give them as files, e.g. --input '.*/warcs/\*.warc.gz'"):
+        discover_units([str(warcs)])
+    (warcs / "sub").mkdir()
+    (warcs / "sub" / "page.HTML").write_text("<p>x</p>")
+    assert discover_units([str(warcs)])[0].kind == "html"
+
+
+def _read(path):
+    src = open_source(discover_units([str(path)])[0])
+    src.index_images()
+    ledger = Ledger()
+    pages = list(src.pages(ledger))
+    return pages, ledger.to_dict(), ledger.rejects_table().to_pylist()
+
+
+@pytest.mark.parametrize("payload", [b"hello, not a WARC\n", b"", bytes(range(256)) * 20])
+def test_file_with_no_warc_record_is_a_counted_read_error(tmp_path, payload):
+    f = tmp_path / "junk.warc"
+    f.write_bytes(payload)
+    pages, stats, rejects = _read(f)
+    assert pages == [] and stats["stages"][0]["drops"] == {"warc_read_error": 1}
+    assert check_funnel(stats) == []
+    assert "junk.warc: no WARC record found" in rejects[0]["detail"]
+
+
+def test_gzip_warc_cut_inside_a_record_is_a_counted_read_error(tmp_path):
+    cut = tmp_path / "cut.warc.gz"
+    cut.write_bytes(real_path("dev", "warc", "iana.warc.gz").read_bytes()[:100_000])
+    pages, stats, rejects = _read(cut)
+    read = stats["stages"][0]
+    assert read["drops"]["warc_read_error"] == 1 and read["out"] == len(pages) > 0
+    assert check_funnel(stats) == []
+    assert any("cut.warc.gz: file ends inside a record (truncated)" in r["detail"] for r in rejects)
+
+
+def test_whole_warcs_have_no_read_error():
+    for name in ("iana.warc.gz", "warcfile.warc.gz", "example-iana.org-chunked.warc"):
+        _, stats, _ = _read(real_path("dev", "warc", name))
+        assert "warc_read_error" not in stats["stages"][0]["drops"], name
+
+
+def test_bad_seed_files_name_the_file(tmp_path):
+    binary = tmp_path / "seeds.txt"
+    binary.write_bytes(b"\xff\xd8\xff\xe0 jpeg")
+    with pytest.raises(ValueError, match="seeds.txt: not UTF-8 text"):
+        read_seeds(binary)
+    parquet = tmp_path / "seeds.parquet"
+    parquet.write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match="seeds.parquet: not a readable Parquet file"):
+        read_seeds(parquet)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# only a comment\n\n")
+    with pytest.raises(ValueError, match="empty.txt holds no URL"):
+        read_seeds(empty)
+    with pytest.raises(ValueError, match="is a folder"):
+        read_seeds(tmp_path)
+
+
+def test_damaged_manifest_line_names_the_file_and_line(tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    good = '{"name": "p", "documents": 1, "images": 0, "bytes": 10, "sha256": "x"}\n'
+    (corpus / "manifest.jsonl").write_text(good + "not json\n" + '{"torn": ')
+    err = _error(capsys, ["export", "hf", str(corpus), str(tmp_path / "out"), "--no-progress"])
+    assert "manifest.jsonl line 2: not a shard entry" in err and "'not json'" in err
+
+
+def test_demo_pages_out_of_range(capsys):
+    assert "--pages 500: the sample has 1 to" in _error(capsys, ["demo", "--pages", "500"])
+
+
+def test_every_command_help_has_an_example(capsys):
+    for argv in (["demo"], ["build"], ["crawl"], ["inspect"], ["export"], ["quality", "train"],
+                 ["tokenizer", "train"], ["train"]):
+        with pytest.raises(SystemExit) as e:
+            main([*argv, "--help"])
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        assert f"interloom {' '.join(argv)} " in out.split("options:", 1)[1], argv  # an example after the options
+
+
+def test_output_that_cannot_be_created_is_one_line_not_a_traceback(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where a folder is needed
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "manifest.jsonl").write_text("")
+    assert main(["export", "hf", str(corpus), str(blocker / "out"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1 and f"{blocker / 'out'}: " in err
+
+
+def test_tokenizer_max_documents_below_one(capsys):
+    assert "--max-documents 0" in _error(capsys, ["tokenizer", "train", "corpus", "-o", "t.json", "--max-documents", "0"])
