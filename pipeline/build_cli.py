@@ -10,7 +10,7 @@ from pipeline.config import load_config
 HELP = """\
 Build a corpus of interleaved image-text documents from web archives.
 
-Each input (a WARC/WARC.gz file, an .html/.html.gz file or a folder of them) is one unit of work.
+Each input (a WARC/WARC.gz file, an .html/.html.gz file or a folder of HTML files) is one unit of work.
 The build runs on Ray: a local instance by default, a cluster with --address. Killing a build and
 running the same command again resumes it: finished units are skipped, nothing is lost or doubled.
 
@@ -24,10 +24,12 @@ examples:
   interloom build --input 'crawl/*.warc.gz' --output corpus/ --config run.yaml
   interloom build --input pages/ --output corpus/ --set images.min_side=200 --set filters.language.languages=[en,de]
   interloom build --crawl seeds.txt --output corpus/ --set images.fetch=true
-  interloom build --input 'cc/*.warc.gz' --output s3corpus/ --address ray://head:10001 --set ray.workers=64
+  interloom build --input '/shared/cc/*.warc.gz' --output /shared/corpus/ --address ray://head:10001 --workers 64
+  interloom build --input 's3://bucket/cc/*.warc.gz' --output s3://bucket/corpus --address auto \\
+      --set output.work_dir=/shared/work/corpus
 
 config: a YAML file with any of the sections input, crawl, extract, images, filters, dedup, output, ray;
-  `interloom build --print-config` shows every key with its default.
+  `interloom build --print-config` shows every key with its default. On a cluster: docs/cluster-build.md.
 """
 
 
@@ -35,8 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build", help="build a corpus from WARC files or HTML folders",
                        description=HELP, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", "-i", action="append", default=[], metavar="GLOB",
-                   help="input files/folders (glob; repeatable)")
-    p.add_argument("--output", "-o", metavar="DIR", help="corpus folder to create or resume")
+                   help="WARC/WET/WAT or .html(.gz) files, or folders of HTML files; a glob (quote it) or an "
+                   "s3://... URL; repeatable")
+    p.add_argument("--output", "-o", metavar="DIR", help="corpus folder (or s3://... URL, with output.work_dir set) to create or resume")
     p.add_argument("--crawl", metavar="SEEDS", help="crawl these seed URLs first (a .txt or Parquet file) and "
                    "build the crawl's WARCs (kept in DIR/crawl); see `interloom crawl --help`")
     p.add_argument("--config", "-c", metavar="FILE", help="YAML config file")

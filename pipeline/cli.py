@@ -21,9 +21,11 @@ COMMANDS = [
 
 EPILOG = """\
 quick start:
-  interloom demo                         build the embedded sample corpus (and more, see `demo --help`)
+  interloom demo                         sample -> corpus -> training -> report on this machine
   interloom build --input 'data/*.warc.gz' --output corpus/
   interloom build --input 'data/*.warc.gz' --output corpus/ --config run.yaml --set images.min_side=200
+  interloom inspect corpus/              HTML report in corpus/report/index.html
+  interloom train debug-cpu --corpus corpus/ --output runs/debug
 
 Run `interloom COMMAND --help` for the options of each command.
 """
