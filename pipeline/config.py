@@ -48,8 +48,11 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
 
 def _apply(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node = tree
-    for part in path[:-1]:
+    for i, part in enumerate(path[:-1]):
         node = node.setdefault(part, {})
+        if isinstance(node, list):
+            whole = ".".join(path[: i + 1])
+            raise ValueError(f"--set {'.'.join(path)}: {part!r} is a list; set it whole, e.g. --set '{whole}=[...]'")
         if not isinstance(node, dict):
             raise ValueError(f"--set {'.'.join(path)}: {part!r} is not a section")
     node[path[-1]] = value

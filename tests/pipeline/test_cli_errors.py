@@ -134,3 +134,8 @@ def test_output_that_cannot_be_created_is_one_line_not_a_traceback(tmp_path, cap
 
 def test_tokenizer_max_documents_below_one(capsys):
     assert "--max-documents 0" in _error(capsys, ["tokenizer", "train", "corpus", "-o", "t.json", "--max-documents", "0"])
+
+
+def test_set_inside_a_list_says_to_set_the_list_whole(capsys):
+    err = _error(capsys, ["train", "debug-cpu", "--corpus", "c", "--set", "stages.0.steps=5"])
+    assert "'stages' is a list; set it whole, e.g. --set 'stages=[...]'" in err
