@@ -284,7 +284,8 @@ class HtmlFolderSource:
         count = ledger.stage(READ)
         for path in self.files():
             count.n_in += 1
-            rel = path.resolve().relative_to(self.root).as_posix()
+            # the name under the input folder as listed (a symlinked page may point outside the folder)
+            rel = path.name if Path(self.unit.path).is_file() else path.relative_to(self.unit.path).as_posix()
             try:
                 raw = path.read_bytes()
                 body = gzip.decompress(raw) if path.name.endswith(".gz") else raw

@@ -92,6 +92,23 @@ def test_html_folder_source(tmp_path):
     assert stats["stages"][0]["drops"] == {"unreadable_file": 1}
 
 
+def test_html_folder_symlink_out_of_the_folder_is_read_but_its_images_stay_inside(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "page.html").write_text("<html><body><p>linked</p><img src='secret.jpg'></body></html>")
+    (outside / "secret.jpg").write_bytes(b"not for the corpus")
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    (folder / "own.html").write_text("<html><body><p>own</p></body></html>")
+    (folder / "linked.html").symlink_to(outside / "page.html")
+    pages, src, stats = _read(folder)
+    assert sorted(p.source for p in pages) == ["html:pages/linked.html", "html:pages/own.html"]
+    assert not check_funnel(stats) and stats["stages"][0]["drops"] == {}
+    linked = next(p for p in pages if p.source.endswith("linked.html"))
+    secret = linked.url.rsplit("/", 1)[0] + "/secret.jpg"  # the page's own relative image, outside the folder
+    assert src.images.fetch_many([secret])[secret] != b"not for the corpus"
+
+
 def test_unknown_input_kind_is_a_clear_error(tmp_path):
     f = tmp_path / "data.csv"
     f.write_text("x")
