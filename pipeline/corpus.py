@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 import time
 from collections.abc import Iterable, Iterator
@@ -153,13 +154,19 @@ def repair_manifest(corpus: str | Path) -> list[ShardInfo]:
     return [s for s in (_parse_line(ln) for ln in good_lines) if s is not None]
 
 
+_SHARD_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # a plain file name: a manifest cannot point outside the corpus
+
+
 def _parse_line(line: str) -> ShardInfo | None:
     try:
         d = json.loads(line)
-        return ShardInfo(**{k: d[k] for k in ("name", "documents", "images", "bytes", "sha256")},
-                         unit=d.get("unit", ""))
+        shard = ShardInfo(**{k: d[k] for k in ("name", "documents", "images", "bytes", "sha256")},
+                          unit=d.get("unit", ""))
     except (ValueError, KeyError, TypeError):
         return None
+    if not isinstance(shard.name, str) or not _SHARD_NAME.match(shard.name) or shard.name in (".", ".."):
+        return None
+    return shard
 
 
 # ---- reading -------------------------------------------------------------------------------------------
@@ -187,7 +194,7 @@ class Corpus:
             shard = _parse_line(ln)
             if shard is None:  # a complete line that is no shard entry: the manifest was damaged
                 raise ValueError(f"{self.path}/{MANIFEST} line {i}: not a shard entry (JSON with name, "
-                                 f"documents, images, bytes, sha256): {ln.strip()[:80]!r}")
+                                 f"documents, images, bytes, sha256; the name a plain file name): {ln.strip()[:80]!r}")
             out.append(shard)
         return out
 

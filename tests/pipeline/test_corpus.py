@@ -1,5 +1,6 @@
 import hashlib
 import io
+import json
 
 import pytest
 from PIL import Image as PILImage
@@ -65,6 +66,20 @@ def test_reader_trusts_only_complete_manifest_lines(tmp_path):
     assert len(list(corpus.iter_documents())) == 2
     assert [s.name for s in repair_manifest(tmp_path)] == ["p-0000"]
     assert (tmp_path / "manifest.jsonl").read_text().count("\n") == 1
+
+
+def test_manifest_cannot_point_outside_the_corpus(tmp_path):
+    corpus_dir = tmp_path / "corpus"
+    shards = write_shards(_docs(2), corpus_dir, "p")
+    outside = write_shards(_docs(1), tmp_path / "elsewhere", "x")[0]  # a real shard beside the corpus
+    append_manifest(corpus_dir, shards)
+    hostile = json.loads(outside.line())
+    hostile["name"] = "../../elsewhere/shards/x-0000"
+    with open(corpus_dir / "manifest.jsonl", "a") as f:
+        f.write(json.dumps(hostile) + "\n")
+    with pytest.raises(ValueError, match=r"manifest.jsonl line 2: not a shard entry"):
+        Corpus(corpus_dir).shards()
+    assert [s.name for s in repair_manifest(corpus_dir)] == ["p-0000"]  # the repair drops it too
 
 
 def test_not_a_corpus_is_a_clear_error(tmp_path):
