@@ -40,6 +40,7 @@ from collections import Counter
 from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import urljoin, urlsplit
 
 import lxml.html
@@ -62,8 +63,9 @@ class ExtractConfig(Section):
     min_text_chars: int = 0  # text blocks shorter than this are left out (0 keeps all; filters come later)
     include_tables: bool = True
     include_comments: bool = False  # user comments below an article
-    favor_precision: bool = False  # trafilatura's knobs
-    favor_recall: bool = False
+    # trafilatura's trade-off: "precision" (as FineWeb/datatrove run it; also the best of the three on the
+    # dev gold sets, docs/benchmarks.md "Extraction quality"), "balanced" (trafilatura's default) or "recall"
+    focus: Literal["precision", "balanced", "recall"] = "precision"
     lead_image_chars: int = 300  # an image before the first extracted block is kept (as the lead picture)
     #                              when at most this many characters of page text lie between them; 0: never
     max_images: int = 200  # images kept per document, in reading order
@@ -630,8 +632,8 @@ def _run_trafilatura(tree: etree._Element, url: str, config: ExtractConfig) -> e
     """trafilatura's main-content extraction (text only) on a prepared tree; its XML body or None."""
     result = trafilatura.bare_extraction(
         tree, url=url or None, include_images=False, include_tables=config.include_tables,
-        include_comments=config.include_comments, favor_precision=config.favor_precision,
-        favor_recall=config.favor_recall, with_metadata=False,
+        include_comments=config.include_comments, favor_precision=config.focus == "precision",
+        favor_recall=config.focus == "recall", with_metadata=False,
         output_format="xml",  # the XML body only: "python" would also render it as plain text, unused here
     )
     if result is None or result.body is None:
