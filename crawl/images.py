@@ -131,9 +131,15 @@ class ImageStep(Step):
         missing = [u for u in dict.fromkeys(urls) if u not in self._cache]
         if missing:
             for url, got in self.resolver(missing).items():
-                self._cache[url] = got if isinstance(got, str) else process_image(got, self.cfg)
+                self._cache[url] = got if isinstance(got, str) else self._process(got)
         drop_images(doc, ledger, self.name, self._fill)
         return doc
+
+    def _process(self, data: bytes) -> ProcessedImage | str:
+        try:
+            return process_image(data, self.cfg)
+        except Exception as e:  # noqa: BLE001 - a decoder failure process_image does not know: this image's drop
+            return f"image_error:{type(e).__name__}"
 
     def _fill(self, im: Image) -> str | None:
         """Give the image its processed bytes and facts, or return why it has none."""

@@ -110,3 +110,26 @@ def test_image_step_drops_items_and_counts(tmp_path):
     assert check_funnel(ledger.to_dict()) == []
     assert sorted((r["reason"], r["detail"]) for r in ledger.rejects) == sorted(
         [("image_not_in_source", missing), ("image_not_in_source", outside), ("too_small", small)])
+
+
+def test_an_unexpected_decoder_error_drops_the_image_not_the_document(monkeypatch):
+    import crawl.images as ci
+
+    real = ci.process_image
+
+    def flaky(data, cfg):  # a decoder bug on one file, of a type process_image does not anticipate
+        if data == b"bad":
+            raise struct.error("unpack requires a buffer of 4 bytes")
+        return real(data, cfg)
+
+    monkeypatch.setattr(ci, "process_image", flaky)
+    doc = Document(id="d1", url="https://ex.org/p", source="t")
+    doc.append_text("hello")
+    doc.append_image(Image(url="https://ex.org/bad.png"))
+    doc.append_image(Image(url="https://ex.org/good.png"))
+    payloads = {"https://ex.org/bad.png": b"bad", "https://ex.org/good.png": _png(300, 200)}
+    ledger = Ledger()
+    out = ImageStep(CFG, lambda urls: {u: payloads[u] for u in urls}).process(doc, ledger)
+    assert [im.url for im in out.image_list] == ["https://ex.org/good.png"]
+    assert ledger.to_dict()["items"]["images/image"]["drops"] == {"image_error:error": 1}
+    assert check_funnel(ledger.to_dict()) == []
