@@ -6,21 +6,39 @@ with a reason (`record_type:request`, `image_resource`, `not_html:text/css`, `ht
 `revisit_duplicate`, `warc_read_error`, ...).
 
 WARC reading is two passes with fastwarc: pass 1 indexes image responses (by normalised URL and by payload
-digest, so revisit records of images resolve too), pass 2 streams HTML pages. Transfer and content encodings
-(chunked, gzip) are decoded by fastwarc; a truncated file ends its unit with a counted `warc_read_error`, and
-a file with no WARC record in it (empty, or not a WARC) is one counted `warc_read_error`.
+digest, so revisit records of images resolve too), pass 2 streams HTML pages. Payloads are decoded here,
+leniently (chunked; gzip, deflate and brotli content encodings) and with bounded memory: a page or image is
+read and inflated only up to its byte cap (`max_html_bytes`, `max_image_bytes`); past it the record is the
+drop `html_too_large` / `image_too_large`, however far its payload would inflate.
+
+Damage is counted, never a quiet end of the unit:
+- a record whose HTTP header cannot be parsed (e.g. a header line over fastwarc's limit) is the drop
+  `bad_http_header`, and reading goes on with the next record (fastwarc skips it by its Content-Length);
+- a record the file ends inside (a truncated file) is the drop `warc_read_error`, counted once;
+- bytes fastwarc cannot read (a corrupt gzip member, an unparsable WARC header) are skipped to the next record
+  start (gzip member or `WARC/` line) as the drop `warc_unreadable_bytes`, naming the byte range; when no
+  record start follows, the rest of the file is the drop `unit_unreadable_rest`, naming the byte offset;
+- a file with no WARC record in it (empty, or not a WARC) is one counted `warc_read_error`.
+
+A folder input is confined to the folder: a page file whose resolved path lies outside it is the drop
+`outside_input`; dangling links (`dangling_link`), FIFOs and other non-regular files (`not_a_regular_file`) and
+symbolic links to folders (`symlinked_folder`, not followed) are counted drops too.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
+import mmap
+import os
+import stat
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
-from fastwarc.warc import ArchiveIterator, WarcRecordType
+import brotli
+from fastwarc.warc import ArchiveIterator, WarcRecord, WarcRecordType
 
 from crawl.page import RawPage
 from crawl.urls import normalize_url
@@ -32,6 +50,11 @@ WARC_SUFFIXES = (".warc", ".warc.gz", ".warc.zst", ".wet.gz", ".wat.gz", ".wet",
 HTML_SUFFIXES = (".html", ".htm", ".html.gz", ".htm.gz")
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 NOT_IN_SOURCE = "image_not_in_source"
+IMAGE_TOO_LARGE = "too_large_bytes"  # the image stage's reason for an image over images.max_bytes
+# the byte caps of what a source reads; the build passes extract.max_html_bytes and images.max_bytes
+MAX_HTML_BYTES = 5_000_000
+MAX_IMAGE_BYTES = 20 << 20
+GZIP_MAGIC = b"\x1f\x8b\x08"
 
 
 @dataclass(frozen=True)
@@ -82,21 +105,26 @@ class ImageStore:
     """Image payloads found in the same source, looked up by normalised URL."""
 
     def __init__(self) -> None:
-        self.by_url: dict[str, bytes] = {}
+        self.by_url: dict[str, bytes | str] = {}  # bytes, or why the source's copy cannot be used
 
-    def add(self, url: str, data: bytes) -> None:
+    def add(self, url: str, data: bytes | str) -> None:
         self.by_url.setdefault(normalize_url(url), data)
 
     def fetch_many(self, urls: list[str]) -> dict[str, bytes | str]:
-        """url -> bytes, or the drop reason `image_not_in_source`."""
+        """url -> bytes, or a drop reason (`image_not_in_source`, `too_large_bytes`)."""
         return {u: self.by_url.get(normalize_url(u), NOT_IN_SOURCE) for u in urls}
 
     def __len__(self) -> int:
         return len(self.by_url)
 
 
+class PayloadTooLarge(ValueError):
+    """A payload whose stored or decoded size is over the reader's byte cap."""
+
+
 def dechunk(raw: bytes) -> bytes | None:
-    """Undo HTTP chunked transfer encoding; None when `raw` is not validly chunked."""
+    """Undo HTTP chunked transfer encoding; None when `raw` is not validly chunked. The result is never longer
+    than `raw`."""
     out, pos = bytearray(), 0
     while True:
         eol = raw.find(b"\r\n", pos)
@@ -113,21 +141,55 @@ def dechunk(raw: bytes) -> bytes | None:
         pos = eol + 2 + size + 2
 
 
-def decode_payload(raw: bytes, headers: dict[str, str]) -> bytes:
+def _inflate_zlib(raw: bytes, limit: int) -> bytes | None:
+    """gzip or zlib stream -> at most `limit` bytes (PayloadTooLarge past it); None when `raw` is not one."""
+    d = zlib.decompressobj(47)  # 47: auto-detect gzip/zlib header
+    try:
+        out = d.decompress(raw, limit + 1)  # inflates no further than limit + 1 bytes, whatever the ratio
+    except zlib.error:
+        return None
+    if len(out) > limit:
+        raise PayloadTooLarge(f"inflates to more than {limit} bytes ({len(raw)} bytes stored)")
+    return out  # a stream cut short gives what it holds
+
+
+def _inflate_brotli(raw: bytes, limit: int) -> bytes | None:
+    """brotli stream -> at most `limit` bytes (PayloadTooLarge past it); None when `raw` is not a whole one
+    (brotli has no magic number: a payload stored decoded fails here)."""
+    d = brotli.Decompressor()
+    try:
+        out = d.process(raw, output_buffer_limit=limit + 1)
+    except brotli.error:
+        return None
+    if len(out) > limit:
+        raise PayloadTooLarge(f"inflates to more than {limit} bytes ({len(raw)} bytes stored)")
+    return out if d.is_finished() else None
+
+
+def decode_payload(raw: bytes, headers: dict[str, str], limit: int = MAX_HTML_BYTES) -> bytes:
     """Lenient HTTP payload decoding, as archives need: many WARCs keep a `Transfer-Encoding: chunked` or
     `Content-Encoding: gzip` header on a payload that was stored already decoded. Decode only when the
-    bytes really are encoded."""
+    bytes really are encoded. Memory is bounded: raises PayloadTooLarge when `raw` or what it inflates to
+    is over `limit` bytes (inflation stops there)."""
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"{len(raw)} bytes stored > {limit}")
     if "chunked" in headers.get("transfer-encoding", "").lower():
         dechunked = dechunk(raw)
         if dechunked is not None:
             raw = dechunked
-    encoding = headers.get("content-encoding", "").lower()
+    encoding = headers.get("content-encoding", "").strip().lower()
+    decoded = None
     if encoding in ("gzip", "x-gzip", "deflate") and raw[:2] in (b"\x1f\x8b", b"\x78\x9c", b"\x78\x01", b"\x78\xda"):
-        try:
-            raw = zlib.decompress(raw, 47)  # 47: auto-detect gzip/zlib header
-        except zlib.error:
-            pass  # stored decoded already, or corrupt: extraction decides
-    return raw
+        decoded = _inflate_zlib(raw, limit)
+    elif encoding == "br":
+        decoded = _inflate_brotli(raw, limit)
+    return raw if decoded is None else decoded  # not encoded after all (or corrupt): extraction decides
+
+
+def read_payload(rec: WarcRecord, limit: int) -> bytes:
+    """The decoded HTTP payload of a record, reading at most `limit` + 1 stored bytes (PayloadTooLarge past
+    the cap, stored or inflated)."""
+    return decode_payload(rec.reader.read(limit + 1), _headers(rec), limit)
 
 
 def _content_type(rec) -> str:
@@ -139,167 +201,299 @@ def _headers(rec) -> dict[str, str]:
     return {} if h is None else {k.lower(): v for k, v in h.items()}
 
 
+def _finish(rec: WarcRecord) -> bool:
+    """Skip the rest of a record; True when it cannot be read to its end (the file ends inside it, or its
+    bytes are damaged)."""
+    try:
+        rec.reader.consume()
+    except Exception:  # noqa: BLE001 - e.g. a gzip data error inside the record
+        return True
+    return rec.reader.tell() < rec.content_length
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """Bytes of a WARC file fastwarc could not read: `start` to `end` (None: the rest of the file)."""
+
+    start: int
+    end: int | None
+    size: int
+    error: str
+
+    def describe(self, name: str) -> str:
+        if self.end is None:
+            return f"{name}: unreadable from byte {self.start} of {self.size} to the end ({self.error})"
+        return f"{name}: bytes {self.start}-{self.end} of {self.size} unreadable, skipped ({self.error})"
+
+
 class WarcSource:
     """Pages and images of one WARC file."""
 
-    def __init__(self, unit: Unit, max_image_bytes: int = 20 << 20):
+    def __init__(self, unit: Unit, max_html_bytes: int = MAX_HTML_BYTES, max_image_bytes: int = MAX_IMAGE_BYTES):
         self.unit = unit
+        self.max_html_bytes = max_html_bytes
         self.max_image_bytes = max_image_bytes
         self.images = ImageStore()
         self._digests: dict[str, bytes] = {}  # payload digest -> image bytes
         self._all_digests: set[str] = set()  # payload digests of every response in the file
+        self._too_large: set[int] = set()  # file offsets of image records over max_image_bytes
         self._indexed = False
 
-    def _iter(self):
-        # quirks_mode: old and odd WARCs (ClueWeb, WARC/0.18); payload decoding is ours, and lenient
-        return ArchiveIterator(open(self.unit.path, "rb"), parse_http=True, auto_decode="none",
-                               quirks_mode=True)
+    def _records(self) -> Iterator[tuple[int, WarcRecord] | _Unreadable]:
+        """(file offset, record) for every record fastwarc can read, and an `_Unreadable` for each stretch it
+        cannot: after a read error, or a record that runs past the end of the file, reading starts again at
+        the next record start (a gzip member, a `WARC/` line). The consumer reads each record before the next
+        is asked for; HTTP headers are parsed by the consumer (`rec.parse_http()`), so one bad header costs one
+        record."""
+        path = self.unit.path
+        size = os.path.getsize(path)
+        offset = 0
+        while True:
+            low = offset  # where unread bytes begin if this pass fails
+            error = None  # why this pass ended early
+            counted = False  # whether the bytes from `low` on belong to a record the consumer has counted
+            with open(path, "rb") as f:
+                f.seek(offset)
+                # quirks_mode: old and odd WARCs (ClueWeb, WARC/0.18); payload decoding is ours, and lenient
+                it = ArchiveIterator(f, parse_http=False, auto_decode="none", quirks_mode=True)
+                try:
+                    for rec in it:
+                        start = offset + rec.stream_pos
+                        yield start, rec
+                        low = start + 1
+                        if _finish(rec):  # damaged, or it runs past the end of the file (perhaps over records)
+                            error, counted = "record not readable to its end", True
+                            break
+                except Exception as e:  # noqa: BLE001 - fastwarc raises OSError and others for damaged bytes
+                    error = str(e) or type(e).__name__
+            if error is None:
+                return
+            nxt = self._next_record_start(low, size)
+            if not counted and low < size:
+                yield _Unreadable(low, nxt, size, error)
+            if nxt is None:
+                return
+            offset = nxt
+
+    def _next_record_start(self, after: int, size: int) -> int | None:
+        """Offset of the first record start at or after `after` that fastwarc can read a record from."""
+        if after >= size:
+            return None
+        gz = self.unit.path.endswith(".gz")
+        marker = GZIP_MAGIC if gz else b"WARC/"
+        with open(self.unit.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            pos = after
+            while (pos := m.find(marker, pos)) >= 0:
+                if gz or pos == 0 or m[pos - 1 : pos] == b"\n":
+                    f.seek(pos)
+                    try:
+                        next(iter(ArchiveIterator(f, parse_http=False, auto_decode="none", quirks_mode=True)))
+                        return pos
+                    except Exception:  # noqa: BLE001, S110 - not a readable record here: try the next start
+                        pass
+                pos += 1
+        return None
 
     def index_images(self) -> None:
         """Pass 1: image responses and image revisits, by URL and payload digest."""
         revisits: list[tuple[str, str]] = []
-        try:
-            for rec in self._iter():
-                rtype = rec.record_type
-                if rtype not in (WarcRecordType.response, WarcRecordType.resource, WarcRecordType.revisit):
-                    continue
-                url = rec.headers.get("WARC-Target-URI", "")
-                if rtype != WarcRecordType.revisit and rec.headers.get("WARC-Payload-Digest"):
-                    self._all_digests.add(rec.headers.get("WARC-Payload-Digest"))
-                if rtype == WarcRecordType.revisit:
-                    digest = rec.headers.get("WARC-Payload-Digest", "")
-                    if _content_type(rec).startswith("image/") and digest:
-                        revisits.append((url, digest))
-                    continue
-                if not _content_type(rec).startswith("image/"):
-                    continue
-                if rec.http_headers is not None and rec.http_headers.status_code != 200:
-                    continue
-                data = decode_payload(rec.reader.read(self.max_image_bytes + 1), _headers(rec))
-                if len(data) > self.max_image_bytes:
-                    continue  # the image stage would refuse it anyway: counted there as not found
-                self.images.add(url, data)
-                digest = rec.headers.get("WARC-Payload-Digest", "")
+        for item in self._records():
+            if isinstance(item, _Unreadable):
+                continue  # pass 2 meets the same bytes and counts them
+            offset, rec = item
+            rtype = rec.record_type
+            if rtype not in (WarcRecordType.response, WarcRecordType.resource, WarcRecordType.revisit):
+                continue
+            try:
+                rec.parse_http(auto_decode="none", quirks_mode=True)
+            except Exception:  # noqa: BLE001, S112 - pass 2 counts the record as bad_http_header
+                continue
+            url = rec.headers.get("WARC-Target-URI", "")
+            digest = rec.headers.get("WARC-Payload-Digest", "")
+            if rtype != WarcRecordType.revisit and digest:
+                self._all_digests.add(digest)
+            if not _content_type(rec).startswith("image/"):
+                continue
+            if rtype == WarcRecordType.revisit:
                 if digest:
-                    self._digests.setdefault(digest, data)
-        except OSError:
-            pass  # pass 2 meets the same error and counts it
+                    revisits.append((url, digest))
+                continue
+            if rec.http_headers is not None and rec.http_headers.status_code != 200:
+                continue
+            try:
+                data: bytes | str = read_payload(rec, self.max_image_bytes)
+            except PayloadTooLarge:
+                self._too_large.add(offset)
+                data = IMAGE_TOO_LARGE  # pages showing it: the image stage's drop for an image over the cap
+            except Exception:  # noqa: BLE001, S112 - damaged bytes: pass 2 counts the record
+                continue
+            if _finish(rec):
+                continue  # truncated: pass 2 counts the record, no page gets its partial bytes
+            self.images.add(url, data)
+            if digest and isinstance(data, bytes):
+                self._digests.setdefault(digest, data)
         for url, digest in revisits:
             if digest in self._digests:
                 self.images.add(url, self._digests[digest])
         self._indexed = True
 
+    def _reason(self, offset: int, rec: WarcRecord) -> str | None:
+        """Why a record is not a page (None: it is an HTML page)."""
+        if rec.record_type == WarcRecordType.revisit:
+            if _content_type(rec).startswith("image/"):
+                return "image_resource"
+            # a revisit repeats a payload captured before: a duplicate when that capture is here
+            digest = rec.headers.get("WARC-Payload-Digest", "")
+            return "revisit_duplicate" if digest in self._all_digests else "revisit_unresolved"
+        if rec.record_type not in (WarcRecordType.response, WarcRecordType.resource):
+            return f"record_type:{str(rec.record_type).rsplit('.', 1)[-1]}"
+        if rec.http_headers is None and rec.record_type == WarcRecordType.response:
+            return "not_http"  # e.g. dns: records
+        ctype = _content_type(rec) or rec.headers.get("Content-Type", "").split(";")[0].lower()
+        status = rec.http_headers.status_code if rec.http_headers is not None else 200
+        if ctype.startswith("image/"):
+            return "image_too_large" if offset in self._too_large else "image_resource"
+        if status != 200:
+            return f"http_status:{status}"
+        if ctype not in HTML_TYPES:
+            return f"not_html:{ctype or 'unknown'}"
+        return None
+
     def pages(self, ledger: Ledger) -> Iterator[RawPage]:
-        """Pass 2: HTML responses as pages; every other record a counted drop of the read stage."""
+        """Pass 2: HTML responses as pages; every other record, and every stretch of unreadable bytes, a
+        counted drop of the read stage."""
         assert self._indexed, "index_images() first"
         count = ledger.stage(READ)
         name = Path(self.unit.path).name
-        it = self._iter()
-        prev, seen = None, 0
-        while True:
-            if prev is not None:  # a record the file ends inside: fastwarc stops there without an error
-                prev.reader.consume()
-                if prev.reader.tell() < prev.content_length:
-                    count.n_in += 1
-                    ledger.drop(READ, "warc_read_error", item="record",
-                                detail=f"{name}: file ends inside a record (truncated)")
-                    return
-            try:
-                rec = next(it)
-            except StopIteration:
-                if seen == 0:  # random bytes or text: fastwarc finds no record and raises nothing
-                    count.n_in += 1
-                    ledger.drop(READ, "warc_read_error", item="record",
-                                detail=f"{name}: no WARC record found (empty, or not a WARC file)")
-                return
-            except Exception as e:  # noqa: BLE001 - truncated/corrupt file: counted, unit ends
-                count.n_in += 1
-                ledger.drop(READ, "warc_read_error", item="record", detail=f"{name}: {e}")
-                return
+        seen, n_before = 0, count.n_in
+        for item in self._records():
             count.n_in += 1
-            seen += 1
-            prev = rec
-            rtype = str(rec.record_type).rsplit(".", 1)[-1]
-            url = rec.headers.get("WARC-Target-URI", "")
-            rid = rec.headers.get("WARC-Record-ID", "").strip("<>")
-            reason = None
-            if rec.record_type == WarcRecordType.revisit:
-                digest = rec.headers.get("WARC-Payload-Digest", "")
-                # a revisit repeats a payload captured before: a duplicate when that capture is here
-                reason = "revisit_duplicate" if digest in self._all_digests else "revisit_unresolved"
-                if _content_type(rec).startswith("image/"):
-                    reason = "image_resource"
-            elif rec.record_type not in (WarcRecordType.response, WarcRecordType.resource):
-                reason = f"record_type:{rtype}"
-            elif rec.http_headers is None and rec.record_type == WarcRecordType.response:
-                reason = "not_http"  # e.g. dns: records
-            else:
-                ctype = _content_type(rec) or rec.headers.get("Content-Type", "").split(";")[0].lower()
-                status = rec.http_headers.status_code if rec.http_headers is not None else 200
-                if ctype.startswith("image/"):
-                    reason = "image_resource"
-                elif status != 200:
-                    reason = f"http_status:{status}"
-                elif ctype not in HTML_TYPES:
-                    reason = f"not_html:{ctype or 'unknown'}"
-            if reason is not None:
-                ledger.drop(READ, reason, url=url, item="record")
+            if isinstance(item, _Unreadable):
+                if seen == 0 and item.end is None:  # random bytes or text: no record at all
+                    ledger.drop(READ, "warc_read_error", item="record",
+                                detail=f"{name}: no WARC record found (empty, or not a WARC file): {item.error}")
+                else:
+                    reason = "unit_unreadable_rest" if item.end is None else "warc_unreadable_bytes"
+                    ledger.drop(READ, reason, item="record", detail=item.describe(name))
                 continue
+            seen += 1
+            offset, rec = item
+            url = rec.headers.get("WARC-Target-URI", "")
             try:
-                raw = rec.reader.read()
-                if rec.reader.tell() < rec.content_length:
-                    raise ValueError("file ends inside this record (truncated)")
-                body = decode_payload(raw, _headers(rec))
-            except Exception as e:  # noqa: BLE001
-                ledger.drop(READ, "warc_read_error", url=url, item="record", detail=f"{name}: {e}")
-                return
+                rec.parse_http(auto_decode="none", quirks_mode=True)
+            except Exception as e:  # noqa: BLE001 - e.g. "Maximum header length exceeded": this record only
+                truncated = _finish(rec)
+                reason = "warc_read_error" if truncated else "bad_http_header"
+                ledger.drop(READ, reason, url=url, item="record", detail=f"{name}: record at byte {offset}: {e}")
+                continue
+            reason, detail, body = self._reason(offset, rec), "", b""
+            if reason is None:
+                try:
+                    body = read_payload(rec, self.max_html_bytes)
+                except PayloadTooLarge as e:
+                    reason, detail = "html_too_large", f"{name}: record at byte {offset}: {e}"
+                except Exception as e:  # noqa: BLE001 - damaged bytes inside the record
+                    reason, detail = "warc_read_error", f"{name}: record at byte {offset}: {e}"
+            if _finish(rec) and reason != "warc_read_error":  # its fate is known once it is read to its end
+                reason, detail = "warc_read_error", f"{name}: file ends inside a record (truncated), record at byte {offset}"
+            if reason is not None:
+                ledger.drop(READ, reason, url=url, item="record", detail=detail)
+                continue
+            rid = rec.headers.get("WARC-Record-ID", "").strip("<>")
             source = f"warc:{name}#{rid}"
             count.n_out += 1
-            date = rec.headers.get("WARC-Date", "")
-            yield RawPage(url=url, body=body, source=source, fetched_at=date, headers=_headers(rec),
-                          id=make_doc_id(source))
+            yield RawPage(url=url, body=body, source=source, fetched_at=rec.headers.get("WARC-Date", ""),
+                          headers=_headers(rec), id=make_doc_id(source))
+        if count.n_in == n_before:  # empty, or random bytes or text: fastwarc finds no record and raises nothing
+            count.n_in += 1
+            ledger.drop(READ, "warc_read_error", item="record",
+                        detail=f"{name}: no WARC record found (empty, or not a WARC file)")
 
 
 class HtmlFolderSource:
     """Pages from `.html`/`.html.gz` files (a folder, recursively, or a single file). The page URL is the
-    page's canonical link when it names one, else the file's `file://` URL. Images referenced by relative
-    URLs are taken from files beside the page (never outside the unit's folder)."""
+    page's canonical link when it names one, else the file's `file://` URL. Pages and the images referenced
+    by relative URLs are read only from inside the unit's folder: a link out of it is a counted drop."""
 
-    def __init__(self, unit: Unit):
+    def __init__(self, unit: Unit, max_html_bytes: int = MAX_HTML_BYTES, max_image_bytes: int = MAX_IMAGE_BYTES):
         self.unit = unit
+        self.max_html_bytes = max_html_bytes
         root = Path(unit.path)
         self.root = (root if root.is_dir() else root.parent).resolve()
-        self.images = _LocalImages(self.root)
+        self.images = _LocalImages(self.root, max_image_bytes)
 
     def index_images(self) -> None:
         """Nothing to index: local images are read on demand."""
 
-    def files(self) -> list[Path]:
-        root = Path(self.unit.path)
-        if root.is_file():
-            return [root]
-        return sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(HTML_SUFFIXES))
+    def entries(self) -> list[tuple[Path, str | None]]:
+        """(path, None) for each page file of the unit, (path, drop reason) for each entry that looks like one
+        but is not read: a link whose target lies outside the folder, a dangling link, a FIFO or other non-regular
+        file, a symbolic link to a folder (not followed). Sorted by path."""
+        top = Path(self.unit.path)
+        if not top.is_dir():
+            return [(top, None)]  # a page file given as an input of its own
+        found: list[tuple[Path, str | None]] = []
+        for dirpath, dirnames, filenames in os.walk(top):  # never descends into linked folders
+            here = Path(dirpath)
+            found += [(here / d, "symlinked_folder") for d in dirnames if (here / d).is_symlink()]
+            found += [(here / f, self._refusal(here / f)) for f in filenames if f.lower().endswith(HTML_SUFFIXES)]
+        return sorted(found)
+
+    def _refusal(self, path: Path) -> str | None:
+        try:
+            resolved = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # a dangling link, or a loop of links
+            return "dangling_link"
+        if not resolved.is_relative_to(self.root):
+            return "outside_input"
+        return None if stat.S_ISREG(resolved.stat().st_mode) else "not_a_regular_file"
 
     def pages(self, ledger: Ledger) -> Iterator[RawPage]:
         count = ledger.stage(READ)
-        for path in self.files():
+        top = Path(self.unit.path)
+        for path, refusal in self.entries():
             count.n_in += 1
-            # the name under the input folder as listed (a symlinked page may point outside the folder)
-            rel = path.name if Path(self.unit.path).is_file() else path.relative_to(self.unit.path).as_posix()
+            if refusal is not None:
+                ledger.drop(READ, refusal, url=str(path), item="record",
+                            detail=f"{path} -> {os.path.realpath(path)}" if path.is_symlink() else str(path))
+                continue
             try:
-                raw = path.read_bytes()
-                body = gzip.decompress(raw) if path.name.endswith(".gz") else raw
-            except (OSError, EOFError, gzip.BadGzipFile) as e:
+                body = _read_page_file(path, self.max_html_bytes)
+            except PayloadTooLarge as e:
+                ledger.drop(READ, "html_too_large", url=str(path), item="record", detail=f"{path}: {e}")
+                continue
+            except OSError as e:
                 ledger.drop(READ, "unreadable_file", url=str(path), item="record", detail=str(e))
                 continue
-            source = f"html:{Path(self.unit.path).name}/{rel}"
+            rel = path.name if not top.is_dir() else path.relative_to(top).as_posix()
+            source = f"html:{top.name}/{rel}"
             count.n_out += 1
             yield RawPage(url=path.resolve().as_uri(), body=body, source=source, id=make_doc_id(source))
 
 
+def _read_page_file(path: Path, limit: int) -> bytes:
+    """A page file's bytes, `.gz` inflated; PayloadTooLarge past `limit` (stored or inflated), OSError when it
+    cannot be read or is not gzip."""
+    with open(path, "rb") as f:
+        raw = f.read(limit + 1)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"over {limit} bytes stored")
+    if not path.name.lower().endswith(".gz"):
+        return raw
+    if raw[:3] != GZIP_MAGIC:
+        raise OSError(f"{path}: not a gzip file")
+    body = _inflate_zlib(raw, limit)
+    if body is None:
+        raise OSError(f"{path}: corrupt gzip data")
+    return body
+
+
 class _LocalImages:
-    def __init__(self, root: Path):
+    """Images of a folder input: regular files inside it, up to the image byte cap."""
+
+    def __init__(self, root: Path, max_bytes: int):
         self.root = root
+        self.max_bytes = max_bytes
 
     def fetch_many(self, urls: list[str]) -> dict[str, bytes | str]:
         out: dict[str, bytes | str] = {}
@@ -307,13 +501,21 @@ class _LocalImages:
             out[u] = NOT_IN_SOURCE
             if not u.startswith("file://"):
                 continue
-            from urllib.parse import unquote, urlsplit
-
             p = Path(unquote(urlsplit(u).path)).resolve()
-            if p.is_file() and p.is_relative_to(self.root):
-                out[u] = p.read_bytes()
+            if not (p.is_relative_to(self.root) and p.is_file()):
+                continue
+            try:
+                with open(p, "rb") as f:
+                    data = f.read(self.max_bytes + 1)
+            except OSError:
+                continue  # unreadable: as good as absent
+            out[u] = IMAGE_TOO_LARGE if len(data) > self.max_bytes else data
         return out
 
 
-def open_source(unit: Unit) -> WarcSource | HtmlFolderSource:
-    return WarcSource(unit) if unit.kind == "warc" else HtmlFolderSource(unit)
+def open_source(unit: Unit, max_html_bytes: int = MAX_HTML_BYTES,
+                max_image_bytes: int = MAX_IMAGE_BYTES) -> WarcSource | HtmlFolderSource:
+    """The reader of a unit, reading pages up to `max_html_bytes` and images up to `max_image_bytes` (the
+    build passes extract.max_html_bytes and images.max_bytes)."""
+    kind = WarcSource if unit.kind == "warc" else HtmlFolderSource
+    return kind(unit, max_html_bytes=max_html_bytes, max_image_bytes=max_image_bytes)
