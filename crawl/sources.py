@@ -258,7 +258,7 @@ class WarcSource:
                 it = ArchiveIterator(f, parse_http=False, auto_decode="none", quirks_mode=True)
                 try:
                     for rec in it:
-                        start = offset + rec.stream_pos
+                        start = rec.stream_pos  # fastwarc counts from the start of the file, not of the pass
                         yield start, rec
                         low = start + 1
                         if _finish(rec):  # damaged, or it runs past the end of the file (perhaps over records)

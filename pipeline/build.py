@@ -174,7 +174,8 @@ class UnitWorker:
 
     def _run_unit(self, unit: Unit, reported: Unit, out: Path) -> dict[str, Any]:
         ledger = Ledger()
-        source = open_source(unit)
+        source = open_source(unit, max_html_bytes=self.cfg.extract.max_html_bytes,
+                             max_image_bytes=self.cfg.images.max_bytes)
         source.index_images()
         self.steps.setup()
         resolver = source.images.fetch_many
@@ -428,9 +429,8 @@ def build_corpus(inputs: list[str], output: str | Path, cfg: BuildConfig | None 
     store = Storage(output)
     try:
         store.makedirs()
-        (work / "units").mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"cannot create the corpus or its work folder: {e}") from e
+        raise ValueError(f"cannot create the corpus folder: {e}") from e
     try:
         try:
             return _build(cfg, paths, units, store, work, progress)
@@ -447,14 +447,48 @@ def build_corpus(inputs: list[str], output: str | Path, cfg: BuildConfig | None 
                          f"to resume") from e
 
 
+# config sections that say how a build runs, not what it makes: a resume may change them
+RUN_ONLY_SECTIONS = ("ray",)
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested config dict -> {"images.min_side": 150, ...}."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def identity_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between a stored build's config and inputs and this run's, one line per key
+    ("images.min_side: 150 -> 200", "inputs: + /new.warc.gz"); run-only sections are not compared."""
+    def corpus_keys(cfg: dict[str, Any] | None) -> dict[str, Any]:
+        return {k: v for k, v in _flat(cfg or {}).items() if k.split(".", 1)[0] not in RUN_ONLY_SECTIONS}
+
+    old, new = corpus_keys(previous.get("config")), corpus_keys(current.get("config"))
+    lines = [f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
+             for k in sorted(old.keys() | new.keys()) if old.get(k, ...) != new.get(k, ...)]
+    old_in, new_in = previous.get("inputs") or [], current.get("inputs") or []
+    lines += [f"inputs: - {p}" for p in old_in if p not in new_in]
+    lines += [f"inputs: + {p}" for p in new_in if p not in old_in]
+    if not lines and old_in != new_in:
+        lines.append("inputs: same files in another order")
+    return lines
+
+
 def _build(cfg: BuildConfig, paths: list[str], units: list[Unit], store: Storage, work: Path,
            progress: bool) -> dict[str, Any]:
     identity = {"config": dump_config(cfg), "inputs": [p if is_remote(p) else os.path.abspath(p) for p in paths]}
     if store.exists("build.json"):
         previous = json.loads(store.read_bytes("build.json"))
-        if {"config": previous.get("config"), "inputs": previous.get("inputs")} != identity:
-            raise ValueError(f"{store.url} holds a build with other inputs or config; use a new --output "
-                             f"or delete it (see {store.url_of('build.json')})")
+        differences = identity_differences(previous, identity)
+        if differences:
+            shown = "; ".join(differences[:10]) + (f"; ... ({len(differences)} in all)" if len(differences) > 10
+                                                   else "")
+            raise ValueError(f"{store.url} holds a build with other inputs or config ({shown}); use a new "
+                             f"--output or delete it (see {store.url_of('build.json')})")
         if previous.get("finished_at"):
             print(f"{store.url}: build already finished at {previous['finished_at']}; nothing to do")
             return json.loads(store.read_bytes("stats.json"))
@@ -463,6 +497,10 @@ def _build(cfg: BuildConfig, paths: list[str], units: list[Unit], store: Storage
         info = {**identity, "versions": _versions(), "started_at": _now(), "finished_at": None,
                 "units": [asdict(u) for u in units]}
         _put_json(store, "build.json", info)
+    try:
+        (work / "units").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the work folder {work}: {e}") from e
 
     init_ray(cfg.ray)
     t0 = time.time()

@@ -1,9 +1,16 @@
 import gzip
+import os
+import random
+import re
+import tracemalloc
+import zlib
 
+import brotli
 import pytest
 
+from _warcgen import deflate_bomb, http_response, page_html, page_record, warc_record, write_warc
 from conftest import real_path
-from crawl.sources import dechunk, decode_payload, discover_units, open_source
+from crawl.sources import PayloadTooLarge, dechunk, decode_payload, discover_units, open_source
 from pipeline.stats import Ledger, check_funnel
 
 WARCS = ["IAH-20080430204825-00000-blackbook.warc.gz", "IAH-urls-wget.warc.gz", "clueweb-quirk.warc.gz",
@@ -92,21 +99,168 @@ def test_html_folder_source(tmp_path):
     assert stats["stages"][0]["drops"] == {"unreadable_file": 1}
 
 
-def test_html_folder_symlink_out_of_the_folder_is_read_but_its_images_stay_inside(tmp_path):
+def test_html_folder_pages_are_confined_to_the_folder_and_odd_entries_are_counted(tmp_path):
+    """A link out of the input folder (a page, a secret) is the drop outside_input, never a page; dangling
+    links, FIFOs and linked folders are counted drops; a link that stays inside the folder is a page."""
     outside = tmp_path / "outside"
     outside.mkdir()
-    (outside / "page.html").write_text("<html><body><p>linked</p><img src='secret.jpg'></body></html>")
+    (outside / "page.html").write_text("<html><body><p>linked from outside</p></body></html>")
     (outside / "secret.jpg").write_bytes(b"not for the corpus")
     folder = tmp_path / "pages"
     folder.mkdir()
-    (folder / "own.html").write_text("<html><body><p>own</p></body></html>")
+    (folder / "own.html").write_text("<html><body><p>own</p><img src='inner.jpg'></body></html>")
+    (folder / "inner.jpg").write_bytes(b"jpeg bytes")
     (folder / "linked.html").symlink_to(outside / "page.html")
+    (folder / "passwd.html").symlink_to("/etc/passwd")
+    (folder / "alias.html").symlink_to(folder / "own.html")  # stays inside: read
+    (folder / "gone.html").symlink_to(tmp_path / "missing.html")
+    os.mkfifo(folder / "pipe.html")
+    (folder / "elsewhere").symlink_to(outside, target_is_directory=True)
+    (folder / "secret.jpg").symlink_to(outside / "secret.jpg")
     pages, src, stats = _read(folder)
-    assert sorted(p.source for p in pages) == ["html:pages/linked.html", "html:pages/own.html"]
-    assert not check_funnel(stats) and stats["stages"][0]["drops"] == {}
-    linked = next(p for p in pages if p.source.endswith("linked.html"))
-    secret = linked.url.rsplit("/", 1)[0] + "/secret.jpg"  # the page's own relative image, outside the folder
-    assert src.images.fetch_many([secret])[secret] != b"not for the corpus"
+    assert sorted(p.source for p in pages) == ["html:pages/alias.html", "html:pages/own.html"]
+    assert not any(b"linked from outside" in p.body or b"root:" in p.body for p in pages)
+    read = stats["stages"][0]
+    assert read["in"] == 7 and not check_funnel(stats)
+    assert read["drops"] == {"outside_input": 2, "dangling_link": 1, "not_a_regular_file": 1,
+                             "symlinked_folder": 1}
+    own = next(p for p in pages if p.source.endswith("own.html"))
+    base = own.url.rsplit("/", 1)[0]
+    got = src.images.fetch_many([f"{base}/inner.jpg", f"{base}/secret.jpg"])
+    assert got == {f"{base}/inner.jpg": b"jpeg bytes", f"{base}/secret.jpg": "image_not_in_source"}
+
+
+def test_html_folder_gzip_bomb_and_oversized_files_are_counted_drops(tmp_path):
+    (tmp_path / "bomb.html.gz").write_bytes(gzip.compress(b" " * (8 << 20), 9))
+    (tmp_path / "big.html").write_bytes(b"<p>" + b"x" * 3_000_000)
+    (tmp_path / "ok.html.gz").write_bytes(gzip.compress(b"<html><body><p>fine</p></body></html>"))
+    (tmp_path / "photo.jpg").write_bytes(b"j" * 3_000)
+    unit = discover_units([str(tmp_path)])[0]
+    src = open_source(unit, max_html_bytes=1_000_000, max_image_bytes=2_000)
+    ledger = Ledger()
+    pages = list(src.pages(ledger))
+    assert [p.source for p in pages] == [f"html:{tmp_path.name}/ok.html.gz"]
+    assert ledger.to_dict()["stages"][0]["drops"] == {"html_too_large": 2}
+    url = pages[0].url.rsplit("/", 1)[0] + "/photo.jpg"
+    assert src.images.fetch_many([url]) == {url: "too_large_bytes"}
+
+
+# ---- hostile WARCs (issue 11) ---------------------------------------------------------------------------
+def _read_capped(path, **caps):
+    src = open_source(discover_units([str(path)])[0], **caps)
+    src.index_images()
+    ledger = Ledger()
+    pages = list(src.pages(ledger))
+    return pages, src, ledger
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "gzip+chunked"])
+def test_compression_bomb_is_refused_at_the_cap_with_bounded_memory(tmp_path, encoding):
+    """A page and an image whose payloads inflate to 64 MiB, with caps of 1 MB: each is a counted drop
+    (html_too_large / image_too_large), memory stays near the cap, and the ordinary page after them is read
+    and gets nothing from the bomb image."""
+    size = 64 << 20
+    if encoding == "br":
+        payload = brotli.compress(b" " * size, quality=1)
+    else:
+        payload = deflate_bomb(size, "zlib" if encoding == "deflate" else "gzip")
+    headers = {"Content-Encoding": encoding.split("+")[0]}
+    if encoding.endswith("chunked"):
+        payload = f"{len(payload):x}\r\n".encode() + payload + b"\r\n0\r\n\r\n"
+        headers["Transfer-Encoding"] = "chunked"
+    warc = write_warc(tmp_path / "bomb.warc.gz", [
+        page_record("http://bomb.test/first.html"),
+        warc_record("http://bomb.test/bomb.html", http_response(payload, "text/html", headers)),
+        warc_record("http://bomb.test/bomb.png", http_response(payload, "image/png", headers)),
+        page_record("http://bomb.test/after.html", extra='<img src="bomb.png">'),
+    ])
+    tracemalloc.start()
+    try:
+        pages, src, ledger = _read_capped(warc, max_html_bytes=1_000_000, max_image_bytes=1_000_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 12_000_000, f"peak {peak} bytes while reading a {size}-byte bomb with 1 MB caps"
+    assert [p.url for p in pages] == ["http://bomb.test/first.html", "http://bomb.test/after.html"]
+    stats = ledger.to_dict()
+    assert stats["stages"][0]["drops"] == {"html_too_large": 1, "image_too_large": 1}
+    assert not check_funnel(stats)
+    assert src.images.fetch_many(["http://bomb.test/bomb.png"]) == {"http://bomb.test/bomb.png": "too_large_bytes"}
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+def test_encoded_payload_under_the_cap_is_decoded(encoding):
+    body = page_html("small")
+    packed = {"gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress}[encoding](body)
+    assert decode_payload(packed, {"content-encoding": encoding}, len(body)) == body
+    with pytest.raises(PayloadTooLarge):
+        decode_payload(packed, {"content-encoding": encoding}, len(body) - 1)
+    assert decode_payload(body, {"content-encoding": encoding}) == body  # stored decoded: kept as it is
+
+
+@pytest.mark.parametrize("suffix", [".warc", ".warc.gz"])
+def test_huge_http_header_costs_one_record_and_reading_goes_on(tmp_path, suffix):
+    """2 pages, a response with a 2 MB HTTP header line, 5 pages: 7 pages and one counted drop."""
+    big = http_response(page_html("big"), headers={"X-Filler": "a" * (2 << 20)})
+    records = [page_record(f"http://h.test/{i}.html") for i in range(2)]
+    records.append(warc_record("http://h.test/big.html", big))
+    records += [page_record(f"http://h.test/{i}.html") for i in range(2, 7)]
+    pages, _, ledger = _read_capped(write_warc(tmp_path / f"hdr{suffix}", records))
+    assert [p.url for p in pages] == [f"http://h.test/{i}.html" for i in range(7)]
+    stats = ledger.to_dict()
+    assert stats["stages"][0] == {"name": "read", "in": 8, "out": 7, "drops": {"bad_http_header": 1}}
+    [reject] = ledger.rejects
+    assert reject["url"] == "http://h.test/big.html" and "header" in reject["detail"].lower()
+
+
+def test_unreadable_bytes_are_skipped_to_the_next_record_and_counted(tmp_path):
+    """A corrupt gzip member between records, an unparsable WARC header, and junk at the end of the file:
+    every readable record after them is read, each damaged stretch is a counted drop naming its bytes."""
+    recs = [gzip.compress(page_record(f"http://d.test/{i}.html")) for i in range(6)]
+    long_warc_header = page_record("http://d.test/long.html").replace(
+        b"WARC-Date", b"X-Long: " + b"a" * (3 << 20) + b"\r\nWARC-Date", 1)
+    data = (recs[0] + recs[1] + gzip.compress(page_record("http://d.test/corrupt.html"))[:60] + recs[2] + recs[3]
+            + gzip.compress(long_warc_header) + recs[4] + recs[5])
+    junk = b"\x1f\x8b\x08 trailing junk that is no gzip member"
+    warc = tmp_path / "damaged.warc.gz"
+    warc.write_bytes(data + junk)
+    pages, _, ledger = _read_capped(warc)
+    assert [p.url for p in pages] == [f"http://d.test/{i}.html" for i in range(6)]
+    read = ledger.to_dict()["stages"][0]
+    assert read["drops"] == {"warc_unreadable_bytes": 2, "unit_unreadable_rest": 1}
+    assert read["in"] == 9 and read["out"] == 6
+    [rest] = [r for r in ledger.rejects if r["reason"] == "unit_unreadable_rest"]
+    offset, size = map(int, re.search(r"unreadable from byte (\d+) of (\d+) to the end", rest["detail"]).groups())
+    assert len(data) - len(recs[5]) < offset <= len(data) and size == len(data) + len(junk)
+
+
+@pytest.mark.parametrize("suffix", [".warc", ".warc.gz"])
+def test_record_running_past_the_end_swallows_no_records(tmp_path, suffix):
+    """A WARC Content-Length far beyond the file: that record is one read error, the records fastwarc would
+    read as its content are read as records."""
+    recs = [page_record(f"http://l.test/{i}.html") for i in range(5)]
+    recs[1] = re.sub(rb"Content-Length: \d+\r\n\r\nHTTP", b"Content-Length: 99999999\r\n\r\nHTTP", recs[1], count=1)
+    pages, _, ledger = _read_capped(write_warc(tmp_path / f"long{suffix}", recs))
+    assert [p.url for p in pages] == [f"http://l.test/{i}.html" for i in (0, 2, 3, 4)]
+    assert ledger.to_dict()["stages"][0] == {"name": "read", "in": 5, "out": 4, "drops": {"warc_read_error": 1}}
+
+
+@pytest.mark.parametrize("suffix", [".warc", ".warc.gz"])
+def test_file_cut_inside_an_image_counts_each_record_once(tmp_path, suffix):
+    """A WARC cut short inside an image response: read.in is the number of records in the file, the cut
+    image is one warc_read_error (not also image_resource), and no page gets its partial bytes."""
+    image = random.Random(0).randbytes(100_000)  # incompressible: the cut falls inside the last record
+    records = [page_record("http://c.test/a.html", extra='<img src="pic.png">'),
+               warc_record("http://c.test/pic.png", http_response(image, "image/png")),
+               warc_record("http://c.test/cut.png", http_response(image, "image/png"))]
+    whole = write_warc(tmp_path / f"whole{suffix}", records).read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(whole[: len(whole) - 50_000])
+    pages, src, ledger = _read_capped(cut)
+    read = ledger.to_dict()["stages"][0]
+    assert read == {"name": "read", "in": 3, "out": 1, "drops": {"image_resource": 1, "warc_read_error": 1}}
+    got = src.images.fetch_many(["http://c.test/pic.png", "http://c.test/cut.png"])
+    assert got == {"http://c.test/pic.png": image, "http://c.test/cut.png": "image_not_in_source"}
 
 
 def test_unknown_input_kind_is_a_clear_error(tmp_path):
