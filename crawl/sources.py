@@ -268,7 +268,7 @@ class WarcSource:
                     error = str(e) or type(e).__name__
             if error is None:
                 return
-            nxt = self._next_record_start(low, size)
+            nxt = self._next_record_start(max(low, offset + 1), size)  # always forward
             if not counted and low < size:
                 yield _Unreadable(low, nxt, size, error)
             if nxt is None:
@@ -430,8 +430,8 @@ class HtmlFolderSource:
         but is not read: a link whose target lies outside the folder, a dangling link, a FIFO or other non-regular
         file, a symbolic link to a folder (not followed). Sorted by path."""
         top = Path(self.unit.path)
-        if not top.is_dir():
-            return [(top, None)]  # a page file given as an input of its own
+        if not top.is_dir():  # a page file given as an input of its own (a FIFO would block the read)
+            return [(top, None if top.is_file() else "not_a_regular_file")]
         found: list[tuple[Path, str | None]] = []
         for dirpath, dirnames, filenames in os.walk(top):  # never descends into linked folders
             here = Path(dirpath)

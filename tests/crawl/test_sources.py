@@ -130,6 +130,13 @@ def test_html_folder_pages_are_confined_to_the_folder_and_odd_entries_are_counte
     assert got == {f"{base}/inner.jpg": b"jpeg bytes", f"{base}/secret.jpg": "image_not_in_source"}
 
 
+@pytest.mark.timeout(30)
+def test_fifo_given_as_a_page_file_is_a_counted_drop_not_a_hang(tmp_path):
+    os.mkfifo(tmp_path / "pipe.html")
+    pages, _, stats = _read(tmp_path / "pipe.html")
+    assert pages == [] and stats["stages"][0]["drops"] == {"not_a_regular_file": 1}
+
+
 def test_html_folder_gzip_bomb_and_oversized_files_are_counted_drops(tmp_path):
     (tmp_path / "bomb.html.gz").write_bytes(gzip.compress(b" " * (8 << 20), 9))
     (tmp_path / "big.html").write_bytes(b"<p>" + b"x" * 3_000_000)

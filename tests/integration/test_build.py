@@ -118,20 +118,22 @@ def _kill(proc):
 
 
 def test_kill_and_resume_gives_the_same_corpus_with_other_parallelism(dev_corpus, tmp_path):
-    """Killed in phase 1 and again in phase 3, resumed with 1 worker instead of 2: the manifest is
-    byte-identical to the uninterrupted 2-worker build's (same shards, same sha256, same order)."""
+    """Killed in phase 1 and again in phase 3, each resume with another worker count (1, then 2, then 1; the
+    worker count does not change the corpus, so it does not block a resume): the manifest is byte-identical
+    to the uninterrupted 2-worker build's (same shards, same sha256, same order), and no work folder is left."""
     reference, _ = dev_corpus
     out = tmp_path / "corpus"
     proc = _run_build(out, workers=1)
     _wait_for(out, "_work/units/*/DONE.json", proc)
     _kill(proc)
     assert not (out / "manifest.jsonl").exists()
-    proc = _run_build(out, workers=1)
+    proc = _run_build(out, workers=2)
     _wait_for(out, "_work/units/*/WRITTEN.json", proc)
     _kill(proc)
     proc = _run_build(out, workers=1)
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, log
+    assert not (out / "_work").exists()
     assert (out / "manifest.jsonl").read_bytes() == (reference / "manifest.jsonl").read_bytes()
     ref_stats = json.loads((reference / "stats.json").read_text())
     stats = json.loads((out / "stats.json").read_text())
@@ -141,16 +143,28 @@ def test_kill_and_resume_gives_the_same_corpus_with_other_parallelism(dev_corpus
 
 
 def test_rerun_of_a_finished_build_does_nothing(dev_corpus):
+    """Also with another worker count, and without leaving a work folder behind."""
     out, stats = dev_corpus
-    again = build_corpus(dev_warcs(), out, load_config(BuildConfig, None, ["ray.workers=2", *DEV_SETTINGS]),
-                         progress=False)
-    assert again["stages"] == stats["stages"]
+    for workers in (2, 1):
+        again = build_corpus(dev_warcs(), out, load_config(BuildConfig, None, [f"ray.workers={workers}",
+                                                                               *DEV_SETTINGS]), progress=False)
+        assert again["stages"] == stats["stages"]
+        assert not (out / "_work").exists()
 
 
-def test_other_config_on_same_output_is_refused(dev_corpus):
+def test_other_config_on_same_output_is_refused_naming_what_differs(dev_corpus):
     out, _ = dev_corpus
-    with pytest.raises(ValueError, match="other inputs or config"):
-        build_corpus(dev_warcs(), out, load_config(BuildConfig, None, ["images.min_side=10"]), progress=False)
+    cfg = load_config(BuildConfig, None, ["ray.workers=1", *DEV_SETTINGS, "images.min_side=10",
+                                          "output.max_shard_docs=20"])
+    with pytest.raises(ValueError, match="other inputs or config") as refused:
+        build_corpus(dev_warcs(), out, cfg, progress=False)
+    message = str(refused.value)
+    assert "images.min_side: 32 -> 10" in message and "output.max_shard_docs: 16 -> 20" in message
+    assert "ray.workers" not in message
+    *kept, left_out = dev_warcs()
+    with pytest.raises(ValueError, match=re.escape(f"inputs: - {left_out}")):
+        build_corpus(kept, out, load_config(BuildConfig, None, ["ray.workers=2", *DEV_SETTINGS]), progress=False)
+    assert not (out / "_work").exists()
 
 
 def test_every_dev_page_and_broken_image_goes_through_a_build(tmp_path, ray_local):
