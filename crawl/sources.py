@@ -14,7 +14,8 @@ drop `html_too_large` / `image_too_large`, however far its payload would inflate
 Damage is counted, never a quiet end of the unit:
 - a record whose HTTP header cannot be parsed (e.g. a header line over fastwarc's limit) is the drop
   `bad_http_header`, and reading goes on with the next record (fastwarc skips it by its Content-Length);
-- a record the file ends inside (a truncated file) is the drop `warc_read_error`, counted once;
+- a record the file ends inside (a truncated file), or whose WARC header is cut short, is the drop
+  `warc_read_error`, counted once;
 - bytes fastwarc cannot read (a corrupt gzip member, an unparsable WARC header) are skipped to the next record
   start (gzip member or `WARC/` line) as the drop `warc_unreadable_bytes`, naming the byte range; when no
   record start follows, the rest of the file is the drop `unit_unreadable_rest`, naming the byte offset;
@@ -267,6 +268,9 @@ class WarcSource:
                 except Exception as e:  # noqa: BLE001 - fastwarc raises OSError and others for damaged bytes
                     error = str(e) or type(e).__name__
             if error is None:
+                rest = self._unread_member(low, size)
+                if rest is not None:  # fastwarc stops quietly at a gzip member cut inside its header
+                    yield _Unreadable(rest, None, size, "a gzip member that ends before its WARC record does")
                 return
             nxt = self._next_record_start(max(low, offset + 1), size)  # always forward
             if not counted and low < size:
@@ -294,6 +298,23 @@ class WarcSource:
                 pos += 1
         return None
 
+    def _unread_member(self, after: int, size: int) -> int | None:
+        """Offset of a gzip member at or after `after` that fastwarc ended on without reading it: one whose
+        first bytes inflate to the start of a WARC record (or to nothing yet, cut that short)."""
+        if not self.unit.path.endswith(".gz") or after >= size:
+            return None
+        with open(self.unit.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            pos = after
+            while (pos := m.find(GZIP_MAGIC, pos)) >= 0:
+                try:
+                    head = zlib.decompressobj(31).decompress(m[pos : pos + 4096], 5)
+                except zlib.error:
+                    head = b"-"
+                if b"WARC/".startswith(head):
+                    return pos
+                pos += 1
+        return None
+
     def index_images(self) -> None:
         """Pass 1: image responses and image revisits, by URL and payload digest."""
         revisits: list[tuple[str, str]] = []
@@ -304,6 +325,8 @@ class WarcSource:
             rtype = rec.record_type
             if rtype not in (WarcRecordType.response, WarcRecordType.resource, WarcRecordType.revisit):
                 continue
+            if "Content-Length" not in rec.headers:
+                continue  # pass 2 counts it
             try:
                 rec.parse_http(auto_decode="none", quirks_mode=True)
             except Exception:  # noqa: BLE001, S112 - pass 2 counts the record as bad_http_header
@@ -339,6 +362,8 @@ class WarcSource:
 
     def _reason(self, offset: int, rec: WarcRecord) -> str | None:
         """Why a record is not a page (None: it is an HTML page)."""
+        if "Content-Length" not in rec.headers:
+            return "warc_read_error"  # a WARC header cut short (or malformed): its record cannot be delimited
         if rec.record_type == WarcRecordType.revisit:
             if _content_type(rec).startswith("image/"):
                 return "image_resource"
@@ -387,6 +412,8 @@ class WarcSource:
                 ledger.drop(READ, reason, url=url, item="record", detail=f"{name}: record at byte {offset}: {e}")
                 continue
             reason, detail, body = self._reason(offset, rec), "", b""
+            if reason == "warc_read_error":
+                detail = f"{name}: record at byte {offset}: WARC header without Content-Length (cut short?)"
             if reason is None:
                 try:
                     body = read_payload(rec, self.max_html_bytes)

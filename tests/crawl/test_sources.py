@@ -7,6 +7,7 @@ import zlib
 
 import brotli
 import pytest
+from fastwarc.warc import ArchiveIterator
 
 from _warcgen import deflate_bomb, http_response, page_html, page_record, warc_record, write_warc
 from conftest import real_path
@@ -72,6 +73,26 @@ def test_truncated_warc_is_a_counted_read_error(tmp_path):
     assert 0 < len(pages) < 16
     assert check_funnel(stats) == []
     assert sum(read["drops"].values()) + read["out"] == read["in"]
+
+
+@pytest.mark.parametrize("name", WARCS)
+def test_real_warc_cut_anywhere_counts_every_record_it_holds_once(tmp_path, name):
+    """Each real dev WARC cut at 30 %, 50 % and 77 % of its bytes (inside a record's payload, its WARC header
+    or a gzip member's header): read.in is exactly the number of records that start before the cut, and the
+    cut record is the one read error."""
+    whole = real_path("dev", "warc", name)
+    starts = [r.stream_pos for r in ArchiveIterator(open(whole, "rb"), parse_http=False)]
+    data = whole.read_bytes()
+    for frac in (0.3, 0.5, 0.77):
+        n = int(len(data) * frac)
+        cut = tmp_path / name
+        cut.write_bytes(data[:n])
+        _, _, stats = _read(cut)
+        read = stats["stages"][0]
+        assert read["in"] == sum(s < n for s in starts), (frac, read)
+        assert check_funnel(stats) == []
+        errors = read["drops"].get("warc_read_error", 0) + read["drops"].get("unit_unreadable_rest", 0)
+        assert errors <= 1, (frac, read)
 
 
 def test_garbage_file_is_counted_not_raised(tmp_path):
@@ -264,6 +285,7 @@ def test_file_cut_inside_an_image_counts_each_record_once(tmp_path, suffix):
     cut = tmp_path / f"cut{suffix}"
     cut.write_bytes(whole[: len(whole) - 50_000])
     pages, src, ledger = _read_capped(cut)
+    assert [p.url for p in pages] == ["http://c.test/a.html"]
     read = ledger.to_dict()["stages"][0]
     assert read == {"name": "read", "in": 3, "out": 1, "drops": {"image_resource": 1, "warc_read_error": 1}}
     got = src.images.fetch_many(["http://c.test/pic.png", "http://c.test/cut.png"])
