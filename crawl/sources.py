@@ -22,8 +22,9 @@ Damage is counted, never a quiet end of the unit:
 - a file with no WARC record in it (empty, or not a WARC) is one counted `warc_read_error`.
 
 A folder input is confined to the folder: a page file whose resolved path lies outside it is the drop
-`outside_input`; dangling links (`dangling_link`), FIFOs and other non-regular files (`not_a_regular_file`) and
-symbolic links to folders (`symlinked_folder`, not followed) are counted drops too.
+`outside_input`; dangling links (`dangling_link`), FIFOs and other non-regular files (`not_a_regular_file`),
+symbolic links to folders (`symlinked_folder`, not followed) and folders that cannot be listed
+(`unreadable_folder`) are counted drops too.
 """
 
 from __future__ import annotations
@@ -455,15 +456,17 @@ class HtmlFolderSource:
     def entries(self) -> list[tuple[Path, str | None]]:
         """(path, None) for each page file of the unit, (path, drop reason) for each entry that looks like one
         but is not read: a link whose target lies outside the folder, a dangling link, a FIFO or other non-regular
-        file, a symbolic link to a folder (not followed). Sorted by path."""
+        file, a symbolic link to a folder (not followed), a folder that cannot be listed. Sorted by path."""
         top = Path(self.unit.path)
         if not top.is_dir():  # a page file given as an input of its own (a FIFO would block the read)
             return [(top, None if top.is_file() else "not_a_regular_file")]
         found: list[tuple[Path, str | None]] = []
-        for dirpath, dirnames, filenames in os.walk(top):  # never descends into linked folders
+        errors: list[OSError] = []
+        for dirpath, dirnames, filenames in os.walk(top, onerror=errors.append):  # never descends into links
             here = Path(dirpath)
             found += [(here / d, "symlinked_folder") for d in dirnames if (here / d).is_symlink()]
             found += [(here / f, self._refusal(here / f)) for f in filenames if f.lower().endswith(HTML_SUFFIXES)]
+        found += [(Path(e.filename or top), "unreadable_folder") for e in errors]
         return sorted(found)
 
     def _refusal(self, path: Path) -> str | None:
