@@ -510,11 +510,15 @@ def _read_page_file(path: Path, limit: int) -> bytes:
         raise PayloadTooLarge(f"over {limit} bytes stored")
     if not path.name.lower().endswith(".gz"):
         return raw
-    if raw[:3] != GZIP_MAGIC:
-        raise OSError(f"{path}: not a gzip file")
-    body = _inflate_zlib(raw, limit)
-    if body is None:
-        raise OSError(f"{path}: corrupt gzip data")
+    d = zlib.decompressobj(31)
+    try:
+        body = d.decompress(raw, limit + 1)
+    except zlib.error as e:
+        raise OSError(f"{path}: not gzip data, or corrupt ({e})") from e
+    if len(body) > limit:
+        raise PayloadTooLarge(f"inflates to more than {limit} bytes ({len(raw)} bytes stored)")
+    if not d.eof:
+        raise OSError(f"{path}: gzip data cut short")
     return body
 
 

@@ -114,10 +114,11 @@ def test_html_folder_source(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.html.gz").write_bytes(gzip.compress(b"<html><body><p>hi</p></body></html>"))
     (tmp_path / "sub" / "broken.html.gz").write_bytes(b"not gzip")
+    (tmp_path / "sub" / "cut.html.gz").write_bytes(gzip.compress(b"<html><body><p>cut</p></body></html>")[:-12])
     pages, _, stats = _read(tmp_path)
     assert sorted(p.body for p in pages) == [b"<html><body><p>hello</p></body></html>",
                                              b"<html><body><p>hi</p></body></html>"]
-    assert stats["stages"][0]["drops"] == {"unreadable_file": 1}
+    assert stats["stages"][0]["drops"] == {"unreadable_file": 2}
 
 
 def test_html_folder_pages_are_confined_to_the_folder_and_odd_entries_are_counted(tmp_path):
