@@ -327,7 +327,9 @@ class Crawler:
         ledger = Ledger()
         groups = self._plan(seeds, ledger)
         cfg = self.cfg.model_dump()
-        gate = start_gate(self.cfg.min_delay_s, self.cfg.per_host_concurrency)
+        # an actor fetches for at most hosts_in_flight hosts at once, one URL at a time per host
+        gate = start_gate(self.cfg.min_delay_s, self.cfg.per_host_concurrency,
+                          fetches=len(groups) * self.cfg.hosts_in_flight)
         self._actors = [CrawlActor.options(num_cpus=self.cfg.actor_num_cpus).remote(
                             i, len(groups), cfg, str(self.output), gate)
                         for i in range(len(groups))]

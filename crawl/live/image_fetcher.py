@@ -80,6 +80,7 @@ class ImageFetcher:
         self.ledger = Ledger()
         self.warc = RotatingWarcWriter(warc_dir, prefix, cfg.warc_max_bytes, gzip_level=cfg.warc_gzip_level) if warc_dir is not None else None
         self.fetcher = Fetcher(cfg, self.warc, self.ledger, STAGE, gate)
+        self._hosts = asyncio.Semaphore(cfg.hosts_in_flight)  # bounds this fetcher's calls parked in the gate
 
     async def fetch_one(self, url: str) -> bytes | str:
         count = self.ledger.item(STAGE, "image")
@@ -101,10 +102,20 @@ class ImageFetcher:
         return got.body
 
     async def fetch_many(self, urls: list[str]) -> dict[str, bytes | str]:
-        """{url: bytes | reason} for the distinct URLs; hosts in parallel, each host polite."""
-        unique = list(dict.fromkeys(urls))
-        results = await asyncio.gather(*(self.fetch_one(u) for u in unique))
-        return dict(zip(unique, results))
+        """{url: bytes | reason} for the distinct URLs: up to `hosts_in_flight` hosts at once (over all
+        concurrent calls), one URL at a time per host."""
+        by_host: dict[str, list[str]] = {}
+        for u in dict.fromkeys(urls):
+            by_host.setdefault("" if url_problem(u) else host_key(u), []).append(u)  # bad URLs: counted drops
+        out: dict[str, bytes | str] = {}
+
+        async def host(host_urls: list[str]) -> None:
+            async with self._hosts:
+                for u in host_urls:
+                    out[u] = await self.fetch_one(u)
+
+        await asyncio.gather(*(host(g) for g in by_host.values()))
+        return {u: out[u] for u in dict.fromkeys(urls)}
 
     async def aclose(self) -> dict[str, Any]:
         await self.fetcher.aclose()
@@ -138,7 +149,8 @@ class FetchResolver:
         if not ray.is_initialized():
             raise ValueError("FetchResolver needs Ray: call ray.init() (or pipeline.build.init_ray) first")
         self.cfg = cfg
-        self.gate = start_gate(cfg.min_delay_s, cfg.per_host_concurrency)
+        # an actor fetches for at most hosts_in_flight hosts at once, one URL at a time per host
+        self.gate = start_gate(cfg.min_delay_s, cfg.per_host_concurrency, fetches=cfg.actors * cfg.hosts_in_flight)
         self.actors = [
             ImageFetchActor.options(num_cpus=cfg.actor_num_cpus).remote(
                 i, cfg.model_dump(), None if warc_dir is None else str(warc_dir), self.gate)

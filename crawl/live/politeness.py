@@ -32,6 +32,7 @@ import ray
 class _Key:
     delay: float
     next_ok: float = 0.0  # monotonic time before which no request may start
+    last_end: float = float("-inf")  # when the last request ended
     in_flight: int = 0
     requests: int = 0
 
@@ -50,9 +51,8 @@ def politeness_keys(host_key: str, addresses: Iterable[str], port: int, default_
 class HostGate:
     """Politeness slots by key and the robots.txt answers of a run (see the module docstring).
 
-    Async methods only: it runs in process or as a Ray async actor (`HostGateActor`). Waiters park in
-    `acquire`/`robots` (the default concurrency group, bounded by the actor's `max_concurrency`); the calls
-    that wake them run in their own group (`control`), so parked waiters can never lock them out."""
+    Async methods only, one event loop: it runs in process or as a Ray async actor (`HostGateActor`), where
+    waiters park in `acquire`/`robots` while the calls that wake them (`release`, `robots_done`) run."""
 
     def __init__(self, min_delay_s: float, concurrency: int = 1):
         self.min_delay_s = min_delay_s
@@ -93,7 +93,6 @@ class HostGate:
                 s.requests += 1
                 s.next_ok = now + s.delay  # spaces the starts of concurrent holders (concurrency > 1)
 
-    @ray.method(concurrency_group="control")
     async def release(self, keys: list[str]) -> None:
         now = time.monotonic()
         async with self._cond:
@@ -101,15 +100,17 @@ class HostGate:
                 s = self._key(k)
                 assert s.in_flight > 0, f"release of {k} without acquire"
                 s.in_flight -= 1
+                s.last_end = now
                 s.next_ok = max(s.next_ok, now + s.delay)
             self._cond.notify_all()
 
-    @ray.method(concurrency_group="control")
     async def set_delay(self, key: str, delay_s: float) -> None:
-        """Raise a key's gap (never below the configured minimum)."""
-        self._key(key).delay = max(self.min_delay_s, delay_s)
+        """Raise a key's gap (never below the configured minimum), from its last request on (the robots.txt
+        fetch that brought the Crawl-delay, typically)."""
+        s = self._key(key)
+        s.delay = max(self.min_delay_s, delay_s)
+        s.next_ok = max(s.next_ok, s.last_end + s.delay)
 
-    @ray.method(concurrency_group="control")
     async def defer(self, keys: list[str], seconds: float) -> None:
         """No request on any of `keys` before `seconds` from now."""
         until = time.monotonic() + seconds
@@ -117,7 +118,6 @@ class HostGate:
             s = self._key(k)
             s.next_ok = max(s.next_ok, until)
 
-    @ray.method(concurrency_group="control")
     async def requests(self) -> dict[str, int]:
         """Requests granted per key (for tests and stats)."""
         return {k: s.requests for k, s in self._keys.items()}
@@ -136,7 +136,6 @@ class HostGate:
         assert not isinstance(entry, asyncio.Event)
         return entry
 
-    @ray.method(concurrency_group="control")
     async def robots_done(self, origin: str, status: int, body: bytes) -> None:
         pending = self._robots.get(origin)
         self._robots[origin] = (status, body)
@@ -144,13 +143,16 @@ class HostGate:
             pending.set()
 
 
-HostGateActor = ray.remote(concurrency_groups={"control": 64})(HostGate)
+HostGateActor = ray.remote(HostGate)
 
 
-def start_gate(min_delay_s: float, concurrency: int, waiters: int = 10_000) -> Any:
-    """A `HostGateActor` for one run (no CPU reserved: it only keeps time); `waiters`: how many requests may
-    wait in it at once (more queue behind them)."""
-    return HostGateActor.options(num_cpus=0, max_concurrency=waiters).remote(min_delay_s, concurrency)
+def start_gate(min_delay_s: float, concurrency: int, fetches: int) -> Any:
+    """A `HostGateActor` for one run (no CPU reserved: it only keeps time).
+
+    `fetches`: the most fetches in flight across all actors of the run. Each fetch has at most one call in
+    the gate at a time, so with room for all of them (plus a margin) a parked `acquire` can never keep out
+    the `release` that would wake it."""
+    return HostGateActor.options(num_cpus=0, max_concurrency=fetches + 64).remote(min_delay_s, concurrency)
 
 
 class GateClient:
