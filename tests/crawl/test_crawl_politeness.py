@@ -18,8 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # webserver.py (import
 import time
 from collections import Counter, defaultdict
 
-import pytest
-
 from crawl.live.config import CrawlConfig
 from crawl.live.crawler import Crawler, load_stats
 from crawl.live.politeness import partition
@@ -120,11 +118,11 @@ def test_robots_wildcards_and_longest_match_end_to_end(ray_local, tmp_path):
 
 def test_hostile_crawl_delays_never_stall_the_crawl(ray_local, tmp_path):
     """`inf`, `nan`, `-1` and junk are not finite non-negative numbers: ignored (counted), min_delay_s
-    applies. `1e308` and `99999` exceed max_crawl_delay_s: the host is skipped, each URL a counted drop.
-    A fraction within the cap is honoured."""
-    cap = 1.0
+    applies. `1e308`, `99999` and `0.61` exceed max_crawl_delay_s: the host is skipped, each URL a counted
+    drop. A fraction up to the cap is honoured."""
+    cap = 0.6
     values = {"inf": "ignored", "nan": "ignored", "-1": "ignored", "soon": "ignored",
-              "1e308": "skipped", "99999": "skipped", "0.3": "honoured"}
+              "1e308": "skipped", "99999": "skipped", "0.61": "skipped", "0.6": "honoured"}
     servers = {v: TestServer(Site(), crawl_delay=v, routes={"/1.html": Route(), "/2.html": Route()})
                for v in values}
     try:
@@ -150,17 +148,6 @@ def test_hostile_crawl_delays_never_stall_the_crawl(ray_local, tmp_path):
     [crawl] = stats["stages"]
     assert crawl["drops"] == {"crawl_delay_too_long": 2 * len(by_outcome["skipped"])}
     assert stats["counters"]["crawl/robots_bad_crawl_delay"] == len(by_outcome["ignored"])
-    honoured = [h.t for h in servers["0.3"].hits()]
-    assert min_gap(honoured) >= 0.3 * 0.95
+    honoured = [h.t for h in servers["0.6"].hits()]  # robots.txt, then its 2 pages
+    assert min_gap(honoured) >= 0.95 * cap
 
-
-@pytest.mark.parametrize("value", ["0.5"])
-def test_crawl_delay_at_the_cap_is_waited_for(ray_local, tmp_path, value):
-    srv = TestServer(Site(), crawl_delay=value, routes={f"/{i}.html": Route() for i in range(3)})
-    try:
-        crawler = Crawler(cfg(max_crawl_delay_s=float(value)), tmp_path, progress=False)
-        pages = list(crawler.iter_pages([srv.url(f"/{i}.html") for i in range(3)]))
-    finally:
-        srv.close()
-    assert len(pages) == 3
-    assert min_gap([h.t for h in srv.hits()][1:]) >= 0.95 * float(value)
