@@ -86,7 +86,7 @@ class HostGate:
                     break
                 try:  # woken by a release or a changed gap, else when the gap has passed
                     await asyncio.wait_for(self._cond.wait(), wait)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             for s in slots:
                 s.in_flight += 1

@@ -17,27 +17,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # webserver.py (import
 
 import time
 from collections import Counter, defaultdict
+from itertools import pairwise
+
+from webserver import Route, Site, TestServer
 
 from crawl.live.config import CrawlConfig
 from crawl.live.crawler import Crawler, load_stats
 from crawl.live.politeness import partition
 from crawl.live.safety import host_key
 from pipeline.stats import check_funnel
-from webserver import Route, Site, TestServer
 
 LOOPBACK = ["127.0.0.0/8"]
 
 
 def cfg(**kw) -> CrawlConfig:
-    base = dict(allow_private=LOOPBACK, min_delay_s=0.05, connect_timeout_s=1.0, read_timeout_s=1.0,
-                total_timeout_s=3.0, retries=0, actors=2, actor_num_cpus=0.1)
+    base = {"allow_private": LOOPBACK, "min_delay_s": 0.05, "connect_timeout_s": 1.0, "read_timeout_s": 1.0,
+            "total_timeout_s": 3.0, "retries": 0, "actors": 2, "actor_num_cpus": 0.1}
     base.update(kw)
     return CrawlConfig(**base)
 
 
 def min_gap(times: list[float]) -> float:
-    times = sorted(times)
-    return min((b - a for a, b in zip(times, times[1:])), default=float("inf"))
+    return min((b - a for a, b in pairwise(sorted(times))), default=float("inf"))
 
 
 def test_per_host_delay_holds_across_actors_redirects_and_aliases(ray_local, tmp_path):

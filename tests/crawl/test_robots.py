@@ -14,13 +14,13 @@ import asyncio
 import time
 
 import pytest
+from webserver import Route, Site, TestServer
 
 from crawl.live.config import CrawlConfig
 from crawl.live.fetcher import Fetched, Fetcher
 from crawl.live.politeness import HostGate
 from crawl.live.robots import delay_value, parse_robots
 from pipeline.stats import Ledger
-from webserver import Route, Site, TestServer
 
 UA = CrawlConfig().user_agent  # "interloom-crawler/0.1 (+https://...)"
 
