@@ -34,7 +34,6 @@ class _Key:
     next_ok: float = 0.0  # monotonic time before which no request may start
     last_end: float = float("-inf")  # when the last request ended
     in_flight: int = 0
-    requests: int = 0
 
 
 def politeness_keys(host_key: str, addresses: Iterable[str], port: int, default_port: bool) -> list[str]:
@@ -90,7 +89,6 @@ class HostGate:
                     pass
             for s in slots:
                 s.in_flight += 1
-                s.requests += 1
                 s.next_ok = now + s.delay  # spaces the starts of concurrent holders (concurrency > 1)
 
     async def release(self, keys: list[str]) -> None:
@@ -117,10 +115,6 @@ class HostGate:
         for k in keys:
             s = self._key(k)
             s.next_ok = max(s.next_ok, until)
-
-    async def requests(self) -> dict[str, int]:
-        """Requests granted per key (for tests and stats)."""
-        return {k: s.requests for k, s in self._keys.items()}
 
     # ---- robots.txt, shared ----------------------------------------------------------------------------
     async def robots(self, origin: str) -> tuple[int, bytes] | None:
