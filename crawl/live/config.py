@@ -21,7 +21,9 @@ class CrawlConfig(Section):
     retry_after_max_s: float = Field(120.0, ge=0, description="a longer Retry-After gives the URL up")
     min_delay_s: float = Field(1.0, ge=0, description="minimum gap per host between the end of one request "
                                                       "and the start of the next (robots Crawl-delay may raise it)")
-    per_host_concurrency: int = Field(1, ge=1)
+    max_crawl_delay_s: float = Field(60.0, ge=0, description="a robots.txt Crawl-delay up to this is honoured; a "
+                                                            "longer one skips the host (reason crawl_delay_too_long)")
+    per_host_concurrency: int = Field(1, ge=1, description="requests in flight per host name and per server address")
     hosts_in_flight: int = Field(64, ge=1, description="hosts crawled concurrently by one actor")
     max_bytes: int = Field(10_000_000, ge=1, description="response bodies larger than this are aborted")
     robots_max_bytes: int = Field(500_000, ge=1)

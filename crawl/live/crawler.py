@@ -1,8 +1,11 @@
 """The live crawler: seed URLs -> Ray actors -> WARC files, a resumable crawl state, and `RawPage`s.
 
-Hosts are hash-partitioned over `cfg.actors` `CrawlActor`s (`politeness.partition`, sha1 of the host key),
-so one actor sees every request to a host and per-host politeness holds cluster-wide. Each actor crawls its
-hosts concurrently (one request at a time per host, `min_delay_s` apart, robots.txt obeyed), optionally
+The frontier is hash-partitioned over `cfg.actors` `CrawlActor`s (`politeness.partition`, sha1 of the host
+key): each seed and each followed link goes to the actor owning its host. Every request of every actor
+(pages, redirect hops to any host, images, robots.txt) takes its slot from one `HostGateActor` of the run,
+keyed by host name and resolved address, and robots.txt answers are shared through it, so per-host
+politeness holds cluster-wide. Each actor crawls its hosts concurrently (one request at a time per host,
+`min_delay_s` apart, robots.txt obeyed, a Crawl-delay over `max_crawl_delay_s` skips the host), optionally
 follows links within the seed's host up to `max_depth`, optionally fetches each page's images into the same
 WARC, and archives every response to its own rotating WARC files in the output folder.
 
@@ -37,7 +40,7 @@ from tqdm import tqdm
 from crawl.live.config import CrawlConfig
 from crawl.live.fetcher import Exchange, Fetched, Fetcher
 from crawl.live.image_fetcher import check_image
-from crawl.live.politeness import partition
+from crawl.live.politeness import partition, start_gate
 from crawl.live.safety import host_key, url_problem
 from crawl.live.warc_writer import WARC_SUFFIX, RotatingWarcWriter, clean_unfinished, closed_segments, read_state
 from crawl.page import RawPage
@@ -112,7 +115,7 @@ def page_links(body: bytes, base_url: str) -> tuple[list[str], list[str]]:
 class CrawlWorker:
     """The body of a `CrawlActor` (an async Ray actor): the frontier and fetches of its share of hosts."""
 
-    def __init__(self, index: int, n_actors: int, cfg: dict[str, Any], output: str):
+    def __init__(self, index: int, n_actors: int, cfg: dict[str, Any], output: str, gate: Any = None):
         self.cfg = CrawlConfig(**cfg)
         self.index, self.n_actors = index, n_actors
         self.output = Path(output)
@@ -121,7 +124,7 @@ class CrawlWorker:
         self.warc = RotatingWarcWriter(self.output, prefix, self.cfg.warc_max_bytes, gzip_level=self.cfg.warc_gzip_level)
         self.ledger = Ledger()
         self.ledger.stage(STAGE)
-        self.fetcher = Fetcher(self.cfg, self.warc, self.ledger, STAGE)
+        self.fetcher = Fetcher(self.cfg, self.warc, self.ledger, STAGE, gate)
         # resume: outcomes of every URL in a closed WARC file, whichever actor wrote it
         self.done: dict[str, dict[str, Any]] = {e["url"]: e for e in read_state(self.output, self.cfg.warc_prefix + "-a")}
         self.images_done: set[str] = {u for e in self.done.values() for u in e.get("images", {})}
@@ -324,7 +327,11 @@ class Crawler:
         ledger = Ledger()
         groups = self._plan(seeds, ledger)
         cfg = self.cfg.model_dump()
-        self._actors = [CrawlActor.options(num_cpus=self.cfg.actor_num_cpus).remote(i, len(groups), cfg, str(self.output))
+        # an actor fetches for at most hosts_in_flight hosts at once, one URL at a time per host
+        gate = start_gate(self.cfg.min_delay_s, self.cfg.per_host_concurrency,
+                          fetches=len(groups) * self.cfg.hosts_in_flight)
+        self._actors = [CrawlActor.options(num_cpus=self.cfg.actor_num_cpus).remote(
+                            i, len(groups), cfg, str(self.output), gate)
                         for i in range(len(groups))]
         bar = tqdm(desc="crawl", unit="page", disable=not self.progress)
         try:
@@ -347,7 +354,7 @@ class Crawler:
                     pending[actor.next_batch.remote(batch)] = actor
         finally:
             bar.close()
-            for a in self._actors:
+            for a in [*self._actors, gate]:
                 ray.kill(a)
             self._actors = []
         self.result.ledger = ledger

@@ -1,13 +1,14 @@
 """One polite, safe GET with everything around it: scheme and address checks, robots.txt, per-host
-politeness, retries with exponential backoff and jitter (Retry-After honoured), manual redirects with loop
+politeness (slots of a `HostGate` keyed by host name and resolved address, taken for every hop and
+retry), retries with exponential backoff and jitter (Retry-After honoured), manual redirects with loop
 detection (each hop checked again), a streamed size cap, a content-type check, and WARC archiving of every
 response read (request and response records).
 
 `Fetcher.fetch(url, kind)` returns a `Fetched` (final 2xx response of the expected kind) or a `Failed`
 (drop reason + detail). Reasons: bad_scheme, bad_url, credentials_in_url, unsafe_address, dns_error,
-robots, robots_unreachable, timeout, connect_error, http_<code> (4xx), http_429, http_5xx, too_large,
-not_html, not_an_image (decided by the image fetcher), redirect_loop, too_many_redirects, bad_redirect,
-bad_content_encoding.
+robots, robots_unreachable, crawl_delay_too_long, timeout, connect_error, http_<code> (4xx), http_429,
+http_5xx, too_large, not_html, not_an_image (decided by the image fetcher), redirect_loop,
+too_many_redirects, bad_redirect, bad_content_encoding.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ import random
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 
 from crawl.live.config import CrawlConfig
-from crawl.live.politeness import HostPoliteness
-from crawl.live.robots import RobotsCache
+from crawl.live.politeness import GateClient, HostGate, politeness_keys
+from crawl.live.robots import RobotsCache, RobotsRules, origin_of
 from crawl.live.safety import AddressPolicy, DnsFailure, UnsafeAddress, host_key, make_client, url_problem
 from crawl.live.warc_writer import RotatingWarcWriter
 from pipeline.stats import Ledger
@@ -146,16 +147,19 @@ def _status_reason(status: int) -> str:
 
 
 class Fetcher:
-    """Async fetch core shared by the crawler and the image fetcher (one per actor, one event loop)."""
+    """Async fetch core shared by the crawler and the image fetcher (one per actor, one event loop).
 
-    def __init__(self, cfg: CrawlConfig, warc: RotatingWarcWriter | None, ledger: Ledger, stage: str):
+    `gate`: the run's `HostGateActor` handle, shared by all actors; None: a `HostGate` of this fetcher alone."""
+
+    def __init__(self, cfg: CrawlConfig, warc: RotatingWarcWriter | None, ledger: Ledger, stage: str,
+                 gate: Any = None):
         self.cfg = cfg
         self.warc = warc
         self.ledger = ledger
         self.stage = stage
         self.policy = AddressPolicy(cfg.allow_private)
-        self.polite = HostPoliteness(cfg.min_delay_s, cfg.per_host_concurrency)
-        self.robots = RobotsCache(self._fetch_robots, cfg.user_agent)
+        self.gate = GateClient(gate if gate is not None else HostGate(cfg.min_delay_s, cfg.per_host_concurrency))
+        self.robots = RobotsCache(self._shared_robots, cfg.user_agent, on_new=self._new_rules)
         self._client: httpx.AsyncClient | None = None
         self._rng = random.Random()
 
@@ -171,6 +175,19 @@ class Fetcher:
             self._client = None
 
     # ---- robots ------------------------------------------------------------------------------------
+    async def _shared_robots(self, robots_url: str) -> tuple[int, bytes]:
+        """robots.txt as the gate has it; fetched here when this fetcher is the first to ask."""
+        origin = origin_of(robots_url)
+        known = await self.gate.robots(origin)
+        if known is not None:
+            return known
+        answer: tuple[int, bytes] = (0, b"")  # what the others get if this fetch fails unexpectedly
+        try:
+            answer = await self._fetch_robots(robots_url)
+        finally:
+            await self.gate.robots_done(origin, *answer)
+        return answer
+
     async def _fetch_robots(self, robots_url: str) -> tuple[int, bytes]:
         got = await self._follow(robots_url, "robots", check_robots=False)
         self.ledger.counters[f"{self.stage}/robots_fetch"] += 1
@@ -181,12 +198,20 @@ class Fetcher:
             return (int(code) if code.isdigit() else 500), b""
         return 0, b""
 
+    async def _new_rules(self, origin: str, rules: RobotsRules) -> None:
+        """Once per origin: count ignored Crawl-delay values, raise the host's gap to its Crawl-delay."""
+        if rules.bad_crawl_delay:
+            self.ledger.counters[f"{self.stage}/robots_bad_crawl_delay"] += rules.bad_crawl_delay
+        if rules.crawl_delay is not None and rules.crawl_delay <= self.cfg.max_crawl_delay_s:
+            await self.gate.set_delay(host_key(origin), rules.crawl_delay)
+
     async def robots_allowed(self, url: str) -> str | None:
+        """None when `url` may be fetched, else the drop reason."""
         rules = await self.robots.rules(url)
-        if rules.crawl_delay is not None:
-            self.polite.set_delay(host_key(url), rules.crawl_delay)
         if rules.disallow_all:
             return "robots_unreachable"
+        if rules.crawl_delay is not None and rules.crawl_delay > self.cfg.max_crawl_delay_s:
+            return "crawl_delay_too_long"  # never waited for: the host is skipped
         return None if rules.allowed(url, self.cfg.user_agent) else "robots"
 
     # ---- the fetch -----------------------------------------------------------------------------------
@@ -205,15 +230,18 @@ class Fetcher:
                 return Failed(url, "redirect_loop", " -> ".join(chain + [current]))
             chain.append(current)
             parts = urlsplit(current)
+            default_port = 443 if parts.scheme.lower() == "https" else 80
+            port = parts.port or default_port
             try:  # refuse before any connection (the transport checks again when it connects)
-                await self.policy.resolve(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+                addresses = await self.policy.resolve(parts.hostname or "", port)
             except (UnsafeAddress, DnsFailure) as e:
                 return Failed(url, e.reason, str(e))
             if check_robots:
                 refused = await self.robots_allowed(current)
                 if refused:
                     return Failed(url, refused, current)
-            got = await self._get_with_retries(current, kind, sink)
+            keys = politeness_keys(host_key(current), addresses, port, port == default_port)
+            got = await self._get_with_retries(current, kind, sink, keys)
             if isinstance(got, Failed):
                 got.url = url
                 return got
@@ -229,11 +257,10 @@ class Fetcher:
             return got
         return Failed(url, "too_many_redirects", " -> ".join(chain))
 
-    async def _get_with_retries(self, url: str, kind: Kind, sink: Sink) -> Fetched | Failed:
-        host = host_key(url)
+    async def _get_with_retries(self, url: str, kind: Kind, sink: Sink, keys: list[str]) -> Fetched | Failed:
         attempts = self.cfg.retries + 1
         for attempt in range(attempts):
-            async with self.polite.slot(host):
+            async with self.gate.slot(keys):
                 try:
                     got = await asyncio.wait_for(self._get_once(url, kind, sink), self.cfg.total_timeout_s)
                 except (httpx.TimeoutException, asyncio.TimeoutError):
@@ -256,7 +283,7 @@ class Fetcher:
                 wait = got.retry_after
             else:
                 wait = min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2**attempt * self._rng.uniform(0.5, 1.5))
-            self.polite.defer(host, wait)  # the whole host waits, not just this URL
+            await self.gate.defer(keys, wait)  # the whole host waits, not just this URL
             self.ledger.counters[f"{self.stage}/retries"] += 1
         raise AssertionError("unreachable")
 

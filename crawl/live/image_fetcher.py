@@ -8,7 +8,9 @@ Every response is archived to WARC. Outcomes are counted as items of stage `fetc
 
 `ImageFetchActor` runs an `ImageFetcher` on Ray; `FetchResolver` is the handle the build's image stage uses:
 hosts are hash-partitioned over the actors as in the crawler, so per-host politeness holds cluster-wide, and
-a `FetchResolver` can be shipped to Ray tasks (it holds actor handles only).
+a `FetchResolver` can be shipped to Ray tasks (it holds actor handles only). Each request takes its slot from
+one `HostGateActor` shared by the actors (keyed by host name and resolved address, redirect hops included),
+so per-host politeness holds cluster-wide.
 
     resolver = FetchResolver(CrawlConfig(...), warc_dir="out/image-warcs")
     got = resolver.fetch_many(urls)   # {url: bytes | reason}; also resolver(urls)
@@ -29,7 +31,7 @@ from PIL import UnidentifiedImageError
 
 from crawl.live.config import CrawlConfig
 from crawl.live.fetcher import Fetched, Fetcher
-from crawl.live.politeness import partition
+from crawl.live.politeness import partition, start_gate
 from crawl.live.safety import host_key, url_problem
 from crawl.live.warc_writer import RotatingWarcWriter
 from pipeline.stats import Ledger
@@ -73,11 +75,12 @@ def check_image(got: Fetched, max_pixels: int = 178_956_970) -> str | None:
 
 
 class ImageFetcher:
-    def __init__(self, cfg: CrawlConfig, warc_dir: str | Path | None, prefix: str = "images"):
+    def __init__(self, cfg: CrawlConfig, warc_dir: str | Path | None, prefix: str = "images", gate: Any = None):
         self.cfg = cfg
         self.ledger = Ledger()
         self.warc = RotatingWarcWriter(warc_dir, prefix, cfg.warc_max_bytes, gzip_level=cfg.warc_gzip_level) if warc_dir is not None else None
-        self.fetcher = Fetcher(cfg, self.warc, self.ledger, STAGE)
+        self.fetcher = Fetcher(cfg, self.warc, self.ledger, STAGE, gate)
+        self._hosts = asyncio.Semaphore(cfg.hosts_in_flight)  # bounds this fetcher's calls parked in the gate
 
     async def fetch_one(self, url: str) -> bytes | str:
         count = self.ledger.item(STAGE, "image")
@@ -99,10 +102,20 @@ class ImageFetcher:
         return got.body
 
     async def fetch_many(self, urls: list[str]) -> dict[str, bytes | str]:
-        """{url: bytes | reason} for the distinct URLs; hosts in parallel, each host polite."""
-        unique = list(dict.fromkeys(urls))
-        results = await asyncio.gather(*(self.fetch_one(u) for u in unique))
-        return dict(zip(unique, results))
+        """{url: bytes | reason} for the distinct URLs: up to `hosts_in_flight` hosts at once (over all
+        concurrent calls), one URL at a time per host."""
+        by_host: dict[str, list[str]] = {}
+        for u in dict.fromkeys(urls):
+            by_host.setdefault("" if url_problem(u) else host_key(u), []).append(u)  # bad URLs: counted drops
+        out: dict[str, bytes | str] = {}
+
+        async def host(host_urls: list[str]) -> None:
+            async with self._hosts:
+                for u in host_urls:
+                    out[u] = await self.fetch_one(u)
+
+        await asyncio.gather(*(host(g) for g in by_host.values()))
+        return {u: out[u] for u in dict.fromkeys(urls)}
 
     async def aclose(self) -> dict[str, Any]:
         await self.fetcher.aclose()
@@ -115,9 +128,9 @@ class ImageFetcher:
 class ImageFetchWorker:
     """Ray actor body (async actor): one `ImageFetcher` per actor, created in the actor's event loop."""
 
-    def __init__(self, index: int, cfg: dict[str, Any], warc_dir: str | None):
+    def __init__(self, index: int, cfg: dict[str, Any], warc_dir: str | None, gate: Any = None):
         c = CrawlConfig(**cfg)
-        self.fetcher = ImageFetcher(c, warc_dir, prefix=f"{c.warc_prefix}-images-a{index:02d}")
+        self.fetcher = ImageFetcher(c, warc_dir, prefix=f"{c.warc_prefix}-images-a{index:02d}", gate=gate)
 
     async def fetch_many(self, urls: list[str]) -> dict[str, bytes | str]:
         return await self.fetcher.fetch_many(urls)
@@ -136,9 +149,11 @@ class FetchResolver:
         if not ray.is_initialized():
             raise ValueError("FetchResolver needs Ray: call ray.init() (or pipeline.build.init_ray) first")
         self.cfg = cfg
+        # an actor fetches for at most hosts_in_flight hosts at once, one URL at a time per host
+        self.gate = start_gate(cfg.min_delay_s, cfg.per_host_concurrency, fetches=cfg.actors * cfg.hosts_in_flight)
         self.actors = [
             ImageFetchActor.options(num_cpus=cfg.actor_num_cpus).remote(
-                i, cfg.model_dump(), None if warc_dir is None else str(warc_dir))
+                i, cfg.model_dump(), None if warc_dir is None else str(warc_dir), self.gate)
             for i in range(cfg.actors)
         ]
 
@@ -165,7 +180,7 @@ class FetchResolver:
             part = Ledger.from_dict(res["ledger"])
             part.rejects = res["rejects"]
             ledger.merge(part)
-        for a in self.actors:
+        for a in [*self.actors, self.gate]:
             ray.kill(a)
         self.actors = []
         return ledger

@@ -1,4 +1,5 @@
-"""A real HTTP server on 127.0.0.1 (ephemeral port) for the crawler tests and the crawler benchmark.
+"""A real HTTP server on a loopback address (127.0.0.1 unless told; ephemeral port) for the crawler tests and
+the crawler benchmark.
 
 It serves real pages (readability `source.html` files from ../shared/data/real, a few of their <img> pointed
 at the server's real photos, the others at missing images) and real photos, plus faulty endpoints:
@@ -15,7 +16,9 @@ at the server's real photos, the others at missing images) and real photos, plus
   /fault/noai.jpg             a photo with X-Robots-Tag: noai
   /fault/text.txt             text/plain          /fault/to-private      302 to http://10.0.0.1/
   /fault/to-ftp               302 to ftp://        /fault/cookie.html     sets a cookie
-Everything else is a 404. Every request is logged (monotonic time, path, headers) in `server.log`.
+Everything else is a 404. `robots_txt` replaces the robots.txt body; `routes` ({path: Route}) are served
+before all of the above. Every request is logged (monotonic time, path, headers; `Hit.host` is the Host
+header) in `server.log`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,20 @@ class Hit:
     t: float
     path: str
     headers: dict[str, str]
+
+    @property
+    def host(self) -> str:
+        return self.headers.get("host", "")
+
+
+@dataclass
+class Route:
+    """A fixed answer: status, body, content type and extra headers (e.g. Location)."""
+
+    status: int = 200
+    body: bytes = b"<!doctype html><html><head><title>page</title></head><body><p>a page</p></body></html>"
+    ctype: str = "text/html; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -93,9 +110,16 @@ def load_site(real: Path, n_pages: int = 12, photos_per_page: int = 2) -> Site:
 class TestServer:
     """ThreadingHTTPServer in a daemon thread; `url(path)`, `log`, `hits(path)`, `close()`."""
 
-    def __init__(self, site: Site, crawl_delay: float | None = None, slow_s: float = 3.0, big_bytes: int = 3_000_000):
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, site: Site, crawl_delay: float | str | None = None, slow_s: float = 3.0,
+                 big_bytes: int = 3_000_000, host: str = "127.0.0.1", robots_txt: str | None = None,
+                 routes: dict[str, Route] | None = None):
         self.site = site
         self.crawl_delay = crawl_delay
+        self.host = host
+        self.robots_txt = robots_txt
+        self.routes = routes or {}
         self.slow_s = slow_s
         self.big_bytes = big_bytes
         self.log: list[Hit] = []
@@ -114,21 +138,25 @@ class TestServer:
                     server.log.append(Hit(time.monotonic(), self.path, {k.lower(): v for k, v in self.headers.items()}))
                     n = server._seen.get(self.path, 0)
                     server._seen[self.path] = n + 1
+                route = server.routes.get(self.path)
+                if route is not None:
+                    return server._send(self, route.status, route.body, route.ctype, route.headers)
                 server.handle(self, self.path.split("?", 1)[0], n)
 
         class QuietServer(ThreadingHTTPServer):
             def handle_error(self, request, client_address):  # clients abort on purpose (size cap, timeout)
                 pass
 
-        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
+        self.httpd = QuietServer((host, 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
     # ---- helpers for tests ------------------------------------------------------------------------------
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+    def url(self, path: str, host: str | None = None) -> str:
+        """URL of `path` on this server, under `host` (a name or address that reaches it) or its address."""
+        return f"http://{host or self.host}:{self.port}{path}"
 
     def hits(self, path: str | None = None) -> list[Hit]:
         with self._lock:
@@ -166,6 +194,8 @@ class TestServer:
     def handle(self, h: BaseHTTPRequestHandler, path: str, n: int) -> None:
         page = b"<!doctype html><html><head><title>ok</title></head><body><p>recovered page</p></body></html>"
         send = self._send
+        if path == "/robots.txt" and self.robots_txt is not None:
+            return send(h, 200, self.robots_txt.encode(), "text/plain")
         if path == "/robots.txt":
             body = "User-agent: *\nDisallow: /private/\n"
             if self.crawl_delay is not None:
