@@ -27,6 +27,7 @@ import copy
 import glob
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -63,6 +64,8 @@ from pipeline.storage import (
     local_scratch,
     write_parquet_atomic,
 )
+
+log = logging.getLogger(__name__)
 
 
 class OutputConfig(Section):
@@ -405,7 +408,7 @@ def _build(cfg: BuildConfig, paths: list[str], units: list[Unit], store: Storage
             raise ValueError(f"{store.url} holds a build with other inputs or config; use a new --output "
                              f"or delete it (see {store.url_of('build.json')})")
         if previous.get("finished_at"):
-            print(f"{store.url}: build already finished at {previous['finished_at']}; nothing to do")
+            log.info("%s: build already finished at %s; nothing to do", store.url, previous["finished_at"])
             return json.loads(store.read_bytes("stats.json"))
         info = previous
     else:
