@@ -28,6 +28,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import ray
@@ -166,7 +167,7 @@ def map_tasks(stage: Stage, fn: Callable[..., Any], calls: Sequence[tuple], *, p
     runner = Runner(stage, total=len(calls), progress=progress)
     try:
         for i, args in enumerate(calls):
-            runner.submit(i, lambda args=args: remote.remote(*args))
+            runner.submit(i, partial(remote.remote, *args))
         for i, _, result in runner.completed(writes_to):
             results[i] = result
             _shown(runner, on_result, i, result)
@@ -183,15 +184,15 @@ def map_actors(stage: Stage, worker_cls: type, init_args: tuple, method: str, un
     An actor that died is retired and replaced, and its unit goes to the front of the queue."""
     if not units:
         return
-    actor_cls = ray.remote(max_restarts=0, max_task_retries=0)(worker_cls).options(**stage.options())
-    actors = [actor_cls.remote(*init_args) for _ in range(min(workers, len(units)))]
+    actor_cls: Any = ray.remote(max_restarts=0, max_task_retries=0)(worker_cls).options(**stage.options())
+    actors: list[Any] = [actor_cls.remote(*init_args) for _ in range(min(workers, len(units)))]
     free = list(actors)
     queue = deque(units)
 
     def fill() -> None:
         while queue and free and not runner.stopping:
             actor, unit = free.pop(), queue.popleft()
-            runner.submit(unit, lambda a=actor, u=unit: getattr(a, method).remote(*args_of(u)), actor)
+            runner.submit(unit, partial(getattr(actor, method).remote, *args_of(unit)), actor)
 
     def lost(unit: Any, actor: Any, launch: Callable[[], Any]) -> None:
         ray.kill(actor, no_restart=True)
