@@ -24,9 +24,13 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a corpus to other formats (hf: Parquet for Hugging Face datasets)",
-                       description=EXPORT_HELP, epilog=EXPORT_EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "export",
+        help="export a corpus to other formats (hf: Parquet for Hugging Face datasets)",
+        description=EXPORT_HELP,
+        epilog=EXPORT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("format", choices=["hf"], help="target format: hf (OBELICS Parquet with image bytes)")
     p.add_argument("corpus", help="corpus folder or fsspec URL written by `interloom build`")
     p.add_argument("output", help="folder for the Parquet files (created if missing)")

@@ -90,8 +90,13 @@ class Runner:
     count): by default the same call is launched again (right for tasks; an actor pool replaces the actor).
     """
 
-    def __init__(self, stage: Stage, total: int | None = None, progress: bool = True,
-                 on_lost: Callable[[Any, Any, Callable[[], Any]], None] | None = None):
+    def __init__(
+        self,
+        stage: Stage,
+        total: int | None = None,
+        progress: bool = True,
+        on_lost: Callable[[Any, Any, Callable[[], Any]], None] | None = None,
+    ):
         self.stage = stage
         self.on_lost = on_lost or (lambda unit, worker, launch: self.submit(unit, launch, worker))
         self._pending: dict[Any, tuple[Any, Any, Callable[[], Any]]] = {}
@@ -130,18 +135,25 @@ class Runner:
         if self._failed:
             unit, cause = self._failed[0]
             where = getattr(cause, "filename", None) or (writes_to(unit) if writes_to else "its output")
-            raise UnitFailed(f"{self.stage.name}: unit {unit_name(unit)} could not write its output to {where}: "
-                             f"{cause} -- finished units are kept; fix the output (space, permissions) and run "
-                             f"the same command again to resume", unit) from cause
+            raise UnitFailed(
+                f"{self.stage.name}: unit {unit_name(unit)} could not write its output to {where}: "
+                f"{cause} -- finished units are kept; fix the output (space, permissions) and run "
+                f"the same command again to resume",
+                unit,
+            ) from cause
 
     def _lost(self, unit: Any, worker: Any, launch: Callable[[], Any], error: BaseException) -> None:
         key = unit_name(unit)
         self._deaths[key] = self._deaths.get(key, 0) + 1
         if self._deaths[key] > self.stage.policy.max_deaths:
-            raise UnitFailed(f"{self.stage.name}: unit {key}: its worker died {self._deaths[key]} times "
-                             f"({error}); run the same command again to resume", unit) from error
-        log.warning("%s: the worker of unit %s was lost (%s); running it again", self.stage.name, key,
-                    type(error).__name__)
+            raise UnitFailed(
+                f"{self.stage.name}: unit {key}: its worker died {self._deaths[key]} times "
+                f"({error}); run the same command again to resume",
+                unit,
+            ) from error
+        log.warning(
+            "%s: the worker of unit %s was lost (%s); running it again", self.stage.name, key, type(error).__name__
+        )
         self.on_lost(unit, worker, launch)
 
     def close(self) -> None:
@@ -158,8 +170,15 @@ def _shown(runner: Runner, on_result: OnResult | None, unit: Any, result: Any) -
             runner.bar.set_postfix(postfix)
 
 
-def map_tasks(stage: Stage, fn: Callable[..., Any], calls: Sequence[tuple], *, progress: bool = True,
-              writes_to: Callable[[Any], str] | None = None, on_result: OnResult | None = None) -> list[Any]:
+def map_tasks(
+    stage: Stage,
+    fn: Callable[..., Any],
+    calls: Sequence[tuple],
+    *,
+    progress: bool = True,
+    writes_to: Callable[[Any], str] | None = None,
+    on_result: OnResult | None = None,
+) -> list[Any]:
     """Run `fn(*args)` for each args tuple of `calls` as a Ray task; the results in call order.
     A unit is the index of its call."""
     remote = ray.remote(fn).options(**stage.options(), max_retries=0)
@@ -176,9 +195,19 @@ def map_tasks(stage: Stage, fn: Callable[..., Any], calls: Sequence[tuple], *, p
     return [results[i] for i in range(len(calls))]
 
 
-def map_actors(stage: Stage, worker_cls: type, init_args: tuple, method: str, units: Sequence[Any],
-               args_of: Callable[[Any], tuple], *, workers: int, progress: bool = True,
-               writes_to: Callable[[Any], str] | None = None, on_result: OnResult | None = None) -> None:
+def map_actors(
+    stage: Stage,
+    worker_cls: type,
+    init_args: tuple,
+    method: str,
+    units: Sequence[Any],
+    args_of: Callable[[Any], tuple],
+    *,
+    workers: int,
+    progress: bool = True,
+    writes_to: Callable[[Any], str] | None = None,
+    on_result: OnResult | None = None,
+) -> None:
     """Run `method(*args_of(unit))` of a pool of `workers` actors of `worker_cls(*init_args)` over `units`;
     `on_result(unit, result)` as each finishes. The actors keep their state (loaded models) across units.
     An actor that died is retired and replaced, and its unit goes to the front of the queue."""

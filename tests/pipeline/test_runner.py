@@ -65,8 +65,17 @@ class Counter:
 def test_map_actors_keeps_state_and_reruns_a_lost_unit_on_a_fresh_actor(ray_local, tmp_path):
     seen = []
     units = ["a", "b", "die", "c", "d"]
-    map_actors(Stage("count"), Counter, (str(tmp_path / "died"),), "run", units, lambda u: (u,), workers=2,
-               progress=False, on_result=lambda u, r: seen.append(r))
+    map_actors(
+        Stage("count"),
+        Counter,
+        (str(tmp_path / "died"),),
+        "run",
+        units,
+        lambda u: (u,),
+        workers=2,
+        progress=False,
+        on_result=lambda u, r: seen.append(r),
+    )
     assert sorted(r[0] for r in seen) == sorted(units), "every unit once, the lost one run again"
     assert max(r[1] for r in seen) > 1, "an actor keeps its state across units"
     assert (tmp_path / "died").exists()

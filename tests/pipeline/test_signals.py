@@ -47,9 +47,11 @@ def test_renaming_a_threshold_key_in_a_filter_moves_the_report_line(tmp_path):
         build = {"signals": resolve_signals([("filters.fixture", section, step)])}
         summary, _, _ = summarize(_corpus_with_signals(tmp_path / key, build), sample=3, progress=False)
         assert summary["signals"]["fixture_score"]["thresholds"] == [
-            {"value": 0.4, "kind": "min", "config": f"filters.fixture.{key}"}]
+            {"value": 0.4, "kind": "min", "config": f"filters.fixture.{key}"}
+        ]
         assert summary["signals"]["fixture_len"]["thresholds"] == [
-            {"value": 9.0, "kind": "max", "config": "filters.fixture.max_len"}]
+            {"value": 9.0, "kind": "max", "config": "filters.fixture.max_len"}
+        ]
 
 
 def test_every_filter_threshold_names_a_real_config_key():
@@ -62,9 +64,11 @@ def test_every_filter_threshold_names_a_real_config_key():
             assert key in type(getattr(cfg, section)).model_fields, (name, t)
     assert signals["gopher_n_words"] == [
         {"value": 50.0, "kind": "min", "config": "filters.gopher_quality.min_doc_words"},
-        {"value": 100000.0, "kind": "max", "config": "filters.gopher_quality.max_doc_words"}]
+        {"value": 100000.0, "kind": "max", "config": "filters.gopher_quality.max_doc_words"},
+    ]
     assert signals["gopher_top_2_gram_char_frac"] == [
-        {"value": 0.2, "kind": "max", "config": "filters.gopher_repetition.top_n_grams.2"}]
+        {"value": 0.2, "kind": "max", "config": "filters.gopher_repetition.top_n_grams.2"}
+    ]
     assert signals["quality_score"][0]["config"] == "filters.quality.threshold"
     assert all(cls.signals for _, cls in TEXT_STEPS + DOCUMENT_STEPS), "every filter writes signals"
 
