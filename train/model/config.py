@@ -92,6 +92,12 @@ class ModelConfig(Section):
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     image_token_id: int = 4  # id of <|image|>; index in SPECIAL_TOKENS when specials are added first
+    # attention within documents / images (train/model/attention.py): "auto" = flex on CUDA, varlen
+    # elsewhere; "varlen" = per-segment SDPA, any device; "flex" = flex_attention block masks (CUDA to
+    # train); "dense" = the N x N-mask reference
+    attention: Literal["auto", "dense", "varlen", "flex"] = "auto"
+    activation_checkpointing: bool = False  # recompute each decoder / vision block's activations in backward
+    compile: Literal["off", "inductor", "aot_eager", "eager"] = "off"  # torch.compile backend per block
     moe: MoEConfig = MoEConfig()
     vision: VisionConfig = VisionConfig()
     contrastive: ContrastiveConfig = ContrastiveConfig()

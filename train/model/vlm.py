@@ -66,7 +66,8 @@ class VLM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.vision = VisionEncoder(cfg.vision, eps=cfg.norm_eps)
+        self.vision = VisionEncoder(cfg.vision, eps=cfg.norm_eps, attention=cfg.attention,
+                                    activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile)
         self.adapter = Adapter(cfg.vision.d_vit, cfg.d_model, eps=cfg.norm_eps)
         self.decoder = Decoder(cfg)
         if cfg.contrastive.weight > 0:
