@@ -396,3 +396,142 @@ def test_losses_across_two_gloo_ranks_match_the_global_objective(tmp_path):
     torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-6, atol=1e-6)
     for g, p in zip(got["grads"], m.parameters()):
         torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-7)
+
+
+# --- attention backends, checkpointing, compile -----------------------------------------------------------
+
+def _qkv(B, H, K, T, d, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, h, T, d, generator=gen, dtype=torch.float64, requires_grad=True) for h in (H, K, K)]
+
+
+def _attend_with_grads(backend, ids_BT, causal, qkv):
+    from train.model.attention import Segments, attend
+
+    q, k, v = (x.detach().clone().requires_grad_() for x in qkv)
+    o = attend(q, k, v, Segments.build(ids_BT, causal=causal, backend=backend))
+    (o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum().backward()
+    return o.detach(), [q.grad, k.grad, v.grad]
+
+
+def test_varlen_attention_matches_dense_on_packed_rows_outputs_and_gradients():
+    # rows with several documents of equal and different lengths, padding, a one-token document
+    ids_BT = torch.tensor([[0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 3, -1],
+                           [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, -1, -1],
+                           [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.int32)
+    qkv = _qkv(3, 4, 2, 12, 8)  # grouped-query: 4 query heads over 2 kv heads
+    o_ref, g_ref = _attend_with_grads("dense", ids_BT, True, qkv)
+    o, g = _attend_with_grads("varlen", ids_BT, True, qkv)
+    torch.testing.assert_close(o, o_ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # control: the reference does depend on the segmentation
+    o_one, _ = _attend_with_grads("dense", torch.where(ids_BT >= 0, 0, -1).int(), True, qkv)
+    assert (o_one - o_ref).abs().max() > 1e-3
+
+
+def test_flex_attention_block_mask_matches_dense_forward_on_cpu():
+    from train.model.attention import Segments, attend
+
+    ids_BT = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 2, -1, -1], [0, 0, 1, 1, 1, 1, 1, 1, 1, 1]], dtype=torch.int32)
+    q, k, v = (x.detach() for x in _qkv(2, 4, 2, 10, 8))
+    with torch.no_grad():  # torch's CPU flex_attention is forward-only; CUDA trains with it
+        for causal in (True, False):
+            ids = ids_BT if causal else ids_BT.clamp(min=0)
+            o = attend(q, k, v, Segments.build(ids, causal=causal, backend="flex"))
+            o_ref = attend(q, k, v, Segments.build(ids, causal=causal, backend="dense"))
+            torch.testing.assert_close(o, o_ref, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="flex_attention has no backward"):
+        Segments.build(ids_BT, causal=True, backend="flex")  # grad enabled on CPU: a clear error
+
+
+def test_vision_varlen_matches_dense_on_mixed_image_sizes():
+    grid = torch.tensor([[2, 4], [4, 2], [2, 2], [2, 4], [6, 2]])  # equal and different sizes, both orientations
+    n = int((grid[:, 0] * grid[:, 1]).sum())
+    px = torch.randn(n, P, dtype=torch.float64)
+    results = []
+    for backend in ("dense", "varlen"):
+        torch.manual_seed(0)
+        enc = VisionEncoder(tiny_config().vision, attention=backend).double()
+        x = px.clone().requires_grad_()
+        y = enc(x, grid)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        results.append((y.detach(), x.grad, [p.grad for p in enc.parameters()]))
+    (y_ref, gx_ref, gp_ref), (y, gx, gp) = results
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-10, atol=1e-12)
+    for a, b in zip(gp, gp_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad()
+    out = model(batch, return_logits=True)
+    total_loss(out, model.cfg)["loss"].backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_vlm_varlen_matches_dense_reference_float64():
+    batch, _ = build_batch([[DOC_A, DOC_B], [[[32], Img("d", 4, 2), [33, 34]], [[20, 21]]]], T=26)
+    ref, g_ref = _loss_and_grads(tiny_model(attention="dense"), batch)
+    out, g = _loss_and_grads(tiny_model(attention="varlen"), batch)
+    torch.testing.assert_close(out.logits_BTV, ref.logits_BTV, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out.lm_loss_sum, ref.lm_loss_sum, rtol=1e-12, atol=1e-12)
+    for name, grad in g_ref.items():
+        torch.testing.assert_close(g[name], grad, rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_training_path_never_builds_a_dense_mask(monkeypatch):
+    import train.model.attention as attention
+
+    def refuse(*_):
+        raise AssertionError("dense N x N mask built in the training path")
+
+    monkeypatch.setattr(attention, "document_mask", refuse)
+    monkeypatch.setattr(attention, "image_mask", refuse)
+    model = tiny_model(torch.float32)  # default config: attention "auto" -> varlen on CPU
+    batch, _ = build_batch([[DOC_A, DOC_B], [[[32], Img("d", 4, 2), [33, 34]]]], T=26)
+    total_loss(model(batch), model.cfg)["loss"].backward()
+    assert model.decoder.layers[1].ffn.w1_EDF.grad.abs().sum() > 0
+    with pytest.raises(AssertionError, match="dense"):  # control: the reference backend does call it
+        tiny_model(torch.float32, attention="dense")(batch)
+
+
+def test_activation_checkpointing_same_gradients_fewer_saved_tensors():
+    batch, _ = build_batch([[DOC_A, DOC_B], [[[32], Img("d", 4, 2), [33, 34]]]], T=26)
+    saved = {}
+    results = {}
+    for ac in (False, True):
+        model = tiny_model(activation_checkpointing=ac)
+        n = [0]
+
+        def pack(t):
+            n[0] += 1
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.zero_grad()
+            out = model(batch)
+            loss = total_loss(out, model.cfg)["loss"]
+        saved[ac] = n[0]
+        loss.backward()
+        results[ac] = (loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters()})
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-12, atol=1e-12)
+    for name, grad in results[False][1].items():
+        torch.testing.assert_close(results[True][1][name], grad, rtol=1e-10, atol=1e-12, msg=name)
+    assert saved[True] < saved[False] / 2  # only block inputs are kept for backward
+
+
+def test_compiled_blocks_compute_the_same():
+    batch, _ = build_batch([[DOC_A, DOC_B]], T=24)
+    # one dense and one MoE layer, one ViT block; the loop backend (torch's fake-tensor rule for grouped_mm
+    # is bf16-only, while its CPU kernel also runs fp32: compiled bf16 grouped_mm is a GPU matter)
+    small = dict(n_layers=2, moe=dict(n_experts=4, top_k=2, d_expert=16, first_dense_layers=1, grouped_mm="loop"),
+                 vision=dict(patch_size=PATCH, d_vit=16, n_layers=1, n_heads=2))
+    ref, g_ref = _loss_and_grads(tiny_model(torch.float32, **small), batch)
+    model = tiny_model(torch.float32, compile="eager", **small)
+    assert all(b._compiled is not None for b in list(model.decoder.layers) + list(model.vision.blocks))
+    out, g = _loss_and_grads(model, batch)
+    torch.testing.assert_close(out.lm_loss_sum, ref.lm_loss_sum, rtol=1e-5, atol=1e-5)
+    for name, grad in g_ref.items():
+        torch.testing.assert_close(g[name], grad, rtol=1e-4, atol=1e-6, msg=name)

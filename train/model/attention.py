@@ -36,17 +36,21 @@ BACKENDS = ("auto", "dense", "varlen", "flex")
 def document_mask(segment_ids_BT: torch.Tensor) -> torch.Tensor:
     """Dense reference for documents: bool (B, 1, T, T), True = may attend; causal within each segment,
     padding sees only itself."""
-    T = segment_ids_BT.shape[1]
-    seg_q, seg_k = segment_ids_BT[:, :, None], segment_ids_BT[:, None, :]
-    causal_TT = torch.ones(T, T, dtype=torch.bool, device=segment_ids_BT.device).tril()
-    mask_BTT = (seg_q == seg_k) & causal_TT & (seg_q >= 0)
-    mask_BTT = mask_BTT | torch.eye(T, dtype=torch.bool, device=segment_ids_BT.device)
-    return mask_BTT[:, None]
+    return _dense_mask(segment_ids_BT, causal=True)
 
 
-def image_mask(image_N: torch.Tensor) -> torch.Tensor:
-    """Dense reference for images: bool (1, 1, N, N), block-diagonal (a patch sees its own image)."""
-    return (image_N[:, None] == image_N[None, :])[None, None]
+def image_mask(image_ids_BT: torch.Tensor) -> torch.Tensor:
+    """Dense reference for images: bool (B, 1, T, T), block-diagonal (a patch sees its own image)."""
+    return _dense_mask(image_ids_BT, causal=False)
+
+
+def _dense_mask(ids_BT: torch.Tensor, causal: bool) -> torch.Tensor:
+    T = ids_BT.shape[1]
+    ids_q, ids_k = ids_BT[:, :, None], ids_BT[:, None, :]
+    mask_BTT = (ids_q == ids_k) & (ids_q >= 0)
+    if causal:
+        mask_BTT = mask_BTT & torch.ones(T, T, dtype=torch.bool, device=ids_BT.device).tril()
+    return (mask_BTT | torch.eye(T, dtype=torch.bool, device=ids_BT.device))[:, None]
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -90,7 +94,7 @@ class Segments:
         padding and attends only to itself. Segments must be contiguous runs within a row."""
         backend = resolve_backend(backend, ids_BT.device)
         if backend == "dense":
-            mask = document_mask(ids_BT) if causal else image_mask(ids_BT[0])
+            mask = document_mask(ids_BT) if causal else image_mask(ids_BT)
             return cls(backend, causal, mask_B1TT=mask)
         if backend == "flex":
             return cls(backend, causal, block_mask=_flex_block_mask(ids_BT, causal))
@@ -106,10 +110,10 @@ def _flex_block_mask(ids_BT: torch.Tensor, causal: bool):
                          "there; use model.attention=varlen (or auto) to train on this device")
     B, T = ids_BT.shape
 
-    def mask_mod(b, h, q, kv):
-        same = ids_BT[b, q] == ids_BT[b, kv]
+    def mask_mod(b, h, q, kv):  # the same rule as `_dense_mask`, one (q, kv) pair at a time
+        same = (ids_BT[b, q] == ids_BT[b, kv]) & (ids_BT[b, q] >= 0)
         if causal:
-            same = same & (q >= kv) & (ids_BT[b, q] >= 0)
+            same = same & (q >= kv)
         return same | (q == kv)
 
     return create_block_mask(mask_mod, B, None, T, T, device=ids_BT.device)
