@@ -27,9 +27,9 @@ has run out, and ends when build.json says the build finished; later epochs are 
 
 Token layout of one document (train/batch.py): `<bos> text <img_start> <image> x M <img_end> text ... <eos>`
 with M = (h/2)*(w/2) for an image of h x w patches. Text blocks are separated by "\\n\\n". Labels are the
-next token, IGNORE_INDEX where that target is a special or image token: so `<bos>`, `<img_start>`,
-`<image>`, `<img_end>`, `<eos>` and padding are never predicted (bos/eos policy: `<eos>` is an input that
-closes the document, not a target, exactly as the batch contract says; generation stops at a length).
+next token, IGNORE_INDEX where that target is a special or image token other than `<eos>`: so `<bos>`,
+`<img_start>`, `<image>`, `<img_end>` and padding are never predicted, while `<eos>` is the target of a
+document's last token (the model learns to stop).
 
 Packing: rows are filled greedily, in stream order. A document that does not fit the rest of a row is cut
 at a text position so the row is full (never inside an image span; if an image span does not fit the rest
@@ -366,7 +366,8 @@ class DocumentEncoder:
         ids.append(tok.eos_id)
         ids_L = np.asarray(ids, dtype=np.int64)
         labels_L = np.full_like(ids_L, IGNORE_INDEX)
-        labels_L[:-1] = np.where(self._special.mask(ids_L[1:]), IGNORE_INDEX, ids_L[1:])
+        target_L = ids_L[1:]  # <eos> is a target, the other special tokens are not
+        labels_L[:-1] = np.where(self._special.mask(target_L) & (target_L != tok.eos_id), IGNORE_INDEX, target_L)
         counters["documents"] += 1
         return EncodedDoc(ids_L, labels_L, images)
 

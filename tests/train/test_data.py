@@ -121,12 +121,16 @@ def test_token_layout_labels_and_images(corpus):
     tok = Tokenizer.load(tok_path)
     cfg = DataConfig(**CFG)
     batches = take(Loader(cfg, tok_path, PATCH, corpus=str(c)), 20)
-    n_images = 0
+    n_images = n_eos_targets = 0
     for b in batches:
         ids, lab, seg, pos = b.input_ids_BT, b.labels_BT, b.segment_ids_BT, b.position_ids_BT
         special = torch.isin(ids, torch.tensor(sorted(tok.special_ids)))
-        # labels: never a special/image token; where set, the next input token of the same segment
-        assert not torch.isin(lab, torch.tensor(sorted(tok.special_ids))).any()
+        # labels: never a special/image token except <eos>; where set, the next input token of the same segment
+        assert not torch.isin(lab, torch.tensor(sorted(tok.special_ids - {tok.eos_id}))).any()
+        # <eos> is a target: every <eos> whose predecessor is in the same piece is that token's label
+        has_eos_before = (ids[:, 1:] == tok.eos_id) & (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] >= 0)
+        assert (lab[:, :-1][has_eos_before] == tok.eos_id).all()
+        n_eos_targets += int((lab == tok.eos_id).sum())
         assert (lab[ids == tok.image_id] == IGNORE_INDEX).all()
         inner = (lab[:, :-1] != IGNORE_INDEX) & (seg[:, :-1] == seg[:, 1:])
         assert torch.equal(lab[:, :-1][inner], ids[:, 1:][inner])
@@ -161,7 +165,7 @@ def test_token_layout_labels_and_images(corpus):
         assert not special[after >= 0].any()
         assert set(after[after >= 0].tolist()) <= set(range(len(grids)))
         n_images += len(grids)
-    assert n_images > 10
+    assert n_images > 10 and n_eos_targets > 10
     # images start the batch stream with real pixel content (normalised to [-1, 1])
     pv = batches[0].pixel_values_NP
     assert pv.min() >= -1.0 and pv.max() <= 1.0 and pv.std() > 0.1

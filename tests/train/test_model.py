@@ -75,7 +75,7 @@ def build_batch(rows: list[list[list]], T: int, after: int = 3, pixels: dict[str
     labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
     for (b, _), (s, e) in spans.items():
         for t in range(s, e - 1):
-            if int(ids[b, t + 1]) not in SPECIAL:
+            if int(ids[b, t + 1]) not in SPECIAL - {EOS}:  # <eos> is a target, as the loader labels it
                 labels[b, t] = ids[b, t + 1]
     batch = Batch(input_ids_BT=ids, labels_BT=labels, position_ids_BT=pos, segment_ids_BT=seg,
                   pixel_values_NP=torch.cat(patches) if patches else torch.zeros(0, P),
@@ -127,7 +127,7 @@ def test_packed_and_unpacked_documents_give_the_same_loss_float64():
     torch.testing.assert_close(loss_a_packed, ce_a[0].sum(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(loss_b_packed, ce_b[0].sum(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(out_p.lm_loss_sum, out_a.lm_loss_sum + out_b.lm_loss_sum, rtol=1e-12, atol=1e-12)
-    assert int(out_p.n_label_tokens) == int(out_a.n_label_tokens) + int(out_b.n_label_tokens) == 13
+    assert int(out_p.n_label_tokens) == int(out_a.n_label_tokens) + int(out_b.n_label_tokens) == 15
     # the per-document numbers are real, distinct losses (not e.g. all zero)
     assert loss_a_packed > 1.0 and loss_b_packed > 1.0 and abs(loss_a_packed - loss_b_packed) > 1e-6
     # contrastive embeddings of the image do not depend on packing either
@@ -238,12 +238,15 @@ def test_tiny_vlm_forward_backward_and_outputs():
     n_moe = 2  # 3 layers, the first dense
     assert out.expert_load_LE.shape == (n_moe, 4)
     n_real = int((batch.segment_ids_BT >= 0).sum())
-    assert out.expert_load_LE.sum(1).tolist() == [n_real * 2] * n_moe  # padding is not routed
+    n_caption = int((batch.text_after_image_BT >= 0).sum())  # the captions' own pass is routed too
+    assert out.expert_load_LE.sum(1).tolist() == [(n_real + n_caption) * 2] * n_moe  # padding is not routed
+    assert out.n_pairs == 2 and 0.0 <= out.dead_expert_fraction < 1.0
     terms = total_loss(out, model.cfg)
     for name in ("loss", "lm", "aux", "z", "contrastive"):
         assert torch.isfinite(terms[name]), name
+    assert int(terms["n_pairs"]) == 2 and float(terms["logit_scale"]) == pytest.approx(1 / 0.07)
     expected = (out.lm_loss_sum / out.n_label_tokens + 0.01 * out.aux_loss + 0.001 * out.z_loss
-                + 0.5 * contrastive_loss(out.image_emb_ID, out.text_emb_ID, temperature=0.07))
+                + 0.5 * contrastive_loss(out.image_emb_ID, out.text_emb_ID, logit_scale=1 / 0.07))
     torch.testing.assert_close(terms["loss"], expected)
     assert terms["lm"] == pytest.approx(math.log(40), rel=0.5)
     terms["loss"].backward()
@@ -265,8 +268,8 @@ def test_batch_without_images_still_touches_every_parameter():
 
 
 @pytest.mark.parametrize("stage,prefixes", [
-    ("adapter", ("adapter.", "image_proj.", "text_proj.")),
-    ("adapter+vision", ("adapter.", "image_proj.", "text_proj.", "vision.")),
+    ("adapter", ("adapter.", "image_proj.", "text_proj.", "logit_scale")),
+    ("adapter+vision", ("adapter.", "image_proj.", "text_proj.", "logit_scale", "vision.")),
     ("all", ("",)),
 ])
 def test_set_trainable_freezes_as_named(stage, prefixes):
@@ -325,9 +328,9 @@ def manual_infonce(img, txt, tau):
 def test_contrastive_loss_matches_manual_infonce():
     torch.manual_seed(0)
     img, txt = torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64)
-    got = contrastive_loss(img, txt, temperature=0.1)
+    got = contrastive_loss(img, txt, logit_scale=10.0)
     torch.testing.assert_close(got, manual_infonce(img, txt, 0.1).float(), rtol=1e-6, atol=1e-6)
-    aligned = contrastive_loss(img, img * 3.0, temperature=0.05)  # matching pairs: much lower loss
+    aligned = contrastive_loss(img, img * 3.0, logit_scale=20.0)  # matching pairs: much lower loss
     assert aligned < got
     empty = torch.zeros(0, 8, requires_grad=True)
     zero = contrastive_loss(empty, empty)
@@ -360,7 +363,7 @@ def _shared_model():
 
 def _objective(m, a, b, h, y, group=None):
     lm_sum = F.cross_entropy(m["head"](h), y, reduction="sum")
-    return next_token_loss(lm_sum, torch.tensor(len(y)), group) + contrastive_loss(m["img"](a), m["txt"](b), group, 0.2)
+    return next_token_loss(lm_sum, torch.tensor(len(y)), group) + contrastive_loss(m["img"](a), m["txt"](b), group, 5.0)
 
 
 def _dist_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
@@ -535,3 +538,49 @@ def test_compiled_blocks_compute_the_same():
     torch.testing.assert_close(out.lm_loss_sum, ref.lm_loss_sum, rtol=1e-5, atol=1e-5)
     for name, grad in g_ref.items():
         torch.testing.assert_close(g[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# --- objectives -----------------------------------------------------------------------------------------
+
+def test_contrastive_text_embedding_cannot_see_the_image():
+    model = tiny_model()
+    rows = [[DOC_A, DOC_B], [[[32], Img("d", 4, 2), [33, 34]]]]
+    batch, _ = build_batch(rows, T=26)
+    other, _ = build_batch(rows, T=26, pixels={"a": torch.randn(8, P), "d": torch.randn(8, P)})
+    assert not torch.equal(batch.pixel_values_NP, other.pixel_values_NP)
+    out, out2 = model(batch, return_logits=True), model(other, return_logits=True)
+    assert out.n_pairs == 2
+    torch.testing.assert_close(out2.text_emb_ID, out.text_emb_ID, rtol=0, atol=1e-12)  # text side: unchanged
+    assert (out2.image_emb_ID - out.image_emb_ID).abs().max() > 1e-3  # image side: changed
+    # control: in the main pass the caption tokens do attend to the image (the LM conditions on it),
+    # so pooling their states there, as before, would have leaked the pixels into the text side
+    caption_BT = batch.text_after_image_BT >= 0
+    assert (out2.logits_BTV[caption_BT] - out.logits_BTV[caption_BT]).abs().max() > 1e-3
+
+
+def test_contrastive_temperature_is_learned_and_clamped():
+    model = tiny_model(torch.float32)
+    assert isinstance(model.logit_scale, torch.nn.Parameter)
+    assert any(p is model.logit_scale for g in model.param_groups(0.1) for p in g["params"])
+    batch, _ = build_batch([[DOC_A, [[30, 31], Img("c", 2, 2), [35, 36]]]], T=30)
+    out = model(batch)
+    assert float(out.logit_scale) == pytest.approx(1 / 0.07, rel=1e-5)
+    terms = total_loss(out, model.cfg)
+    terms["loss"].backward()
+    assert model.logit_scale.grad is not None and model.logit_scale.grad.abs().sum() > 0
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)  # exp(10) >> 100: clamped, as CLIP does
+    assert float(model(batch).logit_scale) == 100.0
+    # a batch without any pair still ties the scale into the graph (DDP: same parameters every step)
+    model.zero_grad()
+    no_pair, _ = build_batch([[DOC_B]], T=12)
+    total_loss(model(no_pair), model.cfg)["loss"].backward()
+    assert model.logit_scale.grad is not None and model.logit_scale.grad.abs().sum() == 0
+
+
+def test_eos_is_a_target_of_the_lm_loss():
+    model = tiny_model(torch.float32)
+    batch, spans = build_batch([[DOC_A, DOC_B]], T=24)
+    for (b, _), (s, e) in spans.items():
+        assert int(batch.input_ids_BT[b, e - 1]) == EOS and int(batch.labels_BT[b, e - 2]) == EOS
+    assert model(batch).n_label_tokens == int((batch.labels_BT != IGNORE_INDEX).sum())

@@ -75,11 +75,12 @@ class VisionConfig(Section):
 
 
 class ContrastiveConfig(Section):
-    """Optional image-text InfoNCE on pooled image tokens vs pooled text that follows the image."""
+    """Optional image-text InfoNCE: pooled image tokens vs the pooled states of the text that follows the
+    image, run again as a document of its own (so it cannot see the image); CLIP's learned temperature."""
 
-    weight: float = 0.0  # 0 disables the loss term and its projection heads
+    weight: float = 0.0  # 0 disables the loss term, its projection heads and its logit scale
     d_proj: int = 128
-    temperature: float = 0.07
+    temperature: float = Field(0.07, gt=0.01)  # initial; learned as a logit scale 1/temperature, clamped to <= 100
 
 
 class ModelConfig(Section):
