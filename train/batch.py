@@ -1,4 +1,4 @@
-"""The batch contract between the loader (`train/data.py`) and the model (`train/model/`).
+"""The batch contract between the loader (`train/data/`) and the model (`train/model/`).
 
 Shape legend (suffixes on tensor names, torchtitan style):
   B  rows in the batch            T  tokens per row (seq_len, packed)
