@@ -122,7 +122,7 @@ def _flex_block_mask(ids_BT: torch.Tensor, causal: bool):
 def _varlen_plan(ids_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[tuple[int, int], ...]]:
     """Segment runs over the flattened tokens (a run ends at a row end or where the id changes; each
     padding token is a run of its own), sorted by length: (perm_N, inv_perm_N, groups)."""
-    B, T = ids_BT.shape
+    T = ids_BT.shape[1]
     flat_N = ids_BT.flatten()
     N = flat_N.numel()
     starts = torch.ones(N, dtype=torch.bool, device=flat_N.device)
@@ -155,6 +155,8 @@ def attend(q_BHTd: torch.Tensor, k_BKTd: torch.Tensor, v_BKTd: torch.Tensor, seg
     return _varlen_attention(q_BHTd, k_BKTd, v_BKTd, seg, gqa)
 
 
+@torch.compiler.disable  # a host-side loop over segment lengths: compiled blocks run it eagerly (a graph
+# break) instead of guarding on, and recompiling for, every new set of lengths
 def _varlen_attention(q_BHTd: torch.Tensor, k_BKTd: torch.Tensor, v_BKTd: torch.Tensor, seg: Segments,
                       gqa: bool) -> torch.Tensor:
     B, H, T, d = q_BHTd.shape

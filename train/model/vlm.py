@@ -172,16 +172,16 @@ class VLM(nn.Module):
             expert_load_LE = torch.zeros(0, self.cfg.moe.n_experts, dtype=torch.long, device=h_BTD.device)
 
         # 6. contrastive embeddings for images that have following text: pixels vs the caption's own pass
-        I = batch.n_images if img_MD is not None else 0
+        n_img = batch.n_images if img_MD is not None else 0
         after_N = batch.text_after_image_BT.flatten()
-        paired_I = torch.bincount(after_N[after_N >= 0], minlength=I)[:I] > 0
+        paired_I = torch.bincount(after_N[after_N >= 0], minlength=n_img)[:n_img] > 0
         image_emb_IC = text_emb_IC = logit_scale = None
         if self.image_proj is not None:  # empty (0, C) when no image has text: the loss is then 0
             img_ID = txt_ID = h_BTD.new_zeros(0, self.cfg.d_model)
-            if I > 0:
+            if n_img > 0:
                 _, image_M = merge_index(batch.grid_hw_I2, self.cfg.vision.merge)
-                img_ID, _ = _segment_mean(img_MD, image_M, I)
-                txt_ID, _ = _segment_mean(h_AD, self.caption_image_ids(batch), I)
+                img_ID, _ = _segment_mean(img_MD, image_M, n_img)
+                txt_ID, _ = _segment_mean(h_AD, self.caption_image_ids(batch), n_img)
             image_emb_IC = self.image_proj(img_ID[paired_I])
             text_emb_IC = self.text_proj(txt_ID[paired_I])
             logit_scale = self.logit_scale.float().exp().clamp(max=MAX_LOGIT_SCALE).squeeze(0)
