@@ -10,9 +10,9 @@ from dataclasses import dataclass, replace
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from _train_losses_dist import dist_worker, global_data, objective, shared_model
 
 from train.batch import IGNORE_INDEX, Batch
 from train.losses import contrastive_loss, next_token_loss, total_loss
@@ -343,59 +343,16 @@ def test_next_token_loss_single_process_is_token_mean():
     assert float(loss) == 3.0
 
 
-# Two real gloo ranks: rank-averaged gradients of our losses equal the gradient of the global objective.
-RANK_SIZES = [(3, 5), (2, 9)]  # (contrastive pairs, label tokens) per rank: deliberately unequal
-
-
-def _global_data():
-    gen = torch.Generator().manual_seed(7)
-    n_pairs, n_tok = sum(a for a, _ in RANK_SIZES), sum(b for _, b in RANK_SIZES)
-    return (torch.randn(n_pairs, 4, generator=gen, dtype=torch.float64),
-            torch.randn(n_pairs, 4, generator=gen, dtype=torch.float64),
-            torch.randn(n_tok, 4, generator=gen, dtype=torch.float64),
-            torch.randint(0, 6, (n_tok,), generator=gen))
-
-
-def _shared_model():
-    torch.manual_seed(3)
-    return torch.nn.ModuleDict({"img": torch.nn.Linear(4, 6), "txt": torch.nn.Linear(4, 6),
-                                "head": torch.nn.Linear(4, 6)}).double()
-
-
-def _objective(m, a, b, h, y, group=None):
-    lm_sum = F.cross_entropy(m["head"](h), y, reduction="sum")
-    return next_token_loss(lm_sum, torch.tensor(len(y)), group) + contrastive_loss(m["img"](a), m["txt"](b), group, 5.0)
-
-
-def _dist_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        a, b, h, y = _global_data()
-        p0 = sum(n for n, _ in RANK_SIZES[:rank])
-        t0 = sum(n for _, n in RANK_SIZES[:rank])
-        pn, tn = RANK_SIZES[rank]
-        m = _shared_model()
-        loss = _objective(m, a[p0:p0 + pn], b[p0:p0 + pn], h[t0:t0 + tn], y[t0:t0 + tn])
-        loss.backward()
-        for p in m.parameters():  # what DDP / FSDP do: average gradients over ranks
-            dist.all_reduce(p.grad)
-            p.grad /= world
-        mean_loss = loss.detach().clone()
-        dist.all_reduce(mean_loss)
-        if rank == 0:
-            torch.save({"grads": [p.grad for p in m.parameters()], "loss": mean_loss / world}, out_file)
-    finally:
-        dist.destroy_process_group()
-
-
+# Two real gloo ranks: rank-averaged gradients of our losses equal the gradient of the global objective
+# (worker and data in tests/_train_losses_dist.py).
 @pytest.mark.timeout(300)
 def test_losses_across_two_gloo_ranks_match_the_global_objective(tmp_path):
     out_file = tmp_path / "rank0.pt"
     # spawn, not fork: forking a process whose torch thread pools already ran can deadlock the children
-    mp.spawn(_dist_worker, args=(2, str(tmp_path / "init"), str(out_file)), nprocs=2, join=True)
+    mp.spawn(dist_worker, args=(2, str(tmp_path / "init"), str(out_file)), nprocs=2, join=True)
     got = torch.load(out_file, weights_only=True)
-    m = _shared_model()
-    loss = _objective(m, *_global_data())  # one process, all data: token mean + all pairs
+    m = shared_model()
+    loss = objective(m, *global_data())  # one process, all data: token mean + all pairs
     loss.backward()
     torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-6, atol=1e-6)
     for g, p in zip(got["grads"], m.parameters()):
@@ -583,3 +540,18 @@ def test_eos_is_a_target_of_the_lm_loss():
     for (b, _), (s, e) in spans.items():
         assert int(batch.input_ids_BT[b, e - 1]) == EOS and int(batch.labels_BT[b, e - 2]) == EOS
     assert model(batch).n_label_tokens == int((batch.labels_BT != IGNORE_INDEX).sum())
+
+
+def test_vlm_update_expert_bias_per_layer():
+    model = tiny_model(torch.float32, moe=dict(n_experts=4, top_k=1, d_expert=16, first_dense_layers=1,
+                                               bias_update_rate=0.1))
+    batch, _ = build_batch([[DOC_A, DOC_B]], T=24)
+    load_LE = model(batch).expert_load_LE
+    assert load_LE.shape == (2, 4)
+    model.update_expert_bias(torch.tensor([[10, 0, 0, 2], [3, 3, 3, 3]]))
+    bias_1 = model.decoder.layers[1].ffn.expert_bias_E
+    torch.testing.assert_close(bias_1, torch.tensor([-0.15, 0.05, 0.05, 0.05]))  # overloaded expert 0 down
+    assert model.decoder.layers[2].ffn.expert_bias_E.abs().sum() == 0  # balanced layer: unchanged
+    with pytest.raises(ValueError, match="expert_load_LE has shape"):
+        model.update_expert_bias(load_LE.sum(0, keepdim=True))
+    assert "decoder.layers.1.ffn.expert_bias_E" in model.state_dict()  # checkpointed with the model
