@@ -555,3 +555,38 @@ def test_vlm_update_expert_bias_per_layer():
     with pytest.raises(ValueError, match="expert_load_LE has shape"):
         model.update_expert_bias(load_LE.sum(0, keepdim=True))
     assert "decoder.layers.1.ffn.expert_bias_E" in model.state_dict()  # checkpointed with the model
+
+
+def test_whole_vlm_under_fsdp2_bf16_policy_runs_bf16_experts(monkeypatch, tmp_path):
+    """The VLM wrapped as the GPU trainer wraps it (per block, then the root) with MixedPrecisionPolicy(bf16)
+    on one gloo rank: every MoE layer's expert matmuls get bf16 operands, the losses are finite fp32, and
+    the fp32 master weights get gradients."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    import train.model.moe as moe_mod
+
+    seen: list[tuple[torch.dtype, torch.dtype]] = []
+    real = moe_mod.grouped_matmul
+
+    def hooked(x_AD, w_EDF, offs_E, backend):  # dtype hook on every expert matmul
+        seen.append((x_AD.dtype, w_EDF.dtype))
+        return real(x_AD, w_EDF, offs_E, backend)
+
+    monkeypatch.setattr(moe_mod, "grouped_matmul", hooked)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        model = tiny_model(torch.float32)
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for block in list(model.vision.blocks) + list(model.decoder.layers):
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+        batch, _ = build_batch([[DOC_A, DOC_B], [[[32], *DOC_A[1:]]]], T=26)
+        terms = total_loss(model(batch), model.cfg)
+        terms["loss"].backward()
+    finally:
+        dist.destroy_process_group()
+    assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16)} and len(seen) == 3 * 2  # 2 MoE layers
+    assert all(torch.isfinite(terms[k]) and terms[k].dtype == torch.float32 for k in ("loss", "lm", "contrastive"))
+    w1 = model.decoder.layers[1].ffn.w1_EDF
+    assert w1.dtype == torch.float32 and w1.grad.full_tensor().abs().sum() > 0

@@ -309,3 +309,4 @@ def test_balancing_bias_moves_load_towards_balance_without_gradient():
         h = F.silu(x_D @ moe.w1_EDF[e]) * (x_D @ moe.w3_EDF[e])
         ref.append(probs_SE[s, e] * (h @ moe.w2_EFD[e]) + moe.shared(x_D[None])[0])
     torch.testing.assert_close(y_SD, torch.stack(ref), rtol=1e-10, atol=1e-12)
+
