@@ -391,6 +391,16 @@ def test_varlen_attention_matches_dense_on_packed_rows_outputs_and_gradients():
     assert (o_one - o_ref).abs().max() > 1e-3
 
 
+def test_auto_attention_backend_is_chosen_by_device():
+    from train.model.attention import resolve_backend
+
+    assert resolve_backend("auto", torch.device("cpu")) == "varlen"
+    assert resolve_backend("auto", torch.device("cuda")) == "flex"
+    assert resolve_backend("dense", torch.device("cuda")) == "dense"  # an explicit choice is kept
+    with pytest.raises(ValueError, match="model.attention"):
+        resolve_backend("flash", torch.device("cpu"))
+
+
 def test_flex_attention_block_mask_matches_dense_forward_on_cpu():
     from train.model.attention import Segments, attend
 
@@ -537,7 +547,7 @@ def test_contrastive_temperature_is_learned_and_clamped():
 def test_eos_is_a_target_of_the_lm_loss():
     model = tiny_model(torch.float32)
     batch, spans = build_batch([[DOC_A, DOC_B]], T=24)
-    for (b, _), (s, e) in spans.items():
+    for (b, _), (_, e) in spans.items():
         assert int(batch.input_ids_BT[b, e - 1]) == EOS and int(batch.labels_BT[b, e - 2]) == EOS
     assert model(batch).n_label_tokens == int((batch.labels_BT != IGNORE_INDEX).sum())
 
