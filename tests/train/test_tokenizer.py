@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from _train_corpus import articles, build_corpus, require_real
 
+from _train_corpus import articles, build_corpus, require_real
 from train.batch import SPECIAL_TOKENS
 from train.tokenizer import Tokenizer, train_from_corpus, train_tokenizer
 
