@@ -236,11 +236,13 @@ class Corpus:
             shards = self.shards()
             yield from shards[seen:]
             seen = len(shards)
-            if until_complete and self._build_finished() and len(self.shards()) == seen:
+            if until_complete and self.is_finished() and len(self.shards()) == seen:
                 return
             time.sleep(poll_s)
 
-    def _build_finished(self) -> bool:
+    def is_finished(self) -> bool:
+        """Whether the build writing this corpus has finished (build.json has `finished_at`): no manifest
+        line will be added any more."""
         p = _join(self.root, "build.json")
         if not self.fs.exists(p):
             return False

@@ -1,4 +1,4 @@
-"""The batch contract between the loader (`train/data.py`) and the model (`train/model/`).
+"""The batch contract between the loader (`train/data/`) and the model (`train/model/`).
 
 Shape legend (suffixes on tensor names, torchtitan style):
   B  rows in the batch            T  tokens per row (seq_len, packed)
@@ -24,7 +24,8 @@ SPECIAL_TOKENS = ("<|pad|>", "<|bos|>", "<|eos|>", "<|img_start|>", "<|image|>",
 class Batch:
     input_ids_BT: torch.Tensor  # int64; <|image|> id at image token positions, <|pad|> after the last doc
     labels_BT: torch.Tensor  # int64; next-token targets aligned with inputs (labels[t] = input[t+1]),
-    #                          IGNORE_INDEX where the target is an image/special/pad token or crosses a document
+    #                          IGNORE_INDEX where the target is an image/special/pad token other than <eos>
+    #                          (the last text token of a document predicts <eos>) or crosses a document
     position_ids_BT: torch.Tensor  # int64; restart at 0 at each document start
     segment_ids_BT: torch.Tensor  # int32; 0, 1, 2... per packed document within the row; -1 on padding
     pixel_values_NP: torch.Tensor  # float32; patches of all images, image after image in order of appearance

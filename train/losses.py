@@ -64,10 +64,12 @@ def _gather_rows(x_ND: torch.Tensor, group) -> tuple[torch.Tensor, int, int]:
 
 
 def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, group=None,
-                     temperature: float = 0.07) -> torch.Tensor:
+                     logit_scale: torch.Tensor | float = 1 / 0.07) -> torch.Tensor:
     """Symmetric InfoNCE on L2-normalised embeddings (row i of image_emb pairs with row i of text_emb),
-    negatives from every rank: 0.5 * (CE(image -> all texts) + CE(text -> all images)), averaged over all
-    pairs of all ranks (scaled by W for rank-averaged gradients). 0 (with a graph) if there are no pairs."""
+    similarities times `logit_scale` (1/temperature; a tensor is learned: it gets a gradient), negatives
+    from every rank: 0.5 * (CE(image -> all texts) + CE(text -> all images)), averaged over all pairs of all
+    ranks (scaled by W for rank-averaged gradients). 0 (with a graph through every input) if no rank has a
+    pair."""
     if image_emb.shape != text_emb.shape:
         raise ValueError(f"image_emb {tuple(image_emb.shape)} and text_emb {tuple(text_emb.shape)} must match")
     W = _world_size(group)
@@ -76,17 +78,19 @@ def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, group=None
     all_img_MD, offset, n_total = _gather_rows(img_ND, group)
     all_txt_MD, _, _ = _gather_rows(txt_ND, group)
     if n_total == 0:
-        return (img_ND.sum() + txt_ND.sum()) * 0.0
+        zero = (img_ND.sum() + txt_ND.sum()) * 0.0
+        return zero + logit_scale * 0.0 if isinstance(logit_scale, torch.Tensor) else zero
     target_N = torch.arange(offset, offset + img_ND.shape[0], device=img_ND.device)
-    i2t = F.cross_entropy(img_ND @ all_txt_MD.T / temperature, target_N, reduction="sum")
-    t2i = F.cross_entropy(txt_ND @ all_img_MD.T / temperature, target_N, reduction="sum")
+    i2t = F.cross_entropy(logit_scale * (img_ND @ all_txt_MD.T), target_N, reduction="sum")
+    t2i = F.cross_entropy(logit_scale * (txt_ND @ all_img_MD.T), target_N, reduction="sum")
     return 0.5 * (i2t + t2i) * W / n_total
 
 
 def total_loss(out: ModelOutput, cfg: ModelConfig, group=None) -> dict[str, torch.Tensor]:
     """lm + aux_w * aux + z_w * z (+ contrastive_w * contrastive). Returns {"loss": differentiable total,
-    and detached terms for logging: "lm" (global token mean), "aux", "z", "contrastive" (if enabled),
-    "n_label_tokens" (global count)}."""
+    and detached terms for logging: "lm" (global token mean), "aux", "z", "n_label_tokens" (global count),
+    and with the contrastive loss on "contrastive" (global pair mean), "n_pairs" (global pair count of
+    this micro-batch) and "logit_scale"}."""
     lm = next_token_loss(out.lm_loss_sum, out.n_label_tokens, group)
     loss = lm + cfg.moe.aux_loss_weight * out.aux_loss + cfg.moe.z_loss_weight * out.z_loss
     n_global = _all_reduce_sum(out.n_label_tokens, group)
@@ -97,11 +101,13 @@ def total_loss(out: ModelOutput, cfg: ModelConfig, group=None) -> dict[str, torc
         "n_label_tokens": n_global,
     }
     if cfg.contrastive.weight > 0:
-        if out.image_emb_ID is None:
+        if out.image_emb_ID is None or out.logit_scale is None:
             raise ValueError("contrastive.weight > 0 but the model output has no image/text embeddings "
                              "(model built with contrastive.weight = 0?)")
-        con = contrastive_loss(out.image_emb_ID, out.text_emb_ID, group, cfg.contrastive.temperature)
+        con = contrastive_loss(out.image_emb_ID, out.text_emb_ID, group, out.logit_scale)
         loss = loss + cfg.contrastive.weight * con
         terms["contrastive"] = _all_reduce_sum(con, group) / _world_size(group)  # global pair mean
+        terms["n_pairs"] = _all_reduce_sum(out.paired_I.sum(), group)
+        terms["logit_scale"] = out.logit_scale.detach()
     terms["loss"] = loss
     return terms

@@ -1,4 +1,5 @@
-"""Streaming loader: splitting, equal step counts, exact resume, token/label layout, patch grids, follow."""
+"""Streaming loader: splitting, equal step counts, exact resume, token/label layout (<eos> a target), patch
+grids, follow (through the public Corpus.follow / is_finished), and the package's public surface."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from train.data import (
     ShardReader,
     SlotState,
     patch_grid,
-    plan_units,
+    plan_parts,
     slot_batches,
     slot_documents,
 )
@@ -64,12 +65,12 @@ def test_plan_covers_every_document_once_per_epoch(corpus, world, workers):
     all_ids = sorted(d.id for d in c.iter_documents(with_images=False))
     orders = []
     for epoch in (0, 1):
-        slots = plan_units(shards, epoch, seed=7, world=world, num_workers=workers)
+        slots = plan_parts(shards, epoch, seed=7, world=world, num_workers=workers)
         assert len(slots) == world * workers
-        seen = [d.id for units in slots for u in units for _, d in reader.read(u, 0, Counter())]
+        seen = [d.id for parts in slots for u in parts for _, d in reader.read(u, 0, Counter())]
         assert sorted(seen) == all_ids  # every document exactly once, across ranks and workers
-        orders.append([u.shard for units in slots for u in units])
-    assert plan_units(shards, 0, 7, world, workers) == plan_units(shards, 0, 7, world, workers)
+        orders.append([u.shard for parts in slots for u in parts])
+    assert plan_parts(shards, 0, 7, world, workers) == plan_parts(shards, 0, 7, world, workers)
     assert orders[0] != orders[1]  # reshuffled per epoch (seeded: the same two orders on every run)
 
 
@@ -79,9 +80,9 @@ def test_equal_steps_on_uneven_ranks(corpus):
     # rank 1 holds far fewer documents than rank 0 in epoch 0; both still yield every step asked for
     docs_per_rank = []
     for rank in (0, 1):
-        units = plan_units(Corpus(c).shards(), 0, seed=0, world=2, num_workers=1)[rank]
+        parts = plan_parts(Corpus(c).shards(), 0, seed=0, world=2, num_workers=1)[rank]
         sizes = {s.name: s.documents for s in Corpus(c).shards()}
-        docs_per_rank.append(sum(u.n_documents(sizes[u.shard]) for u in units))
+        docs_per_rank.append(sum(u.n_documents(sizes[u.shard]) for u in parts))
     assert docs_per_rank[0] != docs_per_rank[1]
     loaders = [Loader(cfg, tok, PATCH, rank=r, world=2, corpus=str(c)) for r in (0, 1)]
     got = [take(ld, 40) for ld in loaders]
@@ -121,12 +122,16 @@ def test_token_layout_labels_and_images(corpus):
     tok = Tokenizer.load(tok_path)
     cfg = DataConfig(**CFG)
     batches = take(Loader(cfg, tok_path, PATCH, corpus=str(c)), 20)
-    n_images = 0
+    n_images = n_eos_targets = 0
     for b in batches:
         ids, lab, seg, pos = b.input_ids_BT, b.labels_BT, b.segment_ids_BT, b.position_ids_BT
         special = torch.isin(ids, torch.tensor(sorted(tok.special_ids)))
-        # labels: never a special/image token; where set, the next input token of the same segment
-        assert not torch.isin(lab, torch.tensor(sorted(tok.special_ids))).any()
+        # labels: never a special/image token except <eos>; where set, the next input token of the same segment
+        assert not torch.isin(lab, torch.tensor(sorted(tok.special_ids - {tok.eos_id}))).any()
+        # <eos> is a target: every <eos> whose predecessor is in the same piece is that token's label
+        has_eos_before = (ids[:, 1:] == tok.eos_id) & (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] >= 0)
+        assert (lab[:, :-1][has_eos_before] == tok.eos_id).all()
+        n_eos_targets += int((lab == tok.eos_id).sum())
         assert (lab[ids == tok.image_id] == IGNORE_INDEX).all()
         inner = (lab[:, :-1] != IGNORE_INDEX) & (seg[:, :-1] == seg[:, 1:])
         assert torch.equal(lab[:, :-1][inner], ids[:, 1:][inner])
@@ -161,7 +166,7 @@ def test_token_layout_labels_and_images(corpus):
         assert not special[after >= 0].any()
         assert set(after[after >= 0].tolist()) <= set(range(len(grids)))
         n_images += len(grids)
-    assert n_images > 10
+    assert n_images > 10 and n_eos_targets > 10
     # images start the batch stream with real pixel content (normalised to [-1, 1])
     pv = batches[0].pixel_values_NP
     assert pv.min() >= -1.0 and pv.max() <= 1.0 and pv.std() > 0.1
@@ -262,12 +267,14 @@ def test_follow_picks_up_a_shard_appended_later(tmp_path, corpus):
     while len(seen) < 4 and time.time() < deadline:
         time.sleep(0.05)
     assert len(seen) == 4 and not done.is_set()  # waiting for the build, not finished
+    assert not Corpus(c).is_finished()
     late = make_documents(3, start=50)
     append_manifest(c, write_shards(late, c, "late", max_docs=3))
     while len(seen) < 7 and time.time() < deadline:
         time.sleep(0.05)
     assert {d for _, d in seen[4:7]} == {d.id for d in late}
     (Path(c) / "build.json").write_text(json.dumps({"finished_at": "now"}))
+    assert Corpus(c).is_finished()
     th.join(20)
     assert done.is_set() and seen[-1][0] == 1  # build finished -> epoch 1 over all shards
 
@@ -275,3 +282,17 @@ def test_follow_picks_up_a_shard_appended_later(tmp_path, corpus):
     c2 = build_corpus(tmp_path / "live2", [4], finished=False)
     ld = Loader(DataConfig(**CFG, follow=True, poll_s=0.05), corpus[1], PATCH, corpus=str(c2))
     assert take(ld, 2)[0].input_ids_BT.shape == (2, CFG["seq_len"])
+
+
+def test_package_builds_on_public_corpus_api_only():
+    """train/data is a package of its sections; none of them reaches into Corpus' private methods."""
+    import train.data as data
+
+    sections = ["plan", "read", "encode", "pack", "collate", "loader", "config"]
+    root = Path(data.__file__).parent
+    assert sorted(p.stem for p in root.glob("*.py") if p.stem != "__init__") == sorted(sections)
+    for name in sections:
+        text = (root / f"{name}.py").read_text()
+        assert "corpus._" not in text and "Corpus._" not in text, name
+    assert data.ShardPart("s.tar", 1, 3).n_documents(7) == 2  # documents 1 and 4 of 0..6
+    assert not hasattr(data, "Unit")  # renamed: a crawl unit (crawl.sources.Unit) is something else

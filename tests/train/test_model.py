@@ -5,13 +5,14 @@ non-square grids, image-token placement, forward/backward, freezing stages, FLOP
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, replace
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from _train_losses_dist import dist_worker, global_data, objective, shared_model
 
 from train.batch import IGNORE_INDEX, Batch
 from train.losses import contrastive_loss, next_token_loss, total_loss
@@ -75,7 +76,7 @@ def build_batch(rows: list[list[list]], T: int, after: int = 3, pixels: dict[str
     labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
     for (b, _), (s, e) in spans.items():
         for t in range(s, e - 1):
-            if int(ids[b, t + 1]) not in SPECIAL:
+            if int(ids[b, t + 1]) not in SPECIAL - {EOS}:  # <eos> is a target, as the loader labels it
                 labels[b, t] = ids[b, t + 1]
     batch = Batch(input_ids_BT=ids, labels_BT=labels, position_ids_BT=pos, segment_ids_BT=seg,
                   pixel_values_NP=torch.cat(patches) if patches else torch.zeros(0, P),
@@ -127,7 +128,7 @@ def test_packed_and_unpacked_documents_give_the_same_loss_float64():
     torch.testing.assert_close(loss_a_packed, ce_a[0].sum(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(loss_b_packed, ce_b[0].sum(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(out_p.lm_loss_sum, out_a.lm_loss_sum + out_b.lm_loss_sum, rtol=1e-12, atol=1e-12)
-    assert int(out_p.n_label_tokens) == int(out_a.n_label_tokens) + int(out_b.n_label_tokens) == 13
+    assert int(out_p.n_label_tokens) == int(out_a.n_label_tokens) + int(out_b.n_label_tokens) == 15
     # the per-document numbers are real, distinct losses (not e.g. all zero)
     assert loss_a_packed > 1.0 and loss_b_packed > 1.0 and abs(loss_a_packed - loss_b_packed) > 1e-6
     # contrastive embeddings of the image do not depend on packing either
@@ -238,12 +239,15 @@ def test_tiny_vlm_forward_backward_and_outputs():
     n_moe = 2  # 3 layers, the first dense
     assert out.expert_load_LE.shape == (n_moe, 4)
     n_real = int((batch.segment_ids_BT >= 0).sum())
-    assert out.expert_load_LE.sum(1).tolist() == [n_real * 2] * n_moe  # padding is not routed
+    n_caption = int((batch.text_after_image_BT >= 0).sum())  # the captions' own pass is routed too
+    assert out.expert_load_LE.sum(1).tolist() == [(n_real + n_caption) * 2] * n_moe  # padding is not routed
+    assert out.n_pairs == 2 and 0.0 <= out.dead_expert_fraction < 1.0
     terms = total_loss(out, model.cfg)
     for name in ("loss", "lm", "aux", "z", "contrastive"):
         assert torch.isfinite(terms[name]), name
+    assert int(terms["n_pairs"]) == 2 and float(terms["logit_scale"]) == pytest.approx(1 / 0.07)
     expected = (out.lm_loss_sum / out.n_label_tokens + 0.01 * out.aux_loss + 0.001 * out.z_loss
-                + 0.5 * contrastive_loss(out.image_emb_ID, out.text_emb_ID, temperature=0.07))
+                + 0.5 * contrastive_loss(out.image_emb_ID, out.text_emb_ID, logit_scale=1 / 0.07))
     torch.testing.assert_close(terms["loss"], expected)
     assert terms["lm"] == pytest.approx(math.log(40), rel=0.5)
     terms["loss"].backward()
@@ -265,8 +269,8 @@ def test_batch_without_images_still_touches_every_parameter():
 
 
 @pytest.mark.parametrize("stage,prefixes", [
-    ("adapter", ("adapter.", "image_proj.", "text_proj.")),
-    ("adapter+vision", ("adapter.", "image_proj.", "text_proj.", "vision.")),
+    ("adapter", ("adapter.", "image_proj.", "text_proj.", "logit_scale")),
+    ("adapter+vision", ("adapter.", "image_proj.", "text_proj.", "logit_scale", "vision.")),
     ("all", ("",)),
 ])
 def test_set_trainable_freezes_as_named(stage, prefixes):
@@ -325,9 +329,9 @@ def manual_infonce(img, txt, tau):
 def test_contrastive_loss_matches_manual_infonce():
     torch.manual_seed(0)
     img, txt = torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64)
-    got = contrastive_loss(img, txt, temperature=0.1)
+    got = contrastive_loss(img, txt, logit_scale=10.0)
     torch.testing.assert_close(got, manual_infonce(img, txt, 0.1).float(), rtol=1e-6, atol=1e-6)
-    aligned = contrastive_loss(img, img * 3.0, temperature=0.05)  # matching pairs: much lower loss
+    aligned = contrastive_loss(img, img * 3.0, logit_scale=20.0)  # matching pairs: much lower loss
     assert aligned < got
     empty = torch.zeros(0, 8, requires_grad=True)
     zero = contrastive_loss(empty, empty)
@@ -339,60 +343,260 @@ def test_next_token_loss_single_process_is_token_mean():
     assert float(loss) == 3.0
 
 
-# Two real gloo ranks: rank-averaged gradients of our losses equal the gradient of the global objective.
-RANK_SIZES = [(3, 5), (2, 9)]  # (contrastive pairs, label tokens) per rank: deliberately unequal
-
-
-def _global_data():
-    gen = torch.Generator().manual_seed(7)
-    n_pairs, n_tok = sum(a for a, _ in RANK_SIZES), sum(b for _, b in RANK_SIZES)
-    return (torch.randn(n_pairs, 4, generator=gen, dtype=torch.float64),
-            torch.randn(n_pairs, 4, generator=gen, dtype=torch.float64),
-            torch.randn(n_tok, 4, generator=gen, dtype=torch.float64),
-            torch.randint(0, 6, (n_tok,), generator=gen))
-
-
-def _shared_model():
-    torch.manual_seed(3)
-    return torch.nn.ModuleDict({"img": torch.nn.Linear(4, 6), "txt": torch.nn.Linear(4, 6),
-                                "head": torch.nn.Linear(4, 6)}).double()
-
-
-def _objective(m, a, b, h, y, group=None):
-    lm_sum = F.cross_entropy(m["head"](h), y, reduction="sum")
-    return next_token_loss(lm_sum, torch.tensor(len(y)), group) + contrastive_loss(m["img"](a), m["txt"](b), group, 0.2)
-
-
-def _dist_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        a, b, h, y = _global_data()
-        p0 = sum(n for n, _ in RANK_SIZES[:rank])
-        t0 = sum(n for _, n in RANK_SIZES[:rank])
-        pn, tn = RANK_SIZES[rank]
-        m = _shared_model()
-        loss = _objective(m, a[p0:p0 + pn], b[p0:p0 + pn], h[t0:t0 + tn], y[t0:t0 + tn])
-        loss.backward()
-        for p in m.parameters():  # what DDP / FSDP do: average gradients over ranks
-            dist.all_reduce(p.grad)
-            p.grad /= world
-        mean_loss = loss.detach().clone()
-        dist.all_reduce(mean_loss)
-        if rank == 0:
-            torch.save({"grads": [p.grad for p in m.parameters()], "loss": mean_loss / world}, out_file)
-    finally:
-        dist.destroy_process_group()
-
-
+# Two real gloo ranks: rank-averaged gradients of our losses equal the gradient of the global objective
+# (worker and data in tests/_train_losses_dist.py).
 @pytest.mark.timeout(300)
 def test_losses_across_two_gloo_ranks_match_the_global_objective(tmp_path):
     out_file = tmp_path / "rank0.pt"
     # spawn, not fork: forking a process whose torch thread pools already ran can deadlock the children
-    mp.spawn(_dist_worker, args=(2, str(tmp_path / "init"), str(out_file)), nprocs=2, join=True)
+    mp.spawn(dist_worker, args=(2, str(tmp_path / "init"), str(out_file)), nprocs=2, join=True)
     got = torch.load(out_file, weights_only=True)
-    m = _shared_model()
-    loss = _objective(m, *_global_data())  # one process, all data: token mean + all pairs
+    m = shared_model()
+    loss = objective(m, *global_data())  # one process, all data: token mean + all pairs
     loss.backward()
     torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-6, atol=1e-6)
     for g, p in zip(got["grads"], m.parameters()):
         torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-7)
+
+
+# --- attention backends, checkpointing, compile -----------------------------------------------------------
+
+def _qkv(B, H, K, T, d, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, h, T, d, generator=gen, dtype=torch.float64, requires_grad=True) for h in (H, K, K)]
+
+
+def _attend_with_grads(backend, ids_BT, causal, qkv):
+    from train.model.attention import Segments, attend
+
+    q, k, v = (x.detach().clone().requires_grad_() for x in qkv)
+    o = attend(q, k, v, Segments.build(ids_BT, causal=causal, backend=backend))
+    (o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum().backward()
+    return o.detach(), [q.grad, k.grad, v.grad]
+
+
+def test_varlen_attention_matches_dense_on_packed_rows_outputs_and_gradients():
+    # rows with several documents of equal and different lengths, padding, a one-token document
+    ids_BT = torch.tensor([[0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 3, -1],
+                           [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, -1, -1],
+                           [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.int32)
+    qkv = _qkv(3, 4, 2, 12, 8)  # grouped-query: 4 query heads over 2 kv heads
+    o_ref, g_ref = _attend_with_grads("dense", ids_BT, True, qkv)
+    o, g = _attend_with_grads("varlen", ids_BT, True, qkv)
+    torch.testing.assert_close(o, o_ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # control: the reference does depend on the segmentation
+    o_one, _ = _attend_with_grads("dense", torch.where(ids_BT >= 0, 0, -1).int(), True, qkv)
+    assert (o_one - o_ref).abs().max() > 1e-3
+
+
+def test_auto_attention_backend_is_chosen_by_device():
+    from train.model.attention import resolve_backend
+
+    assert resolve_backend("auto", torch.device("cpu")) == "varlen"
+    assert resolve_backend("auto", torch.device("cuda")) == "flex"
+    assert resolve_backend("dense", torch.device("cuda")) == "dense"  # an explicit choice is kept
+    with pytest.raises(ValueError, match="model.attention"):
+        resolve_backend("flash", torch.device("cpu"))
+
+
+def test_flex_attention_block_mask_matches_dense_forward_on_cpu():
+    from train.model.attention import Segments, attend
+
+    ids_BT = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 2, -1, -1], [0, 0, 1, 1, 1, 1, 1, 1, 1, 1]], dtype=torch.int32)
+    q, k, v = (x.detach() for x in _qkv(2, 4, 2, 10, 8))
+    with torch.no_grad():  # torch's CPU flex_attention is forward-only; CUDA trains with it
+        for causal in (True, False):
+            ids = ids_BT if causal else ids_BT.clamp(min=0)
+            o = attend(q, k, v, Segments.build(ids, causal=causal, backend="flex"))
+            o_ref = attend(q, k, v, Segments.build(ids, causal=causal, backend="dense"))
+            torch.testing.assert_close(o, o_ref, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="flex_attention has no backward"):
+        Segments.build(ids_BT, causal=True, backend="flex")  # grad enabled on CPU: a clear error
+
+
+def test_vision_varlen_matches_dense_on_mixed_image_sizes():
+    grid = torch.tensor([[2, 4], [4, 2], [2, 2], [2, 4], [6, 2]])  # equal and different sizes, both orientations
+    n = int((grid[:, 0] * grid[:, 1]).sum())
+    px = torch.randn(n, P, dtype=torch.float64)
+    results = []
+    for backend in ("dense", "varlen"):
+        torch.manual_seed(0)
+        enc = VisionEncoder(tiny_config().vision, attention=backend).double()
+        x = px.clone().requires_grad_()
+        y = enc(x, grid)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        results.append((y.detach(), x.grad, [p.grad for p in enc.parameters()]))
+    (y_ref, gx_ref, gp_ref), (y, gx, gp) = results
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-10, atol=1e-12)
+    for a, b in zip(gp, gp_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad()
+    out = model(batch, return_logits=True)
+    total_loss(out, model.cfg)["loss"].backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_vlm_varlen_matches_dense_reference_float64():
+    batch, _ = build_batch([[DOC_A, DOC_B], [[[32], Img("d", 4, 2), [33, 34]], [[20, 21]]]], T=26)
+    ref, g_ref = _loss_and_grads(tiny_model(attention="dense"), batch)
+    out, g = _loss_and_grads(tiny_model(attention="varlen"), batch)
+    torch.testing.assert_close(out.logits_BTV, ref.logits_BTV, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out.lm_loss_sum, ref.lm_loss_sum, rtol=1e-12, atol=1e-12)
+    for name, grad in g_ref.items():
+        torch.testing.assert_close(g[name], grad, rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_training_path_never_builds_a_dense_mask(monkeypatch):
+    import train.model.attention as attention
+
+    def refuse(*_):
+        raise AssertionError("dense N x N mask built in the training path")
+
+    monkeypatch.setattr(attention, "document_mask", refuse)
+    monkeypatch.setattr(attention, "image_mask", refuse)
+    model = tiny_model(torch.float32)  # default config: attention "auto" -> varlen on CPU
+    batch, _ = build_batch([[DOC_A, DOC_B], [[[32], Img("d", 4, 2), [33, 34]]]], T=26)
+    total_loss(model(batch), model.cfg)["loss"].backward()
+    assert model.decoder.layers[1].ffn.w1_EDF.grad.abs().sum() > 0
+    with pytest.raises(AssertionError, match="dense"):  # control: the reference backend does call it
+        tiny_model(torch.float32, attention="dense")(batch)
+
+
+def test_activation_checkpointing_same_gradients_fewer_saved_tensors():
+    batch, _ = build_batch([[DOC_A, DOC_B], [[[32], Img("d", 4, 2), [33, 34]]]], T=26)
+    saved = Counter()
+    results = {}
+    for ac in (False, True):
+        model = tiny_model(activation_checkpointing=ac)
+
+        def pack(t, ac=ac):
+            saved[ac] += 1
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.zero_grad()
+            out = model(batch)
+            loss = total_loss(out, model.cfg)["loss"]
+        loss.backward()
+        results[ac] = (loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters()})
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-12, atol=1e-12)
+    for name, grad in results[False][1].items():
+        torch.testing.assert_close(results[True][1][name], grad, rtol=1e-10, atol=1e-12, msg=name)
+    assert saved[True] < saved[False] / 2  # only block inputs are kept for backward
+
+
+def test_compiled_blocks_compute_the_same():
+    batch, _ = build_batch([[DOC_A, DOC_B]], T=24)
+    # one dense and one MoE layer, one ViT block; the loop backend (torch's fake-tensor rule for grouped_mm
+    # is bf16-only, while its CPU kernel also runs fp32: compiled bf16 grouped_mm is a GPU matter)
+    small = dict(n_layers=2, moe=dict(n_experts=4, top_k=2, d_expert=16, first_dense_layers=1, grouped_mm="loop"),
+                 vision=dict(patch_size=PATCH, d_vit=16, n_layers=1, n_heads=2))
+    ref, g_ref = _loss_and_grads(tiny_model(torch.float32, **small), batch)
+    model = tiny_model(torch.float32, compile="eager", **small)
+    assert all(b._compiled is not None for b in list(model.decoder.layers) + list(model.vision.blocks))
+    out, g = _loss_and_grads(model, batch)
+    torch.testing.assert_close(out.lm_loss_sum, ref.lm_loss_sum, rtol=1e-5, atol=1e-5)
+    for name, grad in g_ref.items():
+        torch.testing.assert_close(g[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# --- objectives -----------------------------------------------------------------------------------------
+
+def test_contrastive_text_embedding_cannot_see_the_image():
+    model = tiny_model()
+    rows = [[DOC_A, DOC_B], [[[32], Img("d", 4, 2), [33, 34]]]]
+    batch, _ = build_batch(rows, T=26)
+    other, _ = build_batch(rows, T=26, pixels={"a": torch.randn(8, P), "d": torch.randn(8, P)})
+    assert not torch.equal(batch.pixel_values_NP, other.pixel_values_NP)
+    out, out2 = model(batch, return_logits=True), model(other, return_logits=True)
+    assert out.n_pairs == 2
+    torch.testing.assert_close(out2.text_emb_ID, out.text_emb_ID, rtol=0, atol=1e-12)  # text side: unchanged
+    assert (out2.image_emb_ID - out.image_emb_ID).abs().max() > 1e-3  # image side: changed
+    # control: in the main pass the caption tokens do attend to the image (the LM conditions on it),
+    # so pooling their states there, as before, would have leaked the pixels into the text side
+    caption_BT = batch.text_after_image_BT >= 0
+    assert (out2.logits_BTV[caption_BT] - out.logits_BTV[caption_BT]).abs().max() > 1e-3
+
+
+def test_contrastive_temperature_is_learned_and_clamped():
+    model = tiny_model(torch.float32)
+    assert isinstance(model.logit_scale, torch.nn.Parameter)
+    assert any(p is model.logit_scale for g in model.param_groups(0.1) for p in g["params"])
+    batch, _ = build_batch([[DOC_A, [[30, 31], Img("c", 2, 2), [35, 36]]]], T=30)
+    out = model(batch)
+    assert float(out.logit_scale) == pytest.approx(1 / 0.07, rel=1e-5)
+    terms = total_loss(out, model.cfg)
+    terms["loss"].backward()
+    assert model.logit_scale.grad is not None and model.logit_scale.grad.abs().sum() > 0
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)  # exp(10) >> 100: clamped, as CLIP does
+    assert float(model(batch).logit_scale) == 100.0
+    # a batch without any pair still ties the scale into the graph (DDP: same parameters every step)
+    model.zero_grad()
+    no_pair, _ = build_batch([[DOC_B]], T=12)
+    total_loss(model(no_pair), model.cfg)["loss"].backward()
+    assert model.logit_scale.grad is not None and model.logit_scale.grad.abs().sum() == 0
+
+
+def test_eos_is_a_target_of_the_lm_loss():
+    model = tiny_model(torch.float32)
+    batch, spans = build_batch([[DOC_A, DOC_B]], T=24)
+    for (b, _), (_, e) in spans.items():
+        assert int(batch.input_ids_BT[b, e - 1]) == EOS and int(batch.labels_BT[b, e - 2]) == EOS
+    assert model(batch).n_label_tokens == int((batch.labels_BT != IGNORE_INDEX).sum())
+
+
+def test_vlm_update_expert_bias_per_layer():
+    model = tiny_model(torch.float32, moe=dict(n_experts=4, top_k=1, d_expert=16, first_dense_layers=1,
+                                               bias_update_rate=0.1))
+    batch, _ = build_batch([[DOC_A, DOC_B]], T=24)
+    load_LE = model(batch).expert_load_LE
+    assert load_LE.shape == (2, 4)
+    model.update_expert_bias(torch.tensor([[10, 0, 0, 2], [3, 3, 3, 3]]))
+    bias_1 = model.decoder.layers[1].ffn.expert_bias_E
+    torch.testing.assert_close(bias_1, torch.tensor([-0.15, 0.05, 0.05, 0.05]))  # overloaded expert 0 down
+    assert model.decoder.layers[2].ffn.expert_bias_E.abs().sum() == 0  # balanced layer: unchanged
+    with pytest.raises(ValueError, match="expert_load_LE has shape"):
+        model.update_expert_bias(load_LE.sum(0, keepdim=True))
+    assert "decoder.layers.1.ffn.expert_bias_E" in model.state_dict()  # checkpointed with the model
+
+
+def test_whole_vlm_under_fsdp2_bf16_policy_runs_bf16_experts(monkeypatch, tmp_path):
+    """The VLM wrapped as the GPU trainer wraps it (per block, then the root) with MixedPrecisionPolicy(bf16)
+    on one gloo rank: every MoE layer's expert matmuls get bf16 operands, the losses are finite fp32, and
+    the fp32 master weights get gradients."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    import train.model.moe as moe_mod
+
+    seen: list[tuple[torch.dtype, torch.dtype]] = []
+    real = moe_mod.grouped_matmul
+
+    def hooked(x_AD, w_EDF, offs_E, backend):  # dtype hook on every expert matmul
+        seen.append((x_AD.dtype, w_EDF.dtype))
+        return real(x_AD, w_EDF, offs_E, backend)
+
+    monkeypatch.setattr(moe_mod, "grouped_matmul", hooked)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        model = tiny_model(torch.float32)
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for block in list(model.vision.blocks) + list(model.decoder.layers):
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+        batch, _ = build_batch([[DOC_A, DOC_B], [[[32], *DOC_A[1:]]]], T=26)
+        terms = total_loss(model(batch), model.cfg)
+        terms["loss"].backward()
+    finally:
+        dist.destroy_process_group()
+    assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16)} and len(seen) == 3 * 2  # 2 MoE layers
+    assert all(torch.isfinite(terms[k]) and terms[k].dtype == torch.float32 for k in ("loss", "lm", "contrastive"))
+    w1 = model.decoder.layers[1].ffn.w1_EDF
+    assert w1.dtype == torch.float32 and w1.grad.full_tensor().abs().sum() > 0

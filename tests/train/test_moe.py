@@ -170,3 +170,143 @@ def test_router_runs_in_fp32_under_bf16():
     y_SD, stats = moe(torch.randn(12, 8, dtype=torch.bfloat16))
     assert y_SD.dtype == torch.bfloat16 and stats.aux_loss.dtype == torch.float32
     assert torch.isfinite(y_SD.float()).all()
+
+
+# --- dtype policies ---------------------------------------------------------------------------------------
+
+def record_expert_operands(monkeypatch) -> list[tuple[torch.dtype, torch.dtype]]:
+    """Dtype hook on every expert matmul: (activation dtype, weight dtype) per call."""
+    import train.model.moe as moe_mod
+
+    seen: list[tuple[torch.dtype, torch.dtype]] = []
+    real = moe_mod.grouped_matmul
+
+    def hooked(x_AD, w_EDF, offs_E, backend):
+        seen.append((x_AD.dtype, w_EDF.dtype))
+        return real(x_AD, w_EDF, offs_E, backend)
+
+    monkeypatch.setattr(moe_mod, "grouped_matmul", hooked)
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["loop", "auto"])
+def test_experts_get_bf16_operands_under_fsdp2_mixed_precision(monkeypatch, tmp_path, mode):
+    """FSDP2's MixedPrecisionPolicy(param_dtype=bf16) (the GPU policy) on one gloo rank: fp32 master weights,
+    bf16 unsharded parameters in forward -> the experts' matmuls see bf16 activations AND weights."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    seen = record_expert_operands(monkeypatch)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        moe = make_moe(Fh=16, dtype=torch.float32, mode=mode)
+        fully_shard(moe, mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32))
+        y_SD, stats = moe(torch.randn(20, 8))
+        y_SD.float().sum().backward()
+    finally:
+        dist.destroy_process_group()
+    assert seen == [(torch.bfloat16, torch.bfloat16)] * 3  # w1, w3, w2
+    assert y_SD.dtype == torch.bfloat16 and stats.aux_loss.dtype == torch.float32
+    assert moe.w1_EDF.dtype == torch.float32 and moe.w1_EDF.grad.dtype == torch.float32  # master weights
+    assert moe.w1_EDF.grad.full_tensor().abs().sum() > 0 and moe.router.weight.grad.full_tensor().abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", ["loop", "auto"])
+def test_moe_under_autocast_runs_bf16_experts_and_keeps_the_residual_dtype(monkeypatch, mode):
+    seen = record_expert_operands(monkeypatch)
+    moe = make_moe(Fh=16, dtype=torch.float32, mode=mode)
+    x_SD = torch.randn(20, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_SD, _ = moe(x_SD)
+    y_SD.sum().backward()
+    assert seen == [(torch.bfloat16, torch.bfloat16)] * 3
+    assert y_SD.dtype == torch.float32 and x_SD.grad is not None and torch.isfinite(x_SD.grad).all()
+    torch.testing.assert_close(y_SD, moe(x_SD)[0], rtol=5e-2, atol=5e-2)  # bf16 compute, same function
+
+
+def test_loop_agrees_with_grouped_in_bf16_and_fp32():
+    if grouped_mm_backend("cpu", None, torch.bfloat16, 8, 16) != GROUPED_MM:
+        pytest.skip(f"torch {torch.__version__} has no CPU grouped_mm for bf16")
+    x_SD = torch.randn(64, 8)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        grouped, loop = make_moe(Fh=16, dtype=dtype), make_moe(Fh=16, dtype=dtype, mode="loop")
+        y1, s1 = grouped(x_SD.to(dtype))
+        y2, s2 = loop(x_SD.to(dtype))
+        assert grouped.grouped_mm_backend == GROUPED_MM and loop.grouped_mm_backend == LOOP
+        assert torch.equal(s1.load_E, s2.load_E)
+        torch.testing.assert_close(y1.float(), y2.float(), rtol=tol, atol=tol)
+        g1, p1 = grads_of(grouped, x_SD.to(dtype), lambda x, m=grouped: m(x)[0])
+        g2, p2 = grads_of(loop, x_SD.to(dtype), lambda x, m=loop: m(x)[0])
+        torch.testing.assert_close(g1.float(), g2.float(), rtol=tol, atol=tol)
+        for a, b in zip(p1, p2):
+            torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol * 5)
+
+
+# --- gate and balancing options -------------------------------------------------------------------------
+
+def test_top1_router_gets_gradient_from_the_output():
+    moe = make_moe(K=1)  # gate "auto": softmax for top_k = 1 (Switch)
+    x_SD = torch.randn(16, 8, dtype=torch.float64)
+    y_SD, _ = moe(x_SD)
+    (y_SD * torch.linspace(-1, 1, y_SD.numel(), dtype=y_SD.dtype).view_as(y_SD)).sum().backward()
+    assert moe.router.weight.grad.abs().sum() > 1e-6
+    # the output's gate is the router probability of the chosen expert, not 1
+    torch.testing.assert_close(y_SD, softmax_gate_reference(moe, x_SD), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="no gradient"):
+        MoEConfig(n_experts=4, top_k=1, gate="renormalised")
+
+
+def softmax_gate_reference(moe: MoE, x_SD: torch.Tensor) -> torch.Tensor:
+    probs_SE = F.linear(x_SD, moe.router.weight).softmax(-1)
+    w_S, e_S = probs_SE.max(-1)
+    out = []
+    for x_D, w, e in zip(x_SD, w_S, e_S.tolist()):
+        h = F.silu(x_D @ moe.w1_EDF[e]) * (x_D @ moe.w3_EDF[e])
+        out.append(w * (h @ moe.w2_EFD[e]) + moe.shared(x_D[None])[0])
+    return torch.stack(out)
+
+
+def test_softmax_gate_with_top2_is_not_renormalised():
+    ref = make_moe()  # renormalised gate (auto, top_k = 2)
+    moe = MoE(8, MoEConfig(n_experts=4, top_k=2, d_expert=12, gate="softmax")).double()
+    moe.load_state_dict(ref.state_dict())
+    x_SD = torch.randn(10, 8, dtype=torch.float64)
+    probs_SE = F.linear(x_SD, moe.router.weight).softmax(-1)
+    top2_S = probs_SE.topk(2, -1).values.sum(-1)
+    shared = moe.shared(x_SD)
+    # softmax-gated routed output = renormalised routed output scaled by the top-2 mass
+    torch.testing.assert_close(moe(x_SD)[0] - shared, (ref(x_SD)[0] - shared) * top2_S[:, None],
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_balancing_bias_moves_load_towards_balance_without_gradient():
+    torch.manual_seed(0)
+    moe = MoE(8, MoEConfig(n_experts=4, top_k=1, d_expert=12, bias_update_rate=0.05)).double()
+    with torch.no_grad():
+        moe.router.weight.normal_(std=1.0)
+        moe.router.weight[0, 0] += 3.0  # feature 0 is positive: expert 0 is most tokens' favourite
+    x_SD = torch.randn(400, 8, dtype=torch.float64)
+    x_SD[:, 0] = x_SD[:, 0].abs() + 0.5
+    assert "expert_bias_E" in moe.state_dict() and "expert_bias_E" not in dict(moe.named_parameters())
+    imbalance = []  # max / mean token-slots per expert
+    with torch.no_grad():
+        for _ in range(100):
+            _, stats = moe(x_SD)
+            imbalance.append(float(stats.load_E.max()) / float(stats.load_E.float().mean()))
+            moe.update_expert_bias(stats.load_E)
+    assert imbalance[0] > 2.5
+    assert max(imbalance[-10:]) < 1.15  # balanced, and stays so
+    assert abs(float(moe.expert_bias_E.sum())) < 1e-5  # centred
+    assert float(moe.expert_bias_E[0]) == float(moe.expert_bias_E.min())  # the overloaded one lost most
+    # the bias changes the choice only: the gate is the unbiased probability of the chosen expert
+    y_SD, _ = moe(x_SD)
+    logits_SE = F.linear(x_SD, moe.router.weight)
+    chosen_S = (logits_SE + moe.expert_bias_E).argmax(-1)
+    assert (chosen_S != logits_SE.argmax(-1)).any()
+    probs_SE = logits_SE.softmax(-1)
+    ref = []
+    for s, (x_D, e) in enumerate(zip(x_SD, chosen_S.tolist())):
+        h = F.silu(x_D @ moe.w1_EDF[e]) * (x_D @ moe.w3_EDF[e])
+        ref.append(probs_SE[s, e] * (h @ moe.w2_EFD[e]) + moe.shared(x_D[None])[0])
+    torch.testing.assert_close(y_SD, torch.stack(ref), rtol=1e-10, atol=1e-12)
+

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from pipeline.config import Section
 
@@ -28,14 +28,32 @@ class MoEConfig(Section):
     # "auto": torch's grouped matmul where a probe on the actual device/dtype/shapes succeeds, else the
     # per-expert loop over sorted contiguous slices; "grouped_mm": require it (error if unsupported);
     # "loop": always the loop. The chosen backend is logged once and kept in `MoE.grouped_mm_backend`.
+    gate: Literal["auto", "softmax", "renormalised"] = "auto"
+    # the weight of a routed expert's output: "softmax" = its router probability (Switch, DeepSeek-V2),
+    # "renormalised" = the top-k probabilities rescaled to sum to 1 (Mixtral, Qwen-MoE); "auto" = softmax
+    # for top_k = 1 (a renormalised single weight is always 1: the LM loss would not train the router),
+    # renormalised otherwise
+    bias_update_rate: float = Field(0.0, ge=0.0)
+    # auxiliary-loss-free balancing (DeepSeek-V3): > 0 adds a per-expert bias to the router logits
+    # for the top-k SELECTION only (gate weights stay unbiased), moved by this much per optimizer step
+    # towards balance by the sign of each expert's load error (`VLM.update_expert_bias`, called by the
+    # trainer); 0 disables it. DeepSeek-V3 uses 0.001, with aux_loss_weight near 0.
 
     @model_validator(mode="after")
     def _check(self) -> MoEConfig:
         if not 1 <= self.top_k <= self.n_experts:
             raise ValueError(f"moe.top_k={self.top_k} must be in [1, n_experts={self.n_experts}]")
+        if self.top_k == 1 and self.gate == "renormalised":
+            raise ValueError("moe.gate=renormalised with moe.top_k=1 makes every gate weight 1, so the LM loss "
+                             "gives the router no gradient: use moe.gate=softmax (or auto)")
         if self.moe_every < 1 or self.first_dense_layers < 0 or self.n_shared_experts < 0:
             raise ValueError("moe.moe_every must be >= 1, first_dense_layers and n_shared_experts >= 0")
         return self
+
+    @property
+    def renormalise_gate(self) -> bool:
+        """Whether the top-k gate weights are rescaled to sum to 1 (see `gate`)."""
+        return self.gate == "renormalised" or (self.gate == "auto" and self.top_k > 1)
 
 
 class VisionConfig(Section):
@@ -57,11 +75,12 @@ class VisionConfig(Section):
 
 
 class ContrastiveConfig(Section):
-    """Optional image-text InfoNCE on pooled image tokens vs pooled text that follows the image."""
+    """Optional image-text InfoNCE: pooled image tokens vs the pooled states of the text that follows the
+    image, run again as a document of its own (so it cannot see the image); CLIP's learned temperature."""
 
-    weight: float = 0.0  # 0 disables the loss term and its projection heads
+    weight: float = 0.0  # 0 disables the loss term, its projection heads and its logit scale
     d_proj: int = 128
-    temperature: float = 0.07
+    temperature: float = Field(0.07, gt=0.01)  # initial; learned as a logit scale 1/temperature, clamped to <= 100
 
 
 class ModelConfig(Section):
@@ -74,6 +93,12 @@ class ModelConfig(Section):
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     image_token_id: int = 4  # id of <|image|>; index in SPECIAL_TOKENS when specials are added first
+    # attention within documents / images (train/model/attention.py): "auto" = flex on CUDA, varlen
+    # elsewhere; "varlen" = per-segment SDPA, any device; "flex" = flex_attention block masks (CUDA to
+    # train); "dense" = the N x N-mask reference
+    attention: Literal["auto", "dense", "varlen", "flex"] = "auto"
+    activation_checkpointing: bool = False  # recompute each decoder / vision block's activations in backward
+    compile: Literal["off", "inductor", "aot_eager", "eager"] = "off"  # torch.compile backend per block
     moe: MoEConfig = MoEConfig()
     vision: VisionConfig = VisionConfig()
     contrastive: ContrastiveConfig = ContrastiveConfig()

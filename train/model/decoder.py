@@ -4,7 +4,10 @@ What it does:
   - token embedding (the VLM replaces `<|image|>` embeddings with image tokens before the blocks)
   - pre-norm blocks: RMSNorm -> grouped-query attention with RoPE -> RMSNorm -> MoE (or dense SwiGLU) FFN
   - attention is causal AND confined to one packed document: a query sees keys of its own segment id at
-    or before its position; padding (segment -1) sees only itself, so no row is fully masked (no NaNs)
+    or before its position; padding (segment -1) sees only itself, so no row is fully masked (no NaNs).
+    The plan (`attention.Segments`: varlen, flex block mask, or the dense reference) is built once per
+    forward and shared by the layers; no T x T mask exists outside the dense reference backend
+  - each block optionally compiled and/or activation-checkpointed (block.py)
   - RoPE positions come from `position_ids_BT`, which restart at 0 per document, so a document packed
     anywhere in a row computes exactly what it computes alone
   - final RMSNorm and an untied LM head
@@ -20,8 +23,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from train.model.attention import Segments, attend
+from train.model.block import Block
 from train.model.config import ModelConfig
 from train.model.moe import MoE, MoEStats, SwiGLU
 
@@ -44,18 +48,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return y.to(x.dtype)
 
 
-def document_mask(segment_ids_BT: torch.Tensor) -> torch.Tensor:
-    """Boolean attention mask (True = may attend), causal within each segment; padding sees only itself."""
-    T = segment_ids_BT.shape[1]
-    seg_q, seg_k = segment_ids_BT[:, :, None], segment_ids_BT[:, None, :]
-    causal_TT = torch.ones(T, T, dtype=torch.bool, device=segment_ids_BT.device).tril()
-    mask_BTT = (seg_q == seg_k) & causal_TT & (seg_q >= 0)
-    mask_BTT = mask_BTT | torch.eye(T, dtype=torch.bool, device=segment_ids_BT.device)
-    return mask_BTT[:, None]  # B 1 T T, broadcast over heads
-
-
 class Attention(nn.Module):
-    """Grouped-query self-attention with RoPE, via F.scaled_dot_product_attention and an explicit mask."""
+    """Grouped-query self-attention with RoPE, within the segments of `seg` (attention.py)."""
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int):
         super().__init__()
@@ -66,31 +60,30 @@ class Attention(nn.Module):
         self.wo = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
 
     def forward(self, x_BTD: torch.Tensor, cos_BTR: torch.Tensor, sin_BTR: torch.Tensor,
-                mask_B1TT: torch.Tensor) -> torch.Tensor:
+                seg: Segments) -> torch.Tensor:
         B, T, _ = x_BTD.shape
         q_BHTd = self.wq(x_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k_BKTd = self.wk(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v_BKTd = self.wv(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = cos_BTR[:, None], sin_BTR[:, None]
         q_BHTd, k_BKTd = apply_rotary(q_BHTd, cos, sin), apply_rotary(k_BKTd, cos, sin)
-        o_BHTd = F.scaled_dot_product_attention(q_BHTd, k_BKTd, v_BKTd, attn_mask=mask_B1TT,
-                                                enable_gqa=self.n_heads != self.n_kv_heads)
+        o_BHTd = attend(q_BHTd, k_BKTd, v_BKTd, seg)
         return self.wo(o_BHTd.transpose(1, 2).reshape(B, T, -1))
 
 
-class DecoderBlock(nn.Module):
+class DecoderBlock(Block):
     def __init__(self, cfg: ModelConfig, layer: int):
-        super().__init__()
+        super().__init__(cfg.activation_checkpointing, cfg.compile)
         self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads)
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.is_moe = cfg.is_moe_layer(layer)
         self.ffn = MoE(cfg.d_model, cfg.moe) if self.is_moe else SwiGLU(cfg.d_model, cfg.d_ffn)
 
-    def forward(self, x_BTD: torch.Tensor, cos_BTR: torch.Tensor, sin_BTR: torch.Tensor,
-                mask_B1TT: torch.Tensor, valid_BT: torch.Tensor) -> tuple[torch.Tensor, MoEStats | None]:
+    def block_forward(self, x_BTD: torch.Tensor, cos_BTR: torch.Tensor, sin_BTR: torch.Tensor,
+                      seg: Segments, valid_BT: torch.Tensor) -> tuple[torch.Tensor, MoEStats | None]:
         B, T, D = x_BTD.shape
-        x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), cos_BTR, sin_BTR, mask_B1TT)
+        x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), cos_BTR, sin_BTR, seg)
         h_SD = self.ffn_norm(x_BTD).view(B * T, D)
         if self.is_moe:
             y_SD, stats = self.ffn(h_SD, valid_BT.view(B * T))
@@ -113,11 +106,11 @@ class Decoder(nn.Module):
         """Embedded inputs -> final-normed hidden states h_BTD and the MoE statistics of each MoE layer."""
         head_dim = self.cfg.d_model // self.cfg.n_heads
         cos_BTR, sin_BTR = rotary_cos_sin(position_ids_BT, head_dim // 2, self.cfg.rope_theta, x_BTD.dtype)
-        mask_B1TT = document_mask(segment_ids_BT)
+        seg = Segments.build(segment_ids_BT, causal=True, backend=self.cfg.attention)
         valid_BT = segment_ids_BT >= 0
         moe_stats: list[MoEStats] = []
         for layer in self.layers:
-            x_BTD, stats = layer(x_BTD, cos_BTR, sin_BTR, mask_B1TT, valid_BT)
+            x_BTD, stats = layer(x_BTD, cos_BTR, sin_BTR, seg, valid_BT)
             if stats is not None:
                 moe_stats.append(stats)
         return self.norm(x_BTD), moe_stats

@@ -5,13 +5,12 @@ What it does, in `VisionEncoder.forward` order:
   2. 2D RoPE: per head, one half of the channels is rotated by the patch's row, the other by its column,
      so any (h, w) grid -- square or not, of any size -- gets consistent relative positions
   3. pre-norm blocks (LayerNorm -> attention -> LayerNorm -> GELU MLP) over the concatenated patches of
-     all images; attention is block-diagonal: a patch attends only to patches of its own image
+     all images; attention is block-diagonal: a patch attends only to patches of its own image (an
+     `attention.Segments` plan over the image ids: varlen groups equal-size images into one batched SDPA,
+     flex uses a block mask; only the dense reference backend builds the N x N mask)
   4. final LayerNorm, then merge: each m x m block of neighbouring patches (m = 2) is concatenated
      (top-left, top-right, bottom-left, bottom-right) and projected by a Linear, giving (h/m) * (w/m)
      tokens per image in raster order -- the order of that image's `<|image|>` placeholders
-
-The block-diagonal mask is N x N booleans; fine for the batch sizes here (a varlen attention kernel is
-the upgrade for thousands of patches per batch).
 
 Shape legend:
   N  patches of all images   P  values per patch (3*p*p)   V  vision width (d_vit)   I  images
@@ -22,8 +21,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from train.model.attention import Segments, attend
+from train.model.block import Block
 from train.model.config import VisionConfig
 from train.model.decoder import apply_rotary, rotary_cos_sin
 
@@ -63,35 +63,38 @@ class VisionAttention(nn.Module):
         self.wo = nn.Linear(d_vit, d_vit)
 
     def forward(self, x_NV: torch.Tensor, cos_NR: torch.Tensor, sin_NR: torch.Tensor,
-                mask_NN: torch.Tensor) -> torch.Tensor:
+                seg: Segments) -> torch.Tensor:
         N, V = x_NV.shape
         q_HNd, k_HNd, v_HNd = self.wqkv(x_NV).view(N, 3, self.n_heads, self.head_dim).permute(1, 2, 0, 3)
         q_HNd, k_HNd = apply_rotary(q_HNd, cos_NR, sin_NR), apply_rotary(k_HNd, cos_NR, sin_NR)
-        o_HNd = F.scaled_dot_product_attention(q_HNd, k_HNd, v_HNd, attn_mask=mask_NN)
+        o_HNd = attend(q_HNd[None], k_HNd[None], v_HNd[None], seg)[0]  # one "row" of all patches
         return self.wo(o_HNd.transpose(0, 1).reshape(N, V))
 
 
-class VisionBlock(nn.Module):
-    def __init__(self, d_vit: int, n_heads: int, eps: float):
-        super().__init__()
+class VisionBlock(Block):
+    def __init__(self, d_vit: int, n_heads: int, eps: float, activation_checkpointing: bool = False,
+                 compile: str = "off"):
+        super().__init__(activation_checkpointing, compile)
         self.norm1 = nn.LayerNorm(d_vit, eps=eps)
         self.attn = VisionAttention(d_vit, n_heads)
         self.norm2 = nn.LayerNorm(d_vit, eps=eps)
         self.mlp = nn.Sequential(nn.Linear(d_vit, 4 * d_vit), nn.GELU(), nn.Linear(4 * d_vit, d_vit))
 
-    def forward(self, x_NV: torch.Tensor, cos_NR: torch.Tensor, sin_NR: torch.Tensor,
-                mask_NN: torch.Tensor) -> torch.Tensor:
-        x_NV = x_NV + self.attn(self.norm1(x_NV), cos_NR, sin_NR, mask_NN)
+    def block_forward(self, x_NV: torch.Tensor, cos_NR: torch.Tensor, sin_NR: torch.Tensor,
+                      seg: Segments) -> torch.Tensor:
+        x_NV = x_NV + self.attn(self.norm1(x_NV), cos_NR, sin_NR, seg)
         return x_NV + self.mlp(self.norm2(x_NV))
 
 
 class VisionEncoder(nn.Module):
-    def __init__(self, cfg: VisionConfig, eps: float = 1e-6):
+    def __init__(self, cfg: VisionConfig, eps: float = 1e-6, attention: str = "auto",
+                 activation_checkpointing: bool = False, compile: str = "off"):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.attention = cfg, attention
         V, m = cfg.d_vit, cfg.merge
         self.patch_embed = nn.Linear(3 * cfg.patch_size**2, V)
-        self.blocks = nn.ModuleList(VisionBlock(V, cfg.n_heads, eps) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(VisionBlock(V, cfg.n_heads, eps, activation_checkpointing, compile)
+                                    for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(V, eps=eps)
         self.merge = nn.Linear(m * m * V, V)
 
@@ -121,9 +124,9 @@ class VisionEncoder(nn.Module):
         x_NV = self.patch_embed(pixel_values_NP.to(self.patch_embed.weight.dtype))
         cos_NR, sin_NR = self.rope_2d(grid_hw_I2, x_NV.dtype)
         image_N, _, _ = patch_coords(grid_hw_I2)
-        mask_NN = image_N[:, None] == image_N[None, :]  # block-diagonal: attend within the same image
+        seg = Segments.build(image_N[None], causal=False, backend=self.attention)  # within each image
         for block in self.blocks:
-            x_NV = block(x_NV, cos_NR, sin_NR, mask_NN)
+            x_NV = block(x_NV, cos_NR, sin_NR, seg)
         x_NV = self.norm(x_NV)
         idx_Mq, _ = merge_index(grid_hw_I2, self.cfg.merge)
         return self.merge(x_NV[idx_Mq].flatten(1))  # M, q*V -> M, V

@@ -4,13 +4,20 @@ What `VLM.forward(batch)` does:
   1. vision: patches of all images -> merged image tokens (vision.py), adapter -> model dim
   2. embed: token embeddings; the embeddings at `<|image|>` placeholders are replaced, in order (row-major
      over B then T), by the image tokens (masked_scatter); counts must match exactly
-  3. decoder: causal attention within each packed document, MoE FFNs (decoder.py, moe.py)
+  3. decoder over one flat token stream (1, N): the B rows one after the other (segment ids made unique
+     per row), then -- with the contrastive loss on -- the caption of each image (the text following it,
+     `text_after_image_BT`) again, as a document of its own from position 0. Attention never leaves a
+     document (decoder.py, attention.py), so a caption's second copy cannot see the image: it is the
+     text side of the contrastive pair, and changing only the pixels leaves it unchanged. One decoder
+     pass, the same collectives whatever the batch holds.
   4. LM loss: sum of token cross-entropy (fp32) over labels != IGNORE_INDEX, plus their count, so the
-     caller can take a token mean across data-parallel ranks (train/losses.py)
-  5. MoE statistics: aux and z losses averaged over MoE layers, per-layer expert load
-  6. contrastive embeddings (if enabled): image = mean of its adapter tokens, text = mean of final
-     hidden states of the text following it (`text_after_image_BT`), each through a Linear head;
-     only images that have following text are kept (`paired_I`)
+     caller can take a token mean across data-parallel ranks (train/losses.py); captions' copies carry
+     no labels
+  5. MoE statistics: aux and z losses averaged over MoE layers, per-layer expert load (L x E)
+  6. contrastive embeddings (if enabled): image = mean of its adapter tokens, text = mean of the final
+     hidden states of its caption copy, each through a Linear head; only images that have following text
+     are kept (`paired_I`); a learned CLIP logit scale exp(s), clamped to <= 100, initialised to
+     1 / contrastive.temperature
 
 Also: `set_trainable(stage)` for staged training, `param_groups(weight_decay)` for the optimizer,
 `num_flops_per_token(seq_len)` for MFU.
@@ -18,6 +25,7 @@ Also: `set_trainable(stage)` for staged training, `param_groups(weight_decay)` f
 Shape legend:
   B  batch rows   T  tokens per row   D  model dim   V  vocab   I  images   M  image tokens (merged)
   E  experts      L  MoE layers       C  contrastive projection dim        S  label tokens
+  N  tokens of the flat decoder stream (B*T + caption tokens)              A  caption tokens
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from train.model.moe import MoE
 from train.model.vision import VisionEncoder, merge_index
 
 STAGES = ("adapter", "adapter+vision", "all")
+MAX_LOGIT_SCALE = 100.0  # CLIP's clamp of the learned contrastive logit scale
 
 
 @dataclass
@@ -50,7 +59,19 @@ class ModelOutput:
     image_emb_ID: torch.Tensor | None  # (images with text, C=contrastive.d_proj); None if disabled
     text_emb_ID: torch.Tensor | None  # (images with text, C) projected text embeddings, rows aligned
     paired_I: torch.Tensor  # bool (I,): which images of the batch have following text (rows above)
+    logit_scale: torch.Tensor | None = None  # scalar fp32: learned contrastive scale (1/temperature), <= 100
     logits_BTV: torch.Tensor | None = None  # only with forward(..., return_logits=True)
+
+    @property
+    def n_pairs(self) -> int:
+        """Image-text pairs of this batch (rows of image_emb_ID / text_emb_ID)."""
+        return int(self.paired_I.sum())
+
+    @property
+    def dead_expert_fraction(self) -> float:
+        """Fraction of (MoE layer, expert) that received no token in this forward (dropless routing drops
+        no token; an expert can still starve)."""
+        return float((self.expert_load_LE == 0).float().mean()) if self.expert_load_LE.numel() else 0.0
 
 
 def _segment_mean(x_XD: torch.Tensor, seg_X: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,14 +87,16 @@ class VLM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.vision = VisionEncoder(cfg.vision, eps=cfg.norm_eps)
+        self.vision = VisionEncoder(cfg.vision, eps=cfg.norm_eps, attention=cfg.attention,
+                                    activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile)
         self.adapter = Adapter(cfg.vision.d_vit, cfg.d_model, eps=cfg.norm_eps)
         self.decoder = Decoder(cfg)
         if cfg.contrastive.weight > 0:
             self.image_proj = nn.Linear(cfg.d_model, cfg.contrastive.d_proj, bias=False)
             self.text_proj = nn.Linear(cfg.d_model, cfg.contrastive.d_proj, bias=False)
+            self.logit_scale = nn.Parameter(torch.empty(1))  # log of the scale; (1,): FSDP2 shards dim 0
         else:
-            self.image_proj = self.text_proj = None
+            self.image_proj = self.text_proj = self.logit_scale = None
         self.init_weights()
 
     @torch.no_grad()
@@ -91,6 +114,8 @@ class VLM(nn.Module):
                 mod.reset_parameters()
             elif isinstance(mod, MoE):
                 mod.reset_parameters(std=std, out_std=out_std)
+        if self.logit_scale is not None:
+            self.logit_scale.fill_(math.log(1.0 / self.cfg.contrastive.temperature))
 
     # --- forward -----------------------------------------------------------------------------------
 
@@ -124,8 +149,11 @@ class VLM(nn.Module):
             x_BTD = x_BTD + 0.0 * sum(p.sum() for p in self._image_side_params()
                                       if p.requires_grad and not isinstance(p, DTensor))
 
-        # 3. decoder
-        h_BTD, moe_stats = self.decoder(x_BTD, batch.position_ids_BT, batch.segment_ids_BT)
+        # 3. decoder over the rows, then (contrastive) the captions again as documents of their own
+        B, T = batch.input_ids_BT.shape
+        x_ND, position_ids_N, segment_ids_N = self.decoder_stream(batch, x_BTD)
+        h_1ND, moe_stats = self.decoder(x_ND[None], position_ids_N[None], segment_ids_N[None])
+        h_BTD, h_AD = h_1ND[0, :B * T].view(B, T, -1), h_1ND[0, B * T:]
 
         # 4. LM loss on labelled positions only (the head runs on S rows, not B*T)
         labels_BT = batch.labels_BT
@@ -143,25 +171,53 @@ class VLM(nn.Module):
             aux_loss = z_loss = h_BTD.new_zeros((), dtype=torch.float32)
             expert_load_LE = torch.zeros(0, self.cfg.moe.n_experts, dtype=torch.long, device=h_BTD.device)
 
-        # 6. contrastive embeddings for images that have following text
-        if img_MD is not None:
-            _, image_M = merge_index(batch.grid_hw_I2, self.cfg.vision.merge)
-            img_ID, _ = _segment_mean(img_MD, image_M, batch.n_images)
-            txt_ID, n_text_I = _segment_mean(h_BTD.flatten(0, 1), batch.text_after_image_BT.flatten(),
-                                             batch.n_images)
-            paired_I = n_text_I > 0
-        else:
-            img_ID = txt_ID = h_BTD.new_zeros(0, self.cfg.d_model)
-            paired_I = torch.zeros(0, dtype=torch.bool, device=h_BTD.device)
-        image_emb_IC = text_emb_IC = None
+        # 6. contrastive embeddings for images that have following text: pixels vs the caption's own pass
+        n_img = batch.n_images if img_MD is not None else 0
+        after_N = batch.text_after_image_BT.flatten()
+        paired_I = torch.bincount(after_N[after_N >= 0], minlength=n_img)[:n_img] > 0
+        image_emb_IC = text_emb_IC = logit_scale = None
         if self.image_proj is not None:  # empty (0, C) when no image has text: the loss is then 0
+            img_ID = txt_ID = h_BTD.new_zeros(0, self.cfg.d_model)
+            if n_img > 0:
+                _, image_M = merge_index(batch.grid_hw_I2, self.cfg.vision.merge)
+                img_ID, _ = _segment_mean(img_MD, image_M, n_img)
+                txt_ID, _ = _segment_mean(h_AD, self.caption_image_ids(batch), n_img)
             image_emb_IC = self.image_proj(img_ID[paired_I])
             text_emb_IC = self.text_proj(txt_ID[paired_I])
+            logit_scale = self.logit_scale.float().exp().clamp(max=MAX_LOGIT_SCALE).squeeze(0)
 
         logits_BTV = self.decoder.output(h_BTD).float() if return_logits else None
         return ModelOutput(lm_loss_sum=lm_loss_sum, n_label_tokens=n_label_tokens, aux_loss=aux_loss,
                            z_loss=z_loss, expert_load_LE=expert_load_LE, image_emb_ID=image_emb_IC,
-                           text_emb_ID=text_emb_IC, paired_I=paired_I, logits_BTV=logits_BTV)
+                           text_emb_ID=text_emb_IC, paired_I=paired_I, logit_scale=logit_scale,
+                           logits_BTV=logits_BTV)
+
+    def caption_image_ids(self, batch: Batch) -> torch.Tensor:
+        """Image index of each caption token, image_A, in flat row-major order (ascending: the captions of
+        images 0, 1, 2... one after the other); empty when the contrastive loss is off or no image."""
+        if self.image_proj is None or batch.n_images == 0:
+            return batch.text_after_image_BT.new_zeros(0)
+        after_N = batch.text_after_image_BT.flatten()
+        return after_N[after_N >= 0]
+
+    def decoder_stream(self, batch: Batch, x_BTD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The decoder's flat input: rows (segment ids offset by row * T, so unique; padding stays -1),
+        then each caption's tokens re-embedded as a document of its own (segment B*T + image index,
+        positions from 0). Returns (x_ND, position_ids_N, segment_ids_N)."""
+        B, T, D = x_BTD.shape
+        seg_BT = batch.segment_ids_BT.long()
+        row_B1 = torch.arange(B, device=seg_BT.device)[:, None] * T
+        x_ND, pos_N, seg_N = x_BTD.reshape(B * T, D), batch.position_ids_BT.flatten(), \
+            torch.where(seg_BT >= 0, seg_BT + row_B1, -1).flatten()
+        image_A = self.caption_image_ids(batch)
+        if image_A.numel() == 0:
+            return x_ND, pos_N, seg_N
+        assert bool((image_A[1:] >= image_A[:-1]).all()), "captions must follow their images in order"
+        after_N = batch.text_after_image_BT.flatten()
+        x_AD = self.decoder.tok_embeddings(batch.input_ids_BT.flatten()[after_N >= 0]).to(x_ND.dtype)
+        count_I = torch.bincount(image_A, minlength=batch.n_images)
+        pos_A = torch.arange(image_A.numel(), device=image_A.device) - (count_I.cumsum(0) - count_I)[image_A]
+        return torch.cat([x_ND, x_AD]), torch.cat([pos_N, pos_A]), torch.cat([seg_N, B * T + image_A])
 
     # --- training helpers --------------------------------------------------------------------------
 
@@ -175,7 +231,7 @@ class VLM(nn.Module):
     def set_trainable(self, stage: str) -> int:
         """Freeze by training stage; returns the number of trainable parameters.
 
-        "adapter": only the adapter (and the contrastive heads, which sit on the adapter side) train;
+        "adapter": only the adapter (and the contrastive heads and logit scale, on the adapter side) train;
         "adapter+vision": also the vision encoder; "all": everything. Rebuild the optimizer afterwards
         (`param_groups` lists trainable parameters only)."""
         if stage not in STAGES:
@@ -187,6 +243,8 @@ class VLM(nn.Module):
         for mod in trainable.get(stage, []):
             if mod is not None:
                 mod.requires_grad_(True)
+        if self.logit_scale is not None:  # the contrastive temperature trains with its heads, in every stage
+            self.logit_scale.requires_grad_(True)
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
@@ -197,6 +255,21 @@ class VLM(nn.Module):
                 continue
             (decay if p.ndim >= 2 and "tok_embeddings" not in name else no_decay).append(p)
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    @torch.no_grad()
+    def update_expert_bias(self, expert_load_LE: torch.Tensor) -> None:
+        """Aux-loss-free balancing (moe.bias_update_rate > 0; nothing to do when it is 0), once after each
+        optimizer step: each MoE layer's selection bias moves by the sign of its load error (moe.py).
+        `expert_load_LE`: the step's `ModelOutput.expert_load_LE`, summed over micro-batches AND
+        all-reduced over ranks, so every rank applies the same update."""
+        if self.cfg.moe.bias_update_rate == 0:
+            return
+        moes = [layer.ffn for layer in self.decoder.layers if layer.is_moe]
+        if expert_load_LE.shape != (len(moes), self.cfg.moe.n_experts):
+            raise ValueError(f"expert_load_LE has shape {tuple(expert_load_LE.shape)}, expected "
+                             f"({len(moes)} MoE layers, {self.cfg.moe.n_experts} experts)")
+        for moe, load_E in zip(moes, expert_load_LE):
+            moe.update_expert_bias(load_E)
 
     def num_active_params(self) -> int:
         """Decoder parameters one text token uses: all but the token embedding, with routed experts
