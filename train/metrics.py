@@ -91,7 +91,7 @@ class MetricsWindow:
             dist.all_reduce(self.sums)
             dist.all_reduce(load_LE)
             dist.all_reduce(dt, op=dist.ReduceOp.MAX)
-        s = dict(zip(self.SUMMED, self.sums.tolist()))
+        s = dict(zip(self.SUMMED, self.sums.tolist(), strict=True))
         seconds = float(dt)
         lm = s["lm_loss_sum"] / max(s["n_label_tokens"], 1.0)
         aux, z = s["aux_loss_sum"] / s["micro_batches"], s["z_loss_sum"] / s["micro_batches"]

@@ -38,8 +38,10 @@ def _motifs(vocab: int, motif_seed: int, n: int = 4, length: int = 8) -> list[li
 
 
 def synthetic_batch(cfg: ModelConfig, gen: torch.Generator, kind: Kind = "mixed", batch_size: int = 2,
-                    seq_len: int = 64, grids: tuple[tuple[int, int], ...] = GRIDS, motif_seed: int = 0) -> Batch:
-    """One packed batch of `batch_size` rows x `seq_len` tokens (see module doc); `gen` drives every choice."""
+                    seq_len: int = 64, grids: tuple[tuple[int, int], ...] = GRIDS,
+                    text_tokens: tuple[int, int] = (4, 32), motif_seed: int = 0) -> Batch:
+    """One packed batch of `batch_size` rows x `seq_len` tokens (see module doc); `gen` drives every choice.
+    Image grids are drawn from `grids`, text lengths from [text_tokens[0], text_tokens[1])."""
     if cfg.image_token_id != IMAGE:
         raise ValueError(f"model.image_token_id={cfg.image_token_id}: synthetic batches use {IMAGE} (<|image|>)")
     motifs = _motifs(cfg.vocab_size, motif_seed)
@@ -60,7 +62,7 @@ def synthetic_batch(cfg: ModelConfig, gen: torch.Generator, kind: Kind = "mixed"
             with_image = kind == "images" or (kind == "mixed" and rand(2) == 0)
             h, w = grids[rand(len(grids))] if with_image else (0, 0)
             n_img = (h // m) * (w // m)
-            n_text = 0 if kind == "images" else 4 + rand(28)
+            n_text = 0 if kind == "images" else text_tokens[0] + rand(text_tokens[1] - text_tokens[0])
             image_part = [IMG_START] + [IMAGE] * n_img + [IMG_END] if with_image else []
             motif = motifs[rand(len(motifs))]
             doc = [BOS] + image_part + [motif[i % len(motif)] for i in range(n_text)] + [EOS]
@@ -91,7 +93,10 @@ def concat_batches(batches: list[Batch]) -> Batch:
     for b in batches:
         after.append(torch.where(b.text_after_image_BT >= 0, b.text_after_image_BT + offset, -1))
         offset += b.n_images
-    cat = lambda name: torch.cat([getattr(b, name) for b in batches])  # noqa: E731
+
+    def cat(name: str) -> torch.Tensor:
+        return torch.cat([getattr(b, name) for b in batches])
+
     return Batch(input_ids_BT=cat("input_ids_BT"), labels_BT=cat("labels_BT"), position_ids_BT=cat("position_ids_BT"),
                  segment_ids_BT=cat("segment_ids_BT"), pixel_values_NP=cat("pixel_values_NP"),
                  grid_hw_I2=cat("grid_hw_I2"), text_after_image_BT=torch.cat(after))

@@ -15,8 +15,8 @@ import math
 
 import pytest
 import torch
-
 from _dist_train import batches_of, spawn, tiny_config
+
 from train.losses import total_loss
 from train.model import VLM
 from train.parallel import TrainState

@@ -50,8 +50,11 @@ def test_debug_cpu_drives_the_loss_down(debug_run):
     r = rows[-1]
     assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 and r["mfu_peak_assumed"]
     assert any(row["images_per_s"] > 0 for row in rows)  # images flow (not every log step holds one)
-    assert len(r["expert_load"]) == 4 and math.isclose(sum(r["expert_load"]), 1.0, rel_tol=1e-6)
+    assert len(r["expert_load"]) == 2 and all(len(layer) == 4 and math.isclose(sum(layer), 1.0, rel_tol=1e-6)
+                                              for layer in r["expert_load"])  # per MoE layer, over 4 experts
+    assert len(r["expert_load_max_over_mean"]) == 2 and 0.0 <= r["expert_dead_frac"] <= 1.0
     assert "contrastive_loss" in r and "lm_loss" in r and "aux_loss" in r and "z_loss" in r
+    assert any(row["contrastive_pairs"] > 0 for row in rows)
     assert list((debug_run / "tb").glob("events.out.tfevents.*"))
     assert json.loads((debug_run / "config.json").read_text())["model"]["image_token_id"] == 4
 
