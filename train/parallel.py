@@ -38,15 +38,20 @@ def build_model(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
     model = VLM(cfg.model).to(device)
     dp, param_dtype = cfg.parallel.resolved(cfg.run.use_gpu)
     if dp == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        # the mesh on the model's device: FSDP2's default is CUDA whenever a GPU exists, even for a CPU run
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        mesh = init_device_mesh(device.type, (dist.get_world_size(),))
         mp = MixedPrecisionPolicy(param_dtype=DTYPES[param_dtype], reduce_dtype=DTYPES[cfg.parallel.reduce_dtype])
         reshard = cfg.parallel.reshard_after_forward
         blocks = list(model.vision.blocks) + list(model.decoder.layers)
         for i, block in enumerate(blocks):
             # the last block's backward runs right after its forward: keeping it gathered saves an all-gather
-            fully_shard(block, mp_policy=mp, reshard_after_forward=reshard and i < len(blocks) - 1)
-        fully_shard(model, mp_policy=mp, reshard_after_forward=reshard)
+            fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard and i < len(blocks) - 1)
+        fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
     log.info("model: %s, compute dtype %s, %s params", dp, param_dtype,
              f"{sum(p.numel() for p in model.parameters()):,}")
     return model
