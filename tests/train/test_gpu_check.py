@@ -32,7 +32,7 @@ def test_gpu_check_dry_run_runs_every_section(tmp_path):
     assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 and r["loss_falling"]
     assert any("scaled_dot_product" in k or "flex" in k for k in r["attention_kernels"])
     assert len(s["moe"]["shapes"]) == 2 and all(row["ours_ms"] > 0 for row in s["moe"]["shapes"])
-    assert s["attention"]["flex_max_abs_diff_vs_dense"] < 2e-2  # the block mask masks what the dense mask does
+    assert s["attention"]["flex_max_abs_diff_vs_dense"] < 1e-4  # the block mask masks what the dense mask does
     f = s["fsdp2"]
     assert f["backend"] == "gloo" and len(f["ranks"]) == 2
     assert all(len(rank["losses"]) == 3 and all(map(math.isfinite, rank["losses"])) for rank in f["ranks"])
