@@ -24,17 +24,21 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from train.config import TrainConfig
 from train.parallel import TrainState
 
+if TYPE_CHECKING:
+    from train.data import Loader
+
 AfterSave = Callable[[int, int], None]  # (step, rank)
 
 
-def save_checkpoint(path: Path, state: TrainState, step: int, stage: int, loader, rank: int, world: int) -> None:
+def save_checkpoint(path: Path, state: TrainState, step: int, stage: int, loader: Loader, rank: int,
+                    world: int) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -49,7 +53,7 @@ def save_checkpoint(path: Path, state: TrainState, step: int, stage: int, loader
     torch.save(rng, path / f"rank_{rank}_rng.pt")
 
 
-def load_checkpoint(path: Path, state: TrainState, loader, rank: int) -> None:
+def load_checkpoint(path: Path, state: TrainState, loader: Loader, rank: int) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -88,13 +92,13 @@ class Checkpointer:
             self.step = int(meta["step"])
         return self
 
-    def restore(self, state: TrainState, loader) -> None:
+    def restore(self, state: TrainState, loader: Loader) -> None:
         """Load the latest checkpoint (if there is one) into the state and the loader, then let go of it."""
         if self._dir is not None:
             load_checkpoint(self._dir, state, loader, self.rank)
         self._close()
 
-    def save_if_due(self, step: int, stage: int, state: TrainState, loader, metrics: dict[str, Any]) -> bool:
+    def save_if_due(self, step: int, stage: int, state: TrainState, loader: Loader, metrics: dict[str, Any]) -> bool:
         """Every run.checkpoint_every steps and at the last step: save, report to Ray Train, run the hooks."""
         import ray.train
 

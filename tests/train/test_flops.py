@@ -4,8 +4,8 @@ peak of the device (by name, overridable, assumed on CPU)."""
 from __future__ import annotations
 
 import torch
-
 from _dist_train import tiny_config
+
 from train.flops import FlopCounter, peak_flops
 from train.model import VLM
 from train.synthetic import synthetic_batch
