@@ -6,13 +6,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test test-fast lint bench browser clean help
+.PHONY: demo test test-fast lint bench gpu-check browser clean help
 
 help:
 	@echo "make demo   build the embedded sample corpus, train the debug-cpu model on it, write the report"
 	@echo "make test   lint, then the whole test suite (installs test extras and headless Chromium)"
 	@echo "make lint   ruff check, ruff format --check, mypy against its baseline, import-layer contracts"
 	@echo "make bench  run the benchmarks of bench/ (results go to docs/benchmarks.md by hand)"
+	@echo "make gpu-check  the trainer on one GPU in < 8 min (bench/gpu.py): JSON in artifacts/gpu-check.json"
 
 $(VENV)/.core: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +53,11 @@ bench: $(VENV)/.test
 	$(PY) -m bench.moe
 	$(PY) -m bench.loader
 	$(PY) -m bench.crawl
+
+# the trainer on one CUDA GPU (recipe throughput/MFU/memory, MoE and attention kernels, 2-process FSDP2);
+# `$(PY) -m bench.gpu --dry-run` runs the same sequence on tiny shapes on CPU
+gpu-check: $(VENV)/.core
+	$(PY) -m bench.gpu --out artifacts/gpu-check.json
 
 clean:
 	rm -rf demo-out artifacts .pytest_cache

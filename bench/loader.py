@@ -43,7 +43,7 @@ from pipeline.corpus import Corpus
 from train.config import TrainConfig, resolve_recipe
 from train.data import Loader
 from train.tokenizer import train_from_corpus
-from train.trainer import GPU_PEAK_BF16_FLOPS
+from train.flops import GPU_PEAK_BF16_FLOPS
 
 
 def children_cpu_s() -> float:
@@ -179,7 +179,7 @@ def main() -> None:
             cfg.model.vocab_size = -(-cfg.data.vocab_size // 64) * 64  # the recipe's model, not the bench's
             with torch.device("meta"):
                 fpt = VLM(cfg.model).num_flops_per_token(cfg.data.seq_len)
-            need = GPU_PEAK_BF16_FLOPS["H100"] * args.mfu / fpt
+            need = dict(GPU_PEAK_BF16_FLOPS)["H100"] * args.mfu / fpt
             how = f"NOT measured (no GPU): H100 at {args.mfu:.0%} MFU, {fpt / 1e9:.2f} GFLOP/token"
             for n in sorted({1, 2, recipe_cfg(recipe).data.num_workers}):
                 wcfg = recipe_cfg(recipe, f"data.num_workers={n}")

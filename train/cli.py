@@ -20,7 +20,7 @@ examples:
   interloom train run.yaml --corpus corpus/ --follow                     while `interloom build` writes it
   interloom train multi-gpu --corpus s3://bucket/corpus --address ray://head:10001 --set run.num_workers=16
 
-config sections: data, model, optim, stages, run (train/config.py); a recipe shows a full YAML file.
+config sections: data, model, optim, stages, parallel, run (train/config.py); a recipe shows a full YAML file.
 """
 
 

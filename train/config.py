@@ -6,7 +6,8 @@
           (model.vision.patch_size) is the loader's patch size
   optim   AdamW, warmup + cosine, clipping, gradient accumulation
   stages  what trains when: a list of {trainable: adapter | adapter+vision | all, steps, lr?}; steps add up
-  run     output dir, checkpoint/log cadence, seed, Ray workers, GPU, failures
+  parallel  data parallelism (FSDP2 or DDP) and mixed precision (FSDP2 MixedPrecisionPolicy)
+  run     output dir, checkpoint/log cadence, seed, Ray workers, GPU, MFU peak, failures
 
 Recipes (train/recipes/NAME.yaml) are YAML files of these keys; `resolve_recipe` finds them by name.
 """
@@ -43,6 +44,31 @@ class StageConfig(Section):
     lr: float | None = None  # None: optim.lr
 
 
+class ParallelConfig(Section):
+    """How the model is spread over the data-parallel ranks and in which precision it computes.
+
+    FSDP2 (`fully_shard` per vision block and decoder layer, then the root) keeps fp32 master weights
+    sharded over the ranks and, with `param_dtype: bfloat16`, all-gathers them as bf16 for forward and
+    backward (MixedPrecisionPolicy, as torchtitan does: no autocast, so every matmul -- the experts'
+    grouped GEMMs included -- gets bf16 operands), and reduce-scatters gradients in `reduce_dtype`.
+    DDP replicates an fp32 model (the CPU default; it has no mixed precision here)."""
+
+    data_parallel: Literal["auto", "fsdp", "ddp"] = "auto"  # auto: fsdp on GPU, ddp on CPU
+    param_dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # compute dtype; auto: bf16 on GPU, fp32 on CPU
+    reduce_dtype: Literal["float32", "bfloat16"] = "float32"  # gradient reduce-scatter dtype (fsdp)
+    reshard_after_forward: bool = True  # fsdp: free the gathered weights after forward (ZeRO-3), re-gather
+
+    def resolved(self, use_gpu: bool) -> tuple[str, str]:
+        """(data_parallel, param_dtype) with "auto" decided for the device; a ValueError for bf16 without
+        fsdp (DDP here has no mixed precision policy)."""
+        dp = self.data_parallel if self.data_parallel != "auto" else ("fsdp" if use_gpu else "ddp")
+        dtype = self.param_dtype if self.param_dtype != "auto" else ("bfloat16" if use_gpu else "float32")
+        if dp == "ddp" and dtype != "float32":
+            raise ValueError(f"parallel.param_dtype={dtype} needs parallel.data_parallel=fsdp (the mixed "
+                             "precision policy is FSDP2's); DDP trains in float32")
+        return dp, dtype
+
+
 class RunSection(Section):
     output: str = "runs/run"  # run directory: checkpoints, metrics.jsonl, tb/, tokenizer.json, config
     # where Ray Train keeps the checkpoints: None = next to the logs in `output`; or a URL such as
@@ -54,11 +80,12 @@ class RunSection(Section):
     log_every: int = Field(10, ge=1)
     seed: int = 0  # model init (same on every rank) and shard shuffling
     num_workers: int = Field(2, ge=1)  # Ray Train workers (data-parallel ranks)
-    use_gpu: bool = False  # NCCL + FSDP2 + bf16 autocast; False: gloo + DDP in fp32
+    use_gpu: bool = False  # NCCL (+ FSDP2 in bf16 by default, see parallel); False: gloo (+ DDP in fp32)
     cpus_per_worker: float = 1.0
     threads_per_worker: int = Field(1, ge=1)  # torch intra-op threads per CPU worker
     max_failures: int = 0  # worker failures Ray Train restarts from the last checkpoint
-    peak_flops: float | None = None  # per device, for MFU; None: GPU table or the assumed CPU peak below
+    peak_flops: float | None = None  # per device, for MFU; None: the bf16 dense peak of the GPU by name
+    #                                  (train/flops.py), or the assumed CPU peak below
     cpu_peak_flops: float = 1e11  # ASSUMED peak of one CPU worker (not measured); MFU on CPU is indicative
     fail_delay_s: float = Field(5.0, ge=0)  # testing: how long after its checkpoint the injected failure waits
     fail_at_step: int | None = None  # testing the resume path: rank 1 (or 0) dies hard once after this step
@@ -69,6 +96,7 @@ class TrainConfig(Section):
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     stages: list[StageConfig] = Field(default_factory=lambda: [StageConfig()])
+    parallel: ParallelConfig = ParallelConfig()
     run: RunSection = RunSection()
 
     @model_validator(mode="after")
@@ -77,6 +105,7 @@ class TrainConfig(Section):
             raise ValueError("stages: need at least one stage")
         if self.model.vision.merge != 2:
             raise ValueError("model.vision.merge must be 2: the loader builds grids for a 2x2 merge")
+        self.parallel.resolved(self.run.use_gpu)  # bf16 without fsdp is an error now, not on the workers
         return self
 
     @property

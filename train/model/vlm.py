@@ -36,7 +36,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributed.tensor import DTensor
 
 from train.batch import IGNORE_INDEX, Batch
 from train.model.adapter import Adapter
@@ -123,6 +122,14 @@ class VLM(nn.Module):
         """Image tokens in model dim, x_MD, images in batch order."""
         return self.adapter(self.vision(batch.pixel_values_NP, batch.grid_hw_I2))
 
+    def encode_dummy_image(self, device: torch.device) -> torch.Tensor:
+        """Image tokens x_MD of one black image of merge x merge patches (M = 1): what an image-less batch
+        runs the vision tower on, so that its forward and backward touch every image-side parameter."""
+        m, P = self.cfg.vision.merge, self.vision.patch_embed.in_features
+        pixels_NP = torch.zeros(m * m, P, device=device)
+        grid_hw_I2 = torch.tensor([[m, m]], dtype=torch.long, device=device)
+        return self.adapter(self.vision(pixels_NP, grid_hw_I2))
+
     def embed(self, batch: Batch, img_MD: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings with `<|image|>` placeholders replaced in order by the image tokens."""
         x_BTD = self.decoder.tok_embeddings(batch.input_ids_BT)
@@ -137,17 +144,17 @@ class VLM(nn.Module):
         return x_BTD
 
     def forward(self, batch: Batch, return_logits: bool = False) -> ModelOutput:
-        # 1-2. vision -> adapter -> placeholders; without images the vision tower is tied in with zero
-        # weight so every rank's backward touches the same parameters (DDP needs that)
+        # 1-2. vision -> adapter -> placeholders. Without images the tower still runs, on one dummy image,
+        # and enters with zero weight: every rank then runs the same collectives whatever its batch holds
+        # (FSDP2 all-gathers each vision block it runs and reduce-scatters the gradients it has) and every
+        # parameter gets a gradient (DDP needs that)
         if batch.n_images > 0:
             img_MD = self.encode_images(batch)
             x_BTD = self.embed(batch, img_MD)
         else:
             img_MD = None
             x_BTD = self.embed(batch, None)
-            # (FSDP2's sharded DTensor parameters are skipped: FSDP2 tolerates unused parameters)
-            x_BTD = x_BTD + 0.0 * sum(p.sum() for p in self._image_side_params()
-                                      if p.requires_grad and not isinstance(p, DTensor))
+            x_BTD = x_BTD + 0.0 * self.encode_dummy_image(batch.input_ids_BT.device).sum().to(x_BTD.dtype)
 
         # 3. decoder over the rows, then (contrastive) the captions again as documents of their own
         B, T = batch.input_ids_BT.shape
@@ -220,13 +227,6 @@ class VLM(nn.Module):
         return torch.cat([x_ND, x_AD]), torch.cat([pos_N, pos_A]), torch.cat([seg_N, B * T + image_A])
 
     # --- training helpers --------------------------------------------------------------------------
-
-    def _image_side_params(self):
-        yield from self.vision.parameters()
-        yield from self.adapter.parameters()
-        for head in (self.image_proj, self.text_proj):
-            if head is not None:
-                yield from head.parameters()
 
     def set_trainable(self, stage: str) -> int:
         """Freeze by training stage; returns the number of trainable parameters.
