@@ -88,6 +88,8 @@ class Runner:
 
     `on_lost(unit, worker, launch)` decides what happens to a unit whose worker died (after the policy's
     count): by default the same call is launched again (right for tasks; an actor pool replaces the actor).
+    A unit may be submitted again after each of its calls (a stateful actor called until it is done); its
+    deaths are counted over all its calls. `count(result)`: how far a result moves the bar (default 1).
     """
 
     def __init__(
@@ -96,8 +98,10 @@ class Runner:
         total: int | None = None,
         progress: bool = True,
         on_lost: Callable[[Any, Any, Callable[[], Any]], None] | None = None,
+        count: Callable[[Any], int] = lambda result: 1,
     ):
         self.stage = stage
+        self.count = count
         self.on_lost = on_lost or (lambda unit, worker, launch: self.submit(unit, launch, worker))
         self._pending: dict[Any, tuple[Any, Any, Callable[[], Any]]] = {}
         self._deaths: dict[str, int] = {}
@@ -130,7 +134,7 @@ class Runner:
                 log.warning("%s: unit %s failed: %s", self.stage.name, unit_name(unit), e.cause)
                 self._failed.append((unit, e.cause))
                 continue
-            self.bar.update(1)
+            self.bar.update(self.count(result))
             yield unit, worker, result
         if self._failed:
             unit, cause = self._failed[0]

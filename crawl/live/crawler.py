@@ -14,6 +14,14 @@ with its reason. The outcome of each URL is written to the state sidecar of the 
 records (`warc_writer`), so a crawl killed at any point and started again with the same output folder skips
 every URL already archived, fetches the rest, and reports the same funnel as one uninterrupted run.
 
+The actors are driven by the shared `pipeline.runner.Runner` (stage `crawl`, one unit per actor share,
+`actor_num_cpus` declared per actor) with its failure policy: an actor that dies (its process or node lost)
+is replaced by a fresh one for the same share, which resumes like a restarted crawl (URLs in closed WARC
+files are counted, not fetched; the dead actor's open WARC file is removed and its URLs fetched again) after
+the gate took back the dead actor's slots; pages already yielded are not yielded twice. A share whose
+actor dies more than `max_deaths` times, or an actor that cannot write (an `OSError`: disk full, permission),
+stops the crawl with `UnitFailed` once the others' batches in flight are in; the same command resumes.
+
     crawler = Crawler(CrawlConfig(follow_links=True), "out/crawl")
     for page in crawler.iter_pages(read_seeds("seeds.txt")):   # RawPage, source "warc:<file>#<record-id>"
         ...
@@ -27,6 +35,7 @@ import json
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -35,7 +44,6 @@ import lxml.html
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
-from tqdm import tqdm
 
 from crawl.live.config import CrawlConfig
 from crawl.live.fetcher import Exchange, Fetched, Fetcher
@@ -45,7 +53,9 @@ from crawl.live.safety import host_key, url_problem
 from crawl.live.warc_writer import WARC_SUFFIX, RotatingWarcWriter, clean_unfinished, closed_segments, read_state
 from crawl.page import RawPage
 from pipeline.record import make_doc_id
+from pipeline.runner import Runner, Stage
 from pipeline.stats import Ledger
+from pipeline.steps import Resources
 
 STAGE = "crawl"
 
@@ -115,7 +125,8 @@ def page_links(body: bytes, base_url: str) -> tuple[list[str], list[str]]:
 class CrawlWorker:
     """The body of a `CrawlActor` (an async Ray actor): the frontier and fetches of its share of hosts."""
 
-    def __init__(self, index: int, n_actors: int, cfg: dict[str, Any], output: str, gate: Any = None):
+    def __init__(self, index: int, n_actors: int, cfg: dict[str, Any], output: str, gate: Any = None,
+                 holder: str = ""):
         self.cfg = CrawlConfig(**cfg)
         self.index, self.n_actors = index, n_actors
         self.output = Path(output)
@@ -124,7 +135,7 @@ class CrawlWorker:
         self.warc = RotatingWarcWriter(self.output, prefix, self.cfg.warc_max_bytes, gzip_level=self.cfg.warc_gzip_level)
         self.ledger = Ledger()
         self.ledger.stage(STAGE)
-        self.fetcher = Fetcher(self.cfg, self.warc, self.ledger, STAGE, gate)
+        self.fetcher = Fetcher(self.cfg, self.warc, self.ledger, STAGE, gate, holder)
         # resume: outcomes of every URL in a closed WARC file, whichever actor wrote it
         self.done: dict[str, dict[str, Any]] = {e["url"]: e for e in read_state(self.output, self.cfg.warc_prefix + "-a")}
         self.images_done: set[str] = {u for e in self.done.values() for u in e.get("images", {})}
@@ -243,7 +254,7 @@ class CrawlWorker:
                     self.ledger.drop(STAGE, f"error:{type(e).__name__}", url=url, item="record", detail=str(e))
                     page = None
                 if page is not None:
-                    await self._out.put(page)
+                    await self._out.put((url, page))
 
     async def _run(self) -> None:
         assert self._out is not None
@@ -256,12 +267,13 @@ class CrawlWorker:
             await self._out.put(None)
 
     async def next_batch(self, max_pages: int) -> dict[str, Any]:
-        """Up to `max_pages` pages fetched since the last call (waits for at least one, or the end)."""
+        """Up to `max_pages` pages fetched since the last call (waits for at least one, or the end), with
+        the frontier URL each was fetched for."""
         if self._task is None:
             self._out = asyncio.Queue(maxsize=max(8, 4 * max_pages))
             self._task = asyncio.create_task(self._run())
         assert self._out is not None
-        pages: list[RawPage] = []
+        pages: list[tuple[str, RawPage]] = []
         item = await self._out.get()
         while True:
             if item is None:
@@ -283,7 +295,16 @@ class CrawlWorker:
                 "removed": self.removed}
 
 
-CrawlActor = ray.remote(CrawlWorker)
+CrawlActor = ray.remote(max_restarts=0, max_task_retries=0)(CrawlWorker)  # the runner's policy replaces it
+
+
+@dataclass(frozen=True)
+class Share:
+    """One actor's part of the frontier: a runner unit, run by one actor at a time (a new one if it died)."""
+
+    index: int
+    seeds: tuple[str, ...]
+    name: str
 
 
 @dataclass
@@ -302,7 +323,7 @@ class Crawler:
         self.output = Path(output)
         self.progress = progress
         self.result = CrawlResult(self.output)
-        self._actors: list[Any] = []
+        self._actors: list[Any] = []  # the live actor of each share
 
     def _plan(self, seeds: Iterable[str], ledger: Ledger) -> list[list[str]]:
         groups: list[list[str]] = [[] for _ in range(self.cfg.actors)]
@@ -326,36 +347,65 @@ class Crawler:
         self.output.mkdir(parents=True, exist_ok=True)
         ledger = Ledger()
         groups = self._plan(seeds, ledger)
+        shares = [Share(i, tuple(g), f"{self.cfg.warc_prefix}-a{i:02d}") for i, g in enumerate(groups)]
         cfg = self.cfg.model_dump()
         # an actor fetches for at most hosts_in_flight hosts at once, one URL at a time per host
         gate = start_gate(self.cfg.min_delay_s, self.cfg.per_host_concurrency,
                           fetches=len(groups) * self.cfg.hosts_in_flight)
-        self._actors = [CrawlActor.options(num_cpus=self.cfg.actor_num_cpus).remote(
-                            i, len(groups), cfg, str(self.output), gate)
-                        for i in range(len(groups))]
-        bar = tqdm(desc="crawl", unit="page", disable=not self.progress)
+        stage = Stage(STAGE, Resources(cpus=self.cfg.actor_num_cpus), unit_label="page")
+        actor_cls = CrawlActor.options(**stage.options())
+        actors_started = [0] * len(shares)  # per share; names each actor at the gate: <share>.<n>
+        delivered: list[set[str]] = [set() for _ in shares]  # frontier URLs whose page was yielded
+        phase = ["add"] * len(shares)  # the call in flight of each share: add -> next_batch ... -> finish
+
+        def holder(share: Share) -> str:
+            return f"{share.name}.{actors_started[share.index]}"
+
+        def start(share: Share) -> None:
+            actors_started[share.index] += 1
+            actor = actor_cls.remote(share.index, len(shares), cfg, str(self.output), gate, holder(share))
+            self._actors[share.index] = actor
+            phase[share.index] = "add"
+            runner.submit(share, partial(actor.add.remote, list(share.seeds)), actor)
+
+        def lost(share: Share, actor: Any, launch: Any) -> None:
+            # a fresh actor resumes the share from the closed WARC files once the gate forgot the dead one
+            ray.kill(actor, no_restart=True)
+            ray.get(gate.forget.remote(holder(share)))
+            start(share)
+
+        def pages_of(result: Any) -> int:
+            return len(result["pages"]) if isinstance(result, dict) and "pages" in result else 0
+
+        runner = Runner(stage, progress=self.progress, on_lost=lost, count=pages_of)
+        self._actors = [None] * len(shares)
         try:
-            ray.get([a.add.remote(g) for a, g in zip(self._actors, groups)])
-            pending = {a.next_batch.remote(batch): a for a in self._actors}
-            while pending:
-                [ref], _ = ray.wait(list(pending), num_returns=1)
-                actor = pending.pop(ref)
-                res = ray.get(ref)
-                for page in res["pages"]:
-                    self.result.pages += 1
-                    bar.update(1)
-                    yield page
-                if res["done"]:
-                    fin = ray.get(actor.finish.remote())
-                    part = Ledger.from_dict(fin["ledger"])
-                    part.rejects = fin["rejects"]
+            for share in shares:
+                start(share)
+            for share, actor, res in runner.completed(writes_to=lambda _: str(self.output)):
+                i = share.index
+                if phase[i] == "finish":
+                    part = Ledger.from_dict(res["ledger"])
+                    part.rejects = res["rejects"]
                     ledger.merge(part)
-                else:
-                    pending[actor.next_batch.remote(batch)] = actor
+                    continue
+                for url, page in res["pages"] if phase[i] == "next_batch" else []:
+                    if url in delivered[i]:  # fetched again by the replacement of a dead actor
+                        continue
+                    delivered[i].add(url)
+                    self.result.pages += 1
+                    yield page
+                if runner.stopping:
+                    continue
+                phase[i] = "finish" if phase[i] == "next_batch" and res["done"] else "next_batch"
+                call = actor.finish.remote if phase[i] == "finish" else partial(actor.next_batch.remote, batch)
+                runner.submit(share, call, actor)
+            assert all(p == "finish" for p in phase), "every share was crawled to its end"
         finally:
-            bar.close()
+            runner.close()
             for a in [*self._actors, gate]:
-                ray.kill(a)
+                if a is not None:
+                    ray.kill(a)
             self._actors = []
         self.result.ledger = ledger
         self.result.warcs = [w for w, _ in closed_segments(self.output, self.cfg.warc_prefix + "-a")]

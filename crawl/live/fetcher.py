@@ -149,16 +149,18 @@ def _status_reason(status: int) -> str:
 class Fetcher:
     """Async fetch core shared by the crawler and the image fetcher (one per actor, one event loop).
 
-    `gate`: the run's `HostGateActor` handle, shared by all actors; None: a `HostGate` of this fetcher alone."""
+    `gate`: the run's `HostGateActor` handle, shared by all actors; None: a `HostGate` of this fetcher alone.
+    `holder`: this fetcher's name at the gate (its slots are given back by name if its actor dies)."""
 
     def __init__(self, cfg: CrawlConfig, warc: RotatingWarcWriter | None, ledger: Ledger, stage: str,
-                 gate: Any = None):
+                 gate: Any = None, holder: str = ""):
         self.cfg = cfg
         self.warc = warc
         self.ledger = ledger
         self.stage = stage
         self.policy = AddressPolicy(cfg.allow_private)
-        self.gate = GateClient(gate if gate is not None else HostGate(cfg.min_delay_s, cfg.per_host_concurrency))
+        self.gate = GateClient(gate if gate is not None else HostGate(cfg.min_delay_s, cfg.per_host_concurrency),
+                               holder)
         self.robots = RobotsCache(self._shared_robots, cfg.user_agent, on_new=self._new_rules)
         self._client: httpx.AsyncClient | None = None
         self._rng = random.Random()

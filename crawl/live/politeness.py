@@ -7,6 +7,10 @@ of every address the name resolves to (`politeness_keys`), so aliases of one ser
 its next slot pushed back (Retry-After, retry backoff). The gate also holds each origin's robots.txt
 answer, so it is fetched once per origin whichever actor asks first.
 
+Each caller names itself (`holder`): when a crawl actor dies, `forget(holder)` gives back the slots it held
+and the robots.txt fetches it had promised (another caller fetches them), so its replacement is not locked
+out of its own hosts; a late call of a forgotten holder takes nothing.
+
 One `HostGateActor` (a Ray actor running a `HostGate`) serves all actors of a run, so the limits hold for
 every request whichever actor makes it: seeds, links, redirect hops to other hosts, images. A `Fetcher`
 outside Ray uses a `HostGate` in process; `GateClient` is the one interface over both.
@@ -20,6 +24,7 @@ import asyncio
 import hashlib
 import ipaddress
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -59,6 +64,9 @@ class HostGate:
         self._keys: dict[str, _Key] = {}
         self._changed: asyncio.Condition | None = None  # created in the loop that uses it
         self._robots: dict[str, tuple[int, bytes] | asyncio.Event] = {}
+        self._robots_by: dict[str, str] = {}  # origin -> holder that promised its robots.txt
+        self._held: dict[str, Counter[str]] = {}  # holder -> keys it holds (with multiplicity)
+        self._gone: set[str] = set()  # forgotten holders (dead actors)
 
     def _key(self, key: str) -> _Key:
         k = self._keys.get(key)
@@ -72,9 +80,9 @@ class HostGate:
             self._changed = asyncio.Condition()
         return self._changed
 
-    async def acquire(self, keys: list[str]) -> None:
+    async def acquire(self, keys: list[str], holder: str = "") -> None:
         """Wait until every key has a free slot and its gap has passed, then take them all at once
-        (all or none, so requests sharing some keys can never deadlock)."""
+        (all or none, so requests sharing some keys can never deadlock) for `holder`."""
         slots = [self._key(k) for k in keys]
         async with self._cond:
             while True:
@@ -87,13 +95,19 @@ class HostGate:
                     await asyncio.wait_for(self._cond.wait(), wait)
                 except TimeoutError:
                     pass
+            if holder in self._gone:  # a call parked here by an actor that has since died
+                return
             for s in slots:
                 s.in_flight += 1
                 s.next_ok = now + s.delay  # spaces the starts of concurrent holders (concurrency > 1)
+            self._held.setdefault(holder, Counter()).update(keys)
 
-    async def release(self, keys: list[str]) -> None:
+    async def release(self, keys: list[str], holder: str = "") -> None:
+        if holder in self._gone:
+            return
         now = time.monotonic()
         async with self._cond:
+            self._held[holder].subtract(keys)
             for k in keys:
                 s = self._key(k)
                 assert s.in_flight > 0, f"release of {k} without acquire"
@@ -116,21 +130,38 @@ class HostGate:
             s = self._key(k)
             s.next_ok = max(s.next_ok, until)
 
+    async def forget(self, holder: str) -> None:
+        """`holder` died: give back its slots and its promised robots.txt fetches; ignore its late calls."""
+        assert holder, "only a named holder can be forgotten"
+        self._gone.add(holder)
+        async with self._cond:
+            for k, n in (+self._held.pop(holder, Counter())).items():  # + keeps the keys still held
+                s = self._key(k)
+                s.in_flight -= n
+                assert s.in_flight >= 0, f"{k}: more released than held"
+            self._cond.notify_all()
+        for origin in [o for o, h in self._robots_by.items() if h == holder]:
+            del self._robots_by[origin]
+            pending = self._robots.pop(origin)
+            assert isinstance(pending, asyncio.Event), "a promised robots.txt is pending until done"
+            pending.set()  # its waiters ask again: the first of them fetches it
+
     # ---- robots.txt, shared ----------------------------------------------------------------------------
-    async def robots(self, origin: str) -> tuple[int, bytes] | None:
+    async def robots(self, origin: str, holder: str = "") -> tuple[int, bytes] | None:
         """The robots.txt answer (status, body) of `origin`; None: nobody asked before, so the caller must
         fetch it and hand it over with `robots_done` (the others wait for that)."""
-        entry = self._robots.get(origin)
-        if entry is None:
-            self._robots[origin] = asyncio.Event()
-            return None
-        if isinstance(entry, asyncio.Event):
-            await entry.wait()
-            entry = self._robots[origin]
-        assert not isinstance(entry, asyncio.Event)
-        return entry
+        while True:
+            entry = self._robots.get(origin)
+            if entry is None:
+                self._robots[origin] = asyncio.Event()
+                self._robots_by[origin] = holder
+                return None
+            if not isinstance(entry, asyncio.Event):
+                return entry
+            await entry.wait()  # answered, or its fetcher died (then the entry is gone: ask again)
 
     async def robots_done(self, origin: str, status: int, body: bytes) -> None:
+        self._robots_by.pop(origin, None)
         pending = self._robots.get(origin)
         self._robots[origin] = (status, body)
         if isinstance(pending, asyncio.Event):
@@ -152,8 +183,9 @@ def start_gate(min_delay_s: float, concurrency: int, fetches: int) -> Any:
 class GateClient:
     """A fetcher's handle on a `HostGate`: in process, or a `HostGateActor` shared across actors."""
 
-    def __init__(self, gate: HostGate | Any):
+    def __init__(self, gate: HostGate | Any, holder: str = ""):
         self.gate = gate
+        self.holder = holder  # this caller's name at the gate (see `HostGate.forget`)
         self.local = isinstance(gate, HostGate)
 
     def _call(self, method: str, *args: Any) -> Awaitable[Any]:
@@ -162,11 +194,11 @@ class GateClient:
 
     @asynccontextmanager
     async def slot(self, keys: list[str]) -> AsyncIterator[None]:
-        await self._call("acquire", keys)
+        await self._call("acquire", keys, self.holder)
         try:
             yield
         finally:
-            await self._call("release", keys)
+            await self._call("release", keys, self.holder)
 
     async def set_delay(self, key: str, delay_s: float) -> None:
         await self._call("set_delay", key, delay_s)
@@ -175,7 +207,7 @@ class GateClient:
         await self._call("defer", keys, seconds)
 
     async def robots(self, origin: str) -> tuple[int, bytes] | None:
-        return await self._call("robots", origin)
+        return await self._call("robots", origin, self.holder)
 
     async def robots_done(self, origin: str, status: int, body: bytes) -> None:
         await self._call("robots_done", origin, status, body)

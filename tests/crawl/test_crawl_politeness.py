@@ -152,3 +152,29 @@ def test_hostile_crawl_delays_never_stall_the_crawl(ray_local, tmp_path):
     honoured = [h.t for h in servers["0.6"].hits()]  # robots.txt, then its 2 pages
     assert min_gap(honoured) >= 0.95 * cap
 
+
+
+def test_gate_forgets_a_dead_holder_slots_and_robots_promise():
+    import asyncio
+
+    from crawl.live.politeness import HostGate
+
+    async def scenario() -> None:
+        gate = HostGate(min_delay_s=0.0, concurrency=1)
+        await gate.acquire(["h"], "a00.1")  # the actor dies holding the slot of host h ...
+        assert await gate.robots("http://h", "a00.1") is None  # ... and the promise to fetch h's robots.txt
+        waiter = asyncio.create_task(gate.robots("http://h", "b"))
+        blocked = asyncio.create_task(gate.acquire(["h"], "a00.2"))
+        await asyncio.sleep(0.05)
+        assert not blocked.done() and not waiter.done()
+        await gate.forget("a00.1")
+        await asyncio.wait_for(blocked, 1)  # the replacement gets the slot
+        assert await asyncio.wait_for(waiter, 1) is None  # a waiter now fetches robots.txt itself
+        await gate.release(["h"], "a00.1")  # a late call of the dead actor changes nothing
+        late = asyncio.create_task(gate.acquire(["h"], "c"))
+        await asyncio.sleep(0.05)
+        assert not late.done(), "the slot is still the replacement's"
+        await gate.release(["h"], "a00.2")
+        await asyncio.wait_for(late, 1)
+
+    asyncio.run(scenario())

@@ -1,6 +1,7 @@
 """The crawler and the image fetcher on a real local Ray instance against the loopback server: link
 following, robots, per-host spacing measured from the server log, WARCs that hold the pages and images,
-the funnel, a crawl killed midway and resumed (nothing archived fetched twice, nothing lost)."""
+the funnel, a crawl killed midway and resumed (nothing archived fetched twice, nothing lost), a crawl actor
+killed midway and replaced by the runner (nothing lost or yielded twice)."""
 
 from __future__ import annotations
 
@@ -164,6 +165,40 @@ def test_killed_crawl_resumes_without_refetching_or_losing(ray_local, server, tm
     assert ok == Counter({server.url(p): 1 for p in site.pages})
     assert {p.url for p in resumed} == {server.url(p) for p in site.pages} - archived_first
     # the funnel of the resumed run equals the one of an uninterrupted crawl
+    [crawl] = load_stats(out)["stages"]
+    assert crawl == {"name": "crawl", "in": len(urls), "out": len(site.pages),
+                     "drops": {"http_404": 1, "robots": 1}}
+    assert not list(out.glob("*.open"))
+
+
+@pytest.mark.timeout(120)
+def test_dead_crawl_actor_is_replaced_and_nothing_is_lost_or_doubled(ray_local, server, tmp_path, caplog):
+    import ray
+
+    site = server.site
+    urls = [server.url(p) for p in site.pages] + [server.url("/fault/notfound"), server.url("/private/a.html")]
+    out = tmp_path / "crawl"
+    # one actor, one request at a time, small WARC files: the kill lands after some files were closed
+    crawler = Crawler(cfg(actors=1, min_delay_s=0.2, warc_max_bytes=30000, retries=0), out, progress=False)
+    pages, archived_before, hits_before = [], set(), 0
+    for page in crawler.iter_pages(urls):
+        pages.append(page.url)
+        if len(pages) == 4:  # SIGKILL the actor's process, as the OOM killer or a lost node would
+            [actor] = crawler._actors
+            pid = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+            archived_before = {e["url"] for e in read_state(out, "crawl-a")}
+            hits_before = len(server.hits())
+            os.kill(pid, signal.SIGKILL)
+    assert "was lost" in caplog.text, "the runner replaced the actor"
+    assert 0 < len(archived_before) < len(urls), "the kill landed midway"
+    # nothing doubled: each page yielded once; nothing in a closed WARC file before the kill fetched again
+    assert Counter(pages) == Counter({server.url(p): 1 for p in site.pages})
+    assert not {server.url(h.path) for h in server.hits()[hits_before:]} & archived_before
+    # nothing lost: every URL has exactly one outcome, every page exactly one 200 response in the WARCs
+    assert sorted(e["url"] for e in read_state(out, "crawl-a")) == sorted(urls)
+    ok = Counter(u for u, s, _, _ in warc_responses(crawler.result.warcs) if s == 200 and "/pages/" in u)
+    assert ok == Counter({server.url(p): 1 for p in site.pages})
+    assert crawler.result.pages == len(site.pages)
     [crawl] = load_stats(out)["stages"]
     assert crawl == {"name": "crawl", "in": len(urls), "out": len(site.pages),
                      "drops": {"http_404": 1, "robots": 1}}
