@@ -67,7 +67,8 @@ def make_report(corpus_path: str | Path, output: str | Path | None = None, *, sa
     generated_at = datetime.now(UTC).isoformat(timespec="seconds")
     summary["generated_at"] = generated_at
     summary["sample"]["load_errors"] = load_errors
-    html = render_html(summary, documents, rejects["sample"], repeated, load_errors, generated_at)
+    html = render_html(summary, documents, rejects["sample"], repeated, load_errors, generated_at,
+                       scan.signals.what_if_data(scan.documents))
     out.mkdir(parents=True, exist_ok=True)
     (out / "index.html").write_text(html, encoding="utf-8")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -65,12 +65,15 @@ def print_table(summary: dict, out: str) -> None:
     if summary["funnel"] is None:
         print(f"  funnel: {summary['funnel_error']}")
     else:
-        print("  top drop reasons:")
-        for d in summary["drops"][:8] or []:
-            where = d["stage"] if d["item"] == "document" else f"{d['stage']}/{d['item']}"
-            print(f"    {d['count']:>8,}  {where}: {d['reason']}")
-        if not summary["drops"]:
-            print("    (none)")
+        whole = [d for d in summary["drops"] if d["item"] in ("document", "record")]
+        parts = [d for d in summary["drops"] if d["item"] not in ("document", "record")]
+        for title, drops in (("top drop reasons (documents)", whole), ("top drop reasons (parts of documents)", parts)):
+            print(f"  {title}:")
+            for d in drops[:8]:
+                where = d["stage"] if d["item"] in ("document", "record") else f"{d['stage']}/{d['item']}"
+                print(f"    {d['count']:>8,}  {where}: {d['reason']}")
+            if not drops:
+                print("    (none)")
     if not summary["dedup"]["available"]:
         print("  dedup: no dedup data")
     errors = summary.get("sample", {}).get("load_errors") or []
