@@ -14,6 +14,7 @@ BAR_LIGHT = "#c6d6ea"
 OUT = "#9aa5b1"
 THRESHOLD = "#d62728"
 DROPPED = "#f2a0a0"
+OTHER = "#f58518"
 
 
 def fmt(x: float | None) -> str:
@@ -145,5 +146,45 @@ def funnel_svg(stages: list[dict[str, Any]], *, width: int = 760, row_h: int = 2
                      f'fill="{BAR}"><title>out {fmt(s["out"])}</title></rect>')
         parts.append(f'<text x="{label_w + s["in"] * scale + 6:.1f}" y="{y + 15}" class="ax">{fmt(s["out"])} / '
                      f'{fmt(s["in"])}{f"  (−{fmt(dropped)})" if dropped else ""}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def overlay_svg(a: dict[str, Any] | None, b: dict[str, Any] | None, *, width: int = 460, height: int = 170,
+                label: str = "") -> str:
+    """Two histograms on the same bins (B binned on A's edges): per bin, A's bar (blue) and B's (orange)
+    side by side, plus < and > bars for values outside the edges."""
+    base = a or b
+    if base is None:
+        return ""
+    edges = base["edges"]
+
+    def series(h: dict[str, Any] | None) -> list[int]:
+        if h is None or len(h["counts"]) != len(edges) - 1:
+            return [0] * (len(edges) + 1)
+        return [h.get("underflow", 0), *h["counts"], h.get("overflow", 0)]
+
+    sa, sb = series(a), series(b)
+    names = [f"< {_edge_label(edges[0])}"] + [f"{_edge_label(edges[i])}–{_edge_label(edges[i + 1])}"
+                                              for i in range(len(edges) - 1)] + [f"> {_edge_label(edges[-1])}"]
+    left, right, top, bottom = 44, 18, 10, 24
+    plot_w, plot_h = width - left - right, height - top - bottom
+    bw = plot_w / len(names)
+    peak = max(sa + sb + [1])
+    parts = [(f'<svg class="chart" role="img" aria-label="{escape(label, quote=True)}" width="{width}" '
+              f'height="{height}" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">'),
+             f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#888"/>',
+             f'<text x="{left - 4}" y="{top + 8}" class="ax" text-anchor="end">{fmt(peak)}</text>']
+    for i, name in enumerate(names):
+        for j, (count, colour) in enumerate(((sa[i], BAR), (sb[i], OTHER))):
+            h = plot_h * count / peak
+            x = left + i * bw + j * bw / 2
+            parts.append(f'<rect class="{"a" if j == 0 else "b"}" x="{x + 0.3:.1f}" y="{top + plot_h - h:.1f}" '
+                         f'width="{max(bw / 2 - 0.6, 0.4):.1f}" height="{h:.1f}" fill="{colour}"><title>'
+                         f'{escape(name)}: {"A" if j == 0 else "B"} {fmt(count)}</title></rect>')
+    step = max(1, len(edges) // 6)
+    for i in range(0, len(edges), step):
+        parts.append(f'<text x="{left + (i + 1) * bw:.1f}" y="{top + plot_h + 14}" class="ax" text-anchor="middle">'
+                     f'{escape(_edge_label(edges[i]))}</text>')
     parts.append("</svg>")
     return "".join(parts)

@@ -280,6 +280,23 @@
     r.final_estimate = Math.max(0, Math.round(wi.final + (r.kept_after - r.kept_before) * scale));
     return r;
   }
+  // `--set key=value`; a member of a family (filters.gopher_repetition.top_n_grams.2) sets the whole map,
+  // since --set replaces a map it names
+  function setArg(config, value) {
+    var m = /^(.*)\.(\d+)$/.exec(config);
+    if (!m) { return "--set " + config + "=" + value; }
+    var members = {};
+    Object.keys(wi.thresholds).forEach(function (n) {
+      wi.thresholds[n].forEach(function (t) {
+        var k = /^(.*)\.(\d+)$/.exec(t.config);
+        if (k && k[1] === m[1]) { members[k[2]] = t.value; }
+      });
+    });
+    members[m[2]] = value;
+    var parts = Object.keys(members).sort(function (a, b) { return a - b; })
+      .map(function (k) { return k + ": " + members[k]; });
+    return "--set '" + m[1] + "={" + parts.join(", ") + "}'";
+  }
   document.querySelectorAll(".what-if").forEach(function (box) {
     var signal = box.getAttribute("data-signal"), index = Number(box.getAttribute("data-index"));
     if (!wi.thresholds[signal]) { return; }
@@ -295,7 +312,7 @@
       out.textContent = "sample: " + r.pass_after + " of " + r.reached + " pass (now " + r.pass_before +
         "); kept in the end " + r.kept_after + " (now " + r.kept_before + "); corpus ≈ " + r.final_estimate +
         " documents (now " + wi.final + ")";
-      set.textContent = "--set " + wi.thresholds[signal][index].config + "=" + value;
+      set.textContent = setArg(wi.thresholds[signal][index].config, value);
     }
     range.addEventListener("input", function () { num.value = range.value; update(Number(range.value)); });
     num.addEventListener("input", function () {

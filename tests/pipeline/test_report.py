@@ -470,3 +470,54 @@ def test_non_finite_numbers_keep_the_embedded_json_strict(tmp_path):
     html = (tmp_path / "r" / "index.html").read_text()
     [shown] = strict(html.split('id="report-data">')[1].split("</script>")[0])["documents"]
     assert shown["signals"] == {"quality_score": "NaN", "words_per_image": "Infinity"}
+
+
+# ---- inspect A --against B ----------------------------------------------------------------------------
+def test_against_a_build_with_other_settings(corpus, tmp_path_factory, chrome):
+    """Two builds of the dev WARCs, B with a stricter language score and Gopher word count: the comparison
+    shows the differing settings, both funnels reason by reason, exactly the documents in one build only
+    (with the reason the other build dropped them), and the planted page's strings stay inert."""
+    from pipeline.build import BuildConfig, build_corpus
+
+    b = tmp_path_factory.mktemp("against") / "b"
+    cfg = BuildConfig.model_validate({"ray": {"workers": 2}, "images": {"min_side": 40, "max_aspect": 6.0},
+                                      "filters": {"image_count": {"min_images": 0}, "language": {"min_score": 0.9},
+                                                  "gopher_quality": {"min_doc_words": 120}}})
+    build_corpus([str(REAL / "dev" / "warc" / w) for w in WARCS], b, cfg, progress=False)
+    out = b.parent / "cmp"
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "inspect", str(corpus), "--against", str(b),
+                           "--output", str(out), "--no-progress"], capture_output=True, text=True, timeout=300,
+                          cwd=REPO, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "setting filters.language.min_score: 0.65 -> 0.9" in done.stdout
+    c = json.loads((out / "compare.json").read_text())
+    assert c["settings"]["filters.gopher_quality.min_doc_words"] == [50, 120]
+    stats = [json.loads((p / "stats.json").read_text()) for p in (corpus, b)]
+    for stage in c["funnel"]:
+        for side, st in enumerate(stats):
+            s = next((x for x in st["stages"] if x["name"] == stage["name"]), None)
+            assert stage["out"][side] == (s["out"] if s else None)
+            for reason, counts in stage["drops"].items():
+                assert counts[side] == (s["drops"].get(reason, 0) if s else 0)
+    lang = next(s for s in c["funnel"] if s["name"] == "language")
+    assert lang["drops"]["lang_low_score"][0] < lang["drops"]["lang_low_score"][1]
+    ids = [{d.id for d in Corpus(p).iter_documents(with_images=False)} for p in (corpus, b)]
+    assert c["only"]["exact"]
+    assert {d["id"] for d in c["only"]["a"]["shown"]} == ids[0] - ids[1] and c["only"]["a"]["count"] == len(ids[0] - ids[1])
+    assert c["only"]["b"]["count"] == len(ids[1] - ids[0])
+    why = {d["other"]["reason"] for d in c["only"]["a"]["shown"] if d["other"]}
+    assert why & {"lang_low_score", "gopher_too_few_words"}, why
+    assert [d for d in c["only"]["a"]["shown"] if d["other"] is None] == [
+        d for d in c["only"]["a"]["shown"] if d["id"] == PLANTED_ID]  # planted in A only, never seen by B
+    assert "gopher_n_words" in c["signals"] and c["signals"]["gopher_n_words"]["b"]["count"] == len(ids[1])
+
+    chrome.get((out / "index.html").as_uri())
+    row = chrome.find_element("css selector", '#compare-funnel tr[data-stage="language"][data-reason="lang_low_score"]')
+    assert [int(row.get_attribute(k)) for k in ("data-a", "data-b")] == lang["drops"]["lang_low_score"]
+    planted = chrome.find_element("css selector", f'#only-a li[data-doc-id="{PLANTED_ID}"]')
+    assert '<img src=x onerror="window.__pwned=5">Planted' in planted.text
+    assert chrome.find_elements("css selector", '[data-signal="gopher_n_words"] rect.b')
+    assert chrome.execute_script("return typeof window.__pwned") == "undefined"
+    assert chrome.execute_script("return document.querySelectorAll('[onerror],[onload]').length") == 0
+    assert not chrome.find_elements("css selector", 'a[href^="javascript"]')
+    assert chrome.find_elements("css selector", "script") == []
