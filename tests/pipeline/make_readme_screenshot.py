@@ -60,9 +60,12 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit("report did not render")
                 time.sleep(0.1)
             top = driver.get_screenshot_as_png()
-            # the right half: the document browser at the first document with images, loaded
-            art = driver.execute_script(
-                "return Array.from(document.querySelectorAll('article.doc')).find(a => a.querySelector('img'))")
+            # the right half: the document browser sorted by images, its first document opened, images loaded
+            driver.execute_script(
+                "var s = document.getElementById('sort-by'); s.value = 'n_images'; s.dispatchEvent(new Event('change'));"
+                "var d = document.getElementById('sort-desc'); d.checked = true; d.dispatchEvent(new Event('change'));"
+                "document.querySelector('#docs article.doc button.open').click();")
+            art = driver.execute_script("return document.querySelector('#docs article.doc')")
             driver.execute_script("arguments[0].scrollIntoView(); window.scrollBy(0, -40)", art)
             end = time.time() + 20
             while not driver.execute_script(
