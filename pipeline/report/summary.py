@@ -450,13 +450,15 @@ def _parquet_files(corpus: Corpus, folder: str) -> list[str]:
 
 
 def read_rejects(corpus: Corpus, per_reason: int, seed: int, progress: bool = True,
-                 signals: SignalStats | None = None) -> dict[str, Any]:
+                 signals: SignalStats | None = None, per_item_reason: int = 5) -> dict[str, Any]:
     """Counts of the rejects log by (stage, item, reason), and per (stage, reason) a bottom-k sample of rows
-    by their `key` (the rows the build kept the text of); vectorised per batch, so a log of millions of rows
+    by their `key` (the rows the build kept the text of): `per_reason` of whole documents, listed first, and
+    `per_item_reason` of images and text blocks; vectorised per batch, so a log of millions of rows
     streams in bounded memory. The `signals` of dropped documents go to `signals` (histograms, what-if)."""
     files = _parquet_files(corpus, "rejects")
     counts: Counter = Counter()
-    picks: dict[tuple[str, str], list[tuple[float, int, dict[str, str]]]] = {}  # (stage, reason) -> (key, n, row)
+    # (is an item drop, stage, reason) -> [(key, n, row)]
+    picks: dict[tuple[bool, str, str], list[tuple[float, int, dict[str, str]]]] = {}
     scratch = IndexScan()
     rng = np.random.default_rng(seed)
     rows = 0
@@ -488,15 +490,17 @@ def read_rejects(corpus: Corpus, per_reason: int, seed: int, progress: bool = Tr
                         if docs.num_rows:
                             signals.add(_signal_columns(docs["signals"], scratch), dropped=True)
                             signals.sample(docs["signals"], docs["reason"])
-                    group = pc.binary_join_element_wise(t["stage"], t["reason"], "\x1f").combine_chunks()
+                    group = pc.binary_join_element_wise(t["item"], t["stage"], t["reason"], "\x1f").combine_chunks()
                     for g in pc.unique(group).to_pylist():
+                        item, stage, r = g.split("\x1f", 2)
+                        k = per_reason if item in ("document", "record") else per_item_reason
                         idx = np.flatnonzero(pc.equal(group, g).to_numpy(zero_copy_only=False))
-                        idx = idx[np.argsort(keys[idx], kind="stable")[:per_reason]]
+                        idx = idx[np.argsort(keys[idx], kind="stable")[:k]]
                         chosen = t.take(pa.array(idx, pa.int64())).select(list(REJECT_COLUMNS)).to_pylist()
-                        stage, _, r = g.partition("\x1f")
-                        heap = picks.setdefault((stage, r), [])
+                        heap = picks.setdefault((item not in ("document", "record"), stage, r), [])
                         heap += [(float(keys[j]), rows + int(j), row) for j, row in zip(idx, chosen)]
-                        picks[(stage, r)] = heapq.nsmallest(per_reason, heap, key=lambda x: (x[0], x[1]))
+                        picks[(item not in ("document", "record"), stage, r)] = heapq.nsmallest(
+                            k, heap, key=lambda x: (x[0], x[1]))
                     rows += t.num_rows
         except (OSError, pa.ArrowException) as e:
             errors.append(f"{path}: {e}")
