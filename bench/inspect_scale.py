@@ -36,7 +36,7 @@ from pipeline.corpus import ShardInfo, append_manifest, write_shards
 from pipeline.record import Document, Image, make_doc_id
 from pipeline.stats import REJECTS_SCHEMA
 
-WORDS = "the of and to in a is that for it as was with be by on not he this are or his from at which".split()
+WORDS = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not", "he", "this", "are", "or", "his", "from", "at", "which"]
 
 
 def template_docs(n: int, rng: np.random.Generator) -> list[Document]:

@@ -29,7 +29,13 @@ from tqdm import tqdm
 from pipeline.corpus import Corpus
 from pipeline.report.charts import fmt, overlay_svg
 from pipeline.report.render import _asset, esc, link
-from pipeline.report.summary import Histogram, IndexScan, _parquet_files, _read_optional_json, _signal_columns
+from pipeline.report.summary import (
+    Histogram,
+    IndexScan,
+    _parquet_files,
+    _read_optional_json,
+    _signal_columns,
+)
 from pipeline.stats import sample_key
 
 SAMPLE_K = 20_000  # ids per build in the key-range sample
