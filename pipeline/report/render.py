@@ -195,10 +195,10 @@ def _signals(summary: dict[str, Any]) -> str:
     if summary.get("invalid_signals"):
         warn += (f'<p class="warn">{fmt(summary["invalid_signals"])} index rows have a signals column that is '
                  f"not a JSON object; they are left out of these histograms.</p>")
-    sampled = (f"all {fmt(what_if['population'])} documents that have signals"
-               if what_if["sample"] >= what_if["population"] else
-               f"a seeded sample of {fmt(what_if['sample'])} of the {fmt(what_if['population'])} documents that "
-               f"have signals (seed {what_if['seed']}); counts are scaled to the build")
+    sampled = (f"all {fmt(what_if['population'])} documents (those in the corpus and the dropped ones with "
+               f"signals)" if what_if["sample"] >= what_if["population"] else
+               f"a seeded sample of {fmt(what_if['sample'])} of the {fmt(what_if['population'])} documents in the "
+               f"corpus or dropped with signals (seed {what_if.get('seed')}); counts are scaled to the build")
     return (f'<section id="signals"><h2>Quality signals</h2>{warn}<p class="muted">Every document that reached '
             f"the stage writing a signal: blue, in the corpus (the index's <code>signals</code>); light red, "
             f"dropped at this or a later stage (the rejects log's <code>signals</code>). Red dashed lines: the "

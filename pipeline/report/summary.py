@@ -190,8 +190,8 @@ class SignalStats:
         take = np.argpartition(keys, min(self.k, n) - 1)[: self.k]
         idx = pa.array(take, pa.int64())
         raw = signals.take(idx).to_pylist()
-        why = [""] * len(take) if reasons is None else reasons.take(idx).to_pylist()
-        self.candidates += [(float(keys[j]), base + int(j), r or "{}", w or "")
+        why = [""] * len(take) if reasons is None else [w or "(no reason)" for w in reasons.take(idx).to_pylist()]
+        self.candidates += [(float(keys[j]), base + int(j), r or "{}", w)
                             for j, r, w in zip(take, raw, why)]
         self.candidates = heapq.nsmallest(self.k, self.candidates)
 
