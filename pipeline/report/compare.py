@@ -48,6 +48,7 @@ class Side:
     """One build, as one pass over its index saw it."""
 
     path: str
+    k: int = SAMPLE_K
     documents: int = 0
     words: int = 0
     shards: int = 0
@@ -60,12 +61,12 @@ class Side:
     @property
     def key_limit(self) -> float:
         """Keys below this are all in the sample (1.0: the sample is the whole corpus)."""
-        return self.candidates[-1][0] if len(self.candidates) >= SAMPLE_K else 1.0
+        return self.candidates[-1][0] if len(self.candidates) >= self.k else 1.0
 
 
 def scan_side(path: str | Path, edges: dict[str, list[float]], k: int = SAMPLE_K, progress: bool = True) -> Side:
     corpus = Corpus(path)
-    side = Side(corpus.path)
+    side = Side(corpus.path, k)
     side.stats, _ = _read_optional_json(corpus, "stats.json")
     side.build, _ = _read_optional_json(corpus, "build.json")
     scratch = IndexScan()
@@ -128,11 +129,11 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def compare(a_path: str | Path, b_path: str | Path, progress: bool = True) -> dict[str, Any]:
-    """The figures of the comparison page (also written as compare.json)."""
-    a = scan_side(a_path, {}, progress=progress)
+def compare(a_path: str | Path, b_path: str | Path, progress: bool = True, k: int = SAMPLE_K) -> dict[str, Any]:
+    """The figures of the comparison page (also written as compare.json); `k` ids sampled per build."""
+    a = scan_side(a_path, {}, k, progress=progress)
     a_hists = {n: h.to_dict() for n, h in a.signals.items()}
-    b = scan_side(b_path, {n: h["edges"] for n, h in a_hists.items()}, progress=progress)
+    b = scan_side(b_path, {n: h["edges"] for n, h in a_hists.items()}, k, progress=progress)
     limit = min(a.key_limit, b.key_limit)
     in_a = {i: row for key, i, row in a.candidates if key < limit or limit == 1.0}
     in_b = {i: row for key, i, row in b.candidates if key < limit or limit == 1.0}

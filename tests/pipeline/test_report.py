@@ -521,3 +521,30 @@ def test_against_a_build_with_other_settings(corpus, tmp_path_factory, chrome):
     assert chrome.execute_script("return document.querySelectorAll('[onerror],[onload]').length") == 0
     assert not chrome.find_elements("css selector", 'a[href^="javascript"]')
     assert chrome.find_elements("css selector", "script") == []
+
+
+def test_against_estimates_from_the_id_sample(tmp_path):
+    """Corpora larger than the id sample: the documents listed as only in A are truly only in A (the key
+    range both samples cover is complete in both), and the counts are estimated from that range."""
+    from pipeline.report.compare import compare
+
+    def corpus(name: str, numbers: range) -> Path:
+        docs = []
+        for i in numbers:
+            d = Document(id=make_doc_id(f"n:{i}"), url=f"https://n.example/{i}", source=f"n:{i}", lang="en")
+            d.append_text(f"document {i} " * (5 + i % 7))
+            d.signals = {"gopher_n_words": float(10 + i % 50)}
+            docs.append(d)
+        root = tmp_path / name
+        append_manifest(root, write_shards(docs, root, name, max_docs=100))
+        return root
+
+    a, b = corpus("a", range(0, 400)), corpus("b", range(200, 600))
+    c = compare(a, b, progress=False, k=60)
+    assert not c["only"]["exact"]
+    in_a, in_b = {make_doc_id(f"n:{i}") for i in range(0, 200)}, {make_doc_id(f"n:{i}") for i in range(400, 600)}
+    shown_a, shown_b = {d["id"] for d in c["only"]["a"]["shown"]}, {d["id"] for d in c["only"]["b"]["shown"]}
+    assert shown_a and shown_a <= in_a and shown_b and shown_b <= in_b
+    assert 100 <= c["only"]["a"]["count"] <= 400 and 100 <= c["only"]["b"]["count"] <= 400  # true: 200 each
+    assert c["totals"]["documents"] == [400, 400]
+    assert c["signals"]["gopher_n_words"]["b"]["count"] == 400
