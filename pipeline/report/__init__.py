@@ -2,7 +2,9 @@
 
 `make_report(corpus, output)` streams the index once (summary.py), reads a seeded bottom-k sample of documents
 from their shards (docs.py), and writes `OUTPUT/index.html` with inline SVG charts (charts.py, render.py),
-`OUTPUT/assets/img/*.jpg` and `OUTPUT/summary.json` (the same figures, for machines).
+`OUTPUT/assets/img/*.jpg` and `OUTPUT/summary.json` (the same figures, for machines). The page also embeds a
+seeded sample of per-document signals for its what-if controls (summary.py `SignalStats`, `what_if`).
+`compare.py` is `inspect A --against B`.
 """
 
 from __future__ import annotations
