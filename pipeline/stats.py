@@ -10,6 +10,8 @@ Every step of a build reports here. Two kinds of counts:
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,9 +26,22 @@ REJECTS_SCHEMA = pa.schema(
         ("stage", pa.string()),
         ("item", pa.string()),  # "document" | "image" | "text" | "record"
         ("reason", pa.string()),
-        ("detail", pa.string()),  # e.g. the image URL, the exception text
+        ("detail", pa.string()),  # e.g. the image URL, the exception text, the signal and threshold that decided
+        ("signals", pa.string()),  # document drops: JSON of every signal the document had when dropped
+        ("text", pa.string()),  # document drops: the text (first TEXT_CHARS) of a sample per reason, else ""
+        ("key", pa.float64()),  # the sample key of the row (a hash of the id): smallest keys are the text sample
     ]
 )
+TEXT_CHARS = 2000  # characters of a rejected document's text kept in its rejects row
+TEXT_PER_REASON = 20  # rejected documents per (stage, reason) whose text is kept, per unit of work
+
+
+def sample_key(doc_id: str, seed: int = 0) -> float:
+    """A uniform key in [0, 1) from a document id: the rejected documents of a reason with the smallest keys
+    keep their text, so each unit keeps the same ones on a re-run and the report can take the smallest
+    keys of all units."""
+    digest = hashlib.blake2b(f"{seed}:{doc_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 @dataclass
@@ -55,7 +70,9 @@ class Ledger:
     stages: dict[str, StageCount] = field(default_factory=dict)
     items: dict[str, StageCount] = field(default_factory=dict)  # key "stage/kind", e.g. "images/image"
     counters: Counter = field(default_factory=Counter)  # free counters, e.g. "pii/email"
-    rejects: list[dict[str, str]] = field(default_factory=list)
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    # (stage, reason) -> heap of (-key, row index) of the rows whose text is kept (the TEXT_PER_REASON smallest)
+    _texts: dict[tuple[str, str], list[tuple[float, int]]] = field(default_factory=dict, repr=False)
 
     def stage(self, name: str) -> StageCount:
         return self.stages.setdefault(name, StageCount())
@@ -64,15 +81,31 @@ class Ledger:
         return self.items.setdefault(f"{stage}/{kind}", StageCount())
 
     def drop(self, stage: str, reason: str, *, id: str = "", url: str = "", item: str = "document",
-             detail: str = "") -> None:
-        """Record one drop: counted in the stage (documents/records) or item counts, and logged."""
+             detail: str = "", signals: dict[str, Any] | None = None, text: str | None = None) -> None:
+        """Record one drop: counted in the stage (documents/records) or item counts, and logged. A document
+        drop carries the document's `signals` and, for a sample of TEXT_PER_REASON per (stage, reason)
+        chosen by `sample_key(id)`, the first TEXT_CHARS characters of its `text`."""
         if item in ("document", "record"):
             self.stage(stage).drops[reason] += 1
         else:
             self.item(stage, item).drops[reason] += 1
-        self.rejects.append(
-            {"id": id, "url": url, "stage": stage, "item": item, "reason": reason, "detail": detail[:500]}
-        )
+        key = sample_key(id) if id else 1.0
+        row = {"id": id, "url": url, "stage": stage, "item": item, "reason": reason, "detail": detail[:500],
+               "signals": json.dumps(signals, allow_nan=True) if signals else "", "text": "", "key": key}
+        self.rejects.append(row)
+        if text and id:
+            self._keep_text(stage, reason, key, len(self.rejects) - 1, text)
+
+    def _keep_text(self, stage: str, reason: str, key: float, index: int, text: str) -> None:
+        heap = self._texts.setdefault((stage, reason), [])
+        if len(heap) < TEXT_PER_REASON:
+            heapq.heappush(heap, (-key, index))
+        elif key < -heap[0][0]:
+            _, evicted = heapq.heapreplace(heap, (-key, index))
+            self.rejects[evicted]["text"] = ""
+        else:
+            return
+        self.rejects[index]["text"] = text[:TEXT_CHARS]
 
     def merge(self, other: Ledger) -> None:
         for name, c in other.stages.items():

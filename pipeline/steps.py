@@ -103,7 +103,7 @@ def resolve_signals(configured: Iterable[tuple[str, Any, Step | type[Step]]]) ->
 
 class Drop(NamedTuple):
     reason: str
-    detail: str = ""
+    detail: str = ""  # what decided it, e.g. "gopher_n_words=12 (min 50: min_doc_words)"
 
 
 class Step:
@@ -134,8 +134,52 @@ class Filter(Step):
         if verdict is True:
             return doc
         if isinstance(verdict, tuple) and len(verdict) == 2 and verdict[0] is False:
-            return Drop(str(verdict[1]))
+            return Drop(str(verdict[1]), self.decided(doc))
         raise TypeError(f"{self!r}.filter must return True or (False, reason), got {verdict!r}")
+
+
+    def decided(self, doc: Any) -> str:
+        """The detail of a drop: each declared signal's value on `doc` that is past one of its thresholds
+        (all declared values when none is), with the threshold, e.g. "gopher_n_words=12 (min 50:
+        min_doc_words)". The full signals go in the rejects row's `signals` column."""
+        values = getattr(doc, "signals", None) or {}
+        section = getattr(self, "cfg", None)
+        past, known = [], []
+        for signal in self.signals:
+            for name, value in values.items():
+                if not _matches(signal.name, name) or not isinstance(value, (int, float)):
+                    continue
+                rules = []
+                for t in signal.thresholds:
+                    limit = _threshold_value(section, t.key, name, signal.name)
+                    if limit is None or (t.off_below is not None and limit < t.off_below):
+                        continue
+                    failed = value < limit if t.keeps == "min" else value > limit
+                    rules.append((failed, f"{t.keeps} {limit:g}: {t.key}"))
+                text = f"{name}={value:.6g}" + (f" ({'; '.join(r for _, r in rules)})" if rules else "")
+                known.append(text)
+                if any(failed for failed, _ in rules):
+                    past.append(text)
+        return ", ".join(past or known)
+
+
+def _matches(declared: str, name: str) -> bool:
+    if "{n}" not in declared:
+        return declared == name
+    head, tail = declared.split("{n}", 1)
+    return name.startswith(head) and name.endswith(tail) and name[len(head):len(name) - len(tail)].isdigit()
+
+
+def _threshold_value(section: Any, key: str, name: str, declared: str) -> float | None:
+    """The config value a signal `name` is compared with (a family's value picked by its n)."""
+    value = getattr(section, key, None)
+    if isinstance(value, dict):
+        head, tail = declared.split("{n}", 1)
+        n = name[len(head):len(name) - len(tail)]
+        value = value.get(int(n), value.get(n)) if n.isdigit() else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
 
 
 def drop_images(doc: Any, ledger: Ledger, stage: str, reason_of: Callable[[Any], str | None]) -> None:
@@ -163,6 +207,19 @@ def _ident(item: Any) -> tuple[str, str]:
     return str(getattr(item, "id", "") or ""), str(getattr(item, "url", "") or "")
 
 
+def _signals(item: Any) -> dict[str, Any] | None:
+    signals = getattr(item, "signals", None)
+    return dict(signals) if isinstance(signals, dict) and signals else None
+
+
+def _text(item: Any) -> str | None:
+    try:
+        text = getattr(item, "text", None)
+    except Exception:  # noqa: BLE001 - a malformed document still gets its drop recorded, without text
+        return None
+    return text if isinstance(text, str) else None
+
+
 def run_steps(items: Iterable[Any], steps: list[Step], ledger: Ledger) -> Iterator[Any]:
     """Push items through the steps lazily; count each step's in/out/drops in `ledger`.
 
@@ -181,8 +238,8 @@ def run_steps(items: Iterable[Any], steps: list[Step], ledger: Ledger) -> Iterat
                 out = Drop(f"error:{type(e).__name__}", str(e))
             if isinstance(out, Drop):
                 doc_id, url = _ident(item)
-                ledger.drop(step.name, out.reason, id=doc_id, url=url,
-                            item="document" if doc_id else "record", detail=out.detail)
+                ledger.drop(step.name, out.reason, id=doc_id, url=url, item="document" if doc_id else "record",
+                            detail=out.detail, signals=_signals(item), text=_text(item) if doc_id else None)
                 break
             count.n_out += 1
             item = out

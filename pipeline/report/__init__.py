@@ -2,7 +2,9 @@
 
 `make_report(corpus, output)` streams the index once (summary.py), reads a seeded bottom-k sample of documents
 from their shards (docs.py), and writes `OUTPUT/index.html` with inline SVG charts (charts.py, render.py),
-`OUTPUT/assets/img/*.jpg` and `OUTPUT/summary.json` (the same figures, for machines).
+`OUTPUT/assets/img/*.jpg` and `OUTPUT/summary.json` (the same figures, for machines). The page also embeds a
+seeded sample of per-document signals for its what-if controls (summary.py `SignalStats`, `what_if`).
+`compare.py` is `inspect A --against B`.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ def make_report(corpus_path: str | Path, output: str | Path | None = None, *, sa
     generated_at = datetime.now(UTC).isoformat(timespec="seconds")
     summary["generated_at"] = generated_at
     summary["sample"]["load_errors"] = load_errors
-    html = render_html(summary, documents, rejects["sample"], repeated, load_errors, generated_at)
+    html = render_html(summary, documents, rejects["sample"], repeated, load_errors, generated_at,
+                       scan.signals.what_if_data(scan.documents))
     out.mkdir(parents=True, exist_ok=True)
     (out / "index.html").write_text(html, encoding="utf-8")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")

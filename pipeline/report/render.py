@@ -121,12 +121,26 @@ def _funnel(summary: dict[str, Any]) -> str:
     counter_html = ("<h3>Counters</h3><table><tr><th>counter</th><th class=\"num\">value</th></tr>"
                     + "".join(f'<tr><td>{esc(k)}</td><td class="num">{fmt(v)}</td></tr>' for k, v in counters.items())
                     + "</table>") if counters else ""
-    top = summary["drops"][:15]
-    top_chart = hbar_svg([(f'{d["stage"]}: {d["reason"]}', d["count"]) for d in top], width=620,
-                         label="top drop reasons") if top else ""
+    whole = [d for d in summary["drops"] if d["item"] in ("document", "record")][:15]
+    parts = [d for d in summary["drops"] if d["item"] not in ("document", "record")][:10]
+    top = (_top_reasons("Documents dropped, by reason", "top-doc-reasons", whole)
+           + _top_reasons("Parts of documents dropped (the document goes on), by reason", "top-item-reasons", parts))
     return (f'<section id="funnel"><h2>Funnel</h2><p class="muted">Records in and out of each stage, from '
-            f'stats.json (light bar: in, dark bar: out).</p>{funnel_svg(stages) if stages else ""}{table}'
-            f'{items}<h3>Top drop reasons</h3>{top_chart}{counter_html}</section>')
+            f'stats.json (light bar: in, dark bar: out).</p><div class="scroll">'
+            f'{funnel_svg(stages) if stages else ""}</div><div class="scroll">{table}</div>'
+            f'<div class="scroll">{items}</div><h3>Top drop reasons</h3>{top}{counter_html}</section>')
+
+
+def _top_reasons(title: str, table_id: str, drops: list[dict[str, Any]]) -> str:
+    if not drops:
+        return f'<h4>{esc(title)}</h4><p class="muted">none</p>'
+    chart = hbar_svg([(f'{d["stage"]}: {d["reason"]}', d["count"]) for d in drops], width=620, label=title)
+    rows = "".join(f'<tr data-stage="{esc(d["stage"])}" data-item="{esc(d["item"])}" data-reason="{esc(d["reason"])}"'
+                   f' data-count="{int(d["count"])}"><td>{esc(d["stage"])}</td><td>{esc(d["reason"])}</td>'
+                   f'<td class="num">{fmt(d["count"])}</td></tr>' for d in drops)
+    return (f'<h4>{esc(title)}</h4><div class="scroll">{chart}</div><details><summary>as a table</summary>'
+            f'<table id="{table_id}"><tr><th>stage</th><th>reason</th><th class="num">count</th></tr>{rows}'
+            "</table></details>")
 
 
 def _panel(title: str, chart: str, note: str = "", attrs: str = "") -> str:
@@ -144,14 +158,17 @@ def _distributions(summary: dict[str, Any]) -> str:
         title, extra = HIST_TITLES.get(name, (name, ""))
         note = _hist_note(h) + (f"<br>{esc(extra)}" if extra else "")
         panels.append(_panel(title, histogram_svg(h, label=title), note, f' data-hist="{esc(name)}"'))
-    langs = list(summary["languages"].items())[:25]
-    panels.append(_panel("Languages", hbar_svg(langs, label="languages") if langs else "<p>none</p>",
-                         esc(f"{len(summary['languages'])} languages; top 25 shown")))
-    doms = summary["domains"]
-    dom_items = list(doms["top"].items())
-    note = esc(f"top {len(dom_items)} hosts" + (" (counts are lower bounds: too many hosts to count exactly)"
-                                                  if doms["approximate"] else ""))
-    panels.append(_panel("Domains", hbar_svg(dom_items, label="domains") if dom_items else "<p>none</p>", note))
+    langs = list(summary["languages"].items())[:50]
+    panels.append(_panel("By language", hbar_svg(langs, label="languages") if langs else "<p>none</p>",
+                         esc(f"{len(summary['languages'])} languages; top {len(langs)} shown"),
+                         ' data-breakdown="language"'))
+    for key, title, what in (("domains", "By domain", "hosts"), ("sources", "By source file", "source files")):
+        part = summary[key]
+        top = list(part["top"].items())
+        note = esc(f"top {len(top)} {what}" + (" (counts are lower bounds: too many to count exactly)"
+                                                if part["approximate"] else ""))
+        panels.append(_panel(title, hbar_svg(top, label=title) if top else "<p>none</p>", note,
+                             f' data-breakdown="{key}"'))
     return f'<section id="distributions"><h2>Distributions</h2><div class="grid">{"".join(panels)}</div></section>'
 
 
@@ -159,22 +176,47 @@ def _signals(summary: dict[str, Any]) -> str:
     if not summary["signals"]:
         return '<section id="signals"><h2>Quality signals</h2><p class="muted">No signals in the index.</p></section>'
     panels = []
+    what_if = summary["what_if"]
     for name, h in summary["signals"].items():
         thr = h["thresholds"]
         lo, hi = h["edges"][0], h["edges"][-1]
-        thr_text = "; ".join(f'{t["config"]} = {fmt(t["value"])} (keeps {"≥" if t["kind"] == "min" else "≤"})'
-                             + ("" if lo <= t["value"] <= hi else ", off the axis")
-                             for t in thr) or "no threshold known for this signal"
-        note = _hist_note(h) + "<br>" + esc(thr_text)
+        lines = []
+        for i, t in enumerate(thr):
+            sign = "≥" if t["kind"] == "min" else "≤"
+            off = "" if lo <= t["value"] <= hi else ", off the axis"
+            lines.append(f'<div class="thr-row" data-threshold="{i}" data-kept="{t["kept"]}" data-cut="{t["cut"]}">'
+                         f'{esc(t["config"])} = {esc(fmt(t["value"]))} (keeps {sign}{off}): '
+                         f'<b>{fmt(t["kept"])}</b> pass, <b>{fmt(t["cut"])}</b> cut'
+                         + (_what_if_control(name, i, t, h) if name in what_if["signals"] else "") + "</div>")
+        note = (_hist_note(h) + esc(f"; dropped documents with it: {fmt(h['dropped_documents'])}") + "<br>"
+                + ("".join(lines) or esc("no threshold known for this signal")))
         panels.append(_panel(name, histogram_svg(h, thr, label=name), note, f' data-signal="{esc(name)}"'))
     warn = "" if summary["build"] else (f'<p class="warn">No thresholds: {esc(summary["build_error"])}.</p>')
     if summary.get("invalid_signals"):
         warn += (f'<p class="warn">{fmt(summary["invalid_signals"])} index rows have a signals column that is '
                  f"not a JSON object; they are left out of these histograms.</p>")
-    return (f'<section id="signals"><h2>Quality signals</h2>{warn}<p class="muted">Distributions over the kept '
-            f"documents, from the index's <code>signals</code> column. Red dashed lines: the thresholds of the "
-            f"build config (build.json); documents past them were dropped, so they are not in these "
-            f'histograms.</p><div class="grid">{"".join(panels)}</div></section>')
+    sampled = (f"all {fmt(what_if['population'])} documents (those in the corpus and the dropped ones with "
+               f"signals)" if what_if["sample"] >= what_if["population"] else
+               f"a seeded sample of {fmt(what_if['sample'])} of the {fmt(what_if['population'])} documents in the "
+               f"corpus or dropped with signals (seed {what_if.get('seed')}); counts are scaled to the build")
+    return (f'<section id="signals"><h2>Quality signals</h2>{warn}<p class="muted">Every document that reached '
+            f"the stage writing a signal: blue, in the corpus (the index's <code>signals</code>); light red, "
+            f"dropped at this or a later stage (the rejects log's <code>signals</code>). Red dashed lines: the "
+            f"thresholds of the build (build.json); the shaded side is what a threshold cuts. Move a threshold: "
+            f"the report recomputes how many documents it keeps from {esc(sampled)}; a dropped document that "
+            f"would pass counts as kept if it passes the thresholds of the signals it has (later stages never "
+            f'saw it, so the final figure is an upper bound).</p><div class="grid">{"".join(panels)}</div></section>')
+
+
+def _what_if_control(name: str, index: int, t: dict[str, Any], h: dict[str, Any]) -> str:
+    lo, hi = min(h["edges"][0], t["value"]), max(h["edges"][-1], t["value"])
+    step = (hi - lo) / 200 if hi > lo else 1
+    if all(float(e).is_integer() for e in h["edges"]) and float(t["value"]).is_integer():
+        step = max(1, round(step))
+    return (f'<div class="what-if" data-signal="{esc(name)}" data-index="{index}">'
+            f'<input type="range" class="wi-range" min="{lo:g}" max="{hi:g}" step="{step:g}" value="{t["value"]:g}" '
+            f'aria-label="{esc(t["config"])}"><input type="number" class="wi-value" step="any" value="{t["value"]:g}">'
+            '<output class="wi-out"></output><code class="wi-set"></code></div>')
 
 
 def _dedup(summary: dict[str, Any], keeper_docs: dict[str, int], repeated: list[dict[str, Any]]) -> str:
@@ -224,19 +266,25 @@ def _browser(summary: dict[str, Any], n_docs: int, load_errors: list[str]) -> st
     s = summary["sample"]
     errors = "".join(f'<p class="warn">{esc(e)}</p>' for e in load_errors)
     return (f'<section id="browser"><h2>Documents</h2><p class="muted">A uniform sample of {fmt(s["documents"])} '
-            f'kept documents (seeded bottom-k sampling, seed {s["seed"]}) and the keepers of the largest dedup clusters, '
-            f"rendered in reading order with their images.</p>{errors}"
-            '<form class="controls" id="jump-form"><label>language <select id="filter-lang">'
-            '<option value="">all</option></select></label><label>jump to id or URL <input id="jump-q" size="40">'
-            '</label><button type="submit">go</button><span id="jump-msg" class="muted"></span>'
-            '<span id="docs-count" class="muted"></span></form>'
+            f'kept documents (seeded bottom-k sampling, seed {s["seed"]}) and the keepers of the largest dedup '
+            f"clusters, 20 per page; each opens to its text and images in reading order.</p>{errors}"
+            '<form class="controls" id="jump-form"><label>search <input id="search-q" type="search" '
+            'placeholder="text, title, URL or id"></label><label>language <select id="filter-lang">'
+            '<option value="">all</option></select></label><label>sort by <select id="sort-by">'
+            '<option value="">sample order</option></select></label><label><input type="checkbox" id="sort-desc">'
+            ' descending</label><label>jump to id or URL <input id="jump-q"></label><button type="submit">go</button>'
+            '<span id="jump-msg" class="muted"></span></form>'
+            '<div class="pager"><button type="button" id="page-prev">previous</button><span id="page-info"></span>'
+            '<button type="button" id="page-next">next</button><span id="docs-count" class="muted"></span></div>'
             f'<div id="docs" data-count="{n_docs}"></div></section>'
             '<section id="rejects"><h2>Rejects</h2>'
             + _rejects_counts(summary)
-            + '<p class="muted">A sample of rejected records per reason (their content is not in the corpus).</p>'
+            + '<h3>Rejected documents, by reason</h3><p class="muted">A sample per stage and reason (the rows '
+            "with the smallest keys, a hash of the document id); rejected documents show their text as the build "
+            "saw it (first 2,000 characters), the signal values that decided and the threshold.</p>"
             '<div class="controls"><label>reason <select id="filter-reason"><option value="">all</option>'
-            '</select></label></div><table id="rejects-table"><thead><tr><th>stage</th><th>item</th><th>reason</th>'
-            '<th>id</th><th>url</th><th>detail</th></tr></thead><tbody id="rejects-body"></tbody></table></section>')
+            '</select></label><span id="rejects-count" class="muted"></span></div><div id="rejects-list"></div>'
+            "</section>")
 
 
 def _rejects_counts(summary: dict[str, Any]) -> str:
@@ -246,16 +294,21 @@ def _rejects_counts(summary: dict[str, Any]) -> str:
     rows = "".join(f'<tr><td>{esc(x["stage"])}</td><td>{esc(x["item"])}</td><td>{esc(x["reason"])}</td>'
                    f'<td class="num">{fmt(x["count"])}</td></tr>' for x in r["by_reason"][:40])
     errs = "".join(f'<p class="warn">{esc(e)}</p>' for e in r["errors"])
-    return (f"{errs}<p>{fmt(r['rows'])} rows in {r['files']} files.</p><table><tr><th>stage</th><th>item</th>"
-            f'<th>reason</th><th class="num">rows</th></tr>{rows}</table>')
+    return (f"{errs}<p>{fmt(r['rows'])} rows in {r['files']} files.</p><div class=\"scroll\"><table><tr>"
+            f'<th>stage</th><th>item</th><th>reason</th><th class="num">rows</th></tr>{rows}</table></div>')
 
 
 def render_html(summary: dict[str, Any], documents: list[dict[str, Any]], rejects: list[dict[str, Any]],
-                repeated: list[dict[str, Any]], load_errors: list[str], generated_at: str) -> str:
+                repeated: list[dict[str, Any]], load_errors: list[str], generated_at: str,
+                what_if: dict[str, Any] | None = None) -> str:
     """The whole page as a string."""
     script = _asset("report.js")
     keeper_docs = {d["id"]: d["n"] for d in documents if d["role"] == "keeper"}
-    data = {"documents": documents, "rejects": rejects}
+    what_if = what_if or {"population": 0, "sample": 0, "final": 0, "thresholds": {}, "values": {},
+                          "reasons": [""], "reason": []}
+    summary = {**summary, "what_if": {**summary.get("what_if", {}), "signals": set(what_if["thresholds"]),
+                                      "population": what_if["population"], "sample": what_if["sample"]}}
+    data = {"documents": documents, "rejects": rejects, "what_if": what_if}
     build = summary["build"] or {}
     sub = f"corpus {summary['corpus']} · report generated {generated_at}"
     if build.get("finished_at"):
@@ -269,6 +322,7 @@ def render_html(summary: dict[str, Any], documents: list[dict[str, Any]], reject
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f'<meta http-equiv="Content-Security-Policy" content="{esc(csp(script))}">'
         '<meta name="referrer" content="no-referrer">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>interloom report: {esc(summary['corpus'])}</title><style>{_asset('report.css')}</style></head>"
         f'<body><header class="top"><h1>interloom corpus report</h1><div class="sub">{esc(sub)}</div></header>'
         f'<nav class="toc">{toc}</nav><main>'

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ from tqdm import tqdm
 from pipeline.corpus import Corpus
 
 TOKENS_PER_WORD = 1.3  # rough English BPE ratio; the report says it is an estimate
-INDEX_COLUMNS = ["id", "url", "lang", "n_words", "n_images", "image_meta", "signals", "shard", "offset"]
+INDEX_COLUMNS = ["id", "url", "source", "lang", "n_words", "n_images", "image_meta", "signals", "shard", "offset"]
 
 # fixed bin edges; a value past the last edge counts as overflow, below the first as underflow
 WORD_EDGES = [0, 1, 10, 20, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 20000, 50000,
@@ -41,7 +42,10 @@ ASPECT_EDGES = [0.0, 0.2, 0.33, 0.5, 0.67, 0.8, 0.95, 1.05, 1.25, 1.5, 2.0, 3.0,
 # ---- streaming aggregates --------------------------------------------------------------------------
 class Histogram:
     """A histogram with fixed bins: given `edges`, or `n_bins` linear bins fixed from the first `warmup`
-    values (range min .. 99.5th percentile, widened to include the `include` values when they are near)."""
+    values (range min .. 99.5th percentile, widened to include the `include` values when they are near).
+
+    Values come in two series: kept (in the corpus) and `dropped` (documents the build dropped, from the
+    rejects log), binned on the same edges; `count`, `mean`, `min` and `max` describe the kept ones."""
 
     def __init__(self, edges: list[float] | None = None, *, n_bins: int = 30, warmup: int = 20_000,
                  include: list[float] | None = None):
@@ -49,41 +53,57 @@ class Histogram:
         self.n_bins = n_bins
         self.warmup = warmup
         self.include = list(include or [])
-        self._buffer: list[np.ndarray] = []
+        self._buffer: list[tuple[np.ndarray, bool]] = []
         self._buffered = 0
-        self.counts = None if self.edges is None else np.zeros(len(self.edges) - 1, dtype=np.int64)
+        self.counts = self.dropped_counts = None
+        if self.edges is not None:
+            self._zero()
         self.underflow = self.overflow = self.count = 0
+        self.dropped_underflow = self.dropped_overflow = self.dropped_count = 0
         self.total = 0.0
         self.min = float("inf")
         self.max = float("-inf")
 
-    def add(self, values: Any) -> None:
+    def _zero(self) -> None:
+        self.counts = np.zeros(len(self.edges) - 1, dtype=np.int64)
+        self.dropped_counts = np.zeros(len(self.edges) - 1, dtype=np.int64)
+
+    def add(self, values: Any, dropped: bool = False) -> None:
         v = np.asarray(values, dtype=np.float64).ravel()
         v = v[np.isfinite(v)]
         if not v.size:
             return
-        self.count += int(v.size)
-        self.total += float(v.sum())
-        self.min = min(self.min, float(v.min()))
-        self.max = max(self.max, float(v.max()))
+        if dropped:
+            self.dropped_count += int(v.size)
+        else:
+            self.count += int(v.size)
+            self.total += float(v.sum())
+            self.min = min(self.min, float(v.min()))
+            self.max = max(self.max, float(v.max()))
         if self.edges is None:
-            self._buffer.append(v)
+            self._buffer.append((v, dropped))
             self._buffered += v.size
             if self._buffered >= self.warmup:
                 self._freeze()
             return
-        self._bin(v)
+        self._bin(v, dropped)
 
-    def _bin(self, v: np.ndarray) -> None:
+    def _bin(self, v: np.ndarray, dropped: bool = False) -> None:
         lo, hi = self.edges[0], self.edges[-1]
-        self.underflow += int((v < lo).sum())
-        self.overflow += int((v > hi).sum())
-        inside = v[(v >= lo) & (v <= hi)]
-        self.counts += np.histogram(inside, bins=self.edges)[0]
+        under, over = int((v < lo).sum()), int((v > hi).sum())
+        inside = np.histogram(v[(v >= lo) & (v <= hi)], bins=self.edges)[0]
+        if dropped:
+            self.dropped_underflow += under
+            self.dropped_overflow += over
+            self.dropped_counts += inside
+        else:
+            self.underflow += under
+            self.overflow += over
+            self.counts += inside
 
     def _freeze(self) -> None:
-        data = np.concatenate(self._buffer) if self._buffer else np.zeros(0)
-        self._buffer, self._buffered = [], 0
+        buffered, self._buffer, self._buffered = self._buffer, [], 0
+        data = np.concatenate([v for v, _ in buffered]) if buffered else np.zeros(0)
         if data.size:
             lo, hi = float(data.min()), float(np.quantile(data, 0.995))
         else:
@@ -102,14 +122,14 @@ class Histogram:
         else:
             edges = np.linspace(lo, hi, self.n_bins + 1)
         self.edges = edges
-        self.counts = np.zeros(len(edges) - 1, dtype=np.int64)
-        if data.size:
-            self._bin(data)
+        self._zero()
+        for v, dropped in buffered:
+            self._bin(v, dropped)
 
     def to_dict(self) -> dict[str, Any]:
         if self.edges is None:
             self._freeze()
-        return {
+        out = {
             "edges": [round(float(e), 6) for e in self.edges],
             "counts": [int(c) for c in self.counts],
             "underflow": self.underflow,
@@ -119,6 +139,110 @@ class Histogram:
             "min": self.min if self.count else None,
             "max": self.max if self.count else None,
         }
+        if self.dropped_count:
+            out["dropped"] = {"counts": [int(c) for c in self.dropped_counts], "underflow": self.dropped_underflow,
+                              "overflow": self.dropped_overflow, "count": self.dropped_count}
+        return out
+
+
+def passes(value: float, thresholds: list[dict[str, Any]]) -> bool:
+    """Whether a signal value is kept by all `thresholds` of its signal ("min": value >= t, "max": <= t)."""
+    return all(value >= t["value"] if t["kind"] == "min" else value <= t["value"] for t in thresholds)
+
+
+@dataclass
+class SignalStats:
+    """Per signal, over every document that reached the stage writing it (the kept ones from the index, the
+    dropped ones from the rejects log's `signals`): the histogram of both, how many each threshold keeps and
+    cuts, and a seeded bottom-k sample of documents with all their signals for the report's what-if."""
+
+    thresholds: dict[str, list[dict[str, Any]]]
+    k: int = 5000
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(1))
+    hist: dict[str, Histogram] = field(default_factory=dict)
+    kept_docs: Counter = field(default_factory=Counter)  # documents in the corpus that carry each signal
+    dropped_docs: Counter = field(default_factory=Counter)
+    cut: dict[str, list[list[int]]] = field(default_factory=dict)  # signal -> per threshold [kept, cut]
+    population: int = 0  # documents the what-if sample is drawn from
+    candidates: list[tuple[float, int, str, str]] = field(default_factory=list)  # (key, n, signals, reason)
+
+    def add(self, columns: dict[str, np.ndarray], dropped: bool) -> None:
+        for name, values in columns.items():
+            if name not in self.hist:
+                self.hist[name] = Histogram(include=[t["value"] for t in self.thresholds.get(name, [])])
+                self.cut[name] = [[0, 0] for _ in self.thresholds.get(name, [])]
+            self.hist[name].add(values, dropped)
+            (self.dropped_docs if dropped else self.kept_docs)[name] += len(values)
+            v = values[np.isfinite(values)]
+            for counts, t in zip(self.cut[name], self.thresholds.get(name, [])):
+                keep = int((v >= t["value"]).sum() if t["kind"] == "min" else (v <= t["value"]).sum())
+                counts[0] += keep
+                counts[1] += int(v.size) - keep
+
+    def sample(self, signals: pa.Array | pa.ChunkedArray, reasons: pa.Array | pa.ChunkedArray | None) -> None:
+        """Offer documents (their signals JSON; reasons None: kept) to the what-if sample."""
+        n = len(signals)
+        if not n or not self.k:
+            return
+        base = self.population
+        self.population += n
+        keys = self.rng.random(n)
+        take = np.argpartition(keys, min(self.k, n) - 1)[: self.k]
+        idx = pa.array(take, pa.int64())
+        raw = signals.take(idx).to_pylist()
+        why = [""] * len(take) if reasons is None else [w or "(no reason)" for w in reasons.take(idx).to_pylist()]
+        self.candidates += [(float(keys[j]), base + int(j), r or "{}", w)
+                            for j, r, w in zip(take, raw, why)]
+        self.candidates = heapq.nsmallest(self.k, self.candidates)
+
+    def what_if_data(self, final_documents: int) -> dict[str, Any]:
+        """The sample as columns: per signal a list of values (null where a document lacks it), and the
+        reason each was dropped ("" for kept); what report.js and `what_if` compute on."""
+        rows = []
+        for _, _, raw, reason in sorted(self.candidates, key=lambda c: c[1]):
+            try:
+                sig = json.loads(raw)
+            except ValueError:
+                sig = {}
+            rows.append(({k: float(v) for k, v in sig.items() if isinstance(v, (int, float))
+                          and not isinstance(v, bool) and math.isfinite(v)} if isinstance(sig, dict) else {}, reason))
+        names = sorted({k for sig, _ in rows for k in sig} & set(self.thresholds))
+        reasons = sorted({r for _, r in rows})
+        return {"population": self.population, "sample": len(rows), "final": final_documents,
+                "thresholds": {n: self.thresholds[n] for n in names},
+                "values": {n: [sig.get(n) for sig, _ in rows] for n in names},
+                "reasons": reasons, "reason": [reasons.index(r) for _, r in rows]}
+
+
+def what_if(data: dict[str, Any], signal: str, values: list[float]) -> dict[str, int]:
+    """The what-if of report.js in Python: move the thresholds of `signal` to `values` (in the order of
+    data["thresholds"][signal]). A kept document that passed the old thresholds and fails the new ones is
+    dropped; a dropped one that failed the old ones, passes the new ones and passes every other threshold
+    on the signals it has is kept (optimistic: later stages did not see it). Counts are of the sample;
+    `final_estimate` scales the change to the population."""
+    old = data["thresholds"][signal]
+    new = [{**t, "value": v} for t, v in zip(old, values)]
+    kept_before = kept_after = reached = pass_before = pass_after = 0
+    for i, v in enumerate(data["values"][signal]):
+        kept = data["reasons"][data["reason"][i]] == ""
+        kept_before += kept
+        if v is None:
+            kept_after += kept
+            continue
+        reached += 1
+        before, after = passes(v, old), passes(v, new)
+        pass_before += before
+        pass_after += after
+        if kept:
+            kept_after += not (before and not after)
+        elif not before and after:
+            others = all(passes(data["values"][n][i], t) for n, t in data["thresholds"].items()
+                         if n != signal and data["values"][n][i] is not None)
+            kept_after += others
+    scale = data["population"] / data["sample"] if data["sample"] else 0.0
+    return {"reached": reached, "pass_before": pass_before, "pass_after": pass_after,
+            "kept_before": kept_before, "kept_after": kept_after,
+            "final_estimate": max(0, round(data["final"] + (kept_after - kept_before) * scale))}
 
 
 class BoundedCounter:
@@ -170,10 +294,10 @@ class IndexScan:
     words: int = 0
     shards: int = 0
     hist: dict[str, Histogram] = field(default_factory=dict)
-    signals: dict[str, Histogram] = field(default_factory=dict)
-    signal_docs: Counter = field(default_factory=Counter)  # documents that carry each signal
+    signals: SignalStats = field(default_factory=lambda: SignalStats({}))
     languages: Counter = field(default_factory=Counter)
     domains: BoundedCounter = field(default_factory=BoundedCounter)
+    sources: BoundedCounter = field(default_factory=BoundedCounter)  # source file of each document
     sample_k: int = 0
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
     candidates: list[tuple[float, str, int, str]] = field(default_factory=list)  # (key, shard, offset, id)
@@ -225,11 +349,11 @@ def _signal_columns(signals: pa.ChunkedArray, scan: IndexScan) -> dict[str, np.n
     return out
 
 
-def scan_index(corpus: Corpus, *, sample: int, seed: int, thresholds: dict[str, list[dict[str, Any]]],
+def scan_index(corpus: Corpus, *, sample: int, seed: int, signals: SignalStats,
                want_ids: set[str] = frozenset(), want_phash: set[str] = frozenset(),
                progress: bool = True) -> IndexScan:
     """One streaming pass over the index of every shard in the manifest."""
-    scan = IndexScan(sample_k=sample, rng=np.random.default_rng(seed))
+    scan = IndexScan(sample_k=sample, rng=np.random.default_rng(seed), signals=signals)
     scan.hist = {
         "words_per_document": Histogram(WORD_EDGES),
         "images_per_document": Histogram(IMAGE_COUNT_EDGES),
@@ -248,14 +372,16 @@ def scan_index(corpus: Corpus, *, sample: int, seed: int, thresholds: dict[str, 
             scan.errors.append(f"index of shard {shard.name}: {type(e).__name__}: {e}")
             continue
         scan.shards += 1
-        _scan_table(scan, table, thresholds, want_ids_arr, want_phash_arr)
+        _scan_table(scan, table, want_ids_arr, want_phash_arr)
         bar.set_postfix(documents=scan.documents)
     bar.close()
     return scan
 
 
-def _scan_table(scan: IndexScan, table: pa.Table, thresholds: dict[str, list[dict[str, Any]]],
-                want_ids: pa.Array, want_phash: pa.Array) -> None:
+SOURCE_FILE_RE = r"^(?P<file>[^#]*)"  # "warc:<file>#<record-id>" -> "warc:<file>"
+
+
+def _scan_table(scan: IndexScan, table: pa.Table, want_ids: pa.Array, want_phash: pa.Array) -> None:
     n = table.num_rows
     if not n:
         return
@@ -283,12 +409,11 @@ def _scan_table(scan: IndexScan, table: pa.Table, thresholds: dict[str, list[dic
     host = pc.struct_field(pc.extract_regex(pc.fill_null(table["url"], ""), HOST_RE), [0])
     host = pc.fill_null(pc.if_else(pc.equal(host, ""), None, pc.utf8_lower(host)), "(none)")
     scan.domains.update(_value_counts(host))
+    source = pc.struct_field(pc.extract_regex(pc.fill_null(table["source"], ""), SOURCE_FILE_RE), [0])
+    scan.sources.update(_value_counts(pc.if_else(pc.equal(source, ""), "(none)", source)))
 
-    for name, values in _signal_columns(table["signals"], scan).items():
-        if name not in scan.signals:
-            scan.signals[name] = Histogram(include=[t["value"] for t in thresholds.get(name, [])])
-        scan.signals[name].add(values)
-        scan.signal_docs[name] += len(values)
+    scan.signals.add(_signal_columns(table["signals"], scan), dropped=False)
+    scan.signals.sample(table["signals"], None)
 
     # bottom-k sampling: each row draws a key from the seeded generator, the k smallest keys are a
     # uniform sample without replacement; deterministic for a given seed and shard order
@@ -324,12 +449,17 @@ def _parquet_files(corpus: Corpus, folder: str) -> list[str]:
     return sorted(p for p in corpus.fs.find(root) if p.endswith(".parquet"))
 
 
-def read_rejects(corpus: Corpus, per_reason: int, seed: int, progress: bool = True) -> dict[str, Any]:
-    """Counts of the rejects log by (stage, item, reason), and per reason a seeded bottom-k sample of
-    rows; vectorised per batch, so a log of millions of rows streams in bounded memory."""
+def read_rejects(corpus: Corpus, per_reason: int, seed: int, progress: bool = True,
+                 signals: SignalStats | None = None, per_item_reason: int = 5) -> dict[str, Any]:
+    """Counts of the rejects log by (stage, item, reason), and per (stage, reason) a bottom-k sample of rows
+    by their `key` (the rows the build kept the text of): `per_reason` of whole documents, listed first, and
+    `per_item_reason` of images and text blocks; vectorised per batch, so a log of millions of rows
+    streams in bounded memory. The `signals` of dropped documents go to `signals` (histograms, what-if)."""
     files = _parquet_files(corpus, "rejects")
     counts: Counter = Counter()
-    picks: dict[str, list[tuple[float, int, dict[str, str]]]] = {}  # reason -> (key, n, row)
+    # (is an item drop, stage, reason) -> [(key, n, row)]
+    picks: dict[tuple[bool, str, str], list[tuple[float, int, dict[str, str]]]] = {}
+    scratch = IndexScan()
     rng = np.random.default_rng(seed)
     rows = 0
     errors: list[str] = []
@@ -338,7 +468,7 @@ def read_rejects(corpus: Corpus, per_reason: int, seed: int, progress: bool = Tr
             with corpus.fs.open(path, "rb") as f:
                 pf = pq.ParquetFile(f)
                 names = set(pf.schema_arrow.names)
-                cols = [c for c in REJECT_COLUMNS if c in names]
+                cols = [c for c in (*REJECT_COLUMNS, "key") if c in names]
                 if "reason" not in cols:
                     errors.append(f"{path}: no `reason` column")
                     continue
@@ -351,25 +481,44 @@ def read_rejects(corpus: Corpus, per_reason: int, seed: int, progress: bool = Tr
                     for st, it, r, c in zip(*(grouped[k].to_pylist() for k in ("stage", "item", "reason",
                                                                                  "count_all"))):
                         counts[(st, it, r)] += c
-                    keys = rng.random(t.num_rows)
-                    reason = t["reason"].combine_chunks()
-                    for r in pc.unique(reason).to_pylist():
-                        idx = np.flatnonzero(pc.equal(reason, r).to_numpy(zero_copy_only=False))
-                        idx = idx[np.argsort(keys[idx])[:per_reason]]
+                    keys = rng.random(t.num_rows) + 1.0  # rows without a key of the build come after those with
+                    if "key" in t.column_names:
+                        given = pc.fill_null(t["key"].cast(pa.float64()), 2.0).to_numpy(zero_copy_only=False)
+                        keys = np.where(given < 1.0, given, keys)
+                    if signals is not None:
+                        docs = t.filter(pc.and_(pc.equal(t["item"], "document"), pc.not_equal(t["signals"], "")))
+                        if docs.num_rows:
+                            signals.add(_signal_columns(docs["signals"], scratch), dropped=True)
+                            signals.sample(docs["signals"], docs["reason"])
+                    group = pc.binary_join_element_wise(t["item"], t["stage"], t["reason"], "\x1f").combine_chunks()
+                    for g in pc.unique(group).to_pylist():
+                        item, stage, r = g.split("\x1f", 2)
+                        k = per_reason if item in ("document", "record") else per_item_reason
+                        idx = np.flatnonzero(pc.equal(group, g).to_numpy(zero_copy_only=False))
+                        idx = idx[np.argsort(keys[idx], kind="stable")[:k]]
                         chosen = t.take(pa.array(idx, pa.int64())).select(list(REJECT_COLUMNS)).to_pylist()
-                        heap = picks.setdefault(r, [])
+                        heap = picks.setdefault((item not in ("document", "record"), stage, r), [])
                         heap += [(float(keys[j]), rows + int(j), row) for j, row in zip(idx, chosen)]
-                        picks[r] = heapq.nsmallest(per_reason, heap, key=lambda x: (x[0], x[1]))
+                        picks[(item not in ("document", "record"), stage, r)] = heapq.nsmallest(
+                            k, heap, key=lambda x: (x[0], x[1]))
                     rows += t.num_rows
         except (OSError, pa.ArrowException) as e:
             errors.append(f"{path}: {e}")
     by_reason = sorted(({"stage": s, "item": it, "reason": r, "count": c} for (s, it, r), c in counts.items()),
                        key=lambda x: (-x["count"], x["stage"], x["reason"]))
-    sample_rows = [row for reason in sorted(picks) for _, _, row in picks[reason]]
+    sample_rows = [{**row, "signals": _json_object(row["signals"])} for g in sorted(picks) for _, _, row in picks[g]]
     return {"files": len(files), "rows": rows, "by_reason": by_reason, "sample": sample_rows, "errors": errors}
 
 
-REJECT_COLUMNS = ("id", "url", "stage", "item", "reason", "detail")
+REJECT_COLUMNS = ("id", "url", "stage", "item", "reason", "detail", "signals", "text")
+
+
+def _json_object(raw: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 # ---- dedup ------------------------------------------------------------------------------------------
@@ -454,9 +603,9 @@ def _read_optional_json(corpus: Corpus, name: str) -> tuple[Any, str | None]:
         return None, f"{name} unreadable: {e}"
 
 
-def summarize(corpus: Corpus, *, sample: int = 200, seed: int = 0, top_domains: int = 25,
-              top_clusters: int = 10, top_images: int = 12, rejects_per_reason: int = 5,
-              progress: bool = True) -> tuple[dict[str, Any], IndexScan, dict[str, Any]]:
+def summarize(corpus: Corpus, *, sample: int = 200, seed: int = 0, top_domains: int = 50,
+              top_clusters: int = 10, top_images: int = 12, rejects_per_reason: int = 20,
+              what_if_sample: int = 5000, progress: bool = True) -> tuple[dict[str, Any], IndexScan, dict[str, Any]]:
     """Compute the summary figures. Returns (summary, the index scan, rejects with samples)."""
     stats, stats_error = _read_optional_json(corpus, "stats.json")
     build, build_error = _read_optional_json(corpus, "build.json")
@@ -464,9 +613,10 @@ def summarize(corpus: Corpus, *, sample: int = 200, seed: int = 0, top_domains: 
     dedup = read_dedup(corpus, top_clusters, top_images)
     want_ids = {m["id"] for c in (dedup["clusters"] or {}).get("top", []) for m in c["members"] if m["keeper"]}
     want_phash = {im["phash"] for im in (dedup["images"] or {}).get("top", [])}
-    scan = scan_index(corpus, sample=sample, seed=seed, thresholds=thresholds, want_ids=want_ids,
+    signals = SignalStats(thresholds, k=what_if_sample, rng=np.random.default_rng(seed + 1))
+    scan = scan_index(corpus, sample=sample, seed=seed, signals=signals, want_ids=want_ids,
                       want_phash=want_phash, progress=progress)
-    rejects = read_rejects(corpus, rejects_per_reason, seed, progress)
+    rejects = read_rejects(corpus, rejects_per_reason, seed, progress, signals=signals)
 
     drops = []
     for s in (stats or {}).get("stages", []):
@@ -497,11 +647,18 @@ def summarize(corpus: Corpus, *, sample: int = 200, seed: int = 0, top_domains: 
                                                                         "versions")},
         "build_error": build_error,
         "histograms": {name: h.to_dict() for name, h in scan.hist.items()},
-        "signals": {name: {**scan.signals[name].to_dict(), "documents": scan.signal_docs[name],
-                           "thresholds": thresholds.get(name, [])} for name in sorted(scan.signals)},
+        "signals": {name: {**signals.hist[name].to_dict(), "documents": signals.kept_docs[name],
+                           "dropped_documents": signals.dropped_docs[name],
+                           "thresholds": [{**t, "kept": kc[0], "cut": kc[1]}
+                                          for t, kc in zip(thresholds.get(name, []), signals.cut[name])]}
+                    for name in sorted(signals.hist)},
+        "what_if": {"population": signals.population, "sample": min(signals.k, signals.population),
+                    "seed": seed + 1},
         "languages": dict(scan.languages.most_common()),
         "domains": {"top": dict(scan.domains.counts.most_common(top_domains)),
                     "approximate": scan.domains.approximate},
+        "sources": {"top": dict(scan.sources.counts.most_common(top_domains)),
+                    "approximate": scan.sources.approximate, "count": len(scan.sources.counts)},
         "rejects": {k: rejects[k] for k in ("files", "rows", "by_reason", "errors")},
         "dedup": dedup,
         "sample": {"requested": sample, "seed": seed, "documents": len(scan.candidates),

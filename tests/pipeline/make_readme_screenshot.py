@@ -1,5 +1,6 @@
 """Make docs/report.png, the README's picture of `interloom inspect`: build the project's own sample
-corpus (pipeline.sample), render its report and photograph it in headless Chromium.
+corpus (pipeline.sample), render its report and photograph it in headless Chromium: the page top (overview
+and funnel), the quality signals with a what-if control, and an opened document of the browser.
 
     .venv/bin/python tests/pipeline/make_readme_screenshot.py [--output docs/report.png]
 """
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.build import BuildConfig, build_corpus
     from pipeline.report import make_report
     from pipeline.sample import make_sample
-    from tests.pipeline.conftest import chromium_paths
+    sys.path.insert(0, str(REPO / "tests" / "pipeline"))  # `tests` is no package (a wheel installs one)
+    from conftest import chromium_paths
 
     found = chromium_paths()
     if found is None:
@@ -60,9 +62,16 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit("report did not render")
                 time.sleep(0.1)
             top = driver.get_screenshot_as_png()
-            # the right half: the document browser at the first document with images, loaded
-            art = driver.execute_script(
-                "return Array.from(document.querySelectorAll('article.doc')).find(a => a.querySelector('img'))")
+            # the middle: the quality signals, kept and dropped documents, thresholds with their what-if controls
+            driver.execute_script("var p = document.querySelector('.what-if').closest('.panel'); p.scrollIntoView();"
+                                  "window.scrollBy(0, -40)")
+            signals = driver.get_screenshot_as_png()
+            # the right half: the document browser sorted by images, its first document opened, images loaded
+            driver.execute_script(
+                "var s = document.getElementById('sort-by'); s.value = 'n_images'; s.dispatchEvent(new Event('change'));"
+                "var d = document.getElementById('sort-desc'); d.checked = true; d.dispatchEvent(new Event('change'));"
+                "document.querySelector('#docs article.doc button.open').click();")
+            art = driver.execute_script("return document.querySelector('#docs article.doc')")
             driver.execute_script("arguments[0].scrollIntoView(); window.scrollBy(0, -40)", art)
             end = time.time() + 20
             while not driver.execute_script(
@@ -71,10 +80,13 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit("document images did not load")
                 time.sleep(0.1)
             doc = driver.get_screenshot_as_png()
-            left, right = PILImage.open(io.BytesIO(top)), PILImage.open(io.BytesIO(doc))
-            both = PILImage.new("RGB", (left.width + right.width + 16, max(left.height, right.height)), "#555")
-            both.paste(left, (0, 0))
-            both.paste(right, (left.width + 16, 0))
+            shots = [PILImage.open(io.BytesIO(png)) for png in (top, signals, doc)]
+            both = PILImage.new("RGB", (sum(im.width for im in shots) + 16 * (len(shots) - 1),
+                                        max(im.height for im in shots)), "#555")
+            x = 0
+            for im in shots:
+                both.paste(im, (x, 0))
+                x += im.width + 16
             out = Path(args.output)
             out.parent.mkdir(parents=True, exist_ok=True)
             both.save(out, optimize=True)
