@@ -136,6 +136,7 @@ def train_step(state: TrainState, batches: Iterator[Batch], cfg: TrainConfig, lr
     zero = torch.zeros((), dtype=torch.float64, device=device)
     lm_sum, n_label, aux_sum, z_sum, con_weighted, pairs = (zero.clone() for _ in range(6))
     load_LE: torch.Tensor | None = None
+    logit_scale: torch.Tensor | None = None
     real_tokens = images = n_flops = 0
     for micro in range(accum):
         cpu_batch = next(batches)
@@ -155,6 +156,7 @@ def train_step(state: TrainState, batches: Iterator[Batch], cfg: TrainConfig, lr
             n_pairs = out.image_emb_ID.shape[0]  # this rank's pairs; the loss is the global pair mean
             con_weighted += terms["contrastive"].detach() * n_pairs
             pairs += n_pairs
+            logit_scale = terms["logit_scale"]
         load_LE = out.expert_load_LE if load_LE is None else load_LE + out.expert_load_LE
     grad_norm = state.clip_and_step()
     if cfg.model.moe.bias_update_rate > 0:  # aux-loss-free balancing: the same global load on every rank
@@ -164,6 +166,7 @@ def train_step(state: TrainState, batches: Iterator[Batch], cfg: TrainConfig, lr
         state.model.update_expert_bias(global_load_LE)
     return StepStats(lm_loss_sum=lm_sum, n_label_tokens=n_label, aux_loss_sum=aux_sum, z_loss_sum=z_sum,
                      contrastive_weighted=con_weighted, pairs=pairs, expert_load_LE=load_LE, grad_norm=grad_norm,
+                     logit_scale=logit_scale,
                      micro_batches=accum, real_tokens=real_tokens, images=images, flops=n_flops)
 
 

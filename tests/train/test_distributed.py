@@ -114,6 +114,7 @@ def test_logged_loss_is_the_global_window_mean(tmp_path):
     expected = lm + cfg.model.moe.aux_loss_weight * aux + cfg.model.moe.z_loss_weight * z \
         + cfg.model.contrastive.weight * con
     assert pairs > 0 and row["contrastive_pairs"] == pairs / spec["steps"]
+    assert math.isclose(row["logit_scale"], 1 / cfg.model.contrastive.temperature, rel_tol=1e-5)  # lr 0
     assert math.isclose(row["lm_loss"], lm, rel_tol=1e-5)
     assert math.isclose(row["loss"], expected, rel_tol=1e-5), (row["loss"], expected)
     assert row["label_tokens"] == n_label
