@@ -1,6 +1,6 @@
 """The GPU check (bench/gpu.py) runs as it is: its --dry-run on tiny shapes on CPU goes through every
-section -- the recipe through the trainer's FSDP2 bf16 path, the MoE and attention comparisons (raw kernels and the model's own backends), the
-2-process FSDP2 step (gloo here) -- and writes the JSON and the table."""
+section -- the recipe through the trainer's FSDP2 bf16 path, the MoE and attention comparisons (raw kernels
+and the model's own backends), the 2-process FSDP2 step (gloo here) -- and writes the JSON and the table."""
 
 from __future__ import annotations
 
