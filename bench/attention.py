@@ -6,7 +6,8 @@ segments, per backend of `train/model/attention.py`, in one run.
 
 Backends: `dense` (the N x N-mask reference), `varlen` (per-length batched SDPA), and on CUDA `flex`
 (compiled flex_attention with a block mask; the first call compiles and is not timed). Each is checked to
-agree with `dense` before timing. Prints a markdown table with ratios to `dense`.
+agree with `dense` before timing. Prints a markdown table with ratios to `dense`. `bench/gpu.py` runs the
+same cases as its `attention_backends` section.
 Run: .venv/bin/python -m bench.attention [--scale 0.25]
 """
 
@@ -74,6 +75,19 @@ def run_case(name: str, ids_BT: torch.Tensor, causal: bool, H: int, K: int, d: i
     return res
 
 
+def cases(scale: float, tiny: bool = False) -> list[tuple[str, torch.Tensor, bool, int, int, int]]:
+    """(name, segment ids, causal, query heads, kv heads, head dim) of the two cases; `tiny`: a few hundred
+    tokens and small heads, for a CPU dry run (bench/gpu.py --dry-run)."""
+    if tiny:
+        return [("decoder", packed_documents(2, 128), True, 2, 1, 16),
+                ("vit", mixed_images([(8, 8), (4, 8), (8, 4), (4, 4)]), False, 2, 2, 16)]
+    T = max(128, int(2048 * scale))
+    n_img = max(2, int(16 * scale))
+    grids = [(32, 32), (16, 32), (32, 16), (16, 16)] * (n_img // 4 or 1)
+    return [("decoder", packed_documents(4, T), True, 12, 4, 64),
+            ("vit", mixed_images(grids[:n_img]), False, 8, 8, 64)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iters", type=int, default=3)
@@ -81,16 +95,11 @@ def main() -> None:
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    T = max(128, int(2048 * args.scale))
-    n_img = max(2, int(16 * args.scale))
-    grids = [(32, 32), (16, 32), (32, 16), (16, 16)] * (n_img // 4 or 1)
-    cases = [("decoder", packed_documents(4, T), True, 12, 4, 64),
-             ("vit", mixed_images(grids[:n_img]), False, 8, 8, 64)]
     print(f"torch {torch.__version__}, {device}; forward+backward of one attention call, median of {args.iters}")
     print()
     print("| case | device | dense (N x N mask) | varlen | flex |")
     print("|---|---|---|---|---|")
-    for name, ids, causal, H, K, d in cases:
+    for name, ids, causal, H, K, d in cases(args.scale):
         r = run_case(name, ids, causal, H, K, d, device, dtype, args.iters)
 
         def cell(be: str, r=r) -> str:

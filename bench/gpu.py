@@ -15,6 +15,9 @@ Sections (each guarded: one that fails is recorded in the JSON with its error, t
   attention    forward+backward of one attention call at the recipe's shapes, packed documents: SDPA with
                a dense document mask (the reference path) vs flex_attention with a document block mask vs
                causal SDPA without documents (the flash-kernel bound)
+  attention_backends  the model's own attention backends (train/model/attention.py) on packed documents
+               and mixed-size images: dense (N x N mask) vs varlen vs flex (CUDA), each checked against
+               dense first (bench/attention.py)
   fsdp2        2 processes, FSDP2, 3 optimizer steps, one rank's batches without any image: NCCL with both
                processes on this one GPU if NCCL allows it, else gloo on CPU (the JSON says which)
 
@@ -290,6 +293,26 @@ def attention(dry_run: bool, iters: int) -> dict[str, Any]:
     return res
 
 
+def attention_backends(dry_run: bool, iters: int) -> dict[str, Any]:
+    """The model's own attention backends (train/model/attention.py `attend`) on packed decoder documents and
+    mixed-size ViT images: dense (N x N mask reference) vs varlen vs flex (CUDA), each checked against
+    dense first (bench/attention.py's cases and timing; ms and, on CUDA, peak MiB per backend)."""
+    from bench.attention import cases, run_case
+
+    device = _device()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    rows = []
+    for name, ids, causal, H, K, d in cases(1.0, tiny=dry_run):
+        r = run_case(name, ids, causal, H, K, d, device.type, dtype, iters)
+        row = {"case": r["case"], "device": r["device"]}
+        for backend in ("dense", "varlen", "flex"):
+            if backend in r:
+                row[f"{backend}_ms"] = r[backend] * 1e3
+                row[f"{backend}_peak_mib"] = r[backend + "_mem"]
+        rows.append(row)
+    return {"cases": rows}
+
+
 def _fsdp_worker(rank: int, world: int, port: int, backend: str, result_dir: str, dry_run: bool) -> None:
     """One rank of the 2-process FSDP2 check: 3 steps, rank 1 never sees an image."""
     import torch.distributed as dist
@@ -387,6 +410,12 @@ def table(report: dict[str, Any]) -> str:
         flex = f"{a['flex_block_mask_ms']:.2f} ms" if "flex_block_mask_ms" in a else a.get("flex_error", "-")
         lines.append(f"| attention {a['shape']} | dense mask {a['sdpa_dense_mask_ms']:.2f} ms, flex {flex}, "
                      f"causal no docs {a['sdpa_causal_no_documents_ms']:.2f} ms |")
+    b = s["attention_backends"]
+    if b.get("ok"):
+        for row in b["cases"]:
+            flex = f", flex {row['flex_ms'] / row['dense_ms']:.2f}x" if "flex_ms" in row else ""
+            lines.append(f"| model attention {row['case']} | dense {row['dense_ms']:.2f} ms, varlen "
+                         f"{row['varlen_ms'] / row['dense_ms']:.2f}x{flex} |")
     f = s["fsdp2"]
     if f.get("ok"):
         lines.append(f"| FSDP2 2 processes ({f['backend']}) | losses rank 0 "
@@ -417,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         "recipe": _guarded("recipe", lambda: recipe(args.dry_run, steps)),
         "moe": _guarded("moe", lambda: moe(args.dry_run, iters)),
         "attention": _guarded("attention", lambda: attention(args.dry_run, iters)),
+        "attention_backends": _guarded("attention_backends", lambda: attention_backends(args.dry_run, iters)),
         "fsdp2": _guarded("fsdp2", lambda: fsdp2(args.dry_run)),
     }
     report = {"ok": all(s["ok"] for s in sections.values()), "seconds": round(time.perf_counter() - t0, 1),

@@ -3,7 +3,8 @@
 `spawn(spec, tmp)` starts `world` processes (torch.multiprocessing, like torchrun on one host); each builds
 the tiny model of `tiny_config` with the trainer's own `build_model` / `TrainState` / `train_step` /
 `MetricsWindow`, feeds it the synthetic batches `batches_of(spec, rank, step)`, and rank 0 saves what the
-spec asks for (weights and gradients at each optimizer step, the logged metrics row, the dtypes the experts saw) to
+spec asks for (weights and gradients at each optimizer step, the logged metrics row, the dtypes the experts saw,
+every rank's expert balancing bias after each step) to
 `tmp/result.pt`, which `spawn` returns.
 """
 
@@ -72,7 +73,8 @@ def _worker(rank: int, world: int, port: int, spec: dict[str, Any], tmp: str) ->
         device = torch.device("cpu")
         model = build_model(cfg, device)
         state = TrainState(model, cfg, 0)
-        result: dict[str, Any] = {"grads": [], "weights": [], "dtypes": set()}
+        result: dict[str, Any] = {"grads": [], "weights": [], "dtypes": set(), "expert_bias": []}
+        moes = [m for m in model.modules() if isinstance(m, MoE)]
 
         def full(t: torch.Tensor) -> torch.Tensor:  # on every rank: full_tensor() is a collective
             return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().clone()
@@ -86,13 +88,18 @@ def _worker(rank: int, world: int, port: int, spec: dict[str, Any], tmp: str) ->
         def record_dtypes(module, args):
             result["dtypes"].add((str(args[0].dtype), str(module.w1_EDF.dtype), str(module.w2_EFD.dtype)))
 
-        for m in model.modules():
-            if isinstance(m, MoE):
-                m.register_forward_pre_hook(record_dtypes)
+        for m in moes:
+            m.register_forward_pre_hook(record_dtypes)
         window = MetricsWindow(device)
         for step in range(spec["steps"]):
             batches = iter(batches_of(spec, rank, step))
             window.add(train_step(state, batches, cfg, spec["lr"], FlopCounter.of(model), device))
+            if cfg.model.moe.bias_update_rate > 0:  # every rank's balancing bias after the step: (W, L, E)
+                bias_LE = torch.stack([m.expert_bias_E for m in moes])
+                assert not hasattr(bias_LE, "full_tensor"), "the balancing bias is a plain (unsharded) buffer"
+                gathered = [torch.zeros_like(bias_LE) for _ in range(world)]
+                dist.all_gather(gathered, bias_LE)
+                result["expert_bias"].append(torch.stack(gathered))
         result["row"] = window.reduce(cfg.model, peak_flops=1e12)
         result["param_dtypes"] = {str(p.dtype) for p in model.parameters()}
         result["grad_dtypes"] = {str(g.dtype) for gs in result["grads"] for g in gs.values()}

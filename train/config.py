@@ -1,6 +1,6 @@
 """Configuration of a training run: one `Section` per component, composed into `TrainConfig`.
 
-  data    the loader (train/data.py DataConfig): corpus, tokenizer, seq_len, batch size, pixel budget, follow
+  data    the loader (train/data/config.py DataConfig): corpus, tokenizer, seq_len, batch size, pixel budget, follow
   model   the model (train/model/config.py ModelConfig); the loss weights live there too
           (model.moe.aux_loss_weight, model.moe.z_loss_weight, model.contrastive.weight), and the patch size
           (model.vision.patch_size) is the loader's patch size

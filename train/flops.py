@@ -5,6 +5,9 @@ PaLM / nanochat / torchtitan convention, training FLOPs are 6 per parameter per 
 4) plus attention 12 * layers * width * context per token, but counted on what the batch really holds:
   decoder   6 * active params (routed experts at top_k / n_experts, embedding excluded) per REAL token
             (segment id >= 0; padding is not work), attention 12 * L * D * n^2 per packed document of n tokens
+  captions  with the contrastive loss on, each image's caption (`text_after_image_BT`) runs through the
+            decoder a second time as a document of its own (train/model/vlm.py): 6 * (active params less
+            the LM head, which the copy skips) per caption token, attention 12 * L * D * n^2 per caption
   vision    6 * (patch embedding + ViT blocks) params per patch, attention 12 * L_v * V * n^2 per image of
             n patches, 6 * (merge + adapter) params per merged image token
 Peak: the dense bf16 tensor-core peak of the device, looked up by its name (vendor datasheets, no
@@ -62,6 +65,7 @@ class FlopCounter:
 
     decoder_active: int  # decoder params one token uses (VLM.num_active_params)
     decoder_attn: int  # 12 * n_layers * d_model
+    caption_active: int  # decoder params a caption copy's token uses (no LM head); 0: contrastive off
     vit_per_patch: int  # patch embedding + blocks + final norm
     vit_attn: int  # 12 * vision layers * d_vit
     per_image_token: int  # merge + adapter
@@ -70,13 +74,16 @@ class FlopCounter:
     @classmethod
     def of(cls, model: torch.nn.Module) -> FlopCounter:
         cfg, vision = model.cfg, model.vision
-        return cls(decoder_active=model.num_active_params(), decoder_attn=12 * cfg.n_layers * cfg.d_model,
+        active = model.num_active_params()
+        caption_active = active - _numel(model.decoder.output) if model.image_proj is not None else 0
+        return cls(decoder_active=active, decoder_attn=12 * cfg.n_layers * cfg.d_model, caption_active=caption_active,
                    vit_per_patch=_numel(vision.patch_embed, vision.blocks, vision.norm),
                    vit_attn=12 * cfg.vision.n_layers * cfg.vision.d_vit,
                    per_image_token=_numel(vision.merge, model.adapter), merge=cfg.vision.merge**2)
 
     def batch(self, batch: Batch) -> tuple[int, int]:
-        """(decoder FLOPs, vision FLOPs) of one batch (CPU tensors: no device sync)."""
+        """(decoder FLOPs including the captions' second pass, vision FLOPs) of one batch (CPU tensors: no
+        device sync)."""
         seg_BT = batch.segment_ids_BT.cpu().long()
         real = seg_BT >= 0
         n_real = int(real.sum())
@@ -85,6 +92,11 @@ class FlopCounter:
         key = (torch.arange(seg_BT.shape[0])[:, None] * (T + 1) + seg_BT)[real]
         doc_len = torch.unique(key, return_counts=True)[1]
         decoder = 6 * self.decoder_active * n_real + self.decoder_attn * int((doc_len**2).sum())
+        if self.caption_active and batch.n_images > 0:  # the captions' second pass (contrastive text side)
+            after = batch.text_after_image_BT.cpu().long()
+            caption_len = torch.bincount(after[after >= 0], minlength=batch.n_images)
+            decoder += 6 * self.caption_active * int(caption_len.sum()) + self.decoder_attn * int(
+                (caption_len**2).sum())
         n_img = (batch.grid_hw_I2[:, 0] * batch.grid_hw_I2[:, 1]).cpu().long()
         n_patches = int(n_img.sum())
         vision = (6 * self.vit_per_patch * n_patches + self.vit_attn * int((n_img**2).sum())

@@ -14,12 +14,15 @@ The logged values are global over all ranks and window means, not rank 0's last 
                     the gradient average over ranks makes the objective their mean)
   contrastive_loss  pair-weighted mean of the per-micro-batch global InfoNCE (0 with no pair in the window)
   loss              lm + aux_w * aux + z_w * z + contrastive_w * contrastive: the objective's window mean
-  contrastive_pairs image-text pairs per optimizer step, all ranks together
+  contrastive_pairs image-text pairs per optimizer step, all ranks together (total_loss's `n_pairs`)
+  logit_scale       the learned contrastive logit scale (1/temperature) after the window's last step
+                    (a parameter: the same on every rank)
   tokens_per_s      real (non-padding) tokens per second, all ranks; images_per_s likewise
   mfu               model FLOPs of the real tokens and images (train/flops.py) / (time x peak x world)
   expert_load       per MoE layer, the fraction of token-slots each expert got (each row sums to 1)
   expert_load_max_over_mean   per MoE layer, the busiest expert's load over the mean (1.0 = balanced)
-  expert_dead_frac  the fraction of (layer, expert) that got no token at all in the window
+  expert_dead_frac  the fraction of (layer, expert) that got no token at all in the window (the window's
+                    version of ModelOutput.dead_expert_fraction, which is one forward's)
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class StepStats:
     pairs: torch.Tensor  # this rank's image-text pairs
     expert_load_LE: torch.Tensor  # token-slots per (MoE layer, expert), summed over micro-batches
     grad_norm: torch.Tensor  # global (same on every rank)
+    logit_scale: torch.Tensor | None  # contrastive scale the step's last micro-batch used; None: loss off
     micro_batches: int
     real_tokens: int  # non-padding tokens
     images: int
@@ -72,6 +76,7 @@ class MetricsWindow:
         self.sums = torch.zeros(len(self.SUMMED), dtype=torch.float64, device=self.device)
         self.load_LE: torch.Tensor | None = None
         self.grad_norm = torch.zeros((), device=self.device)
+        self.logit_scale: torch.Tensor | None = None
 
     def add(self, s: StepStats) -> None:
         values = [getattr(s, k) for k in self.SUMMED]
@@ -80,6 +85,7 @@ class MetricsWindow:
         load = s.expert_load_LE.to(self.device, torch.float64)
         self.load_LE = load if self.load_LE is None else self.load_LE + load
         self.grad_norm, self.steps = s.grad_norm.detach().float(), self.steps + 1
+        self.logit_scale = s.logit_scale
 
     def reduce(self, cfg: ModelConfig, peak_flops: float) -> dict[str, Any]:
         """The window's global metrics (module doc). A collective: every rank calls it at the same step."""
@@ -102,6 +108,8 @@ class MetricsWindow:
             row["loss"] += cfg.contrastive.weight * con
             row["contrastive_loss"] = con
             row["contrastive_pairs"] = s["pairs"] / self.steps
+            assert self.logit_scale is not None, "contrastive loss on but no step recorded its logit scale"
+            row["logit_scale"] = float(self.logit_scale)
         load_frac_LE = load_LE / load_LE.sum(dim=1, keepdim=True).clamp(min=1)
         E = load_LE.shape[1]
         row |= {
@@ -141,7 +149,8 @@ class MetricsLogger:
         for i, v in enumerate(row.get("expert_load_max_over_mean", [])):
             self.tb.add_scalar(f"expert_load_max_over_mean/layer_{i}", v, step)
         self.tb.flush()
-        con = f" | con {row['contrastive_loss']:.3f} ({row['contrastive_pairs']:.1f} pairs)" \
+        con = f" | con {row['contrastive_loss']:.3f} ({row['contrastive_pairs']:.1f} pairs, " \
+            f"scale {row['logit_scale']:.1f})" \
             if "contrastive_loss" in row else ""
         worst = max(row["expert_load_max_over_mean"], default=0.0)
         log.info("step %d/%d | loss %.4f | lm %.4f | aux %.3f | z %.3f%s | load max/mean %.2f dead %.2f | "

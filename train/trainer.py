@@ -8,7 +8,10 @@
   train_step           one optimizer step: `optim.grad_accum` micro-batches from the rank's loader (gradient
                        sync only on the last), global grad-norm clipping, AdamW at the learning rate of a
                        per-stage warmup + cosine schedule (a pure function of the step, so the step in the
-                       checkpoint is the schedule's whole state); returns the step's `StepStats`
+                       checkpoint is the schedule's whole state); with `moe.bias_update_rate` > 0 then
+                       moves the experts' balancing bias by the step's load, all-reduced over the ranks
+                       (`VLM.update_expert_bias`: a buffer, not sharded, identical on every rank);
+                       returns the step's `StepStats`
   train/metrics.py     the statistics summed over a logging window and reduced over all ranks once per log
                        step: global token-weighted loss, MFU of real tokens and images, per-layer expert load
   train/checkpoint.py  `Checkpointer`: restores the latest Ray Train checkpoint, saves every
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from train.batch import Batch
 from train.checkpoint import Checkpointer
@@ -132,6 +136,7 @@ def train_step(state: TrainState, batches: Iterator[Batch], cfg: TrainConfig, lr
     zero = torch.zeros((), dtype=torch.float64, device=device)
     lm_sum, n_label, aux_sum, z_sum, con_weighted, pairs = (zero.clone() for _ in range(6))
     load_LE: torch.Tensor | None = None
+    logit_scale: torch.Tensor | None = None
     real_tokens = images = n_flops = 0
     for micro in range(accum):
         cpu_batch = next(batches)
@@ -151,10 +156,17 @@ def train_step(state: TrainState, batches: Iterator[Batch], cfg: TrainConfig, lr
             n_pairs = out.image_emb_ID.shape[0]  # this rank's pairs; the loss is the global pair mean
             con_weighted += terms["contrastive"].detach() * n_pairs
             pairs += n_pairs
+            logit_scale = terms["logit_scale"]
         load_LE = out.expert_load_LE if load_LE is None else load_LE + out.expert_load_LE
     grad_norm = state.clip_and_step()
+    if cfg.model.moe.bias_update_rate > 0:  # aux-loss-free balancing: the same global load on every rank
+        global_load_LE = load_LE.clone()
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(global_load_LE)
+        state.model.update_expert_bias(global_load_LE)
     return StepStats(lm_loss_sum=lm_sum, n_label_tokens=n_label, aux_loss_sum=aux_sum, z_loss_sum=z_sum,
                      contrastive_weighted=con_weighted, pairs=pairs, expert_load_LE=load_LE, grad_norm=grad_norm,
+                     logit_scale=logit_scale,
                      micro_batches=accum, real_tokens=real_tokens, images=images, flops=n_flops)
 
 

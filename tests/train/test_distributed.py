@@ -5,6 +5,8 @@
   collective mismatch, and the gradients of every step equal those of the global objective computed in a
   single process on both ranks' batches.
 - The bf16 MixedPrecisionPolicy gives the experts bf16 operands while master weights and gradients stay fp32.
+- The auxiliary-loss-free balancing bias moves after every optimizer step by the global expert load (all
+  micro-batches of all ranks) and stays identical on every rank.
 - The logged loss is the global one: equal to the objective computed independently in one process over
   every rank, micro-batch and step of the window.
 """
@@ -112,9 +114,33 @@ def test_logged_loss_is_the_global_window_mean(tmp_path):
     expected = lm + cfg.model.moe.aux_loss_weight * aux + cfg.model.moe.z_loss_weight * z \
         + cfg.model.contrastive.weight * con
     assert pairs > 0 and row["contrastive_pairs"] == pairs / spec["steps"]
+    assert math.isclose(row["logit_scale"], 1 / cfg.model.contrastive.temperature, rel_tol=1e-5)  # lr 0
     assert math.isclose(row["lm_loss"], lm, rel_tol=1e-5)
     assert math.isclose(row["loss"], expected, rel_tol=1e-5), (row["loss"], expected)
     assert row["label_tokens"] == n_label
     assert len(row["expert_load"]) == cfg.model.n_layers and all(
         math.isclose(sum(layer), 1.0, rel_tol=1e-9) for layer in row["expert_load"])
     assert all(v >= 1.0 for v in row["expert_load_max_over_mean"]) and 0.0 <= row["expert_dead_frac"] <= 1.0
+
+
+def test_expert_bias_moves_by_the_global_load_and_is_identical_on_every_rank(tmp_path):
+    rate = 0.01
+    spec = {"kinds": ("mixed", "text"), "steps": 2, "lr": 1e-3,
+            "overrides": ["parallel.data_parallel=fsdp", "optim.grad_accum=2",
+                          f"model.moe.bias_update_rate={rate}"]}
+    got = spawn(spec, tmp_path)
+    bias = got["expert_bias"]  # per step: (ranks, MoE layers, experts)
+    assert len(bias) == spec["steps"]
+    for step_bias_WLE in bias:
+        assert torch.equal(step_bias_WLE[0], step_bias_WLE[1])  # the same on every rank
+    assert bool(bias[0].abs().sum() > 0) and not torch.equal(bias[0], bias[1])  # it moves, every step
+
+    # step 0 in one process: the weights the ranks started from, zero bias, the load of every micro-batch
+    # of both ranks summed -> rate * sign(mean - load), centred
+    cfg, model, _ = reference_model(spec)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(got["weights"][0][name])
+        load_LE = sum(model(b).expert_load_LE for r in range(WORLD) for b in batches_of(spec, r, 0))
+    delta_LE = rate * torch.sign(load_LE.float().mean(dim=1, keepdim=True) - load_LE.float())
+    torch.testing.assert_close(bias[0][0], delta_LE - delta_LE.mean(dim=1, keepdim=True))

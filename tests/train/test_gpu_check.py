@@ -1,6 +1,6 @@
 """The GPU check (bench/gpu.py) runs as it is: its --dry-run on tiny shapes on CPU goes through every
-section -- the recipe through the trainer's FSDP2 bf16 path, the MoE and attention comparisons, the
-2-process FSDP2 step (gloo here) -- and writes the JSON and the table."""
+section -- the recipe through the trainer's FSDP2 bf16 path, the MoE and attention comparisons (raw kernels
+and the model's own backends), the 2-process FSDP2 step (gloo here) -- and writes the JSON and the table."""
 
 from __future__ import annotations
 
@@ -33,6 +33,9 @@ def test_gpu_check_dry_run_runs_every_section(tmp_path):
     assert any("scaled_dot_product" in k or "flex" in k for k in r["attention_kernels"])
     assert len(s["moe"]["shapes"]) == 2 and all(row["ours_ms"] > 0 for row in s["moe"]["shapes"])
     assert s["attention"]["flex_max_abs_diff_vs_dense"] < 1e-4  # the block mask masks what the dense mask does
+    backends = s["attention_backends"]["cases"]  # the model's backends, checked against dense before timing
+    assert [c["case"].split()[0] for c in backends] == ["decoder", "vit"]
+    assert all(c["dense_ms"] > 0 and c["varlen_ms"] > 0 for c in backends)
     f = s["fsdp2"]
     assert f["backend"] == "gloo" and len(f["ranks"]) == 2
     assert all(len(rank["losses"]) == 3 and all(map(math.isfinite, rank["losses"])) for rank in f["ranks"])

@@ -191,7 +191,7 @@ class VLM(nn.Module):
                 txt_ID, _ = _segment_mean(h_AD, self.caption_image_ids(batch), n_img)
             image_emb_IC = self.image_proj(img_ID[paired_I])
             text_emb_IC = self.text_proj(txt_ID[paired_I])
-            logit_scale = self.logit_scale.float().exp().clamp(max=MAX_LOGIT_SCALE).squeeze(0)
+            logit_scale = self.logit_scale.float().squeeze(0).exp().clamp(max=MAX_LOGIT_SCALE)  # not a view (FSDP2)
 
         logits_BTV = self.decoder.output(h_BTD).float() if return_logits else None
         return ModelOutput(lm_loss_sum=lm_loss_sum, n_label_tokens=n_label_tokens, aux_loss=aux_loss,
