@@ -18,8 +18,16 @@ from safetensors.torch import save_file
 
 from train.model.config import ModelConfig
 from train.model.decoder import Decoder
-from train.model.hf.convert import (FAMILIES, Family, config_from_hf, config_to_hf, infer_family, state_from_hf,
-                                    state_to_hf)
+from train.model.hf.convert import (
+    FAMILIES,
+    Family,
+    config_from_hf,
+    config_to_hf,
+    infer_family,
+    mismatch,
+    state_from_hf,
+    state_to_hf,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +102,8 @@ def export_decoder(decoder: Decoder, out_dir: str | Path, family: str | None = N
     fam = infer_family(cfg) if family is None else FAMILIES.get(family)
     if fam is None:
         raise ValueError(f"export: unknown family {family!r}; supported: {sorted(FAMILIES)}")
+    if why := mismatch(cfg, fam):
+        raise ValueError(f"export: the decoder cannot be written as {fam.model_type}: {why}")
     tensors = state_to_hf(decoder.state_dict(), cfg, fam)
     dtype = next(iter(tensors.values())).dtype
     out = Path(out_dir)

@@ -138,13 +138,13 @@ def config_from_hf(hf: Mapping, base: ModelConfig | None = None, where: str = "c
 def infer_family(cfg: ModelConfig) -> Family:
     """The HF family whose architecture equals this decoder's (for export)."""
     for fam in FAMILIES.values():
-        if not _mismatch(cfg, fam):
+        if not mismatch(cfg, fam):
             return fam
-    reasons = "; ".join(f"{name}: {_mismatch(cfg, fam)}" for name, fam in FAMILIES.items())
+    reasons = "; ".join(f"{name}: {mismatch(cfg, fam)}" for name, fam in FAMILIES.items())
     raise ValueError(f"no Hugging Face family has this decoder's architecture ({reasons})")
 
 
-def _mismatch(cfg: ModelConfig, fam: Family) -> str:
+def mismatch(cfg: ModelConfig, fam: Family) -> str:
     """Why `cfg` cannot be written as `fam` ("" if it can)."""
     moe_layers = [cfg.is_moe_layer(i) for i in range(cfg.n_layers)]
     m = cfg.moe
@@ -163,8 +163,8 @@ def _mismatch(cfg: ModelConfig, fam: Family) -> str:
 
 def config_to_hf(cfg: ModelConfig, fam: Family, max_position_embeddings: int = 32768,
                  dtype: torch.dtype = torch.float32) -> dict:
-    """config.json of `fam` for our decoder config (`_mismatch` must be empty)."""
-    assert not _mismatch(cfg, fam), _mismatch(cfg, fam)
+    """config.json of `fam` for our decoder config (`mismatch` must be empty)."""
+    assert not mismatch(cfg, fam), mismatch(cfg, fam)
     moe_layers = [cfg.is_moe_layer(i) for i in range(cfg.n_layers)]
     rs = cfg.rope_scaling
     hf = {
