@@ -219,3 +219,32 @@ def test_export_sharded_and_bad_inputs(tmp_path):
     bad = read_hf_config(tmp_path / "src") | {"hidden_act": "gelu"}
     with pytest.raises(ValueError, match="silu"):
         config_from_hf(bad)
+
+
+def test_export_model_cli_from_a_dcp_checkpoint(tmp_path):
+    """`interloom export model RUN OUT`: a run directory laid out as training leaves it (config.json +
+    checkpoint_*/dcp written by torch.distributed.checkpoint) -> an HF folder transformers loads."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from pipeline.cli import main
+    from train.config import TrainConfig
+    from train.model.vlm import VLM
+
+    _hf_model(qwen3_moe_config(), tmp_path / "src")
+    base = ModelConfig(vision={"patch_size": 8, "d_vit": 32, "n_layers": 1, "n_heads": 2})
+    cfg, state, _ = load_pretrained_decoder(tmp_path / "src", base)
+    model = VLM(cfg)
+    model.decoder.load_state_dict(state)
+    with torch.no_grad():
+        for p in model.parameters():  # as if trained
+            p.add_(0.01 * torch.randn_like(p))
+    run = tmp_path / "run"
+    model_sd, optim_sd = get_state_dict(model, torch.optim.AdamW(model.parameters()))
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(run / "checkpoint_0000020" / "dcp"))
+    (run / "config.json").write_text(TrainConfig(model=cfg).model_dump_json())
+
+    assert main(["export", "model", str(run), str(tmp_path / "out")]) == 0
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").float().eval()
+    _assert_same_logits(reloaded, model.decoder.eval())
+    assert main(["export", "model", str(tmp_path / "src"), str(tmp_path / "out2")]) == 2  # not a checkpoint

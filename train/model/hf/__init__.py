@@ -23,6 +23,7 @@ from train.model.hf.checkpoint import (
 )
 from train.model.hf.convert import (
     FAMILIES,
+    Family,
     config_from_hf,
     config_to_hf,
     infer_family,
@@ -31,6 +32,6 @@ from train.model.hf.convert import (
     upcycle,
 )
 
-__all__ = ["FAMILIES", "config_from_hf", "config_to_hf", "decoder_logits", "export_decoder", "infer_family",
+__all__ = ["FAMILIES", "Family", "config_from_hf", "config_to_hf", "decoder_logits", "export_decoder", "infer_family",
            "load_pretrained_decoder", "load_pretrained_into", "read_hf_config", "read_hf_state",
            "state_from_hf", "state_to_hf", "upcycle"]
