@@ -248,3 +248,52 @@ def test_export_model_cli_from_a_dcp_checkpoint(tmp_path):
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").float().eval()
     _assert_same_logits(reloaded, model.decoder.eval())
     assert main(["export", "model", str(tmp_path / "src"), str(tmp_path / "out2")]) == 2  # not a checkpoint
+
+
+def _word_tokenizer(path, n_words: int) -> None:
+    """A model's own tokenizer.json (word level), without interloom's special tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(n_words - 1)} | {"[UNK]": n_words - 1}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(path / "tokenizer.json"))
+
+
+def test_init_llm_extends_tokenizer_and_starts_from_the_pretrained_decoder(tmp_path):
+    """--init-llm DIR: the run takes the folder's architecture and tokenizer (our 6 special tokens appended,
+    vocabulary padded to a multiple of 64), and build_model starts its decoder from the folder's weights:
+    ordinary tokens get the pretrained logits, the added tokens' embedding rows the mean row."""
+    from train.config import TrainConfig
+    from train.model.hf.init import init_llm_config, pretrained_tokenizer
+    from train.parallel import build_model
+    from train.tokenizer import Tokenizer
+    from train.trainer import prepare_run
+
+    src = tmp_path / "src"
+    hf = _hf_model(transformers.Qwen3Config(**SMALL, head_dim=16, intermediate_size=96), src)
+    _word_tokenizer(src, 90)
+    tok, added = pretrained_tokenizer(src)
+    assert added == list(range(90, 96)) and tok.encode("w3 w7 <|image|>")[:2] == [3, 7]
+    assert 94 not in tok.encode("w3 <|image|>")  # crawled text never yields the placeholder id
+
+    base = TrainConfig(model=ModelConfig(vision={"patch_size": 8, "d_vit": 32, "n_layers": 1, "n_heads": 2}),
+                       run={"output": str(tmp_path / "run")}, data={"corpus": str(tmp_path / "corpus")})
+    cfg = prepare_run(init_llm_config(base, src, tmp_path / "run"))
+    assert cfg.model.init_llm == str(src.resolve()) and cfg.model.d_head == 16 and cfg.model.qk_norm
+    assert (cfg.model.vocab_size, cfg.model.image_token_id) == (128, Tokenizer.load(cfg.data.tokenizer).image_id)
+
+    model = build_model(cfg, torch.device("cpu")).eval()
+    emb_VD = model.decoder.tok_embeddings.weight
+    pretrained_VD = hf.model.embed_tokens.weight
+    mean_D = pretrained_VD.mean(0)
+    assert torch.equal(emb_VD[:90], pretrained_VD[:90]) and torch.equal(emb_VD[96], pretrained_VD[96])
+    for rows in (emb_VD[90:96], emb_VD[97:]):  # the 6 added special tokens; the rows padded to 128
+        assert torch.allclose(rows, mean_D.expand_as(rows), atol=1e-6)
+    ids_BT = torch.randint(0, 90, (2, 11), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = decoder_logits(model.decoder, ids_BT)[..., :90]
+        ref = hf(input_ids=ids_BT).logits[..., :90]
+    assert (ours - ref).abs().max() <= TOL
+    with pytest.raises(ValueError, match="tokenizer.json"):
+        pretrained_tokenizer(tmp_path)

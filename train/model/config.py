@@ -121,6 +121,7 @@ class ModelConfig(Section):
     qk_norm: bool = False
     qkv_bias: bool = False
     tie_embeddings: bool = False
+    init_llm: str = ""  # a Hugging Face model folder whose decoder weights the run starts from (--init-llm)
     image_token_id: int = 4  # id of <|image|>; index in SPECIAL_TOKENS when specials are added first
     # attention within documents / images (train/model/attention.py): "auto" = flex on CUDA, varlen
     # elsewhere; "varlen" = per-segment SDPA, any device; "flex" = flex_attention block masks (CUDA to
