@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--init-llm", metavar="DIR", default=None,
                    help="start the decoder from a local Hugging Face model folder (config.json, *.safetensors, "
                         "tokenizer.json): its architecture, weights and tokenizer (plus our special tokens)")
+    p.add_argument("--upcycle", action="store_true",
+                   help="with --init-llm of a dense model: sparse-upcycle it into the recipe's moe.n_experts "
+                        "experts (top moe.top_k), each a copy of the dense FFN (sets model.init_upcycle=true)")
     p.add_argument("--address", default=None, metavar="ADDR", help="Ray cluster address (default: a local instance)")
     p.set_defaults(func=run)
 
@@ -54,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.insert(0, f"run.output={args.output}")
     if args.follow:
         overrides.insert(0, "data.follow=true")
+    if args.upcycle:
+        overrides.insert(0, "model.init_upcycle=true")
     cfg = load_config(TrainConfig, resolve_recipe(args.config), overrides)
     if args.init_llm:
         from pathlib import Path

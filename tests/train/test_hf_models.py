@@ -260,10 +260,12 @@ def _word_tokenizer(path, n_words: int) -> None:
     tok.save(str(path / "tokenizer.json"))
 
 
-def test_init_llm_extends_tokenizer_and_starts_from_the_pretrained_decoder(tmp_path):
-    """--init-llm DIR: the run takes the folder's architecture and tokenizer (our 6 special tokens appended,
-    vocabulary padded to a multiple of 64), and build_model starts its decoder from the folder's weights:
-    ordinary tokens get the pretrained logits, the added tokens' embedding rows the mean row."""
+@pytest.mark.parametrize("upcycled", [False, True])
+def test_init_llm_extends_tokenizer_and_starts_from_the_pretrained_decoder(tmp_path, upcycled):
+    """--init-llm DIR [--upcycle]: the run takes the folder's architecture and tokenizer (our 6 special tokens
+    appended, vocabulary padded to a multiple of 64), and build_model starts its decoder from the folder's
+    weights (upcycled into the recipe's 4 experts, top-2): ordinary tokens get the pretrained logits, the
+    added tokens' embedding rows the mean row."""
     from train.config import TrainConfig
     from train.model.hf.init import init_llm_config, pretrained_tokenizer
     from train.parallel import build_model
@@ -277,13 +279,15 @@ def test_init_llm_extends_tokenizer_and_starts_from_the_pretrained_decoder(tmp_p
     assert added == list(range(90, 96)) and tok.encode("w3 w7 <|image|>")[:2] == [3, 7]
     assert 94 not in tok.encode("w3 <|image|>")  # crawled text never yields the placeholder id
 
-    base = TrainConfig(model=ModelConfig(vision={"patch_size": 8, "d_vit": 32, "n_layers": 1, "n_heads": 2}),
+    base = TrainConfig(model=ModelConfig(vision={"patch_size": 8, "d_vit": 32, "n_layers": 1, "n_heads": 2},
+                                         moe={"n_experts": 4, "top_k": 2}, init_upcycle=upcycled),
                        run={"output": str(tmp_path / "run")}, data={"corpus": str(tmp_path / "corpus")})
     cfg = prepare_run(init_llm_config(base, src, tmp_path / "run"))
     assert cfg.model.init_llm == str(src.resolve()) and cfg.model.d_head == 16 and cfg.model.qk_norm
     assert (cfg.model.vocab_size, cfg.model.image_token_id) == (128, Tokenizer.load(cfg.data.tokenizer).image_id)
 
     model = build_model(cfg, torch.device("cpu")).eval()
+    assert [layer.is_moe for layer in model.decoder.layers] == [upcycled] * 2
     emb_VD = model.decoder.tok_embeddings.weight
     pretrained_VD = hf.model.embed_tokens.weight
     mean_D = pretrained_VD.mean(0)
@@ -297,3 +301,8 @@ def test_init_llm_extends_tokenizer_and_starts_from_the_pretrained_decoder(tmp_p
     assert (ours - ref).abs().max() <= TOL
     with pytest.raises(ValueError, match="tokenizer.json"):
         pretrained_tokenizer(tmp_path)
+    if upcycled:  # an MoE folder is not upcycled again
+        _hf_model(qwen3_moe_config(), tmp_path / "moe")
+        _word_tokenizer(tmp_path / "moe", 90)
+        with pytest.raises(ValueError, match="already an MoE"):
+            init_llm_config(base, tmp_path / "moe", tmp_path / "run2")

@@ -122,6 +122,7 @@ class ModelConfig(Section):
     qkv_bias: bool = False
     tie_embeddings: bool = False
     init_llm: str = ""  # a Hugging Face model folder whose decoder weights the run starts from (--init-llm)
+    init_upcycle: bool = False  # init_llm of a dense family: upcycle it into moe.n_experts experts, top-k moe.top_k
     image_token_id: int = 4  # id of <|image|>; index in SPECIAL_TOKENS when specials are added first
     # attention within documents / images (train/model/attention.py): "auto" = flex on CUDA, varlen
     # elsewhere; "varlen" = per-segment SDPA, any device; "flex" = flex_attention block masks (CUDA to

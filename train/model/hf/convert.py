@@ -260,12 +260,8 @@ def state_to_hf(state: Mapping[str, torch.Tensor], cfg: ModelConfig, fam: Family
     return out
 
 
-def upcycle(cfg: ModelConfig, state: Mapping[str, torch.Tensor], n_experts: int, top_k: int,
-            router_std: float = 0.02, seed: int = 0) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """Sparse upcycling: a dense decoder (every layer dense) -> every layer MoE with `n_experts` experts that
-    are copies of the layer's dense FFN, no shared expert, top-k gate weights renormalised to sum to 1, and
-    a router drawn N(0, router_std). Whatever the router picks, the weights sum to 1 over identical experts,
-    so the first forward equals the dense model's (to float rounding of the weighted sum)."""
+def upcycle_config(cfg: ModelConfig, n_experts: int, top_k: int) -> ModelConfig:
+    """The MoE config of an upcycled dense decoder (see `upcycle`)."""
     if any(cfg.is_moe_layer(i) for i in range(cfg.n_layers)):
         raise ValueError("upcycle: the decoder already has MoE layers (expected a dense one)")
     if not 2 <= top_k <= n_experts:
@@ -275,7 +271,16 @@ def upcycle(cfg: ModelConfig, state: Mapping[str, torch.Tensor], n_experts: int,
     data["moe"].update({"n_experts": n_experts, "top_k": top_k, "d_expert": cfg.d_ffn, "n_shared_experts": 0,
                         "d_shared": None, "shared_gate": False, "gate": "renormalised",
                         "first_dense_layers": 0, "moe_every": 1})
-    new_cfg = ModelConfig.model_validate(data)
+    return ModelConfig.model_validate(data)
+
+
+def upcycle(cfg: ModelConfig, state: Mapping[str, torch.Tensor], n_experts: int, top_k: int,
+            router_std: float = 0.02, seed: int = 0) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Sparse upcycling: a dense decoder (every layer dense) -> every layer MoE with `n_experts` experts that
+    are copies of the layer's dense FFN, no shared expert, top-k gate weights renormalised to sum to 1, and
+    a router drawn N(0, router_std). Whatever the router picks, the weights sum to 1 over identical experts,
+    so the first forward equals the dense model's (to float rounding of the weighted sum)."""
+    new_cfg = upcycle_config(cfg, n_experts, top_k)
     gen = torch.Generator().manual_seed(seed)
     out = {k: v for k, v in state.items() if ".ffn." not in k}
     for i in range(cfg.n_layers):

@@ -9,7 +9,9 @@
     run's vocabulary; grown rows and the rows of the added special tokens start at the mean of the
     pretrained rows (Hewitt 2021: the new tokens start as the average word, not as noise that dominates
     the softmax), so the model's predictions for ordinary text do not change
-  - `init_decoder(decoder, dir, tokenizer_path)`: all of that into a built decoder (`build_model`)
+  - `model.init_upcycle`: a dense folder becomes an MoE of the recipe's moe.n_experts / moe.top_k by sparse
+    upcycling (convert.upcycle), its first forward equal to the dense model's
+  - `init_decoder(decoder, dir)`: all of that into a built decoder (`build_model`)
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from train.batch import SPECIAL_TOKENS
 from train.model.decoder import Decoder
 from train.model.hf.checkpoint import load_pretrained_decoder, read_hf_config
-from train.model.hf.convert import config_from_hf
+from train.model.hf.convert import FAMILIES, config_from_hf, upcycle, upcycle_config
 from train.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,12 @@ def init_llm_config(cfg, model_dir: str | Path, run_dir: str | Path):
     tok, added = pretrained_tokenizer(model_dir)
     tok_path = Path(run_dir).resolve() / "tokenizer.json"
     tok.save(tok_path)
-    model = config_from_hf(read_hf_config(model_dir), cfg.model, where=str(model_dir / "config.json"))
+    hf_cfg = read_hf_config(model_dir)
+    model = config_from_hf(hf_cfg, cfg.model, where=str(model_dir / "config.json"))
+    if cfg.model.init_upcycle:
+        if FAMILIES[hf_cfg["model_type"]].moe:
+            raise ValueError(f"model.init_upcycle: {model_dir} is already an MoE ({hf_cfg['model_type']})")
+        model = upcycle_config(model, cfg.model.moe.n_experts, cfg.model.moe.top_k)
     data = cfg.model_dump()
     data["model"] = model.model_dump() | {"init_llm": str(model_dir)}
     data["data"]["tokenizer"] = str(tok_path)
@@ -83,6 +90,8 @@ def init_decoder(decoder: Decoder, model_dir: str | Path) -> None:
     the extended tokenizer): weights copied, vocabulary rows resized and initialised as above."""
     cfg, state, fam = load_pretrained_decoder(model_dir, decoder.cfg)
     _, added = pretrained_tokenizer(model_dir)
+    if decoder.cfg.init_upcycle:
+        cfg, state = upcycle(cfg, state, decoder.cfg.moe.n_experts, decoder.cfg.moe.top_k)
     state = resize_vocab(state, decoder.cfg.vocab_size, added)
     arch = ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "qk_norm", "qkv_bias", "tie_embeddings")
     if any(getattr(cfg, f) != getattr(decoder.cfg, f) for f in arch):
