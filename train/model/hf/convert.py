@@ -96,7 +96,7 @@ def _layer_pattern(is_moe: list[bool], where: str) -> dict:
 def config_from_hf(hf: Mapping, base: ModelConfig | None = None, where: str = "config.json") -> ModelConfig:
     """Our ModelConfig for an HF decoder config (dict of config.json); vision, contrastive, attention and
     the training-only MoE fields (aux/z loss weights, bias rate) come from `base` (defaults if None)."""
-    fam = _family(hf.get("model_type"), where)
+    fam = _family(str(hf.get("model_type")), where)
     if hf.get("hidden_act", "silu") != "silu":
         raise ValueError(f"{where}: hidden_act={hf['hidden_act']!r}; only silu (SwiGLU) is supported")
     if hf.get("attention_bias") or hf.get("mlp_bias"):

@@ -42,7 +42,9 @@ def pretrained_tokenizer(model_dir: str | Path) -> tuple[Tokenizer, list[int]]:
     hf = HFTokenizer.from_file(str(path))
     missing = [t for t in SPECIAL_TOKENS if hf.token_to_id(t) is None]
     hf.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
-    return Tokenizer(hf, str(path)), [hf.token_to_id(t) for t in missing]
+    added = [i for i in map(hf.token_to_id, missing) if i is not None]
+    assert len(added) == len(missing), "tokenizers gave no id to an added special token"
+    return Tokenizer(hf, str(path)), added
 
 
 def init_llm_config(cfg, model_dir: str | Path, run_dir: str | Path):
