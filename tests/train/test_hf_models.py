@@ -306,3 +306,49 @@ def test_init_llm_extends_tokenizer_and_starts_from_the_pretrained_decoder(tmp_p
         _word_tokenizer(tmp_path / "moe", 90)
         with pytest.raises(ValueError, match="already an MoE"):
             init_llm_config(base, tmp_path / "moe", tmp_path / "run2")
+
+
+def _bpe_tokenizer(path) -> None:
+    """A model's own byte-level BPE tokenizer.json (without interloom's special tokens)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    texts = ["Interleaved image-text documents from the web.", "A decoder that starts from pretrained weights."]
+    tok.train_from_iterator(texts * 20, trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.save(str(path / "tokenizer.json"))
+
+
+@pytest.mark.slow
+def test_train_from_pretrained_then_export_reloads_in_transformers(ray_local, dev_corpus, tmp_path):
+    """The real path: a qwen3_moe folder -> `interloom train --init-llm` (Ray Train, the dev corpus, 12 steps)
+    -> `interloom export model RUN OUT` -> transformers loads OUT and its logits equal the checkpoint's."""
+    from pipeline.cli import main
+    from pipeline.config import load_config
+    from train.config import TrainConfig, resolve_recipe
+    from train.export import load_trained_model
+    from train.model.hf.init import init_llm_config
+    from train.trainer import run_training
+
+    src, run = tmp_path / "src", tmp_path / "run"
+    _hf_model(transformers.Qwen3MoeConfig(**SMALL | {"vocab_size": 320}, head_dim=16, intermediate_size=96,
+                                          moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
+                                          norm_topk_prob=True), src)
+    _bpe_tokenizer(src)
+    cfg = load_config(TrainConfig, resolve_recipe("debug-cpu"), [
+        f"data.corpus={dev_corpus[0]}", f"run.output={run}", "run.num_workers=1", "run.checkpoint_every=6",
+        'stages=[{"trainable": "all", "steps": 12}]'])
+    run.mkdir(parents=True)
+    run_training(init_llm_config(cfg, src, run))
+
+    model, trained_cfg, ckpt = load_trained_model(run)
+    assert ckpt.name == "checkpoint_0000012" and trained_cfg.model.init_llm == str(src.resolve())
+    start = _ours(src)
+    assert not torch.equal(model.decoder.layers[0].ffn.w1_EDF, start.layers[0].ffn.w1_EDF)  # it trained
+    assert main(["export", "model", str(run), str(tmp_path / "out")]) == 0
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").float().eval()
+    ids_BT = torch.randint(0, 300, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (decoder_logits(model.decoder, ids_BT) - reloaded(input_ids=ids_BT).logits).abs().max() <= TOL
