@@ -17,7 +17,6 @@ from train.model.hf.checkpoint import (
     decoder_logits,
     export_decoder,
     load_pretrained_decoder,
-    load_pretrained_into,
     read_hf_config,
     read_hf_state,
 )
@@ -34,5 +33,5 @@ from train.model.hf.convert import (
 )
 
 __all__ = ["FAMILIES", "Family", "config_from_hf", "config_to_hf", "decoder_logits", "export_decoder", "infer_family",
-           "load_pretrained_decoder", "load_pretrained_into", "read_hf_config", "read_hf_state",
+           "load_pretrained_decoder", "read_hf_config", "read_hf_state",
            "state_from_hf", "state_to_hf", "upcycle", "upcycle_config"]

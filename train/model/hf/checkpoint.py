@@ -84,16 +84,6 @@ def load_pretrained_decoder(model_dir: str | Path, base: ModelConfig | None = No
     return cfg, state, fam
 
 
-def load_pretrained_into(decoder: Decoder, model_dir: str | Path) -> None:
-    """Copy a folder's weights into an existing decoder built from the same architecture (e.g. the decoder
-    of a VLM whose config came from `load_pretrained_decoder`). Every tensor must be present and fit."""
-    cfg, state, _ = load_pretrained_decoder(model_dir, decoder.cfg)
-    if cfg.model_dump(exclude={"moe", "vision", "contrastive"}) != decoder.cfg.model_dump(
-            exclude={"moe", "vision", "contrastive"}):
-        raise ValueError(f"{model_dir}: its architecture differs from the model's config")
-    decoder.load_state_dict(state, strict=True)
-
-
 def export_decoder(decoder: Decoder, out_dir: str | Path, family: str | None = None,
                    max_shard_bytes: int = 5 * 2**30, max_position_embeddings: int = 32768) -> Family:
     """Write our decoder as an HF folder (config.json + safetensors, sharded with an index above
