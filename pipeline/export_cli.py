@@ -19,7 +19,8 @@ data_files="CORPUS/index/*.parquet").)
 model: the decoder of a training checkpoint (a checkpoint_* directory, or a run directory: its latest) as a
 Hugging Face model folder (config.json + safetensors) of the family whose architecture equals it
 (qwen3_moe, qwen2_moe, mixtral, qwen3, llama), which transformers.AutoModelForCausalLM.from_pretrained
-loads. The tokenizer is not written.
+loads; next to it the run's tokenizer.json and the rest of the VLM (interloom_model.json,
+interloom_vlm.safetensors: vision tower, adapter), which train.export.load_exported_vlm(OUT) reloads.
 """
 
 EXPORT_EXAMPLES = """\

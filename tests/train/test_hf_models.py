@@ -247,6 +247,12 @@ def test_export_model_cli_from_a_dcp_checkpoint(tmp_path):
     assert main(["export", "model", str(run), str(tmp_path / "out")]) == 0
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").float().eval()
     _assert_same_logits(reloaded, model.decoder.eval())
+    # the whole VLM (vision tower, adapter, decoder) comes back in interloom tensor for tensor
+    from train.export import load_exported_vlm
+
+    again = load_exported_vlm(tmp_path / "out").state_dict()
+    original = model.state_dict()
+    assert again.keys() == original.keys() and all(torch.equal(again[k], original[k]) for k in original)
     assert main(["export", "model", str(tmp_path / "src"), str(tmp_path / "out2")]) == 2  # not a checkpoint
 
 
@@ -348,6 +354,7 @@ def test_train_from_pretrained_then_export_reloads_in_transformers(ray_local, de
     start = _ours(src)
     assert not torch.equal(model.decoder.layers[0].ffn.w1_EDF, start.layers[0].ffn.w1_EDF)  # it trained
     assert main(["export", "model", str(run), str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (run / "tokenizer.json").read_bytes()
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").float().eval()
     ids_BT = torch.randint(0, 300, (2, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
