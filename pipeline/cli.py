@@ -21,7 +21,7 @@ COMMANDS = [
     build_cli,  # interloom build
     crawl_cli,  # interloom crawl
     inspect_cli,  # interloom inspect
-    export_cli,  # interloom export hf
+    export_cli,  # interloom export hf | model
     quality_cli,  # interloom quality train
     tokenizer_cli,  # interloom tokenizer train
     train_cli,  # interloom train

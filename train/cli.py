@@ -36,6 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="stream shards of a build that is still running (sets data.follow=true)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)")
+    p.add_argument("--init-llm", metavar="DIR", default=None,
+                   help="start the decoder from a local Hugging Face model folder (config.json, *.safetensors, "
+                        "tokenizer.json): its architecture, weights and tokenizer (plus our special tokens)")
+    p.add_argument("--upcycle", action="store_true",
+                   help="with --init-llm of a dense model: sparse-upcycle it into the recipe's moe.n_experts "
+                        "experts (top moe.top_k), each a copy of the dense FFN (sets model.init_upcycle=true)")
     p.add_argument("--address", default=None, metavar="ADDR", help="Ray cluster address (default: a local instance)")
     p.set_defaults(func=run)
 
@@ -51,7 +57,16 @@ def run(args: argparse.Namespace) -> int:
         overrides.insert(0, f"run.output={args.output}")
     if args.follow:
         overrides.insert(0, "data.follow=true")
+    if args.upcycle:
+        overrides.insert(0, "model.init_upcycle=true")
     cfg = load_config(TrainConfig, resolve_recipe(args.config), overrides)
+    if args.init_llm:
+        from pathlib import Path
+
+        from train.model.hf.init import init_llm_config
+
+        Path(cfg.run.output).mkdir(parents=True, exist_ok=True)
+        cfg = init_llm_config(cfg, args.init_llm, cfg.run.output)
     if not cfg.data.corpus:  # checked before Ray starts, so a typo costs no cluster start-up
         raise ValueError("data.corpus is empty: pass --corpus PATH (a corpus directory or fsspec URL)")
     if not cfg.data.follow:

@@ -31,11 +31,17 @@ DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def build_model(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
-    """The VLM on `device`, seeded by run.seed (identical on every rank), sharded with FSDP2 if configured."""
+    """The VLM on `device`, seeded by run.seed (identical on every rank), its decoder loaded from
+    model.init_llm if set, sharded with FSDP2 if configured."""
     from train.model import VLM
 
     torch.manual_seed(cfg.run.seed)
-    model = VLM(cfg.model).to(device)
+    model = VLM(cfg.model)
+    if cfg.model.init_llm:  # pretrained decoder weights (interloom train --init-llm), before sharding
+        from train.model.hf.init import init_decoder
+
+        init_decoder(model.decoder, cfg.model.init_llm)
+    model = model.to(device)
     dp, param_dtype = cfg.parallel.resolved(cfg.run.use_gpu)
     if dp == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh

@@ -20,6 +20,8 @@ class MoEConfig(Section):
     top_k: int = 2
     n_shared_experts: int = 1  # shared expert hidden size = n_shared_experts * d_expert; 0 disables it
     d_expert: int = 256  # hidden size F of each routed expert
+    d_shared: int | None = None  # hidden size of the shared expert; None = n_shared_experts * d_expert
+    shared_gate: bool = False  # scale the shared expert's output per token by sigmoid(w . x) (qwen2_moe)
     aux_loss_weight: float = 0.01  # load-balance loss E * sum_e f_e * P_e (minimum 1.0 when balanced)
     z_loss_weight: float = 0.001  # router z-loss mean(logsumexp(logits)^2)
     first_dense_layers: int = 0  # the first k decoder layers use a dense SwiGLU FFN (d_ffn) instead
@@ -48,7 +50,14 @@ class MoEConfig(Section):
                              "gives the router no gradient: use moe.gate=softmax (or auto)")
         if self.moe_every < 1 or self.first_dense_layers < 0 or self.n_shared_experts < 0:
             raise ValueError("moe.moe_every must be >= 1, first_dense_layers and n_shared_experts >= 0")
+        if self.shared_gate and self.shared_hidden == 0:
+            raise ValueError("moe.shared_gate=true needs a shared expert (n_shared_experts > 0 or d_shared > 0)")
         return self
+
+    @property
+    def shared_hidden(self) -> int:
+        """Hidden size of the shared expert (0: none)."""
+        return self.n_shared_experts * self.d_expert if self.d_shared is None else self.d_shared
 
     @property
     def renormalise_gate(self) -> bool:
@@ -83,6 +92,18 @@ class ContrastiveConfig(Section):
     temperature: float = Field(0.07, gt=0.01)  # initial; learned as a logit scale 1/temperature, clamped to <= 100
 
 
+class RopeScalingConfig(Section):
+    """Frequency scaling of the decoder's RoPE. "none": inv_freq_i = theta^(-i/R); "llama3": Llama 3.1's
+    rule, low frequencies (wavelength > original_max_position / low_freq_factor) divided by `factor`,
+    high ones (wavelength < original_max_position / high_freq_factor) kept, smooth in between."""
+
+    kind: Literal["none", "llama3"] = "none"
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position: int = 8192
+
+
 class ModelConfig(Section):
     vocab_size: int = 32000
     d_model: int = 512
@@ -91,7 +112,17 @@ class ModelConfig(Section):
     n_kv_heads: int = 4
     d_ffn: int = 1024  # hidden size of dense SwiGLU layers (see moe.first_dense_layers / moe_every)
     rope_theta: float = 10000.0
+    rope_scaling: RopeScalingConfig = RopeScalingConfig()
     norm_eps: float = 1e-5
+    # options that make the decoder equal to pretrained families (train/model/hf/): an attention head
+    # width other than d_model / n_heads (Qwen3), RMSNorm of each query/key head before RoPE (Qwen3),
+    # biases on the q/k/v projections (Qwen2), an LM head that shares the token embedding matrix
+    head_dim: int | None = None  # None = d_model // n_heads
+    qk_norm: bool = False
+    qkv_bias: bool = False
+    tie_embeddings: bool = False
+    init_llm: str = ""  # a Hugging Face model folder whose decoder weights the run starts from (--init-llm)
+    init_upcycle: bool = False  # init_llm of a dense family: upcycle it into moe.n_experts experts, top-k moe.top_k
     image_token_id: int = 4  # id of <|image|>; index in SPECIAL_TOKENS when specials are added first
     # attention within documents / images (train/model/attention.py): "auto" = flex on CUDA, varlen
     # elsewhere; "varlen" = per-segment SDPA, any device; "flex" = flex_attention block masks (CUDA to
@@ -105,14 +136,20 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
-        if self.d_model % self.n_heads or self.n_heads % self.n_kv_heads:
-            raise ValueError(f"d_model={self.d_model} must divide by n_heads={self.n_heads}, and n_heads "
+        if (self.head_dim is None and self.d_model % self.n_heads) or self.n_heads % self.n_kv_heads:
+            raise ValueError(f"d_model={self.d_model} must divide by n_heads={self.n_heads} (unless head_dim "
+                             f"is set), and n_heads "
                              f"by n_kv_heads={self.n_kv_heads}")
-        if (self.d_model // self.n_heads) % 2:
-            raise ValueError(f"head dim d_model/n_heads={self.d_model // self.n_heads} must be even (RoPE)")
+        if self.d_head % 2:
+            raise ValueError(f"head dim {self.d_head} (head_dim, or d_model/n_heads) must be even (RoPE)")
         if not 0 <= self.image_token_id < self.vocab_size:
             raise ValueError(f"image_token_id={self.image_token_id} outside vocab_size={self.vocab_size}")
         return self
+
+    @property
+    def d_head(self) -> int:
+        """Width of one attention head."""
+        return self.d_model // self.n_heads if self.head_dim is None else self.head_dim
 
     def is_moe_layer(self, layer: int) -> bool:
         k = self.moe.first_dense_layers

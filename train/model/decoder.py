@@ -10,7 +10,9 @@ What it does:
   - each block optionally compiled and/or activation-checkpointed (block.py)
   - RoPE positions come from `position_ids_BT`, which restart at 0 per document, so a document packed
     anywhere in a row computes exactly what it computes alone
-  - final RMSNorm and an untied LM head
+  - final RMSNorm and an LM head (tied to the token embedding with `model.tie_embeddings`)
+  - options that make it equal to pretrained families (see train/model/hf/): head_dim, qk_norm, qkv_bias,
+    rope_scaling
 
 Also holds the rotary helpers shared with the vision encoder (`rotary_cos_sin`, `apply_rotary`).
 
@@ -21,24 +23,40 @@ Shape legend:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
 from train.model.attention import Segments, attend
 from train.model.block import Block
-from train.model.config import ModelConfig
+from train.model.config import ModelConfig, RopeScalingConfig
 from train.model.moe import MoE, MoEStats, SwiGLU
 
 
-def rotary_cos_sin(pos: torch.Tensor, n_freqs: int, theta: float,
-                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_cos_sin(pos: torch.Tensor, n_freqs: int, theta: float, dtype: torch.dtype = torch.float32,
+                   scaling: RopeScalingConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin of pos * theta^(-i/n_freqs), i < n_freqs, in `dtype` (at least fp32); shape pos.shape + (n_freqs,).
 
-    1D RoPE over head dim Dh uses n_freqs = Dh/2; 2D RoPE uses Dh/4 per axis (see vision.py)."""
+    1D RoPE over head dim Dh uses n_freqs = Dh/2; 2D RoPE uses Dh/4 per axis (see vision.py). `scaling`
+    (decoder only) rescales the frequencies (`RopeScalingConfig`)."""
     dtype = torch.promote_types(dtype, torch.float32)
     inv_freq_R = theta ** (-torch.arange(n_freqs, dtype=dtype, device=pos.device) / n_freqs)
+    if scaling is not None and scaling.kind == "llama3":
+        inv_freq_R = _llama3_scaled(inv_freq_R, scaling)
     angles = pos.to(dtype)[..., None] * inv_freq_R
     return angles.cos(), angles.sin()
+
+
+def _llama3_scaled(inv_freq_R: torch.Tensor, s: RopeScalingConfig) -> torch.Tensor:
+    """Llama 3.1's frequency rule: long wavelengths / factor, short ones kept, linear blend in between."""
+    wavelen_R = 2 * math.pi / inv_freq_R
+    low_wavelen, high_wavelen = s.original_max_position / s.low_freq_factor, s.original_max_position / s.high_freq_factor
+    smooth_R = (s.original_max_position / wavelen_R - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+    blended_R = (1 - smooth_R) * inv_freq_R / s.factor + smooth_R * inv_freq_R
+    out_R = torch.where(wavelen_R > low_wavelen, inv_freq_R / s.factor, inv_freq_R)
+    is_medium_R = (wavelen_R <= low_wavelen) & (wavelen_R >= high_wavelen)
+    return torch.where(is_medium_R, blended_R, out_R)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -49,21 +67,25 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class Attention(nn.Module):
-    """Grouped-query self-attention with RoPE, within the segments of `seg` (attention.py)."""
+    """Grouped-query self-attention with RoPE, within the segments of `seg` (attention.py); optional q/k/v
+    biases and per-head RMSNorm of queries and keys before RoPE (`model.qkv_bias`, `model.qk_norm`)."""
 
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_model // n_heads
-        self.wq = nn.Linear(d_model, n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
-        self.wv = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
-        self.wo = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
+        D, Dh = cfg.d_model, cfg.d_head
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, Dh
+        self.wq = nn.Linear(D, cfg.n_heads * Dh, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(D, cfg.n_kv_heads * Dh, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(D, cfg.n_kv_heads * Dh, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(cfg.n_heads * Dh, D, bias=False)
+        self.q_norm = nn.RMSNorm(Dh, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(Dh, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
 
     def forward(self, x_BTD: torch.Tensor, cos_BTR: torch.Tensor, sin_BTR: torch.Tensor,
                 seg: Segments) -> torch.Tensor:
         B, T, _ = x_BTD.shape
-        q_BHTd = self.wq(x_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k_BKTd = self.wk(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q_BHTd = self.q_norm(self.wq(x_BTD).view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)
+        k_BKTd = self.k_norm(self.wk(x_BTD).view(B, T, self.n_kv_heads, self.head_dim)).transpose(1, 2)
         v_BKTd = self.wv(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = cos_BTR[:, None], sin_BTR[:, None]
         q_BHTd, k_BKTd = apply_rotary(q_BHTd, cos, sin), apply_rotary(k_BKTd, cos, sin)
@@ -75,7 +97,7 @@ class DecoderBlock(Block):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__(cfg.activation_checkpointing, cfg.compile)
         self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads)
+        self.attn = Attention(cfg)
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.is_moe = cfg.is_moe_layer(layer)
         self.ffn = MoE(cfg.d_model, cfg.moe) if self.is_moe else SwiGLU(cfg.d_model, cfg.d_ffn)
@@ -100,12 +122,14 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderBlock(cfg, i) for i in range(cfg.n_layers))
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:  # one Parameter, two modules
+            self.output.weight = self.tok_embeddings.weight
 
     def forward(self, x_BTD: torch.Tensor, position_ids_BT: torch.Tensor,
                 segment_ids_BT: torch.Tensor) -> tuple[torch.Tensor, list[MoEStats]]:
         """Embedded inputs -> final-normed hidden states h_BTD and the MoE statistics of each MoE layer."""
-        head_dim = self.cfg.d_model // self.cfg.n_heads
-        cos_BTR, sin_BTR = rotary_cos_sin(position_ids_BT, head_dim // 2, self.cfg.rope_theta, x_BTD.dtype)
+        cos_BTR, sin_BTR = rotary_cos_sin(position_ids_BT, self.cfg.d_head // 2, self.cfg.rope_theta,
+                                          x_BTD.dtype, self.cfg.rope_scaling)
         seg = Segments.build(segment_ids_BT, causal=True, backend=self.cfg.attention)
         valid_BT = segment_ids_BT >= 0
         moe_stats: list[MoEStats] = []

@@ -13,7 +13,8 @@ What it does, in `MoE.forward` order:
      own), else the weights' dtype (bf16 under FSDP2's MixedPrecisionPolicy(param_dtype=bf16))
   4. combine: outputs scaled by their gate weight and summed back per token (index_add, in the dtype
      of the layer's input, i.e. of the residual stream)
-  5. shared expert: a dense SwiGLU every token always goes through, added to the routed output
+  5. shared expert: a dense SwiGLU every token always goes through, added to the routed output (scaled
+     by sigmoid(shared_gate(x)) per token with `moe.shared_gate`, as in qwen2_moe)
   6. statistics: load-balance loss, router z-loss, token-slot counts per expert (for logging)
 
 Load-balance loss (Switch Transformer / GShard form), over the S tokens that take part:
@@ -152,7 +153,8 @@ class MoE(nn.Module):
         self.w1_EDF = nn.Parameter(torch.empty(E, D, Fh))
         self.w3_EDF = nn.Parameter(torch.empty(E, D, Fh))
         self.w2_EFD = nn.Parameter(torch.empty(E, Fh, D))
-        self.shared = SwiGLU(D, cfg.n_shared_experts * Fh) if cfg.n_shared_experts > 0 else None
+        self.shared = SwiGLU(D, cfg.shared_hidden) if cfg.shared_hidden > 0 else None
+        self.shared_gate = nn.Linear(D, 1, bias=False) if cfg.shared_gate else None
         if self.bias_update_rate > 0:  # checkpointed with the model (a buffer: no gradient, no optimizer)
             self.register_buffer("expert_bias_E", torch.zeros(E, dtype=torch.float32))
         self.grouped_mm_backend: str | None = None  # set on first forward: "grouped_mm" or "loop"
@@ -228,9 +230,13 @@ class MoE(nn.Module):
         w_A = topw_SK.flatten()[order_A].to(cdt)
         y_SD = torch.zeros_like(x_SD).index_add_(0, token_A, (y_AD * w_A[:, None]).to(x_SD.dtype))
 
-        # 5. shared expert(s), always on (padding too: cheap, dense, and keeps shapes static)
+        # 5. shared expert(s), always on (padding too: cheap, dense, and keeps shapes static), optionally
+        # scaled per token by a sigmoid gate
         if self.shared is not None:
-            y_SD = y_SD + self.shared(x_SD).to(x_SD.dtype)
+            shared_SD = self.shared(x_SD)
+            if self.shared_gate is not None:
+                shared_SD = torch.sigmoid(self.shared_gate(x_SD)) * shared_SD
+            y_SD = y_SD + shared_SD.to(x_SD.dtype)
 
         # 6. statistics over the tokens that took part
         n_tok = mask_S.sum().clamp(min=1)

@@ -1,0 +1,94 @@
+"""A training checkpoint -> a Hugging Face model folder plus the rest of the VLM (`interloom export model`).
+
+A run directory holds `config.json` (the resolved TrainConfig, written by `prepare_run`) and checkpoints
+`checkpoint_SSSSSSS/dcp` (torch.distributed.checkpoint, train/checkpoint.py). `load_trained_model` reads
+the model part of one into a VLM on the CPU in this single process (DCP reassembles the ranks' shards; no
+process group is needed); `export_model` writes its decoder with `train.model.hf.export_decoder`, in the
+HF family whose architecture equals the decoder's (qwen3_moe, qwen2_moe, mixtral, qwen3, llama), and next
+to it what interloom needs to rebuild the whole VLM:
+  interloom_model.json        our ModelConfig
+  interloom_vlm.safetensors   every tensor outside the decoder (vision tower, adapter, contrastive heads)
+  tokenizer.json              the run's tokenizer (when the run has one on disk)
+`load_exported_vlm(dir)` rebuilds the VLM from these and the HF decoder files, tensor for tensor equal to
+the checkpoint (in the dtype exported).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from train.config import TrainConfig
+from train.model.config import ModelConfig
+from train.model.hf import Family, export_decoder, load_pretrained_decoder
+from train.model.vlm import VLM
+
+log = logging.getLogger(__name__)
+
+VLM_CONFIG, VLM_REST = "interloom_model.json", "interloom_vlm.safetensors"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """`path` if it is a checkpoint directory (has dcp/), else the latest checkpoint_* inside it."""
+    path = Path(path)
+    if (path / "dcp").is_dir():
+        return path
+    found = sorted(p for p in path.glob("checkpoint_*") if (p / "dcp").is_dir())
+    if not found:
+        raise ValueError(f"{path}: neither a checkpoint (no dcp/) nor a run directory with checkpoint_*/dcp")
+    return found[-1]
+
+
+def load_trained_model(path: str | Path) -> tuple[VLM, TrainConfig, Path]:
+    """(model with the checkpoint's weights, the run's config, the checkpoint directory read)."""
+    import torch.distributed.checkpoint as dcp
+
+    ckpt = find_checkpoint(path)
+    config_path = ckpt.parent / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"{ckpt}: no config.json in its run directory {ckpt.parent}")
+    cfg = TrainConfig.model_validate(json.loads(config_path.read_text()))
+    model = VLM(cfg.model)
+    state = {"model": model.state_dict()}
+    dcp.load(state, checkpoint_id=str(ckpt / "dcp"))
+    model.load_state_dict(state["model"])
+    log.info("loaded %s (step %s)", ckpt, json.loads((ckpt / "trainer.json").read_text()).get("step")
+             if (ckpt / "trainer.json").is_file() else "?")
+    return model.eval(), cfg, ckpt
+
+
+def export_model(path: str | Path, out_dir: str | Path, family: str | None = None,
+                 dtype: str = "float32") -> Family:
+    """Write the checkpoint's (or the run's latest) decoder as an HF folder `out_dir`, plus the rest of
+    the VLM, its config and tokenizer (module docstring)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"export: dtype {dtype!r} not in {sorted(DTYPES)}")
+    model, cfg, _ = load_trained_model(path)
+    model = model.to(DTYPES[dtype])
+    fam = export_decoder(model.decoder, out_dir, family=family)
+    out = Path(out_dir)
+    rest = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("decoder.")}
+    save_file(rest, out / VLM_REST, metadata={"format": "pt"})
+    (out / VLM_CONFIG).write_text(cfg.model.model_dump_json(indent=2) + "\n")
+    if Path(cfg.data.tokenizer).is_file():
+        shutil.copyfile(cfg.data.tokenizer, out / "tokenizer.json")
+    return fam
+
+
+def load_exported_vlm(out_dir: str | Path) -> VLM:
+    """The VLM of an `export_model` folder: decoder from the HF files, the rest from interloom_vlm.safetensors."""
+    out = Path(out_dir)
+    if not (out / VLM_CONFIG).is_file():
+        raise ValueError(f"{out}: no {VLM_CONFIG} (not written by `interloom export model`)")
+    cfg = ModelConfig.model_validate_json((out / VLM_CONFIG).read_text())
+    _, decoder_state, _ = load_pretrained_decoder(out, cfg)
+    rest = load_file(out / VLM_REST)
+    model = VLM(cfg).to(next(iter(rest.values())).dtype)
+    model.load_state_dict(rest | {f"decoder.{k}": v for k, v in decoder_state.items()}, strict=True)
+    return model.eval()
