@@ -1,0 +1,323 @@
+"""Which images of a page belong to its main content: DOM features per image and a small logistic model.
+
+`crawl.extract` hands every normalised `<img>` of a page (junk by hard rule already gone: trackers, pixels,
+data: URIs, SVG) to `image_features`, which describes it by page-independent features: where it sits
+relative to the text blocks trafilatura extracted (inside the content container, before the first block, after
+the last, how many characters away from the nearest block), what wraps it (a link to another page with a
+title = a teaser card, repeated sibling cards with images = a teaser grid, `aside`/`nav`/`footer`, blocks whose
+class or id says related / comments / ads / share / navigation, `figure`, `picture`, a table), its declared
+size, its alt text against the extracted text, and its URL (chrome-like path words, a file extension or none).
+
+`ImageModel` is a logistic regression over those features (standardised), stored as a small JSON file
+(`image_model.json` next to this module; numpy only, no pickle). `bench/train_image_model.py` rebuilds it
+from the dev gold and silver labels; `bench/extraction.py` fits the same model inside site-grouped folds to
+measure how it carries to sites it was not trained on. A kept image is one whose probability reaches the
+model's threshold (chosen for F1 on the training pages); a dropped one gets the reason of the feature that
+pushed it down most (e.g. `image_model:teaser_card`), which the build records in its rejects.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+from lxml import etree
+
+MODEL_PATH = Path(__file__).with_name("image_model.json")
+
+# Class/id words of the blocks around an image, by kind (each kind is one feature).
+_TOKEN_KINDS = {
+    "related": r"related|recommended|recommendations?|promo|promos|teasers?|trending|popular|most-?read|"
+               r"more-?stories|read-?more|outbrain|taboola|recirc|carousel|cards?|tiles?|feed|list-?item|hub",
+    "comments": r"comments?|reply|replies|disqus|discussion|respond",
+    "chrome": r"nav|navigation|menu|footer|header|masthead|breadcrumbs?|sidebar|rail|widget|toolbar|topbar",
+    "ads": r"ad|ads|advert|advertisement|adslot|banner|sponsor|sponsored|dfp|gpt|leaderboard|commercial",
+    "social": r"share|sharing|social|author|byline|avatar|profile|bio|newsletter|subscribe|follow",
+    "media": r"figure|image|img|photo|picture|media|gallery|hero|lead|featured|caption|slideshow|inline",
+}
+_TOKEN_RE = {k: re.compile(rf"(^|[_-])({v})([_-]|$)", re.I) for k, v in _TOKEN_KINDS.items()}
+_SPLIT_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
+_CHROME_URL = re.compile(
+    r"(/|^|[._-])(icons?|logos?|avatars?|badges?|buttons?|btns?|sprites?|emoji|emoticons?|smil(ies|eys)|"
+    r"share|social|flags?|rating|stars?|thumbs?|thumbnails?|ads?|banners?|promo|sponsors?|widgets?|"
+    r"profile|users?|authors?|gravatar|rss|feed)(/|[._-]|$)", re.I)
+_IMAGE_EXT = re.compile(r"\.(jpe?g|png|webp|gif|avif|bmp|tiff?)$", re.I)
+WORD = re.compile(r"\w{3,}")
+_ANCESTOR_LEVELS = 8  # how far up an image's wrappers are looked at
+_GRID_LEVELS = 5  # how far up a repeated card structure is looked for
+_GRID_SIBLINGS = 40  # siblings looked at per level (bounds the cost on long lists)
+
+FEATURES = (
+    "in_container",  # inside the main content container (or the page has none)
+    "dom_steps_out",  # levels from the image up to an element that holds the container, /6 (0 inside)
+    "before_first_block",  # above the first extracted block
+    "after_last_block",  # below the last extracted block
+    "inside_block",  # inside the text of an extracted block (an inline picture)
+    "log_chars_to_block",  # log1p(characters of page text to the nearest extracted block) / 8
+    "lead_zone",  # above the first block with at most 300 characters between them
+    "page_position",  # offset in the page text / page text length
+    "teaser_card",  # wrapped in a link to another page whose text is 15+ characters (a card title)
+    "link_to_page",  # wrapped in a link to another page (not an image file)
+    "link_to_image",  # wrapped in a link to an image file (a lightbox / full-size link)
+    "grid",  # an ancestor has 2+ siblings of the same tag and class that hold images (a card grid / gallery)
+    "grid_cards",  # ... and those siblings link to other pages with titles (a teaser grid, not a gallery)
+    "tok_related", "tok_comments", "tok_chrome", "tok_ads", "tok_social", "tok_media",
+    "tag_aside_nav_footer",  # inside <aside>, <nav>, <footer> or <header>
+    "tag_figure",  # inside <figure> (or next to a <figcaption>)
+    "tag_picture",
+    "tag_table",
+    "tag_list",  # inside <li>
+    "link_density",  # share of link text in the nearest ancestor with 100+ characters of text
+    "has_size", "log_size",  # declared width/height present; log2 of the larger one / 10
+    "small",  # declared larger side under 100 px
+    "has_alt", "alt_overlap",  # alt/title text present; share of its words found in the extracted text
+    "url_chrome",  # path words of site chrome (icons, logos, avatars, thumbs, ads, banners, ...)
+    "url_no_ext",  # no image file extension in the path (query-signed CDN URLs)
+    "url_gif",
+    "same_site",  # image host shares the page's last two host labels
+    "many_images",  # log1p(images on the page) / 5
+)
+
+
+@dataclass
+class Block:
+    """An extracted text block located in the page text: [start, end) offsets, and its item index."""
+
+    item: int
+    start: int
+    end: int
+
+
+def is_ancestor(a: etree._Element, b: etree._Element) -> bool:
+    while b is not None:
+        if b is a:
+            return True
+        b = b.getparent()
+    return False
+
+
+def _tokens_of(el: etree._Element) -> str:
+    attrs = f"{el.get('class') or ''} {el.get('id') or ''} {el.get('role') or ''}"
+    return _SPLIT_CAMEL.sub("-", attrs)
+
+
+def _link_text_len(a: etree._Element) -> int:
+    return len(" ".join("".join(a.itertext()).split()))
+
+
+def _is_image_href(href: str) -> bool:
+    return bool(_IMAGE_EXT.search(urlsplit(href.strip()).path))
+
+
+def _grid(img: etree._Element, stop: etree._Element | None) -> tuple[bool, bool]:
+    """Whether an ancestor of `img` (below `stop`) repeats as 2+ same-tag same-class siblings that hold
+    images (a grid), and whether those cards link to other pages with a title (a teaser grid)."""
+    el = img.getparent()
+    for _ in range(_GRID_LEVELS):
+        parent = el.getparent() if el is not None else None
+        if el is None or parent is None or el is stop:
+            break
+        key = (el.tag, el.get("class") or "")
+        same = 0
+        titled = 0
+        for i, sib in enumerate(parent):
+            if i >= _GRID_SIBLINGS:
+                break
+            if sib is el or sib.tag != key[0] or (sib.get("class") or "") != key[1]:
+                continue
+            if next(sib.iter("img"), None) is None:
+                continue
+            same += 1
+            if any(_link_text_len(a) >= 15 and not _is_image_href(a.get("href") or "") for a in sib.iter("a")):
+                titled += 1
+        if same >= 2:
+            return True, titled >= 2
+        el = parent
+    return False, False
+
+
+def _link_density(img: etree._Element) -> float:
+    el = img.getparent()
+    for _ in range(_ANCESTOR_LEVELS):
+        if el is None:
+            return 0.0
+        text = "".join(el.itertext())
+        n = len(text.split())
+        if n >= 20:
+            linked = sum(len("".join(a.itertext()).split()) for a in el.iter("a"))
+            return min(1.0, linked / n)
+        el = el.getparent()
+    return 0.0
+
+
+def image_features(img: etree._Element, at: int, alt: str, url: str, page_url: str, page_len: int,
+                   blocks: list[Block], container: etree._Element | None, text_words: set[str],
+                   n_images: int) -> list[float]:
+    """The feature vector of one image (in `FEATURES` order). `at` is its offset in the squashed page text,
+    `blocks` the extracted blocks sorted by start offset (at least one)."""
+    f = dict.fromkeys(FEATURES, 0.0)
+    starts = [b.start for b in blocks]
+    k = bisect.bisect_right(starts, at)
+    first, last_end = blocks[0].start, max(b.end for b in blocks)
+    inside = k > 0 and blocks[k - 1].start <= at < blocks[k - 1].end
+    if inside:
+        dist = 0
+    else:
+        dist = min([starts[k] - at] if k < len(blocks) else [at - last_end]
+                   + ([at - blocks[k - 1].end] if k > 0 else []))
+        dist = max(0, dist)
+    f["inside_block"] = float(inside)
+    f["before_first_block"] = float(at < first)
+    f["after_last_block"] = float(at >= last_end)
+    f["log_chars_to_block"] = math.log1p(dist) / 8
+    f["lead_zone"] = float(at < first and first - at <= 300)
+    f["page_position"] = at / page_len if page_len else 0.0
+    if container is None or is_ancestor(container, img):
+        f["in_container"] = 1.0
+    else:
+        steps, el = 0, img.getparent()
+        while el is not None and not is_ancestor(el, container):
+            steps += 1
+            el = el.getparent()
+        f["dom_steps_out"] = min(steps, 6) / 6
+    f["tag_picture"] = float(img.get("data-in-picture") == "1")
+    el, depth = img, 0  # the image's own class/id first, then its wrappers
+    while el is not None and depth < _ANCESTOR_LEVELS and el.tag not in ("body", "html"):
+        depth += 1
+        tag = el.tag if isinstance(el.tag, str) else ""
+        if tag == "a":
+            href = el.get("href") or ""
+            if _is_image_href(href):
+                f["link_to_image"] = 1.0
+            elif href and not href.startswith("#"):
+                f["link_to_page"] = 1.0
+                if _link_text_len(el) >= 15:
+                    f["teaser_card"] = 1.0
+        elif tag in ("aside", "nav", "footer", "header"):
+            f["tag_aside_nav_footer"] = 1.0
+        elif tag == "figure" or (tag and el.find("figcaption") is not None):
+            f["tag_figure"] = 1.0
+        elif tag in ("table", "td"):
+            f["tag_table"] = 1.0
+        elif tag == "li":
+            f["tag_list"] = 1.0
+        words = _tokens_of(el)
+        if words.strip():
+            for token in words.split():
+                for kind, rx in _TOKEN_RE.items():
+                    if rx.search(token):
+                        f[f"tok_{kind}"] = 1.0
+        el = el.getparent()
+    grid, cards = _grid(img, container)
+    f["grid"], f["grid_cards"] = float(grid), float(cards)
+    f["link_density"] = _link_density(img)
+    w, h = int_attr(img.get("width")), int_attr(img.get("height"))
+    side = max(w or 0, h or 0)
+    if side:
+        f["has_size"] = 1.0
+        f["log_size"] = math.log2(side) / 10
+        f["small"] = float(side < 100)
+    if alt:
+        f["has_alt"] = 1.0
+        words = {w.lower() for w in WORD.findall(alt)}
+        if words:
+            f["alt_overlap"] = len(words & text_words) / len(words)
+    parts = urlsplit(url)
+    path = parts.path
+    f["url_chrome"] = float(bool(_CHROME_URL.search(path)))
+    f["url_no_ext"] = float(not _IMAGE_EXT.search(path))
+    f["url_gif"] = float(path.lower().endswith(".gif"))
+    host, page_host = (parts.hostname or ""), (urlsplit(page_url).hostname or "")
+    f["same_site"] = float(host.split(".")[-2:] == page_host.split(".")[-2:])
+    f["many_images"] = math.log1p(n_images) / 5
+    return [f[name] for name in FEATURES]
+
+
+def int_attr(value: str | None) -> int | None:
+    if not value:
+        return None
+    m = re.match(r"\s*(\d+)(\.\d+)?\s*(px)?\s*$", value)
+    return int(m.group(1)) if m else None
+
+
+# ---- the model -----------------------------------------------------------------------------------------
+@dataclass
+class ImageModel:
+    """Logistic regression over standardised features: p = sigmoid(w . (x - mean) / scale + b)."""
+
+    features: tuple[str, ...]
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray
+    bias: float
+    threshold: float = 0.5
+    note: str = ""
+
+    def probabilities(self, x_NF: np.ndarray) -> np.ndarray:
+        z_N = ((x_NF - self.mean) / self.scale) @ self.weights + self.bias
+        return 1.0 / (1.0 + np.exp(-z_N))
+
+    def drop_reason(self, x_F: np.ndarray) -> str:
+        """The feature that pushed this image down most (its contribution against the average image)."""
+        contrib_F = (x_F - self.mean) / self.scale * self.weights
+        return f"image_model:{self.features[int(np.argmin(contrib_F))]}"
+
+    def to_dict(self) -> dict:
+        return {"kind": "logistic_regression", "note": self.note, "threshold": self.threshold,
+                "bias": self.bias, "features": list(self.features), "mean": self.mean.round(6).tolist(),
+                "scale": self.scale.round(6).tolist(), "weights": self.weights.round(6).tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "image model") -> ImageModel:
+        if d.get("kind") != "logistic_regression":
+            raise ValueError(f"{where}: kind must be 'logistic_regression', got {d.get('kind')!r}")
+        features = tuple(d["features"])
+        if features != FEATURES:
+            raise ValueError(f"{where}: features {features} differ from the code's {FEATURES}; rebuild it with "
+                             "bench/train_image_model.py")
+        arrays = [np.asarray(d[k], dtype=np.float64) for k in ("mean", "scale", "weights")]
+        if any(a.shape != (len(features),) for a in arrays):
+            raise ValueError(f"{where}: mean/scale/weights must each hold {len(features)} numbers")
+        return cls(features, *arrays, bias=float(d["bias"]), threshold=float(d["threshold"]),
+                   note=str(d.get("note", "")))
+
+    @classmethod
+    def load(cls, path: Path = MODEL_PATH) -> ImageModel:
+        return cls.from_dict(json.loads(Path(path).read_text()), where=str(path))
+
+
+def fit_logistic(x_NF: np.ndarray, y_N: np.ndarray, l2: float = 1.0, steps: int = 30) -> ImageModel:
+    """L2-regularised logistic regression by Newton's method on standardised features; the threshold is the
+    one with the best F1 on the training rows."""
+    mean_F = x_NF.mean(axis=0)
+    scale_F = x_NF.std(axis=0)
+    scale_F[scale_F < 1e-6] = 1.0
+    z_NF = np.hstack([(x_NF - mean_F) / scale_F, np.ones((len(x_NF), 1))])
+    w = np.zeros(z_NF.shape[1])
+    reg = np.full(z_NF.shape[1], l2)
+    reg[-1] = 0.0  # the bias is not shrunk
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(z_NF @ w)))
+        grad = z_NF.T @ (p - y_N) + reg * w
+        hess = (z_NF * (p * (1 - p))[:, None]).T @ z_NF + np.diag(reg) + 1e-9 * np.eye(len(w))
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    model = ImageModel(FEATURES, mean_F, scale_F, w[:-1], float(w[-1]))
+    p = model.probabilities(x_NF)
+    best_t, best_f1 = 0.5, -1.0
+    for t in np.arange(0.2, 0.81, 0.05):
+        keep = p >= t
+        tp = float((keep & (y_N > 0.5)).sum())
+        f1 = 2 * tp / (keep.sum() + (y_N > 0.5).sum()) if keep.sum() + (y_N > 0.5).sum() else 0.0
+        if f1 > best_f1 + 1e-9:
+            best_t, best_f1 = float(t), f1
+    model.threshold = round(best_t, 2)
+    return model
