@@ -155,7 +155,7 @@ def training_rows(pages: list[Page], parts: list[ExtractParts | None]) -> tuple[
     return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
 
 
-def fit_image_model(pages: list[Page], parts: list[ExtractParts | None], l2: float = 1.0) -> ImageModel:
+def fit_image_model(pages: list[Page], parts: list[ExtractParts | None], l2: float = 10.0) -> ImageModel:
     x_NF, y_N = training_rows(pages, parts)
     return fit_logistic(x_NF, y_N, l2=l2)
 
@@ -174,7 +174,7 @@ def text_score(scores: dict[str, dict[str, float]]) -> float:
     return float(np.mean([scores[r]["f1"] for r in TEXT_ROWS if r in scores]))
 
 
-def cross_validate(pages: list[Page], parts: dict[str, list[ExtractParts | None]], l2: float = 1.0,
+def cross_validate(pages: list[Page], parts: dict[str, list[ExtractParts | None]], l2: float = 10.0,
                    ) -> tuple[list[Output], dict[int, str]]:
     """Site-grouped k-fold outputs: per fold, the focus and the image model are chosen on the other folds."""
     folds = site_folds(pages)
@@ -197,7 +197,7 @@ _NO_IMAGES = ImageModel(FEATURES, np.zeros(len(FEATURES)), np.ones(len(FEATURES)
                         -50.0)  # keeps no image: text-only scoring
 
 
-def in_sample(pages: list[Page], parts: dict[str, list[ExtractParts | None]], l2: float = 1.0,
+def in_sample(pages: list[Page], parts: dict[str, list[ExtractParts | None]], l2: float = 10.0,
               ) -> tuple[list[Output], str, ImageModel]:
     best = max(parts, key=lambda fo: text_score(score(pages, outputs_of(parts[fo], _NO_IMAGES))))
     model = fit_image_model(pages, parts[best], l2=l2)
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="at most N pages per gold set")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     ap.add_argument("--no-peers", action="store_true", help="interloom rows only")
-    ap.add_argument("--l2", type=float, default=1.0, help="L2 penalty of the image model")
+    ap.add_argument("--l2", type=float, default=10.0, help="L2 penalty of the image model")
     ap.add_argument("--speed", type=int, default=0, metavar="ROUNDS",
                     help="only measure extract_document's pages/s (best of ROUNDS) and print it")
     args = ap.parse_args(argv)

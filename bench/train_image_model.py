@@ -5,7 +5,7 @@ Labels: the readability gold images where a page has them, Readability.js silver
 so the shipped model sees what the build sees. bench/extraction.py fits the same model inside site-grouped
 folds to measure how well it carries to unseen sites.
 
-    .venv/bin/python -m bench.train_image_model [--l2 1.0] [--out crawl/image_model.json]
+    .venv/bin/python -m bench.train_image_model [--l2 10] [--out crawl/image_model.json]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from crawl.image_select import MODEL_PATH
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DATA, help="the shared real-data folder")
-    ap.add_argument("--l2", type=float, default=1.0, help="L2 penalty")
+    ap.add_argument("--l2", type=float, default=10.0, help="L2 penalty")
     ap.add_argument("--out", type=Path, default=MODEL_PATH)
     args = ap.parse_args(argv)
     if not (args.data / "dev" / "html" / "manifest.jsonl").is_file():

@@ -166,6 +166,16 @@ _HIRES_ATTRS = ("data-hi-res-src", "data-full-src", "data-large-src")
 _SRCSET_ATTRS = ("data-srcset", "data-lazy-srcset", "srcset")
 _PLACEHOLDER = re.compile(r"(^data:)|(blank|spacer|placeholder|transparent|pixel|lazy|loading|grey|gray|"
                           r"empty|1x1|dummy)[^/]*\.(gif|png|jpe?g|webp|svg)", re.I)
+# Directory names and file-name starts that mark site chrome rather than content.
+_JUNK_PATH = re.compile(
+    r"(/|^)(icons?|logos?|avatars?|badges?|buttons?|btns?|sprites?|emoji|emoticons?|smilies|smileys|spacers?|"
+    r"pixels?|tracking|tracker|beacons?|share|social|flags|rating|stars)(/|[._-])|"
+    r"/(spacer|pixel|blank|clear|transparent|1x1|tracking|tracker|beacon|logo|icon|favicon|avatar|badge|button|"
+    r"btn|sprite|gravatar|feed-icon|rss|loader|loading|spinner)[^/]*$|"
+    r"/[^/]*-(logo|icon|avatar|badge|button|sprite)s?[-.][^/]*$|"  # site-logo.png (not Wiki_File_logo.png)
+    r"/(facebook|twitter|pinterest|linkedin|whatsapp|reddit|email|e-mail|mail|print|share)([._-][^/]*)?$",
+    re.I,
+)
 _JUNK_HOSTS = re.compile(r"(^|\.)(doubleclick\.net|google-analytics\.com|googletagmanager\.com|facebook\.com|"
                          r"scorecardresearch\.com|quantserve\.com|gravatar\.com|pixel\.[a-z.]+|stats\.[a-z.]+|"
                          r"feeds\.feedburner\.com|b\.scorecardresearch\.com|sb\.scorecardresearch\.com)$", re.I)
@@ -245,8 +255,10 @@ def _image_url(img: etree._Element, prefer_largest: bool = False) -> str | None:
 
 
 def junk_reason(url: str, width: int | None, height: int | None) -> str | None:
-    """Why an image can never be content, by hard rule: not an http(s)/file URL, a data: URI, a pixel or
-    icon-sized declared size, SVG/ICO, a tracker host (None otherwise: `crawl.image_select` decides)."""
+    """Why an image can never be content, by hard rule: not an http(s)/file URL, a data: URI, a
+    declared size of at most 2 px (a pixel) or an icon size (both sides <= 32 px), SVG/ICO, a tracker host, a path that
+    names site chrome (icons, logos, avatars, sprites, spacers, share buttons); None otherwise: the image model
+    of `crawl.image_select` decides."""
     if url.startswith("data:"):
         return "data_uri"
     parts = urlsplit(url)
@@ -254,13 +266,15 @@ def junk_reason(url: str, width: int | None, height: int | None) -> str | None:
         return "not_http"
     if (width is not None and width <= 2) or (height is not None and height <= 2):
         return "pixel"
+    path = parts.path.lower()
     if width is not None and height is not None and width <= 32 and height <= 32:
         return "icon_size"
-    path = parts.path.lower()
     if path.endswith(".svg") or path.endswith(".svgz") or path.endswith(".ico"):
         return "svg_or_ico"
     if _JUNK_HOSTS.search(parts.hostname or ""):
         return "tracker_host"
+    if _JUNK_PATH.search(path):
+        return "chrome_path"
     return None
 
 
