@@ -51,7 +51,7 @@ import trafilatura
 from charset_normalizer import from_bytes
 from lxml import etree
 
-from crawl.image_select import WORD, Block, ImageModel, image_features, int_attr, is_ancestor
+from crawl.image_select import WORD, Block, ImageModel, PageContext, image_features, int_attr, is_ancestor
 from crawl.page import RawPage
 from pipeline.config import Section
 from pipeline.record import Document, Image, make_doc_id
@@ -173,7 +173,8 @@ _JUNK_PATH = re.compile(
     r"/(spacer|pixel|blank|clear|transparent|1x1|tracking|tracker|beacon|logo|icon|favicon|avatar|badge|button|"
     r"btn|sprite|gravatar|feed-icon|rss|loader|loading|spinner)[^/]*$|"
     r"/[^/]*-(logo|icon|avatar|badge|button|sprite)s?[-.][^/]*$|"  # site-logo.png (not Wiki_File_logo.png)
-    r"/(facebook|twitter|pinterest|linkedin|whatsapp|reddit|email|e-mail|mail|print|share)([._-][^/]*)?$",
+    r"/(facebook|twitter|pinterest|linkedin|whatsapp|reddit|email|e-mail|mail|print|share)"  # share buttons
+    r"([._-](icon|logo|button|btn|share|small|\d{2}(x\d{2})?)[^/]*)?\.(png|gif|jpe?g|webp)$",  # not WhatsApp-Image-*
     re.I,
 )
 _JUNK_HOSTS = re.compile(r"(^|\.)(doubleclick\.net|google-analytics\.com|googletagmanager\.com|facebook\.com|"
@@ -549,12 +550,12 @@ def _image_candidates(tree: etree._Element, items: list[tuple[str, object]], rec
     blocks = sorted((Block(i, start, end) for i, start, end in anchors), key=lambda b: b.start)
     starts = [b.start for b in blocks]
     text_words = {w.lower() for kind, text in items if kind == "text" for w in WORD.findall(str(text))}
+    ctx = PageContext(url, len(page.text), blocks, container, holds, text_words, len(page.images))
     candidates = []
     for at, n, img in page.images:
         k = bisect.bisect_left(starts, at)
         rec = records[n]
-        features = image_features(img, at, rec.alt, rec.url, url, len(page.text), blocks, container,
-                                  text_words, len(page.images))
+        features = image_features(img, at, rec.alt, rec.url, ctx)
         candidates.append(_Candidate(n, blocks[k].item if k < len(blocks) else -1, features))
     return candidates, unplaced
 

@@ -82,6 +82,12 @@ FEATURES = (
     "url_gif",
     "same_site",  # image host shares the page's last two host labels
     "many_images",  # log1p(images on the page) / 5
+    "unlikely",  # an ancestor fails Readability's unlikely-candidate test (class/id words, ARIA role)
+    "hidden",  # an ancestor is hidden (hidden, aria-hidden, display:none)
+    "levels_to_text",  # DOM levels up to the first ancestor holding an extracted block, /8
+    "text_share_at_join",  # share of the extracted blocks that ancestor holds
+    "block_images",  # log1p(images in the nearest block wrapper holding more than this image) / 4
+    "block_few_paragraphs",  # that wrapper has 2+ images and fewer than half as many <p> (Readability's test)
 )
 
 
@@ -156,13 +162,73 @@ def _link_density(img: etree._Element) -> float:
     return 0.0
 
 
-def image_features(img: etree._Element, at: int, alt: str, url: str, page_url: str, page_len: int,
-                   blocks: list[Block], container: etree._Element | None, text_words: set[str],
-                   n_images: int) -> list[float]:
-    """The feature vector of one image (in `FEATURES` order). `at` is its offset in the squashed page text,
-    `blocks` the extracted blocks sorted by start offset (at least one)."""
+@dataclass
+class PageContext:
+    """What the features of all images of one page share."""
+
+    url: str
+    text_len: int  # length of the squashed page text
+    blocks: list[Block]  # extracted blocks located in the page, sorted by start offset (at least one)
+    container: etree._Element | None  # the main content container (None: the whole page)
+    holds: dict[etree._Element, int]  # element -> how many located blocks it holds
+    text_words: set[str]  # lower-cased words (3+ characters) of the extracted text
+    n_images: int
+
+    def __post_init__(self) -> None:
+        self.starts = [b.start for b in self.blocks]
+
+
+_UNLIKELY = re.compile(r"-ad-|ai2html|banner|breadcrumbs|combx|comment|community|cover-wrap|disqus|extra|footer|"
+                       r"gdpr|header|legends|menu|related|remark|replies|rss|shoutbox|sidebar|skyscraper|social|"
+                       r"sponsor|supplemental|ad-break|agegate|pagination|pager|popup|yom-remote", re.I)
+_MAYBE = re.compile(r"and|article|body|column|content|main|mathjax|shadow", re.I)
+_UNLIKELY_ROLES = {"menu", "menubar", "complementary", "navigation", "alert", "alertdialog", "dialog"}
+_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
+
+
+def _page_structure(img: etree._Element, f: dict[str, float], ctx: PageContext) -> None:
+    """Features over all ancestors: Readability's unlikely-candidate test (class/id words, roles), hidden
+    wrappers, and where the image joins the extracted text in the DOM."""
+    el, levels, joined = img.getparent(), 0, False
+    while el is not None and el.tag not in ("body", "html"):
+        attrs = f"{el.get('class') or ''} {el.get('id') or ''}"
+        if (_UNLIKELY.search(attrs) and not _MAYBE.search(attrs)) or el.get("role") in _UNLIKELY_ROLES:
+            f["unlikely"] = 1.0
+        if el.get("hidden") is not None or el.get("aria-hidden") == "true" or _HIDDEN_STYLE.search(
+                el.get("style") or ""):
+            f["hidden"] = 1.0
+        if not joined:
+            levels += 1
+            if ctx.holds.get(el):
+                joined = True
+                f["levels_to_text"] = min(levels, 8) / 8
+                f["text_share_at_join"] = ctx.holds[el] / len(ctx.blocks)
+        el = el.getparent()
+    if not joined:
+        f["levels_to_text"] = 1.0
+        f["text_share_at_join"] = 1.0
+    block = img.getparent()  # the nearest block-level wrapper holding more than this image (6 levels up)
+    for _ in range(6):
+        if block is None or block.tag in ("body", "html"):
+            return
+        if block.tag in _BLOCKS:
+            n_img = len(block.findall(".//img"))
+            if n_img >= 2 or len("".join(block.itertext()).strip()) >= 25:
+                n_p = len(block.findall(".//p"))
+                f["block_images"] = math.log1p(n_img) / 4
+                f["block_few_paragraphs"] = float(n_img > 1 and n_p / n_img < 0.5)
+                return
+        block = block.getparent()
+
+
+_BLOCKS = {"div", "section", "ul", "ol", "table", "aside", "article", "main", "figure", "header", "footer",
+           "nav", "p", "li", "td", "body", "html"}
+
+
+def image_features(img: etree._Element, at: int, alt: str, url: str, ctx: PageContext) -> list[float]:
+    """The feature vector of one image (in `FEATURES` order); `at` is its offset in the squashed page text."""
     f = dict.fromkeys(FEATURES, 0.0)
-    starts = [b.start for b in blocks]
+    blocks, starts, container, page_len = ctx.blocks, ctx.starts, ctx.container, ctx.text_len
     k = bisect.bisect_right(starts, at)
     first, last_end = blocks[0].start, max(b.end for b in blocks)
     inside = k > 0 and blocks[k - 1].start <= at < blocks[k - 1].end
@@ -214,6 +280,7 @@ def image_features(img: etree._Element, at: int, alt: str, url: str, page_url: s
                     if rx.search(token):
                         f[f"tok_{kind}"] = 1.0
         el = el.getparent()
+    _page_structure(img, f, ctx)
     grid, cards = _grid(img, container)
     f["grid"], f["grid_cards"] = float(grid), float(cards)
     f["link_density"] = _link_density(img)
@@ -227,15 +294,15 @@ def image_features(img: etree._Element, at: int, alt: str, url: str, page_url: s
         f["has_alt"] = 1.0
         words = {w.lower() for w in WORD.findall(alt)}
         if words:
-            f["alt_overlap"] = len(words & text_words) / len(words)
+            f["alt_overlap"] = len(words & ctx.text_words) / len(words)
     parts = urlsplit(url)
     path = parts.path
     f["url_chrome"] = float(bool(_CHROME_URL.search(path)))
     f["url_no_ext"] = float(not _IMAGE_EXT.search(path))
     f["url_gif"] = float(path.lower().endswith(".gif"))
-    host, page_host = (parts.hostname or ""), (urlsplit(page_url).hostname or "")
+    host, page_host = (parts.hostname or ""), (urlsplit(ctx.url).hostname or "")
     f["same_site"] = float(host.split(".")[-2:] == page_host.split(".")[-2:])
-    f["many_images"] = math.log1p(n_images) / 5
+    f["many_images"] = math.log1p(ctx.n_images) / 5
     return [f[name] for name in FEATURES]
 
 
