@@ -54,6 +54,7 @@ DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
 FAKEHOST = "http://fakehost/test/page.html"  # the page URL Readability's test suite used for URL-less pages
 FOCUS = ("precision", "balanced", "recall")
 FOLDS = 10
+L2_GRID = (3.0, 10.0, 30.0)  # L2 penalties of the image model, chosen by inner site-grouped CV
 TEXT_ROWS = ("trafilatura snippets", "scrapinghub tokens", "readability tokens")
 ROWS = (*TEXT_ROWS, "gold images", "silver images")
 
@@ -143,15 +144,22 @@ def compute_parts(pages: list[Page], focus: str) -> list[ExtractParts | None]:
 
 
 def training_rows(pages: list[Page], parts: list[ExtractParts | None]) -> tuple[np.ndarray, np.ndarray]:
-    """Features and labels (1: the image's URL is in the page's labels) of every candidate image."""
+    """Features and labels (1: the image's URL is in the page's labels) of the candidate images, one row per
+    URL and page (its first occurrence: the scores count URLs, and one placeholder repeated 60 times on a
+    page must not weigh as 60 images)."""
     xs, ys = [], []
     for page, pt in zip(pages, parts):
         if pt is None:
             continue
         labels = page.image_labels
+        seen = set()
         for c in pt.candidates:
+            url = norm_image_url(pt.records[c.n].url)
+            if url in seen:
+                continue
+            seen.add(url)
             xs.append(c.features)
-            ys.append(float(norm_image_url(pt.records[c.n].url) in labels))
+            ys.append(float(url in labels))
     return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
 
 
@@ -174,21 +182,50 @@ def text_score(scores: dict[str, dict[str, float]]) -> float:
     return float(np.mean([scores[r]["f1"] for r in TEXT_ROWS if r in scores]))
 
 
-def cross_validate(pages: list[Page], parts: dict[str, list[ExtractParts | None]], l2: float = 10.0,
-                   ) -> tuple[list[Output], dict[int, str]]:
-    """Site-grouped k-fold outputs: per fold, the focus and the image model are chosen on the other folds."""
+def choose_l2(pages: list[Page], parts: list[ExtractParts | None], grid: tuple[float, ...] = L2_GRID,
+              k: int = 5) -> float:
+    """The L2 penalty with the best mean image F1 (gold and silver) in a site-grouped k-fold CV over `pages`."""
+    folds = site_folds(pages, k)
+    best, best_f1 = grid[0], -1.0
+    for l2 in grid:
+        outs: list[Output | None] = [None] * len(pages)
+        for f in range(k):
+            train = [i for i, g in enumerate(folds) if g != f]
+            test = [i for i, g in enumerate(folds) if g == f]
+            model = fit_image_model([pages[i] for i in train], [parts[i] for i in train], l2=l2)
+            for i, out in zip(test, outputs_of([parts[i] for i in test], model)):
+                outs[i] = out
+        s = score(pages, outs)
+        f1 = float(np.mean([s[r]["f1"] for r in ("gold images", "silver images") if r in s]))
+        if f1 > best_f1:
+            best, best_f1 = l2, f1
+    return best
+
+
+def choose_focus(pages: list[Page], parts: dict[str, list[ExtractParts | None]]) -> str:
+    """trafilatura's focus with the best mean text F1 over the three gold sets on `pages`."""
+    return max(parts, key=lambda fo: text_score(score(pages, outputs_of(parts[fo], _NO_IMAGES))))
+
+
+def fit_all(pages: list[Page], parts: dict[str, list[ExtractParts | None]]) -> tuple[str, float, ImageModel]:
+    """Everything interloom chooses by looking at labels, chosen on `pages` only: focus, L2 penalty, model."""
+    focus = choose_focus(pages, parts)
+    l2 = choose_l2(pages, parts[focus])
+    return focus, l2, fit_image_model(pages, parts[focus], l2=l2)
+
+
+def cross_validate(pages: list[Page], parts: dict[str, list[ExtractParts | None]],
+                   ) -> tuple[list[Output], dict[int, tuple[str, float]]]:
+    """Site-grouped k-fold outputs: per fold, focus, L2 penalty and image model are chosen on the other folds."""
     folds = site_folds(pages)
     outs: list[Output | None] = [None] * len(pages)
     chosen = {}
     for k in sorted(set(folds)):
         train = [i for i, f in enumerate(folds) if f != k]
         test = [i for i, f in enumerate(folds) if f == k]
-        tr_pages = [pages[i] for i in train]
-        best = max(parts, key=lambda fo: text_score(score(tr_pages, outputs_of([parts[fo][i] for i in train],
-                                                                                   _NO_IMAGES))))
-        chosen[k] = best
-        model = fit_image_model(tr_pages, [parts[best][i] for i in train], l2=l2)
-        for i, out in zip(test, outputs_of([parts[best][i] for i in test], model)):
+        focus, l2, model = fit_all([pages[i] for i in train], {fo: [p[i] for i in train] for fo, p in parts.items()})
+        chosen[k] = (focus, l2)
+        for i, out in zip(test, outputs_of([parts[focus][i] for i in test], model)):
             outs[i] = out
     return outs, chosen
 
@@ -197,11 +234,10 @@ _NO_IMAGES = ImageModel(FEATURES, np.zeros(len(FEATURES)), np.ones(len(FEATURES)
                         -50.0)  # keeps no image: text-only scoring
 
 
-def in_sample(pages: list[Page], parts: dict[str, list[ExtractParts | None]], l2: float = 10.0,
-              ) -> tuple[list[Output], str, ImageModel]:
-    best = max(parts, key=lambda fo: text_score(score(pages, outputs_of(parts[fo], _NO_IMAGES))))
-    model = fit_image_model(pages, parts[best], l2=l2)
-    return outputs_of(parts[best], model), best, model
+def in_sample(pages: list[Page], parts: dict[str, list[ExtractParts | None]],
+              ) -> tuple[list[Output], str, float, ImageModel]:
+    focus, l2, model = fit_all(pages, parts)
+    return outputs_of(parts[focus], model), focus, l2, model
 
 
 # ---- peers -------------------------------------------------------------------------------------------
@@ -352,7 +388,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="at most N pages per gold set")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     ap.add_argument("--no-peers", action="store_true", help="interloom rows only")
-    ap.add_argument("--l2", type=float, default=10.0, help="L2 penalty of the image model")
     ap.add_argument("--speed", type=int, default=0, metavar="ROUNDS",
                     help="only measure extract_document's pages/s (best of ROUNDS) and print it")
     args = ap.parse_args(argv)
@@ -368,8 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     parts = {fo: compute_parts(pages, fo) for fo in FOCUS}
     parts_s = (time.perf_counter() - started) / len(FOCUS)
     results, seconds = {}, {}
-    ins_out, ins_focus, model = in_sample(pages, parts, args.l2)
-    cv_out, cv_focus = cross_validate(pages, parts, args.l2)
+    ins_out, ins_focus, ins_l2, model = in_sample(pages, parts)
+    cv_out, cv_chosen = cross_validate(pages, parts)
     results["interloom, in-sample"] = score(pages, ins_out)
     results["interloom, site-grouped 10-fold CV"] = score(pages, cv_out)
     seconds["interloom, in-sample"] = parts_s
@@ -384,12 +419,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"pages: {dict(n)}, sites: {len({p.site for p in pages})}; gold images: "
           f"{sum(len(p.gold_images or ()) for p in pages)}, silver images: "
-          f"{sum(len(p.silver_images or ()) for p in pages)}; in-sample focus {ins_focus}, per-fold focus "
-          f"{Counter(cv_focus.values())}, in-sample threshold {model.threshold}")
+          f"{sum(len(p.silver_images or ()) for p in pages)}; in-sample: focus {ins_focus}, l2 {ins_l2}, threshold "
+          f"{model.threshold}; per fold (focus, l2): {dict(Counter(cv_chosen.values()))}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"pages": dict(n), "results": results, "seconds": seconds,
-                                        "in_sample_focus": ins_focus, "cv_focus": cv_focus}, indent=2))
+                                        "in_sample": {"focus": ins_focus, "l2": ins_l2, "threshold": model.threshold},
+                                        "cv_chosen": {str(k): v for k, v in cv_chosen.items()}}, indent=2))
     return 0
 
 

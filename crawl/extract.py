@@ -550,7 +550,8 @@ def _image_candidates(tree: etree._Element, items: list[tuple[str, object]], rec
     blocks = sorted((Block(i, start, end) for i, start, end in anchors), key=lambda b: b.start)
     starts = [b.start for b in blocks]
     text_words = {w.lower() for kind, text in items if kind == "text" for w in WORD.findall(str(text))}
-    ctx = PageContext(url, len(page.text), blocks, container, holds, text_words, len(page.images))
+    url_counts = Counter(records[n].url for _, n, _ in page.images)
+    ctx = PageContext(url, len(page.text), blocks, container, holds, text_words, len(page.images), url_counts)
     candidates = []
     for at, n, img in page.images:
         k = bisect.bisect_left(starts, at)

@@ -82,6 +82,7 @@ FEATURES = (
     "url_gif",
     "same_site",  # image host shares the page's last two host labels
     "many_images",  # log1p(images on the page) / 5
+    "url_repeats",  # log2(occurrences of the same URL on the page) / 4 (placeholders, spacers, icons)
     "unlikely",  # an ancestor fails Readability's unlikely-candidate test (class/id words, ARIA role)
     "hidden",  # an ancestor is hidden (hidden, aria-hidden, display:none)
     "levels_to_text",  # DOM levels up to the first ancestor holding an extracted block, /8
@@ -173,6 +174,7 @@ class PageContext:
     holds: dict[etree._Element, int]  # element -> how many located blocks it holds
     text_words: set[str]  # lower-cased words (3+ characters) of the extracted text
     n_images: int
+    url_counts: dict[str, int]  # how often each image URL occurs on the page
 
     def __post_init__(self) -> None:
         self.starts = [b.start for b in self.blocks]
@@ -303,6 +305,7 @@ def image_features(img: etree._Element, at: int, alt: str, url: str, ctx: PageCo
     host, page_host = (parts.hostname or ""), (urlsplit(ctx.url).hostname or "")
     f["same_site"] = float(host.split(".")[-2:] == page_host.split(".")[-2:])
     f["many_images"] = math.log1p(ctx.n_images) / 5
+    f["url_repeats"] = math.log2(max(1, ctx.url_counts.get(url, 1))) / 4
     return [f[name] for name in FEATURES]
 
 
