@@ -23,7 +23,7 @@ Peers: `trafilatura.extract(html, url=url)` for text and `output_format="xml", i
 decoded HTML string.
 
     .venv/bin/python -m bench.extraction [--out results.json] [--limit N] [--no-peers]
-    .venv/bin/python -m bench.extraction --speed 3     # pages/s per core of extract_document only
+    .venv/bin/python -m bench.extraction --speed 3 --vs ../main   # pages/s per core, side by side
 """
 
 from __future__ import annotations
@@ -371,15 +371,32 @@ def gap_table(ins: dict, cv: dict) -> str:
     return "\n".join(lines)
 
 
-def speed(pages: list[Page], rounds: int) -> float:
-    """Pages per second of `extract_document` on one core, best of `rounds` passes over the pages."""
-    best = float("inf")
+_SPEED_CODE = """
+import sys, time
+from bench.extraction import load_pages
+from crawl.extract import extract_document
+pages = load_pages()
+started = time.perf_counter()
+for p in pages:
+    extract_document(p.html, p.url, timeout_s=60.0)
+print(len(pages) / (time.perf_counter() - started))
+"""
+
+
+def speed_side_by_side(checkouts: list[Path], rounds: int) -> dict[str, float]:
+    """Pages/s of `extract_document` (one process, one core) of each checkout over all dev pages, best of
+    `rounds`; the checkouts take turns in every round, so machine load hits them alike."""
+    import os
+    import subprocess
+
+    best: dict[str, float] = {}
     for _ in range(rounds):
-        started = time.perf_counter()
-        for p in pages:
-            extract_document(p.html, p.url, timeout_s=60.0)
-        best = min(best, time.perf_counter() - started)
-    return len(pages) / best
+        for checkout in checkouts:
+            env = {**os.environ, "PYTHONPATH": str(checkout)}
+            out = subprocess.run([sys.executable, "-c", _SPEED_CODE], env=env, cwd=checkout, check=True,
+                                 capture_output=True, text=True).stdout
+            best[str(checkout)] = max(best.get(str(checkout), 0.0), float(out.split()[-1]))
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -389,16 +406,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     ap.add_argument("--no-peers", action="store_true", help="interloom rows only")
     ap.add_argument("--speed", type=int, default=0, metavar="ROUNDS",
-                    help="only measure extract_document's pages/s (best of ROUNDS) and print it")
+                    help="only measure extract_document's pages/s, best of ROUNDS, of this checkout and of --vs")
+    ap.add_argument("--vs", type=Path, action="append", default=[],
+                    help="another checkout (e.g. main) to time side by side with --speed")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if not (args.data / "dev" / "html" / "manifest.jsonl").is_file():
         print(f"no dev HTML data under {args.data}", file=sys.stderr)
         return 2
-    pages = load_pages(args.data, limit=args.limit)
     if args.speed:
-        print(f"{speed(pages, args.speed):.2f} pages/s")
+        here = Path(__file__).resolve().parents[1]
+        for checkout, pages_s in speed_side_by_side([here, *args.vs], args.speed).items():
+            print(f"{checkout}: {pages_s:.2f} pages/s per core")
         return 0
+    pages = load_pages(args.data, limit=args.limit)
     started = time.perf_counter()
     parts = {fo: compute_parts(pages, fo) for fo in FOCUS}
     parts_s = (time.perf_counter() - started) / len(FOCUS)

@@ -5,18 +5,24 @@ The pipeline of one page:
    binary garbage raises `ValueError`.
 2. `prepare_tree`: parse with lxml and normalise every image before any extraction runs: lazy-loading
    attributes (`data-src`, `data-original`, `data-lazy-src`, `srcset`/`data-srcset`, `<picture><source>`),
-   `<noscript><img>` fallbacks, absolute URLs against the page URL and `<base href>`. Junk images (tracking
-   pixels, spacers, icons, logos, avatars, badges, buttons, data: URIs, SVG, teaser cards) are removed. Each
-   surviving `<img>` is numbered by a stand-in `src` that maps it back to our own image record.
+   `<noscript><img>` fallbacks, absolute URLs against the page URL and `<base href>`. Images that can never be
+   content are removed by hard rule (`junk_reason`: no usable URL, data: URIs, pixels, icon sizes, SVG/ICO,
+   tracker hosts, chrome paths such as icons/logos/avatars/spacers). Each surviving `<img>` is numbered by a
+   stand-in `src` that maps it back to our own image record.
 3. trafilatura (`bare_extraction`, text and tables, one pass) picks the main content; its XML body (`<p>`,
    `<head>`, `<list>/<item>`, `<table>/<row>/<cell>`, `<quote>`, `<code>`) is walked in order into text
    blocks (one per paragraph, heading, list item, table row).
-4. Image placement (`_place_images`): each extracted block is anchored in the page's visible text, the main
-   content container is the smallest element holding most anchored blocks, and the container's images that
-   sit between the blocks (plus a lead picture just above the first one) go in before the block that follows
-   them in the page. One trafilatura pass decides the text; the page's own layout decides where the images
-   go. (Earlier versions ran trafilatura a second time with images on: slower, and it kept image captions and
-   sidebars as text and lost galleries; docs/benchmarks.md, "Extraction quality", has the comparison.)
+4. Image candidates (`_image_candidates`): each extracted block is anchored in the page's visible text, the
+   main content container is the smallest element holding most anchored blocks, and every image gets its slot
+   (before the block that follows it in the page, or after the last) and its DOM features
+   (`crawl.image_select`: position against the blocks and the container, teaser cards and grids, related /
+   comments / ads / navigation wrappers, Readability's unlikely-candidate test, size, alt text, URL).
+5. `assemble`: the image model (`crawl/image_model.json`, a logistic regression rebuilt by
+   bench/train_image_model.py) keeps the images whose probability reaches its threshold; every image left out
+   has a reason (`image_model:<feature that pushed it down most>`, a hard-rule reason, `duplicate_in_page`,
+   `max_images`), which `ExtractStep` records as `extract/image` item drops in the rejects.
+   One trafilatura pass decides the text; the page's own layout and the model decide the images.
+   docs/benchmarks.md, "Extraction quality", has the in-sample and site-grouped cross-validated numbers.
 
 The per-document time limit is a real stop: `SIGALRM` (via `signal.setitimer`) interrupts the extraction.
 That needs the main thread of the process (Ray task and actor methods run there); elsewhere
@@ -24,7 +30,7 @@ That needs the main thread of the process (Ray task and actor methods run there)
 single C call (one lxml call) is interrupted when that call returns.
 
 `ExtractStep` wraps it all as the build's "extract" step, with counted drops `html_too_large`,
-`undecodable_html`, `extract_timeout`, `no_main_content`.
+`undecodable_html`, `extract_timeout`, `no_main_content`, and the per-image drops above.
 """
 
 from __future__ import annotations
