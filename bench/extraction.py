@@ -13,8 +13,9 @@ silver set:
 
 Everything interloom chooses by looking at labels is chosen inside the folds for the cross-validated rows:
 the image model (crawl/image_select.py, fitted on the training pages' labels: gold where a page has gold,
-silver elsewhere; its threshold too) and trafilatura's focus setting (the one with the best mean text F1 on
-the training pages). Folds: 10, grouped by `site_group`, so a site's pages are never on both sides. The
+silver elsewhere; its threshold too), its L2 penalty and page weighting (by an inner site-grouped 5-fold CV on
+the training pages) and trafilatura's focus setting (the one with the best mean text F1 on the training
+pages). Folds: 10, grouped by `site_group`, so a site's pages are never on both sides. The
 in-sample row fits both on all pages (what bench/train_image_model.py ships).
 
 Peers: `trafilatura.extract(html, url=url)` for text and `output_format="xml", include_images=True`
@@ -54,7 +55,8 @@ DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
 FAKEHOST = "http://fakehost/test/page.html"  # the page URL Readability's test suite used for URL-less pages
 FOCUS = ("precision", "balanced", "recall")
 FOLDS = 10
-L2_GRID = (3.0, 10.0, 30.0)  # L2 penalties of the image model, chosen by inner site-grouped CV
+# (L2 penalty, page weighting power) of the image model, chosen by an inner site-grouped CV
+HYPER_GRID = ((3.0, 0.0), (30.0, 0.0), (3.0, 0.5), (30.0, 0.5), (100.0, 0.5))
 TEXT_ROWS = ("trafilatura snippets", "scrapinghub tokens", "readability tokens")
 ROWS = (*TEXT_ROWS, "gold images", "silver images")
 
@@ -163,9 +165,19 @@ def training_rows(pages: list[Page], parts: list[ExtractParts | None]) -> tuple[
     return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
 
 
-def fit_image_model(pages: list[Page], parts: list[ExtractParts | None], l2: float = 10.0) -> ImageModel:
-    x_NF, y_N = training_rows(pages, parts)
-    return fit_logistic(x_NF, y_N, l2=l2)
+def fit_image_model(pages: list[Page], parts: list[ExtractParts | None], l2: float = 30.0,
+                    page_power: float = 0.5) -> ImageModel:
+    """The image model fitted on `pages`; each page's rows weigh n_rows ** -page_power (0: every image alike,
+    1: every page alike), so that one page with 90 images does not decide the model alone."""
+    xs, ys, ws = [], [], []
+    for page, pt in zip(pages, parts):
+        x_NF, y_N = training_rows([page], [pt])
+        if len(y_N):
+            xs.append(x_NF)
+            ys.append(y_N)
+            ws.append(np.full(len(y_N), len(y_N) ** -page_power))
+    w_N = np.concatenate(ws)
+    return fit_logistic(np.vstack(xs), np.concatenate(ys), l2=l2, w_N=w_N * len(w_N) / w_N.sum())
 
 
 def outputs_of(parts: list[ExtractParts | None], model: ImageModel) -> list[Output]:
@@ -182,23 +194,23 @@ def text_score(scores: dict[str, dict[str, float]]) -> float:
     return float(np.mean([scores[r]["f1"] for r in TEXT_ROWS if r in scores]))
 
 
-def choose_l2(pages: list[Page], parts: list[ExtractParts | None], grid: tuple[float, ...] = L2_GRID,
-              k: int = 5) -> float:
-    """The L2 penalty with the best mean image F1 (gold and silver) in a site-grouped k-fold CV over `pages`."""
+def choose_hyper(pages: list[Page], parts: list[ExtractParts | None], k: int = 5) -> tuple[float, float]:
+    """The (L2 penalty, page weighting power) of `HYPER_GRID` with the best mean image F1 (gold and silver) in
+    a site-grouped k-fold CV over `pages`."""
     folds = site_folds(pages, k)
-    best, best_f1 = grid[0], -1.0
-    for l2 in grid:
+    best, best_f1 = HYPER_GRID[0], -1.0
+    for l2, power in HYPER_GRID:
         outs: list[Output | None] = [None] * len(pages)
         for f in range(k):
             train = [i for i, g in enumerate(folds) if g != f]
             test = [i for i, g in enumerate(folds) if g == f]
-            model = fit_image_model([pages[i] for i in train], [parts[i] for i in train], l2=l2)
+            model = fit_image_model([pages[i] for i in train], [parts[i] for i in train], l2, power)
             for i, out in zip(test, outputs_of([parts[i] for i in test], model)):
                 outs[i] = out
         s = score(pages, outs)
         f1 = float(np.mean([s[r]["f1"] for r in ("gold images", "silver images") if r in s]))
         if f1 > best_f1:
-            best, best_f1 = l2, f1
+            best, best_f1 = (l2, power), f1
     return best
 
 
@@ -207,16 +219,19 @@ def choose_focus(pages: list[Page], parts: dict[str, list[ExtractParts | None]])
     return max(parts, key=lambda fo: text_score(score(pages, outputs_of(parts[fo], _NO_IMAGES))))
 
 
-def fit_all(pages: list[Page], parts: dict[str, list[ExtractParts | None]]) -> tuple[str, float, ImageModel]:
-    """Everything interloom chooses by looking at labels, chosen on `pages` only: focus, L2 penalty, model."""
+def fit_all(pages: list[Page], parts: dict[str, list[ExtractParts | None]],
+            ) -> tuple[str, tuple[float, float], ImageModel]:
+    """Everything interloom chooses by looking at labels, chosen on `pages` only: focus, the model's L2
+    penalty and page weighting, the model (and its threshold)."""
     focus = choose_focus(pages, parts)
-    l2 = choose_l2(pages, parts[focus])
-    return focus, l2, fit_image_model(pages, parts[focus], l2=l2)
+    hyper = choose_hyper(pages, parts[focus])
+    return focus, hyper, fit_image_model(pages, parts[focus], *hyper)
 
 
 def cross_validate(pages: list[Page], parts: dict[str, list[ExtractParts | None]],
                    ) -> tuple[list[Output], dict[int, tuple[str, float]]]:
-    """Site-grouped k-fold outputs: per fold, focus, L2 penalty and image model are chosen on the other folds."""
+    """Site-grouped k-fold outputs: per fold, focus, model settings and image model are chosen on the other
+    folds."""
     folds = site_folds(pages)
     outs: list[Output | None] = [None] * len(pages)
     chosen = {}
@@ -440,8 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"pages: {dict(n)}, sites: {len({p.site for p in pages})}; gold images: "
           f"{sum(len(p.gold_images or ()) for p in pages)}, silver images: "
-          f"{sum(len(p.silver_images or ()) for p in pages)}; in-sample: focus {ins_focus}, l2 {ins_l2}, threshold "
-          f"{model.threshold}; per fold (focus, l2): {dict(Counter(cv_chosen.values()))}")
+          f"{sum(len(p.silver_images or ()) for p in pages)}; in-sample: focus {ins_focus}, (l2, page power) "
+          f"{ins_l2}, threshold {model.threshold}; per fold (focus, (l2, page power)): "
+          f"{dict(Counter(cv_chosen.values()))}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"pages": dict(n), "results": results, "seconds": seconds,

@@ -5,7 +5,7 @@ Labels: the readability gold images where a page has them, Readability.js silver
 so the shipped model sees what the build sees. bench/extraction.py fits the same model inside site-grouped
 folds to measure how well it carries to unseen sites.
 
-    .venv/bin/python -m bench.train_image_model [--l2 L2] [--out crawl/image_model.json]
+    .venv/bin/python -m bench.train_image_model [--out crawl/image_model.json]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench.extraction import DATA, choose_l2, compute_parts, fit_image_model, load_pages, training_rows
+from bench.extraction import DATA, choose_hyper, compute_parts, fit_image_model, load_pages, training_rows
 from crawl.extract import ExtractConfig
 from crawl.image_select import MODEL_PATH
 
@@ -23,8 +23,7 @@ from crawl.image_select import MODEL_PATH
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DATA, help="the shared real-data folder")
-    ap.add_argument("--l2", type=float, default=None,
-                    help="L2 penalty (default: chosen by site-grouped 5-fold CV, as bench.extraction does)")
+
     ap.add_argument("--out", type=Path, default=MODEL_PATH)
     args = ap.parse_args(argv)
     if not (args.data / "dev" / "html" / "manifest.jsonl").is_file():
@@ -32,12 +31,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     pages = load_pages(args.data)
     parts = compute_parts(pages, ExtractConfig().focus)
-    l2 = args.l2 if args.l2 is not None else choose_l2(pages, parts)
-    model = fit_image_model(pages, parts, l2=l2)
+    l2, power = choose_hyper(pages, parts)  # as bench.extraction chooses them
+    model = fit_image_model(pages, parts, l2, power)
     x_NF, y_N = training_rows(pages, parts)
     model.note = (f"fitted by bench/train_image_model.py on {len(pages)} dev pages, {len(y_N)} candidate images "
                   f"({int(y_N.sum())} positive; gold labels on readability pages, Readability.js silver elsewhere), "
-                  f"l2={l2}")
+                  f"l2={l2}, page weight n_rows**-{power}")
     args.out.write_text(json.dumps(model.to_dict(), indent=1) + "\n")
     print(f"wrote {args.out}: threshold {model.threshold}; {model.note}")
     for name, w in sorted(zip(model.features, model.weights), key=lambda t: t[1]):

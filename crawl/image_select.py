@@ -362,9 +362,11 @@ class ImageModel:
         return cls.from_dict(json.loads(Path(path).read_text()), where=str(path))
 
 
-def fit_logistic(x_NF: np.ndarray, y_N: np.ndarray, l2: float = 1.0, steps: int = 30) -> ImageModel:
-    """L2-regularised logistic regression by Newton's method on standardised features; the threshold is the
-    one with the best F1 on the training rows."""
+def fit_logistic(x_NF: np.ndarray, y_N: np.ndarray, l2: float = 1.0, steps: int = 30,
+                 w_N: np.ndarray | None = None) -> ImageModel:
+    """L2-regularised logistic regression by Newton's method on standardised features, rows weighted by `w_N`
+    (default 1); the threshold is the one with the best weighted F1 on the training rows."""
+    w_N = np.ones(len(y_N)) if w_N is None else np.asarray(w_N, dtype=np.float64)
     mean_F = x_NF.mean(axis=0)
     scale_F = x_NF.std(axis=0)
     scale_F[scale_F < 1e-6] = 1.0
@@ -374,8 +376,8 @@ def fit_logistic(x_NF: np.ndarray, y_N: np.ndarray, l2: float = 1.0, steps: int 
     reg[-1] = 0.0  # the bias is not shrunk
     for _ in range(steps):
         p = 1.0 / (1.0 + np.exp(-(z_NF @ w)))
-        grad = z_NF.T @ (p - y_N) + reg * w
-        hess = (z_NF * (p * (1 - p))[:, None]).T @ z_NF + np.diag(reg) + 1e-9 * np.eye(len(w))
+        grad = z_NF.T @ (w_N * (p - y_N)) + reg * w
+        hess = (z_NF * (w_N * p * (1 - p))[:, None]).T @ z_NF + np.diag(reg) + 1e-9 * np.eye(len(w))
         step = np.linalg.solve(hess, grad)
         w -= step
         if np.abs(step).max() < 1e-8:
@@ -383,10 +385,11 @@ def fit_logistic(x_NF: np.ndarray, y_N: np.ndarray, l2: float = 1.0, steps: int 
     model = ImageModel(FEATURES, mean_F, scale_F, w[:-1], float(w[-1]))
     p = model.probabilities(x_NF)
     best_t, best_f1 = 0.5, -1.0
+    pos_N = y_N > 0.5
     for t in np.arange(0.2, 0.81, 0.05):
         keep = p >= t
-        tp = float((keep & (y_N > 0.5)).sum())
-        f1 = 2 * tp / (keep.sum() + (y_N > 0.5).sum()) if keep.sum() + (y_N > 0.5).sum() else 0.0
+        denom = w_N[keep].sum() + w_N[pos_N].sum()
+        f1 = 2 * w_N[keep & pos_N].sum() / denom if denom else 0.0
         if f1 > best_f1 + 1e-9:
             best_t, best_f1 = float(t), f1
     model.threshold = round(best_t, 2)

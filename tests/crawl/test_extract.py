@@ -334,3 +334,25 @@ def test_real_pages_images_beat_plain_trafilatura_and_text_holds(readability_sub
     assert ours["gold images"]["f1"] >= peer["gold images"]["f1"] + 0.10
     assert ours["gold images"]["recall"] > peer["gold images"]["recall"]
     assert ours["readability tokens"]["f1"] >= peer["readability tokens"]["f1"] - 0.01
+
+
+def test_site_folds_never_split_a_site_and_page_weights_count():
+    from bench.extraction import Page, site_folds
+
+    pages = [Page(id=f"p{i}", source="readability", url="", html="", site=f"site{i % 7}") for i in range(40)]
+    folds = site_folds(pages, k=3)
+    by_site: dict[str, set[int]] = {}
+    for p, f in zip(pages, folds):
+        by_site.setdefault(p.site, set()).add(f)
+    assert all(len(fs) == 1 for fs in by_site.values()) and set(folds) == {0, 1, 2}
+    # weighted rows: rows weighted 0 do not count. Two thirds of the labels are flipped: unweighted, the fit
+    # follows the flipped majority; with those rows weighted 0 it follows the true rule of the other third
+    rng = np.random.default_rng(1)
+    x_NF = rng.random((300, len(FEATURES)))
+    y_N = (x_NF[:, 0] > 0.5).astype(float)
+    flipped = y_N.copy()
+    flipped[:200] = 1 - flipped[:200]
+    w_N = np.ones(300)
+    w_N[:200] = 0.0
+    assert fit_logistic(x_NF, flipped, l2=1.0).weights[0] < 0
+    assert fit_logistic(x_NF, flipped, l2=1.0, w_N=w_N).weights[0] > 0
