@@ -41,7 +41,9 @@ _TOKEN_KINDS = {
     "social": r"share|sharing|social|author|byline|avatar|profile|bio|newsletter|subscribe|follow",
     "media": r"figure|image|img|photo|picture|media|gallery|hero|lead|featured|caption|slideshow|inline",
 }
-_TOKEN_RE = {k: re.compile(rf"(^|[_-])({v})([_-]|$)", re.I) for k, v in _TOKEN_KINDS.items()}
+# one pass over an element's class/id/role words finds every kind (each word is matched whole, by kind)
+_TOKEN_RE = re.compile("|".join(rf"(?:(?<=[\s_-])|^)(?P<{k}>{v})(?=[\s_-]|$)" for k, v in _TOKEN_KINDS.items()),
+                       re.I)
 _SPLIT_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
 _CHROME_URL = re.compile(
     r"(/|^|[._-])(icons?|logos?|avatars?|badges?|buttons?|btns?|sprites?|emoji|emoticons?|smil(ies|eys)|"
@@ -109,11 +111,6 @@ def is_ancestor(a: etree._Element, b: etree._Element) -> bool:
     return False
 
 
-def _tokens_of(el: etree._Element) -> str:
-    attrs = f"{el.get('class') or ''} {el.get('id') or ''} {el.get('role') or ''}"
-    return _SPLIT_CAMEL.sub("-", attrs)
-
-
 def _link_text_len(a: etree._Element) -> int:
     return len(" ".join("".join(a.itertext()).split()))
 
@@ -122,45 +119,79 @@ def _is_image_href(href: str) -> bool:
     return bool(_IMAGE_EXT.search(urlsplit(href.strip()).path))
 
 
-def _grid(img: etree._Element, stop: etree._Element | None) -> tuple[bool, bool]:
-    """Whether an ancestor of `img` (below `stop`) repeats as 2+ same-tag same-class siblings that hold
+def _grid(img: etree._Element, ctx: PageContext) -> tuple[bool, bool]:
+    """Whether an ancestor of `img` (below the container) repeats as 2+ same-tag same-class siblings that hold
     images (a grid), and whether those cards link to other pages with a title (a teaser grid)."""
     el = img.getparent()
     for _ in range(_GRID_LEVELS):
         parent = el.getparent() if el is not None else None
-        if el is None or parent is None or el is stop:
+        if el is None or parent is None or el is ctx.container:
             break
-        key = (el.tag, el.get("class") or "")
-        same = 0
-        titled = 0
-        for i, sib in enumerate(parent):
-            if i >= _GRID_SIBLINGS:
-                break
-            if sib is el or sib.tag != key[0] or (sib.get("class") or "") != key[1]:
-                continue
-            if next(sib.iter("img"), None) is None:
-                continue
-            same += 1
-            if any(_link_text_len(a) >= 15 and not _is_image_href(a.get("href") or "") for a in sib.iter("a")):
-                titled += 1
-        if same >= 2:
-            return True, titled >= 2
+        found = ctx.memo.get(("grid", el))
+        if found is None:
+            found = ctx.memo[("grid", el)] = _repeats(el, parent)
+        if found[0]:
+            return found
         el = parent
     return False, False
 
 
-def _link_density(img: etree._Element) -> float:
+def _repeats(el: etree._Element, parent: etree._Element) -> tuple[bool, bool]:
+    key = (el.tag, el.get("class") or "")
+    cards = [sib for i, sib in enumerate(parent) if i < _GRID_SIBLINGS and sib is not el and sib.tag == key[0]
+             and (sib.get("class") or "") == key[1] and next(sib.iter("img"), None) is not None]
+    if len(cards) < 2:
+        return False, False
+    titled = sum(any(_link_text_len(a) >= 15 and not _is_image_href(a.get("href") or "") for a in sib.iter("a"))
+                 for sib in cards)
+    return True, titled >= 2
+
+
+_ALL_TEXT = etree.XPath("string()", smart_strings=False)
+
+
+def _link_density(img: etree._Element, ctx: PageContext) -> float:
+    """Share of link words in the nearest ancestor with 20+ words (8 levels up at most)."""
     el = img.getparent()
     for _ in range(_ANCESTOR_LEVELS):
         if el is None:
             return 0.0
-        text = "".join(el.itertext())
-        n = len(text.split())
-        if n >= 20:
-            linked = sum(len("".join(a.itertext()).split()) for a in el.iter("a"))
-            return min(1.0, linked / n)
+        density = ctx.memo.get(("density", el))
+        if density is None:
+            n = len(_ALL_TEXT(el).split())
+            density = -1.0
+            if n >= 20:
+                density = min(1.0, sum(len(_ALL_TEXT(a).split()) for a in el.iter("a")) / n)
+            ctx.memo[("density", el)] = density
+        if density >= 0:
+            return density
         el = el.getparent()
     return 0.0
+
+
+def _token_kinds(words: str) -> set[str]:
+    """Kinds of the words of a class/id/role string (a word of several kinds counts for each)."""
+    kinds = set()
+    for token in words.split():
+        for m in _TOKEN_RE.finditer(token):
+            kinds.add(m.lastgroup)
+        if len(kinds) == len(_TOKEN_KINDS):
+            break
+    return kinds
+
+
+def _wrapper_flags(el: etree._Element, ctx: PageContext) -> tuple[frozenset[str], bool, bool]:
+    """(token kinds of its class/id/role, fails Readability's unlikely test, hidden) of one element."""
+    found = ctx.memo.get(("flags", el))
+    if found is None:
+        attrs = f"{el.get('class') or ''} {el.get('id') or ''}"
+        words = _SPLIT_CAMEL.sub("-", f"{attrs} {el.get('role') or ''}")
+        kinds = frozenset(_token_kinds(words))
+        unlikely = bool(_UNLIKELY.search(attrs) and not _MAYBE.search(attrs)) or el.get("role") in _UNLIKELY_ROLES
+        hidden = (el.get("hidden") is not None or el.get("aria-hidden") == "true"
+                  or bool(_HIDDEN_STYLE.search(el.get("style") or "")))
+        found = ctx.memo[("flags", el)] = (kinds, unlikely, hidden)
+    return found
 
 
 @dataclass
@@ -178,6 +209,7 @@ class PageContext:
 
     def __post_init__(self) -> None:
         self.starts = [b.start for b in self.blocks]
+        self.memo: dict[tuple[str, etree._Element], object] = {}  # per-element results shared by the images
 
 
 _UNLIKELY = re.compile(r"-ad-|ai2html|banner|breadcrumbs|combx|comment|community|cover-wrap|disqus|extra|footer|"
@@ -188,23 +220,36 @@ _UNLIKELY_ROLES = {"menu", "menubar", "complementary", "navigation", "alert", "a
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
 
 
+def _chain_flags(el: etree._Element | None, ctx: PageContext) -> tuple[bool, bool]:
+    """(unlikely, hidden) of `el` or any ancestor below <body>, memoised per element."""
+    if el is None or el.tag in ("body", "html"):
+        return False, False
+    found = ctx.memo.get(("chain", el))
+    if found is None:
+        path = []  # the elements up to the first one already known
+        while el is not None and el.tag not in ("body", "html") and ("chain", el) not in ctx.memo:
+            path.append(el)
+            el = el.getparent()
+        found = (False, False) if el is None or el.tag in ("body", "html") else ctx.memo[("chain", el)]
+        for node in reversed(path):
+            _, unlikely, hidden = _wrapper_flags(node, ctx)
+            found = (found[0] or unlikely, found[1] or hidden)
+            ctx.memo[("chain", node)] = found
+    return found
+
+
 def _page_structure(img: etree._Element, f: dict[str, float], ctx: PageContext) -> None:
     """Features over all ancestors: Readability's unlikely-candidate test (class/id words, roles), hidden
     wrappers, and where the image joins the extracted text in the DOM."""
+    f["unlikely"], f["hidden"] = map(float, _chain_flags(img.getparent(), ctx))
     el, levels, joined = img.getparent(), 0, False
     while el is not None and el.tag not in ("body", "html"):
-        attrs = f"{el.get('class') or ''} {el.get('id') or ''}"
-        if (_UNLIKELY.search(attrs) and not _MAYBE.search(attrs)) or el.get("role") in _UNLIKELY_ROLES:
-            f["unlikely"] = 1.0
-        if el.get("hidden") is not None or el.get("aria-hidden") == "true" or _HIDDEN_STYLE.search(
-                el.get("style") or ""):
-            f["hidden"] = 1.0
-        if not joined:
-            levels += 1
-            if ctx.holds.get(el):
-                joined = True
-                f["levels_to_text"] = min(levels, 8) / 8
-                f["text_share_at_join"] = ctx.holds[el] / len(ctx.blocks)
+        levels += 1
+        if ctx.holds.get(el):
+            joined = True
+            f["levels_to_text"] = min(levels, 8) / 8
+            f["text_share_at_join"] = ctx.holds[el] / len(ctx.blocks)
+            break
         el = el.getparent()
     if not joined:
         f["levels_to_text"] = 1.0
@@ -214,9 +259,13 @@ def _page_structure(img: etree._Element, f: dict[str, float], ctx: PageContext) 
         if block is None or block.tag in ("body", "html"):
             return
         if block.tag in _BLOCKS:
-            n_img = len(block.findall(".//img"))
-            if n_img >= 2 or len("".join(block.itertext()).strip()) >= 25:
-                n_p = len(block.findall(".//p"))
+            stats = ctx.memo.get(("block", block))
+            if stats is None:
+                n_img = len(block.findall(".//img"))
+                big = n_img >= 2 or len("".join(block.itertext()).strip()) >= 25
+                stats = ctx.memo[("block", block)] = (n_img, len(block.findall(".//p")) if big else 0, big)
+            n_img, n_p, big = stats
+            if big:
                 f["block_images"] = math.log1p(n_img) / 4
                 f["block_few_paragraphs"] = float(n_img > 1 and n_p / n_img < 0.5)
                 return
@@ -275,17 +324,13 @@ def image_features(img: etree._Element, at: int, alt: str, url: str, ctx: PageCo
             f["tag_table"] = 1.0
         elif tag == "li":
             f["tag_list"] = 1.0
-        words = _tokens_of(el)
-        if words.strip():
-            for token in words.split():
-                for kind, rx in _TOKEN_RE.items():
-                    if rx.search(token):
-                        f[f"tok_{kind}"] = 1.0
+        for kind in _wrapper_flags(el, ctx)[0]:
+            f[f"tok_{kind}"] = 1.0
         el = el.getparent()
     _page_structure(img, f, ctx)
-    grid, cards = _grid(img, container)
+    grid, cards = _grid(img, ctx)
     f["grid"], f["grid_cards"] = float(grid), float(cards)
-    f["link_density"] = _link_density(img)
+    f["link_density"] = _link_density(img, ctx)
     w, h = int_attr(img.get("width")), int_attr(img.get("height"))
     side = max(w or 0, h or 0)
     if side:
