@@ -170,14 +170,8 @@ def _link_density(img: etree._Element, ctx: PageContext) -> float:
 
 
 def _token_kinds(words: str) -> set[str]:
-    """Kinds of the words of a class/id/role string (a word of several kinds counts for each)."""
-    kinds = set()
-    for token in words.split():
-        for m in _TOKEN_RE.finditer(token):
-            kinds.add(m.lastgroup)
-        if len(kinds) == len(_TOKEN_KINDS):
-            break
-    return kinds
+    """Kinds of the words of a class/id/role string (each word matched whole, by kind)."""
+    return {m.lastgroup for m in _TOKEN_RE.finditer(words)} if words.strip() else set()
 
 
 def _wrapper_flags(el: etree._Element, ctx: PageContext) -> tuple[frozenset[str], bool, bool]:
