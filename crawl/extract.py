@@ -470,10 +470,8 @@ def _page_text(root: etree._Element) -> _PageText:
     page = _PageText("", [], [], [])
     pos = 0
 
-    def add(text: str | None, owner: etree._Element) -> None:
+    def add(text: str, owner: etree._Element) -> None:  # text: not empty, not only whitespace
         nonlocal pos
-        if not text or text.isspace():  # most tails are layout whitespace
-            return
         squashed = _squash(text)
         if squashed:
             page.piece_at.append(pos)
@@ -482,20 +480,26 @@ def _page_text(root: etree._Element) -> _PageText:
             pos += len(squashed)
 
     walker = etree.iterwalk(root, events=("start", "end"))
-    for event, el in walker:
+    for event, el in walker:  # most tails are layout whitespace: test before asking for the parent
         if event == "end":
-            add(el.tail, el.getparent())
+            tail = el.tail
+            if tail and not tail.isspace():
+                add(tail, el.getparent())
             continue
         tag = el.tag if isinstance(el.tag, str) else ""
         if tag in _NOT_PAGE_TEXT:
             walker.skip_subtree()  # no "end" event follows for a skipped element: take its tail here
-            add(el.tail, el.getparent())
+            tail = el.tail
+            if tail and not tail.isspace():
+                add(tail, el.getparent())
             continue
         if tag == "img":
             m = _STANDIN.match(el.get("src") or "")
             if m:
                 page.images.append((pos, int(m.group(1)), el))
-        add(el.text, el)
+        text = el.text
+        if text and not text.isspace():
+            add(text, el)
     page.text = "".join(chunks)
     return page
 
@@ -555,7 +559,9 @@ def _image_candidates(tree: etree._Element, items: list[tuple[str, object]], rec
         container = None  # no single content element
     blocks = sorted((Block(i, start, end) for i, start, end in anchors), key=lambda b: b.start)
     starts = [b.start for b in blocks]
-    text_words = {w.lower() for kind, text in items if kind == "text" for w in WORD.findall(str(text))}
+    any_alt = any(records[n].alt for _, n, _ in page.images)  # the words are needed for alt texts only
+    text_words = ({w.lower() for kind, text in items if kind == "text" for w in WORD.findall(str(text))}
+                  if any_alt else set())
     url_counts = Counter(records[n].url for _, n, _ in page.images)
     ctx = PageContext(url, len(page.text), blocks, container, holds, text_words, len(page.images), url_counts)
     candidates = []

@@ -203,6 +203,7 @@ class PageContext:
 
     def __post_init__(self) -> None:
         self.starts = [b.start for b in self.blocks]
+        self.site = (urlsplit(self.url).hostname or "").split(".")[-2:]  # the last two labels of the page host
         self.memo: dict[tuple[str, etree._Element], object] = {}  # per-element results shared by the images
 
 
@@ -341,8 +342,7 @@ def image_features(img: etree._Element, at: int, alt: str, url: str, ctx: PageCo
     f["url_chrome"] = float(bool(_CHROME_URL.search(path)))
     f["url_no_ext"] = float(not _IMAGE_EXT.search(path))
     f["url_gif"] = float(path.lower().endswith(".gif"))
-    host, page_host = (parts.hostname or ""), (urlsplit(ctx.url).hostname or "")
-    f["same_site"] = float(host.split(".")[-2:] == page_host.split(".")[-2:])
+    f["same_site"] = float((parts.hostname or "").split(".")[-2:] == ctx.site)
     f["many_images"] = math.log1p(ctx.n_images) / 5
     f["url_repeats"] = math.log2(max(1, ctx.url_counts.get(url, 1))) / 4
     return [f[name] for name in FEATURES]
