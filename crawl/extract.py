@@ -576,6 +576,8 @@ def _image_candidates(tree: etree._Element, items: list[tuple[str, object]], rec
 @lru_cache(maxsize=4)
 def load_image_model(path: str = "") -> ImageModel:
     """The image model at `path` (empty: the one shipped in the package), read once per process."""
+    if path and not Path(path).is_file():
+        raise ValueError(f"extract.image_model: no such file {path!r} (leave it empty for the packaged model)")
     return ImageModel.load(Path(path)) if path else ImageModel.load()
 
 

@@ -174,8 +174,9 @@ def _token_kinds(words: str) -> set[str]:
     return {m.lastgroup for m in _TOKEN_RE.finditer(words)} if words.strip() else set()
 
 
-def _wrapper_flags(el: etree._Element, ctx: PageContext) -> tuple[frozenset[str], bool, bool]:
-    """(token kinds of its class/id/role, fails Readability's unlikely test, hidden) of one element."""
+def _wrapper_flags(el: etree._Element, ctx: PageContext) -> tuple[frozenset[str], bool, bool, bool]:
+    """(token kinds of its class/id/role, fails Readability's unlikely test, hidden, holds a <figcaption>) of
+    one element."""
     found = ctx.memo.get(("flags", el))
     if found is None:
         attrs = f"{el.get('class') or ''} {el.get('id') or ''}"
@@ -184,7 +185,8 @@ def _wrapper_flags(el: etree._Element, ctx: PageContext) -> tuple[frozenset[str]
         unlikely = bool(_UNLIKELY.search(attrs) and not _MAYBE.search(attrs)) or el.get("role") in _UNLIKELY_ROLES
         hidden = (el.get("hidden") is not None or el.get("aria-hidden") == "true"
                   or bool(_HIDDEN_STYLE.search(el.get("style") or "")))
-        found = ctx.memo[("flags", el)] = (kinds, unlikely, hidden)
+        caption = el.find("figcaption") is not None
+        found = ctx.memo[("flags", el)] = (kinds, unlikely, hidden, caption)
     return found
 
 
@@ -227,7 +229,7 @@ def _chain_flags(el: etree._Element | None, ctx: PageContext) -> tuple[bool, boo
             el = el.getparent()
         found = (False, False) if el is None or el.tag in ("body", "html") else ctx.memo[("chain", el)]
         for node in reversed(path):
-            _, unlikely, hidden = _wrapper_flags(node, ctx)
+            _, unlikely, hidden, _ = _wrapper_flags(node, ctx)
             found = (found[0] or unlikely, found[1] or hidden)
             ctx.memo[("chain", node)] = found
     return found
@@ -303,6 +305,7 @@ def image_features(img: etree._Element, at: int, alt: str, url: str, ctx: PageCo
     while el is not None and depth < _ANCESTOR_LEVELS and el.tag not in ("body", "html"):
         depth += 1
         tag = el.tag if isinstance(el.tag, str) else ""
+        kinds, _, _, caption = _wrapper_flags(el, ctx)
         if tag == "a":
             href = el.get("href") or ""
             if _is_image_href(href):
@@ -313,13 +316,13 @@ def image_features(img: etree._Element, at: int, alt: str, url: str, ctx: PageCo
                     f["teaser_card"] = 1.0
         elif tag in ("aside", "nav", "footer", "header"):
             f["tag_aside_nav_footer"] = 1.0
-        elif tag == "figure" or (tag and el.find("figcaption") is not None):
+        elif tag == "figure" or (tag and caption):
             f["tag_figure"] = 1.0
         elif tag in ("table", "td"):
             f["tag_table"] = 1.0
         elif tag == "li":
             f["tag_list"] = 1.0
-        for kind in _wrapper_flags(el, ctx)[0]:
+        for kind in kinds:
             f[f"tok_{kind}"] = 1.0
         el = el.getparent()
     _page_structure(img, f, ctx)

@@ -174,6 +174,8 @@ def test_image_model_file_loads_and_a_broken_one_is_refused(tmp_path):
     path.write_text(json.dumps(broken))
     with pytest.raises(ValueError, match="model.json"):
         ExtractStep(ExtractConfig(image_model=str(path)))
+    with pytest.raises(ValueError, match="extract.image_model"):
+        ExtractStep(ExtractConfig(image_model=str(tmp_path / "missing.json")))
 
 
 def test_fit_logistic_learns_a_separable_rule():
