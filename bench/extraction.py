@@ -48,7 +48,14 @@ import numpy as np
 import trafilatura
 from lxml import etree
 
-from crawl.extract import ExtractConfig, ExtractParts, assemble, decode_html, extract_document, extract_parts
+from crawl.extract import (
+    ExtractConfig,
+    ExtractParts,
+    assemble,
+    decode_html,
+    extract_document,
+    extract_parts,
+)
 from crawl.image_select import FEATURES, ImageModel, fit_logistic
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"

@@ -15,7 +15,14 @@ import json
 import sys
 from pathlib import Path
 
-from bench.extraction import DATA, choose_hyper, compute_parts, fit_image_model, load_pages, training_rows
+from bench.extraction import (
+    DATA,
+    choose_hyper,
+    compute_parts,
+    fit_image_model,
+    load_pages,
+    training_rows,
+)
 from crawl.extract import ExtractConfig
 from crawl.image_select import MODEL_PATH
 
@@ -23,7 +30,6 @@ from crawl.image_select import MODEL_PATH
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DATA, help="the shared real-data folder")
-
     ap.add_argument("--out", type=Path, default=MODEL_PATH)
     args = ap.parse_args(argv)
     if not (args.data / "dev" / "html" / "manifest.jsonl").is_file():
@@ -33,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = compute_parts(pages, ExtractConfig().focus)
     l2, power = choose_hyper(pages, parts)  # as bench.extraction chooses them
     model = fit_image_model(pages, parts, l2, power)
-    x_NF, y_N = training_rows(pages, parts)
+    _, y_N = training_rows(pages, parts)
     model.note = (f"fitted by bench/train_image_model.py on {len(pages)} dev pages, {len(y_N)} candidate images "
                   f"({int(y_N.sum())} positive; gold labels on readability pages, Readability.js silver elsewhere), "
                   f"l2={l2}, page weight n_rows**-{power}")

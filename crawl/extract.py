@@ -57,7 +57,15 @@ import trafilatura
 from charset_normalizer import from_bytes
 from lxml import etree
 
-from crawl.image_select import WORD, Block, ImageModel, PageContext, image_features, int_attr, is_ancestor
+from crawl.image_select import (
+    WORD,
+    Block,
+    ImageModel,
+    PageContext,
+    image_features,
+    int_attr,
+    is_ancestor,
+)
 from crawl.page import RawPage
 from pipeline.config import Section
 from pipeline.record import Document, Image, make_doc_id
@@ -89,7 +97,7 @@ class ExtractTimeout(BaseException):
 
 
 # ---- decoding ------------------------------------------------------------------------------------------
-_META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([a-zA-Z0-9_.:-]{2,40})""", re.I)
+_META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([a-zA-Z0-9_.:-]{2,40})""", re.IGNORECASE)
 _BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 _MAX_GARBAGE = 0.02  # share of control / replacement characters above which decoded text is garbage
 # U+FFFD and the control characters (Unicode category Cc is exactly U+0000-001F and U+007F-009F) but \t\n\f\r
@@ -171,7 +179,7 @@ _LAZY_ATTRS = ("data-src", "data-original", "data-lazy-src", "data-lazy", "data-
 _HIRES_ATTRS = ("data-hi-res-src", "data-full-src", "data-large-src")
 _SRCSET_ATTRS = ("data-srcset", "data-lazy-srcset", "srcset")
 _PLACEHOLDER = re.compile(r"(^data:)|(blank|spacer|placeholder|transparent|pixel|lazy|loading|grey|gray|"
-                          r"empty|1x1|dummy)[^/]*\.(gif|png|jpe?g|webp|svg)", re.I)
+                          r"empty|1x1|dummy)[^/]*\.(gif|png|jpe?g|webp|svg)", re.IGNORECASE)
 # Directory names and file-name starts that mark site chrome rather than content.
 _JUNK_PATH = re.compile(
     r"(/|^)(icons?|logos?|avatars?|badges?|buttons?|btns?|sprites?|emoji|emoticons?|smilies|smileys|spacers?|"
@@ -181,11 +189,11 @@ _JUNK_PATH = re.compile(
     r"/[^/]*-(logo|icon|avatar|badge|button|sprite)s?[-.][^/]*$|"  # site-logo.png (not Wiki_File_logo.png)
     r"/(facebook|twitter|pinterest|linkedin|whatsapp|reddit|email|e-mail|mail|print|share)"  # share buttons
     r"([._-](icon|logo|button|btn|share|small|\d{2}(x\d{2})?)[^/]*)?\.(png|gif|jpe?g|webp)$",  # not WhatsApp-Image-*
-    re.I,
+    re.IGNORECASE,
 )
 _JUNK_HOSTS = re.compile(r"(^|\.)(doubleclick\.net|google-analytics\.com|googletagmanager\.com|facebook\.com|"
                          r"scorecardresearch\.com|quantserve\.com|gravatar\.com|pixel\.[a-z.]+|stats\.[a-z.]+|"
-                         r"feeds\.feedburner\.com|b\.scorecardresearch\.com|sb\.scorecardresearch\.com)$", re.I)
+                         r"feeds\.feedburner\.com|b\.scorecardresearch\.com|sb\.scorecardresearch\.com)$", re.IGNORECASE)
 _NOT_URL = re.compile(r"[\s{}\"'<>]")  # JSON blobs or templates in an attribute, not a URL
 _STANDIN_HOST = "img.interloom.invalid"
 _STANDIN = re.compile(r"^https?://img\.interloom\.invalid/(\d+)\.png$")
@@ -262,10 +270,10 @@ def _image_url(img: etree._Element, prefer_largest: bool = False) -> str | None:
 
 
 def junk_reason(url: str, width: int | None, height: int | None) -> str | None:
-    """Why an image can never be content, by hard rule: not an http(s)/file URL, a data: URI, a
-    declared size of at most 2 px (a pixel) or an icon size (both sides <= 32 px), SVG/ICO, a tracker host, a path that
-    names site chrome (icons, logos, avatars, sprites, spacers, share buttons); None otherwise: the image model
-    of `crawl.image_select` decides."""
+    """Why an image can never be content, by hard rule: not an http(s)/file URL, a data: URI, a declared size
+    of at most 2 px (a pixel) or an icon size (both sides <= 32 px), SVG/ICO, a tracker host, a path that names
+    site chrome (icons, logos, avatars, sprites, spacers, share buttons); None otherwise: the image model of
+    `crawl.image_select` decides."""
     if url.startswith("data:"):
         return "data_uri"
     parts = urlsplit(url)
@@ -276,7 +284,7 @@ def junk_reason(url: str, width: int | None, height: int | None) -> str | None:
     path = parts.path.lower()
     if width is not None and height is not None and width <= 32 and height <= 32:
         return "icon_size"
-    if path.endswith(".svg") or path.endswith(".svgz") or path.endswith(".ico"):
+    if path.endswith((".svg", ".svgz", ".ico")):
         return "svg_or_ico"
     if _JUNK_HOSTS.search(parts.hostname or ""):
         return "tracker_host"

@@ -43,13 +43,13 @@ _TOKEN_KINDS = {
 }
 # one pass over an element's class/id/role words finds every kind (each word is matched whole, by kind)
 _TOKEN_RE = re.compile("|".join(rf"(?:(?<=[\s_-])|^)(?P<{k}>{v})(?=[\s_-]|$)" for k, v in _TOKEN_KINDS.items()),
-                       re.I)
+                       re.IGNORECASE)
 _SPLIT_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
 _CHROME_URL = re.compile(
     r"(/|^|[._-])(icons?|logos?|avatars?|badges?|buttons?|btns?|sprites?|emoji|emoticons?|smil(ies|eys)|"
     r"share|social|flags?|rating|stars?|thumbs?|thumbnails?|ads?|banners?|promo|sponsors?|widgets?|"
-    r"profile|users?|authors?|gravatar|rss|feed)(/|[._-]|$)", re.I)
-_IMAGE_EXT = re.compile(r"\.(jpe?g|png|webp|gif|avif|bmp|tiff?)$", re.I)
+    r"profile|users?|authors?|gravatar|rss|feed)(/|[._-]|$)", re.IGNORECASE)
+_IMAGE_EXT = re.compile(r"\.(jpe?g|png|webp|gif|avif|bmp|tiff?)$", re.IGNORECASE)
 WORD = re.compile(r"\w{3,}")
 _ANCESTOR_LEVELS = 8  # how far up an image's wrappers are looked at
 _GRID_LEVELS = 5  # how far up a repeated card structure is looked for
@@ -211,10 +211,10 @@ class PageContext:
 
 _UNLIKELY = re.compile(r"-ad-|ai2html|banner|breadcrumbs|combx|comment|community|cover-wrap|disqus|extra|footer|"
                        r"gdpr|header|legends|menu|related|remark|replies|rss|shoutbox|sidebar|skyscraper|social|"
-                       r"sponsor|supplemental|ad-break|agegate|pagination|pager|popup|yom-remote", re.I)
-_MAYBE = re.compile(r"and|article|body|column|content|main|mathjax|shadow", re.I)
+                       r"sponsor|supplemental|ad-break|agegate|pagination|pager|popup|yom-remote", re.IGNORECASE)
+_MAYBE = re.compile(r"and|article|body|column|content|main|mathjax|shadow", re.IGNORECASE)
 _UNLIKELY_ROLES = {"menu", "menubar", "complementary", "navigation", "alert", "alertdialog", "dialog"}
-_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
+_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
 
 
 def _chain_flags(el: etree._Element | None, ctx: PageContext) -> tuple[bool, bool]:

@@ -8,12 +8,17 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 
 import crawl.extract as ce
-from crawl.extract import (ExtractConfig, ExtractStep, decode_html, extract_document, extract_with_drops,
-                           largest_srcset_candidate)
+from crawl.extract import (
+    ExtractConfig,
+    ExtractStep,
+    decode_html,
+    extract_document,
+    extract_with_drops,
+    largest_srcset_candidate,
+)
 from crawl.image_select import FEATURES, ImageModel, fit_logistic
 from crawl.page import RawPage
 from pipeline.record import make_doc_id
