@@ -5,18 +5,24 @@ The pipeline of one page:
    binary garbage raises `ValueError`.
 2. `prepare_tree`: parse with lxml and normalise every image before any extraction runs: lazy-loading
    attributes (`data-src`, `data-original`, `data-lazy-src`, `srcset`/`data-srcset`, `<picture><source>`),
-   `<noscript><img>` fallbacks, absolute URLs against the page URL and `<base href>`. Junk images (tracking
-   pixels, spacers, icons, logos, avatars, badges, buttons, data: URIs, SVG, teaser cards) are removed. Each
-   surviving `<img>` is numbered by a stand-in `src` that maps it back to our own image record.
+   `<noscript><img>` fallbacks, absolute URLs against the page URL and `<base href>`. Images that can never be
+   content are removed by hard rule (`junk_reason`: no usable URL, data: URIs, pixels, icon sizes, SVG/ICO,
+   tracker hosts, chrome paths such as icons/logos/avatars/spacers). Each surviving `<img>` is numbered by a
+   stand-in `src` that maps it back to our own image record.
 3. trafilatura (`bare_extraction`, text and tables, one pass) picks the main content; its XML body (`<p>`,
    `<head>`, `<list>/<item>`, `<table>/<row>/<cell>`, `<quote>`, `<code>`) is walked in order into text
    blocks (one per paragraph, heading, list item, table row).
-4. Image placement (`_place_images`): each extracted block is anchored in the page's visible text, the main
-   content container is the smallest element holding most anchored blocks, and the container's images that
-   sit between the blocks (plus a lead picture just above the first one) go in before the block that follows
-   them in the page. One trafilatura pass decides the text; the page's own layout decides where the images
-   go. (Earlier versions ran trafilatura a second time with images on: slower, and it kept image captions and
-   sidebars as text and lost galleries; docs/benchmarks.md, "Extraction quality", has the comparison.)
+4. Image candidates (`_image_candidates`): each extracted block is anchored in the page's visible text, the
+   main content container is the smallest element holding most anchored blocks, and every image gets its slot
+   (before the block that follows it in the page, or after the last) and its DOM features
+   (`crawl.image_select`: position against the blocks and the container, teaser cards and grids, related /
+   comments / ads / navigation wrappers, Readability's unlikely-candidate test, size, alt text, URL).
+5. `assemble`: the image model (`crawl/image_model.json`, a logistic regression rebuilt by
+   bench/train_image_model.py) keeps the images whose probability reaches its threshold; every image left out
+   has a reason (`image_model:<feature that pushed it down most>`, a hard-rule reason, `duplicate_in_page`,
+   `max_images`), which `ExtractStep` records as `extract/image` item drops in the rejects.
+   One trafilatura pass decides the text; the page's own layout and the model decide the images.
+   docs/benchmarks.md, "Extraction quality", has the in-sample and site-grouped cross-validated numbers.
 
 The per-document time limit is a real stop: `SIGALRM` (via `signal.setitimer`) interrupts the extraction.
 That needs the main thread of the process (Ray task and actor methods run there); elsewhere
@@ -24,7 +30,7 @@ That needs the main thread of the process (Ray task and actor methods run there)
 single C call (one lxml call) is interrupted when that call returns.
 
 `ExtractStep` wraps it all as the build's "extract" step, with counted drops `html_too_large`,
-`undecodable_html`, `extract_timeout`, `no_main_content`.
+`undecodable_html`, `extract_timeout`, `no_main_content`, and the per-image drops above.
 """
 
 from __future__ import annotations
@@ -40,14 +46,26 @@ from collections import Counter
 from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urljoin, urlsplit
 
 import lxml.html
+import numpy as np
 import trafilatura
 from charset_normalizer import from_bytes
 from lxml import etree
 
+from crawl.image_select import (
+    WORD,
+    Block,
+    ImageModel,
+    PageContext,
+    image_features,
+    int_attr,
+    is_ancestor,
+)
 from crawl.page import RawPage
 from pipeline.config import Section
 from pipeline.record import Document, Image, make_doc_id
@@ -66,10 +84,10 @@ class ExtractConfig(Section):
     # trafilatura's trade-off: "precision" (as FineWeb/datatrove run it; also the best of the three on the
     # dev gold sets, docs/benchmarks.md "Extraction quality"), "balanced" (trafilatura's default) or "recall"
     focus: Literal["precision", "balanced", "recall"] = "precision"
-    lead_image_chars: int = 300  # an image before the first extracted block is kept (as the lead picture)
-    #                              when at most this many characters of page text lie between them; 0: never
     max_images: int = 200  # images kept per document, in reading order
-    drop_teasers: bool = True  # drop images of teaser cards / related-links, nav, comment, ad blocks
+    # which images are content: the logistic model of crawl/image_select.py; empty = the packaged
+    # crawl/image_model.json (rebuilt by bench/train_image_model.py), else the path of another such file
+    image_model: str = ""
     prefer_largest: bool = False  # take the largest srcset candidate even where <img src> is a real image
 
 
@@ -79,7 +97,7 @@ class ExtractTimeout(BaseException):
 
 
 # ---- decoding ------------------------------------------------------------------------------------------
-_META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([a-zA-Z0-9_.:-]{2,40})""", re.I)
+_META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([a-zA-Z0-9_.:-]{2,40})""", re.IGNORECASE)
 _BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 _MAX_GARBAGE = 0.02  # share of control / replacement characters above which decoded text is garbage
 # U+FFFD and the control characters (Unicode category Cc is exactly U+0000-001F and U+007F-009F) but \t\n\f\r
@@ -161,7 +179,7 @@ _LAZY_ATTRS = ("data-src", "data-original", "data-lazy-src", "data-lazy", "data-
 _HIRES_ATTRS = ("data-hi-res-src", "data-full-src", "data-large-src")
 _SRCSET_ATTRS = ("data-srcset", "data-lazy-srcset", "srcset")
 _PLACEHOLDER = re.compile(r"(^data:)|(blank|spacer|placeholder|transparent|pixel|lazy|loading|grey|gray|"
-                          r"empty|1x1|dummy)[^/]*\.(gif|png|jpe?g|webp|svg)", re.I)
+                          r"empty|1x1|dummy)[^/]*\.(gif|png|jpe?g|webp|svg)", re.IGNORECASE)
 # Directory names and file-name starts that mark site chrome rather than content.
 _JUNK_PATH = re.compile(
     r"(/|^)(icons?|logos?|avatars?|badges?|buttons?|btns?|sprites?|emoji|emoticons?|smilies|smileys|spacers?|"
@@ -169,22 +187,16 @@ _JUNK_PATH = re.compile(
     r"/(spacer|pixel|blank|clear|transparent|1x1|tracking|tracker|beacon|logo|icon|favicon|avatar|badge|button|"
     r"btn|sprite|gravatar|feed-icon|rss|loader|loading|spinner)[^/]*$|"
     r"/[^/]*-(logo|icon|avatar|badge|button|sprite)s?[-.][^/]*$|"  # site-logo.png (not Wiki_File_logo.png)
-    r"/(facebook|twitter|pinterest|linkedin|whatsapp|reddit|email|e-mail|mail|print|share)([._-][^/]*)?$",
-    re.I,
+    r"/(facebook|twitter|pinterest|linkedin|whatsapp|reddit|email|e-mail|mail|print|share)"  # share buttons
+    r"([._-](icon|logo|button|btn|share|small|\d{2}(x\d{2})?)[^/]*)?\.(png|gif|jpe?g|webp)$",  # not WhatsApp-Image-*
+    re.IGNORECASE,
 )
 _JUNK_HOSTS = re.compile(r"(^|\.)(doubleclick\.net|google-analytics\.com|googletagmanager\.com|facebook\.com|"
                          r"scorecardresearch\.com|quantserve\.com|gravatar\.com|pixel\.[a-z.]+|stats\.[a-z.]+|"
-                         r"feeds\.feedburner\.com|b\.scorecardresearch\.com|sb\.scorecardresearch\.com)$", re.I)
+                         r"feeds\.feedburner\.com|b\.scorecardresearch\.com|sb\.scorecardresearch\.com)$", re.IGNORECASE)
 _NOT_URL = re.compile(r"[\s{}\"'<>]")  # JSON blobs or templates in an attribute, not a URL
 _STANDIN_HOST = "img.interloom.invalid"
 _STANDIN = re.compile(r"^https?://img\.interloom\.invalid/(\d+)\.png$")
-
-
-def _int_attr(value: str | None) -> int | None:
-    if not value:
-        return None
-    m = re.match(r"\s*(\d+)(\.\d+)?\s*(px)?\s*$", value)
-    return int(m.group(1)) if m else None
 
 
 def largest_srcset_candidate(srcset: str) -> str | None:
@@ -257,12 +269,11 @@ def _image_url(img: etree._Element, prefer_largest: bool = False) -> str | None:
     return _srcset_url(img)
 
 
-_JUNK_CLASS = re.compile(r"(^|[\s_-])(logo|icon|avatar|emoji|emoticon|sponsor|promo|ads?|advert|badge|button|"
-                         r"spinner|loader|tracking|pixel|gravatar)([\s_-]|$)", re.I)
-
-
-def junk_reason(url: str, width: int | None, height: int | None, css: str = "") -> str | None:
-    """Why an image is site chrome or a tracker rather than content (None when it looks like content)."""
+def junk_reason(url: str, width: int | None, height: int | None) -> str | None:
+    """Why an image can never be content, by hard rule: not an http(s)/file URL, a data: URI, a declared size
+    of at most 2 px (a pixel) or an icon size (both sides <= 32 px), SVG/ICO, a tracker host, a path that names
+    site chrome (icons, logos, avatars, sprites, spacers, share buttons); None otherwise: the image model of
+    `crawl.image_select` decides."""
     if url.startswith("data:"):
         return "data_uri"
     parts = urlsplit(url)
@@ -270,17 +281,15 @@ def junk_reason(url: str, width: int | None, height: int | None, css: str = "") 
         return "not_http"
     if (width is not None and width <= 2) or (height is not None and height <= 2):
         return "pixel"
+    path = parts.path.lower()
     if width is not None and height is not None and width <= 32 and height <= 32:
         return "icon_size"
-    path = parts.path.lower()
-    if path.endswith(".svg") or path.endswith(".svgz") or path.endswith(".ico"):
+    if path.endswith((".svg", ".svgz", ".ico")):
         return "svg_or_ico"
     if _JUNK_HOSTS.search(parts.hostname or ""):
         return "tracker_host"
     if _JUNK_PATH.search(path):
         return "chrome_path"
-    if css and _JUNK_CLASS.search(css):
-        return "chrome_class"
     return None
 
 
@@ -329,48 +338,46 @@ def _unwrap_noscript_images(tree: etree._Element) -> None:
 
 
 def _inside(el: etree._Element, ancestor: etree._Element) -> bool:
-    return _is_ancestor(ancestor, el)
+    return is_ancestor(ancestor, el)
 
 
 def _drop_keep_tail(el: etree._Element) -> None:
     el.drop_tree() if hasattr(el, "drop_tree") else el.getparent().remove(el)
 
 
-def prepare_tree(tree: etree._Element, url: str,
-                 prefer_largest: bool = False, drop_teasers: bool = True,
-                 ) -> tuple[list[_ImageRecord], dict[str, int]]:
-    """Normalise the images of a parsed page in place; return the kept images (by stand-in number) and
-    counts of junk images removed by reason."""
+def prepare_tree(tree: etree._Element, url: str, prefer_largest: bool = False,
+                 ) -> tuple[list[_ImageRecord], list[tuple[str, str]]]:
+    """Normalise the images of a parsed page in place; return the kept images (by stand-in number) and the
+    removed ones as (URL or tag, reason): no usable URL, or junk by hard rule (`junk_reason`)."""
     base = _page_base(tree, url)
     _unwrap_noscript_images(tree)
     records: list[_ImageRecord] = []
-    junk: dict[str, int] = {}
+    junk: list[tuple[str, str]] = []
     for img in list(tree.iter("img")):
         raw = _image_url(img, prefer_largest)
         if raw is None:
-            junk["no_url"] = junk.get("no_url", 0) + 1
+            junk.append(((img.get("src") or "<img>")[:200], "no_url"))
             _drop_keep_tail(img)
             continue
         absolute = urljoin(base, raw.strip())
-        reason = junk_reason(absolute, _int_attr(img.get("width")), _int_attr(img.get("height")),
-                             f"{img.get('class') or ''} {img.get('id') or ''}")
-        if reason is None and drop_teasers and _teaser(img):
-            reason = "teaser"
+        reason = junk_reason(absolute, int_attr(img.get("width")), int_attr(img.get("height")))
         if reason is not None:
-            junk[reason] = junk.get(reason, 0) + 1
+            junk.append((absolute[:500], reason))
             _drop_keep_tail(img)
             continue
         alt = " ".join((img.get("alt") or img.get("title") or "").split())
         n = len(records)
         records.append(_ImageRecord(url=absolute.split("#", 1)[0], alt=alt, element_id=n))
         for attr in list(img.attrib):
-            if attr not in ("alt", "title", "width", "height"):
+            if attr not in ("alt", "title", "width", "height", "class", "id"):
                 del img.attrib[attr]
         img.set("src", f"http://{_STANDIN_HOST}/{n}.png")
-    # <picture>/<source> leftovers (their srcset is resolved above): keep the bare <img>
+    # <picture>/<source> leftovers (their srcset is resolved above): keep the bare <img>, marked for features
     for picture in list(tree.iter("picture")):
         for source in list(picture.iter("source")):
             source.drop_tag() if len(source) else _drop_keep_tail(source)
+        for img in picture.iter("img"):
+            img.set("data-in-picture", "1")
         if picture.getparent() is not None:
             picture.drop_tag()
     return records, junk
@@ -471,10 +478,8 @@ def _page_text(root: etree._Element) -> _PageText:
     page = _PageText("", [], [], [])
     pos = 0
 
-    def add(text: str | None, owner: etree._Element) -> None:
+    def add(text: str, owner: etree._Element) -> None:  # text: not empty, not only whitespace
         nonlocal pos
-        if not text or text.isspace():  # most tails are layout whitespace
-            return
         squashed = _squash(text)
         if squashed:
             page.piece_at.append(pos)
@@ -483,38 +488,54 @@ def _page_text(root: etree._Element) -> _PageText:
             pos += len(squashed)
 
     walker = etree.iterwalk(root, events=("start", "end"))
-    for event, el in walker:
+    for event, el in walker:  # most tails are layout whitespace: test before asking for the parent
         if event == "end":
-            add(el.tail, el.getparent())
+            tail = el.tail
+            if tail and not tail.isspace():
+                add(tail, el.getparent())
             continue
         tag = el.tag if isinstance(el.tag, str) else ""
         if tag in _NOT_PAGE_TEXT:
             walker.skip_subtree()  # no "end" event follows for a skipped element: take its tail here
-            add(el.tail, el.getparent())
+            tail = el.tail
+            if tail and not tail.isspace():
+                add(tail, el.getparent())
             continue
         if tag == "img":
             m = _STANDIN.match(el.get("src") or "")
             if m:
                 page.images.append((pos, int(m.group(1)), el))
-        add(el.text, el)
+        text = el.text
+        if text and not text.isspace():
+            add(text, el)
     page.text = "".join(chunks)
     return page
 
 
-def _place_images(tree: etree._Element, items: list[tuple[str, object]],
-                  lead_image_chars: int) -> list[tuple[str, object]]:
-    """Put the page's content images between the text blocks trafilatura extracted.
+@dataclass
+class _Candidate:
+    """A content-image candidate: its stand-in number, the item it goes before (-1: after the last placed
+    block) and its features for the image model."""
+
+    n: int
+    slot: int
+    features: list[float]
+
+
+def _image_candidates(tree: etree._Element, items: list[tuple[str, object]], records: list[_ImageRecord],
+                      url: str) -> tuple[list[_Candidate], dict[int, str]]:
+    """Locate the extracted blocks and every image in the page text and describe each image for the model.
 
     Each extracted block is anchored in the page text (its first characters, searched forward from the
     previous anchor). The main content container is the smallest element holding at least half of the
-    anchored blocks. An image of that container (not a teaser card, related link, nav or ad block) that sits
-    between the first and the last anchored block goes before the first block that follows it in the page; an
-    image before the first block goes first when at most `lead_image_chars` characters of page text separate
-    them (a lead picture under the headline); images after the last block (related stories, author boxes) are
-    left out."""
+    anchored blocks. An image goes before the first block that follows it in the page (an image at the very
+    offset where a block starts precedes it), or after the last block when none follows. Returns the
+    candidates and, by stand-in number, the images that cannot be placed with the reason."""
     page = _page_text(tree)
+    seen = {n for _, n, _ in page.images}
+    unplaced = {n: "not_in_page_text" for n in range(len(records)) if n not in seen}
     if not page.images:
-        return items
+        return [], unplaced
     anchors: list[tuple[int, int, int]] = []  # (item index, start, end) as offsets in page.text
     cursor = 0
     for i, (kind, text) in enumerate(items):
@@ -532,7 +553,8 @@ def _place_images(tree: etree._Element, items: list[tuple[str, object]],
         anchors.append((i, at, at + len(_squash(str(text)))))
         cursor = max(cursor, at + len(key))
     if not anchors:
-        return items
+        unplaced.update({n: "no_text_anchor" for _, n, _ in page.images})
+        return [], unplaced
     owners = [page.piece_owner[bisect.bisect_right(page.piece_at, start) - 1] for _, start, _ in anchors]
     holds: Counter = Counter()  # element -> how many anchored blocks it holds
     for owner in owners:
@@ -542,62 +564,29 @@ def _place_images(tree: etree._Element, items: list[tuple[str, object]],
     while container is not None and holds[container] < (len(owners) + 1) // 2:
         container = container.getparent()
     if container is None or container.tag in ("html", "body"):
-        container = None  # no single content element: every image between the blocks is a candidate
-    anchors.sort(key=lambda a: a[1])
-    starts = [start for _, start, _ in anchors]
-    last_end = max(end for _, _, end in anchors)
-    before: dict[int, list[int]] = {}  # item index -> images that go just before it
-    after: list[int] = []  # images that go just after the last block in page order
+        container = None  # no single content element
+    blocks = sorted((Block(i, start, end) for i, start, end in anchors), key=lambda b: b.start)
+    starts = [b.start for b in blocks]
+    any_alt = any(records[n].alt for _, n, _ in page.images)  # the words are needed for alt texts only
+    text_words = ({w.lower() for kind, text in items if kind == "text" for w in WORD.findall(str(text))}
+                  if any_alt else set())
+    url_counts = Counter(records[n].url for _, n, _ in page.images)
+    ctx = PageContext(url, len(page.text), blocks, container, holds, text_words, len(page.images), url_counts)
+    candidates = []
     for at, n, img in page.images:
-        if container is not None and not _is_ancestor(container, img):
-            continue
-        if at >= last_end or _teaser(img, container):  # after the text, or a teaser / nav / ad block
-            continue
-        k = bisect.bisect_left(starts, at)  # an image at the very offset where a block starts precedes it
-        if k == 0 and not (lead_image_chars > 0 and starts[0] - at <= lead_image_chars):
-            continue  # above the first block, too far from it to be its lead picture
-        if k < len(anchors):
-            before.setdefault(anchors[k][0], []).append(n)
-        else:  # inside the last block's text (an inline picture): after that block
-            after.append(n)
-    out: list[tuple[str, object]] = []
-    for i, item in enumerate(items):
-        out.extend(("image", n) for n in before.get(i, []))
-        out.append(item)
-        if i == anchors[-1][0]:
-            out.extend(("image", n) for n in after)
-    return out
+        k = bisect.bisect_left(starts, at)
+        rec = records[n]
+        features = image_features(img, at, rec.alt, rec.url, ctx)
+        candidates.append(_Candidate(n, blocks[k].item if k < len(blocks) else -1, features))
+    return candidates, unplaced
 
 
-_TEASER_TOKEN = re.compile(
-    r"(^|[_-])(related|recommended|recommendations?|promo|promos|teaser|teasers|sidebar|share|sharing|social|"
-    r"comments?|author|byline|avatar|newsletter|footer|nav|navigation|menu|advert|advertisement|ad|ads|"
-    r"sponsored|outbrain|taboola|trending|popular|most-read|more-stories|read-more|rail)([_-]|$)", re.I)
-_SCOPE_TAGS = {"article", "main", "body", "html"}
-
-
-def _teaser(img: etree._Element, container: etree._Element | None = None) -> bool:
-    """An image that links to another page with a title (a teaser card), or sits in a block whose class or
-    id marks it as related links, navigation, comments, author box or ads. Ancestors are looked at up to
-    `container` or the nearest <article>/<main>/<body>, at most 8 levels up."""
-    el, depth = img.getparent(), 0
-    while el is not None and el is not container and el.tag not in _SCOPE_TAGS and depth < 8:
-        depth += 1
-        if el.tag == "a" and len(" ".join("".join(el.itertext()).split())) >= 15:
-            return True
-        for token in f"{el.get('class') or ''} {el.get('id') or ''}".split():
-            if _TEASER_TOKEN.search(token):
-                return True
-        el = el.getparent()
-    return False
-
-
-def _is_ancestor(a: etree._Element, b: etree._Element) -> bool:
-    while b is not None:
-        if b is a:
-            return True
-        b = b.getparent()
-    return False
+@lru_cache(maxsize=4)
+def load_image_model(path: str = "") -> ImageModel:
+    """The image model at `path` (empty: the one shipped in the package), read once per process."""
+    if path and not Path(path).is_file():
+        raise ValueError(f"extract.image_model: no such file {path!r} (leave it empty for the packaged model)")
+    return ImageModel.load(Path(path)) if path else ImageModel.load()
 
 
 # ---- the extraction ------------------------------------------------------------------------------------
@@ -644,21 +633,31 @@ def _run_trafilatura(tree: etree._Element, url: str, config: ExtractConfig) -> e
     return body
 
 
-def extract_document(html: str, url: str, *, source: str = "", fetched_at: str = "", doc_id: str = "",
-                     timeout_s: float = 10.0, config: ExtractConfig | None = None) -> Document | None:
-    """Extract the main content of a page as an interleaved Document (None when there is no main content).
+@dataclass
+class ImageDrop:
+    """An image of a page left out of its document: its URL and why."""
 
-    `timeout_s` bounds the whole extraction (raises `ExtractTimeout`); `config` holds the other options.
-    """
-    config = config or ExtractConfig()
-    if timeout_s <= 0:
-        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-    with time_limit(timeout_s):
-        return _extract(html, url, source=source, fetched_at=fetched_at, doc_id=doc_id, config=config)
+    url: str
+    reason: str
+    detail: str = ""
 
 
-def _extract(html: str, url: str, *, source: str, fetched_at: str, doc_id: str,
-             config: ExtractConfig) -> Document | None:
+@dataclass
+class ExtractParts:
+    """Everything of one page the image decision needs, computed once: text items, image records,
+    candidates with features, and the images already ruled out (hard junk rules, not placeable)."""
+
+    url: str
+    title: str
+    meta: dict[str, str]
+    items: list[tuple[str, object]]
+    records: list[_ImageRecord]
+    candidates: list[_Candidate]
+    ruled_out: list[ImageDrop]
+
+
+def extract_parts(html: str, url: str, config: ExtractConfig) -> ExtractParts | None:
+    """Parse, normalise the images, run trafilatura and describe every image (None: no main content)."""
     tree = _parse(html)
     if tree is None:
         return None
@@ -667,39 +666,93 @@ def _extract(html: str, url: str, *, source: str, fetched_at: str, doc_id: str,
     if robots:
         meta["meta_robots"] = robots
     title = _title(tree)
-    records, _junk = prepare_tree(tree, url, config.prefer_largest, config.drop_teasers)
+    records, junk = prepare_tree(tree, url, config.prefer_largest)
     body = _run_trafilatura(tree, url, config)  # works on its own copy of the tree
     if body is None:
         return None
     items = _walk(body)
-    if records:
-        items = _place_images(tree, items, config.lead_image_chars)
-    doc = Document(id=doc_id or make_doc_id(source or url), url=url, source=source, fetched_at=fetched_at,
-                   title=title, meta=meta)
+    candidates, unplaced = _image_candidates(tree, items, records, url) if records else ([], {})
+    ruled_out = [ImageDrop(u, r) for u, r in junk]
+    ruled_out += [ImageDrop(records[n].url, r) for n, r in sorted(unplaced.items())]
+    return ExtractParts(url, title, meta, items, records, candidates, ruled_out)
+
+
+def assemble(parts: ExtractParts, model: ImageModel, config: ExtractConfig, *, source: str = "",
+             fetched_at: str = "", doc_id: str = "") -> tuple[Document | None, list[ImageDrop]]:
+    """The document of a page from its parts: the images the model keeps, placed between the text blocks;
+    and every image left out with its reason (None when no text block is left)."""
+    drops = list(parts.ruled_out)
+    before: dict[int, list[int]] = {}  # item index -> images that go just before it (-1: after the last)
+    if parts.candidates:
+        x_NF = np.asarray([c.features for c in parts.candidates], dtype=np.float64)
+        p_N = model.probabilities(x_NF)
+        for c, p, x_F in zip(parts.candidates, p_N, x_NF):
+            if p >= model.threshold:
+                before.setdefault(c.slot, []).append(c.n)
+            else:
+                drops.append(ImageDrop(parts.records[c.n].url, model.drop_reason(x_F), f"p={p:.2f}"))
+    doc = Document(id=doc_id or make_doc_id(source or parts.url), url=parts.url, source=source,
+                   fetched_at=fetched_at, title=parts.title, meta=dict(parts.meta))
     seen: set[str] = set()
-    for kind, value in items:
-        if kind == "text":
-            if len(value) >= max(1, config.min_text_chars):
-                doc.append_text(value)
-        else:
-            rec = records[value]
-            if rec.url in seen or len(seen) >= config.max_images:
-                continue
-            seen.add(rec.url)
-            doc.append_image(Image(url=rec.url, alt=rec.alt))
+
+    def add_images(ns: list[int]) -> None:
+        for n in ns:
+            rec = parts.records[n]
+            if rec.url in seen:
+                drops.append(ImageDrop(rec.url, "duplicate_in_page"))
+            elif len(seen) >= config.max_images:
+                drops.append(ImageDrop(rec.url, "max_images", f"{config.max_images} kept"))
+            else:
+                seen.add(rec.url)
+                doc.append_image(Image(url=rec.url, alt=rec.alt))
+
+    last_text = max((i for i, (kind, _) in enumerate(parts.items) if kind == "text"), default=-1)
+    for i, (kind, value) in enumerate(parts.items):
+        add_images(before.get(i, []))
+        if kind == "text" and len(value) >= max(1, config.min_text_chars):
+            doc.append_text(value)
+        if i == last_text:
+            add_images(before.get(-1, []))
     if not doc.text_blocks:
-        return None
+        return None, drops
     doc.check()
-    return doc
+    return doc, drops
+
+
+def extract_with_drops(html: str, url: str, *, source: str = "", fetched_at: str = "", doc_id: str = "",
+                       timeout_s: float = 10.0, config: ExtractConfig | None = None,
+                       ) -> tuple[Document | None, list[ImageDrop]]:
+    """`extract_document`, plus the page's images that were left out, each with its reason."""
+    config = config or ExtractConfig()
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    model = load_image_model(config.image_model)
+    with time_limit(timeout_s):
+        parts = extract_parts(html, url, config)
+        if parts is None:
+            return None, []
+        return assemble(parts, model, config, source=source, fetched_at=fetched_at, doc_id=doc_id)
+
+
+def extract_document(html: str, url: str, *, source: str = "", fetched_at: str = "", doc_id: str = "",
+                     timeout_s: float = 10.0, config: ExtractConfig | None = None) -> Document | None:
+    """Extract the main content of a page as an interleaved Document (None when there is no main content).
+
+    `timeout_s` bounds the whole extraction (raises `ExtractTimeout`); `config` holds the other options.
+    """
+    return extract_with_drops(html, url, source=source, fetched_at=fetched_at, doc_id=doc_id,
+                              timeout_s=timeout_s, config=config)[0]
 
 
 class ExtractStep(Step):
-    """RawPage -> Document. Drops: html_too_large, undecodable_html, extract_timeout, no_main_content."""
+    """RawPage -> Document. Drops: html_too_large, undecodable_html, extract_timeout, no_main_content; the
+    images left out of a kept document are item drops `extract/image` with their reasons (rejects rows)."""
 
     name = "extract"
 
     def __init__(self, config: ExtractConfig | None = None) -> None:
         self.config = config or ExtractConfig()
+        load_image_model(self.config.image_model)  # a broken model file fails the build at start, not per page
 
     def process(self, page: RawPage, ledger: Ledger) -> Document | Drop:
         cfg = self.config
@@ -711,9 +764,9 @@ class ExtractStep(Step):
             return Drop("undecodable_html", str(e))
         started = time.monotonic()
         try:
-            doc = extract_document(html, page.url, source=page.source, fetched_at=page.fetched_at,
-                                   doc_id=page.id or make_doc_id(page.source), timeout_s=cfg.timeout_s,
-                                   config=cfg)
+            doc, drops = extract_with_drops(html, page.url, source=page.source, fetched_at=page.fetched_at,
+                                            doc_id=page.id or make_doc_id(page.source), timeout_s=cfg.timeout_s,
+                                            config=cfg)
         except ExtractTimeout as e:
             return Drop("extract_timeout", f"{e} (after {time.monotonic() - started:.1f}s)")
         if doc is None:
@@ -721,5 +774,11 @@ class ExtractStep(Step):
         robots_header = page.headers.get("x-robots-tag", "")
         if robots_header:
             doc.meta["x_robots_tag"] = robots_header.strip().lower()
+        count = ledger.item(self.name, "image")
+        count.n_in += len(doc.image_list) + len(drops)
+        count.n_out += len(doc.image_list)
+        for d in drops:
+            ledger.drop(self.name, d.reason, id=doc.id, url=doc.url, item="image",
+                        detail=f"{d.url} {d.detail}".strip())
         ledger.counters["extract/images"] += len(doc.image_list)
         return doc
