@@ -6,11 +6,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test test-fast bench browser clean help
+.PHONY: demo test test-fast lint bench browser clean help
 
 help:
 	@echo "make demo   build the embedded sample corpus, train the debug-cpu model on it, write the report"
-	@echo "make test   run the whole test suite (installs test extras and headless Chromium)"
+	@echo "make test   lint, then the whole test suite (installs test extras and headless Chromium)"
+	@echo "make lint   ruff check, ruff format --check, mypy against its baseline, import-layer contracts"
 	@echo "make bench  run the benchmarks of bench/ (results go to docs/benchmarks.md by hand)"
 
 $(VENV)/.core: pyproject.toml
@@ -31,7 +32,15 @@ browser:
 demo: $(VENV)/.core
 	$(VENV)/bin/interloom demo --output demo-out
 
-test: $(VENV)/.test browser
+# style, format, types (no more errors than tests/lint/mypy-baseline.json allows) and the layers of
+# docs/design.md (import-linter contracts in pyproject.toml)
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) tests/lint/mypy_baseline.py
+	$(VENV)/bin/lint-imports
+
+test: lint browser
 	$(PY) -m pytest -q -ra
 
 test-fast: $(VENV)/.test

@@ -26,7 +26,7 @@ from filters.config import C4Config
 from filters.text import count_words, sentences
 from pipeline.record import Document
 from pipeline.stats import Ledger
-from pipeline.steps import Drop, Step
+from pipeline.steps import Drop, Signal, Step, at_least
 
 CITATION_RE = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 ELLIPSIS = "..."
@@ -34,6 +34,8 @@ ELLIPSIS = "..."
 
 class C4Filter(Step):
     name = "c4"
+    signals = (Signal("c4_lines_kept_frac"),
+               Signal("c4_n_sentences", at_least("min_num_sentences", off_below=0)))  # -1 turns it off
 
     def __init__(self, cfg: C4Config | None = None):
         self.cfg = cfg or C4Config()

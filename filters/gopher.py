@@ -25,11 +25,19 @@ from collections import Counter
 from filters.config import GopherQualityConfig, GopherRepetitionConfig
 from filters.text import is_no_space, is_word, stop_words_for, tokens
 from pipeline.record import Document
-from pipeline.steps import Filter
+from pipeline.steps import Filter, Signal, at_least, at_most
 
 
 class GopherQualityFilter(Filter):
     name = "gopher_quality"
+    signals = (Signal("gopher_n_words", at_least("min_doc_words"), at_most("max_doc_words")),
+               Signal("gopher_mean_word_length", at_least("min_avg_word_length"), at_most("max_avg_word_length")),
+               Signal("gopher_hash_ratio", at_most("max_symbol_word_ratio")),
+               Signal("gopher_ellipsis_ratio", at_most("max_symbol_word_ratio")),
+               Signal("gopher_bullet_lines_ratio", at_most("max_bullet_lines_ratio")),
+               Signal("gopher_ellipsis_lines_ratio", at_most("max_ellipsis_lines_ratio")),
+               Signal("gopher_alpha_words_ratio", at_least("min_alpha_words_ratio")),
+               Signal("gopher_stop_words", at_least("min_stop_words")))
 
     def __init__(self, cfg: GopherQualityConfig | None = None):
         self.cfg = cfg or GopherQualityConfig()
@@ -120,6 +128,12 @@ def duplicate_ngram_chars(words: list[str], n: int) -> int:
 
 class GopherRepetitionFilter(Filter):
     name = "gopher_repetition"
+    signals = (Signal("gopher_dup_para_frac", at_most("dup_para_frac")),
+               Signal("gopher_dup_para_char_frac", at_most("dup_para_char_frac")),
+               Signal("gopher_dup_line_frac", at_most("dup_line_frac")),
+               Signal("gopher_dup_line_char_frac", at_most("dup_line_char_frac")),
+               Signal("gopher_top_{n}_gram_char_frac", at_most("top_n_grams")),
+               Signal("gopher_dup_{n}_gram_char_frac", at_most("dup_n_grams")))
 
     def __init__(self, cfg: GopherRepetitionConfig | None = None):
         self.cfg = cfg or GopherRepetitionConfig()

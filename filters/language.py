@@ -19,7 +19,7 @@ from typing import Any
 
 from filters.config import LanguageConfig
 from pipeline.record import Document
-from pipeline.steps import Filter
+from pipeline.steps import Filter, Signal, at_least
 
 _WS_RE = re.compile(r"\s+")
 LABEL_PREFIX = "__label__"
@@ -53,6 +53,8 @@ def normalise_for_fasttext(text: str) -> str:
 
 class LanguageFilter(Filter):
     name = "language"
+    signals = (Signal("lang_score", at_least("min_score")),
+               Signal("lang_block_agreement", at_least("min_block_agreement")))
 
     def __init__(self, cfg: LanguageConfig | None = None):
         self.cfg = cfg or LanguageConfig()

@@ -15,13 +15,14 @@ import re
 from filters.config import OptOutConfig
 from pipeline.record import Document
 from pipeline.stats import Ledger
-from pipeline.steps import Drop, Step, drop_images
+from pipeline.steps import Drop, Signal, Step, drop_images
 
 _SPLIT_RE = re.compile(r"[\s,;:]+")
 
 
 class OptOutFilter(Step):
     name = "opt_out"
+    signals = (Signal("optout_noimageai"),)
 
     def __init__(self, cfg: OptOutConfig | None = None):
         self.cfg = cfg or OptOutConfig()

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from filters.config import PIIConfig
 from pipeline.record import Document
 from pipeline.stats import Ledger
-from pipeline.steps import Step
+from pipeline.steps import Signal, Step
 
 EMAIL_RE = re.compile(
     r"\b[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@(?:(?:[A-Za-z0-9](?:["
@@ -102,6 +102,7 @@ def _whole_if(valid: Callable[[str], bool]) -> Callable[[str], list[tuple[int, i
 
 class PIIStep(Step):
     name = "pii"
+    signals = (Signal("pii_replacements"),)
 
     def __init__(self, cfg: PIIConfig | None = None):
         self.cfg = cfg or PIIConfig()

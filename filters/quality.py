@@ -30,7 +30,7 @@ from tqdm import tqdm
 from filters.config import QualityConfig
 from filters.language import LABEL_PREFIX, load_fasttext
 from pipeline.record import Document
-from pipeline.steps import Filter
+from pipeline.steps import Filter, Signal, at_least
 
 _WS_RE = re.compile(r"\s+")
 # fastText 0.9.3 initialises its input matrix in `thread` blocks of one tenth each (DenseMatrix::uniform):
@@ -138,6 +138,7 @@ def train_quality_model(positive_paths: Iterable[str | Path], negative_paths: It
 
 class QualityFilter(Filter):
     name = "quality"
+    signals = (Signal("quality_score", at_least("threshold")),)
 
     def __init__(self, cfg: QualityConfig | None = None):
         self.cfg = cfg or QualityConfig()

@@ -27,7 +27,7 @@ from filters.config import ImageCountConfig, TextBlocksConfig
 from filters.text import words
 from pipeline.record import Document
 from pipeline.stats import Ledger
-from pipeline.steps import Drop, Filter, Step
+from pipeline.steps import Drop, Filter, Signal, Step, at_least, at_most
 
 
 def _special_char_ratio(text: str) -> float:
@@ -40,6 +40,7 @@ def _special_char_ratio(text: str) -> float:
 
 class TextBlockFilter(Step):
     name = "text_blocks"
+    signals = (Signal("text_blocks_removed_frac"),)
 
     def __init__(self, cfg: TextBlocksConfig | None = None):
         self.cfg = cfg or TextBlocksConfig()
@@ -93,6 +94,8 @@ class TextBlockFilter(Step):
 
 class ImageCountFilter(Filter):
     name = "image_count"
+    signals = (Signal("n_images", at_least("min_images"), at_most("max_images")),
+               Signal("words_per_image", at_least("min_words_per_image")))
 
     def __init__(self, cfg: ImageCountConfig | None = None):
         self.cfg = cfg or ImageCountConfig()

@@ -27,6 +27,7 @@ import copy
 import glob
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -40,7 +41,6 @@ from typing import Any
 import pyarrow.parquet as pq
 import ray
 from pydantic import Field
-from tqdm import tqdm
 
 from crawl.extract import ExtractConfig, ExtractStep
 from crawl.images import ImageConfig, ImageStep, chain
@@ -48,12 +48,13 @@ from crawl.live.config import CrawlConfig
 from crawl.sources import NOT_IN_SOURCE, Unit, discover_units, open_source
 from filters.config import FiltersConfig
 from filters.dedup import ApplyDedup, DedupConfig, DedupResult, InDocumentImageDedup, run_dedup
-from filters.registry import document_steps, text_steps
+from filters.registry import declared_signals, document_steps, text_steps
 from pipeline.config import Section, dump_config
 from pipeline.corpus import MANIFEST, ShardInfo, _parse_line, write_shards
 from pipeline.record import STAGED_SCHEMA, documents_to_staged_table, staged_table_to_documents
+from pipeline.runner import Stage, map_actors
 from pipeline.stats import Ledger, check_funnel
-from pipeline.steps import Step, run_steps
+from pipeline.steps import Resources, Step, run_steps
 from pipeline.storage import (
     Storage,
     StorageError,
@@ -63,6 +64,8 @@ from pipeline.storage import (
     local_scratch,
     write_parquet_atomic,
 )
+
+log = logging.getLogger(__name__)
 
 
 class OutputConfig(Section):
@@ -325,73 +328,22 @@ def _storage_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "GOOGLE_", "FSSPEC_"))}
 
 
-def _run_pool(cfg: BuildConfig, items: list, method: str, desc: str, args_of, on_result,
+def unit_stage(cfg: BuildConfig, name: str, phase: str) -> Stage:
+    """The runner stage of phase 1 ("unit") or 3 ("write"): the resources its steps declare, the driver's
+    object-store settings for the workers that read and write."""
+    steps = Steps(cfg)
+    chain = steps.unit(resolver=None) if phase == "unit" else steps.write(None)
+    return Stage(name, resources=Resources.covering(chain), env=_storage_env())
+
+
+def _run_pool(cfg: BuildConfig, stage: Stage, items: list, method: str, args_of, on_result,
               progress: bool, writes_to) -> None:
-    """Run `method` of UnitWorker actors over items; results handed to on_result as they finish.
-    `writes_to(item)` names where an item's outputs go, for the error when they cannot be written."""
-    if not items:
-        return
+    """Run `method` of a pool of UnitWorker actors over items (pipeline.runner); results handed to
+    on_result as they finish. `writes_to(item)` names where an item's outputs go, for the error when they
+    cannot be written."""
     n_workers = cfg.ray.workers or max(1, int(ray.available_resources().get("CPU", 1)))
-    n_workers = min(n_workers, len(items))
-    actor_cls = ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2)(UnitWorker)
-    env = _storage_env()
-    if env:  # object-store endpoint and credentials of the driver reach the workers that read and write
-        actor_cls = actor_cls.options(runtime_env={"env_vars": env})
-    actors = [actor_cls.remote(dump_config(cfg)) for _ in range(n_workers)]
-    pending: dict[Any, Any] = {}
-    queue = list(items)
-    failed: list[tuple[Any, BaseException]] = []
-    lost: dict[str, int] = {}  # unit name -> times its actor died under it
-    bar = tqdm(total=len(items), desc=desc, unit="unit", disable=not progress)
-    try:
-        free = list(actors)
-        while queue or pending:
-            while queue and free and not failed:
-                actor, item = free.pop(), queue.pop(0)
-                pending[getattr(actor, method).remote(*args_of(item))] = (actor, item)
-            if not pending:
-                break
-            done, _ = ray.wait(list(pending), num_returns=1)
-            actor, item = pending.pop(done[0])
-            free.append(actor)
-            try:
-                result = ray.get(done[0])
-            except ray.exceptions.RayActorError as e:
-                # the actor's process or node died mid-unit (Ray would retry the call on the restarted actor,
-                # but may first report it unavailable): retire that actor for good, so no second attempt runs
-                # beside ours, and run the unit again on a fresh actor (unit outputs are atomic + markers)
-                key = getattr(item, "name", repr(item))
-                lost[key] = lost.get(key, 0) + 1
-                if lost[key] > 3:
-                    raise ValueError(f"{desc}: unit {key}: its worker died {lost[key]} times ({e}); "
-                                     f"run the same command again to resume") from e
-                free.remove(actor)
-                ray.kill(actor, no_restart=True)
-                replacement = actor_cls.remote(dump_config(cfg))
-                actors.append(replacement)
-                free.append(replacement)
-                queue.insert(0, item)
-                continue
-            except ray.exceptions.RayTaskError as e:
-                # an output that cannot be written (disk full, read-only, permission denied, storage down
-                # for good): let the units in flight finish (their outputs are kept), then stop
-                cause = e.cause if isinstance(e.cause, OSError) else None
-                if cause is None:
-                    raise
-                failed.append((item, cause))
-                continue
-            on_result(item, result, bar)
-            bar.update(1)
-        if failed:
-            item, cause = failed[0]
-            where = getattr(cause, "filename", None) or writes_to(item)  # pyarrow's errors name no file
-            raise ValueError(f"{desc}: unit {getattr(item, 'name', item)} could not write its output to "
-                             f"{where}: {cause} -- finished units are kept; fix the output (space, permissions) "
-                             f"and run the same command again to resume") from cause
-    finally:
-        bar.close()
-        for a in actors:
-            ray.kill(a)
+    map_actors(stage, UnitWorker, (dump_config(cfg),), method, items, args_of, workers=n_workers,
+               progress=progress, writes_to=writes_to, on_result=on_result)
 
 
 def _put_json(store: Storage, rel: str, obj: Any) -> None:
@@ -434,7 +386,7 @@ def build_corpus(inputs: list[str], output: str | Path, cfg: BuildConfig | None 
     try:
         try:
             return _build(cfg, paths, units, store, work, progress)
-        except ray.exceptions.RayTaskError as e:  # a Ray task (e.g. a dedup pass) could not write
+        except ray.exceptions.RayTaskError as e:  # a Ray call outside the runner (the crawl) could not write
             if isinstance(e.cause, OSError):
                 raise e.cause from e
             raise
@@ -490,12 +442,12 @@ def _build(cfg: BuildConfig, paths: list[str], units: list[Unit], store: Storage
             raise ValueError(f"{store.url} holds a build with other inputs or config ({shown}); use a new "
                              f"--output or delete it (see {store.url_of('build.json')})")
         if previous.get("finished_at"):
-            print(f"{store.url}: build already finished at {previous['finished_at']}; nothing to do")
+            log.info("%s: build already finished at %s; nothing to do", store.url, previous["finished_at"])
             return json.loads(store.read_bytes("stats.json"))
         info = previous
     else:
         info = {**identity, "versions": _versions(), "started_at": _now(), "finished_at": None,
-                "units": [asdict(u) for u in units]}
+                "units": [asdict(u) for u in units], "signals": declared_signals(cfg.filters)}
         _put_json(store, "build.json", info)
     try:
         (work / "units").mkdir(parents=True, exist_ok=True)
@@ -509,9 +461,9 @@ def _build(cfg: BuildConfig, paths: list[str], units: list[Unit], store: Storage
     todo = [u for u in units if not (work / "units" / u.name / "DONE.json").exists()]
     docs_total = {"n": 0}
 
-    def on_unit(unit, summary, bar):
+    def on_unit(unit, summary):
         docs_total["n"] += summary["documents"]
-        bar.set_postfix(documents=docs_total["n"])
+        return {"documents": docs_total["n"]}
 
     fetcher = None
     if cfg.images.fetch and todo:  # one fetcher for all workers, so per-host politeness holds build-wide
@@ -519,8 +471,8 @@ def _build(cfg: BuildConfig, paths: list[str], units: list[Unit], store: Storage
 
         fetcher = FetchResolver(cfg.crawl, warc_dir=_crawl_dir(cfg, store.url) / "images")
     try:
-        _run_pool(cfg, todo, "run_unit", "extract+filter", lambda u: (u, str(work), fetcher), on_unit, progress,
-                  writes_to=lambda u: str(work / "units" / u.name))
+        _run_pool(cfg, unit_stage(cfg, "extract+filter", "unit"), todo, "run_unit",
+                  lambda u: (u, str(work), fetcher), on_unit, progress, writes_to=lambda u: str(work / "units" / u.name))
     finally:
         if fetcher is not None:
             fetcher.close()
@@ -567,12 +519,12 @@ def _build(cfg: BuildConfig, paths: list[str], units: list[Unit], store: Storage
         elif next_unit["i"] > first and not store.exists(MANIFEST):
             store.write_bytes(MANIFEST, b"")  # units without documents: still a (empty) corpus
 
-    def on_written(unit, summary, bar):
+    def on_written(unit, summary):
         results[unit.name] = [ShardInfo(**s) for s in summary["shards"]]
         flush_in_order()
 
     flush_in_order()
-    _run_pool(cfg, to_write, "write_unit", "write shards",
+    _run_pool(cfg, unit_stage(cfg, "write shards", "write"), to_write, "write_unit",
               lambda u: (index_of[u.name], u, str(work), store.url), on_written, progress,
               writes_to=lambda u: f"{store.url} (shards, index) and {work / 'units' / u.name}")
     flush_in_order()

@@ -1,23 +1,32 @@
 """The `interloom` command line. Each subcommand lives in its own module exposing `register(subparsers)`,
-which adds its parser and sets `func` to the function that runs it; this file only lists them."""
+which adds its parser and sets `func` to the function that runs it; this file imports and lists them.
+Library code logs (`logging`); this entry point shows the INFO messages of interloom's own packages."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import logging
 import sys
+
+from crawl import crawl_cli
+from filters import quality_cli
+from pipeline import build_cli, demo, export_cli
+from pipeline.report import cli as inspect_cli
+from train import cli as train_cli
+from train import tokenizer_cli
 
 # subcommand modules, in the order `interloom --help` lists them
 COMMANDS = [
-    "pipeline.demo",  # interloom demo
-    "pipeline.build_cli",  # interloom build
-    "crawl.crawl_cli",  # interloom crawl
-    "pipeline.report.cli",  # interloom inspect
-    "pipeline.export",  # interloom export hf
-    "filters.quality_cli",  # interloom quality train
-    "train.tokenizer_cli",  # interloom tokenizer train
-    "train.cli",  # interloom train
+    demo,  # interloom demo
+    build_cli,  # interloom build
+    crawl_cli,  # interloom crawl
+    inspect_cli,  # interloom inspect
+    export_cli,  # interloom export hf
+    quality_cli,  # interloom quality train
+    tokenizer_cli,  # interloom tokenizer train
+    train_cli,  # interloom train
 ]
+PACKAGES = ["corpus", "crawl", "filters", "pipeline", "train"]  # whose INFO log lines the command shows
 
 EPILOG = """\
 quick start:
@@ -39,12 +48,24 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(name).register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 
+def show_logs(level: int = logging.INFO) -> None:
+    """interloom's log lines on stderr (other libraries keep their own levels)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for name in PACKAGES:
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
+    show_logs()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

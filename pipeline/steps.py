@@ -4,6 +4,10 @@ A `Step` has a `name` and one method, `process(item)`, which returns the (possib
 `Drop(reason)`. A `Filter` is a step whose one method is `filter(doc)`, returning `True` to keep or
 `(False, reason)` to drop; the base class does the counting (datatrove's `BaseFilter`). Steps that need a
 heavy model load it lazily in `setup()`, which the runner calls once per worker before the first item.
+A step that writes `doc.signals` declares them (`signals`: each `Signal` with the config keys of its
+`Threshold`s); the build resolves them against the config into build.json (`resolve_signals`), where the
+report reads them. Each step declares the `Resources` one worker running it holds (NeMo Curator's `Resources`); a worker that
+runs a chain of steps holds `Resources.covering(steps)`.
 
 `run_steps` pushes items through a chain of steps and records every in/out/drop in a `Ledger`.
 """
@@ -11,9 +15,90 @@ heavy model load it lazily in `setup()`, which the runner calls once per worker 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
 
 from pipeline.stats import Ledger
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one Ray task or actor of a step holds."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    memory_bytes: int | None = None  # Ray's logical memory; None = not declared
+
+    def ray_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {"num_cpus": self.cpus}
+        if self.gpus:
+            opts["num_gpus"] = self.gpus
+        if self.memory_bytes:
+            opts["memory"] = self.memory_bytes
+        return opts
+
+    @classmethod
+    def covering(cls, steps: Iterable[Step]) -> Resources:
+        """The resources of a worker that runs all `steps`: the largest of each kind."""
+        declared = [s.resources for s in steps]
+        memory = [r.memory_bytes for r in declared if r.memory_bytes]
+        return cls(cpus=max((r.cpus for r in declared), default=1.0),
+                   gpus=max((r.gpus for r in declared), default=0.0),
+                   memory_bytes=max(memory) if memory else None)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A key of the step's config section whose value a signal is compared with."""
+
+    key: str
+    keeps: Literal["min", "max"]  # "min": documents with signal >= value stay; "max": signal <= value stay
+    off_below: float | None = None  # a value below this turns the rule off (e.g. C4's -1)
+
+
+def at_least(key: str, off_below: float | None = None) -> Threshold:
+    return Threshold(key, "min", off_below)
+
+
+def at_most(key: str) -> Threshold:
+    return Threshold(key, "max")
+
+
+class Signal:
+    """A signal a step writes to `doc.signals`, with the thresholds applied to it. A name with "{n}" is a
+    family: its thresholds' config values are dicts keyed by n, one signal per key."""
+
+    def __init__(self, name: str, *thresholds: Threshold):
+        self.name = name
+        self.thresholds = thresholds
+
+    def __repr__(self) -> str:
+        return f"Signal({self.name!r}, {', '.join(map(repr, self.thresholds))})"
+
+    def resolve(self, section: Any, prefix: str) -> dict[str, list[dict[str, Any]]]:
+        """{signal name: [{"value", "kind", "config"}]} for a config `section` named `prefix`."""
+        out: dict[str, list[dict[str, Any]]] = {} if "{n}" in self.name else {self.name: []}
+        for t in self.thresholds:
+            value = getattr(section, t.key)
+            if "{n}" in self.name:
+                assert isinstance(value, dict), f"{self.name}: {prefix}.{t.key} must be a dict of n -> value"
+                for n, v in value.items():
+                    out.setdefault(self.name.format(n=n), []).append(
+                        {"value": float(v), "kind": t.keeps, "config": f"{prefix}.{t.key}.{n}"})
+            elif t.off_below is None or value >= t.off_below:
+                out[self.name].append({"value": float(value), "kind": t.keeps, "config": f"{prefix}.{t.key}"})
+        return out
+
+
+def resolve_signals(configured: Iterable[tuple[str, Any, Step | type[Step]]]) -> dict[str, list[dict[str, Any]]]:
+    """The signals of (config prefix, config section, step) entries with their thresholds' values: what the
+    build writes to build.json as `signals` and the report draws."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for prefix, section, step in configured:
+        for signal in step.signals:
+            for name, thresholds in signal.resolve(section, prefix).items():
+                out.setdefault(name, []).extend(thresholds)
+    return out
 
 
 class Drop(NamedTuple):
@@ -25,6 +110,8 @@ class Step:
     """A named processing step. Subclasses set `name` and implement `process`."""
 
     name: str = "step"
+    resources: Resources = Resources()
+    signals: tuple[Signal, ...] = ()  # what it writes to doc.signals
 
     def setup(self) -> None:
         """Load heavy state (models, pools). Called once per worker, before the first item."""

@@ -107,8 +107,8 @@ class LocalCluster:
     def wait_nodes(self, n_alive: int, timeout: float = 120) -> None:
         import json
 
-        code = ("import ray,json; ray.init(address=%r, log_to_driver=False); "
-                "print(json.dumps(sum(1 for n in ray.nodes() if n['Alive'])))" % self.address)
+        code = (f"import ray,json; ray.init(address={self.address!r}, log_to_driver=False); "
+                "print(json.dumps(sum(1 for n in ray.nodes() if n['Alive'])))")
         t0 = time.time()
         while time.time() - t0 < timeout:
             r = subprocess.run([sys.executable, "-c", code], env=self.client_env(), capture_output=True,

@@ -44,6 +44,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from filters.dedup.config import DedupConfig
+from pipeline.runner import Stage, map_tasks
+from pipeline.steps import Resources
 from pipeline.storage import write_parquet_atomic
 from filters.dedup.graph import connected_components, pairs_in_groups
 from filters.dedup.images import parse_phash, phash_clusters
@@ -389,23 +391,18 @@ def images_pass(sig_paths: list[str], work_dir: str, corpus_dir: str | None, cfg
 
 
 # ---- driver --------------------------------------------------------------------------------------------
-def _run_all(ray: Any, calls: list[tuple[Any, tuple]], desc: str, progress: bool = True) -> list[Any]:
-    """Run (function, args) calls as Ray tasks (one CPU each); results in call order, with a progress bar."""
-    from tqdm import tqdm
+# one CPU per pass task; a pass that cannot write stops the dedup once the passes in flight are done
+PASS_RESOURCES = Resources(cpus=1)
 
-    remotes: dict[Any, Any] = {}
-    refs = []
-    for fn, args in calls:
-        remote = remotes.setdefault(fn, ray.remote(num_cpus=1)(fn))
-        refs.append(remote.remote(*args))
-    pending, results = list(refs), {}
-    with tqdm(total=len(refs), desc=desc, unit="task", leave=False, disable=not progress) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                results[ref] = ray.get(ref)
-                bar.update(1)
-    return [results[r] for r in refs]
+
+def _run_all(calls: list[tuple[Any, tuple]], desc: str, work: str, progress: bool = True) -> list[Any]:
+    """Run (function, args) calls as Ray tasks with the runner's policy; results in call order."""
+    stage = Stage(desc, resources=PASS_RESOURCES, unit_label="task")
+    return map_tasks(stage, _call, calls, progress=progress, writes_to=lambda _: work)
+
+
+def _call(fn: Any, args: tuple) -> Any:
+    return fn(*args)
 
 
 def run_dedup(staged_paths: list[str], work_dir: str, cfg: DedupConfig, corpus_dir: str | None, *,
@@ -423,17 +420,17 @@ def run_dedup(staged_paths: list[str], work_dir: str, cfg: DedupConfig, corpus_d
     corpus = os.path.abspath(corpus_dir) if corpus_dir is not None else None
     staged = sorted(os.path.abspath(p) for p in staged_paths)
     sig_paths = [os.path.join(work, "signatures", f"{i:05d}.parquet") for i in range(len(staged))]
-    n_docs = _run_all(ray, [(signatures_pass, (s, o, cfg)) for s, o in zip(staged, sig_paths)], "dedup signatures",
-                    progress)
+    n_docs = _run_all([(signatures_pass, (s, o, cfg)) for s, o in zip(staged, sig_paths)], "dedup signatures",
+                      work, progress)
     edge_paths = []
     if cfg.minhash:
         edge_paths = [os.path.join(work, "buckets", f"{k:04d}.parquet") for k in range(cfg.partitions)]
-        _run_all(ray, [(buckets_pass, (k, sig_paths, p, cfg)) for k, p in enumerate(edge_paths)], "dedup buckets",
-                 progress)
-    (counts,) = _run_all(ray, [(clusters_pass, (sig_paths, edge_paths, work, corpus, cfg))], "dedup clusters", progress)
+        _run_all([(buckets_pass, (k, sig_paths, p, cfg)) for k, p in enumerate(edge_paths)], "dedup buckets",
+                 work, progress)
+    (counts,) = _run_all([(clusters_pass, (sig_paths, edge_paths, work, corpus, cfg))], "dedup clusters", work,
+                         progress)
     n_removed, image_counts = _run_all(
-        ray, [(removals_pass, (work,)), (images_pass, (sig_paths, work, corpus, cfg))], "dedup removals",
-        progress)
+        [(removals_pass, (work,)), (images_pass, (sig_paths, work, corpus, cfg))], "dedup removals", work, progress)
     counts = {**counts, **image_counts, "removed": n_removed, "staged_files": len(staged)}
     assert counts["documents"] == sum(n_docs), "signature rows must match staged documents"
     Path(work, "counts.json").write_text(json.dumps(counts, indent=2, sort_keys=True))

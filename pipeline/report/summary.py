@@ -6,7 +6,8 @@ counts, and a seeded bottom-k sample of documents for the browser (each document
 k smallest are kept: uniform, deterministic). The rejects log is streamed for counts by reason and a small
 bottom-k sample per reason; the dedup outputs (`dedup/clusters.parquet`,
 `dedup/images.parquet`) give the largest clusters and the most repeated images. The funnel is copied from
-`stats.json` as is, and the filter thresholds are read from `build.json`'s resolved config.
+`stats.json` as is, and the filter thresholds are the `signals` the filters declared, as the build
+resolved them into `build.json`.
 """
 
 from __future__ import annotations
@@ -137,66 +138,26 @@ class BoundedCounter:
 
 
 # ---- thresholds from build.json ---------------------------------------------------------------------
-# signal -> (filters section, config key, "min" keeps values >= threshold | "max" keeps values <= it)
-THRESHOLD_KEYS: dict[str, list[tuple[str, str, str]]] = {
-    "lang_score": [("language", "min_score", "min")],
-    "lang_block_agreement": [("language", "min_block_agreement", "min")],
-    "gopher_n_words": [("gopher_quality", "min_doc_words", "min"), ("gopher_quality", "max_doc_words", "max")],
-    "gopher_mean_word_length": [("gopher_quality", "min_avg_word_length", "min"),
-                                ("gopher_quality", "max_avg_word_length", "max")],
-    "gopher_hash_ratio": [("gopher_quality", "max_symbol_word_ratio", "max")],
-    "gopher_ellipsis_ratio": [("gopher_quality", "max_symbol_word_ratio", "max")],
-    "gopher_bullet_lines_ratio": [("gopher_quality", "max_bullet_lines_ratio", "max")],
-    "gopher_ellipsis_lines_ratio": [("gopher_quality", "max_ellipsis_lines_ratio", "max")],
-    "gopher_alpha_words_ratio": [("gopher_quality", "min_alpha_words_ratio", "min")],
-    "gopher_stop_words": [("gopher_quality", "min_stop_words", "min")],
-    "gopher_dup_para_frac": [("gopher_repetition", "dup_para_frac", "max")],
-    "gopher_dup_para_char_frac": [("gopher_repetition", "dup_para_char_frac", "max")],
-    "gopher_dup_line_frac": [("gopher_repetition", "dup_line_frac", "max")],
-    "gopher_dup_line_char_frac": [("gopher_repetition", "dup_line_char_frac", "max")],
-    "fineweb_line_punct_ratio": [("fineweb", "line_punct_thr", "min")],
-    "fineweb_short_line_ratio": [("fineweb", "short_line_thr", "max")],
-    "fineweb_char_dup_ratio": [("fineweb", "char_duplicates_ratio", "max")],
-    "fineweb_list_ratio": [("fineweb", "new_line_ratio", "max")],
-    "c4_n_sentences": [("c4", "min_num_sentences", "min")],
-    "quality_score": [("quality", "threshold", "min")],
-    "n_images": [("image_count", "min_images", "min"), ("image_count", "max_images", "max")],
-    "words_per_image": [("image_count", "min_words_per_image", "min")],
-}
-# n-gram signals whose thresholds are dicts in the config: section, key, signal name pattern
-NGRAM_KEYS = [("gopher_repetition", "top_n_grams", "gopher_top_{n}_gram_char_frac"),
-              ("gopher_repetition", "dup_n_grams", "gopher_dup_{n}_gram_char_frac")]
-
-
 def signal_thresholds(build: dict[str, Any] | None) -> dict[str, list[dict[str, Any]]]:
-    """Map signal names to the thresholds the build applied (enabled sections only). Keys missing from
-    the config are skipped: a corpus built by another version still gets a report."""
-    filters = ((build or {}).get("config") or {}).get("filters") or {}
-
-    def section(name: str) -> dict[str, Any] | None:
-        sec = filters.get(name)
-        if not isinstance(sec, dict) or sec.get("enabled") is False:
-            return None
-        return sec
-
+    """The thresholds the build applied, per signal, as the filters declared them (build.json `signals`:
+    {signal: [{"value", "kind": "min" | "max", "config": "filters.<section>.<key>"}]}). A corpus whose
+    build.json has none (an older version, a hand-made corpus) or malformed entries gets a report without
+    those threshold lines, not a crash."""
+    declared = (build or {}).get("signals")
+    if not isinstance(declared, dict):
+        return {}
     out: dict[str, list[dict[str, Any]]] = {}
-    for signal, keys in THRESHOLD_KEYS.items():
-        for sec_name, key, kind in keys:
-            sec = section(sec_name)
-            value = None if sec is None else sec.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and not (
-                    kind == "min" and value < 0 and sec_name == "c4"):  # c4: -1 disables
-                out.setdefault(signal, []).append({"value": float(value), "kind": kind,
-                                                   "config": f"filters.{sec_name}.{key}"})
-    for sec_name, key, pattern in NGRAM_KEYS:
-        sec = section(sec_name)
-        table = None if sec is None else sec.get(key)
-        if isinstance(table, dict):
-            for n, value in table.items():
-                if isinstance(value, (int, float)):
-                    out.setdefault(pattern.format(n=n), []).append(
-                        {"value": float(value), "kind": "max", "config": f"filters.{sec_name}.{key}.{n}"})
+    for signal, thresholds in declared.items():
+        good = [{"value": float(t["value"]), "kind": t["kind"], "config": str(t["config"])}
+                for t in thresholds if isinstance(thresholds, list) and _is_threshold(t)]
+        if good:
+            out[str(signal)] = good
     return out
+
+
+def _is_threshold(t: Any) -> bool:
+    return (isinstance(t, dict) and t.get("kind") in ("min", "max") and "config" in t
+            and isinstance(t.get("value"), (int, float)) and not isinstance(t.get("value"), bool))
 
 
 # ---- the pass over the index ------------------------------------------------------------------------

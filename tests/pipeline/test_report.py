@@ -125,11 +125,13 @@ def test_thresholds_come_from_build_json(corpus, report):
     lang = summary["signals"]["lang_score"]["thresholds"]
     assert lang == [{"value": build["config"]["filters"]["language"]["min_score"], "kind": "min",
                      "config": "filters.language.min_score"}]
-    # missing keys and sections are skipped, not a crash
+    assert lang == build["signals"]["lang_score"]
+    # a build.json without declared signals (another version) or with malformed entries: no lines, no crash
     assert signal_thresholds({"config": {"filters": {"language": {"enabled": True}}}}) == {}
     assert signal_thresholds(None) == {}
-    got = signal_thresholds({"config": {"filters": {"gopher_repetition": {"top_n_grams": {"2": 0.2}},
-                                                    "fineweb": {"enabled": False, "line_punct_thr": 0.1}}}})
+    got = signal_thresholds({"signals": {"gopher_top_2_gram_char_frac": [
+        {"value": 0.2, "kind": "max", "config": "filters.gopher_repetition.top_n_grams.2"},
+        {"value": "x", "kind": "max", "config": "filters.bad"}], "c4_lines_kept_frac": [], "odd": "text"}})
     assert got == {"gopher_top_2_gram_char_frac": [
         {"value": 0.2, "kind": "max", "config": "filters.gopher_repetition.top_n_grams.2"}]}
 
