@@ -18,19 +18,29 @@ The pipeline of one page:
    go. (Earlier versions ran trafilatura a second time with images on: slower, and it kept image captions and
    sidebars as text and lost galleries; docs/benchmarks.md, "Extraction quality", has the comparison.)
 
-The per-document time limit is a real stop: `SIGALRM` (via `signal.setitimer`) interrupts the extraction.
-That needs the main thread of the process (Ray task and actor methods run there); elsewhere
-`extract_document` refuses with a `RuntimeError` rather than running without a limit. A hang inside a
-single C call (one lxml call) is interrupted when that call returns.
+What a page costs is bounded by the page itself, never by the clock, so that the same input gives the same
+corpus on an idle and on a loaded machine: `extract.max_html_bytes` (checked before decoding),
+`extract.max_elements` and `extract.max_depth` (checked on the parsed tree, before trafilatura; libxml2
+itself stops nesting at 256 levels). Each is a counted drop (`html_too_large`, `too_many_elements`,
+`too_deep`).
+
+The per-document time limit (`extract.timeout_s`, generous) is only a safety net for a page the bounds do
+not catch. It is a real stop: `SIGALRM` (via `signal.setitimer`) interrupts the extraction. That needs the
+main thread of the process (Ray task and actor methods run there); elsewhere `extract_document` refuses with
+a `RuntimeError` rather than running without a limit. A hang inside a single C call (one lxml call) is
+interrupted when that call returns. Its firing depends on the machine's load, so the step counts it as an
+error of the run (`errors/extract_timeout`), which the build reports as such: the corpus may differ from
+another run's.
 
 `ExtractStep` wraps it all as the build's "extract" step, with counted drops `html_too_large`,
-`undecodable_html`, `extract_timeout`, `no_main_content`.
+`undecodable_html`, `too_many_elements`, `too_deep`, `extract_timeout`, `no_main_content`.
 """
 
 from __future__ import annotations
 
 import bisect
 import codecs
+import logging
 import re
 import signal
 import threading
@@ -47,6 +57,7 @@ import lxml.html
 import trafilatura
 from charset_normalizer import from_bytes
 from lxml import etree
+from pydantic import Field
 
 from crawl.page import RawPage
 from pipeline.config import Section
@@ -54,12 +65,19 @@ from pipeline.record import Document, Image, make_doc_id
 from pipeline.stats import Ledger
 from pipeline.steps import Drop, Step
 
+log = logging.getLogger(__name__)
+
 
 class ExtractConfig(Section):
     """Options of the extract step (section `extract` of a build config)."""
 
-    timeout_s: float = 10.0  # per-document limit; a page that takes longer is the drop `extract_timeout`
+    # a safety net, not a rule: a page that takes longer is the drop `extract_timeout` AND an error of the run
+    # (it depends on machine load); the bounds below are what keep extraction cheap, deterministically
+    timeout_s: float = Field(120.0, gt=0)
     max_html_bytes: int = 5_000_000  # larger pages are the drop `html_too_large`
+    max_elements: int = Field(200_000, ge=1)  # parsed pages with more elements: the drop `too_many_elements`
+    # deeper parsed pages: the drop `too_deep` (libxml2 stops nesting at 256, so a page that deep is cut off)
+    max_depth: int = Field(255, ge=1, le=255)
     min_text_chars: int = 0  # text blocks shorter than this are left out (0 keeps all; filters come later)
     include_tables: bool = True
     include_comments: bool = False  # user comments below an article
@@ -71,6 +89,30 @@ class ExtractConfig(Section):
     max_images: int = 200  # images kept per document, in reading order
     drop_teasers: bool = True  # drop images of teaser cards / related-links, nav, comment, ad blocks
     prefer_largest: bool = False  # take the largest srcset candidate even where <img src> is a real image
+
+
+class PageRefused(Exception):  # noqa: N818 - an outcome, not an error
+    """The page is not extracted, for a counted reason decided by the page itself (never by the clock)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+def check_bounds(tree: etree._Element, config: ExtractConfig) -> None:
+    """Raise `PageRefused` when the parsed page has more elements or deeper nesting than the config allows."""
+    n_elements = depth = deepest = 0
+    for event, _ in etree.iterwalk(tree, events=("start", "end")):
+        if event == "start":
+            n_elements += 1
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    if n_elements > config.max_elements:
+        raise PageRefused("too_many_elements", f"{n_elements} elements > max_elements {config.max_elements}")
+    if deepest > config.max_depth:
+        raise PageRefused("too_deep", f"nesting depth {deepest} > max_depth {config.max_depth}")
 
 
 class ExtractTimeout(BaseException):
@@ -662,6 +704,7 @@ def _extract(html: str, url: str, *, source: str, fetched_at: str, doc_id: str,
     tree = _parse(html)
     if tree is None:
         return None
+    check_bounds(tree, config)
     meta = {}
     robots = _meta_robots(tree)
     if robots:
@@ -694,7 +737,8 @@ def _extract(html: str, url: str, *, source: str, fetched_at: str, doc_id: str,
 
 
 class ExtractStep(Step):
-    """RawPage -> Document. Drops: html_too_large, undecodable_html, extract_timeout, no_main_content."""
+    """RawPage -> Document. Drops: html_too_large, undecodable_html, too_many_elements, too_deep,
+    extract_timeout (also counted as the run error `errors/extract_timeout`), no_main_content."""
 
     name = "extract"
 
@@ -714,7 +758,12 @@ class ExtractStep(Step):
             doc = extract_document(html, page.url, source=page.source, fetched_at=page.fetched_at,
                                    doc_id=page.id or make_doc_id(page.source), timeout_s=cfg.timeout_s,
                                    config=cfg)
+        except PageRefused as e:
+            return Drop(e.reason, e.detail)
         except ExtractTimeout as e:
+            # the clock decided, not the page: an error of the run, reported by the build
+            ledger.counters["errors/extract_timeout"] += 1
+            log.error("extract_timeout on %s: %s; the corpus may differ from another run's", page.url, e)
             return Drop("extract_timeout", f"{e} (after {time.monotonic() - started:.1f}s)")
         if doc is None:
             return Drop("no_main_content")

@@ -55,6 +55,7 @@ from pipeline.record import STAGED_SCHEMA, documents_to_staged_table, staged_tab
 from pipeline.runner import Stage, map_actors
 from pipeline.stats import Ledger, check_funnel
 from pipeline.steps import Resources, Step, run_steps
+from pipeline.summary import explain, run_errors
 from pipeline.storage import (
     Storage,
     StorageError,
@@ -546,6 +547,12 @@ def _build(cfg: BuildConfig, paths: list[str], units: list[Unit], store: Storage
                       "shards": len(listed)}
     problems = check_funnel(stats)
     assert not problems, f"funnel does not add up: {problems}"
+    # errors of the run: outcomes the machine decided rather than the input (a safety-net timeout), so
+    # another run of the same build may give another corpus
+    stats["build"]["errors"] = run_errors(stats)
+    for name, n in stats["build"]["errors"].items():
+        log.error("%d x %s in this build: the corpus may differ from another run's (see stats.json)", n, name)
+    stats["build"]["notes"] = explain(stats, cfg)
     _put_json(store, "stats.json", stats)
     if not cfg.output.keep_work:
         shutil.rmtree(work)

@@ -87,3 +87,8 @@ def print_summary(stats: dict, output: str) -> None:
         top = sorted(s["drops"].items(), key=lambda kv: -kv[1])[:3]
         reasons = ", ".join(f"{k} {v}" for k, v in top)
         print(f"  {key:<22}{s['in']:>8}{s['out']:>8}  {reasons}")
+    for line in b.get("notes", []):
+        print(f"  {line}")
+    for name, n in b.get("errors", {}).items():
+        print(f"  ERROR: {n} x {name}: a limit of the machine, not of the input, decided these pages; "
+              f"another run may give another corpus")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -219,14 +220,40 @@ def test_time_limit_really_stops_a_hanging_extraction(monkeypatch):
     monkeypatch.setattr(ce, "_run_trafilatura", hang)
     raw = RawPage(url="https://x.example/slow", body=page(f"<p>{PARA}</p>").encode(), source="slow", id="d")
     started = time.monotonic()
-    out = ExtractStep(ExtractConfig(timeout_s=0.5)).process(raw, Ledger())
+    ledger = Ledger()
+    out = ExtractStep(ExtractConfig(timeout_s=0.5)).process(raw, ledger)
     elapsed = time.monotonic() - started
     assert calls and isinstance(out, Drop) and out.reason == "extract_timeout"
+    # the clock decided, not the page: counted as an error of the run, which the build reports
+    assert ledger.counters["errors/extract_timeout"] == 1
     assert elapsed < 1.0  # within 2x the limit
     # the alarm is disarmed afterwards: a normal extraction right after runs to completion
     monkeypatch.undo()
     time.sleep(0.6)
     assert extract(page(f"<p>{PARA}</p><p>{PARA2}</p>")) is not None
+
+
+def test_pages_are_bounded_by_their_size_not_by_the_clock():
+    """Element count and nesting depth are counted drops decided before trafilatura runs; the timeout
+    default is a generous safety net, far above what a bounded page needs."""
+    many = page("".join(f"<p>{PARA} {i}</p>" for i in range(400)))  # ~400 elements
+    nested = page("<div>" * 120 + f"<p>{PARA}</p>" + "</div>" * 120)
+    pages = [RawPage(url="https://x.example/many", body=many.encode(), source="m", id="m"),
+             RawPage(url="https://x.example/deep", body=nested.encode(), source="d", id="d")]
+    ledger = Ledger()
+    step = ExtractStep(ExtractConfig(max_elements=300, max_depth=100))
+    assert list(run_steps(pages, [step], ledger)) == []
+    assert ledger.to_dict()["stages"][0]["drops"] == {"too_deep": 1, "too_many_elements": 1}
+    details = {r["reason"]: r["detail"] for r in ledger.rejects}
+    assert re.search(r"^\d+ elements > max_elements 300$", details["too_many_elements"])
+    assert re.search(r"^nesting depth 12\d > max_depth 100$", details["too_deep"])
+    # within the bounds (the defaults) both pages are extracted, and no run error is counted
+    ledger = Ledger()
+    assert [d.id for d in run_steps(pages, [ExtractStep()], ledger)] == ["m", "d"]
+    assert not [k for k in ledger.counters if k.startswith("errors/")]
+    assert ExtractConfig().timeout_s >= 60
+    with pytest.raises(ValueError, match="max_depth"):
+        ExtractConfig(max_depth=300)  # libxml2 stops nesting at 256: a larger bound could never fire
 
 
 def test_time_limit_refuses_outside_the_main_thread():

@@ -197,3 +197,38 @@ def test_every_dev_page_and_broken_image_goes_through_a_build(tmp_path, ray_loca
     assert image_drops.get("truncated_image", 0) >= 2  # the two truncated JPEGs
     gallery_docs = [d for d in Corpus(out).iter_documents() if d.url.endswith("gallery/index.html")]
     assert len(gallery_docs) == 1 and 1 <= len(gallery_docs[0].image_list) < len(list(edge.iterdir()))
+
+
+def _corpus_bytes(out: Path) -> dict[str, bytes]:
+    """The corpus's files that must not depend on the machine: manifest, shards, index."""
+    files = [out / "manifest.jsonl", *sorted((out / "shards").glob("*")), *sorted((out / "index").glob("*"))]
+    return {str(f.relative_to(out)): f.read_bytes() for f in files}
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_a_build_under_a_cpu_hog_gives_the_same_corpus(tmp_path, ray_local):
+    """No wall-clock limit decides what is kept: the same small build on an idle machine and with every CPU
+    saturated by busy-looping processes (one per CPU, started and killed here) gives byte-identical manifests, shards and
+    index, and neither run reports an error (a safety-net timeout would be one)."""
+    names = ("IAH-urls-wget.warc.gz", "iana.warc.gz", "whirlwind.warc.gz")
+    warcs = [w for w in dev_warcs() if Path(w).name in names]
+    assert len(warcs) == 3
+    cfg = load_config(BuildConfig, None, ["ray.workers=2", *DEV_SETTINGS])  # the default extract limits
+    idle = build_corpus(warcs, tmp_path / "idle", cfg, progress=False)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in os.sched_getaffinity(0)]
+    try:
+        loaded = build_corpus(warcs, tmp_path / "loaded", cfg, progress=False)
+        hog_cpu = sum(_cpu_seconds(h.pid) for h in hogs)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    assert hog_cpu > 0.5 * loaded["build"]["seconds"]  # the hogs really competed for the CPUs
+    assert idle["build"]["documents"] > 10
+    assert idle["build"]["errors"] == loaded["build"]["errors"] == {}
+    assert loaded["stages"] == idle["stages"]
+    assert _corpus_bytes(tmp_path / "loaded") == _corpus_bytes(tmp_path / "idle")
