@@ -47,6 +47,7 @@ import threading
 import time
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass
@@ -89,6 +90,13 @@ class ExtractConfig(Section):
     max_images: int = 200  # images kept per document, in reading order
     drop_teasers: bool = True  # drop images of teaser cards / related-links, nav, comment, ad blocks
     prefer_largest: bool = False  # take the largest srcset candidate even where <img src> is a real image
+    # lossless early cut: where the build's later rules need an image (filters.image_count.min_images >= 1),
+    # a page none of whose images can be kept is the drop `no_image_candidates` before trafilatura runs;
+    # the corpus is the same either way (only the stage that counts those pages differs)
+    early_cuts: bool = True
+
+
+ImageGate = Callable[[list[str]], bool]  # image URLs of a page -> whether any of them can be kept
 
 
 class PageRefused(Exception):  # noqa: N818 - an outcome, not an error
@@ -687,20 +695,24 @@ def _run_trafilatura(tree: etree._Element, url: str, config: ExtractConfig) -> e
 
 
 def extract_document(html: str, url: str, *, source: str = "", fetched_at: str = "", doc_id: str = "",
-                     timeout_s: float = 10.0, config: ExtractConfig | None = None) -> Document | None:
+                     timeout_s: float = 10.0, config: ExtractConfig | None = None,
+                     image_gate: ImageGate | None = None) -> Document | None:
     """Extract the main content of a page as an interleaved Document (None when there is no main content).
 
     `timeout_s` bounds the whole extraction (raises `ExtractTimeout`); `config` holds the other options.
+    `image_gate`, when given, is asked before trafilatura runs whether any of the page's image candidates
+    (after the junk rules) can become an image of the document; if not, `PageRefused("no_image_candidates")`.
     """
     config = config or ExtractConfig()
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
     with time_limit(timeout_s):
-        return _extract(html, url, source=source, fetched_at=fetched_at, doc_id=doc_id, config=config)
+        return _extract(html, url, source=source, fetched_at=fetched_at, doc_id=doc_id, config=config,
+                        image_gate=image_gate)
 
 
 def _extract(html: str, url: str, *, source: str, fetched_at: str, doc_id: str,
-             config: ExtractConfig) -> Document | None:
+             config: ExtractConfig, image_gate: ImageGate | None = None) -> Document | None:
     tree = _parse(html)
     if tree is None:
         return None
@@ -711,6 +723,9 @@ def _extract(html: str, url: str, *, source: str, fetched_at: str, doc_id: str,
         meta["meta_robots"] = robots
     title = _title(tree)
     records, _junk = prepare_tree(tree, url, config.prefer_largest, config.drop_teasers)
+    if image_gate is not None and not image_gate([r.url for r in records]):
+        raise PageRefused("no_image_candidates", f"none of its {len(records)} image candidates can be kept"
+                          if records else "no image passes the junk rules")
     body = _run_trafilatura(tree, url, config)  # works on its own copy of the tree
     if body is None:
         return None
@@ -742,8 +757,9 @@ class ExtractStep(Step):
 
     name = "extract"
 
-    def __init__(self, config: ExtractConfig | None = None) -> None:
+    def __init__(self, config: ExtractConfig | None = None, image_gate: ImageGate | None = None) -> None:
         self.config = config or ExtractConfig()
+        self.image_gate = image_gate  # see extract_document; the build sets one per unit (early cuts)
 
     def process(self, page: RawPage, ledger: Ledger) -> Document | Drop:
         cfg = self.config
@@ -757,7 +773,7 @@ class ExtractStep(Step):
         try:
             doc = extract_document(html, page.url, source=page.source, fetched_at=page.fetched_at,
                                    doc_id=page.id or make_doc_id(page.source), timeout_s=cfg.timeout_s,
-                                   config=cfg)
+                                   config=cfg, image_gate=self.image_gate)
         except PageRefused as e:
             return Drop(e.reason, e.detail)
         except ExtractTimeout as e:

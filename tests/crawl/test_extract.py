@@ -295,3 +295,33 @@ def test_real_pages_images_beat_plain_trafilatura_and_text_holds(readability_sub
     assert ours["readability images"]["f1"] >= peer["readability images"]["f1"] + 0.10
     assert ours["readability images"]["recall"] > peer["readability images"]["recall"]
     assert ours["readability tokens"]["f1"] >= peer["readability tokens"]["f1"] - 0.01
+
+
+def test_image_gate_cuts_pages_without_a_keepable_image_before_trafilatura(monkeypatch):
+    """The early cut: a page none of whose image candidates (after the junk rules) the gate accepts is the drop
+    no_image_candidates, decided before trafilatura runs; a page with one is extracted as before."""
+    photo = '<img src="/photos/harbour.jpg" width="640" height="480" alt="harbour">'
+    icon = '<img src="/icons/rss.png" width="16" height="16">'
+    pages = [RawPage(url="https://x.example/a", body=page(f"<p>{PARA}</p>{photo}<p>{PARA2}</p>").encode(),
+                     source="a", id="a"),
+             RawPage(url="https://x.example/b", body=page(f"<p>{PARA}</p>{icon}<p>{PARA2}</p>").encode(),
+                     source="b", id="b")]
+    asked = []
+
+    def gate(urls):
+        asked.append(urls)
+        return "https://x.example/photos/harbour.jpg" in urls
+
+    ledger = Ledger()
+    [doc] = run_steps(pages, [ExtractStep(image_gate=gate)], ledger)
+    assert doc.id == "a" and [im.url for im in doc.image_list] == ["https://x.example/photos/harbour.jpg"]
+    assert asked == [["https://x.example/photos/harbour.jpg"], []]
+    assert ledger.rejects[0]["reason"] == "no_image_candidates"
+    assert ledger.rejects[0]["detail"] == "no image passes the junk rules"
+
+    def no_trafilatura(*args, **kwargs):
+        raise AssertionError("trafilatura ran on a page the gate refused")
+
+    monkeypatch.setattr(ce, "_run_trafilatura", no_trafilatura)
+    out = ExtractStep(image_gate=lambda urls: False).process(pages[0], Ledger())
+    assert out == Drop("no_image_candidates", "none of its 1 image candidates can be kept")

@@ -232,3 +232,46 @@ def test_a_build_under_a_cpu_hog_gives_the_same_corpus(tmp_path, ray_local):
     assert idle["build"]["errors"] == loaded["build"]["errors"] == {}
     assert loaded["stages"] == idle["stages"]
     assert _corpus_bytes(tmp_path / "loaded") == _corpus_bytes(tmp_path / "idle")
+
+
+def test_early_cuts_give_the_same_corpus(dev_corpus, tmp_path):
+    """With filters.image_count.min_images=1 a page none of whose images passes the junk rules and is in its
+    WARC skips trafilatura (extract drop no_image_candidates); the corpus is byte-identical to the build
+    without the cuts, where image_count drops those pages after extraction."""
+    settings = ["ray.workers=2", *DEV_SETTINGS, "filters.image_count.min_images=1"]
+    cut = build_corpus(dev_warcs(), tmp_path / "cut", load_config(BuildConfig, None, settings), progress=False)
+    full = build_corpus(dev_warcs(), tmp_path / "full",
+                        load_config(BuildConfig, None, [*settings, "extract.early_cuts=false"]), progress=False)
+    stages_cut, stages_full = ({s["name"]: s for s in st["stages"]} for st in (cut, full))
+    n_cut = stages_cut["extract"]["drops"].get("no_image_candidates", 0)
+    assert n_cut >= 20 and "no_image_candidates" not in stages_full["extract"]["drops"]
+    assert cut["build"]["documents"] == full["build"]["documents"] >= 10
+    assert stages_cut["read"] == stages_full["read"]
+    # the pages the cut decided early are the ones image_count (or a text filter before it) drops later
+    assert stages_cut["image_count"]["in"] < stages_full["image_count"]["in"]
+    assert _corpus_bytes(tmp_path / "cut") == _corpus_bytes(tmp_path / "full")
+
+
+def test_summary_says_why_the_readme_example_is_small(tmp_path):
+    """The README's first command (default settings, the dev WARCs) keeps a few documents: the end-of-build
+    summary names the stages that removed most pages and the settings that decided it."""
+    out = tmp_path / "corpus"
+    cmd = [sys.executable, "-m", "pipeline.cli", "build", "--no-progress", "--workers", "2", "--output", str(out),
+           "--input", str(real_path("dev", "warc")) + "/*.warc.gz"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    stats = json.loads((out / "stats.json").read_text())
+    pages = next(s for s in stats["stages"] if s["name"] == "extract")["in"]
+    kept = stats["build"]["documents"]
+    assert pages > 100 and kept < 0.1 * pages
+    notes = stats["build"]["notes"]
+    assert notes[0].startswith(f"{kept} of {pages} pages kept (") and "; most removed by: " in notes[0]
+    by_stage = {line.split(" removed ", 1)[0]: line for line in notes[1:]}
+    assert "image_count" in by_stage or "extract" in by_stage  # the cut counts pages without images early
+    image_line = by_stage.get("image_count") or by_stage["extract"]
+    assert "lower filters.image_count.min_images (now 1)" in image_line
+    assert "too_small" in image_line and "images.min_side=150" in image_line
+    assert "filters.gopher_quality.min_stop_words=2" in by_stage["gopher_quality"]
+    for line in notes:
+        assert f"  {line}" in done.stdout.splitlines()
+    assert stats["build"]["errors"] == {} and "ERROR" not in done.stdout
