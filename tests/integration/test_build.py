@@ -234,7 +234,7 @@ def test_a_build_under_a_cpu_hog_gives_the_same_corpus(tmp_path, ray_local):
     assert _corpus_bytes(tmp_path / "loaded") == _corpus_bytes(tmp_path / "idle")
 
 
-def test_early_cuts_give_the_same_corpus(dev_corpus, tmp_path):
+def test_early_cuts_give_the_same_corpus(tmp_path, ray_local):
     """With filters.image_count.min_images=1 a page none of whose images passes the junk rules and is in its
     WARC skips trafilatura (extract drop no_image_candidates); the corpus is byte-identical to the build
     without the cuts, where image_count drops those pages after extraction."""
