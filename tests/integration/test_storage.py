@@ -211,13 +211,18 @@ def test_build_from_a_path_list_on_s3_with_a_sample(s3, reference, tmp_path):
     read anonymously (input.anon), a seeded sample of 2 of the 3 WARCs. The corpus holds the documents of the
     sampled WARCs only, and every reference document of those WARCs."""
     client = s3.client()
-    for p in _warcs():
-        client.upload_file(str(p), BUCKET, f"cc/crawl-data/seg/{p.name}")
     listing = "".join(f"crawl-data/seg/{p.name}\n" for p in _warcs())
+    path_list = f"s3://{BUCKET}/cc/warc.paths.gz"
     client.put_object(Bucket=BUCKET, Key="cc/warc.paths.gz", Body=gzip.compress(listing.encode()))
+    anon = load_config(BuildConfig, None, [*SETTINGS, f"input.prefix=s3://{BUCKET}/cc/", "input.anon=true"])
+    with pytest.raises(ValueError, match="cannot read the path list: PermissionError"):
+        resolve_inputs([path_list], anon.input)  # anonymous reads of a private object are refused ...
+    # ... and work on public objects, as on s3://commoncrawl
+    client.put_object(Bucket=BUCKET, Key="cc/warc.paths.gz", Body=gzip.compress(listing.encode()), ACL="public-read")
+    for p in _warcs():
+        client.upload_file(str(p), BUCKET, f"cc/crawl-data/seg/{p.name}", ExtraArgs={"ACL": "public-read"})
     cfg = load_config(BuildConfig, None, [*SETTINGS, f"input.prefix=s3://{BUCKET}/cc/", "input.anon=true",
                                           "input.sample_files=2", "input.sample_seed=1"])
-    path_list = f"s3://{BUCKET}/cc/warc.paths.gz"
     chosen = resolve_inputs([path_list], cfg.input)
     listed = [f"s3://{BUCKET}/cc/crawl-data/seg/{p.name}" for p in _warcs()]
     assert len(chosen) == 2 and set(chosen) < set(listed)
