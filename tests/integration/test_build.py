@@ -275,3 +275,34 @@ def test_summary_says_why_the_readme_example_is_small(tmp_path):
     for line in notes:
         assert f"  {line}" in done.stdout.splitlines()
     assert stats["build"]["errors"] == {} and "ERROR" not in done.stdout
+
+
+def test_refilter_equals_a_fresh_build_with_the_stricter_settings(dev_corpus, tmp_path):
+    """`interloom refilter` applies stricter thresholds to the stored signals, without re-extracting: the new
+    corpus is byte for byte what a fresh build with those settings writes. A looser threshold, or a setting
+    that is no threshold on a stored signal, is refused naming the key."""
+    from pipeline.cli import main
+
+    reference, _ = dev_corpus
+    stricter = ["filters.image_count.min_images=1", "filters.language.min_score=0.8"]
+    out = tmp_path / "refiltered"
+    argv = ["refilter", str(reference), "--output", str(out)]
+    assert main([*argv, *(a for s in stricter for a in ("--set", s))]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    refilter = stats["stages"][-1]
+    assert refilter["name"] == "refilter" and check_funnel(stats) == []
+    assert refilter["drops"]["filters.image_count.min_images"] >= 10
+    assert refilter["drops"]["filters.language.min_score"] >= 1
+    assert stats["build"]["dedup_keepers_dropped"] == 0
+    fresh = build_corpus(dev_warcs(), tmp_path / "fresh",
+                         load_config(BuildConfig, None, ["ray.workers=2", *DEV_SETTINGS, *stricter]), progress=False)
+    assert fresh["build"]["documents"] == refilter["out"] > 0
+    assert _corpus_bytes(out) == _corpus_bytes(tmp_path / "fresh")
+    for looser, why in [("filters.language.min_score=0.5", "filters.language.min_score: 0.65 -> 0.5 is looser"),
+                        ("images.min_side=300", "images.min_side: 32 -> 300 is not a threshold on a signal"),
+                        ("filters.c4.enabled=true", "filters.c4.enabled: False -> True is not a threshold")]:
+        with pytest.raises(ValueError, match=re.escape(why)):
+            from pipeline.refilter import refilter_corpus
+
+            refilter_corpus(reference, tmp_path / "refused", [looser])
+    assert not (tmp_path / "refused").exists()
