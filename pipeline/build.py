@@ -41,8 +41,8 @@ import pyarrow.parquet as pq
 import ray
 from pydantic import Field
 
-from crawl.extract import ExtractConfig, ExtractStep
-from crawl.images import ImageConfig, ImageStep, chain
+from crawl.extract import ExtractConfig, ExtractStep, ImageGate
+from crawl.images import ImageConfig, ImageStep, Resolver, chain
 from crawl.live.config import CrawlConfig
 from crawl.sources import NOT_IN_SOURCE, Unit, discover_units, open_source
 from filters.config import FiltersConfig
@@ -119,7 +119,7 @@ class Steps:
                 step.setup()
             self._set_up = True
 
-    def unit(self, resolver, in_source=None) -> list[Step]:
+    def unit(self, resolver, in_source: Resolver | None = None) -> list[Step]:
         """Phase 1, after reading. The image step is per unit: it resolves images from that unit. With the
         early cut on, so is extraction: `in_source` (the unit's own image lookup, None when images may be
         fetched) says whether a page's image can be had at all."""
@@ -134,7 +134,7 @@ class Steps:
         return [ApplyDedup(dedup_result), *self.final]
 
 
-def image_gate(in_source=None):
+def image_gate(in_source: Resolver | None = None) -> ImageGate:
     """Whether any of a page's image URLs can become an image of its document: any at all when images may be
     fetched (`in_source` None), else any whose bytes the unit's source holds (a reason string, such as
     image_not_in_source or an over-cap image, is a certain image drop)."""
@@ -197,7 +197,8 @@ class UnitWorker:
                              max_image_bytes=self.cfg.images.max_bytes)
         source.index_images()
         self.steps.setup()
-        resolver = in_source = source.images.fetch_many
+        resolver: Resolver = source.images.fetch_many
+        in_source: Resolver | None = resolver
         if getattr(self, "fetcher", None) is not None:
             resolver = chain(resolver, self.fetcher.fetch_many, when=NOT_IN_SOURCE)
             in_source = None
