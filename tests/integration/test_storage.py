@@ -17,9 +17,9 @@ import pytest
 
 from conftest import real_path
 from pipeline.build import BuildConfig, build_corpus
-from pipeline.inputs import resolve_inputs
 from pipeline.config import load_config
 from pipeline.corpus import Corpus
+from pipeline.inputs import resolve_inputs
 from pipeline.stats import check_funnel
 from pipeline.storage import Storage, StorageError, is_transient
 from _s3server import BUCKET, S3Server, environ
