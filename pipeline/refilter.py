@@ -13,7 +13,9 @@ config key thresholds which signal (`filters.registry.declared_signals`). A refi
      the stricter settings writes.
 One thing a refilter cannot redo: global dedup. A dropped document that was the kept copy of a duplicate
 cluster (CORPUS/dedup/clusters.parquet) would, in a fresh build, leave another member of its cluster in the
-corpus; the refilter counts these (`build.dedup_keepers_dropped`) and says so.
+corpus; the refilter counts these (`build.dedup_keepers_dropped`) and says so. Image dedup is not redone
+either (an image removed for being in more than dedup.image_max_docs documents could stay in a fresh build
+with fewer documents); that case is not detected, as the removed images are not in the corpus.
 """
 
 from __future__ import annotations
