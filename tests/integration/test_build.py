@@ -293,7 +293,10 @@ def test_refilter_equals_a_fresh_build_with_the_stricter_settings(dev_corpus, tm
     assert refilter["name"] == "refilter" and check_funnel(stats) == []
     assert refilter["drops"]["filters.image_count.min_images"] >= 10
     assert refilter["drops"]["filters.language.min_score"] >= 1
-    assert stats["build"]["dedup_keepers_dropped"] == 0
+    # dropped documents that were a duplicate cluster's kept copy are named (a fresh build could keep another
+    # copy; on the dev WARCs their copies fail the stricter thresholds too, so the corpora agree below)
+    keepers = stats["build"]["dedup_keepers_dropped"]
+    assert any("kept copy of a duplicate cluster" in n for n in stats["build"]["notes"]) == (keepers > 0)
     fresh = build_corpus(dev_warcs(), tmp_path / "fresh",
                          load_config(BuildConfig, None, ["ray.workers=2", *DEV_SETTINGS, *stricter]), progress=False)
     assert fresh["build"]["documents"] == refilter["out"] > 0
