@@ -309,3 +309,20 @@ def test_refilter_equals_a_fresh_build_with_the_stricter_settings(dev_corpus, tm
 
             refilter_corpus(reference, tmp_path / "refused", [looser])
     assert not (tmp_path / "refused").exists()
+
+
+def test_a_safety_net_timeout_is_an_error_of_the_run(tmp_path, ray_local, capsys):
+    """When the wall-clock guard fires (here: set absurdly low), the page is the drop extract_timeout and the
+    run reports an error in stats.json and the end-of-build summary: the corpus may differ from another run's."""
+    from pipeline.build_cli import print_summary
+
+    [warc] = [w for w in dev_warcs() if Path(w).name == "iana.warc.gz"]
+    cfg = load_config(BuildConfig, None, ["ray.workers=1", *DEV_SETTINGS, "extract.timeout_s=0.000001"])
+    stats = build_corpus([warc], tmp_path / "corpus", cfg, progress=False)
+    extract = next(s for s in stats["stages"] if s["name"] == "extract")
+    assert extract["drops"]["extract_timeout"] == extract["in"] > 0
+    assert stats["build"]["errors"] == {"extract_timeout": extract["in"]}
+    assert json.loads((tmp_path / "corpus" / "stats.json").read_text())["build"]["errors"] == stats["build"]["errors"]
+    print_summary(stats, str(tmp_path / "corpus"))
+    shown = capsys.readouterr().out
+    assert f"ERROR: {extract['in']} x extract_timeout" in shown and "another run may give another corpus" in shown
