@@ -72,7 +72,13 @@ def _setting(cfg: Any, key: str) -> Any:
 def _hint(name: str, stage: dict[str, Any], stats: dict[str, Any], cfg: Any) -> str:
     base = name.split("@", 1)[0]
     drops = stage["drops"]
-    if base == "image_count" or (base == "extract" and drops.get("no_image_candidates")):
+    if base == "extract" and drops.get("no_image_candidates"):  # the early cut for filters.image_count
+        where = "" if cfg.images.fetch else " and is in the inputs"
+        fetch = "" if cfg.images.fetch else "fetch their images with `--set images.fetch=true` or "
+        return (f"{drops['no_image_candidates']} pages show no image that passes the junk rules{where} (decided "
+                f"before extraction); {fetch}lower filters.image_count.min_images "
+                f"(now {cfg.filters.image_count.min_images})")
+    if base == "image_count":
         return _image_hint(stats, cfg)
     if base == "extract":
         return (f"trafilatura found no main content in many pages (navigation, index and media pages); "

@@ -267,8 +267,9 @@ def test_summary_says_why_the_readme_example_is_small(tmp_path):
     notes = stats["build"]["notes"]
     assert notes[0].startswith(f"{kept} of {pages} pages kept (") and "; most removed by: " in notes[0]
     by_stage = {line.split(" removed ", 1)[0]: line for line in notes[1:]}
-    assert "image_count" in by_stage or "extract" in by_stage  # the cut counts pages without images early
-    image_line = by_stage.get("image_count") or by_stage["extract"]
+    # the early cut counts most pages without a usable image at extract, the rest reach image_count
+    assert "no_image_candidates" in by_stage["extract"] and "--set images.fetch=true" in by_stage["extract"]
+    image_line = by_stage["image_count"]
     assert "lower filters.image_count.min_images (now 1)" in image_line
     assert "too_small" in image_line and "images.min_side=150" in image_line
     assert "filters.gopher_quality.min_stop_words=2" in by_stage["gopher_quality"]
