@@ -24,25 +24,37 @@ The pipeline of one page:
    One trafilatura pass decides the text; the page's own layout and the model decide the images.
    docs/benchmarks.md, "Extraction quality", has the in-sample and site-grouped cross-validated numbers.
 
-The per-document time limit is a real stop: `SIGALRM` (via `signal.setitimer`) interrupts the extraction.
-That needs the main thread of the process (Ray task and actor methods run there); elsewhere
-`extract_document` refuses with a `RuntimeError` rather than running without a limit. A hang inside a
-single C call (one lxml call) is interrupted when that call returns.
+What a page costs is bounded by the page itself, never by the clock, so that the same input gives the same
+corpus on an idle and on a loaded machine: `extract.max_html_bytes` (checked before decoding),
+`extract.max_elements` and `extract.max_depth` (checked on the parsed tree, before trafilatura; libxml2
+itself stops nesting at 256 levels). Each is a counted drop (`html_too_large`, `too_many_elements`,
+`too_deep`).
+
+The per-document time limit (`extract.timeout_s`, generous) is only a safety net for a page the bounds do
+not catch. It is a real stop: `SIGALRM` (via `signal.setitimer`) interrupts the extraction. That needs the
+main thread of the process (Ray task and actor methods run there); elsewhere `extract_document` refuses with
+a `RuntimeError` rather than running without a limit. A hang inside a single C call (one lxml call) is
+interrupted when that call returns. Its firing depends on the machine's load, so the step counts it as an
+error of the run (`errors/extract_timeout`), which the build reports as such: the corpus may differ from
+another run's.
 
 `ExtractStep` wraps it all as the build's "extract" step, with counted drops `html_too_large`,
-`undecodable_html`, `extract_timeout`, `no_main_content`, and the per-image drops above.
+`undecodable_html`, `too_many_elements`, `too_deep`, `extract_timeout`, `no_image_candidates`,
+`no_main_content`, and the per-image drops above.
 """
 
 from __future__ import annotations
 
 import bisect
 import codecs
+import logging
 import re
 import signal
 import threading
 import time
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass
@@ -56,6 +68,7 @@ import numpy as np
 import trafilatura
 from charset_normalizer import from_bytes
 from lxml import etree
+from pydantic import Field
 
 from crawl.image_select import (
     WORD,
@@ -72,12 +85,19 @@ from pipeline.record import Document, Image, make_doc_id
 from pipeline.stats import Ledger
 from pipeline.steps import Drop, Step
 
+log = logging.getLogger(__name__)
+
 
 class ExtractConfig(Section):
     """Options of the extract step (section `extract` of a build config)."""
 
-    timeout_s: float = 10.0  # per-document limit; a page that takes longer is the drop `extract_timeout`
+    # a safety net, not a rule: a page that takes longer is the drop `extract_timeout` AND an error of the run
+    # (it depends on machine load); the bounds below are what keep extraction cheap, deterministically
+    timeout_s: float = Field(120.0, gt=0)
     max_html_bytes: int = 5_000_000  # larger pages are the drop `html_too_large`
+    max_elements: int = Field(200_000, ge=1)  # parsed pages with more elements: the drop `too_many_elements`
+    # deeper parsed pages: the drop `too_deep` (libxml2 stops nesting at 256, so a page that deep is cut off)
+    max_depth: int = Field(255, ge=1, le=255)
     min_text_chars: int = 0  # text blocks shorter than this are left out (0 keeps all; filters come later)
     include_tables: bool = True
     include_comments: bool = False  # user comments below an article
@@ -89,6 +109,37 @@ class ExtractConfig(Section):
     # crawl/image_model.json (rebuilt by bench/train_image_model.py), else the path of another such file
     image_model: str = ""
     prefer_largest: bool = False  # take the largest srcset candidate even where <img src> is a real image
+    # lossless early cut: where the build's later rules need an image (filters.image_count.min_images >= 1),
+    # a page none of whose images can be kept is the drop `no_image_candidates` before trafilatura runs;
+    # the corpus is the same either way (only the stage that counts those pages differs)
+    early_cuts: bool = True
+
+
+ImageGate = Callable[[list[str]], bool]  # image URLs of a page -> whether any of them can be kept
+
+
+class PageRefused(Exception):  # noqa: N818 - an outcome, not an error
+    """The page is not extracted, for a counted reason decided by the page itself (never by the clock)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+def check_bounds(tree: etree._Element, config: ExtractConfig) -> None:
+    """Raise `PageRefused` when the parsed page has more elements or deeper nesting than the config allows."""
+    n_elements = depth = deepest = 0
+    for event, _ in etree.iterwalk(tree, events=("start", "end")):
+        if event == "start":
+            n_elements += 1
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    if n_elements > config.max_elements:
+        raise PageRefused("too_many_elements", f"{n_elements} elements > max_elements {config.max_elements}")
+    if deepest > config.max_depth:
+        raise PageRefused("too_deep", f"nesting depth {deepest} > max_depth {config.max_depth}")
 
 
 class ExtractTimeout(BaseException):
@@ -656,17 +707,23 @@ class ExtractParts:
     ruled_out: list[ImageDrop]
 
 
-def extract_parts(html: str, url: str, config: ExtractConfig) -> ExtractParts | None:
-    """Parse, normalise the images, run trafilatura and describe every image (None: no main content)."""
+def extract_parts(html: str, url: str, config: ExtractConfig,
+                  image_gate: ImageGate | None = None) -> ExtractParts | None:
+    """Parse, normalise the images, run trafilatura and describe every image (None: no main content).
+    Raises `PageRefused` for a page over the bounds or (with `image_gate`) without a keepable image."""
     tree = _parse(html)
     if tree is None:
         return None
+    check_bounds(tree, config)
     meta = {}
     robots = _meta_robots(tree)
     if robots:
         meta["meta_robots"] = robots
     title = _title(tree)
     records, junk = prepare_tree(tree, url, config.prefer_largest)
+    if image_gate is not None and not image_gate([r.url for r in records]):
+        raise PageRefused("no_image_candidates", f"none of its {len(records)} image candidates can be kept"
+                          if records else "no image passes the junk rules")
     body = _run_trafilatura(tree, url, config)  # works on its own copy of the tree
     if body is None:
         return None
@@ -721,38 +778,44 @@ def assemble(parts: ExtractParts, model: ImageModel, config: ExtractConfig, *, s
 
 def extract_with_drops(html: str, url: str, *, source: str = "", fetched_at: str = "", doc_id: str = "",
                        timeout_s: float = 10.0, config: ExtractConfig | None = None,
-                       ) -> tuple[Document | None, list[ImageDrop]]:
+                       image_gate: ImageGate | None = None) -> tuple[Document | None, list[ImageDrop]]:
     """`extract_document`, plus the page's images that were left out, each with its reason."""
     config = config or ExtractConfig()
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
     model = load_image_model(config.image_model)
     with time_limit(timeout_s):
-        parts = extract_parts(html, url, config)
+        parts = extract_parts(html, url, config, image_gate)
         if parts is None:
             return None, []
         return assemble(parts, model, config, source=source, fetched_at=fetched_at, doc_id=doc_id)
 
 
 def extract_document(html: str, url: str, *, source: str = "", fetched_at: str = "", doc_id: str = "",
-                     timeout_s: float = 10.0, config: ExtractConfig | None = None) -> Document | None:
+                     timeout_s: float = 10.0, config: ExtractConfig | None = None,
+                     image_gate: ImageGate | None = None) -> Document | None:
     """Extract the main content of a page as an interleaved Document (None when there is no main content).
 
     `timeout_s` bounds the whole extraction (raises `ExtractTimeout`); `config` holds the other options.
+    `image_gate`, when given, is asked before trafilatura runs whether any of the page's image candidates
+    (after the junk rules) can become an image of the document; if not, `PageRefused("no_image_candidates")`.
     """
     return extract_with_drops(html, url, source=source, fetched_at=fetched_at, doc_id=doc_id,
-                              timeout_s=timeout_s, config=config)[0]
+                              timeout_s=timeout_s, config=config, image_gate=image_gate)[0]
 
 
 class ExtractStep(Step):
-    """RawPage -> Document. Drops: html_too_large, undecodable_html, extract_timeout, no_main_content; the
-    images left out of a kept document are item drops `extract/image` with their reasons (rejects rows)."""
+    """RawPage -> Document. Drops: html_too_large, undecodable_html, too_many_elements, too_deep,
+    no_image_candidates, extract_timeout (also counted as the run error `errors/extract_timeout`),
+    no_main_content; the images left out of a kept document are item drops `extract/image` with their
+    reasons (rejects rows)."""
 
     name = "extract"
 
-    def __init__(self, config: ExtractConfig | None = None) -> None:
+    def __init__(self, config: ExtractConfig | None = None, image_gate: ImageGate | None = None) -> None:
         self.config = config or ExtractConfig()
         load_image_model(self.config.image_model)  # a broken model file fails the build at start, not per page
+        self.image_gate = image_gate  # see extract_document; the build sets one per unit (early cuts)
 
     def process(self, page: RawPage, ledger: Ledger) -> Document | Drop:
         cfg = self.config
@@ -766,8 +829,13 @@ class ExtractStep(Step):
         try:
             doc, drops = extract_with_drops(html, page.url, source=page.source, fetched_at=page.fetched_at,
                                             doc_id=page.id or make_doc_id(page.source), timeout_s=cfg.timeout_s,
-                                            config=cfg)
+                                            config=cfg, image_gate=self.image_gate)
+        except PageRefused as e:
+            return Drop(e.reason, e.detail)
         except ExtractTimeout as e:
+            # the clock decided, not the page: an error of the run, reported by the build
+            ledger.counters["errors/extract_timeout"] += 1
+            log.error("extract_timeout on %s: %s; the corpus may differ from another run's", page.url, e)
             return Drop("extract_timeout", f"{e} (after {time.monotonic() - started:.1f}s)")
         if doc is None:
             return Drop("no_main_content")

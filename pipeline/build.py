@@ -24,7 +24,6 @@ gives the corpus an uninterrupted run gives.
 from __future__ import annotations
 
 import copy
-import glob
 import hashlib
 import json
 import logging
@@ -42,8 +41,8 @@ import pyarrow.parquet as pq
 import ray
 from pydantic import Field
 
-from crawl.extract import ExtractConfig, ExtractStep
-from crawl.images import ImageConfig, ImageStep, chain
+from crawl.extract import ExtractConfig, ExtractStep, ImageGate
+from crawl.images import ImageConfig, ImageStep, Resolver, chain
 from crawl.live.config import CrawlConfig
 from crawl.sources import NOT_IN_SOURCE, Unit, discover_units, open_source
 from filters.config import FiltersConfig
@@ -51,6 +50,7 @@ from filters.dedup import ApplyDedup, DedupConfig, DedupResult, InDocumentImageD
 from filters.registry import declared_signals, document_steps, text_steps
 from pipeline.config import Section, dump_config
 from pipeline.corpus import MANIFEST, ShardInfo, _parse_line, write_shards
+from pipeline.inputs import InputConfig, resolve_inputs, storage_options
 from pipeline.record import STAGED_SCHEMA, documents_to_staged_table, staged_table_to_documents
 from pipeline.runner import Stage, map_actors
 from pipeline.stats import Ledger, check_funnel
@@ -58,12 +58,12 @@ from pipeline.steps import Resources, Step, run_steps
 from pipeline.storage import (
     Storage,
     StorageError,
-    expand_input,
     fetch_input,
     is_remote,
     local_scratch,
     write_parquet_atomic,
 )
+from pipeline.summary import explain, run_errors
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +85,6 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local instance (None = all)")
 
 
-class InputConfig(Section):
-    crawl_seeds: str | None = Field(None, description="seed URLs (a .txt file, one per line, or Parquet): "
-                                    "crawl them first (section `crawl`) and build the crawl's WARCs")
-    crawl_output: str | None = Field(None, description="where the crawl's WARCs go; None = CORPUS/crawl")
-
-
 class BuildConfig(Section):
     input: InputConfig = InputConfig()
     crawl: CrawlConfig = CrawlConfig()
@@ -109,6 +103,9 @@ class Steps:
     def __init__(self, cfg: BuildConfig):
         self.cfg = cfg
         self.extract = ExtractStep(cfg.extract)
+        count = cfg.filters.image_count
+        # lossless early cut: a page without an image that can be kept would be dropped by image_count
+        self.cut_imageless = cfg.extract.early_cuts and count.active and count.min_images >= 1
         self.text = text_steps(cfg.filters)
         self.image_dedup = InDocumentImageDedup(cfg.dedup.image_hamming)
         self.document = document_steps(cfg.filters)
@@ -122,14 +119,32 @@ class Steps:
                 step.setup()
             self._set_up = True
 
-    def unit(self, resolver) -> list[Step]:
-        """Phase 1, after reading. The image step is per unit: it resolves images from that unit."""
-        return [self.extract, *self.text, ImageStep(self.cfg.images, resolver), self.image_dedup,
-                *self.document]
+    def unit(self, resolver, in_source: Resolver | None = None) -> list[Step]:
+        """Phase 1, after reading. The image step is per unit: it resolves images from that unit. With the
+        early cut on, so is extraction: `in_source` (the unit's own image lookup, None when images may be
+        fetched) says whether a page's image can be had at all."""
+        extract = self.extract
+        if self.cut_imageless:
+            extract = copy.copy(self.extract)
+            extract.image_gate = image_gate(in_source)
+        return [extract, *self.text, ImageStep(self.cfg.images, resolver), self.image_dedup, *self.document]
 
     def write(self, dedup_result) -> list[Step]:
         """Phase 3: global dedup removals, then the document rules again (dedup may remove images)."""
         return [ApplyDedup(dedup_result), *self.final]
+
+
+def image_gate(in_source: Resolver | None = None) -> ImageGate:
+    """Whether any of a page's image URLs can become an image of its document: any at all when images may be
+    fetched (`in_source` None), else any whose bytes the unit's source holds (a reason string, such as
+    image_not_in_source or an over-cap image, is a certain image drop)."""
+    if in_source is None:
+        return bool
+
+    def any_in_source(urls: list[str]) -> bool:
+        return bool(urls) and any(isinstance(got, bytes) for got in in_source(urls).values())
+
+    return any_in_source
 
 
 def _renamed(step: Step, name: str) -> Step:
@@ -169,7 +184,8 @@ class UnitWorker:
         if is_remote(unit.path):  # read a local copy, under the same file name (sources name documents by it)
             scratch = local_scratch("interloom-input-")
             try:
-                local = Unit(str(fetch_input(unit.path, scratch)), unit.kind, unit.name)
+                local = Unit(str(fetch_input(unit.path, scratch, storage_options(unit.path, self.cfg.input))),
+                             unit.kind, unit.name)
                 return self._run_unit(local, unit, out)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
@@ -181,10 +197,12 @@ class UnitWorker:
                              max_image_bytes=self.cfg.images.max_bytes)
         source.index_images()
         self.steps.setup()
-        resolver = source.images.fetch_many
+        resolver: Resolver = source.images.fetch_many
+        in_source: Resolver | None = resolver
         if getattr(self, "fetcher", None) is not None:
             resolver = chain(resolver, self.fetcher.fetch_many, when=NOT_IN_SOURCE)
-        steps = self.steps.unit(resolver)
+            in_source = None
+        steps = self.steps.unit(resolver, in_source)
         tmp = out / "docs.parquet.tmp"
         n_docs = 0
         with pq.ParquetWriter(tmp, STAGED_SCHEMA) as writer:
@@ -244,19 +262,6 @@ def _iter_staged(path: Path):
 
 
 # ---- driver -------------------------------------------------------------------------------------------
-def resolve_inputs(patterns: list[str]) -> list[str]:
-    paths: list[str] = []
-    for pattern in patterns:
-        if is_remote(pattern):
-            matched = expand_input(pattern)
-        else:
-            matched = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
-        if not matched:
-            raise ValueError(f"--input {pattern!r} matches no file")
-        paths.extend(matched)
-    return paths
-
-
 def _local_folder(configured: str | None, output: str, key: str, default: str, what: str) -> Path:
     """A folder the build writes with plain file I/O: the configured one, else `default` inside a local
     corpus; a remote corpus (s3://...) needs it configured."""
@@ -371,7 +376,7 @@ def build_corpus(inputs: list[str], output: str | Path, cfg: BuildConfig | None 
     """Build (or resume) a corpus from input globs (local or URLs) into a local folder or an fsspec URL.
     Returns the stats funnel (also in stats.json)."""
     cfg = cfg or BuildConfig()
-    paths = resolve_inputs(inputs)
+    paths = resolve_inputs(inputs, cfg.input)
     if cfg.input.crawl_seeds:
         paths += crawl_first(cfg, str(output), progress)
     if not paths:
@@ -546,6 +551,12 @@ def _build(cfg: BuildConfig, paths: list[str], units: list[Unit], store: Storage
                       "shards": len(listed)}
     problems = check_funnel(stats)
     assert not problems, f"funnel does not add up: {problems}"
+    # errors of the run: outcomes the machine decided rather than the input (a safety-net timeout), so
+    # another run of the same build may give another corpus
+    stats["build"]["errors"] = run_errors(stats)
+    for name, n in stats["build"]["errors"].items():
+        log.error("%d x %s in this build: the corpus may differ from another run's (see stats.json)", n, name)
+    stats["build"]["notes"] = explain(stats, cfg)
     _put_json(store, "stats.json", stats)
     if not cfg.output.keep_work:
         shutil.rmtree(work)

@@ -27,6 +27,8 @@ examples:
   interloom build --input '/shared/cc/*.warc.gz' --output /shared/corpus/ --address ray://head:10001 --workers 64
   interloom build --input 's3://bucket/cc/*.warc.gz' --output s3://bucket/corpus --address auto \\
       --set output.work_dir=/shared/work/corpus
+  interloom build --input s3://commoncrawl/crawl-data/CC-MAIN-2024-10/warc.paths.gz \\
+      --input-prefix s3://commoncrawl/ --set input.anon=true --sample-files 10 --output cc-try/
 
 config: a YAML file with any of the sections input, crawl, extract, images, filters, dedup, output, ray;
   `interloom build --print-config` shows every key with its default. On a cluster: docs/cluster-build.md.
@@ -38,7 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=HELP, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", "-i", action="append", default=[], metavar="GLOB",
                    help="WARC/WET/WAT or .html(.gz) files, or folders of HTML files; a glob (quote it) or an "
-                   "s3://... URL; repeatable")
+                   "s3://... URL (glob too); or a path list (warc.paths.gz, a .txt of paths/URLs); repeatable")
+    p.add_argument("--input-prefix", metavar="URL", help="resolve the relative paths of a path list against "
+                   "this, e.g. s3://commoncrawl/ or https://data.commoncrawl.org/ (input.prefix)")
+    p.add_argument("--sample-files", type=float, metavar="N", help="build a seeded sample of the input files: "
+                   "N files, or a share below 1 (input.sample_files; seed: input.sample_seed)")
     p.add_argument("--output", "-o", metavar="DIR", help="corpus folder (or s3://... URL, with output.work_dir set) to create or resume")
     p.add_argument("--crawl", metavar="SEEDS", help="crawl these seed URLs first (a .txt or Parquet file) and "
                    "build the crawl's WARCs (kept in DIR/crawl); see `interloom crawl --help`")
@@ -60,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"ray.address={args.address}")
     if args.crawl:
         overrides.append(f"input.crawl_seeds={args.crawl}")
+    if args.input_prefix:
+        overrides.append(f"input.prefix={args.input_prefix}")
+    if args.sample_files is not None:
+        overrides.append(f"input.sample_files={args.sample_files:g}")
     if args.workers is not None:
         overrides.append(f"ray.workers={args.workers}")
     cfg = load_config(BuildConfig, args.config, overrides)
@@ -87,3 +97,8 @@ def print_summary(stats: dict, output: str) -> None:
         top = sorted(s["drops"].items(), key=lambda kv: -kv[1])[:3]
         reasons = ", ".join(f"{k} {v}" for k, v in top)
         print(f"  {key:<22}{s['in']:>8}{s['out']:>8}  {reasons}")
+    for line in b.get("notes", []):
+        print(f"  {line}")
+    for name, n in b.get("errors", {}).items():
+        print(f"  ERROR: {n} x {name}: a limit of the machine, not of the input, decided these pages; "
+              f"another run may give another corpus")

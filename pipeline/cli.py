@@ -10,7 +10,7 @@ import sys
 
 from crawl import crawl_cli
 from filters import quality_cli
-from pipeline import build_cli, demo, export_cli
+from pipeline import build_cli, demo, export_cli, refilter_cli
 from pipeline.report import cli as inspect_cli
 from train import cli as train_cli
 from train import tokenizer_cli
@@ -19,6 +19,7 @@ from train import tokenizer_cli
 COMMANDS = [
     demo,  # interloom demo
     build_cli,  # interloom build
+    refilter_cli,  # interloom refilter
     crawl_cli,  # interloom crawl
     inspect_cli,  # interloom inspect
     export_cli,  # interloom export hf | model

@@ -117,7 +117,7 @@ class Document:
             "title": self.title,
             "texts": list(self.texts),
             "images": [None if im is None else im.to_dict() for im in self.images],
-            "signals": dict(self.signals),
+            "signals": {k: float(v) for k, v in self.signals.items()},  # floats, whoever set them
             "meta": dict(self.meta),
         }
 
@@ -230,7 +230,7 @@ def documents_to_staged_table(docs: list[Document]) -> pa.Table:
         rows["title"].append(d.title)
         rows["texts"].append(list(d.texts))
         rows["images"].append([_image_row(im, True) for im in d.images])
-        rows["signals"].append(json.dumps(d.signals, sort_keys=True))
+        rows["signals"].append(json.dumps({k: float(v) for k, v in d.signals.items()}, sort_keys=True))
         rows["meta"].append(json.dumps(d.meta, sort_keys=True))
     return pa.Table.from_pydict(rows, schema=STAGED_SCHEMA)
 
@@ -257,7 +257,7 @@ def staged_table_to_documents(table: pa.Table) -> list[Document]:
                 title=r["title"] or "",
                 texts=list(r["texts"]),
                 images=images,
-                signals=json.loads(r["signals"] or "{}"),
+                signals={str(k): float(v) for k, v in json.loads(r["signals"] or "{}").items()},
                 meta=json.loads(r["meta"] or "{}"),
             )
         )
@@ -279,7 +279,7 @@ def index_row(doc: Document, shard: str, offset: int) -> dict[str, Any]:
         "image_meta": [_image_row(im, False) for im in doc.images],
         "n_images": len(doc.image_list),
         "n_words": doc.n_words,
-        "signals": json.dumps(doc.signals, sort_keys=True),
+        "signals": json.dumps({k: float(v) for k, v in doc.signals.items()}, sort_keys=True),
         "shard": shard,
         "offset": offset,
     }

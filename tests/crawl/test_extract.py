@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -292,14 +293,40 @@ def test_time_limit_really_stops_a_hanging_extraction(monkeypatch):
     monkeypatch.setattr(ce, "_run_trafilatura", hang)
     raw = RawPage(url="https://x.example/slow", body=page(f"<p>{PARA}</p>").encode(), source="slow", id="d")
     started = time.monotonic()
-    out = ExtractStep(ExtractConfig(timeout_s=0.5)).process(raw, Ledger())
+    ledger = Ledger()
+    out = ExtractStep(ExtractConfig(timeout_s=0.5)).process(raw, ledger)
     elapsed = time.monotonic() - started
     assert calls and isinstance(out, Drop) and out.reason == "extract_timeout"
+    # the clock decided, not the page: counted as an error of the run, which the build reports
+    assert ledger.counters["errors/extract_timeout"] == 1
     assert elapsed < 1.0  # within 2x the limit
     # the alarm is disarmed afterwards: a normal extraction right after runs to completion
     monkeypatch.undo()
     time.sleep(0.6)
     assert extract(page(f"<p>{PARA}</p><p>{PARA2}</p>")) is not None
+
+
+def test_pages_are_bounded_by_their_size_not_by_the_clock():
+    """Element count and nesting depth are counted drops decided before trafilatura runs; the timeout
+    default is a generous safety net, far above what a bounded page needs."""
+    many = page("".join(f"<p>{PARA} {i}</p>" for i in range(400)))  # ~400 elements
+    nested = page("<div>" * 120 + f"<p>{PARA}</p>" + "</div>" * 120)
+    pages = [RawPage(url="https://x.example/many", body=many.encode(), source="m", id="m"),
+             RawPage(url="https://x.example/deep", body=nested.encode(), source="d", id="d")]
+    ledger = Ledger()
+    step = ExtractStep(ExtractConfig(max_elements=300, max_depth=100))
+    assert list(run_steps(pages, [step], ledger)) == []
+    assert ledger.to_dict()["stages"][0]["drops"] == {"too_deep": 1, "too_many_elements": 1}
+    details = {r["reason"]: r["detail"] for r in ledger.rejects}
+    assert re.search(r"^\d+ elements > max_elements 300$", details["too_many_elements"])
+    assert re.search(r"^nesting depth 12\d > max_depth 100$", details["too_deep"])
+    # within the bounds (the defaults) both pages are extracted, and no run error is counted
+    ledger = Ledger()
+    assert [d.id for d in run_steps(pages, [ExtractStep()], ledger)] == ["m", "d"]
+    assert not [k for k in ledger.counters if k.startswith("errors/")]
+    assert ExtractConfig().timeout_s >= 60
+    with pytest.raises(ValueError, match="max_depth"):
+        ExtractConfig(max_depth=300)  # libxml2 stops nesting at 256: a larger bound could never fire
 
 
 def test_time_limit_refuses_outside_the_main_thread():
@@ -363,3 +390,31 @@ def test_site_folds_never_split_a_site_and_page_weights_count():
     w_N[:200] = 0.0
     assert fit_logistic(x_NF, flipped, l2=1.0).weights[0] < 0
     assert fit_logistic(x_NF, flipped, l2=1.0, w_N=w_N).weights[0] > 0
+def test_image_gate_cuts_pages_without_a_keepable_image_before_trafilatura(monkeypatch):
+    """The early cut: a page none of whose image candidates (after the junk rules) the gate accepts is the drop
+    no_image_candidates, decided before trafilatura runs; a page with one is extracted as before."""
+    photo = '<img src="/photos/harbour.jpg" width="640" height="480" alt="harbour">'
+    icon = '<img src="/icons/rss.png" width="16" height="16">'
+    pages = [RawPage(url="https://x.example/a", body=page(f"<p>{PARA}</p>{photo}<p>{PARA2}</p>").encode(),
+                     source="a", id="a"),
+             RawPage(url="https://x.example/b", body=page(f"<p>{PARA}</p>{icon}<p>{PARA2}</p>").encode(),
+                     source="b", id="b")]
+    asked = []
+
+    def gate(urls):
+        asked.append(urls)
+        return "https://x.example/photos/harbour.jpg" in urls
+
+    ledger = Ledger()
+    [doc] = run_steps(pages, [ExtractStep(image_gate=gate)], ledger)
+    assert doc.id == "a" and [im.url for im in doc.image_list] == ["https://x.example/photos/harbour.jpg"]
+    assert asked == [["https://x.example/photos/harbour.jpg"], []]
+    assert ledger.rejects[0]["reason"] == "no_image_candidates"
+    assert ledger.rejects[0]["detail"] == "no image passes the junk rules"
+
+    def no_trafilatura(*args, **kwargs):
+        raise AssertionError("trafilatura ran on a page the gate refused")
+
+    monkeypatch.setattr(ce, "_run_trafilatura", no_trafilatura)
+    out = ExtractStep(image_gate=lambda urls: False).process(pages[0], Ledger())
+    assert out == Drop("no_image_candidates", "none of its 1 image candidates can be kept")

@@ -197,3 +197,133 @@ def test_every_dev_page_and_broken_image_goes_through_a_build(tmp_path, ray_loca
     assert image_drops.get("truncated_image", 0) >= 2  # the two truncated JPEGs
     gallery_docs = [d for d in Corpus(out).iter_documents() if d.url.endswith("gallery/index.html")]
     assert len(gallery_docs) == 1 and 1 <= len(gallery_docs[0].image_list) < len(list(edge.iterdir()))
+
+
+def _corpus_bytes(out: Path) -> dict[str, bytes]:
+    """The corpus's files that must not depend on the machine: manifest, shards, index."""
+    files = [out / "manifest.jsonl", *sorted((out / "shards").glob("*")), *sorted((out / "index").glob("*"))]
+    return {str(f.relative_to(out)): f.read_bytes() for f in files}
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_a_build_under_a_cpu_hog_gives_the_same_corpus(tmp_path, ray_local):
+    """No wall-clock limit decides what is kept: the same small build on an idle machine and with every CPU
+    saturated by busy-looping processes (one per CPU, started and killed here) gives byte-identical manifests, shards and
+    index, and neither run reports an error (a safety-net timeout would be one)."""
+    names = ("IAH-urls-wget.warc.gz", "iana.warc.gz", "whirlwind.warc.gz")
+    warcs = [w for w in dev_warcs() if Path(w).name in names]
+    assert len(warcs) == 3
+    cfg = load_config(BuildConfig, None, ["ray.workers=2", *DEV_SETTINGS])  # the default extract limits
+    idle = build_corpus(warcs, tmp_path / "idle", cfg, progress=False)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in os.sched_getaffinity(0)]
+    try:
+        loaded = build_corpus(warcs, tmp_path / "loaded", cfg, progress=False)
+        hog_cpu = sum(_cpu_seconds(h.pid) for h in hogs)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    assert hog_cpu > 0.5 * loaded["build"]["seconds"]  # the hogs really competed for the CPUs
+    assert idle["build"]["documents"] > 10
+    assert idle["build"]["errors"] == loaded["build"]["errors"] == {}
+    assert loaded["stages"] == idle["stages"]
+    assert _corpus_bytes(tmp_path / "loaded") == _corpus_bytes(tmp_path / "idle")
+
+
+def test_early_cuts_give_the_same_corpus(tmp_path, ray_local):
+    """With filters.image_count.min_images=1 a page none of whose images passes the junk rules and is in its
+    WARC skips trafilatura (extract drop no_image_candidates); the corpus is byte-identical to the build
+    without the cuts, where image_count drops those pages after extraction."""
+    settings = ["ray.workers=2", *DEV_SETTINGS, "filters.image_count.min_images=1"]
+    cut = build_corpus(dev_warcs(), tmp_path / "cut", load_config(BuildConfig, None, settings), progress=False)
+    full = build_corpus(dev_warcs(), tmp_path / "full",
+                        load_config(BuildConfig, None, [*settings, "extract.early_cuts=false"]), progress=False)
+    stages_cut, stages_full = ({s["name"]: s for s in st["stages"]} for st in (cut, full))
+    n_cut = stages_cut["extract"]["drops"].get("no_image_candidates", 0)
+    assert n_cut >= 20 and "no_image_candidates" not in stages_full["extract"]["drops"]
+    assert cut["build"]["documents"] == full["build"]["documents"] >= 10
+    assert stages_cut["read"] == stages_full["read"]
+    # the pages the cut decided early are the ones image_count (or a text filter before it) drops later
+    assert stages_cut["image_count"]["in"] < stages_full["image_count"]["in"]
+    assert _corpus_bytes(tmp_path / "cut") == _corpus_bytes(tmp_path / "full")
+
+
+def test_summary_says_why_the_readme_example_is_small(tmp_path):
+    """The README's first command (default settings, the dev WARCs) keeps a few documents: the end-of-build
+    summary names the stages that removed most pages and the settings that decided it."""
+    out = tmp_path / "corpus"
+    cmd = [sys.executable, "-m", "pipeline.cli", "build", "--no-progress", "--workers", "2", "--output", str(out),
+           "--input", str(real_path("dev", "warc")) + "/*.warc.gz"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    stats = json.loads((out / "stats.json").read_text())
+    pages = next(s for s in stats["stages"] if s["name"] == "extract")["in"]
+    kept = stats["build"]["documents"]
+    assert pages > 100 and kept < 0.1 * pages
+    notes = stats["build"]["notes"]
+    assert notes[0].startswith(f"{kept} of {pages} pages kept (") and "; most removed by: " in notes[0]
+    by_stage = {line.split(" removed ", 1)[0]: line for line in notes[1:]}
+    # the early cut counts most pages without a usable image at extract, the rest reach image_count
+    assert "no_image_candidates" in by_stage["extract"] and "--set images.fetch=true" in by_stage["extract"]
+    image_line = by_stage["image_count"]
+    assert "lower filters.image_count.min_images (now 1)" in image_line
+    assert "too_small" in image_line and "images.min_side=150" in image_line
+    assert "filters.gopher_quality.min_stop_words=2" in by_stage["gopher_quality"]
+    for line in notes:
+        assert f"  {line}" in done.stdout.splitlines()
+    assert stats["build"]["errors"] == {} and "ERROR" not in done.stdout
+
+
+def test_refilter_equals_a_fresh_build_with_the_stricter_settings(dev_corpus, tmp_path):
+    """`interloom refilter` applies stricter thresholds to the stored signals, without re-extracting: the new
+    corpus is byte for byte what a fresh build with those settings writes. A looser threshold, or a setting
+    that is no threshold on a stored signal, is refused naming the key."""
+    from pipeline.cli import main
+
+    reference, _ = dev_corpus
+    stricter = ["filters.image_count.min_images=1", "filters.language.min_score=0.8"]
+    out = tmp_path / "refiltered"
+    argv = ["refilter", str(reference), "--output", str(out)]
+    assert main([*argv, *(a for s in stricter for a in ("--set", s))]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    refilter = stats["stages"][-1]
+    assert refilter["name"] == "refilter" and check_funnel(stats) == []
+    assert refilter["drops"]["filters.image_count.min_images"] >= 10
+    assert refilter["drops"]["filters.language.min_score"] >= 1
+    # dropped documents that were a duplicate cluster's kept copy are named (a fresh build could keep another
+    # copy; on the dev WARCs their copies fail the stricter thresholds too, so the corpora agree below)
+    keepers = stats["build"]["dedup_keepers_dropped"]
+    assert any("kept copy of a duplicate cluster" in n for n in stats["build"]["notes"]) == (keepers > 0)
+    fresh = build_corpus(dev_warcs(), tmp_path / "fresh",
+                         load_config(BuildConfig, None, ["ray.workers=2", *DEV_SETTINGS, *stricter]), progress=False)
+    assert fresh["build"]["documents"] == refilter["out"] > 0
+    assert _corpus_bytes(out) == _corpus_bytes(tmp_path / "fresh")
+    for looser, why in [("filters.language.min_score=0.5", "filters.language.min_score: 0.65 -> 0.5 is looser"),
+                        ("images.min_side=300", "images.min_side: 32 -> 300 is not a threshold on a signal"),
+                        ("filters.c4.enabled=true", "filters.c4.enabled: False -> True is not a threshold")]:
+        with pytest.raises(ValueError, match=re.escape(why)):
+            from pipeline.refilter import refilter_corpus
+
+            refilter_corpus(reference, tmp_path / "refused", [looser])
+    assert not (tmp_path / "refused").exists()
+
+
+def test_a_safety_net_timeout_is_an_error_of_the_run(tmp_path, ray_local, capsys):
+    """When the wall-clock guard fires (here: set absurdly low), the page is the drop extract_timeout and the
+    run reports an error in stats.json and the end-of-build summary: the corpus may differ from another run's."""
+    from pipeline.build_cli import print_summary
+
+    [warc] = [w for w in dev_warcs() if Path(w).name == "iana.warc.gz"]
+    cfg = load_config(BuildConfig, None, ["ray.workers=1", *DEV_SETTINGS, "extract.timeout_s=0.000001"])
+    stats = build_corpus([warc], tmp_path / "corpus", cfg, progress=False)
+    extract = next(s for s in stats["stages"] if s["name"] == "extract")
+    assert extract["drops"]["extract_timeout"] == extract["in"] > 0
+    assert stats["build"]["errors"] == {"extract_timeout": extract["in"]}
+    assert json.loads((tmp_path / "corpus" / "stats.json").read_text())["build"]["errors"] == stats["build"]["errors"]
+    print_summary(stats, str(tmp_path / "corpus"))
+    shown = capsys.readouterr().out
+    assert f"ERROR: {extract['in']} x extract_timeout" in shown and "another run may give another corpus" in shown

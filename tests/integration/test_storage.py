@@ -5,6 +5,7 @@ fills up and a real read-only bind mount) give a clear error naming the path and
 from __future__ import annotations
 
 import errno
+import gzip
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ from conftest import real_path
 from pipeline.build import BuildConfig, build_corpus
 from pipeline.config import load_config
 from pipeline.corpus import Corpus
+from pipeline.inputs import resolve_inputs
 from pipeline.stats import check_funnel
 from pipeline.storage import Storage, StorageError, is_transient
 from _s3server import BUCKET, S3Server, environ
@@ -201,6 +203,42 @@ def test_build_from_and_to_s3_through_an_outage_equals_the_local_build(s3, refer
 
     assert main(["inspect", url, "--output", str(tmp_path / "report"), "--no-progress", "--sample", "20"]) == 0
     assert list((tmp_path / "report").glob("*.html"))
+
+
+@pytest.mark.slow
+def test_build_from_a_path_list_on_s3_with_a_sample(s3, reference, tmp_path):
+    """Common Crawl's way in: a warc.paths.gz on S3 listing relative paths, resolved against --input-prefix,
+    read anonymously (input.anon), a seeded sample of 2 of the 3 WARCs. The corpus holds the documents of the
+    sampled WARCs only, and every reference document of those WARCs."""
+    client = s3.client()
+    listing = "".join(f"crawl-data/seg/{p.name}\n" for p in _warcs())
+    path_list = f"s3://{BUCKET}/cc/warc.paths.gz"
+    client.put_object(Bucket=BUCKET, Key="cc/warc.paths.gz", Body=gzip.compress(listing.encode()))
+    anon = load_config(BuildConfig, None, [*SETTINGS, f"input.prefix=s3://{BUCKET}/cc/", "input.anon=true"])
+    with pytest.raises(ValueError, match="cannot read the path list: PermissionError"):
+        resolve_inputs([path_list], anon.input)  # anonymous reads of a private object are refused ...
+    # ... and work on public objects, as on s3://commoncrawl
+    client.put_object(Bucket=BUCKET, Key="cc/warc.paths.gz", Body=gzip.compress(listing.encode()), ACL="public-read")
+    for p in _warcs():
+        client.upload_file(str(p), BUCKET, f"cc/crawl-data/seg/{p.name}", ExtraArgs={"ACL": "public-read"})
+    cfg = load_config(BuildConfig, None, [*SETTINGS, f"input.prefix=s3://{BUCKET}/cc/", "input.anon=true",
+                                          "input.sample_files=2", "input.sample_seed=1"])
+    chosen = resolve_inputs([path_list], cfg.input)
+    listed = [f"s3://{BUCKET}/cc/crawl-data/seg/{p.name}" for p in _warcs()]
+    assert len(chosen) == 2 and set(chosen) < set(listed)
+    out = tmp_path / "corpus"
+    stats = build_corpus([path_list], out, cfg, progress=False)
+    assert json.loads((out / "build.json").read_text())["inputs"] == chosen
+    assert check_funnel(stats) == [] and stats["build"]["units"] == 2
+    names = {url.rsplit("/", 1)[1] for url in chosen}
+
+    def warc_of(doc):
+        return doc.source.split(":", 1)[1].split("#", 1)[0]
+
+    got = {d.id: warc_of(d) for d in Corpus(out).iter_documents()}
+    assert got and set(got.values()) <= names
+    expected = {d.id for d in Corpus(reference).iter_documents() if warc_of(d) in names}
+    assert expected <= set(got)  # (a document the full build dropped as a duplicate of the third WARC's may stay)
 
 
 def test_a_remote_corpus_needs_a_work_dir(s3):

@@ -1,0 +1,135 @@
+"""What `--input` names, at crawl scale: files, globs (local or over any fsspec file system), and path lists.
+
+  resolve_inputs(patterns, cfg) -> the input files of a build, in order:
+    - a path list (`warc.paths.gz` as Common Crawl publishes it, or any `.paths`/`.txt`[.gz] file of paths or
+      URLs, one per line, `#` comments) is read, local or remote; a relative entry is resolved against
+      `input.prefix` (`--input-prefix s3://commoncrawl/`), and is an error without one. WET and WAT files in
+      a list are refused: a build needs the WARC files (HTML and images);
+    - a glob over a remote file system (s3://bucket/crawl/*.warc.gz), or a local glob;
+    - `input.anon=true` reads s3:// inputs anonymously (public buckets such as s3://commoncrawl);
+    - `input.sample_files` keeps a seeded sample of the files (N >= 1: that many; 0 < x < 1: that share, at
+      least one), so a user can try 10 WARCs of a dump before the whole of it.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import os
+import random
+from typing import Any
+
+import fsspec
+from pydantic import Field
+
+from pipeline.config import Section
+from pipeline.storage import expand_input, is_remote
+
+PATH_LIST_SUFFIXES = (".paths", ".paths.gz", ".txt", ".txt.gz")
+# Common Crawl's derived formats: text only (WET) or metadata (WAT), no HTML to extract and no images
+_DERIVED = {".wet": "WET (extracted text only)", ".wat": "WAT (metadata only)"}
+
+
+class InputConfig(Section):
+    crawl_seeds: str | None = Field(None, description="seed URLs (a .txt file, one per line, or Parquet): "
+                                    "crawl them first (section `crawl`) and build the crawl's WARCs")
+    crawl_output: str | None = Field(None, description="where the crawl's WARCs go; None = CORPUS/crawl")
+    prefix: str | None = Field(None, description="what relative entries of a path list are resolved against, "
+                               "e.g. s3://commoncrawl/ or https://data.commoncrawl.org/ (--input-prefix)")
+    anon: bool = Field(False, description="read s3:// inputs without credentials (public buckets)")
+    sample_files: float | None = Field(None, gt=0, description="a seeded sample of the input files: N >= 1 "
+                                       "files, or a share 0 < x < 1 of them (--sample-files)")
+    sample_seed: int = Field(0, description="seed of the sample")
+
+
+def storage_options(url: str, cfg: InputConfig) -> dict[str, Any]:
+    """fsspec options for reading input `url`: anonymous access for s3:// when `input.anon` is set."""
+    return {"anon": True} if cfg.anon and url.startswith(("s3://", "s3a://")) else {}
+
+
+def is_path_list(path: str) -> bool:
+    return path.rsplit("/", 1)[-1].endswith(PATH_LIST_SUFFIXES)
+
+
+def _derived_kind(entry: str) -> str | None:
+    name = entry.rsplit("/", 1)[-1].lower().removesuffix(".gz")
+    return next((kind for suffix, kind in _DERIVED.items() if name.endswith(suffix)), None)
+
+
+def read_path_list(path: str, cfg: InputConfig) -> list[str]:
+    """The entries of a path list, relative ones joined to `cfg.prefix`; WET/WAT entries are refused."""
+    try:
+        if is_remote(path):
+            with fsspec.open(path, "rb", **storage_options(path, cfg)) as f:
+                raw = f.read()
+        else:
+            with open(os.path.expanduser(path), "rb") as f:
+                raw = f.read()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.GzipFile(fileobj=io.BytesIO(raw)).read()
+        text = raw.decode("utf-8")
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise ValueError(f"--input {path}: cannot read the path list: {type(e).__name__}: {e}") from e
+    entries = []
+    for n, line in enumerate(text.splitlines(), 1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        kind = _derived_kind(entry)
+        if kind:
+            raise ValueError(f"--input {path} line {n}: {entry} is a {kind} file; a build needs the WARC files "
+                             f"(HTML and images): use the dump's warc.paths.gz, not wet.paths.gz or wat.paths.gz")
+        if "://" not in entry and not os.path.isabs(entry):
+            if not cfg.prefix:
+                raise ValueError(f"--input {path} line {n}: {entry} is a relative path; give --input-prefix "
+                                 f"(e.g. s3://commoncrawl/ or https://data.commoncrawl.org/) to resolve it")
+            entry = cfg.prefix.rstrip("/") + "/" + entry.lstrip("/")
+        entries.append(entry)
+    if not entries:
+        raise ValueError(f"--input {path}: the path list names no file")
+    return entries
+
+
+def _expand(pattern: str, cfg: InputConfig) -> list[str]:
+    if is_remote(pattern):
+        return expand_input(pattern, storage_options(pattern, cfg))
+    return sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+
+
+def sample(paths: list[str], share: float, seed: int) -> list[str]:
+    """A seeded sample of `paths`, in their order: `share` >= 1 files, or that share of them (at least one)."""
+    k = int(share) if share >= 1 else max(1, round(share * len(paths)))
+    if share >= 1 and share != k:
+        raise ValueError(f"input.sample_files: {share} is neither a whole number of files nor a share below 1")
+    if k >= len(paths):
+        return list(paths)
+    chosen = set(random.Random(seed).sample(range(len(paths)), k))
+    return [p for i, p in enumerate(paths) if i in chosen]
+
+
+def resolve_inputs(patterns: list[str], cfg: InputConfig | None = None) -> list[str]:
+    """The input files (or folders) named by `--input` patterns and path lists, sampled when asked."""
+    cfg = cfg or InputConfig()
+    paths: list[str] = []
+    for pattern in patterns:
+        if is_path_list(pattern) and not any(c in pattern for c in "*?["):
+            # entries are taken as listed: checking 90,000 objects one by one would take longer than a
+            # sample's build; a listed file that is missing fails its unit, naming it
+            for entry in read_path_list(pattern, cfg):
+                if not is_remote(entry) and not os.path.exists(entry):
+                    raise ValueError(f"--input {pattern}: {entry} does not exist")
+                paths.append(entry)
+            continue
+        matched = _expand(pattern, cfg)
+        if not matched:
+            raise ValueError(f"--input {pattern!r} matches no file")
+        lists = [m for m in matched if is_path_list(m)]
+        if lists:
+            raise ValueError(f"--input {pattern!r} matches path lists ({lists[0]}, ...); give each list as its "
+                             f"own --input")
+        paths.extend(matched)
+    paths = list(dict.fromkeys(paths))
+    if cfg.sample_files is not None and paths:
+        paths = sample(paths, cfg.sample_files, cfg.sample_seed)
+    return paths

@@ -1,0 +1,155 @@
+"""`interloom refilter CORPUS --set filters.x.y=V --output NEW`: stricter thresholds, without re-extracting.
+
+Every kept document carries the signals its filters computed (`doc.signals`), and build.json records which
+config key thresholds which signal (`filters.registry.declared_signals`). A refilter:
+  1. reads CORPUS/build.json and applies the `--set` overrides to its config;
+  2. accepts only changes of declared thresholds that are stricter (a "min" threshold raised, a "max" one
+     lowered): a looser one would keep pages the build dropped, which are not in the corpus, so it is refused
+     naming the key (run `interloom build` with the new setting); any other key (images.min_side, a list of
+     languages, ...) decides something that is not a stored signal and is refused too;
+  3. streams the corpus unit by unit, in the build's unit order, drops each document whose stored signal fails
+     a changed threshold (counted as the stage `refilter`, reason `KEY`, listed in NEW/rejects/), and writes
+     the rest with the build's shard naming and sizes, so NEW is byte for byte the corpus a fresh build with
+     the stricter settings writes.
+One thing a refilter cannot redo: global dedup. A dropped document that was the kept copy of a duplicate
+cluster (CORPUS/dedup/clusters.parquet) would, in a fresh build, leave another member of its cluster in the
+corpus; the refilter counts these (`build.dedup_keepers_dropped`) and says so. Image dedup is not redone
+either (an image removed for being in more than dedup.image_max_docs documents could stay in a fresh build
+with fewer documents); that case is not detected, as the removed images are not in the corpus.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from filters.registry import declared_signals
+from pipeline.config import load_config
+from pipeline.corpus import MANIFEST, Corpus, ShardInfo, write_shards
+from pipeline.stats import Ledger, check_funnel
+from pipeline.storage import write_parquet_atomic
+
+STAGE = "refilter"
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def stricter_thresholds(old_cfg: Any, new_cfg: Any) -> list[tuple[str, str, str, float]]:
+    """[(config key, signal, "min"|"max", new value)] of the changed thresholds; ValueError naming each change
+    that is looser or not a threshold on a stored signal."""
+    old, new = _flat(old_cfg.model_dump(mode="json")), _flat(new_cfg.model_dump(mode="json"))
+    by_key: dict[str, list[tuple[str, str]]] = {}
+    for signal, thresholds in declared_signals(new_cfg.filters).items():
+        for t in thresholds:
+            by_key.setdefault(t["config"], []).append((signal, t["kind"]))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not k.startswith("ray."))
+    if not changed:
+        raise ValueError("refilter: the --set values change no setting of the corpus's build")
+    problems, out = [], []
+    for key in changed:
+        before, after = old.get(key), new.get(key)
+        if key not in by_key or not isinstance(before, int | float) or not isinstance(after, int | float):
+            problems.append(f"{key}: {before!r} -> {after!r} is not a threshold on a signal the corpus stores")
+            continue
+        for signal, kind in by_key[key]:
+            if (after < before) if kind == "min" else (after > before):
+                problems.append(f"{key}: {before!r} -> {after!r} is looser than the build's: it would keep pages "
+                                f"the build dropped, which are not in the corpus")
+                break
+            out.append((key, signal, kind, float(after)))
+    if problems:
+        raise ValueError("refilter cannot apply: " + "; ".join(problems)
+                         + " -- run `interloom build` with the new settings instead")
+    return out
+
+
+def _fails(doc: Any, checks: list[tuple[str, str, str, float]]) -> str | None:
+    for key, signal, kind, value in checks:
+        if signal not in doc.signals:
+            raise ValueError(f"document {doc.id} has no stored signal {signal!r} (needed for {key}); "
+                             f"run `interloom build` with the new settings instead")
+        got = doc.signals[signal]
+        if (got < value) if kind == "min" else (got > value):
+            return key
+    return None
+
+
+def _dedup_keepers(corpus: Corpus) -> set[str]:
+    """Ids of documents kept as the one copy of a duplicate cluster with removed members."""
+    path = f"{corpus.root}/dedup/clusters.parquet"
+    if not corpus.fs.exists(path):
+        return set()
+    with corpus.fs.open(path, "rb") as f:
+        table = pq.read_table(f, columns=["id", "keeper", "size"])
+    return {r["id"] for r in table.to_pylist() if r["keeper"] and r["size"] > 1}
+
+
+def refilter_corpus(corpus: str | Path, output: str | Path, overrides: list[str]) -> dict[str, Any]:
+    """Write NEW = CORPUS with stricter thresholds applied to the stored signals. Returns NEW's stats."""
+    from pipeline.build import BuildConfig
+
+    src = Corpus(corpus)
+    info = src.read_json("build.json")
+    if not info.get("finished_at"):
+        raise ValueError(f"{corpus}: the build has not finished; finish it before refiltering")
+    cfg = load_config(BuildConfig, None, overrides, base=copy.deepcopy(info["config"]))
+    checks = stricter_thresholds(BuildConfig.model_validate(info["config"]), cfg)
+    out = Path(output)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"--output {out}: exists and is not empty; a refilter writes a new corpus")
+    keepers = _dedup_keepers(src)
+    ledger = Ledger()
+    stage = ledger.stage(STAGE)
+    dropped_keepers = 0
+    shards_of: dict[str, list[ShardInfo]] = {}
+    for s in src.shards():
+        shards_of.setdefault(s.unit, []).append(s)
+
+    def kept(shards: list[ShardInfo]):
+        nonlocal dropped_keepers
+        for shard in shards:
+            for doc in src.iter_shard(shard):
+                stage.n_in += 1
+                key = _fails(doc, checks)
+                if key is None:
+                    stage.n_out += 1
+                    yield doc
+                    continue
+                ledger.drop(STAGE, key, id=doc.id, url=doc.url, detail=f"{doc.signals} vs {key}")
+                dropped_keepers += doc.id in keepers
+
+    lines = []
+    for index, unit in enumerate(info["units"]):
+        prefix = f"{cfg.output.shard_prefix}-{index:05d}"
+        written = write_shards(kept(shards_of.get(unit["name"], [])), out, prefix, unit=unit["name"],
+                               max_bytes=cfg.output.max_shard_bytes, max_docs=cfg.output.max_shard_docs)
+        lines += [s.line() + "\n" for s in written]
+    (out / MANIFEST).write_text("".join(lines), encoding="utf-8")
+    write_parquet_atomic(ledger.rejects_table(), out / "rejects" / "refilter.parquet")
+    old_stats = src.read_json("stats.json")
+    stats = {**ledger.to_dict([STAGE]), "stages": [*old_stats["stages"], *ledger.to_dict([STAGE])["stages"]],
+             "items": old_stats.get("items", {})}
+    stats["build"] = {"documents": stage.n_out, "shards": len(lines), "units": len(info["units"]),
+                      "refiltered_from": str(corpus), "dedup_keepers_dropped": dropped_keepers, "errors": {},
+                      "notes": [f"{stage.n_out} of {stage.n_in} documents kept by the stricter thresholds"]}
+    if dropped_keepers:
+        stats["build"]["notes"].append(
+            f"{dropped_keepers} dropped documents were the kept copy of a duplicate cluster: a fresh build with "
+            f"these settings would keep another member of each; run `interloom build` for that corpus")
+    assert not check_funnel(stats), check_funnel(stats)
+    (out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True), encoding="utf-8")
+    new_info = {**info, "config": cfg.model_dump(mode="json"), "refiltered_from": str(corpus),
+                "signals": declared_signals(cfg.filters)}
+    (out / "build.json").write_text(json.dumps(new_info, indent=2, sort_keys=True), encoding="utf-8")
+    return stats
