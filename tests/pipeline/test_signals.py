@@ -47,10 +47,10 @@ def test_renaming_a_threshold_key_in_a_filter_moves_the_report_line(tmp_path):
         build = {"signals": resolve_signals([("filters.fixture", section, step)])}
         summary, _, _ = summarize(_corpus_with_signals(tmp_path / key, build), sample=3, progress=False)
         assert summary["signals"]["fixture_score"]["thresholds"] == [
-            {"value": 0.4, "kind": "min", "config": f"filters.fixture.{key}"}
+            {"value": 0.4, "kind": "min", "config": f"filters.fixture.{key}", "kept": 1, "cut": 2}
         ]
         assert summary["signals"]["fixture_len"]["thresholds"] == [
-            {"value": 9.0, "kind": "max", "config": "filters.fixture.max_len"}
+            {"value": 9.0, "kind": "max", "config": "filters.fixture.max_len", "kept": 3, "cut": 0}
         ]
 
 
