@@ -7,6 +7,8 @@ image-text retrieval from the contrastive embeddings.
                         is what says the model uses the images
   eval_sums             one batch -> fixed-size sums (loss and count per kind, pairs): the same tensor shape
                         on every rank, so `evaluate` all-reduces once whatever each rank's batch holds
+  noise_images          the same batch with noise for pixels: `interloom eval` reports the image-text loss
+                        of both (`image_text_loss_noise_images`)
   evaluate              `n_batches` batches of one rank's held-out loader, reduced over all ranks (every
                         rank calls it: the same forwards and the same single all-reduce) -> the metrics row
   retrieval_recall      recall@k of image->text and text->image over L2-normalised embeddings
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
@@ -74,17 +77,29 @@ def metrics_of(sums: torch.Tensor, prefix: str = "val_") -> dict[str, float]:
             f"{prefix}image_text_tokens": int(n_img)}
 
 
+def noise_images(batch: Batch, gen: torch.Generator) -> Batch:
+    """The batch with every image's pixels replaced by Gaussian noise (the normalised pixels' scale)."""
+    noise_NP = torch.randn(batch.pixel_values_NP.shape, generator=gen).to(batch.pixel_values_NP)
+    return replace(batch, pixel_values_NP=noise_NP)
+
+
 def evaluate(model: torch.nn.Module, batches: Iterator[Batch], n_batches: int, image_token_id: int,
-             device: torch.device) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+             device: torch.device, noise_seed: int | None = None) -> tuple[dict[str, float], torch.Tensor,
+                                                                           torch.Tensor]:
     """Loss metrics over `n_batches` batches of this rank, summed over all ranks (one all-reduce), and this
-    rank's contrastive embeddings (image_IC, text_IC; empty when the heads are off)."""
+    rank's contrastive embeddings (image_IC, text_IC; empty when the heads are off). With `noise_seed`, every
+    image is replaced by noise first (`noise_images`): the baseline the image-conditioned loss beats when
+    the model uses the images."""
+    gen = torch.Generator().manual_seed(noise_seed) if noise_seed is not None else None
     was_training = model.training
     model.eval()
     sums = torch.zeros(len(SUMS), dtype=torch.float64, device=device)
     img_embs, txt_embs = [], []
     try:
         for _ in range(n_batches):
-            s, img_IC, txt_IC = eval_sums(model, next(batches).to(device), image_token_id)
+            batch = next(batches)
+            batch = noise_images(batch, gen) if gen is not None else batch
+            s, img_IC, txt_IC = eval_sums(model, batch.to(device), image_token_id)
             sums += s
             if img_IC is not None:
                 img_embs.append(img_IC.float().cpu())

@@ -15,7 +15,6 @@ Shape legend: T tokens   D model dim   V vocab   N patches   P values per patch 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +37,10 @@ class Prompt:
     grid_hw_I2: torch.Tensor  # int64 (h, w) in patches per image
 
 
-def load_inference_model(path: str | Path) -> tuple[VLM, Tokenizer, DataConfig]:
+def load_inference_model(path: str | Path) -> tuple[VLM, Path, DataConfig]:
     """A run directory or checkpoint directory (train/export.py `find_checkpoint`), or an exported folder
-    (has interloom_model.json): the model in eval mode, its tokenizer, and the data config for images."""
+    (has interloom_model.json): the model in eval mode (float32), its tokenizer.json, and the data config
+    (the run's; an exported folder has none: the defaults, i.e. the default pixel budget and layout)."""
     from train.export import VLM_CONFIG, load_exported_vlm, load_trained_model
 
     p = Path(path)
@@ -48,9 +48,9 @@ def load_inference_model(path: str | Path) -> tuple[VLM, Tokenizer, DataConfig]:
         model = load_exported_vlm(p).float()
         if not (p / "tokenizer.json").is_file():
             raise ValueError(f"{p}: exported model has no tokenizer.json")
-        return model, Tokenizer.load(p / "tokenizer.json"), DataConfig()
+        return model, p / "tokenizer.json", DataConfig()
     model, cfg, _ = load_trained_model(p)
-    return model, Tokenizer.load(cfg.data.tokenizer), cfg.data
+    return model.float(), Path(cfg.data.tokenizer), cfg.data
 
 
 def read_image_file(path: str | Path) -> bytes:
@@ -139,9 +139,3 @@ def generate(model: VLM, prompt: Prompt, max_new_tokens: int = 32, temperature: 
         x_11D = model.decoder.tok_embeddings(torch.tensor([[token]], device=h_1TD.device))
         h_1TD = model.decoder.forward_cached(x_11D, cache)
     return out
-
-
-def generation_record(tok: Tokenizer, new_ids: list[int]) -> str:
-    """The decoded continuation (special tokens dropped), as a JSON line for scripts."""
-    return json.dumps({"text": tok.decode([i for i in new_ids if i not in tok.special_ids]),
-                       "token_ids": new_ids})
