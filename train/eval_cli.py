@@ -2,7 +2,7 @@
 
 CKPT is a run directory (its latest checkpoint), a checkpoint_* directory, or a folder written by
 `interloom export model`. Reads the first --batches batches of C with the run's loader settings (an
-exported folder: the default data settings) in one process and prints one JSON object:
+exported folder: its interloom_data.json) in one process and prints one JSON object:
   val_lm_loss, val_image_text_loss, val_text_loss   token-mean next-token losses: all label tokens, those
                                                     after an image in their document, the others
   val_image_text_loss_noise_images                  the image-text loss again with every image replaced by

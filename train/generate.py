@@ -40,15 +40,17 @@ class Prompt:
 def load_inference_model(path: str | Path) -> tuple[VLM, Path, DataConfig]:
     """A run directory or checkpoint directory (train/export.py `find_checkpoint`), or an exported folder
     (has interloom_model.json): the model in eval mode (float32), its tokenizer.json, and the data config
-    (the run's; an exported folder has none: the defaults, i.e. the default pixel budget and layout)."""
-    from train.export import VLM_CONFIG, load_exported_vlm, load_trained_model
+    (the run's; from an exported folder its interloom_data.json, or the defaults when it has none)."""
+    from train.export import DATA_CONFIG, VLM_CONFIG, load_exported_vlm, load_trained_model
 
     p = Path(path)
     if (p / VLM_CONFIG).is_file():
         model = load_exported_vlm(p).float()
         if not (p / "tokenizer.json").is_file():
             raise ValueError(f"{p}: exported model has no tokenizer.json")
-        return model, p / "tokenizer.json", DataConfig()
+        data = DataConfig.model_validate_json((p / DATA_CONFIG).read_text()) if (p / DATA_CONFIG).is_file() \
+            else DataConfig()
+        return model, p / "tokenizer.json", data
     model, cfg, _ = load_trained_model(p)
     return model.float(), Path(cfg.data.tokenizer), cfg.data
 
