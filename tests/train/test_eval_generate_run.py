@@ -19,7 +19,8 @@ from train.trainer import run_training
 
 @pytest.fixture(scope="module")
 def trained(ray_local, tmp_path_factory):
-    """(run dir, held-out corpus): 4 steps of debug-cpu (shaped as qwen3_moe), val losses at steps 2 and 4."""
+    """(run dir, held-out corpus): 4 steps of debug-cpu (shaped as qwen3_moe), val losses at steps 2 and 4;
+    FSDP2 (gloo): the evaluation's forwards all-gather on every rank, so a rank that skipped one would hang."""
     require_real()
     root = tmp_path_factory.mktemp("evalrun")
     train = build_corpus(root / "train", [6, 6])
@@ -28,7 +29,7 @@ def trained(ray_local, tmp_path_factory):
                       [f"data.corpus={train}", f"run.output={root / 'run'}", "run.log_every=1",
                        "stages=[{trainable: all, steps: 4}]", "run.checkpoint_every=4", "optim.warmup_steps=1",
                        f"run.val_corpus={val}", "run.eval_every=2", "run.eval_batches=2",
-                       "model.qk_norm=true", "model.moe.n_shared_experts=0"])  # = qwen3_moe: exportable
+                       "parallel.data_parallel=fsdp", "model.qk_norm=true", "model.moe.n_shared_experts=0"])  # = qwen3_moe: exportable
     run_training(cfg)
     return root / "run", val
 
@@ -84,6 +85,12 @@ def test_generate_from_run_and_export(trained, capsys, tmp_path):
     assert json.loads(capsys.readouterr().out) == a  # the exported model decodes the same
     assert main(["eval", str(out), "--corpus", str(val), "--batches", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["val_tokens"] > 0
+
+
+def test_eval_every_must_be_a_multiple_of_log_every(tmp_path):
+    with pytest.raises(ValueError, match="eval_every=3 must be a multiple of run.log_every=2"):
+        load_config(TrainConfig, resolve_recipe("debug-cpu"),
+                    [f"run.val_corpus={tmp_path}", "run.log_every=2", "run.eval_every=3"])
 
 
 def test_generate_errors_are_clear(trained, capsys):
