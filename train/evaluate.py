@@ -33,7 +33,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from train.batch import IGNORE_INDEX, Batch
-from train.model.vlm import VLM
 
 SUMS = ("image_text_loss_sum", "image_text_tokens", "text_loss_sum", "text_tokens")
 
@@ -101,7 +100,7 @@ def evaluate(model: torch.nn.Module, batches: Iterator[Batch], n_batches: int, i
             batch = noise_images(batch, gen) if gen is not None else batch
             s, img_IC, txt_IC = eval_sums(model, batch.to(device), image_token_id)
             sums += s
-            if img_IC is not None:
+            if img_IC is not None and txt_IC is not None:
                 img_embs.append(img_IC.float().cpu())
                 txt_embs.append(txt_IC.float().cpu())
     finally:

@@ -68,7 +68,7 @@ def encode_prompt(prompt: str, images: list[bytes], tok: Tokenizer, data: DataCo
     parts = prompt.split(IMAGE_MARK)
     if len(parts) - 1 != len(images):
         raise ValueError(f"prompt has {len(parts) - 1} {IMAGE_MARK} mark(s) but {len(images)} image(s) were given")
-    encoder, counters = DocumentEncoder(tok, data, patch_size, merge), Counter()
+    encoder, counters = DocumentEncoder(tok, data, patch_size, merge), Counter[str]()
     ids, patches, grids = [tok.bos_id], [], []
     for i, text in enumerate(parts):
         ids.extend(tok.encode(text) if text else [])

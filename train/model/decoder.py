@@ -124,12 +124,10 @@ class LayerCache:
     v_1KSd: torch.Tensor | None = None
 
     def append(self, k_1KTd: torch.Tensor, v_1KTd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.k_1KSd is None:
-            self.k_1KSd, self.v_1KSd = k_1KTd, v_1KTd
-        else:
-            self.k_1KSd = torch.cat([self.k_1KSd, k_1KTd], dim=2)
-            self.v_1KSd = torch.cat([self.v_1KSd, v_1KTd], dim=2)
-        return self.k_1KSd, self.v_1KSd
+        if self.k_1KSd is not None and self.v_1KSd is not None:
+            k_1KTd, v_1KTd = torch.cat([self.k_1KSd, k_1KTd], dim=2), torch.cat([self.v_1KSd, v_1KTd], dim=2)
+        self.k_1KSd, self.v_1KSd = k_1KTd, v_1KTd
+        return k_1KTd, v_1KTd
 
 
 @dataclass
@@ -209,6 +207,7 @@ class Decoder(nn.Module):
         cos_1TR, sin_1TR = rotary_cos_sin(pos_1T, self.cfg.d_head // 2, self.cfg.rope_theta, x_1TD.dtype,
                                           self.cfg.rope_scaling)
         for layer, layer_cache in zip(self.layers, cache.layers, strict=True):
+            assert isinstance(layer, DecoderBlock)
             x_1TD = layer.forward_cached(x_1TD, cos_1TR, sin_1TR, layer_cache)
         cache.length += T
         return self.norm(x_1TD)
