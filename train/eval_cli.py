@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", required=True, metavar="PATH", help="held-out corpus directory or fsspec URL")
     p.add_argument("--batches", type=int, default=16, help="batches to evaluate (default 16)")
     p.add_argument("--seed", type=int, default=0, help="shard order and noise-image seed")
+    p.add_argument("--device", default="cpu", help="torch device to run on, e.g. cuda (default cpu)")
     p.set_defaults(func=run)
 
 
@@ -51,13 +52,14 @@ def run(args: argparse.Namespace) -> int:
     Corpus(args.corpus)  # ValueError "not a corpus: ..." before the model loads
     model, tok_path, data = load_inference_model(args.checkpoint)
     data = data.model_copy(update={"corpus": args.corpus, "follow": False, "num_workers": 0})
-    cpu, image_id = torch.device("cpu"), model.cfg.image_token_id
+    device, image_id = torch.device(args.device), model.cfg.image_token_id
+    model = model.to(device)
 
     def batches():
         return iter(Loader(data, str(tok_path), model.cfg.vision.patch_size, seed=args.seed))
 
-    row, image_IC, text_IC = evaluate(model, batches(), args.batches, image_id, cpu)
-    noisy, _, _ = evaluate(model, batches(), args.batches, image_id, cpu, noise_seed=args.seed)
+    row, image_IC, text_IC = evaluate(model, batches(), args.batches, image_id, device)
+    noisy, _, _ = evaluate(model, batches(), args.batches, image_id, device, noise_seed=args.seed)
     row["val_image_text_loss_noise_images"] = noisy["val_image_text_loss"]
     row |= retrieval_recall(image_IC, text_IC)
     print(json.dumps(row))

@@ -89,12 +89,13 @@ def encode_prompt(prompt: str, images: list[bytes], tok: Tokenizer, data: DataCo
 
 def prompt_embeddings(model: VLM, prompt: Prompt) -> torch.Tensor:
     """x_1TD: token embeddings, the `<|image|>` positions replaced in order by the image tokens."""
-    ids_1T = prompt.ids_T[None]
+    device = model.decoder.tok_embeddings.weight.device
+    ids_1T = prompt.ids_T[None].to(device)
     x_1TD = model.decoder.tok_embeddings(ids_1T)
     is_image_1T = ids_1T == model.cfg.image_token_id
     if prompt.grid_hw_I2.shape[0] == 0:
         return x_1TD
-    img_MD = model.adapter(model.vision(prompt.pixel_values_NP.to(x_1TD.dtype), prompt.grid_hw_I2))
+    img_MD = model.adapter(model.vision(prompt.pixel_values_NP.to(device, x_1TD.dtype), prompt.grid_hw_I2.to(device)))
     assert int(is_image_1T.sum()) == img_MD.shape[0], "image token count differs from the image grids"
     return x_1TD.masked_scatter(is_image_1T[..., None], img_MD.to(x_1TD.dtype))
 
@@ -104,7 +105,8 @@ def full_logits(model: VLM, prompt: Prompt) -> torch.Tensor:
     """Uncached reference: logits_TV of one ordinary decoder forward over the prompt's tokens."""
     x_1TD = prompt_embeddings(model, prompt)
     T = x_1TD.shape[1]
-    h_1TD, _ = model.decoder(x_1TD, torch.arange(T)[None], torch.zeros(1, T, dtype=torch.int32))
+    h_1TD, _ = model.decoder(x_1TD, torch.arange(T, device=x_1TD.device)[None],
+                             torch.zeros(1, T, dtype=torch.int32, device=x_1TD.device))
     return model.decoder.output(h_1TD[0]).float()
 
 

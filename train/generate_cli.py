@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--json", action="store_true", help="print {\"text\", \"token_ids\"} as one JSON line")
+    p.add_argument("--device", default="cpu", help="torch device to run on, e.g. cuda (default cpu)")
     p.set_defaults(func=run)
 
 
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-new-tokens={args.max_new_tokens}: must be >= 1")
     images = [read_image_file(p) for p in args.images]
     model, tok_path, data = load_inference_model(args.checkpoint)
+    model = model.to(args.device)
     tok = Tokenizer.load(tok_path)
     prompt = encode_prompt(args.prompt, images, tok, data, model.cfg.vision.patch_size, model.cfg.vision.merge)
     new = generate(model, prompt, args.max_new_tokens, args.temperature, args.top_p, args.seed, tok.eos_id)

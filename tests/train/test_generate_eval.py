@@ -29,8 +29,9 @@ def _prompt(model, T_text=(5, 6, 7), grid=(2, 4), seed=0) -> Prompt:
                   torch.tensor([grid]))
 
 
-def test_cached_decoding_equals_uncached_argmax():
-    model = tiny_model(dtype=torch.float32).eval()
+@pytest.mark.parametrize("options", [{}, {"qk_norm": True, "qkv_bias": True, "n_kv_heads": 1}])
+def test_cached_decoding_equals_uncached_argmax(options):
+    model = tiny_model(dtype=torch.float32, **options).eval()
     prompt = _prompt(model)
     new = generate(model, prompt, max_new_tokens=8)
     assert len(new) == 8 and all(0 <= t < model.cfg.vocab_size for t in new)
