@@ -187,7 +187,7 @@ def held_out_metrics(cfg: TrainConfig, model: torch.nn.Module, rank: int, world:
     runs the same number of forwards (FSDP2 all-gathers in each) and one all-reduce."""
     from train.evaluate import evaluate
 
-    data = cfg.data.model_copy(update={"follow": False})
+    data = cfg.data.model_copy(update={"follow": False, "num_workers": 0})  # a few batches: no worker processes
     val = Loader(data, cfg.data.tokenizer, cfg.model.vision.patch_size, rank, world, cfg.run.seed,
                  corpus=cfg.run.val_corpus)
     row, _, _ = evaluate(model, iter(val), cfg.run.eval_batches, cfg.model.image_token_id, device)
