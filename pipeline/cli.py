@@ -13,7 +13,7 @@ from filters import quality_cli
 from pipeline import build_cli, demo, export_cli, refilter_cli
 from pipeline.report import cli as inspect_cli
 from train import cli as train_cli
-from train import tokenizer_cli
+from train import eval_cli, generate_cli, tokenizer_cli
 
 # subcommand modules, in the order `interloom --help` lists them
 COMMANDS = [
@@ -26,6 +26,8 @@ COMMANDS = [
     quality_cli,  # interloom quality train
     tokenizer_cli,  # interloom tokenizer train
     train_cli,  # interloom train
+    eval_cli,  # interloom eval
+    generate_cli,  # interloom generate
 ]
 PACKAGES = ["corpus", "crawl", "filters", "pipeline", "train"]  # whose INFO log lines the command shows
 

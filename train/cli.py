@@ -17,6 +17,7 @@ EXAMPLES = """\
 examples:
   interloom train debug-cpu --corpus corpus/ --output runs/debug        tiny model, CPU, 2 workers
   interloom train single-gpu --corpus s3://bucket/corpus --output runs/a --set optim.lr=1e-3
+  interloom train debug-cpu --corpus corpus/ --val-corpus val/ --set run.eval_every=20   held-out losses
   interloom train run.yaml --corpus corpus/ --follow                     while `interloom build` writes it
   interloom train multi-gpu --corpus s3://bucket/corpus --address ray://head:10001 --set run.num_workers=16
 
@@ -42,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--upcycle", action="store_true",
                    help="with --init-llm of a dense model: sparse-upcycle it into the recipe's moe.n_experts "
                         "experts (top moe.top_k), each a copy of the dense FFN (sets model.init_upcycle=true)")
+    p.add_argument("--val-corpus", metavar="PATH", default=None,
+                   help="held-out corpus: val_* losses (image-conditioned vs plain text) every run.eval_every "
+                        "steps into metrics.jsonl and TensorBoard (sets run.val_corpus)")
     p.add_argument("--address", default=None, metavar="ADDR", help="Ray cluster address (default: a local instance)")
     p.set_defaults(func=run)
 
@@ -57,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.insert(0, f"run.output={args.output}")
     if args.follow:
         overrides.insert(0, "data.follow=true")
+    if args.val_corpus:
+        overrides.insert(0, f"run.val_corpus={args.val_corpus}")
     if args.upcycle:
         overrides.insert(0, "model.init_upcycle=true")
     cfg = load_config(TrainConfig, resolve_recipe(args.config), overrides)

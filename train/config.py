@@ -78,6 +78,12 @@ class RunSection(Section):
     checkpoint_every: int = Field(100, ge=1)  # optimizer steps; the last step always checkpoints
     keep_checkpoints: int = Field(3, ge=1)
     log_every: int = Field(10, ge=1)
+    # held-out evaluation (train/evaluate.py): `interloom train --val-corpus` sets val_corpus; every eval_every
+    # steps (a multiple of log_every; and at the last step) each rank reads the first eval_batches batches of
+    # its share of it and the val_* losses join that step's metrics row
+    val_corpus: str | None = None
+    eval_every: int = Field(100, ge=1)
+    eval_batches: int = Field(4, ge=1)  # per rank
     seed: int = 0  # model init (same on every rank) and shard shuffling
     num_workers: int = Field(2, ge=1)  # Ray Train workers (data-parallel ranks)
     use_gpu: bool = False  # NCCL (+ FSDP2 in bf16 by default, see parallel); False: gloo (+ DDP in fp32)
@@ -106,6 +112,9 @@ class TrainConfig(Section):
         if self.model.vision.merge != 2:
             raise ValueError("model.vision.merge must be 2: the loader builds grids for a 2x2 merge")
         self.parallel.resolved(self.run.use_gpu)  # bf16 without fsdp is an error now, not on the workers
+        if self.run.val_corpus and self.run.eval_every % self.run.log_every:
+            raise ValueError(f"run.eval_every={self.run.eval_every} must be a multiple of run.log_every="
+                             f"{self.run.log_every}: the val_* metrics join the log step's row")
         return self
 
     @property

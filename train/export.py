@@ -9,6 +9,8 @@ to it what interloom needs to rebuild the whole VLM:
   interloom_model.json        our ModelConfig
   interloom_vlm.safetensors   every tensor outside the decoder (vision tower, adapter, contrastive heads)
   tokenizer.json              the run's tokenizer (when the run has one on disk)
+  interloom_data.json         the run's data settings (pixel budget, normalisation, layout) for `interloom
+                              eval` / `generate` on the folder
 `load_exported_vlm(dir)` rebuilds the VLM from these and the HF decoder files, tensor for tensor equal to
 the checkpoint (in the dtype exported).
 """
@@ -30,7 +32,7 @@ from train.model.vlm import VLM
 
 log = logging.getLogger(__name__)
 
-VLM_CONFIG, VLM_REST = "interloom_model.json", "interloom_vlm.safetensors"
+VLM_CONFIG, VLM_REST, DATA_CONFIG = "interloom_model.json", "interloom_vlm.safetensors", "interloom_data.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -76,6 +78,8 @@ def export_model(path: str | Path, out_dir: str | Path, family: str | None = Non
     rest = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("decoder.")}
     save_file(rest, out / VLM_REST, metadata={"format": "pt"})
     (out / VLM_CONFIG).write_text(cfg.model.model_dump_json(indent=2) + "\n")
+    (out / DATA_CONFIG).write_text(cfg.data.model_copy(update={"corpus": "", "tokenizer": "tokenizer.json"})
+                                   .model_dump_json(indent=2) + "\n")
     if Path(cfg.data.tokenizer).is_file():
         shutil.copyfile(cfg.data.tokenizer, out / "tokenizer.json")
     return fam

@@ -25,6 +25,10 @@ Resume: running the same config on the same run directory (RunConfig(storage_pat
 `ray.train.get_checkpoint()` return the latest checkpoint, and training continues from it: same batches,
 same schedule, bit-identical losses on CPU. `FailureConfig(max_failures)` restarts killed workers the same way.
 
+Held-out evaluation: with `run.val_corpus` (`interloom train --val-corpus`), every `run.eval_every` steps and
+at the last one all ranks compute the val_* losses (train/evaluate.py: image-conditioned text loss apart from
+plain text loss) on the same held-out batches; they join that log step's row.
+
 Logs (rank 0): `metrics.jsonl` (one JSON object per log step) and TensorBoard under `tb/`; both are cut back
 to the resumed step on resume. The metrics are listed in train/metrics.py.
 """
@@ -75,6 +79,12 @@ def prepare_run(cfg: TrainConfig) -> TrainConfig:
     resolved.run.output = str(out)
     if "://" not in cfg.data.corpus:  # workers run elsewhere (other cwd, other node): an absolute path
         resolved.data.corpus = str(Path(cfg.data.corpus).expanduser().resolve())
+    if cfg.run.val_corpus:
+        from pipeline.corpus import Corpus
+
+        Corpus(cfg.run.val_corpus)  # ValueError "not a corpus: ..." before the workers start
+        if "://" not in cfg.run.val_corpus:
+            resolved.run.val_corpus = str(Path(cfg.run.val_corpus).expanduser().resolve())
     resolved.data.tokenizer = str(tok_path)
     resolved.model.vocab_size = -(-tok.vocab_size // 64) * 64  # padded to a multiple of 64
     resolved.model.image_token_id = tok.image_id
@@ -170,6 +180,20 @@ def train_step(state: TrainState, batches: Iterator[Batch], cfg: TrainConfig, lr
                      micro_batches=accum, real_tokens=real_tokens, images=images, flops=n_flops)
 
 
+def held_out_metrics(cfg: TrainConfig, model: torch.nn.Module, rank: int, world: int,
+                     device: torch.device) -> dict[str, float]:
+    """The val_* losses on the first `run.eval_batches` batches of this rank's share of `run.val_corpus`
+    (the same batches at every evaluation), reduced over all ranks. Every rank calls it at the same step and
+    runs the same number of forwards (FSDP2 all-gathers in each) and one all-reduce."""
+    from train.evaluate import evaluate
+
+    data = cfg.data.model_copy(update={"follow": False, "num_workers": 0})  # a few batches: no worker processes
+    val = Loader(data, cfg.data.tokenizer, cfg.model.vision.patch_size, rank, world, cfg.run.seed,
+                 corpus=cfg.run.val_corpus)
+    row, _, _ = evaluate(model, iter(val), cfg.run.eval_batches, cfg.model.image_token_id, device)
+    return row
+
+
 def _worker_logging() -> None:
     """Rank 0's log lines on the worker's stdout (Ray forwards it to the driver)."""
     logger = logging.getLogger("train")
@@ -218,6 +242,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if step % cfg.run.log_every == 0 or step == total:
                 row = {"step": step, "stage": cfg.stages[stage].trainable, "lr": lr}
                 row |= window.reduce(cfg.model, peak) | {"mfu_peak_assumed": assumed}
+                if cfg.run.val_corpus and (step % cfg.run.eval_every == 0 or step == total):
+                    row |= held_out_metrics(cfg, model, rank, world, device)
                 window.reset()
                 loss = row["loss"]
                 if logger is not None:

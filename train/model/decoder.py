@@ -13,20 +13,26 @@ What it does:
   - final RMSNorm and an LM head (tied to the token embedding with `model.tie_embeddings`)
   - options that make it equal to pretrained families (see train/model/hf/): head_dim, qk_norm, qkv_bias,
     rope_scaling
+  - an inference-only path with a KV cache (`Decoder.forward_cached`, `KVCache`): one sequence, each
+    layer's keys/values appended step by step; it shares the weights and the math of the training path
+    (attention over the cached keys with an explicit causal mask) and leaves that path untouched
 
 Also holds the rotary helpers shared with the vision encoder (`rotary_cos_sin`, `apply_rotary`).
 
 Shape legend:
   B  batch rows     T  tokens per row     D  model dim       V  vocab
   H  query heads    K  kv heads           Dh head dim        R  rotary frequencies (Dh/2)
+  S  tokens already in the KV cache
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from train.model.attention import Segments, attend
 from train.model.block import Block
@@ -92,6 +98,49 @@ class Attention(nn.Module):
         o_BHTd = attend(q_BHTd, k_BKTd, v_BKTd, seg)
         return self.wo(o_BHTd.transpose(1, 2).reshape(B, T, -1))
 
+    def forward_cached(self, x_1TD: torch.Tensor, cos_1TR: torch.Tensor, sin_1TR: torch.Tensor,
+                       cache: LayerCache) -> torch.Tensor:
+        """Inference: the T new tokens of one sequence attend to the S cached ones and causally to each
+        other; their keys/values are appended to `cache`."""
+        _, T, _ = x_1TD.shape
+        q_1HTd = self.q_norm(self.wq(x_1TD).view(1, T, self.n_heads, self.head_dim)).transpose(1, 2)
+        k_1KTd = self.k_norm(self.wk(x_1TD).view(1, T, self.n_kv_heads, self.head_dim)).transpose(1, 2)
+        v_1KTd = self.wv(x_1TD).view(1, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = cos_1TR[:, None], sin_1TR[:, None]
+        q_1HTd, k_1KTd = apply_rotary(q_1HTd, cos, sin), apply_rotary(k_1KTd, cos, sin)
+        k_1KUd, v_1KUd = cache.append(k_1KTd, v_1KTd)  # U = S + T
+        S = k_1KUd.shape[2] - T
+        mask_TU = torch.ones(T, S + T, dtype=torch.bool, device=x_1TD.device).tril(diagonal=S)
+        o_1HTd = F.scaled_dot_product_attention(q_1HTd, k_1KUd, v_1KUd, attn_mask=mask_TU,
+                                                enable_gqa=self.n_heads != self.n_kv_heads)
+        return self.wo(o_1HTd.transpose(1, 2).reshape(1, T, -1))
+
+
+@dataclass
+class LayerCache:
+    """Keys and values of one decoder layer for the tokens seen so far (one sequence)."""
+
+    k_1KSd: torch.Tensor | None = None
+    v_1KSd: torch.Tensor | None = None
+
+    def append(self, k_1KTd: torch.Tensor, v_1KTd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k_1KSd is not None and self.v_1KSd is not None:
+            k_1KTd, v_1KTd = torch.cat([self.k_1KSd, k_1KTd], dim=2), torch.cat([self.v_1KSd, v_1KTd], dim=2)
+        self.k_1KSd, self.v_1KSd = k_1KTd, v_1KTd
+        return k_1KTd, v_1KTd
+
+
+@dataclass
+class KVCache:
+    """The decoder's cache for one sequence: a `LayerCache` per layer and the number of tokens in it."""
+
+    layers: list[LayerCache] = field(default_factory=list)
+    length: int = 0
+
+    @classmethod
+    def empty(cls, n_layers: int) -> KVCache:
+        return cls([LayerCache() for _ in range(n_layers)])
+
 
 class DecoderBlock(Block):
     def __init__(self, cfg: ModelConfig, layer: int):
@@ -112,6 +161,16 @@ class DecoderBlock(Block):
         else:
             y_SD, stats = self.ffn(h_SD), None
         return x_BTD + y_SD.view(B, T, D), stats
+
+    def forward_cached(self, x_1TD: torch.Tensor, cos_1TR: torch.Tensor, sin_1TR: torch.Tensor,
+                       cache: LayerCache) -> torch.Tensor:
+        """Inference: `block_forward` for new tokens of one sequence against the cache (no statistics)."""
+        _, T, D = x_1TD.shape
+        x_1TD = x_1TD + self.attn.forward_cached(self.attn_norm(x_1TD), cos_1TR, sin_1TR, cache)
+        h_SD = self.ffn_norm(x_1TD).view(T, D)
+        y_SD = self.ffn(h_SD, torch.ones(T, dtype=torch.bool, device=h_SD.device))[0] if self.is_moe \
+            else self.ffn(h_SD)
+        return x_1TD + y_SD.view(1, T, D)
 
 
 class Decoder(nn.Module):
@@ -138,3 +197,17 @@ class Decoder(nn.Module):
             if stats is not None:
                 moe_stats.append(stats)
         return self.norm(x_BTD), moe_stats
+
+    @torch.no_grad()
+    def forward_cached(self, x_1TD: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Inference: embedded new tokens of one sequence (positions cache.length...) -> final-normed
+        hidden states h_1TD; the cache grows by T. Equal to `forward` on the whole sequence so far."""
+        T = x_1TD.shape[1]
+        pos_1T = torch.arange(cache.length, cache.length + T, device=x_1TD.device)[None]
+        cos_1TR, sin_1TR = rotary_cos_sin(pos_1T, self.cfg.d_head // 2, self.cfg.rope_theta, x_1TD.dtype,
+                                          self.cfg.rope_scaling)
+        for layer, layer_cache in zip(self.layers, cache.layers, strict=True):
+            assert isinstance(layer, DecoderBlock)
+            x_1TD = layer.forward_cached(x_1TD, cos_1TR, sin_1TR, layer_cache)
+        cache.length += T
+        return self.norm(x_1TD)
