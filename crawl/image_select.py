@@ -24,6 +24,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -171,7 +172,7 @@ def _link_density(img: etree._Element, ctx: PageContext) -> float:
 
 def _token_kinds(words: str) -> set[str]:
     """Kinds of the words of a class/id/role string (each word matched whole, by kind)."""
-    return {m.lastgroup for m in _TOKEN_RE.finditer(words)} if words.strip() else set()
+    return {kind for m in _TOKEN_RE.finditer(words) if (kind := m.lastgroup)} if words.strip() else set()
 
 
 def _wrapper_flags(el: etree._Element, ctx: PageContext) -> tuple[frozenset[str], bool, bool, bool]:
@@ -206,7 +207,8 @@ class PageContext:
     def __post_init__(self) -> None:
         self.starts = [b.start for b in self.blocks]
         self.site = (urlsplit(self.url).hostname or "").split(".")[-2:]  # the last two labels of the page host
-        self.memo: dict[tuple[str, etree._Element], object] = {}  # per-element results shared by the images
+        # per-element results shared by the images, keyed by (kind, element): each kind its own value type
+        self.memo: dict[tuple[str, etree._Element], Any] = {}
 
 
 _UNLIKELY = re.compile(r"-ad-|ai2html|banner|breadcrumbs|combx|comment|community|cover-wrap|disqus|extra|footer|"
@@ -396,7 +398,8 @@ class ImageModel:
         arrays = [np.asarray(d[k], dtype=np.float64) for k in ("mean", "scale", "weights")]
         if any(a.shape != (len(features),) for a in arrays):
             raise ValueError(f"{where}: mean/scale/weights must each hold {len(features)} numbers")
-        return cls(features, *arrays, bias=float(d["bias"]), threshold=float(d["threshold"]),
+        mean, scale, weights = arrays
+        return cls(features, mean, scale, weights, bias=float(d["bias"]), threshold=float(d["threshold"]),
                    note=str(d.get("note", "")))
 
     @classmethod

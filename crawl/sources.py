@@ -203,6 +203,11 @@ def _headers(rec) -> dict[str, str]:
     return {} if h is None else {k.lower(): v for k, v in h.items()}
 
 
+def _warc_header(rec: WarcRecord, name: str) -> str:
+    """A WARC header's value, "" when the record lacks it."""
+    return rec.headers.get(name) or ""
+
+
 def _finish(rec: WarcRecord) -> bool:
     """Skip the rest of a record; True when it cannot be read to its end (the file ends inside it, or its
     bytes are damaged)."""
@@ -332,8 +337,8 @@ class WarcSource:
                 rec.parse_http(auto_decode="none", quirks_mode=True)
             except Exception:  # noqa: BLE001, S112 - pass 2 counts the record as bad_http_header
                 continue
-            url = rec.headers.get("WARC-Target-URI", "")
-            digest = rec.headers.get("WARC-Payload-Digest", "")
+            url = _warc_header(rec, "WARC-Target-URI")
+            digest = _warc_header(rec, "WARC-Payload-Digest")
             if rtype != WarcRecordType.revisit and digest:
                 self._all_digests.add(digest)
             if not _content_type(rec).startswith("image/"):
@@ -369,13 +374,13 @@ class WarcSource:
             if _content_type(rec).startswith("image/"):
                 return "image_resource"
             # a revisit repeats a payload captured before: a duplicate when that capture is here
-            digest = rec.headers.get("WARC-Payload-Digest", "")
+            digest = _warc_header(rec, "WARC-Payload-Digest")
             return "revisit_duplicate" if digest in self._all_digests else "revisit_unresolved"
         if rec.record_type not in (WarcRecordType.response, WarcRecordType.resource):
             return f"record_type:{str(rec.record_type).rsplit('.', 1)[-1]}"
         if rec.http_headers is None and rec.record_type == WarcRecordType.response:
             return "not_http"  # e.g. dns: records
-        ctype = _content_type(rec) or rec.headers.get("Content-Type", "").split(";")[0].lower()
+        ctype = _content_type(rec) or _warc_header(rec, "Content-Type").split(";")[0].lower()
         status = rec.http_headers.status_code if rec.http_headers is not None else 200
         if ctype.startswith("image/"):
             return "image_too_large" if offset in self._too_large else "image_resource"
@@ -399,18 +404,18 @@ class WarcSource:
                     ledger.drop(READ, "warc_read_error", item="record",
                                 detail=f"{name}: no WARC record found (empty, or not a WARC file): {item.error}")
                 else:
-                    reason = "unit_unreadable_rest" if item.end is None else "warc_unreadable_bytes"
-                    ledger.drop(READ, reason, item="record", detail=item.describe(name))
+                    why = "unit_unreadable_rest" if item.end is None else "warc_unreadable_bytes"
+                    ledger.drop(READ, why, item="record", detail=item.describe(name))
                 continue
             seen += 1
             offset, rec = item
-            url = rec.headers.get("WARC-Target-URI", "")
+            url = _warc_header(rec, "WARC-Target-URI")
             try:
                 rec.parse_http(auto_decode="none", quirks_mode=True)
             except Exception as e:  # noqa: BLE001 - e.g. "Maximum header length exceeded": this record only
                 truncated = _finish(rec)
-                reason = "warc_read_error" if truncated else "bad_http_header"
-                ledger.drop(READ, reason, url=url, item="record", detail=f"{name}: record at byte {offset}: {e}")
+                why = "warc_read_error" if truncated else "bad_http_header"
+                ledger.drop(READ, why, url=url, item="record", detail=f"{name}: record at byte {offset}: {e}")
                 continue
             reason, detail, body = self._reason(offset, rec), "", b""
             if reason == "warc_read_error":
@@ -427,10 +432,10 @@ class WarcSource:
             if reason is not None:
                 ledger.drop(READ, reason, url=url, item="record", detail=detail)
                 continue
-            rid = rec.headers.get("WARC-Record-ID", "").strip("<>")
+            rid = _warc_header(rec, "WARC-Record-ID").strip("<>")
             source = f"warc:{name}#{rid}"
             count.n_out += 1
-            yield RawPage(url=url, body=body, source=source, fetched_at=rec.headers.get("WARC-Date", ""),
+            yield RawPage(url=url, body=body, source=source, fetched_at=_warc_header(rec, "WARC-Date"),
                           headers=_headers(rec), id=make_doc_id(source))
         if count.n_in == n_before:  # empty, or random bytes or text: fastwarc finds no record and raises nothing
             count.n_in += 1

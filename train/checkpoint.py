@@ -23,6 +23,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +59,7 @@ def load_checkpoint(path: Path, state: TrainState, loader: Loader, rank: int) ->
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     model_sd, optim_sd = get_state_dict(state.model, state.optimizer)
-    sd = {"model": model_sd, "optim": optim_sd}
+    sd: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
     dcp.load(sd, checkpoint_id=str(path / "dcp"))
     set_state_dict(state.model, state.optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
     loader.load_state_dict(json.loads((path / f"rank_{rank}.json").read_text()))
@@ -76,7 +77,7 @@ class Checkpointer:
         self.after_save = after_save or []
         self.step = 0
         self._dir: Path | None = None
-        self._dir_cm = None
+        self._dir_cm: AbstractContextManager[str] | None = None  # latest.as_directory() while it is open
 
     def __enter__(self) -> Checkpointer:
         import ray.train

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from train.batch import Batch
+from train.model.vlm import VLM
 
 # (name fragment, dense bf16 FLOP/s) -- most specific fragment first: "H100 PCIe" before "H100"
 GPU_PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
@@ -72,7 +73,7 @@ class FlopCounter:
     merge: int  # patches per merged token (merge^2)
 
     @classmethod
-    def of(cls, model: torch.nn.Module) -> FlopCounter:
+    def of(cls, model: VLM) -> FlopCounter:
         cfg, vision = model.cfg, model.vision
         active = model.num_active_params()
         caption_active = active - _numel(model.decoder.output) if model.image_proj is not None else 0

@@ -19,18 +19,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.distributed as dist
 
 from train.config import TrainConfig
 
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FSDPModule
+
+    from train.model import VLM
+
 log = logging.getLogger(__name__)
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def build_model(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
+def build_model(cfg: TrainConfig, device: torch.device) -> VLM:
     """The VLM on `device`, seeded by run.seed (identical on every rank), its decoder loaded from
     model.init_llm if set, sharded with FSDP2 if configured."""
     from train.model import VLM
@@ -66,12 +72,12 @@ def build_model(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
 class TrainState:
     """The model as trained in one stage: its trainable set, data-parallel wrapper and optimizer."""
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, stage: int):
+    def __init__(self, model: VLM, cfg: TrainConfig, stage: int):
         self.model, self.cfg = model, cfg
         self.fsdp = cfg.parallel.resolved(cfg.run.use_gpu)[0] == "fsdp"
         model.set_trainable(cfg.stages[stage].trainable)
         if self.fsdp or not (dist.is_initialized() and dist.get_world_size() > 1):
-            self.forward_module = model  # fully_shard was applied in place once, at build time
+            self.forward_module: torch.nn.Module = model  # fully_shard was applied in place once, at build time
         else:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -84,11 +90,12 @@ class TrainState:
     def sync_context(self, sync: bool):
         """Gradient sync only on the last micro-batch of an optimizer step."""
         if self.fsdp:
-            self.model.set_requires_gradient_sync(sync)
+            cast("FSDPModule", self.model).set_requires_gradient_sync(sync)  # fully_shard made it one
             return contextlib.nullcontext()
-        if sync or not hasattr(self.forward_module, "no_sync"):
+        no_sync = getattr(self.forward_module, "no_sync", None)  # DistributedDataParallel's
+        if sync or no_sync is None:
             return contextlib.nullcontext()
-        return self.forward_module.no_sync()
+        return no_sync()
 
     def set_lr(self, lr: float) -> None:
         for g in self.optimizer.param_groups:

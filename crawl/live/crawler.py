@@ -363,7 +363,7 @@ class Crawler:
 
         def start(share: Share) -> None:
             actors_started[share.index] += 1
-            actor = actor_cls.remote(share.index, len(shares), cfg, str(self.output), gate, holder(share))
+            actor: Any = actor_cls.remote(share.index, len(shares), cfg, str(self.output), gate, holder(share))
             self._actors[share.index] = actor
             phase[share.index] = "add"
             runner.submit(share, partial(actor.add.remote, list(share.seeds)), actor)

@@ -16,6 +16,7 @@ import heapq
 import json
 import math
 from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,15 +48,16 @@ class Histogram:
     Values come in two series: kept (in the corpus) and `dropped` (documents the build dropped, from the
     rejects log), binned on the same edges; `count`, `mean`, `min` and `max` describe the kept ones."""
 
-    def __init__(self, edges: list[float] | None = None, *, n_bins: int = 30, warmup: int = 20_000,
-                 include: list[float] | None = None):
-        self.edges = None if edges is None else np.asarray(edges, dtype=np.float64)
+    def __init__(self, edges: Sequence[float] | None = None, *, n_bins: int = 30, warmup: int = 20_000,
+                 include: Sequence[float] | None = None):
+        self.edges: np.ndarray | None = None if edges is None else np.asarray(edges, dtype=np.float64)
         self.n_bins = n_bins
         self.warmup = warmup
         self.include = list(include or [])
         self._buffer: list[tuple[np.ndarray, bool]] = []
         self._buffered = 0
-        self.counts = self.dropped_counts = None
+        self.counts: np.ndarray | None = None  # per bin, once the edges are fixed
+        self.dropped_counts: np.ndarray | None = None
         if self.edges is not None:
             self._zero()
         self.underflow = self.overflow = self.count = 0
@@ -65,6 +67,7 @@ class Histogram:
         self.max = float("-inf")
 
     def _zero(self) -> None:
+        assert self.edges is not None
         self.counts = np.zeros(len(self.edges) - 1, dtype=np.int64)
         self.dropped_counts = np.zeros(len(self.edges) - 1, dtype=np.int64)
 
@@ -89,6 +92,7 @@ class Histogram:
         self._bin(v, dropped)
 
     def _bin(self, v: np.ndarray, dropped: bool = False) -> None:
+        assert self.edges is not None and self.counts is not None and self.dropped_counts is not None
         lo, hi = self.edges[0], self.edges[-1]
         under, over = int((v < lo).sum()), int((v > hi).sum())
         inside = np.histogram(v[(v >= lo) & (v <= hi)], bins=self.edges)[0]
@@ -129,6 +133,7 @@ class Histogram:
     def to_dict(self) -> dict[str, Any]:
         if self.edges is None:
             self._freeze()
+        assert self.edges is not None and self.counts is not None and self.dropped_counts is not None
         out = {
             "edges": [round(float(e), 6) for e in self.edges],
             "counts": [int(c) for c in self.counts],
@@ -254,7 +259,7 @@ class BoundedCounter:
         self.counts: Counter = Counter()
         self.approximate = False
 
-    def update(self, keys: list[str]) -> None:
+    def update(self, keys: Iterable[str] | Mapping[str, int]) -> None:
         self.counts.update(keys)
         if len(self.counts) > self.cap:
             self.counts = Counter(dict(self.counts.most_common(self.cap // 2)))
@@ -350,7 +355,7 @@ def _signal_columns(signals: pa.ChunkedArray, scan: IndexScan) -> dict[str, np.n
 
 
 def scan_index(corpus: Corpus, *, sample: int, seed: int, signals: SignalStats,
-               want_ids: set[str] = frozenset(), want_phash: set[str] = frozenset(),
+               want_ids: Collection[str] = frozenset(), want_phash: Collection[str] = frozenset(),
                progress: bool = True) -> IndexScan:
     """One streaming pass over the index of every shard in the manifest."""
     scan = IndexScan(sample_k=sample, rng=np.random.default_rng(seed), signals=signals)
@@ -418,7 +423,7 @@ def _scan_table(scan: IndexScan, table: pa.Table, want_ids: pa.Array, want_phash
     # bottom-k sampling: each row draws a key from the seeded generator, the k smallest keys are a
     # uniform sample without replacement; deterministic for a given seed and shard order
     keys = scan.rng.random(n)
-    take = np.argpartition(keys, min(scan.sample_k, n) - 1)[: scan.sample_k] if scan.sample_k else []
+    take: np.ndarray | list[int] = np.argpartition(keys, min(scan.sample_k, n) - 1)[: scan.sample_k] if scan.sample_k else []
     if len(take):
         ids, shards_, offsets = (table[c].take(pa.array(take)).to_pylist() for c in ("id", "shard", "offset"))
         scan.candidates += [(float(keys[j]), s, int(o), i) for j, s, o, i in zip(take, shards_, offsets, ids)]
@@ -426,8 +431,8 @@ def _scan_table(scan: IndexScan, table: pa.Table, want_ids: pa.Array, want_phash
 
     if len(want_ids):
         hits = pc.is_in(table["id"], value_set=want_ids).to_numpy(zero_copy_only=False)
-        for i in np.flatnonzero(hits):
-            i = int(i)
+        for hit in np.flatnonzero(hits):
+            i = int(hit)
             scan.found_ids.setdefault(table["id"][i].as_py(), (table["shard"][i].as_py(), table["offset"][i].as_py()))
     if len(want_phash) and len(meta):
         parents = pc.list_parent_indices(image_meta)

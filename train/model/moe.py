@@ -144,6 +144,8 @@ class MoEStats:
 
 
 class MoE(nn.Module):
+    expert_bias_E: torch.Tensor  # buffer, registered when bias_update_rate > 0
+
     def __init__(self, d_model: int, cfg: MoEConfig):
         super().__init__()
         E, D, Fh = cfg.n_experts, d_model, cfg.d_expert

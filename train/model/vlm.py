@@ -249,7 +249,8 @@ class VLM(nn.Module):
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Trainable parameters split for AdamW: matrices decay; norms, biases and embeddings do not."""
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
@@ -269,6 +270,7 @@ class VLM(nn.Module):
             raise ValueError(f"expert_load_LE has shape {tuple(expert_load_LE.shape)}, expected "
                              f"({len(moes)} MoE layers, {self.cfg.moe.n_experts} experts)")
         for moe, load_E in zip(moes, expert_load_LE):
+            assert isinstance(moe, MoE)
             moe.update_expert_bias(load_E)
 
     def num_active_params(self) -> int:
