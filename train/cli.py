@@ -42,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--upcycle", action="store_true",
                    help="with --init-llm of a dense model: sparse-upcycle it into the recipe's moe.n_experts "
                         "experts (top moe.top_k), each a copy of the dense FFN (sets model.init_upcycle=true)")
+    p.add_argument("--init-vision", metavar="DIR", default=None,
+                   help="start the vision tower from a local Hugging Face folder (a Qwen2-VL model, or its vision "
+                        "tower saved alone): its architecture (model.vision) and weights; the adapter stays new")
     p.add_argument("--address", default=None, metavar="ADDR", help="Ray cluster address (default: a local instance)")
     p.set_defaults(func=run)
 
@@ -67,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
 
         Path(cfg.run.output).mkdir(parents=True, exist_ok=True)
         cfg = init_llm_config(cfg, args.init_llm, cfg.run.output)
+    if args.init_vision:
+        from train.model.hf.vision import init_vision_config
+
+        cfg = init_vision_config(cfg, args.init_vision)
     if not cfg.data.corpus:  # checked before Ray starts, so a typo costs no cluster start-up
         raise ValueError("data.corpus is empty: pass --corpus PATH (a corpus directory or fsspec URL)")
     if not cfg.data.follow:

@@ -6,6 +6,8 @@ What it does:
   - `vision_state_from_hf(hf_state, cfg)`: its tensors -> our `VisionEncoder` state dict
   - `load_pretrained_vision(dir, base)`: a local folder (a whole Qwen2-VL model, or its vision tower saved
     alone) -> (our VisionConfig, our VisionEncoder state dict); a path only, never a hub download
+  - `init_vision_config(cfg, dir)` / `init_vision(encoder, dir)`: `interloom train --init-vision DIR`
+    (the run's model.vision from the folder; the weights loaded in `build_model`, before sharding)
 
 Mapping (Qwen2-VL `Qwen2VisionTransformerPretrainedModel`):
   patch_embed.proj (Conv3d over T=2 frames, no bias)  -> patch_embed (Linear over 3*p*p): an image is the
@@ -21,12 +23,16 @@ of the Qwen2-VL the tower came from; our adapter (always new) maps that to our d
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 
 from train.model.config import VisionConfig
 from train.model.hf.checkpoint import read_hf_config, read_hf_state
+from train.model.vision import VisionEncoder
+
+log = logging.getLogger(__name__)
 
 VISION_TYPES = ("qwen2_vl", "qwen2_vl_vision")  # a whole Qwen2-VL, or its tower saved alone
 
@@ -94,3 +100,24 @@ def load_pretrained_vision(model_dir: str | Path, base: VisionConfig | None = No
     where = str(model_dir / "config.json")
     cfg = vision_config_from_hf(read_hf_config(model_dir), base, where)
     return cfg, vision_state_from_hf(read_hf_state(model_dir), cfg, str(model_dir))
+
+
+def init_vision_config(cfg, model_dir: str | Path):
+    """`cfg` (a TrainConfig) with the vision tower architecture of `model_dir` and model.init_vision set
+    (`interloom train --init-vision DIR`); the data's patch grid follows model.vision as always."""
+    model_dir = Path(model_dir).resolve()
+    vision = vision_config_from_hf(read_hf_config(model_dir), cfg.model.vision, str(model_dir / "config.json"))
+    data = cfg.model_dump()
+    data["model"] |= {"vision": vision.model_dump(), "init_vision": str(model_dir)}
+    log.info("init-vision %s: d_vit %d, %d layers, patch %d, merged width %d", model_dir, vision.d_vit,
+             vision.n_layers, vision.patch_size, vision.out_dim)
+    return type(cfg).model_validate(data)
+
+
+def init_vision(encoder: VisionEncoder, model_dir: str | Path) -> None:
+    """Load a pretrained tower into an encoder built from `init_vision_config`'s config (`build_model`)."""
+    cfg, state = load_pretrained_vision(model_dir, encoder.cfg)
+    if cfg != encoder.cfg:
+        raise ValueError(f"{model_dir}: its vision tower differs from model.vision of the run's config")
+    encoder.load_state_dict(state, strict=True)
+    log.info("vision tower initialised from %s", model_dir)
