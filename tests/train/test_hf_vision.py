@@ -57,3 +57,70 @@ def test_qwen2_vl_tower_parity(tmp_path, act):
     with torch.no_grad():
         first = ours(ours_in[0], grid_hw[:1])
     torch.testing.assert_close(first, got[: first.shape[0]], atol=1e-5, rtol=0)
+
+
+def _bpe_tokenizer(path) -> None:
+    """A model's own byte-level BPE tokenizer.json (without interloom's special tokens)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    texts = ["Interleaved image-text documents from the web.", "A tower and a decoder, both pretrained."]
+    tok.train_from_iterator(texts * 20, trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.save(str(path / "tokenizer.json"))
+
+
+@pytest.mark.slow
+def test_align_then_pretrain_from_pretrained_towers_then_export(ray_local, dev_corpus, tmp_path):
+    """qwen3_moe folder + Qwen2-VL tower folder -> `--init-llm --init-vision`, the `pretrain` recipe's shape
+    (an adapter-only align stage at a 32x32 pixel budget, then everything at 64x64) on the dev corpus ->
+    frozen parts unchanged by align, everything trained after -> `export model` -> transformers reloads
+    the decoder with equal logits, interloom reloads the whole VLM bit-identically."""
+    from pipeline.cli import main
+    from pipeline.config import load_config
+    from train.config import TrainConfig, resolve_recipe
+    from train.export import load_exported_vlm, load_trained_model
+    from train.model.hf import decoder_logits
+    from train.model.hf.init import init_llm_config
+    from train.model.hf.vision import init_vision_config
+    from train.parallel import build_model
+    from train.trainer import run_training
+
+    llm, tower, run = tmp_path / "llm", tmp_path / "tower", tmp_path / "run"
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(transformers.Qwen3MoeConfig(
+        vocab_size=320, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, intermediate_size=96, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
+        norm_topk_prob=True, initializer_range=0.1)).save_pretrained(llm)
+    _bpe_tokenizer(llm)
+    Qwen2VisionTransformerPretrainedModel._from_config(Qwen2VLVisionConfig(
+        depth=1, embed_dim=32, hidden_size=48, num_heads=4, patch_size=P, spatial_merge_size=2)).save_pretrained(tower)
+    cfg = load_config(TrainConfig, resolve_recipe("debug-cpu"), [
+        f"data.corpus={dev_corpus[0]}", f"run.output={run}", "run.num_workers=1", "run.checkpoint_every=3",
+        'stages=[{"trainable": "adapter", "steps": 3, "max_pixels": 1024}, {"trainable": "all", "steps": 3}]'])
+    run.mkdir(parents=True)
+    cfg = init_vision_config(init_llm_config(cfg, llm, run), tower)
+    assert (cfg.model.vision.d_out, cfg.stage_data(0).max_pixels, cfg.stage_data(1).max_pixels) == (48, 1024, 4096)
+    run_training(cfg)
+
+    start = build_model(load_trained_model(run)[1], torch.device("cpu")).state_dict()
+    aligned = load_trained_model(run / "checkpoint_0000003")[0].state_dict()
+    model, _, ckpt = load_trained_model(run)
+    final = model.state_dict()
+    assert ckpt.name == "checkpoint_0000006"
+    for key, t in start.items():  # align: the adapter (and the contrastive heads on its side) alone moved
+        in_align = key.startswith(("adapter.", "image_proj.", "text_proj.", "logit_scale"))
+        assert torch.equal(aligned[key], t) != in_align, key
+    for key in ("vision.blocks.0.attn.wqkv.weight", "decoder.output.weight"):  # then everything trained
+        assert not torch.equal(final[key], aligned[key]), key
+
+    out = tmp_path / "out"
+    assert main(["export", "model", str(run), str(out)]) == 0
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).float().eval()
+    ids_BT = torch.randint(0, 300, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (decoder_logits(model.decoder, ids_BT) - reloaded(input_ids=ids_BT).logits).abs().max() <= 1e-4
+    again = load_exported_vlm(out).state_dict()
+    assert again.keys() == final.keys() and all(torch.equal(again[k], final[k]) for k in final)
