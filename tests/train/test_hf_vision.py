@@ -59,6 +59,21 @@ def test_qwen2_vl_tower_parity(tmp_path, act):
     torch.testing.assert_close(first, got[: first.shape[0]], atol=1e-5, rtol=0)
 
 
+def test_unsupported_or_incomplete_tower_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "siglip_vision_model"}')
+    with pytest.raises(ValueError, match="not a supported vision tower"):
+        load_pretrained_vision(tmp_path)
+    cfg = Qwen2VLVisionConfig(depth=1, embed_dim=32, hidden_size=48, num_heads=4, patch_size=P)
+    Qwen2VisionTransformerPretrainedModel._from_config(cfg).save_pretrained(tmp_path)
+    assert load_pretrained_vision(tmp_path)[0].n_layers == 1
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(tmp_path / "model.safetensors")
+    save_file({k: t for k, t in tensors.items() if "mlp.fc2" not in k}, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="lacks blocks.0.mlp.fc2.weight"):
+        load_pretrained_vision(tmp_path)
+
+
 def _bpe_tokenizer(path) -> None:
     """A model's own byte-level BPE tokenizer.json (without interloom's special tokens)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
