@@ -19,7 +19,8 @@
                        one of its hooks (train/faults.py)
 
 Stages: `cfg.stages` runs e.g. adapter -> adapter+vision -> all; at a stage boundary the model's trainable
-set changes (`VLM.set_trainable`) and the wrapper and optimizer are rebuilt for the new parameters.
+set changes (`VLM.set_trainable`) and the wrapper and optimizer are rebuilt for the new parameters; a
+stage with its own pixel budget (`stages[i].min_pixels/max_pixels`) gets a new loader at the same position.
 
 Resume: running the same config on the same run directory (RunConfig(storage_path, name)) makes
 `ray.train.get_checkpoint()` return the latest checkpoint, and training continues from it: same batches,
