@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-corpus", metavar="PATH", default=None,
                    help="held-out corpus: val_* losses (image-conditioned vs plain text) every run.eval_every "
                         "steps into metrics.jsonl and TensorBoard (sets run.val_corpus)")
+    p.add_argument("--init-vision", metavar="DIR", default=None,
+                   help="start the vision tower from a local Hugging Face folder (a Qwen2-VL model, or its vision "
+                        "tower saved alone): its architecture (model.vision) and weights; the adapter stays new")
     p.add_argument("--address", default=None, metavar="ADDR", help="Ray cluster address (default: a local instance)")
     p.set_defaults(func=run)
 
@@ -73,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
 
         Path(cfg.run.output).mkdir(parents=True, exist_ok=True)
         cfg = init_llm_config(cfg, args.init_llm, cfg.run.output)
+    if args.init_vision:
+        from train.model.hf.vision import init_vision_config
+
+        cfg = init_vision_config(cfg, args.init_vision)
     if not cfg.data.corpus:  # checked before Ray starts, so a typo costs no cluster start-up
         raise ValueError("data.corpus is empty: pass --corpus PATH (a corpus directory or fsspec URL)")
     if not cfg.data.follow:

@@ -5,7 +5,8 @@
           (model.moe.aux_loss_weight, model.moe.z_loss_weight, model.contrastive.weight), and the patch size
           (model.vision.patch_size) is the loader's patch size
   optim   AdamW, warmup + cosine, clipping, gradient accumulation
-  stages  what trains when: a list of {trainable: adapter | adapter+vision | all, steps, lr?}; steps add up
+  stages  what trains when: a list of {trainable: adapter | adapter+vision | all, steps, lr?, min_pixels?,
+          max_pixels?}; steps add up; the pixel budget per stage gives progressive resolution
   parallel  data parallelism (FSDP2 or DDP) and mixed precision (FSDP2 MixedPrecisionPolicy)
   run     output dir, checkpoint/log cadence, seed, Ray workers, GPU, MFU peak, failures
 
@@ -42,6 +43,10 @@ class StageConfig(Section):
     trainable: Literal["adapter", "adapter+vision", "all"] = "all"
     steps: int = Field(1000, ge=1)
     lr: float | None = None  # None: optim.lr
+    # the stage's pixel budget per image (progressive resolution, Yi-VL: low in `align`, higher later);
+    # None: data.min_pixels / data.max_pixels. The loader is rebuilt at the stage boundary, same position.
+    min_pixels: int | None = Field(None, ge=1)
+    max_pixels: int | None = Field(None, ge=1)
 
 
 class ParallelConfig(Section):
@@ -115,7 +120,18 @@ class TrainConfig(Section):
         if self.run.val_corpus and self.run.eval_every % self.run.log_every:
             raise ValueError(f"run.eval_every={self.run.eval_every} must be a multiple of run.log_every="
                              f"{self.run.log_every}: the val_* metrics join the log step's row")
+        for i in range(len(self.stages)):
+            d = self.stage_data(i)
+            if d.min_pixels > d.max_pixels:
+                raise ValueError(f"stages[{i}]: min_pixels={d.min_pixels} > max_pixels={d.max_pixels} "
+                                 "(a stage's value, or data.* where the stage sets none)")
         return self
+
+    def stage_data(self, i: int) -> DataConfig:
+        """The loader config of stage i: `data` with the stage's pixel budget where it sets one."""
+        s = self.stages[i]
+        budget = {k: v for k, v in (("min_pixels", s.min_pixels), ("max_pixels", s.max_pixels)) if v is not None}
+        return self.data.model_copy(update=budget) if budget else self.data
 
     @property
     def total_steps(self) -> int:

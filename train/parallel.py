@@ -38,7 +38,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 def build_model(cfg: TrainConfig, device: torch.device) -> VLM:
     """The VLM on `device`, seeded by run.seed (identical on every rank), its decoder loaded from
-    model.init_llm if set, sharded with FSDP2 if configured."""
+    model.init_llm and its vision tower from model.init_vision if set, sharded with FSDP2 if configured."""
     from train.model import VLM
 
     torch.manual_seed(cfg.run.seed)
@@ -47,6 +47,10 @@ def build_model(cfg: TrainConfig, device: torch.device) -> VLM:
         from train.model.hf.init import init_decoder
 
         init_decoder(model.decoder, cfg.model.init_llm)
+    if cfg.model.init_vision:  # pretrained vision tower (interloom train --init-vision), before sharding
+        from train.model.hf.vision import init_vision
+
+        init_vision(model.vision, cfg.model.init_vision)
     model = model.to(device)
     dp, param_dtype = cfg.parallel.resolved(cfg.run.use_gpu)
     if dp == "fsdp":

@@ -19,7 +19,8 @@
                        one of its hooks (train/faults.py)
 
 Stages: `cfg.stages` runs e.g. adapter -> adapter+vision -> all; at a stage boundary the model's trainable
-set changes (`VLM.set_trainable`) and the wrapper and optimizer are rebuilt for the new parameters.
+set changes (`VLM.set_trainable`) and the wrapper and optimizer are rebuilt for the new parameters; a
+stage with its own pixel budget (`stages[i].min_pixels/max_pixels`) gets a new loader at the same position.
 
 Resume: running the same config on the same run directory (RunConfig(storage_path, name)) makes
 `ray.train.get_checkpoint()` return the latest checkpoint, and training continues from it: same batches,
@@ -205,6 +206,15 @@ def _worker_logging() -> None:
         logger.propagate = False
 
 
+def stage_loader(cfg: TrainConfig, stage: int, rank: int, world: int,
+                 position: dict[str, Any] | None = None) -> Loader:
+    """The loader of `stage` (its pixel budget, `TrainConfig.stage_data`), continuing at `position`."""
+    loader = Loader(cfg.stage_data(stage), cfg.data.tokenizer, cfg.model.vision.patch_size, rank, world, cfg.run.seed)
+    if position is not None:
+        loader.load_state_dict(position)
+    return loader
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
@@ -218,7 +228,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if not cfg.run.use_gpu:
         torch.set_num_threads(cfg.run.threads_per_worker)
     model = build_model(cfg, device)
-    loader = Loader(cfg.data, cfg.data.tokenizer, cfg.model.vision.patch_size, rank, world, cfg.run.seed)
     peak, assumed = peak_flops(device, cfg.run.peak_flops, cfg.run.cpu_peak_flops)
     flops, total = FlopCounter.of(model), cfg.total_steps
 
@@ -226,6 +235,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         step = ckpt.step
         stage, _ = cfg.stage_at(step)
         state = TrainState(model, cfg, stage)
+        loader = stage_loader(cfg, stage, rank, world)
         ckpt.restore(state, loader)
         logger = MetricsLogger(Path(cfg.run.output), step) if rank == 0 else None
         log.info("world=%d device=%s step=%d/%d stage=%s params=%s trainable=%s peak=%.3g FLOP/s%s", world, device,
@@ -235,6 +245,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         while step < total:
             i, _ = cfg.stage_at(step)
             if i != stage:
+                if cfg.stage_data(i) != cfg.stage_data(stage):  # the stage's pixel budget: same position
+                    batches.close()
+                    loader = stage_loader(cfg, i, rank, world, loader.state_dict())
+                    batches = iter(loader)
                 stage, state = i, TrainState(model, cfg, i)
             lr = lr_at(cfg, step)
             window.add(train_step(state, batches, cfg, lr, flops, device))

@@ -87,6 +87,13 @@ def test_stages_and_schedule():
     assert lr_at(cfg, 0) < lr_at(cfg, 499) and lr_at(cfg, 1000) < lr_at(cfg, 1499)
     assert math.isclose(lr_at(cfg, 499), 1e-3)
     assert math.isclose(lr_at(cfg, cfg.total_steps - 1), 0.1 * cfg.optim.lr, rel_tol=1e-3)
+    # progressive resolution: each stage's pixel budget, data.* where a stage sets none
+    pre = load_config(TrainConfig, resolve_recipe("pretrain"))
+    assert [s.trainable for s in pre.stages] == ["adapter", "adapter+vision", "all"]
+    assert [(pre.stage_data(i).min_pixels, pre.stage_data(i).max_pixels) for i in range(3)] == [
+        (112 * 112, 224 * 224), (112 * 112, 448 * 448), (224 * 224, 896 * 896)]
+    assert cfg.stage_data(0) is cfg.data
+    assert [s.trainable for s in load_config(TrainConfig, resolve_recipe("align")).stages] == ["adapter"]
 
     from train.model import VLM
 
@@ -103,6 +110,8 @@ def test_config_errors_are_clear(tmp_path):
         resolve_recipe("nope")
     with pytest.raises(ValueError, match="optim.lrr: unknown key"):
         load_config(TrainConfig, resolve_recipe("debug-cpu"), ["optim.lrr=1"])
+    with pytest.raises(ValueError, match=r"stages\[0\]: min_pixels=8192 > max_pixels=4096"):
+        load_config(TrainConfig, resolve_recipe("debug-cpu"), ['stages=[{"steps": 2, "min_pixels": 8192}]'])
     with pytest.raises(ValueError, match="data.corpus is empty"):
         run_training(load_config(TrainConfig, resolve_recipe("debug-cpu"), [f"run.output={tmp_path}"]))
 

@@ -74,6 +74,15 @@ class VisionConfig(Section):
     n_heads: int = 4
     merge: int = 2  # merge x merge neighbouring patches become one image token
     rope_theta: float = 10000.0
+    # options that make the tower equal to pretrained ones (train/model/hf/vision.py: Qwen2-VL's ViT)
+    mlp_ratio: float = 4.0  # block MLP hidden size = mlp_ratio * d_vit
+    mlp_act: Literal["gelu", "quick_gelu"] = "gelu"  # quick_gelu: x * sigmoid(1.702 x) (CLIP, Qwen2-VL)
+    patch_bias: bool = True  # a bias on the patch embedding (Qwen2-VL's Conv3d has none)
+    norm_eps: float | None = None  # LayerNorm eps of the tower; None = model.norm_eps
+    merger: Literal["linear", "mlp"] = "linear"
+    # "linear": the m*m concatenated patches -> Linear -> d_out; "mlp": Linear(m*m*V, m*m*V) -> GELU ->
+    # Linear -> d_out (Qwen2-VL's PatchMerger; its LayerNorm ln_q is our final `norm`)
+    d_out: int | None = None  # width of the merged image tokens (the adapter's input); None = d_vit
 
     @model_validator(mode="after")
     def _check(self) -> VisionConfig:
@@ -81,6 +90,11 @@ class VisionConfig(Section):
             raise ValueError(f"vision.d_vit={self.d_vit} / n_heads={self.n_heads} must be a multiple of 4 "
                              "(2D RoPE rotates one half of each head by row, the other by column)")
         return self
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the merged image tokens the tower hands to the adapter."""
+        return self.d_vit if self.d_out is None else self.d_out
 
 
 class ContrastiveConfig(Section):
@@ -122,6 +136,7 @@ class ModelConfig(Section):
     qkv_bias: bool = False
     tie_embeddings: bool = False
     init_llm: str = ""  # a Hugging Face model folder whose decoder weights the run starts from (--init-llm)
+    init_vision: str = ""  # a Hugging Face model folder whose vision tower the run starts from (--init-vision)
     init_upcycle: bool = False  # init_llm of a dense family: upcycle it into moe.n_experts experts, top-k moe.top_k
     image_token_id: int = 4  # id of <|image|>; index in SPECIAL_TOKENS when specials are added first
     # attention within documents / images (train/model/attention.py): "auto" = flex on CUDA, varlen

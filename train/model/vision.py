@@ -5,12 +5,17 @@ What it does, in `VisionEncoder.forward` order:
   2. 2D RoPE: per head, one half of the channels is rotated by the patch's row, the other by its column,
      so any (h, w) grid -- square or not, of any size -- gets consistent relative positions
   3. pre-norm blocks (LayerNorm -> attention -> LayerNorm -> GELU MLP) over the concatenated patches of
-     all images; attention is block-diagonal: a patch attends only to patches of its own image (an
+     all images (MLP width / activation per `VisionConfig`); attention is block-diagonal: a patch attends only to patches of its own image (an
      `attention.Segments` plan over the image ids: varlen groups equal-size images into one batched SDPA,
      flex uses a block mask; only the dense reference backend builds the N x N mask)
   4. final LayerNorm, then merge: each m x m block of neighbouring patches (m = 2) is concatenated
-     (top-left, top-right, bottom-left, bottom-right) and projected by a Linear, giving (h/m) * (w/m)
-     tokens per image in raster order -- the order of that image's `<|image|>` placeholders
+     (top-left, top-right, bottom-left, bottom-right) and projected by a Linear (or, `merger="mlp"`,
+     Linear -> GELU -> Linear: Qwen2-VL's PatchMerger, whose ln_q is the final LayerNorm), giving
+     (h/m) * (w/m) tokens of width `VisionConfig.out_dim` per image in raster order -- the order of that
+     image's `<|image|>` placeholders
+
+The merger belongs to the tower (a pretrained tower loads with its merger, train/model/hf/vision.py);
+the adapter (adapter.py) after it is always ours and new, the projector that the `align` stage trains.
 
 Shape legend:
   N  patches of all images   P  values per patch (3*p*p)   V  vision width (d_vit)   I  images
@@ -71,14 +76,25 @@ class VisionAttention(nn.Module):
         return self.wo(o_HNd.transpose(0, 1).reshape(N, V))
 
 
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): CLIP's and Qwen2-VL's approximation of GELU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
+
+
 class VisionBlock(Block):
-    def __init__(self, d_vit: int, n_heads: int, eps: float, activation_checkpointing: bool = False,
+    def __init__(self, cfg: VisionConfig, eps: float, activation_checkpointing: bool = False,
                  compile: str = "off"):
         super().__init__(activation_checkpointing, compile)
-        self.norm1 = nn.LayerNorm(d_vit, eps=eps)
-        self.attn = VisionAttention(d_vit, n_heads)
-        self.norm2 = nn.LayerNorm(d_vit, eps=eps)
-        self.mlp = nn.Sequential(nn.Linear(d_vit, 4 * d_vit), nn.GELU(), nn.Linear(4 * d_vit, d_vit))
+        V, F = cfg.d_vit, int(cfg.mlp_ratio * cfg.d_vit)
+        self.norm1 = nn.LayerNorm(V, eps=eps)
+        self.attn = VisionAttention(V, cfg.n_heads)
+        self.norm2 = nn.LayerNorm(V, eps=eps)
+        self.mlp = nn.Sequential(nn.Linear(V, F), ACTIVATIONS[cfg.mlp_act](), nn.Linear(F, V))
 
     def block_forward(self, x_NV: torch.Tensor, cos_NR: torch.Tensor, sin_NR: torch.Tensor,
                       seg: Segments) -> torch.Tensor:
@@ -91,12 +107,14 @@ class VisionEncoder(nn.Module):
                  activation_checkpointing: bool = False, compile: str = "off"):
         super().__init__()
         self.cfg, self.attention = cfg, attention
-        V, m = cfg.d_vit, cfg.merge
-        self.patch_embed = nn.Linear(3 * cfg.patch_size**2, V)
-        self.blocks = nn.ModuleList(VisionBlock(V, cfg.n_heads, eps, activation_checkpointing, compile)
+        V, q = cfg.d_vit, cfg.merge**2
+        eps = eps if cfg.norm_eps is None else cfg.norm_eps
+        self.patch_embed = nn.Linear(3 * cfg.patch_size**2, V, bias=cfg.patch_bias)
+        self.blocks = nn.ModuleList(VisionBlock(cfg, eps, activation_checkpointing, compile)
                                     for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(V, eps=eps)
-        self.merge = nn.Linear(m * m * V, V)
+        self.merge = (nn.Linear(q * V, cfg.out_dim) if cfg.merger == "linear" else
+                      nn.Sequential(nn.Linear(q * V, q * V), nn.GELU(), nn.Linear(q * V, cfg.out_dim)))
 
     def rope_2d(self, grid_hw_I2: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin (N, Dh/2): first Dh/4 frequencies at the patch row, last Dh/4 at its column."""
@@ -129,4 +147,4 @@ class VisionEncoder(nn.Module):
             x_NV = block(x_NV, cos_NR, sin_NR, seg)
         x_NV = self.norm(x_NV)
         idx_Mq, _ = merge_index(grid_hw_I2, self.cfg.merge)
-        return self.merge(x_NV[idx_Mq].flatten(1))  # M, q*V -> M, V
+        return self.merge(x_NV[idx_Mq].flatten(1))  # M, q*V -> M, out_dim

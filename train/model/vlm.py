@@ -88,7 +88,7 @@ class VLM(nn.Module):
         self.cfg = cfg
         self.vision = VisionEncoder(cfg.vision, eps=cfg.norm_eps, attention=cfg.attention,
                                     activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile)
-        self.adapter = Adapter(cfg.vision.d_vit, cfg.d_model, eps=cfg.norm_eps)
+        self.adapter = Adapter(cfg.vision.out_dim, cfg.d_model, eps=cfg.norm_eps)
         self.decoder = Decoder(cfg)
         if cfg.contrastive.weight > 0:
             self.image_proj = nn.Linear(cfg.d_model, cfg.contrastive.d_proj, bias=False)

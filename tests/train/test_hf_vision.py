@@ -1,0 +1,141 @@
+"""Parity of interloom's ViT with transformers' Qwen2-VL vision tower (tiny random tower, no download)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from transformers import Qwen2VLVisionConfig  # noqa: E402
+from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel  # noqa: E402
+
+from train.model.hf.vision import load_pretrained_vision  # noqa: E402
+from train.model.vision import VisionEncoder  # noqa: E402
+
+P = 4  # patch size
+
+
+def to_hf_patches(patches_NCpp: torch.Tensor, h: int, w: int, m: int) -> torch.Tensor:
+    """Our raster-order patches of one image -> Qwen2-VL's pixel_values: grouped by m x m block, the
+    frame repeated over temporal_patch_size=2, each patch flattened (C, T, p, p)."""
+    x = patches_NCpp.view(h // m, m, w // m, m, 3, P, P).permute(0, 2, 1, 3, 4, 5, 6).reshape(h * w, 3, 1, P, P)
+    return x.expand(-1, -1, 2, -1, -1).reshape(h * w, -1)
+
+
+@pytest.mark.parametrize("act", ["quick_gelu", "gelu"])
+def test_qwen2_vl_tower_parity(tmp_path, act):
+    torch.manual_seed(0)
+    hf_cfg = Qwen2VLVisionConfig(depth=2, embed_dim=32, hidden_size=48, hidden_act=act, mlp_ratio=4,
+                                 num_heads=4, in_channels=3, patch_size=P, spatial_merge_size=2,
+                                 temporal_patch_size=2)
+    hf = Qwen2VisionTransformerPretrainedModel._from_config(hf_cfg, attn_implementation="eager").eval()
+    for p in hf.parameters():  # random, not the init's zeros/ones, so every mapping is exercised
+        torch.nn.init.normal_(p, std=0.2)
+    hf.save_pretrained(tmp_path)
+
+    cfg, state = load_pretrained_vision(tmp_path)
+    ours = VisionEncoder(cfg, attention="dense").eval()
+    ours.load_state_dict(state)
+    assert cfg.d_out == 48 and cfg.mlp_act == act and not cfg.patch_bias
+
+    grids = [(4, 4), (2, 6), (8, 4)]  # square, wide, tall (in patches)
+    ours_in, hf_in = [], []
+    for h, w in grids:
+        patches = torch.randn(h * w, 3, P, P)
+        ours_in.append(patches.reshape(h * w, -1))
+        hf_in.append(to_hf_patches(patches, h, w, 2))
+    grid_hw = torch.tensor(grids)
+    grid_thw = torch.cat([torch.ones(len(grids), 1, dtype=torch.long), grid_hw], dim=1)
+    with torch.no_grad():
+        out = hf(torch.cat(hf_in), grid_thw=grid_thw)
+        want = out.pooler_output if hasattr(out, "pooler_output") else out
+        got = ours(torch.cat(ours_in), grid_hw)
+    assert got.shape == want.shape == (sum(h * w // 4 for h, w in grids), 48)
+    assert (got - want).abs().max().item() <= 1e-4
+    # each image alone gives its own tokens: attention stays within an image
+    with torch.no_grad():
+        first = ours(ours_in[0], grid_hw[:1])
+    torch.testing.assert_close(first, got[: first.shape[0]], atol=1e-5, rtol=0)
+
+
+def test_unsupported_or_incomplete_tower_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "siglip_vision_model"}')
+    with pytest.raises(ValueError, match="not a supported vision tower"):
+        load_pretrained_vision(tmp_path)
+    cfg = Qwen2VLVisionConfig(depth=1, embed_dim=32, hidden_size=48, num_heads=4, patch_size=P)
+    Qwen2VisionTransformerPretrainedModel._from_config(cfg).save_pretrained(tmp_path)
+    assert load_pretrained_vision(tmp_path)[0].n_layers == 1
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(tmp_path / "model.safetensors")
+    save_file({k: t for k, t in tensors.items() if "mlp.fc2" not in k}, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="lacks blocks.0.mlp.fc2.weight"):
+        load_pretrained_vision(tmp_path)
+
+
+def _bpe_tokenizer(path) -> None:
+    """A model's own byte-level BPE tokenizer.json (without interloom's special tokens)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    texts = ["Interleaved image-text documents from the web.", "A tower and a decoder, both pretrained."]
+    tok.train_from_iterator(texts * 20, trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.save(str(path / "tokenizer.json"))
+
+
+@pytest.mark.slow
+def test_align_then_pretrain_from_pretrained_towers_then_export(ray_local, dev_corpus, tmp_path):
+    """qwen3_moe folder + Qwen2-VL tower folder -> `--init-llm --init-vision`, the `pretrain` recipe's shape
+    (an adapter-only align stage at a 32x32 pixel budget, then everything at 64x64) on the dev corpus ->
+    frozen parts unchanged by align, everything trained after -> `export model` -> transformers reloads
+    the decoder with equal logits, interloom reloads the whole VLM bit-identically."""
+    from pipeline.cli import main
+    from pipeline.config import load_config
+    from train.config import TrainConfig, resolve_recipe
+    from train.export import load_exported_vlm, load_trained_model
+    from train.model.hf import decoder_logits
+    from train.model.hf.init import init_llm_config
+    from train.model.hf.vision import init_vision_config
+    from train.parallel import build_model
+    from train.trainer import run_training
+
+    llm, tower, run = tmp_path / "llm", tmp_path / "tower", tmp_path / "run"
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(transformers.Qwen3MoeConfig(
+        vocab_size=320, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, intermediate_size=96, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
+        norm_topk_prob=True, initializer_range=0.1)).save_pretrained(llm)
+    _bpe_tokenizer(llm)
+    Qwen2VisionTransformerPretrainedModel._from_config(Qwen2VLVisionConfig(
+        depth=1, embed_dim=32, hidden_size=48, num_heads=4, patch_size=P, spatial_merge_size=2)).save_pretrained(tower)
+    cfg = load_config(TrainConfig, resolve_recipe("debug-cpu"), [
+        f"data.corpus={dev_corpus[0]}", f"run.output={run}", "run.num_workers=1", "run.checkpoint_every=3",
+        'stages=[{"trainable": "adapter", "steps": 3, "max_pixels": 1024}, {"trainable": "all", "steps": 3}]'])
+    run.mkdir(parents=True)
+    cfg = init_vision_config(init_llm_config(cfg, llm, run), tower)
+    assert (cfg.model.vision.d_out, cfg.stage_data(0).max_pixels, cfg.stage_data(1).max_pixels) == (48, 1024, 4096)
+    run_training(cfg)
+
+    start = build_model(load_trained_model(run)[1], torch.device("cpu")).state_dict()
+    aligned = load_trained_model(run / "checkpoint_0000003")[0].state_dict()
+    model, _, ckpt = load_trained_model(run)
+    final = model.state_dict()
+    assert ckpt.name == "checkpoint_0000006"
+    for key, t in start.items():  # align: the adapter (and the contrastive heads on its side) alone moved
+        in_align = key.startswith(("adapter.", "image_proj.", "text_proj.", "logit_scale"))
+        assert torch.equal(aligned[key], t) != in_align, key
+    for key in ("vision.blocks.0.attn.wqkv.weight", "decoder.output.weight"):  # then everything trained
+        assert not torch.equal(final[key], aligned[key]), key
+
+    out = tmp_path / "out"
+    assert main(["export", "model", str(run), str(out)]) == 0
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).float().eval()
+    ids_BT = torch.randint(0, 300, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (decoder_logits(model.decoder, ids_BT) - reloaded(input_ids=ids_BT).logits).abs().max() <= 1e-4
+    again = load_exported_vlm(out).state_dict()
+    assert again.keys() == final.keys() and all(torch.equal(again[k], final[k]) for k in final)
