@@ -474,19 +474,13 @@ class _PageText:
 
 
 def _page_text(root: etree._Element) -> _PageText:
-    chunks: list[str] = []
-    page = _PageText("", [], [], [])
-    pos = 0
+    raw: list[tuple[str, etree._Element]] = []  # (text without whitespace, owner) of each visible piece
 
     def add(text: str, owner: etree._Element) -> None:  # text: not empty, not only whitespace
-        nonlocal pos
-        squashed = _squash(text)
-        if squashed:
-            page.piece_at.append(pos)
-            page.piece_owner.append(owner)
-            chunks.append(squashed)
-            pos += len(squashed)
+        raw.append(("".join(text.split()), owner))
 
+    page = _PageText("", [], [], [])
+    images: list[tuple[int, etree._Element]] = []  # (pieces before it, <img>)
     walker = etree.iterwalk(root, events=("start", "end"))
     for event, el in walker:  # most tails are layout whitespace: test before asking for the parent
         if event == "end":
@@ -502,12 +496,32 @@ def _page_text(root: etree._Element) -> _PageText:
                 add(tail, el.getparent())
             continue
         if tag == "img":
-            m = _STANDIN.match(el.get("src") or "")
-            if m:
-                page.images.append((pos, int(m.group(1)), el))
+            images.append((len(raw), el))
         text = el.text
         if text and not text.isspace():
             add(text, el)
+    # `_squash` of every piece, the invisible characters looked for once in the whole page (mostly none)
+    joined = "".join(t for t, _ in raw)
+    invisible = len(joined.translate(_INVISIBLE)) != len(joined)
+    chunks: list[str] = []
+    piece_start = []  # offset of each raw piece in the page text
+    pos = 0
+    for text, owner in raw:
+        piece_start.append(pos)
+        if invisible:
+            text = text.translate(_INVISIBLE)
+        if not unicodedata.is_normalized("NFC", text):
+            text = unicodedata.normalize("NFC", text)
+        if text:
+            page.piece_at.append(pos)
+            page.piece_owner.append(owner)
+            chunks.append(text)
+            pos += len(text)
+    piece_start.append(pos)
+    for n_before, el in images:
+        m = _STANDIN.match(el.get("src") or "")
+        if m:
+            page.images.append((piece_start[n_before], int(m.group(1)), el))
     page.text = "".join(chunks)
     return page
 
