@@ -459,7 +459,10 @@ _ANCHOR_CHARS = 30  # an extracted block is found in the page by its first 30 no
 def _squash(text: str) -> str:
     """Text as compared between trafilatura's output and the page: NFC, no invisible characters and no
     whitespace at all (trafilatura inserts or drops spaces at tag boundaries; CJK text has none)."""
-    text = "".join(text.split()).translate(_INVISIBLE)
+    text = "".join(text.split())
+    if text.isascii():  # no invisible character, already NFC
+        return text
+    text = text.translate(_INVISIBLE)
     return text if unicodedata.is_normalized("NFC", text) else unicodedata.normalize("NFC", text)
 
 
@@ -502,7 +505,7 @@ def _page_text(root: etree._Element) -> _PageText:
             add(text, el)
     # `_squash` of every piece, the invisible characters looked for once in the whole page (mostly none)
     joined = "".join(t for t, _ in raw)
-    invisible = len(joined.translate(_INVISIBLE)) != len(joined)
+    invisible = not joined.isascii() and len(joined.translate(_INVISIBLE)) != len(joined)
     chunks: list[str] = []
     piece_start = []  # offset of each raw piece in the page text
     pos = 0
@@ -510,7 +513,7 @@ def _page_text(root: etree._Element) -> _PageText:
         piece_start.append(pos)
         if invisible:
             text = text.translate(_INVISIBLE)
-        if not unicodedata.is_normalized("NFC", text):
+        if not text.isascii() and not unicodedata.is_normalized("NFC", text):
             text = unicodedata.normalize("NFC", text)
         if text:
             page.piece_at.append(pos)
