@@ -62,8 +62,9 @@ DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
 FAKEHOST = "http://fakehost/test/page.html"  # the page URL Readability's test suite used for URL-less pages
 FOCUS = ("precision", "balanced", "recall")
 FOLDS = 10
-# (L2 penalty, page weighting power) of the image model, chosen by an inner site-grouped CV; strongest regularisation first: the inner CV moves to a weaker one only
-# when it beats the one chosen so far by more than HYPER_TOLERANCE (the simplest model that fits about as well)
+# (L2 penalty, page weighting power) of the image model, chosen by an inner site-grouped CV; strongest
+# regularisation first: the inner CV moves to a weaker one only when it beats
+# the one chosen so far by more than HYPER_TOLERANCE (the simplest model that fits about as well)
 HYPER_GRID = ((3000.0, 0.5), (1000.0, 0.5), (1000.0, 0.0), (300.0, 0.5), (300.0, 0.0), (30.0, 0.5), (30.0, 0.0))
 HYPER_TOLERANCE = 0.005
 TEXT_ROWS = ("trafilatura snippets", "scrapinghub tokens", "readability tokens")
