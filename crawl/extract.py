@@ -387,6 +387,7 @@ def prepare_tree(tree: etree._Element, url: str, prefer_largest: bool = False,
 _BLOCK_TAGS = {"p", "head", "item", "row", "quote", "code", "cell", "list", "table", "div"}
 _CONTAINER_TAGS = ("p", "head", "list", "table", "quote", "code")
 _INVISIBLE = str.maketrans("", "", "\u00ad\u200b\u2060\ufeff")  # soft hyphen, zero-width space/no-break
+_HAS_INVISIBLE = re.compile("[\u00ad\u200b\u2060\ufeff]")  # finds them much faster than translate works
 
 
 def _clean(text: str) -> str:
@@ -462,7 +463,8 @@ def _squash(text: str) -> str:
     text = "".join(text.split())
     if text.isascii():  # no invisible character, already NFC
         return text
-    text = text.translate(_INVISIBLE)
+    if _HAS_INVISIBLE.search(text):
+        text = text.translate(_INVISIBLE)
     return text if unicodedata.is_normalized("NFC", text) else unicodedata.normalize("NFC", text)
 
 
@@ -505,7 +507,7 @@ def _page_text(root: etree._Element) -> _PageText:
             add(text, el)
     # `_squash` of every piece, the invisible characters looked for once in the whole page (mostly none)
     joined = "".join(t for t, _ in raw)
-    invisible = not joined.isascii() and len(joined.translate(_INVISIBLE)) != len(joined)
+    invisible = not joined.isascii() and _HAS_INVISIBLE.search(joined) is not None
     chunks: list[str] = []
     piece_start = []  # offset of each raw piece in the page text
     pos = 0
@@ -585,8 +587,8 @@ def _image_candidates(tree: etree._Element, items: list[tuple[str, object]], rec
     blocks = sorted((Block(i, start, end) for i, start, end in anchors), key=lambda b: b.start)
     starts = [b.start for b in blocks]
     any_alt = any(records[n].alt for _, n, _ in page.images)  # the words are needed for alt texts only
-    text_words = ({w.lower() for kind, text in items if kind == "text" for w in WORD.findall(str(text))}
-                  if any_alt else set())
+    words = {w for kind, text in items if kind == "text" for w in WORD.findall(str(text))} if any_alt else set()
+    text_words = {w.lower() for w in words}
     url_counts = Counter(records[n].url for _, n, _ in page.images)
     ctx = PageContext(url, len(page.text), blocks, container, holds, text_words, len(page.images), url_counts)
     candidates = []

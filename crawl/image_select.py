@@ -24,6 +24,7 @@ import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import islice
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -144,7 +145,7 @@ def _grid(img: etree._Element, ctx: PageContext) -> tuple[bool, bool]:
 
 def _repeats(el: etree._Element, parent: etree._Element, ctx: PageContext) -> tuple[bool, bool]:
     key = (el.tag, el.get("class") or "")
-    cards = [sib for i, sib in enumerate(parent) if i < _GRID_SIBLINGS and sib is not el and sib.tag == key[0]
+    cards = [sib for sib in islice(parent, _GRID_SIBLINGS) if sib is not el and sib.tag == key[0]
              and (sib.get("class") or "") == key[1] and next(sib.iter("img"), None) is not None]
     if len(cards) < 2:
         return False, False
@@ -219,6 +220,7 @@ class PageContext:
 
     def __post_init__(self) -> None:
         self.starts = [b.start for b in self.blocks]
+        self.last_end = max(b.end for b in self.blocks)
         self.site = (urlsplit(self.url).hostname or "").split(".")[-2:]  # the last two labels of the page host
         self.memo: dict[tuple[str, etree._Element], object] = {}  # per-element results shared by the images
 
@@ -292,7 +294,7 @@ def image_features(img: etree._Element, at: int, alt: str, url: str, ctx: PageCo
     f = dict.fromkeys(FEATURES, 0.0)
     blocks, starts, container, page_len = ctx.blocks, ctx.starts, ctx.container, ctx.text_len
     k = bisect.bisect_right(starts, at)
-    first, last_end = blocks[0].start, max(b.end for b in blocks)
+    first, last_end = blocks[0].start, ctx.last_end
     inside = k > 0 and blocks[k - 1].start <= at < blocks[k - 1].end
     if inside:
         dist = 0
