@@ -480,10 +480,7 @@ class _PageText:
 
 def _page_text(root: etree._Element) -> _PageText:
     raw: list[tuple[str, etree._Element]] = []  # (text without whitespace, owner) of each visible piece
-
-    def add(text: str, owner: etree._Element) -> None:  # text: not empty, not only whitespace
-        raw.append(("".join(text.split()), owner))
-
+    add = raw.append  # (the walk visits every element: no function call per piece)
     page = _PageText("", [], [], [])
     images: list[tuple[int, etree._Element]] = []  # (pieces before it, <img>)
     walker = etree.iterwalk(root, events=("start", "end"))
@@ -491,20 +488,20 @@ def _page_text(root: etree._Element) -> _PageText:
         if event == "end":
             tail = el.tail
             if tail and not tail.isspace():
-                add(tail, el.getparent())
+                add(("".join(tail.split()), el.getparent()))
             continue
         tag = el.tag if isinstance(el.tag, str) else ""
         if tag in _NOT_PAGE_TEXT:
             walker.skip_subtree()  # no "end" event follows for a skipped element: take its tail here
             tail = el.tail
             if tail and not tail.isspace():
-                add(tail, el.getparent())
+                add(("".join(tail.split()), el.getparent()))
             continue
         if tag == "img":
             images.append((len(raw), el))
         text = el.text
         if text and not text.isspace():
-            add(text, el)
+            add(("".join(text.split()), el))
     # `_squash` of every piece, the invisible characters looked for once in the whole page (mostly none)
     joined = "".join(t for t, _ in raw)
     invisible = not joined.isascii() and _HAS_INVISIBLE.search(joined) is not None
