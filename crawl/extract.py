@@ -438,6 +438,7 @@ def prepare_tree(tree: etree._Element, url: str, prefer_largest: bool = False,
 _BLOCK_TAGS = {"p", "head", "item", "row", "quote", "code", "cell", "list", "table", "div"}
 _CONTAINER_TAGS = ("p", "head", "list", "table", "quote", "code")
 _INVISIBLE = str.maketrans("", "", "\u00ad\u200b\u2060\ufeff")  # soft hyphen, zero-width space/no-break
+_HAS_INVISIBLE = re.compile("[\u00ad\u200b\u2060\ufeff]")  # finds them much faster than translate works
 
 
 def _clean(text: str) -> str:
@@ -510,7 +511,11 @@ _ANCHOR_CHARS = 30  # an extracted block is found in the page by its first 30 no
 def _squash(text: str) -> str:
     """Text as compared between trafilatura's output and the page: NFC, no invisible characters and no
     whitespace at all (trafilatura inserts or drops spaces at tag boundaries; CJK text has none)."""
-    text = "".join(text.split()).translate(_INVISIBLE)
+    text = "".join(text.split())
+    if text.isascii():  # no invisible character, already NFC
+        return text
+    if _HAS_INVISIBLE.search(text):
+        text = text.translate(_INVISIBLE)
     return text if unicodedata.is_normalized("NFC", text) else unicodedata.normalize("NFC", text)
 
 
@@ -525,40 +530,51 @@ class _PageText:
 
 
 def _page_text(root: etree._Element) -> _PageText:
-    chunks: list[str] = []
+    raw: list[tuple[str, etree._Element]] = []  # (text without whitespace, owner) of each visible piece
+    add = raw.append  # (the walk visits every element: no function call per piece)
     page = _PageText("", [], [], [])
-    pos = 0
-
-    def add(text: str, owner: etree._Element) -> None:  # text: not empty, not only whitespace
-        nonlocal pos
-        squashed = _squash(text)
-        if squashed:
-            page.piece_at.append(pos)
-            page.piece_owner.append(owner)
-            chunks.append(squashed)
-            pos += len(squashed)
-
+    images: list[tuple[int, etree._Element]] = []  # (pieces before it, <img>)
     walker = etree.iterwalk(root, events=("start", "end"))
     for event, el in walker:  # most tails are layout whitespace: test before asking for the parent
         if event == "end":
             tail = el.tail
             if tail and not tail.isspace():
-                add(tail, el.getparent())
+                add(("".join(tail.split()), el.getparent()))
             continue
         tag = el.tag if isinstance(el.tag, str) else ""
         if tag in _NOT_PAGE_TEXT:
             walker.skip_subtree()  # no "end" event follows for a skipped element: take its tail here
             tail = el.tail
             if tail and not tail.isspace():
-                add(tail, el.getparent())
+                add(("".join(tail.split()), el.getparent()))
             continue
         if tag == "img":
-            m = _STANDIN.match(el.get("src") or "")
-            if m:
-                page.images.append((pos, int(m.group(1)), el))
+            images.append((len(raw), el))
         text = el.text
         if text and not text.isspace():
-            add(text, el)
+            add(("".join(text.split()), el))
+    # `_squash` of every piece, the invisible characters looked for once in the whole page (mostly none)
+    joined = "".join(t for t, _ in raw)
+    invisible = not joined.isascii() and _HAS_INVISIBLE.search(joined) is not None
+    chunks: list[str] = []
+    piece_start = []  # offset of each raw piece in the page text
+    pos = 0
+    for text, owner in raw:
+        piece_start.append(pos)
+        if invisible:
+            text = text.translate(_INVISIBLE)
+        if not text.isascii() and not unicodedata.is_normalized("NFC", text):
+            text = unicodedata.normalize("NFC", text)
+        if text:
+            page.piece_at.append(pos)
+            page.piece_owner.append(owner)
+            chunks.append(text)
+            pos += len(text)
+    piece_start.append(pos)
+    for n_before, el in images:
+        m = _STANDIN.match(el.get("src") or "")
+        if m:
+            page.images.append((piece_start[n_before], int(m.group(1)), el))
     page.text = "".join(chunks)
     return page
 
@@ -619,8 +635,8 @@ def _image_candidates(tree: etree._Element, items: list[tuple[str, object]], rec
     blocks = sorted((Block(i, start, end) for i, start, end in anchors), key=lambda b: b.start)
     starts = [b.start for b in blocks]
     any_alt = any(records[n].alt for _, n, _ in page.images)  # the words are needed for alt texts only
-    text_words = ({w.lower() for kind, text in items if kind == "text" for w in WORD.findall(str(text))}
-                  if any_alt else set())
+    words = {w for kind, text in items if kind == "text" for w in WORD.findall(str(text))} if any_alt else set()
+    text_words = {w.lower() for w in words}
     url_counts = Counter(records[n].url for _, n, _ in page.images)
     ctx = PageContext(url, len(page.text), blocks, container, holds, text_words, len(page.images), url_counts)
     candidates = []

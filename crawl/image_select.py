@@ -23,6 +23,8 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -112,8 +114,13 @@ def is_ancestor(a: etree._Element, b: etree._Element) -> bool:
     return False
 
 
-def _link_text_len(a: etree._Element) -> int:
-    return len(" ".join("".join(a.itertext()).split()))
+def _link_text_len(a: etree._Element, ctx: PageContext) -> int:
+    """Characters of a link's text with its whitespace squashed to single spaces, memoised per element."""
+    n = ctx.memo.get(("link_len", a))
+    if n is None:
+        words = "".join(a.itertext()).split()
+        n = ctx.memo[("link_len", a)] = sum(map(len, words)) + max(0, len(words) - 1)
+    return n
 
 
 def _is_image_href(href: str) -> bool:
@@ -130,20 +137,20 @@ def _grid(img: etree._Element, ctx: PageContext) -> tuple[bool, bool]:
             break
         found = ctx.memo.get(("grid", el))
         if found is None:
-            found = ctx.memo[("grid", el)] = _repeats(el, parent)
+            found = ctx.memo[("grid", el)] = _repeats(el, parent, ctx)
         if found[0]:
             return found
         el = parent
     return False, False
 
 
-def _repeats(el: etree._Element, parent: etree._Element) -> tuple[bool, bool]:
+def _repeats(el: etree._Element, parent: etree._Element, ctx: PageContext) -> tuple[bool, bool]:
     key = (el.tag, el.get("class") or "")
-    cards = [sib for i, sib in enumerate(parent) if i < _GRID_SIBLINGS and sib is not el and sib.tag == key[0]
+    cards = [sib for sib in islice(parent, _GRID_SIBLINGS) if sib is not el and sib.tag == key[0]
              and (sib.get("class") or "") == key[1] and next(sib.iter("img"), None) is not None]
     if len(cards) < 2:
         return False, False
-    titled = sum(any(_link_text_len(a) >= 15 and not _is_image_href(a.get("href") or "") for a in sib.iter("a"))
+    titled = sum(any(_link_text_len(a, ctx) >= 15 and not _is_image_href(a.get("href") or "") for a in sib.iter("a"))
                  for sib in cards)
     return True, titled >= 2
 
@@ -180,15 +187,23 @@ def _wrapper_flags(el: etree._Element, ctx: PageContext) -> tuple[frozenset[str]
     one element."""
     found = ctx.memo.get(("flags", el))
     if found is None:
-        attrs = f"{el.get('class') or ''} {el.get('id') or ''}"
-        words = _SPLIT_CAMEL.sub("-", f"{attrs} {el.get('role') or ''}")
-        kinds = frozenset(_token_kinds(words))
-        unlikely = bool(_UNLIKELY.search(attrs) and not _MAYBE.search(attrs)) or el.get("role") in _UNLIKELY_ROLES
-        hidden = (el.get("hidden") is not None or el.get("aria-hidden") == "true"
-                  or bool(_HIDDEN_STYLE.search(el.get("style") or "")))
+        get = el.get
+        kinds, unlikely, hidden_style = _attr_flags(get("class") or "", get("id") or "", get("role") or "",
+                                                    get("style") or "")
+        hidden = get("hidden") is not None or get("aria-hidden") == "true" or hidden_style
         caption = el.find("figcaption") is not None
         found = ctx.memo[("flags", el)] = (kinds, unlikely, hidden, caption)
     return found
+
+
+@lru_cache(maxsize=8192)
+def _attr_flags(cls: str, id_: str, role: str, style: str) -> tuple[frozenset[str], bool, bool]:
+    """(token kinds, fails Readability's unlikely test, hidden by style) of one set of attribute values; pages
+    repeat the same class strings many times, so the answer is cached by the strings."""
+    attrs = f"{cls} {id_}"
+    kinds = frozenset(_token_kinds(_SPLIT_CAMEL.sub("-", f"{attrs} {role}")))
+    unlikely = bool(_UNLIKELY.search(attrs) and not _MAYBE.search(attrs)) or role in _UNLIKELY_ROLES
+    return kinds, unlikely, bool(style) and bool(_HIDDEN_STYLE.search(style))
 
 
 @dataclass
@@ -206,6 +221,7 @@ class PageContext:
 
     def __post_init__(self) -> None:
         self.starts = [b.start for b in self.blocks]
+        self.last_end = max(b.end for b in self.blocks)
         self.site = (urlsplit(self.url).hostname or "").split(".")[-2:]  # the last two labels of the page host
         # per-element results shared by the images, keyed by (kind, element): each kind its own value type
         self.memo: dict[tuple[str, etree._Element], Any] = {}
@@ -280,7 +296,7 @@ def image_features(img: etree._Element, at: int, alt: str, url: str, ctx: PageCo
     f = dict.fromkeys(FEATURES, 0.0)
     blocks, starts, container, page_len = ctx.blocks, ctx.starts, ctx.container, ctx.text_len
     k = bisect.bisect_right(starts, at)
-    first, last_end = blocks[0].start, max(b.end for b in blocks)
+    first, last_end = blocks[0].start, ctx.last_end
     inside = k > 0 and blocks[k - 1].start <= at < blocks[k - 1].end
     if inside:
         dist = 0
@@ -314,7 +330,7 @@ def image_features(img: etree._Element, at: int, alt: str, url: str, ctx: PageCo
                 f["link_to_image"] = 1.0
             elif href and not href.startswith("#"):
                 f["link_to_page"] = 1.0
-                if _link_text_len(el) >= 15:
+                if _link_text_len(el, ctx) >= 15:
                     f["teaser_card"] = 1.0
         elif tag in ("aside", "nav", "footer", "header"):
             f["tag_aside_nav_footer"] = 1.0
