@@ -33,8 +33,8 @@ def main() -> None:
     from crawl.extract import decode_html
     from crawl.sources import discover_units, open_source
     from pipeline.build import BuildConfig, build_corpus
-    from pipeline.config import load_config
-    from pipeline.stats import Ledger
+    from corpus.config import load_config
+    from corpus.stats import Ledger
 
     ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
     cfg = load_config(BuildConfig, None, [f"ray.workers={args.workers}", "extract.timeout_s=300"])

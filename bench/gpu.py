@@ -129,7 +129,7 @@ def environment(dry_run: bool) -> dict[str, Any]:
 
 def recipe_config(dry_run: bool, steps: int):
     """The single-gpu recipe as one `all` stage of `steps` steps (debug-cpu shapes on a dry run)."""
-    from pipeline.config import load_config
+    from corpus.config import load_config
     from train.config import TrainConfig, resolve_recipe
 
     name = "debug-cpu" if dry_run else "single-gpu"

@@ -32,9 +32,9 @@ from PIL import Image as PILImage
 
 from filters.config import FiltersConfig
 from filters.registry import declared_signals
-from pipeline.corpus import ShardInfo, append_manifest, write_shards
-from pipeline.record import Document, Image, make_doc_id
-from pipeline.stats import REJECTS_SCHEMA
+from corpus.format import ShardInfo, append_manifest, write_shards
+from corpus.record import Document, Image, make_doc_id
+from corpus.stats import REJECTS_SCHEMA
 
 WORDS = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not", "he", "this", "are", "or", "his", "from", "at", "which"]
 

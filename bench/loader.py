@@ -38,8 +38,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _train_corpus import build_corpus, require_real
 
-from pipeline.config import load_config
-from pipeline.corpus import Corpus
+from corpus.config import load_config
+from corpus.format import Corpus
 from train.config import TrainConfig, resolve_recipe
 from train.data import Loader
 from train.tokenizer import train_from_corpus

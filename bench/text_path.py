@@ -6,7 +6,7 @@ hold no HTML). Both sides run on one core, one after the other in this process, 
 
 - interloom: `crawl.sources.WarcSource` (image index pass + page pass) -> `crawl.extract.ExtractStep` ->
   `filters.language.LanguageFilter` -> `filters.gopher.GopherQualityFilter` -> staged Parquet (the build's own
-  phase-1 write, `pipeline.record.STAGED_SCHEMA`), through `pipeline.steps.run_steps` with a `Ledger`, with
+  phase-1 write, `corpus.record.STAGED_SCHEMA`), through `corpus.steps.run_steps` with a `Ledger`, with
   the default extraction (one text-only trafilatura pass per page; images placed from the page layout).
 - datatrove: `WarcReader` -> `Trafilatura` -> `LanguageFilter` -> `GopherQualityFilter` -> `JsonlWriter` under
   `LocalPipelineExecutor(tasks=1, workers=1)`. Its Trafilatura step runs trafilatura in a sandbox child
@@ -43,9 +43,9 @@ from crawl.sources import WarcSource, discover_units
 from filters.config import GopherQualityConfig, LanguageConfig
 from filters.gopher import GopherQualityFilter
 from filters.language import LanguageFilter, lid176_path, load_fasttext
-from pipeline.record import STAGED_SCHEMA, documents_to_staged_table
-from pipeline.stats import Ledger, check_funnel
-from pipeline.steps import run_steps
+from corpus.record import STAGED_SCHEMA, documents_to_staged_table
+from corpus.stats import Ledger, check_funnel
+from corpus.steps import run_steps
 
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
 WARC_DIR = REAL / "dev" / "warc"

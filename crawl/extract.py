@@ -80,10 +80,10 @@ from crawl.image_select import (
     is_ancestor,
 )
 from crawl.page import RawPage
-from pipeline.config import Section
-from pipeline.record import Document, Image, make_doc_id
-from pipeline.stats import Ledger
-from pipeline.steps import Drop, Step
+from corpus.config import Section
+from corpus.record import Document, Image, make_doc_id
+from corpus.stats import Ledger
+from corpus.steps import Drop, Step
 
 log = logging.getLogger(__name__)
 

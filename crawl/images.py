@@ -22,10 +22,10 @@ from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
 from pydantic import Field
 
-from pipeline.config import Section
-from pipeline.record import Document, Image
-from pipeline.stats import Ledger
-from pipeline.steps import Step, drop_images
+from corpus.config import Section
+from corpus.record import Document, Image
+from corpus.stats import Ledger
+from corpus.steps import Step, drop_images
 
 # resolver: list of URLs -> {url: bytes | drop reason}
 Resolver = Callable[[list[str]], dict[str, "bytes | str"]]

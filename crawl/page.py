@@ -12,7 +12,7 @@ class RawPage:
     source: str  # locator, e.g. "warc:<file name>#<WARC-Record-ID>", "html:<relative path>", "http"
     fetched_at: str = ""  # ISO 8601 (WARC-Date or fetch time)
     headers: dict[str, str] = field(default_factory=dict)  # HTTP response headers, lower-case names
-    id: str = ""  # document id the page will get (pipeline.record.make_doc_id(source))
+    id: str = ""  # document id the page will get (corpus.record.make_doc_id(source))
 
     @property
     def charset(self) -> str | None:

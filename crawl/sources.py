@@ -44,8 +44,8 @@ from fastwarc.warc import ArchiveIterator, WarcRecord, WarcRecordType
 
 from crawl.page import RawPage
 from crawl.urls import normalize_url
-from pipeline.record import make_doc_id
-from pipeline.stats import Ledger
+from corpus.record import make_doc_id
+from corpus.stats import Ledger
 
 READ = "read"
 WARC_SUFFIXES = (".warc", ".warc.gz", ".warc.zst", ".wet.gz", ".wat.gz", ".wet", ".wat")

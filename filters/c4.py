@@ -24,9 +24,9 @@ import re
 
 from filters.config import C4Config
 from filters.text import count_words, sentences
-from pipeline.record import Document
-from pipeline.stats import Ledger
-from pipeline.steps import Drop, Signal, Step, at_least
+from corpus.record import Document
+from corpus.stats import Ledger
+from corpus.steps import Drop, Signal, Step, at_least
 
 CITATION_RE = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 ELLIPSIS = "..."

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from pipeline.config import Section
+from corpus.config import Section
 
 
 class FilterSection(Section):

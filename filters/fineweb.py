@@ -18,8 +18,8 @@ from __future__ import annotations
 from filters.config import FineWebConfig
 from filters.gopher import find_duplicates
 from filters.text import TERMINAL_PUNCTUATION, is_no_space, tokens
-from pipeline.record import Document
-from pipeline.steps import Filter, Signal, at_least, at_most
+from corpus.record import Document
+from corpus.steps import Filter, Signal, at_least, at_most
 
 
 class FineWebQualityFilter(Filter):

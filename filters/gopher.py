@@ -24,8 +24,8 @@ from collections import Counter
 
 from filters.config import GopherQualityConfig, GopherRepetitionConfig
 from filters.text import is_no_space, is_word, stop_words_for, tokens
-from pipeline.record import Document
-from pipeline.steps import Filter, Signal, at_least, at_most
+from corpus.record import Document
+from corpus.steps import Filter, Signal, at_least, at_most
 
 
 class GopherQualityFilter(Filter):

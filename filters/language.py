@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from filters.config import LanguageConfig
-from pipeline.record import Document
-from pipeline.steps import Filter, Signal, at_least
+from corpus.record import Document
+from corpus.steps import Filter, Signal, at_least
 
 _WS_RE = re.compile(r"\s+")
 LABEL_PREFIX = "__label__"

@@ -13,9 +13,9 @@ from __future__ import annotations
 import re
 
 from filters.config import OptOutConfig
-from pipeline.record import Document
-from pipeline.stats import Ledger
-from pipeline.steps import Drop, Signal, Step, drop_images
+from corpus.record import Document
+from corpus.stats import Ledger
+from corpus.steps import Drop, Signal, Step, drop_images
 
 _SPLIT_RE = re.compile(r"[\s,;:]+")
 

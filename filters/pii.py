@@ -24,9 +24,9 @@ import re
 from collections.abc import Callable
 
 from filters.config import PIIConfig
-from pipeline.record import Document
-from pipeline.stats import Ledger
-from pipeline.steps import Signal, Step
+from corpus.record import Document
+from corpus.stats import Ledger
+from corpus.steps import Signal, Step
 
 EMAIL_RE = re.compile(
     r"\b[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@(?:(?:[A-Za-z0-9](?:["

@@ -3,7 +3,7 @@
 `train_quality_model(positive_paths, negative_paths, out_path)` reads example documents from
 - `.txt` files (one document per line), `.jsonl` files (one object per line with a "text" field),
 - `.html` / `.htm` / `.html.gz` files (main text extracted with trafilatura),
-- interloom corpus directories (with a `manifest.jsonl`, read through `pipeline.corpus.Corpus`),
+- interloom corpus directories (with a `manifest.jsonl`, read through `corpus.format.Corpus`),
 - other directories (every file above inside them, recursively, in sorted order),
 labels them `__label__<label>` / `__label__<negative_label>`, trains a supervised fastText model and saves
 it to `out_path`. No weights ship with interloom: users train on their own reference sets (DCLM used
@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from filters.config import QualityConfig
 from filters.language import LABEL_PREFIX, load_fasttext
-from pipeline.record import Document
-from pipeline.steps import Filter, Signal, at_least
+from corpus.record import Document
+from corpus.steps import Filter, Signal, at_least
 
 _WS_RE = re.compile(r"\s+")
 # fastText 0.9.3 initialises its input matrix in `thread` blocks of one tenth each (DenseMatrix::uniform):
@@ -78,7 +78,7 @@ def _iter_file(path: Path) -> Iterator[str]:
 
 def iter_examples(paths: Iterable[str | Path]) -> Iterator[str]:
     """Texts of the example documents at `paths` (files, corpus directories, directories of files)."""
-    from pipeline.corpus import MANIFEST, Corpus
+    from corpus.format import MANIFEST, Corpus
 
     for p in map(Path, paths):
         if p.is_dir() and (p / MANIFEST).is_file():

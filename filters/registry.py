@@ -20,7 +20,7 @@ from filters.optout import OptOutFilter
 from filters.pii import PIIStep
 from filters.quality import QualityFilter
 from filters.structure import ImageCountFilter, TextBlockFilter
-from pipeline.steps import Step, resolve_signals
+from corpus.steps import Step, resolve_signals
 
 # (config section of FiltersConfig, step class), in pipeline order
 TEXT_STEPS: list[tuple[str, type[Step]]] = [

@@ -25,9 +25,9 @@ import unicodedata
 
 from filters.config import ImageCountConfig, TextBlocksConfig
 from filters.text import words
-from pipeline.record import Document
-from pipeline.stats import Ledger
-from pipeline.steps import Drop, Filter, Signal, Step, at_least, at_most
+from corpus.record import Document
+from corpus.stats import Ledger
+from corpus.steps import Drop, Filter, Signal, Step, at_least, at_most
 
 
 def _special_char_ratio(text: str) -> float:

@@ -9,7 +9,7 @@
       the driver appends manifest lines strictly in unit order, so any parallelism gives the same manifest.
 
 Storage: the corpus may be a local folder or any fsspec URL (s3://bucket/corpus, gs://...; see
-pipeline/storage.py); inputs may be URLs too (each remote unit is downloaded to a worker-local temp file).
+corpus/storage.py); inputs may be URLs too (each remote unit is downloaded to a worker-local temp file).
 The work folder (staged documents, dedup passes, markers) is a POSIX folder every Ray node can reach:
 CORPUS/_work for a local corpus, `output.work_dir` (a shared file system on a cluster) for a remote one.
 With a remote corpus, workers write each shard locally and upload its index, then the shard; the driver
@@ -48,14 +48,14 @@ from crawl.sources import NOT_IN_SOURCE, Unit, discover_units, open_source
 from filters.config import FiltersConfig
 from filters.dedup import ApplyDedup, DedupConfig, DedupResult, InDocumentImageDedup, run_dedup
 from filters.registry import declared_signals, document_steps, text_steps
-from pipeline.config import Section, dump_config
-from pipeline.corpus import MANIFEST, ShardInfo, _parse_line, write_shards
+from corpus.config import Section, dump_config
+from corpus.format import MANIFEST, ShardInfo, _parse_line, write_shards
 from pipeline.inputs import InputConfig, resolve_inputs, storage_options
-from pipeline.record import STAGED_SCHEMA, documents_to_staged_table, staged_table_to_documents
-from pipeline.runner import Stage, map_actors
-from pipeline.stats import Ledger, check_funnel
-from pipeline.steps import Resources, Step, run_steps
-from pipeline.storage import (
+from corpus.record import STAGED_SCHEMA, documents_to_staged_table, staged_table_to_documents
+from corpus.runner import Stage, map_actors
+from corpus.stats import Ledger, check_funnel
+from corpus.steps import Resources, Step, run_steps
+from corpus.storage import (
     Storage,
     StorageError,
     fetch_input,
@@ -343,7 +343,7 @@ def unit_stage(cfg: BuildConfig, name: str, phase: str) -> Stage:
 
 def _run_pool(cfg: BuildConfig, stage: Stage, items: list, method: str, args_of, on_result,
               progress: bool, writes_to) -> None:
-    """Run `method` of a pool of UnitWorker actors over items (pipeline.runner); results handed to
+    """Run `method` of a pool of UnitWorker actors over items (corpus.runner); results handed to
     on_result as they finish. `writes_to(item)` names where an item's outputs go, for the error when they
     cannot be written."""
     n_workers = cfg.ray.workers or max(1, int(ray.available_resources().get("CPU", 1)))

@@ -16,8 +16,8 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm import tqdm
 
-from pipeline.corpus import Corpus
-from pipeline.storage import write_parquet_atomic
+from corpus.format import Corpus
+from corpus.storage import write_parquet_atomic
 
 HF_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 OBELICS_SCHEMA = pa.schema(

@@ -23,8 +23,8 @@ from typing import Any
 import fsspec
 from pydantic import Field
 
-from pipeline.config import Section
-from pipeline.storage import expand_input, is_remote
+from corpus.config import Section
+from corpus.storage import expand_input, is_remote
 
 PATH_LIST_SUFFIXES = (".paths", ".paths.gz", ".txt", ".txt.gz")
 # Common Crawl's derived formats: text only (WET) or metadata (WAT), no HTML to extract and no images

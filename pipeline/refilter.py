@@ -28,10 +28,10 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from filters.registry import declared_signals
-from pipeline.config import load_config
-from pipeline.corpus import MANIFEST, Corpus, ShardInfo, write_shards
-from pipeline.stats import Ledger, check_funnel
-from pipeline.storage import write_parquet_atomic
+from corpus.config import load_config
+from corpus.format import MANIFEST, Corpus, ShardInfo, write_shards
+from corpus.stats import Ledger, check_funnel
+from corpus.storage import write_parquet_atomic
 
 STAGE = "refilter"
 

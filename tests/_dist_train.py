@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pipeline.config import load_config
+from corpus.config import load_config
 from train.batch import Batch
 from train.config import TrainConfig
 from train.synthetic import synthetic_batch

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image as PILImage
 
-from pipeline.corpus import append_manifest, write_shards
-from pipeline.record import Document, Image, make_doc_id
+from corpus.format import append_manifest, write_shards
+from corpus.record import Document, Image, make_doc_id
 
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real" / "dev"
 PHOTOS = REAL / "images" / "photos"

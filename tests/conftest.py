@@ -56,7 +56,7 @@ def dev_corpus(tmp_path_factory, ray_local):
     """(path, stats) of the corpus built from all dev WARCs with DEV_SETTINGS and 2 workers. Read-only:
     tests that change a corpus copy it first."""
     from pipeline.build import BuildConfig, build_corpus
-    from pipeline.config import load_config
+    from corpus.config import load_config
 
     out = tmp_path_factory.mktemp("dev") / "corpus"
     cfg = load_config(BuildConfig, None, ["ray.workers=2", *DEV_SETTINGS])

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.config import Section
+from corpus.config import Section
 from train.data import DataConfig
 from train.model.config import ModelConfig
 

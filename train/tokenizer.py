@@ -14,7 +14,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
-from pipeline.corpus import Corpus
+from corpus.format import Corpus
 from train.batch import SPECIAL_TOKENS
 
 

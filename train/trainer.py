@@ -81,7 +81,7 @@ def prepare_run(cfg: TrainConfig) -> TrainConfig:
     if "://" not in cfg.data.corpus:  # workers run elsewhere (other cwd, other node): an absolute path
         resolved.data.corpus = str(Path(cfg.data.corpus).expanduser().resolve())
     if cfg.run.val_corpus:
-        from pipeline.corpus import Corpus
+        from corpus.format import Corpus
 
         Corpus(cfg.run.val_corpus)  # ValueError "not a corpus: ..." before the workers start
         if "://" not in cfg.run.val_corpus:

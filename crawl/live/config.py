@@ -6,7 +6,7 @@ import ipaddress
 
 from pydantic import Field, field_validator
 
-from pipeline.config import Section
+from corpus.config import Section
 
 
 class CrawlConfig(Section):

@@ -14,7 +14,7 @@ with its reason. The outcome of each URL is written to the state sidecar of the 
 records (`warc_writer`), so a crawl killed at any point and started again with the same output folder skips
 every URL already archived, fetches the rest, and reports the same funnel as one uninterrupted run.
 
-The actors are driven by the shared `pipeline.runner.Runner` (stage `crawl`, one unit per actor share,
+The actors are driven by the shared `corpus.runner.Runner` (stage `crawl`, one unit per actor share,
 `actor_num_cpus` declared per actor) with its failure policy: an actor that dies (its process or node lost)
 is replaced by a fresh one for the same share, which resumes like a restarted crawl (URLs in closed WARC
 files are counted, not fetched; the dead actor's open WARC file is removed and its URLs fetched again) after
@@ -52,10 +52,10 @@ from crawl.live.politeness import partition, start_gate
 from crawl.live.safety import host_key, url_problem
 from crawl.live.warc_writer import WARC_SUFFIX, RotatingWarcWriter, clean_unfinished, closed_segments, read_state
 from crawl.page import RawPage
-from pipeline.record import make_doc_id
-from pipeline.runner import Runner, Stage
-from pipeline.stats import Ledger
-from pipeline.steps import Resources
+from corpus.record import make_doc_id
+from corpus.runner import Runner, Stage
+from corpus.stats import Ledger
+from corpus.steps import Resources
 
 STAGE = "crawl"
 

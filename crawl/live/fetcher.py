@@ -30,7 +30,7 @@ from crawl.live.politeness import GateClient, HostGate, politeness_keys
 from crawl.live.robots import RobotsCache, RobotsRules, origin_of
 from crawl.live.safety import AddressPolicy, DnsFailure, UnsafeAddress, host_key, make_client, url_problem
 from crawl.live.warc_writer import RotatingWarcWriter
-from pipeline.stats import Ledger
+from corpus.stats import Ledger
 
 Kind = Literal["page", "image", "robots"]
 ACCEPT = {

@@ -34,7 +34,7 @@ from crawl.live.fetcher import Fetched, Fetcher
 from crawl.live.politeness import partition, start_gate
 from crawl.live.safety import host_key, url_problem
 from crawl.live.warc_writer import RotatingWarcWriter
-from pipeline.stats import Ledger
+from corpus.stats import Ledger
 
 STAGE = "fetch_images"
 _HTML_SNIFF = (b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml", b"<!--")

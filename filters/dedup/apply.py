@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from filters.dedup.passes import REASON_IMAGE, DedupResult
-from pipeline.record import Document
-from pipeline.stats import Ledger
-from pipeline.steps import Drop, Step, drop_images
+from corpus.record import Document
+from corpus.stats import Ledger
+from corpus.steps import Drop, Step, drop_images
 
 
 class ApplyDedup(Step):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from pipeline.config import Section
+from corpus.config import Section
 
 
 class DedupConfig(Section):

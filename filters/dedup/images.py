@@ -16,9 +16,9 @@ import io
 import numpy as np
 
 from filters.dedup.graph import connected_components, pairs_in_groups
-from pipeline.record import Document
-from pipeline.stats import Ledger
-from pipeline.steps import Step, drop_images
+from corpus.record import Document
+from corpus.stats import Ledger
+from corpus.steps import Step, drop_images
 
 
 def image_phash(data: bytes) -> str:

@@ -44,9 +44,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from filters.dedup.config import DedupConfig
-from pipeline.runner import Stage, map_tasks
-from pipeline.steps import Resources
-from pipeline.storage import write_parquet_atomic
+from corpus.runner import Stage, map_tasks
+from corpus.steps import Resources
+from corpus.storage import write_parquet_atomic
 from filters.dedup.graph import connected_components, pairs_in_groups
 from filters.dedup.images import parse_phash, phash_clusters
 from filters.dedup.minhash import MinHasher, estimate_jaccard

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.corpus import Corpus
+from corpus.format import Corpus
 from pipeline.report.docs import load_documents, repeated_image
 from pipeline.report.render import render_html
 from pipeline.report.summary import summarize

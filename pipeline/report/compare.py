@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipeline.corpus import Corpus
+from corpus.format import Corpus
 from pipeline.report.charts import fmt, overlay_svg
 from pipeline.report.render import _asset, esc, link
 from pipeline.report.summary import (
@@ -36,7 +36,7 @@ from pipeline.report.summary import (
     _read_optional_json,
     _signal_columns,
 )
-from pipeline.stats import sample_key
+from corpus.stats import sample_key
 
 SAMPLE_K = 20_000  # ids per build in the key-range sample
 SHOWN = 50  # documents listed per side

@@ -17,8 +17,8 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
-from pipeline.corpus import Corpus
-from pipeline.record import Document
+from corpus.format import Corpus
+from corpus.record import Document
 
 THUMB_SIDE = 640
 MAX_PIXELS = 64_000_000

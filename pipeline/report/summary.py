@@ -27,7 +27,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipeline.corpus import Corpus
+from corpus.format import Corpus
 
 TOKENS_PER_WORD = 1.3  # rough English BPE ratio; the report says it is an estimate
 INDEX_COLUMNS = ["id", "url", "source", "lang", "n_words", "n_images", "image_meta", "signals", "shard", "offset"]

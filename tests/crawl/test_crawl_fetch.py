@@ -20,7 +20,7 @@ from crawl.live.fetcher import Fetched, Fetcher, parse_retry_after
 from crawl.live.safety import AddressPolicy, UnsafeAddress, make_client
 from crawl.live.warc_writer import RotatingWarcWriter, closed_segments
 from crawl_fixtures import server, site  # noqa: E402,F401 - fixtures
-from pipeline.stats import Ledger
+from corpus.stats import Ledger
 
 ALLOW = ["127.0.0.1/32"]
 
@@ -211,7 +211,7 @@ def test_urls_the_client_cannot_send_are_counted_drops_not_a_lost_batch(server, 
     counted `bad_url` before any request; the other URLs of the same batch still come back."""
     from crawl.live.image_fetcher import ImageFetcher
     from crawl.live.safety import url_problem
-    from pipeline.stats import check_funnel
+    from corpus.stats import check_funnel
 
     photo = next(iter(server.site.photos))
     bad = [server.url("/photos/a\x01b.jpg"), server.url("/photos/\x7f.jpg"), server.url("/photos/a\tb.jpg"),

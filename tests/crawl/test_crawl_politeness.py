@@ -25,7 +25,7 @@ from crawl.live.config import CrawlConfig
 from crawl.live.crawler import Crawler, load_stats
 from crawl.live.politeness import partition
 from crawl.live.safety import host_key
-from pipeline.stats import check_funnel
+from corpus.stats import check_funnel
 
 LOOPBACK = ["127.0.0.0/8"]
 

@@ -24,7 +24,7 @@ from crawl.live.crawler import Crawler, load_stats, read_seeds
 from crawl.live.image_fetcher import FetchResolver
 from crawl.live.warc_writer import closed_segments, read_state
 from crawl_fixtures import server, site  # noqa: E402,F401 - fixtures
-from pipeline.stats import check_funnel
+from corpus.stats import check_funnel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -131,7 +131,7 @@ def test_killed_crawl_resumes_without_refetching_or_losing(ray_local, server, tm
     overrides = ["allow_private=[127.0.0.1/32]", "min_delay_s=0.25", "warc_max_bytes=30000", "actors=1",
                  "actor_num_cpus=0.1", "read_timeout_s=1", "retries=0"]
     address = ray_local.get_runtime_context().gcs_address
-    cmd = [sys.executable, "-m", "crawl.crawl_cli", str(seeds), "--output", str(out), "--address", address,
+    cmd = [sys.executable, "-m", "pipeline.cli.crawl", str(seeds), "--output", str(out), "--address", address,
            "--no-progress"] + [a for o in overrides for a in ("--set", o)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -206,13 +206,13 @@ def test_dead_crawl_actor_is_replaced_and_nothing_is_lost_or_doubled(ray_local, 
 
 
 def load_cfg(overrides: list[str]) -> CrawlConfig:
-    from pipeline.config import load_config
+    from corpus.config import load_config
 
     return load_config(CrawlConfig, None, overrides)
 
 
 def test_cli_reports_bad_config_and_missing_seeds(tmp_path):
-    from crawl.crawl_cli import main
+    from pipeline.cli.crawl import main
 
     assert main([str(tmp_path / "nope.txt"), "--output", str(tmp_path / "o")]) == 2
     seeds = tmp_path / "s.txt"

@@ -22,9 +22,9 @@ from crawl.extract import (
 )
 from crawl.image_select import FEATURES, ImageModel, fit_logistic
 from crawl.page import RawPage
-from pipeline.record import make_doc_id
-from pipeline.stats import Ledger, check_funnel
-from pipeline.steps import Drop, run_steps
+from corpus.record import make_doc_id
+from corpus.stats import Ledger, check_funnel
+from corpus.steps import Drop, run_steps
 
 REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
 

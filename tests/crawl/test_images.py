@@ -10,8 +10,8 @@ from PIL import Image as PILImage
 from conftest import real_path
 from crawl.images import ImageConfig, ImageStep, process_image
 from crawl.sources import discover_units, open_source
-from pipeline.record import Document, Image
-from pipeline.stats import Ledger, check_funnel
+from corpus.record import Document, Image
+from corpus.stats import Ledger, check_funnel
 
 CFG = ImageConfig()
 

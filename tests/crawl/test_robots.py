@@ -20,7 +20,7 @@ from crawl.live.config import CrawlConfig
 from crawl.live.fetcher import Fetched, Fetcher
 from crawl.live.politeness import HostGate
 from crawl.live.robots import delay_value, parse_robots
-from pipeline.stats import Ledger
+from corpus.stats import Ledger
 
 UA = CrawlConfig().user_agent  # "interloom-crawler/0.1 (+https://...)"
 

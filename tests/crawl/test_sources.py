@@ -12,7 +12,7 @@ from fastwarc.warc import ArchiveIterator
 from _warcgen import deflate_bomb, http_response, page_html, page_record, warc_record, write_warc
 from conftest import real_path
 from crawl.sources import PayloadTooLarge, dechunk, decode_payload, discover_units, open_source
-from pipeline.stats import Ledger, check_funnel
+from corpus.stats import Ledger, check_funnel
 
 WARCS = ["IAH-20080430204825-00000-blackbook.warc.gz", "IAH-urls-wget.warc.gz", "clueweb-quirk.warc.gz",
          "example-iana.org-chunked.warc", "example.warc.gz", "iana.warc.gz", "warcfile.warc.gz",

@@ -17,9 +17,9 @@ from filters.dedup.graph import connected_components
 from filters.dedup.images import parse_phash, phash_clusters
 from filters.dedup.minhash import shingles_reference
 from filters.dedup.text import normalize_text
-from pipeline.record import Document, Image, documents_to_staged_table, make_doc_id
-from pipeline.stats import Ledger, check_funnel
-from pipeline.steps import run_steps
+from corpus.record import Document, Image, documents_to_staged_table, make_doc_id
+from corpus.stats import Ledger, check_funnel
+from corpus.steps import run_steps
 
 REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
 GROUND_TRUTH = REAL / "dev" / "html" / "scrapinghub" / "ground-truth.json"

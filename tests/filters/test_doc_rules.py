@@ -12,10 +12,10 @@ from filters.optout import OptOutFilter
 from filters.pii import PIIStep
 from filters.registry import document_steps, text_steps
 from filters.structure import ImageCountFilter, TextBlockFilter
-from pipeline.config import load_config
-from pipeline.record import Document, Image
-from pipeline.stats import Ledger, check_funnel
-from pipeline.steps import Drop, run_steps
+from corpus.config import load_config
+from corpus.record import Document, Image
+from corpus.stats import Ledger, check_funnel
+from corpus.steps import Drop, run_steps
 
 PARAGRAPH = ("The river had been rising for three days before anyone in the village took the warnings "
              "seriously, and the farmers moved their cattle to the higher fields.")

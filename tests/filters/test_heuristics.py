@@ -13,9 +13,9 @@ from filters.c4 import C4Filter
 from filters.config import C4Config, FineWebConfig, GopherQualityConfig, GopherRepetitionConfig
 from filters.fineweb import FineWebQualityFilter
 from filters.gopher import GopherQualityFilter, GopherRepetitionFilter
-from pipeline.record import Document, Image
-from pipeline.stats import Ledger, check_funnel
-from pipeline.steps import Drop, Filter, run_steps
+from corpus.record import Document, Image
+from corpus.stats import Ledger, check_funnel
+from corpus.steps import Drop, Filter, run_steps
 
 REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
 

@@ -15,9 +15,9 @@ from filters.fineweb import FineWebQualityFilter
 from filters.gopher import GopherQualityFilter, GopherRepetitionFilter
 from filters.language import LanguageFilter, lid176_path
 from filters.structure import TextBlockFilter
-from pipeline.record import Document, Image
-from pipeline.stats import Ledger
-from pipeline.steps import Drop, run_steps
+from corpus.record import Document, Image
+from corpus.stats import Ledger
+from corpus.steps import Drop, run_steps
 
 REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
 MANIFEST = REAL / "dev" / "html" / "manifest.jsonl"

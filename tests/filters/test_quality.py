@@ -17,12 +17,12 @@ import pytest
 
 from filters.config import QualityConfig
 from filters.quality import QualityFilter, iter_examples, train_quality_model
-from filters.quality_cli import register
+from pipeline.cli.quality import register
 from pipeline.cli import main as cli_main
-from pipeline.corpus import append_manifest, write_shards
-from pipeline.record import Document
-from pipeline.stats import Ledger
-from pipeline.steps import run_steps
+from corpus.format import append_manifest, write_shards
+from corpus.record import Document
+from corpus.stats import Ledger
+from corpus.steps import run_steps
 
 REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
 HTML = REAL / "dev" / "html"

@@ -113,7 +113,7 @@ def test_kuberay_build_job_runs_interloom_build_with_remote_output_and_shared_wo
     # the entrypoint is a valid command line of `interloom build`, with a config that validates
     from pipeline.build import BuildConfig
     from pipeline.cli import build_parser
-    from pipeline.config import load_config
+    from corpus.config import load_config
 
     args = build_parser().parse_args(argv[1:])
     cfg = load_config(BuildConfig, args.config, args.overrides)
@@ -130,7 +130,7 @@ def test_kuberay_train_job_runs_interloom_train_on_gpus_with_checkpoints_on_s3()
     assert set(groups) == {"gpu"}
     assert argv[:2] == ["interloom", "train"]
     from pipeline.cli import build_parser
-    from pipeline.config import load_config
+    from corpus.config import load_config
     from train.config import TrainConfig, resolve_recipe
 
     args = build_parser().parse_args(argv[1:])

@@ -15,9 +15,9 @@ import pytest
 
 from conftest import DEV_SETTINGS, REPO, dev_warcs, real_path
 from pipeline.build import BuildConfig, build_corpus
-from pipeline.config import load_config
-from pipeline.corpus import Corpus
-from pipeline.stats import check_funnel
+from corpus.config import load_config
+from corpus.format import Corpus
+from corpus.stats import check_funnel
 
 pytestmark = pytest.mark.slow
 
@@ -315,7 +315,7 @@ def test_refilter_equals_a_fresh_build_with_the_stricter_settings(dev_corpus, tm
 def test_a_safety_net_timeout_is_an_error_of_the_run(tmp_path, ray_local, capsys):
     """When the wall-clock guard fires (here: set absurdly low), the page is the drop extract_timeout and the
     run reports an error in stats.json and the end-of-build summary: the corpus may differ from another run's."""
-    from pipeline.build_cli import print_summary
+    from pipeline.cli.build import print_summary
 
     [warc] = [w for w in dev_warcs() if Path(w).name == "iana.warc.gz"]
     cfg = load_config(BuildConfig, None, ["ray.workers=1", *DEV_SETTINGS, "extract.timeout_s=0.000001"])

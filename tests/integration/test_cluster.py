@@ -20,7 +20,7 @@ import pytest
 from _train_corpus import build_corpus as build_train_corpus
 from _train_corpus import require_real
 from conftest import REPO, real_path
-from pipeline.corpus import Corpus
+from corpus.format import Corpus
 from _raycluster import LocalCluster
 from _s3server import BUCKET, S3Server
 

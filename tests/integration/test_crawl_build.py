@@ -13,8 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "crawl"))  # webser
 
 from crawl_fixtures import server, site  # noqa: E402,F401 - fixtures
 from pipeline.build import BuildConfig, build_corpus  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.corpus import Corpus  # noqa: E402
+from corpus.config import load_config  # noqa: E402
+from corpus.format import Corpus  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

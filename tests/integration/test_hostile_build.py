@@ -13,9 +13,9 @@ import pytest
 from _warcgen import deflate_bomb, http_response, page_record, warc_record, write_warc
 from conftest import DEV_SETTINGS
 from pipeline.build import BuildConfig, build_corpus
-from pipeline.config import load_config
-from pipeline.corpus import Corpus
-from pipeline.stats import check_funnel
+from corpus.config import load_config
+from corpus.format import Corpus
+from corpus.stats import check_funnel
 
 pytestmark = pytest.mark.slow
 

@@ -17,11 +17,11 @@ import pytest
 
 from conftest import real_path
 from pipeline.build import BuildConfig, build_corpus
-from pipeline.config import load_config
-from pipeline.corpus import Corpus
+from corpus.config import load_config
+from corpus.format import Corpus
 from pipeline.inputs import resolve_inputs
-from pipeline.stats import check_funnel
-from pipeline.storage import Storage, StorageError, is_transient
+from corpus.stats import check_funnel
+from corpus.storage import Storage, StorageError, is_transient
 from _s3server import BUCKET, S3Server, environ
 
 # build mechanics under test (see tests/integration/test_build.py): no text-quality filters, generous timeouts

@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BASELINE = Path(__file__).with_name("mypy-baseline.json")
-PACKAGES = ["crawl", "filters", "pipeline", "train"]
+PACKAGES = ["corpus", "crawl", "filters", "pipeline", "train"]
 ERROR = re.compile(r"^(?P<path>[\w/]+)\.py:\d+: error: ")
 
 

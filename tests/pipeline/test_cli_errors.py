@@ -9,7 +9,7 @@ from conftest import real_path
 from crawl.live.crawler import read_seeds
 from crawl.sources import discover_units, open_source
 from pipeline.cli import main
-from pipeline.stats import Ledger, check_funnel
+from corpus.stats import Ledger, check_funnel
 
 
 def _error(capsys, argv: list[str]) -> str:

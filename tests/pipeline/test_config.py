@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.config import Section, load_config
+from corpus.config import Section, load_config
 
 
 class Inner(Section):

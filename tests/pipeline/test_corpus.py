@@ -5,8 +5,8 @@ import json
 import pytest
 from PIL import Image as PILImage
 
-from pipeline.corpus import Corpus, append_manifest, repair_manifest, write_shards
-from pipeline.record import Document, Image, make_doc_id
+from corpus.format import Corpus, append_manifest, repair_manifest, write_shards
+from corpus.record import Document, Image, make_doc_id
 
 
 def _jpeg(color) -> bytes:

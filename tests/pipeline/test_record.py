@@ -1,7 +1,7 @@
 import pyarrow as pa
 import pytest
 
-from pipeline.record import (
+from corpus.record import (
     INDEX_SCHEMA,
     Document,
     Image,

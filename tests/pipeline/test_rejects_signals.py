@@ -7,9 +7,9 @@ import json
 
 from filters.config import GopherQualityConfig
 from filters.gopher import GopherQualityFilter
-from pipeline.record import Document, make_doc_id
-from pipeline.stats import TEXT_CHARS, TEXT_PER_REASON, Ledger, sample_key
-from pipeline.steps import run_steps
+from corpus.record import Document, make_doc_id
+from corpus.stats import TEXT_CHARS, TEXT_PER_REASON, Ledger, sample_key
+from corpus.steps import run_steps
 
 
 def _doc(i: int, text: str) -> Document:

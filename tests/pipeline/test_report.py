@@ -19,12 +19,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image as PILImage
 
-from pipeline.corpus import Corpus, ShardInfo, append_manifest, write_shards
-from pipeline.record import Document, Image, make_doc_id
+from corpus.format import Corpus, ShardInfo, append_manifest, write_shards
+from corpus.record import Document, Image, make_doc_id
 from pipeline.report import make_report
 from pipeline.report.render import embed_json
 from pipeline.report.summary import Histogram, signal_thresholds, what_if
-from pipeline.stats import REJECTS_SCHEMA
+from corpus.stats import REJECTS_SCHEMA
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = REPO / ".." / "shared" / "data" / "real"

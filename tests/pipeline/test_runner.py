@@ -7,8 +7,8 @@ import sys
 import pytest
 from ray import cloudpickle
 
-from pipeline.runner import FailurePolicy, Stage, UnitFailed, map_actors, map_tasks
-from pipeline.steps import Resources, Step
+from corpus.runner import FailurePolicy, Stage, UnitFailed, map_actors, map_tasks
+from corpus.steps import Resources, Step
 
 # the workers cannot import this test module (pytest's importlib mode): ship its functions by value
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -4,7 +4,7 @@ pages and, for a small corpus, which settings decided it."""
 from __future__ import annotations
 
 from pipeline.build import BuildConfig
-from pipeline.config import load_config
+from corpus.config import load_config
 from pipeline.summary import explain, run_errors
 
 

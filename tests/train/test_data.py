@@ -17,8 +17,8 @@ import torch
 from _train_corpus import REAL, build_corpus, make_documents, require_real
 from PIL import Image as PILImage
 
-from pipeline.corpus import Corpus, append_manifest, write_shards
-from pipeline.record import Image
+from corpus.format import Corpus, append_manifest, write_shards
+from corpus.record import Image
 from train.batch import IGNORE_INDEX
 from train.data import (
     DataConfig,

@@ -10,7 +10,7 @@ import math
 import pytest
 
 from pipeline.cli import main
-from pipeline.config import load_config
+from corpus.config import load_config
 from tests._train_corpus import PHOTOS, build_corpus, require_real
 from train.config import TrainConfig, resolve_recipe
 from train.trainer import run_training

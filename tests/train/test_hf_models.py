@@ -332,7 +332,7 @@ def test_train_from_pretrained_then_export_reloads_in_transformers(ray_local, de
     """The real path: a qwen3_moe folder -> `interloom train --init-llm` (Ray Train, the dev corpus, 12 steps)
     -> `interloom export model RUN OUT` -> transformers loads OUT and its logits equal the checkpoint's."""
     from pipeline.cli import main
-    from pipeline.config import load_config
+    from corpus.config import load_config
     from train.config import TrainConfig, resolve_recipe
     from train.export import load_trained_model
     from train.model.hf.init import init_llm_config

@@ -94,7 +94,7 @@ def test_align_then_pretrain_from_pretrained_towers_then_export(ray_local, dev_c
     frozen parts unchanged by align, everything trained after -> `export model` -> transformers reloads
     the decoder with equal logits, interloom reloads the whole VLM bit-identically."""
     from pipeline.cli import main
-    from pipeline.config import load_config
+    from corpus.config import load_config
     from train.config import TrainConfig, resolve_recipe
     from train.export import load_exported_vlm, load_trained_model
     from train.model.hf import decoder_logits

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import ray.train
 
-from pipeline.config import load_config
+from corpus.config import load_config
 from train.config import TrainConfig, resolve_recipe
 from train.trainer import lr_at, run_training
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image as PILImage
 from PIL import ImageOps
 
-from pipeline.record import Document
+from corpus.record import Document
 from train.batch import IGNORE_INDEX
 from train.data.config import DataConfig
 from train.tokenizer import Tokenizer

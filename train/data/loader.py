@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.corpus import Corpus
+from corpus.format import Corpus
 from train.batch import Batch
 from train.data.collate import collate, normalise_pixels
 from train.data.config import DataConfig

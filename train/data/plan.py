@@ -18,7 +18,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from pipeline.corpus import ShardInfo
+from corpus.format import ShardInfo
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ Follow mode (`follow=True`, a build still writing): epoch 0 takes shards in mani
 through the corpus's public `Corpus.follow()` (it polls the manifest and ends once `Corpus.is_finished()`
 and every line is read); later epochs are planned over every line, as plan.py says.
 
-Decoding is safe: JSON for documents (pipeline.corpus.iter_tar_documents) and Pillow for images (encode.py),
+Decoding is safe: JSON for documents (corpus.format.iter_tar_documents) and Pillow for images (encode.py),
 with a decompression-bomb cap; nothing is unpickled. A shard that cannot be read is skipped from there on
 and counted (`shard_read_errors`).
 """
@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.corpus import Corpus, iter_tar_documents
-from pipeline.record import Document
+from corpus.format import Corpus, iter_tar_documents
+from corpus.record import Document
 from train.data.plan import ShardPart, follow_slot_of, plan_parts
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.config import Section
+from corpus.config import Section
 
 
 class MoEConfig(Section):

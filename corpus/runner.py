@@ -34,7 +34,7 @@ from typing import Any
 import ray
 from tqdm import tqdm
 
-from pipeline.steps import Resources
+from corpus.steps import Resources
 
 log = logging.getLogger(__name__)
 

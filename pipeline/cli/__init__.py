@@ -8,12 +8,17 @@ import argparse
 import logging
 import sys
 
-from crawl import crawl_cli
-from filters import quality_cli
-from pipeline import build_cli, demo, export_cli, refilter_cli
-from pipeline.report import cli as inspect_cli
-from train import cli as train_cli
-from train import eval_cli, generate_cli, tokenizer_cli
+from pipeline.cli import crawl as crawl_cli
+from pipeline.cli import quality as quality_cli
+from pipeline.cli import build as build_cli
+from pipeline.cli import demo
+from pipeline.cli import export as export_cli
+from pipeline.cli import refilter as refilter_cli
+from pipeline.cli import inspect as inspect_cli
+from pipeline.cli import train as train_cli
+from pipeline.cli import evaluate as eval_cli
+from pipeline.cli import generate as generate_cli
+from pipeline.cli import tokenizer as tokenizer_cli
 
 # subcommand modules, in the order `interloom --help` lists them
 COMMANDS = [

@@ -12,7 +12,7 @@ import json
 import sys
 
 from crawl.live.config import CrawlConfig
-from pipeline.config import load_config
+from corpus.config import load_config
 
 
 EXAMPLES = """\

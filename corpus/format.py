@@ -33,8 +33,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.record import INDEX_SCHEMA, Document, index_row
-from pipeline.storage import write_parquet_atomic
+from corpus.record import INDEX_SCHEMA, Document, index_row
+from corpus.storage import write_parquet_atomic
 
 MANIFEST = "manifest.jsonl"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline.config import load_config
+from corpus.config import load_config
 
 HELP = """\
 Build a corpus of interleaved image-text documents from web archives.

@@ -43,8 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.build import BuildConfig, build_corpus
-    from pipeline.build_cli import print_summary
-    from pipeline.config import load_config
+    from pipeline.cli.build import print_summary
+    from corpus.config import load_config
     from pipeline.sample import make_sample
 
     from pydoc_data.topics import topics  # the prose of the sample's article pages
@@ -81,7 +81,7 @@ def train_debug(corpus: Path, run_dir: Path, steps: int) -> dict[str, Path]:
     """Train the debug-cpu recipe on the corpus and print how the loss fell."""
     import json
 
-    from pipeline.config import load_config
+    from corpus.config import load_config
     from train.config import TrainConfig, resolve_recipe
     from train.trainer import run_training
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
-from pipeline.stats import Ledger
+from corpus.stats import Ledger
 
 
 @dataclass(frozen=True)

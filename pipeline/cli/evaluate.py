@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from pipeline.corpus import Corpus
+    from corpus.format import Corpus
     from train.data import Loader
     from train.evaluate import evaluate, retrieval_recall
     from train.generate import load_inference_model

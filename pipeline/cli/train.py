@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
+    from corpus.config import load_config
     from train.config import TrainConfig, resolve_recipe
 
     overrides = list(args.overrides)
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if not cfg.data.corpus:  # checked before Ray starts, so a typo costs no cluster start-up
         raise ValueError("data.corpus is empty: pass --corpus PATH (a corpus directory or fsspec URL)")
     if not cfg.data.follow:
-        from pipeline.corpus import Corpus
+        from corpus.format import Corpus
 
         Corpus(cfg.data.corpus)  # ValueError "not a corpus: ..." when it has no manifest
 
