@@ -1,5 +1,6 @@
-"""The `interloom` command line. Each subcommand lives in its own module exposing `register(subparsers)`,
-which adds its parser and sets `func` to the function that runs it; this file imports and lists them.
+"""The `interloom` command line. Each subcommand lives in its own module, pipeline/cli/<command>.py, exposing
+`register(subparsers)`, which adds its parser and sets `func` to the function that runs it; this file imports
+and lists them.
 Library code logs (`logging`); this entry point shows the INFO messages of interloom's own packages."""
 
 from __future__ import annotations
@@ -8,32 +9,10 @@ import argparse
 import logging
 import sys
 
-from pipeline.cli import crawl as crawl_cli
-from pipeline.cli import quality as quality_cli
-from pipeline.cli import build as build_cli
-from pipeline.cli import demo
-from pipeline.cli import export as export_cli
-from pipeline.cli import refilter as refilter_cli
-from pipeline.cli import inspect as inspect_cli
-from pipeline.cli import train as train_cli
-from pipeline.cli import evaluate as eval_cli
-from pipeline.cli import generate as generate_cli
-from pipeline.cli import tokenizer as tokenizer_cli
+from pipeline.cli import build, crawl, demo, evaluate, export, generate, inspect, quality, refilter, tokenizer, train
 
-# subcommand modules, in the order `interloom --help` lists them
-COMMANDS = [
-    demo,  # interloom demo
-    build_cli,  # interloom build
-    refilter_cli,  # interloom refilter
-    crawl_cli,  # interloom crawl
-    inspect_cli,  # interloom inspect
-    export_cli,  # interloom export hf | model
-    quality_cli,  # interloom quality train
-    tokenizer_cli,  # interloom tokenizer train
-    train_cli,  # interloom train
-    eval_cli,  # interloom eval
-    generate_cli,  # interloom generate
-]
+# subcommand modules (pipeline/cli/<command>.py), in the order `interloom --help` lists them
+COMMANDS = [demo, build, refilter, crawl, inspect, export, quality, tokenizer, train, evaluate, generate]
 PACKAGES = ["corpus", "crawl", "filters", "pipeline", "train"]  # whose INFO log lines the command shows
 
 EPILOG = """\
