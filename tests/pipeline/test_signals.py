@@ -7,12 +7,12 @@ import json
 
 from pydantic import create_model
 
-from filters.config import FiltersConfig, FilterSection
-from filters.registry import DOCUMENT_STEPS, TEXT_STEPS, declared_signals
 from corpus.format import Corpus, append_manifest, write_shards
 from corpus.record import Document, make_doc_id
-from pipeline.report.summary import summarize
 from corpus.steps import Filter, Signal, at_least, at_most, resolve_signals
+from filters.config import FiltersConfig, FilterSection
+from filters.registry import DOCUMENT_STEPS, TEXT_STEPS, declared_signals
+from pipeline.report.summary import summarize
 
 
 def _fixture_filter(key: str):
