@@ -52,8 +52,9 @@ def fwd_bwd(backend: str, ids_BT: torch.Tensor, causal: bool, qkv: list[torch.Te
     return time.perf_counter() - t0
 
 
-def run_case(name: str, ids_BT: torch.Tensor, causal: bool, H: int, K: int, d: int, device: str,
-             dtype: torch.dtype, iters: int) -> dict:
+def run_case(
+    name: str, ids_BT: torch.Tensor, causal: bool, H: int, K: int, d: int, device: str, dtype: torch.dtype, iters: int
+) -> dict:
     torch.manual_seed(0)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     ids_BT = ids_BT.to(device)
@@ -79,13 +80,14 @@ def cases(scale: float, tiny: bool = False) -> list[tuple[str, torch.Tensor, boo
     """(name, segment ids, causal, query heads, kv heads, head dim) of the two cases; `tiny`: a few hundred
     tokens and small heads, for a CPU dry run (bench/gpu.py --dry-run)."""
     if tiny:
-        return [("decoder", packed_documents(2, 128), True, 2, 1, 16),
-                ("vit", mixed_images([(8, 8), (4, 8), (8, 4), (4, 4)]), False, 2, 2, 16)]
+        return [
+            ("decoder", packed_documents(2, 128), True, 2, 1, 16),
+            ("vit", mixed_images([(8, 8), (4, 8), (8, 4), (4, 4)]), False, 2, 2, 16),
+        ]
     T = max(128, int(2048 * scale))
     n_img = max(2, int(16 * scale))
     grids = [(32, 32), (16, 32), (32, 16), (16, 16)] * (n_img // 4 or 1)
-    return [("decoder", packed_documents(4, T), True, 12, 4, 64),
-            ("vit", mixed_images(grids[:n_img]), False, 8, 8, 64)]
+    return [("decoder", packed_documents(4, T), True, 12, 4, 64), ("vit", mixed_images(grids[:n_img]), False, 8, 8, 64)]
 
 
 def main() -> None:

@@ -30,11 +30,11 @@ def main() -> None:
     import ray
     import trafilatura
 
+    from corpus.config import load_config
+    from corpus.stats import Ledger
     from crawl.extract import decode_html
     from crawl.sources import discover_units, open_source
     from pipeline.build import BuildConfig, build_corpus
-    from corpus.config import load_config
-    from corpus.stats import Ledger
 
     ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
     cfg = load_config(BuildConfig, None, [f"ray.workers={args.workers}", "extract.timeout_s=300"])
@@ -61,16 +61,24 @@ def main() -> None:
     peer_s = time.perf_counter() - t0
 
     rows = {
-        "pages": pages, "kept": kept, "workers": args.workers,
-        "build_seconds": round(build_s, 2), "build_docs_per_s_per_core": round(pages / build_s / args.workers, 2),
-        "trafilatura_seconds": round(peer_s, 2), "trafilatura_docs_per_s": round(len(htmls) / peer_s, 2),
+        "pages": pages,
+        "kept": kept,
+        "workers": args.workers,
+        "build_seconds": round(build_s, 2),
+        "build_docs_per_s_per_core": round(pages / build_s / args.workers, 2),
+        "trafilatura_seconds": round(peer_s, 2),
+        "trafilatura_docs_per_s": round(len(htmls) / peer_s, 2),
     }
     rows["ratio_build_vs_trafilatura"] = round(rows["build_docs_per_s_per_core"] / rows["trafilatura_docs_per_s"], 3)
     print("| what | pages | seconds | documents/s per core |")
     print("| --- | ---: | ---: | ---: |")
-    print(f"| interloom build (all stages, {args.workers} worker) | {pages} | {build_s:.1f} | "
-          f"{rows['build_docs_per_s_per_core']:.2f} |")
-    print(f"| plain trafilatura.extract, same pages | {len(htmls)} | {peer_s:.1f} | {rows['trafilatura_docs_per_s']:.2f} |")
+    print(
+        f"| interloom build (all stages, {args.workers} worker) | {pages} | {build_s:.1f} | "
+        f"{rows['build_docs_per_s_per_core']:.2f} |"
+    )
+    print(
+        f"| plain trafilatura.extract, same pages | {len(htmls)} | {peer_s:.1f} | {rows['trafilatura_docs_per_s']:.2f} |"
+    )
     print(f"ratio build / plain extraction: {rows['ratio_build_vs_trafilatura']:.2f}; kept {kept} documents")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))

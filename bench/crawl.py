@@ -38,13 +38,16 @@ def peer(urls: list[str]) -> float:
 
     async def go():
         async with httpx.AsyncClient(timeout=30) as client:
+
             async def host(us):
                 for u in us:
                     r = await client.get(u)
                     r.raise_for_status()
+
             t = time.perf_counter()
             await asyncio.gather(*(host(us) for us in by_host.values()))
             return time.perf_counter() - t
+
     return asyncio.run(go())
 
 
@@ -96,20 +99,24 @@ def main() -> None:
             n_polite = 10
             polite_urls = [s.url(p) for s in servers for p in list(site.pages)[:n_polite]]
             t = time.perf_counter()
-            res = Crawler(CrawlConfig(min_delay_s=args.delay, **base), Path(tmp) / "c1", progress=False).run(polite_urls)
+            res = Crawler(CrawlConfig(min_delay_s=args.delay, **base), Path(tmp) / "c1", progress=False).run(
+                polite_urls
+            )
             t_polite = time.perf_counter() - t
             spacing = min_spacing(servers)
         rows = [
             ("pages, delay 0", len(pages), t_pages, t_peer_pages, f"{n_bytes / t_pages / 1e6:.1f} MB/s archived"),
             ("images, delay 0", len(photos), t_imgs, t_peer_imgs, "decode-checked, archived"),
         ]
-        print(f"| what | n | interloom items/s | httpx loop items/s | ratio | note |")
+        print("| what | n | interloom items/s | httpx loop items/s | ratio | note |")
         print("| --- | ---: | ---: | ---: | ---: | --- |")
         for name, n, ours, theirs, note in rows:
             print(f"| {name} | {n} | {n / ours:.1f} | {n / theirs:.1f} | {theirs / ours:.2f} | {note} |")
-        print(f"| pages, min_delay_s={args.delay} | {len(polite_urls)} | {len(polite_urls) / t_polite:.1f} | - | - | "
-              f"measured min spacing per host {spacing:.3f} s (>= {args.delay}); bound "
-              f"{args.hosts / args.delay:.1f} pages/s |")
+        print(
+            f"| pages, min_delay_s={args.delay} | {len(polite_urls)} | {len(polite_urls) / t_polite:.1f} | - | - | "
+            f"measured min spacing per host {spacing:.3f} s (>= {args.delay}); bound "
+            f"{args.hosts / args.delay:.1f} pages/s |"
+        )
     finally:
         for s in servers:
             s.close()

@@ -102,8 +102,11 @@ def norm_image_url(url: str) -> str:
     return parts.netloc.lower() + parts.path + ("?" + parts.query if parts.query else "")
 
 
-def load_pages(data: Path = DATA, sources: tuple[str, ...] = ("trafilatura", "scrapinghub", "readability"),
-               limit: int | None = None) -> list[Page]:
+def load_pages(
+    data: Path = DATA,
+    sources: tuple[str, ...] = ("trafilatura", "scrapinghub", "readability"),
+    limit: int | None = None,
+) -> list[Page]:
     """The dev pages with their gold and silver, per source at most `limit` (in manifest order)."""
     html_dir = data / "dev" / "html"
     rows = [json.loads(line) for line in (html_dir / "manifest.jsonl").read_text().splitlines() if line.strip()]
@@ -123,8 +126,9 @@ def load_pages(data: Path = DATA, sources: tuple[str, ...] = ("trafilatura", "sc
         if r.get("html_gzip"):
             raw = gzip.decompress(raw)
         url = r["url"] or FAKEHOST
-        page = Page(id=r["id"], source=r["source"], url=url, html=decode_html(raw, None),
-                    site=r.get("site_group") or r["id"])
+        page = Page(
+            id=r["id"], source=r["source"], url=url, html=decode_html(raw, None), site=r.get("site_group") or r["id"]
+        )
         if r["id"] in silver:
             page.silver_images = {norm_image_url(u) for u in silver[r["id"]]["images"]}
         if r["source"] == "trafilatura":
@@ -135,8 +139,9 @@ def load_pages(data: Path = DATA, sources: tuple[str, ...] = ("trafilatura", "sc
         else:
             gold = lxml.html.fromstring((data / r["gold_path"]).read_bytes())
             page.gold_text = gold.text_content()
-            page.gold_images = {norm_image_url(urljoin(url, img.get("src")))
-                                for img in gold.iter("img") if img.get("src")}
+            page.gold_images = {
+                norm_image_url(urljoin(url, img.get("src"))) for img in gold.iter("img") if img.get("src")
+            }
         per_source[r["source"]] += 1
         pages.append(page)
     return pages
@@ -175,8 +180,9 @@ def training_rows(pages: list[Page], parts: list[ExtractParts | None]) -> tuple[
     return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
 
 
-def fit_image_model(pages: list[Page], parts: list[ExtractParts | None], l2: float = 30.0,
-                    page_power: float = 0.5) -> ImageModel:
+def fit_image_model(
+    pages: list[Page], parts: list[ExtractParts | None], l2: float = 30.0, page_power: float = 0.5
+) -> ImageModel:
     """The image model fitted on `pages`; each page's rows weigh n_rows ** -page_power (0: every image alike,
     1: every page alike), so that one page with 90 images does not decide the model alone."""
     xs, ys, ws = [], [], []
@@ -195,8 +201,9 @@ def outputs_of(parts: list[ExtractParts | None], model: ImageModel) -> list[Outp
     outs = []
     for pt in parts:
         doc = None if pt is None else assemble(pt, model, config)[0]
-        outs.append(Output("", []) if doc is None else
-                    Output("\n".join(doc.text_blocks), [im.url for im in doc.image_list]))
+        outs.append(
+            Output("", []) if doc is None else Output("\n".join(doc.text_blocks), [im.url for im in doc.image_list])
+        )
     return outs
 
 
@@ -230,8 +237,10 @@ def choose_focus(pages: list[Page], parts: dict[str, list[ExtractParts | None]])
     return max(parts, key=lambda fo: text_score(score(pages, outputs_of(parts[fo], _NO_IMAGES))))
 
 
-def fit_all(pages: list[Page], parts: dict[str, list[ExtractParts | None]],
-            ) -> tuple[str, tuple[float, float], ImageModel]:
+def fit_all(
+    pages: list[Page],
+    parts: dict[str, list[ExtractParts | None]],
+) -> tuple[str, tuple[float, float], ImageModel]:
     """Everything interloom chooses by looking at labels, chosen on `pages` only: focus, the model's L2
     penalty and page weighting, the model (and its threshold)."""
     focus = choose_focus(pages, parts)
@@ -239,8 +248,10 @@ def fit_all(pages: list[Page], parts: dict[str, list[ExtractParts | None]],
     return focus, hyper, fit_image_model(pages, parts[focus], *hyper)
 
 
-def cross_validate(pages: list[Page], parts: dict[str, list[ExtractParts | None]],
-                   ) -> tuple[list[Output], dict[int, tuple[str, float]]]:
+def cross_validate(
+    pages: list[Page],
+    parts: dict[str, list[ExtractParts | None]],
+) -> tuple[list[Output], dict[int, tuple[str, float]]]:
     """Site-grouped k-fold outputs: per fold, focus, model settings and image model are chosen on the other
     folds."""
     folds = site_folds(pages)
@@ -256,12 +267,15 @@ def cross_validate(pages: list[Page], parts: dict[str, list[ExtractParts | None]
     return outs, chosen
 
 
-_NO_IMAGES = ImageModel(FEATURES, np.zeros(len(FEATURES)), np.ones(len(FEATURES)), np.zeros(len(FEATURES)),
-                        -50.0)  # keeps no image: text-only scoring
+_NO_IMAGES = ImageModel(
+    FEATURES, np.zeros(len(FEATURES)), np.ones(len(FEATURES)), np.zeros(len(FEATURES)), -50.0
+)  # keeps no image: text-only scoring
 
 
-def in_sample(pages: list[Page], parts: dict[str, list[ExtractParts | None]],
-              ) -> tuple[list[Output], str, float, ImageModel]:
+def in_sample(
+    pages: list[Page],
+    parts: dict[str, list[ExtractParts | None]],
+) -> tuple[list[Output], str, float, ImageModel]:
     focus, l2, model = fit_all(pages, parts)
     return outputs_of(parts[focus], model), focus, l2, model
 
@@ -419,8 +433,9 @@ def speed_side_by_side(checkouts: list[Path], rounds: int) -> dict[str, float]:
     for _ in range(rounds):
         for checkout in checkouts:
             env = {**os.environ, "PYTHONPATH": str(checkout)}
-            out = subprocess.run([sys.executable, "-c", _SPEED_CODE], env=env, cwd=checkout, check=True,
-                                 capture_output=True, text=True).stdout
+            out = subprocess.run(
+                [sys.executable, "-c", _SPEED_CODE], env=env, cwd=checkout, check=True, capture_output=True, text=True
+            ).stdout
             best[str(checkout)] = max(best.get(str(checkout), 0.0), float(out.split()[-1]))
     return best
 
@@ -431,10 +446,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="at most N pages per gold set")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     ap.add_argument("--no-peers", action="store_true", help="interloom rows only")
-    ap.add_argument("--speed", type=int, default=0, metavar="ROUNDS",
-                    help="only measure extract_document's pages/s, best of ROUNDS, of this checkout and of --vs")
-    ap.add_argument("--vs", type=Path, action="append", default=[],
-                    help="another checkout (e.g. main) to time side by side with --speed")
+    ap.add_argument(
+        "--speed",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="only measure extract_document's pages/s, best of ROUNDS, of this checkout and of --vs",
+    )
+    ap.add_argument(
+        "--vs",
+        type=Path,
+        action="append",
+        default=[],
+        help="another checkout (e.g. main) to time side by side with --speed",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if not (args.data / "dev" / "html" / "manifest.jsonl").is_file():
@@ -464,16 +489,27 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(gap_table(results["interloom, in-sample"], results["interloom, site-grouped 10-fold CV"]))
     print()
-    print(f"pages: {dict(n)}, sites: {len({p.site for p in pages})}; gold images: "
-          f"{sum(len(p.gold_images or ()) for p in pages)}, silver images: "
-          f"{sum(len(p.silver_images or ()) for p in pages)}; in-sample: focus {ins_focus}, (l2, page power) "
-          f"{ins_l2}, threshold {model.threshold}; per fold (focus, (l2, page power)): "
-          f"{dict(Counter(cv_chosen.values()))}")
+    print(
+        f"pages: {dict(n)}, sites: {len({p.site for p in pages})}; gold images: "
+        f"{sum(len(p.gold_images or ()) for p in pages)}, silver images: "
+        f"{sum(len(p.silver_images or ()) for p in pages)}; in-sample: focus {ins_focus}, (l2, page power) "
+        f"{ins_l2}, threshold {model.threshold}; per fold (focus, (l2, page power)): "
+        f"{dict(Counter(cv_chosen.values()))}"
+    )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"pages": dict(n), "results": results, "seconds": seconds,
-                                        "in_sample": {"focus": ins_focus, "l2": ins_l2, "threshold": model.threshold},
-                                        "cv_chosen": {str(k): v for k, v in cv_chosen.items()}}, indent=2))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "pages": dict(n),
+                    "results": results,
+                    "seconds": seconds,
+                    "in_sample": {"focus": ins_focus, "l2": ins_l2, "threshold": model.threshold},
+                    "cv_chosen": {str(k): v for k, v in cv_chosen.items()},
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -71,14 +71,19 @@ def _guarded(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     try:
         result = {"ok": True, **fn()}
     except Exception as e:  # noqa: BLE001 -- every failure of a section is reported, none ends the check
-        result = {"ok": False, "error": f"{type(e).__name__}: {str(e)[:2000]}",
-                  "traceback": traceback.format_exc()[-4000:]}
+        result = {
+            "ok": False,
+            "error": f"{type(e).__name__}: {str(e)[:2000]}",
+            "traceback": traceback.format_exc()[-4000:],
+        }
     finally:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     result["seconds"] = round(time.perf_counter() - t0, 2)
-    print(f"[gpu-check] {name}: {'ok' if result['ok'] else 'FAILED ' + result['error']} "
-          f"({result['seconds']} s)", flush=True)
+    print(
+        f"[gpu-check] {name}: {'ok' if result['ok'] else 'FAILED ' + result['error']} ({result['seconds']} s)",
+        flush=True,
+    )
     return result
 
 
@@ -102,9 +107,13 @@ def environment(dry_run: bool) -> dict[str, Any]:
     device = _device()
     peak, assumed = peak_flops(device, None, cpu_assumed=1e11)
     env: dict[str, Any] = {
-        "torch": torch.__version__, "python": platform.python_version(), "cuda": torch.version.cuda,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.version.cuda,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "peak_flops": peak, "peak_assumed": assumed, "dry_run": dry_run,
+        "peak_flops": peak,
+        "peak_assumed": assumed,
+        "dry_run": dry_run,
         "nccl": str(torch.cuda.nccl.version()) if device.type == "cuda" else None,
     }
     if device.type == "cuda":
@@ -134,8 +143,15 @@ def recipe_config(dry_run: bool, steps: int):
 
     name = "debug-cpu" if dry_run else "single-gpu"
     tiny = ["data.seq_len=128", "model.vision.patch_size=4"] if dry_run else []
-    overrides = [*tiny, "optim.grad_accum=1", f"optim.warmup_steps={max(1, steps // 5)}", "parallel.data_parallel=fsdp",
-                 "parallel.param_dtype=bfloat16", f"run.use_gpu={not dry_run}", "model.image_token_id=4"]
+    overrides = [
+        *tiny,
+        "optim.grad_accum=1",
+        f"optim.warmup_steps={max(1, steps // 5)}",
+        "parallel.data_parallel=fsdp",
+        "parallel.param_dtype=bfloat16",
+        f"run.use_gpu={not dry_run}",
+        "model.image_token_id=4",
+    ]
     cfg = load_config(TrainConfig, resolve_recipe(name), overrides)
     return name, TrainConfig.model_validate(cfg.model_dump() | {"stages": [{"trainable": "all", "steps": steps}]})
 
@@ -189,15 +205,27 @@ def recipe(dry_run: bool, steps: int) -> dict[str, Any]:
         moe_backends = sorted({m.grouped_mm_backend for m in model.modules() if isinstance(m, MoE)} - {None})
     finally:
         dist.destroy_process_group()
-    head, tail = losses[: max(1, steps // 5)], losses[-max(1, steps // 5):]
+    head, tail = losses[: max(1, steps // 5)], losses[-max(1, steps // 5) :]
     res = {
-        "recipe": name, "steps": steps, "batch": f"{B} x {T}", "dtype": cfg.parallel.param_dtype,
-        "params": sum(p.numel() for p in model.parameters()), "active_params": model.num_active_params(),
-        "tokens_per_s": row["tokens_per_s"], "images_per_s": row["images_per_s"], "mfu": row["mfu"],
-        "peak_flops_assumed": assumed, "step_ms_median": sorted(step_ms[warmup:])[len(step_ms[warmup:]) // 2],
-        "first_step_ms": step_ms[0], "loss_first": sum(head) / len(head), "loss_last": sum(tail) / len(tail),
-        "losses": losses, "expert_load_max_over_mean": row["expert_load_max_over_mean"],
-        "expert_dead_frac": row["expert_dead_frac"], "moe_backend": moe_backends, "attention_kernels": kernels,
+        "recipe": name,
+        "steps": steps,
+        "batch": f"{B} x {T}",
+        "dtype": cfg.parallel.param_dtype,
+        "params": sum(p.numel() for p in model.parameters()),
+        "active_params": model.num_active_params(),
+        "tokens_per_s": row["tokens_per_s"],
+        "images_per_s": row["images_per_s"],
+        "mfu": row["mfu"],
+        "peak_flops_assumed": assumed,
+        "step_ms_median": sorted(step_ms[warmup:])[len(step_ms[warmup:]) // 2],
+        "first_step_ms": step_ms[0],
+        "loss_first": sum(head) / len(head),
+        "loss_last": sum(tail) / len(tail),
+        "losses": losses,
+        "expert_load_max_over_mean": row["expert_load_max_over_mean"],
+        "expert_dead_frac": row["expert_dead_frac"],
+        "moe_backend": moe_backends,
+        "attention_kernels": kernels,
     }
     res["loss_falling"] = res["loss_last"] < res["loss_first"] and all(map(math.isfinite, losses))
     if device.type == "cuda":
@@ -217,9 +245,13 @@ def _profiled_attention_kernels(state, batches, cfg, flops, device) -> list[str]
         train_step(state, batches, cfg, 0.0, flops, device)
         _sync(device)
     keys = ("scaled_dot_product", "flash", "flex", "fmha", "efficient_attention", "cudnn", "attention")
-    names = {e.key for e in prof.key_averages()
-             if any(k in e.key.lower() for k in keys) and not e.key.startswith("autograd::")
-             and not e.key.endswith("Backward0")}
+    names = {
+        e.key
+        for e in prof.key_averages()
+        if any(k in e.key.lower() for k in keys)
+        and not e.key.startswith("autograd::")
+        and not e.key.endswith("Backward0")
+    }
     return sorted(names)[:20]
 
 
@@ -228,14 +260,24 @@ def moe(dry_run: bool, iters: int) -> dict[str, Any]:
 
     device = _device()
     # (S, D, F, E, K): the single-gpu recipe's MoE layer at one batch of tokens, and many small experts
-    shapes = [(256, 64, 64, 4, 2), (256, 64, 32, 16, 4)] if dry_run else \
-        [(16384, 768, 1024, 8, 2), (16384, 1024, 512, 64, 8)]
+    shapes = (
+        [(256, 64, 64, 4, 2), (256, 64, 32, 16, 4)]
+        if dry_run
+        else [(16384, 768, 1024, 8, 2), (16384, 1024, 512, 64, 8)]
+    )
     rows = []
     for S, D, Fh, E, K in shapes:
         r = run_shape(S, D, Fh, E, K, device.type, torch.bfloat16, iters)
-        rows.append({"shape": r["shape"], "backend": r["backend"], "ours_ms": r["ours"] * 1e3,
-                     "ours_loop_ms": r["ours_loop"] * 1e3, "hf_mask_loop_ms": r["hf"] * 1e3,
-                     "dense_same_active_ms": r["dense"] * 1e3})
+        rows.append(
+            {
+                "shape": r["shape"],
+                "backend": r["backend"],
+                "ours_ms": r["ours"] * 1e3,
+                "ours_loop_ms": r["ours_loop"] * 1e3,
+                "hf_mask_loop_ms": r["hf"] * 1e3,
+                "dense_same_active_ms": r["dense"] * 1e3,
+            }
+        )
     return {"dtype": "bfloat16", "shapes": rows}
 
 
@@ -251,17 +293,19 @@ def attention(dry_run: bool, iters: int) -> dict[str, Any]:
         t, s = 0, 0
         while t < T:
             n = min(T - t, 64 + int(torch.randint(T // 2, (1,), generator=gen)))
-            seg_BT[b, t:t + n], t, s = s, t + n, s + 1
+            seg_BT[b, t : t + n], t, s = s, t + n, s + 1
     seg_BT = seg_BT.to(device)
     dtype = torch.bfloat16
     q, k, v = (torch.randn(B, H, T, Dh, generator=gen).to(device, dtype).requires_grad_() for _ in range(3))
     causal_TT = torch.ones(T, T, dtype=torch.bool, device=device).tril()
     mask_B1TT = ((seg_BT[:, :, None] == seg_BT[:, None, :]) & causal_TT)[:, None]
     res: dict[str, Any] = {"shape": f"B={B} H={H} T={T} Dh={Dh} bf16", "documents_per_row": int(seg_BT[0].max()) + 1}
-    res["sdpa_dense_mask_ms"] = _fwd_bwd_ms(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask_B1TT),
-                                            device, iters)
+    res["sdpa_dense_mask_ms"] = _fwd_bwd_ms(
+        lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask_B1TT), device, iters
+    )
     res["sdpa_causal_no_documents_ms"] = _fwd_bwd_ms(
-        lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), device, iters)
+        lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), device, iters
+    )
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -339,8 +383,9 @@ def _fsdp_worker(rank: int, world: int, port: int, backend: str, result_dir: str
             stats = train_step(state, batches, cfg, 1e-3, FlopCounter.of(model), device)
             losses.append(float(stats.lm_loss_sum / stats.n_label_tokens.clamp(min=1)))
         _sync(device)
-        Path(result_dir, f"rank{rank}.json").write_text(json.dumps(
-            {"losses": losses, "seconds": time.perf_counter() - t0, "device": str(device)}))
+        Path(result_dir, f"rank{rank}.json").write_text(
+            json.dumps({"losses": losses, "seconds": time.perf_counter() - t0, "device": str(device)})
+        )
     finally:
         dist.destroy_process_group()
 
@@ -387,39 +432,51 @@ def table(report: dict[str, Any]) -> str:
     lines = ["| check | result |", "|---|---|"]
     env = s["environment"]
     if env.get("ok"):
-        lines.append(f"| device | {env['device']} (torch {env['torch']}, peak {env['peak_flops'] / 1e12:.3g} "
-                     f"TFLOP/s{' assumed' if env['peak_assumed'] else ''}) |")
+        lines.append(
+            f"| device | {env['device']} (torch {env['torch']}, peak {env['peak_flops'] / 1e12:.3g} "
+            f"TFLOP/s{' assumed' if env['peak_assumed'] else ''}) |"
+        )
     r = s["recipe"]
     if r.get("ok"):
         mem = f", peak memory {r['peak_memory_gib']} GiB" if "peak_memory_gib" in r else ""
-        lines.append(f"| {r['recipe']} recipe, {r['steps']} steps | {r['tokens_per_s']:,.0f} tokens/s, "
-                     f"MFU {100 * r['mfu']:.1f}%, {r['step_ms_median']:.0f} ms/step{mem}; loss "
-                     f"{r['loss_first']:.3f} -> {r['loss_last']:.3f} "
-                     f"({'falling' if r['loss_falling'] else 'NOT falling'})"
-                     f"; MoE {'/'.join(r['moe_backend'])} |")
+        lines.append(
+            f"| {r['recipe']} recipe, {r['steps']} steps | {r['tokens_per_s']:,.0f} tokens/s, "
+            f"MFU {100 * r['mfu']:.1f}%, {r['step_ms_median']:.0f} ms/step{mem}; loss "
+            f"{r['loss_first']:.3f} -> {r['loss_last']:.3f} "
+            f"({'falling' if r['loss_falling'] else 'NOT falling'})"
+            f"; MoE {'/'.join(r['moe_backend'])} |"
+        )
         lines.append(f"| attention kernels in the step | {', '.join(r['attention_kernels']) or '-'} |")
     m = s["moe"]
     if m.get("ok"):
         for row in m["shapes"]:
             a = row["ours_ms"]
-            lines.append(f"| MoE bf16 {row['shape']} | ours {a:.2f} ms ({row['backend']}), loop "
-                         f"{row['ours_loop_ms'] / a:.2f}x, HF mask loop {row['hf_mask_loop_ms'] / a:.2f}x, "
-                         f"dense same active {row['dense_same_active_ms'] / a:.2f}x |")
+            lines.append(
+                f"| MoE bf16 {row['shape']} | ours {a:.2f} ms ({row['backend']}), loop "
+                f"{row['ours_loop_ms'] / a:.2f}x, HF mask loop {row['hf_mask_loop_ms'] / a:.2f}x, "
+                f"dense same active {row['dense_same_active_ms'] / a:.2f}x |"
+            )
     a = s["attention"]
     if a.get("ok"):
         flex = f"{a['flex_block_mask_ms']:.2f} ms" if "flex_block_mask_ms" in a else a.get("flex_error", "-")
-        lines.append(f"| attention {a['shape']} | dense mask {a['sdpa_dense_mask_ms']:.2f} ms, flex {flex}, "
-                     f"causal no docs {a['sdpa_causal_no_documents_ms']:.2f} ms |")
+        lines.append(
+            f"| attention {a['shape']} | dense mask {a['sdpa_dense_mask_ms']:.2f} ms, flex {flex}, "
+            f"causal no docs {a['sdpa_causal_no_documents_ms']:.2f} ms |"
+        )
     b = s["attention_backends"]
     if b.get("ok"):
         for row in b["cases"]:
             flex = f", flex {row['flex_ms'] / row['dense_ms']:.2f}x" if "flex_ms" in row else ""
-            lines.append(f"| model attention {row['case']} | dense {row['dense_ms']:.2f} ms, varlen "
-                         f"{row['varlen_ms'] / row['dense_ms']:.2f}x{flex} |")
+            lines.append(
+                f"| model attention {row['case']} | dense {row['dense_ms']:.2f} ms, varlen "
+                f"{row['varlen_ms'] / row['dense_ms']:.2f}x{flex} |"
+            )
     f = s["fsdp2"]
     if f.get("ok"):
-        lines.append(f"| FSDP2 2 processes ({f['backend']}) | losses rank 0 "
-                     f"{', '.join(f'{x:.3f}' for x in f['ranks'][0]['losses'])} |")
+        lines.append(
+            f"| FSDP2 2 processes ({f['backend']}) | losses rank 0 "
+            f"{', '.join(f'{x:.3f}' for x in f['ranks'][0]['losses'])} |"
+        )
     for name, sec in s.items():
         if not sec.get("ok"):
             lines.append(f"| {name} | FAILED: {sec['error'][:200]} |")
@@ -449,13 +506,18 @@ def main(argv: list[str] | None = None) -> int:
         "attention_backends": _guarded("attention_backends", lambda: attention_backends(args.dry_run, iters)),
         "fsdp2": _guarded("fsdp2", lambda: fsdp2(args.dry_run)),
     }
-    report = {"ok": all(s["ok"] for s in sections.values()), "seconds": round(time.perf_counter() - t0, 1),
-              "sections": sections}
+    report = {
+        "ok": all(s["ok"] for s in sections.values()),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "sections": sections,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(table(report))
-    print(f"[gpu-check] {'all sections ok' if report['ok'] else 'SOME SECTIONS FAILED'} in {report['seconds']} s; "
-          f"JSON: {args.out}")
+    print(
+        f"[gpu-check] {'all sections ok' if report['ok'] else 'SOME SECTIONS FAILED'} in {report['seconds']} s; "
+        f"JSON: {args.out}"
+    )
     return 0 if report["ok"] else 1
 
 

@@ -30,13 +30,39 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image as PILImage
 
-from filters.config import FiltersConfig
-from filters.registry import declared_signals
 from corpus.format import ShardInfo, append_manifest, write_shards
 from corpus.record import Document, Image, make_doc_id
 from corpus.stats import REJECTS_SCHEMA
+from filters.config import FiltersConfig
+from filters.registry import declared_signals
 
-WORDS = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not", "he", "this", "are", "or", "his", "from", "at", "which"]
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "a",
+    "is",
+    "that",
+    "for",
+    "it",
+    "as",
+    "was",
+    "with",
+    "be",
+    "by",
+    "on",
+    "not",
+    "he",
+    "this",
+    "are",
+    "or",
+    "his",
+    "from",
+    "at",
+    "which",
+]
 
 
 def template_docs(n: int, rng: np.random.Generator) -> list[Document]:
@@ -45,13 +71,28 @@ def template_docs(n: int, rng: np.random.Generator) -> list[Document]:
     jpeg = buf.getvalue()
     docs = []
     for i in range(n):
-        doc = Document(id=make_doc_id(f"t:{i}"), url=f"https://site{i % 997}.example/p/{i}", source=f"warc:f{i % 40}.warc.gz#{i}",
-                       lang=["en", "de", "fr", "zh"][i % 4], lang_score=0.9, title=f"Page {i}")
+        doc = Document(
+            id=make_doc_id(f"t:{i}"),
+            url=f"https://site{i % 997}.example/p/{i}",
+            source=f"warc:f{i % 40}.warc.gz#{i}",
+            lang=["en", "de", "fr", "zh"][i % 4],
+            lang_score=0.9,
+            title=f"Page {i}",
+        )
         for _ in range(1 + i % 3):
             doc.append_text(" ".join(rng.choice(WORDS, size=40 + i % 200)) + ".")
         if i % 20 == 0:
-            doc.append_image(Image(url=f"https://img.example/{i}.jpg", alt="", width=96, height=64, format="jpeg",
-                                   phash="0" * 16, data=jpeg))
+            doc.append_image(
+                Image(
+                    url=f"https://img.example/{i}.jpg",
+                    alt="",
+                    width=96,
+                    height=64,
+                    format="jpeg",
+                    phash="0" * 16,
+                    data=jpeg,
+                )
+            )
         docs.append(doc)
     return docs
 
@@ -61,8 +102,11 @@ def signals_json(rng: np.random.Generator, n: int) -> list[str]:
     lang = rng.uniform(0.65, 1.0, n)
     alpha = rng.uniform(0.8, 1.0, n)
     dup = rng.uniform(0.0, 0.3, n)
-    return [f'{{"lang_score": {a:.4f}, "gopher_n_words": {w}, "gopher_alpha_words_ratio": {b:.4f}, '
-            f'"gopher_dup_line_frac": {c:.4f}, "n_images": {w % 4}}}' for a, w, b, c in zip(lang, words, alpha, dup)]
+    return [
+        f'{{"lang_score": {a:.4f}, "gopher_n_words": {w}, "gopher_alpha_words_ratio": {b:.4f}, '
+        f'"gopher_dup_line_frac": {c:.4f}, "n_images": {w % 4}}}'
+        for a, w, b, c in zip(lang, words, alpha, dup)
+    ]
 
 
 def make_corpus(root: Path, n_docs: int, per_shard: int, seed: int = 0) -> None:
@@ -93,24 +137,58 @@ def make_corpus(root: Path, n_docs: int, per_shard: int, seed: int = 0) -> None:
     for s, shard in enumerate(shards):
         m = per_shard // 3
         pick = rng.integers(0, len(reasons), m)
-        docs = pa.table({"id": [make_doc_id(f"rej:{s}:{j}") for j in range(m)],
-                         "url": [f"https://rej{j % 991}.example/{s}/{j}" for j in range(m)],
-                         "stage": pa.array(stage_of[pick]), "item": ["document"] * m, "reason": pa.array(reasons[pick]),
-                         "detail": ["gopher_n_words=12 (min 50: min_doc_words)"] * m, "signals": signals_json(rng, m),
-                         "text": [("rejected text " * 20) if j < 20 else "" for j in range(m)],
-                         "key": rng.random(m)}, schema=REJECTS_SCHEMA)
+        docs = pa.table(
+            {
+                "id": [make_doc_id(f"rej:{s}:{j}") for j in range(m)],
+                "url": [f"https://rej{j % 991}.example/{s}/{j}" for j in range(m)],
+                "stage": pa.array(stage_of[pick]),
+                "item": ["document"] * m,
+                "reason": pa.array(reasons[pick]),
+                "detail": ["gopher_n_words=12 (min 50: min_doc_words)"] * m,
+                "signals": signals_json(rng, m),
+                "text": [("rejected text " * 20) if j < 20 else "" for j in range(m)],
+                "key": rng.random(m),
+            },
+            schema=REJECTS_SCHEMA,
+        )
         k = per_shard
-        blocks = pa.table({"id": [""] * k, "url": [""] * k, "stage": ["text_blocks"] * k, "item": ["text"] * k,
-                           "reason": ["no_terminal_punct"] * k, "detail": [""] * k, "signals": [""] * k,
-                           "text": [""] * k, "key": np.ones(k)}, schema=REJECTS_SCHEMA)
+        blocks = pa.table(
+            {
+                "id": [""] * k,
+                "url": [""] * k,
+                "stage": ["text_blocks"] * k,
+                "item": ["text"] * k,
+                "reason": ["no_terminal_punct"] * k,
+                "detail": [""] * k,
+                "signals": [""] * k,
+                "text": [""] * k,
+                "key": np.ones(k),
+            },
+            schema=REJECTS_SCHEMA,
+        )
         pq.write_table(pa.concat_tables([docs, blocks]), root / "rejects" / f"{shard.name}.parquet")
         n_rej += m
     kept = len(shards) * per_shard
-    stages = [{"name": "language", "in": kept + n_rej, "out": kept + n_rej * 3 // 4, "drops": {"lang_low_score": n_rej // 4}},
-              {"name": "gopher_quality", "in": kept + n_rej * 3 // 4, "out": kept, "drops": {"gopher_too_few_words": n_rej * 3 // 4}}]
+    stages = [
+        {"name": "language", "in": kept + n_rej, "out": kept + n_rej * 3 // 4, "drops": {"lang_low_score": n_rej // 4}},
+        {
+            "name": "gopher_quality",
+            "in": kept + n_rej * 3 // 4,
+            "out": kept,
+            "drops": {"gopher_too_few_words": n_rej * 3 // 4},
+        },
+    ]
     (root / "stats.json").write_text(json.dumps({"stages": stages, "items": {}, "counters": {}}))
-    (root / "build.json").write_text(json.dumps({"started_at": "synthetic", "finished_at": "synthetic",
-                                                 "config": {}, "signals": declared_signals(FiltersConfig())}))
+    (root / "build.json").write_text(
+        json.dumps(
+            {
+                "started_at": "synthetic",
+                "finished_at": "synthetic",
+                "config": {},
+                "signals": declared_signals(FiltersConfig()),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -125,17 +203,38 @@ def main() -> None:
     made = time.perf_counter() - t0
     out = root.parent / "report"
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pipeline.cli", "inspect", str(root), "--output", str(out), "--sample",
-                    "200", "--no-progress", "--json"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "inspect",
+            str(root),
+            "--output",
+            str(out),
+            "--sample",
+            "200",
+            "--no-progress",
+            "--json",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     wall = time.perf_counter() - t0
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     html = (out / "index.html").stat().st_size
     assets = sum(p.stat().st_size for p in (out / "assets").rglob("*") if p.is_file())
     summary = json.loads((out / "summary.json").read_text())
-    result = {"documents": summary["totals"]["documents"], "rejects_rows": summary["rejects"]["rows"],
-              "what_if_sample": summary["what_if"], "corpus_made_s": round(made, 1), "inspect_s": round(wall, 1),
-              "peak_rss_mib": round(peak_mib), "index_html_mib": round(html / 2**20, 2),
-              "assets_mib": round(assets / 2**20, 2)}
+    result = {
+        "documents": summary["totals"]["documents"],
+        "rejects_rows": summary["rejects"]["rows"],
+        "what_if_sample": summary["what_if"],
+        "corpus_made_s": round(made, 1),
+        "inspect_s": round(wall, 1),
+        "peak_rss_mib": round(peak_mib),
+        "index_html_mib": round(html / 2**20, 2),
+        "assets_mib": round(assets / 2**20, 2),
+    }
     print(json.dumps(result, indent=2))
     if args.keep:
         print(f"corpus kept in {root}")

@@ -42,8 +42,8 @@ from corpus.config import load_config
 from corpus.format import Corpus
 from train.config import TrainConfig, resolve_recipe
 from train.data import Loader
-from train.tokenizer import train_from_corpus
 from train.flops import GPU_PEAK_BF16_FLOPS
+from train.tokenizer import train_from_corpus
 
 
 def children_cpu_s() -> float:
@@ -79,11 +79,17 @@ def time_loader(cfg: TrainConfig, tok: Path, corpus: Path, seconds: float) -> di
     c1 = ld.counters()  # counters of the batches yielded (slot states travel with the batches)
     assert c1["tokens"] - c0["tokens"] == tokens
     cpu = main_cpu + workers_cpu
-    return {"batches/s": n / dt, "docs/s": (c1["documents"] - c0["documents"]) / dt,
-            "images/s": (c1.get("images_kept", 0) - c0.get("images_kept", 0)) / dt,
-            "tokens/s": tokens / dt, "tokens/cpu-s": tokens / cpu, "cores busy": cpu / dt,
-            "main cpu ms/batch": 1e3 * main_cpu / n, "worker cpu ms/batch": 1e3 * workers_cpu / n,
-            "tokens/batch": tokens / n}
+    return {
+        "batches/s": n / dt,
+        "docs/s": (c1["documents"] - c0["documents"]) / dt,
+        "images/s": (c1.get("images_kept", 0) - c0.get("images_kept", 0)) / dt,
+        "tokens/s": tokens / dt,
+        "tokens/cpu-s": tokens / cpu,
+        "cores busy": cpu / dt,
+        "main cpu ms/batch": 1e3 * main_cpu / n,
+        "worker cpu ms/batch": 1e3 * workers_cpu / n,
+        "tokens/batch": tokens / n,
+    }
 
 
 def time_peer(corpus: Path, seconds: float) -> dict[str, float]:
@@ -156,10 +162,12 @@ def main() -> None:
     corpus = build_corpus(work / "corpus", [args.docs // 4] * 4, images_per_doc=2, max_side=512)
     tok = work / "tokenizer.json"
     train_from_corpus(corpus, tok, vocab_size=2048)
-    print(f"corpus: {args.docs} documents, {sum(s.images for s in Corpus(corpus).shards())} images, "
-          f"{sum(s.bytes for s in Corpus(corpus).shards()) / 1e6:.1f} MB; torch threads 1; {os.cpu_count()} "
-          f"cores, load average {os.getloadavg()[0]:.1f}; medians of {args.repeats} runs of {args.seconds:.0f} s",
-          flush=True)
+    print(
+        f"corpus: {args.docs} documents, {sum(s.images for s in Corpus(corpus).shards())} images, "
+        f"{sum(s.bytes for s in Corpus(corpus).shards()) / 1e6:.1f} MB; torch threads 1; {os.cpu_count()} "
+        f"cores, load average {os.getloadavg()[0]:.1f}; medians of {args.repeats} runs of {args.seconds:.0f} s",
+        flush=True,
+    )
 
     def recipe_cfg(recipe: str, *overrides: str) -> TrainConfig:
         return load_config(TrainConfig, resolve_recipe(recipe), [f"data.corpus={corpus}", *overrides])
@@ -170,8 +178,12 @@ def main() -> None:
         cfg = recipe_cfg(recipe, "data.num_workers=0")
         load = median_of([time_loader(cfg, tok, corpus, args.seconds) for _ in range(args.repeats)])
         if recipe == "debug-cpu":
-            cons = median_of([time_consumption(recipe_cfg(recipe, "data.num_workers=0"), tok, corpus, args.steps)
-                              for _ in range(args.repeats)])
+            cons = median_of(
+                [
+                    time_consumption(recipe_cfg(recipe, "data.num_workers=0"), tok, corpus, args.steps)
+                    for _ in range(args.repeats)
+                ]
+            )
             need, how = cons["tokens/s"], f"measured on CPU, {cons['steps/s']:.1f} steps/s"
         else:
             from train.model import VLM
@@ -185,37 +197,53 @@ def main() -> None:
                 wcfg = recipe_cfg(recipe, f"data.num_workers={n}")
                 w = median_of([time_loader(wcfg, tok, corpus, args.seconds) for _ in range(args.repeats)])
                 worker_rows.append((n, w, cfg))
-                print(f"{recipe}, {n} worker processes: {w['tokens/s']:.0f} tokens/s wall ({w['cores busy']:.2f}"
-                      f" cores busy), {w['tokens/cpu-s']:.0f} tokens per CPU-second, training process "
-                      f"{w['main cpu ms/batch']:.0f} ms CPU per batch", flush=True)
+                print(
+                    f"{recipe}, {n} worker processes: {w['tokens/s']:.0f} tokens/s wall ({w['cores busy']:.2f}"
+                    f" cores busy), {w['tokens/cpu-s']:.0f} tokens per CPU-second, training process "
+                    f"{w['main cpu ms/batch']:.0f} ms CPU per batch",
+                    flush=True,
+                )
         rows.append((recipe, cfg, load, need, how))
-        print(f"{recipe}: loader {load['docs/s']:.1f} docs/s, {load['images/s']:.1f} images/s, "
-              f"{load['tokens/s']:.0f} tokens/s ({load['tokens/cpu-s']:.0f} per CPU-second), "
-              f"{load['batches/s']:.2f} batches/s | consumption {need:.0f} tokens/s ({how}) | headroom "
-              f"{load['tokens/s'] / need:.2f}x per loader process", flush=True)
+        print(
+            f"{recipe}: loader {load['docs/s']:.1f} docs/s, {load['images/s']:.1f} images/s, "
+            f"{load['tokens/s']:.0f} tokens/s ({load['tokens/cpu-s']:.0f} per CPU-second), "
+            f"{load['batches/s']:.2f} batches/s | consumption {need:.0f} tokens/s ({how}) | headroom "
+            f"{load['tokens/s'] / need:.2f}x per loader process",
+            flush=True,
+        )
     print(f"peer webdataset .decode('pil'): {peer['docs/s']:.1f} docs/s, {peer['images/s']:.1f} images/s")
 
-    print("\n| shapes | loader docs/s | loader images/s | loader tokens/s | tokens per CPU-s | trainer tokens/s "
-          "| headroom per loader process |")
+    print(
+        "\n| shapes | loader docs/s | loader images/s | loader tokens/s | tokens per CPU-s | trainer tokens/s "
+        "| headroom per loader process |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for recipe, cfg, load, need, how in rows:
         d = cfg.data
-        print(f"| {recipe} (T={d.seq_len}, B={d.batch_size}, <= {d.max_pixels} px, p={cfg.model.vision.patch_size})"
-              f" | {load['docs/s']:.1f} | {load['images/s']:.1f} | {load['tokens/s']:,.0f} | "
-              f"{load['tokens/cpu-s']:,.0f} | {need:,.0f} ({how}) | {load['tokens/s'] / need:.2f}x |")
-    print(f"| peer: webdataset `.decode(\"pil\")` (read + decode only) | {peer['docs/s']:.1f} | "
-          f"{peer['images/s']:.1f} | - | - | - | - |")
+        print(
+            f"| {recipe} (T={d.seq_len}, B={d.batch_size}, <= {d.max_pixels} px, p={cfg.model.vision.patch_size})"
+            f" | {load['docs/s']:.1f} | {load['images/s']:.1f} | {load['tokens/s']:,.0f} | "
+            f"{load['tokens/cpu-s']:,.0f} | {need:,.0f} ({how}) | {load['tokens/s'] / need:.2f}x |"
+        )
+    print(
+        f'| peer: webdataset `.decode("pil")` (read + decode only) | {peer["docs/s"]:.1f} | '
+        f"{peer['images/s']:.1f} | - | - | - | - |"
+    )
     need = rows[-1][3]
-    print("\n| single-gpu loader | wall tokens/s (this machine) | cores busy | tokens per CPU-s (workers + "
-          "training process) | worker CPU per batch | training-process CPU per batch | for 2x headroom: "
-          "batches/s, worker processes + training-process cores = cores |")
+    print(
+        "\n| single-gpu loader | wall tokens/s (this machine) | cores busy | tokens per CPU-s (workers + "
+        "training process) | worker CPU per batch | training-process CPU per batch | for 2x headroom: "
+        "batches/s, worker processes + training-process cores = cores |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for n, w, _ in worker_rows:
         rate = 2 * need / w["tokens/batch"]
         workers, main = rate * w["worker cpu ms/batch"] / 1e3, rate * w["main cpu ms/batch"] / 1e3
-        print(f"| {n} worker process{'es' if n > 1 else ''} | {w['tokens/s']:,.0f} | {w['cores busy']:.2f} | "
-              f"{w['tokens/cpu-s']:,.0f} | {w['worker cpu ms/batch']:.0f} ms | {w['main cpu ms/batch']:.0f} ms | "
-              f"{rate:.0f}/s: {math.ceil(workers)} + {main:.1f} = {math.ceil(workers + main)} |")
+        print(
+            f"| {n} worker process{'es' if n > 1 else ''} | {w['tokens/s']:,.0f} | {w['cores busy']:.2f} | "
+            f"{w['tokens/cpu-s']:,.0f} | {w['worker cpu ms/batch']:.0f} ms | {w['main cpu ms/batch']:.0f} ms | "
+            f"{rate:.0f}/s: {math.ceil(workers)} + {main:.1f} = {math.ceil(workers + main)} |"
+        )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def load_texts(n_docs: int) -> list[str]:
 
 def word_shingles(normalized: str, ngram: int) -> list[bytes]:
     words = normalized.split(" ")
-    return [" ".join(words[i:i + ngram]).encode("utf-8") for i in range(max(1, len(words) - ngram + 1))]
+    return [" ".join(words[i : i + ngram]).encode("utf-8") for i in range(max(1, len(words) - ngram + 1))]
 
 
 def best_of(repeats: int, *fns) -> list[float]:
@@ -92,17 +92,25 @@ def main() -> None:
 
     t_ours, t_ds, t_plain = best_of(args.repeats, ours, datasketch_shared, datasketch_plain)
     t_plain *= args.docs / n_plain
-    rate = {name: args.docs / t for name, t in
-            [("ours", t_ours), ("datasketch_shared", t_ds), ("datasketch_plain", t_plain)]}
-    print(f"documents: {args.docs} (mean {n_shingles / args.docs:.0f} distinct shingles), num_perm {num_perm} "
-          f"({args.bands}x{args.rows}), word {args.ngram}-grams")
+    rate = {
+        name: args.docs / t
+        for name, t in [("ours", t_ours), ("datasketch_shared", t_ds), ("datasketch_plain", t_plain)]
+    }
+    print(
+        f"documents: {args.docs} (mean {n_shingles / args.docs:.0f} distinct shingles), num_perm {num_perm} "
+        f"({args.bands}x{args.rows}), word {args.ngram}-grams"
+    )
     print(f"normalisation (shared, not in the rates): {args.docs / t_norm:,.0f} docs/s")
     print(f"{'implementation':<44}{'signatures/s':>14}{'ours is':>10}")
     print(f"{'interloom MinHasher (one-permutation, numpy)':<44}{rate['ours']:>14,.0f}{'1.0x':>10}")
-    print(f"{'datasketch MinHash, shared permutations':<44}{rate['datasketch_shared']:>14,.0f}"
-          f"{rate['ours'] / rate['datasketch_shared']:>9.1f}x")
-    print(f"{'datasketch MinHash(num_perm) per document':<44}{rate['datasketch_plain']:>14,.0f}"
-          f"{rate['ours'] / rate['datasketch_plain']:>9.1f}x")
+    print(
+        f"{'datasketch MinHash, shared permutations':<44}{rate['datasketch_shared']:>14,.0f}"
+        f"{rate['ours'] / rate['datasketch_shared']:>9.1f}x"
+    )
+    print(
+        f"{'datasketch MinHash(num_perm) per document':<44}{rate['datasketch_plain']:>14,.0f}"
+        f"{rate['ours'] / rate['datasketch_plain']:>9.1f}x"
+    )
     sig = hasher.signatures([hasher.shingle_hashes(cps[0], False)])
     assert sig.shape == (1, num_perm) and np.all(sig[0] < np.uint32(0xFFFFFFFF))
 

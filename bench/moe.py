@@ -82,14 +82,24 @@ def run_shape(S: int, D: int, Fh: int, E: int, K: int, device: str, dtype: torch
         torch.testing.assert_close(ours(x_SD)[0], ref, rtol=tol, atol=tol)
         torch.testing.assert_close(loop(x_SD)[0], ref, rtol=tol, atol=tol)
 
-    res = {"shape": f"S={S} D={D} F={Fh} E={E} K={K}", "device": f"{device} {str(dtype).split('.')[-1]}",
-           "backend": ours.grouped_mm_backend}
-    res.update(time_round_robin({
-        "ours": (ours, list(ours.parameters())),
-        "ours_loop": (loop, list(loop.parameters())),
-        "hf": (lambda x: hf_style_moe(ours, x), list(ours.parameters())),
-        "dense": (dense, list(dense.parameters())),
-    }, x_SD, iters, sync))
+    res = {
+        "shape": f"S={S} D={D} F={Fh} E={E} K={K}",
+        "device": f"{device} {str(dtype).split('.')[-1]}",
+        "backend": ours.grouped_mm_backend,
+    }
+    res.update(
+        time_round_robin(
+            {
+                "ours": (ours, list(ours.parameters())),
+                "ours_loop": (loop, list(loop.parameters())),
+                "hf": (lambda x: hf_style_moe(ours, x), list(ours.parameters())),
+                "dense": (dense, list(dense.parameters())),
+            },
+            x_SD,
+            iters,
+            sync,
+        )
+    )
     return res
 
 
@@ -99,21 +109,29 @@ def main() -> None:
     args = ap.parse_args()
     shapes = [("cpu", torch.float32, (1024, 256, 512, 8, 2)), ("cpu", torch.float32, (2048, 256, 256, 32, 4))]
     if torch.cuda.is_available():
-        shapes += [("cuda", torch.bfloat16, (16384, 1024, 2048, 8, 2)),
-                   ("cuda", torch.bfloat16, (16384, 1024, 512, 64, 8))]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; forward+backward, median of "
-          f"{args.iters}; ratios are time / (a)")
+        shapes += [
+            ("cuda", torch.bfloat16, (16384, 1024, 2048, 8, 2)),
+            ("cuda", torch.bfloat16, (16384, 1024, 512, 64, 8)),
+        ]
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; forward+backward, median of "
+        f"{args.iters}; ratios are time / (a)"
+    )
     print()
-    print("| shape | device | (a) ours (backend) | (a') ours, loop backend | (b) HF per-expert mask loop "
-          "| (c) dense SwiGLU, same active params |")
+    print(
+        "| shape | device | (a) ours (backend) | (a') ours, loop backend | (b) HF per-expert mask loop "
+        "| (c) dense SwiGLU, same active params |"
+    )
     print("|---|---|---|---|---|---|")
     for device, dtype, (S, D, Fh, E, K) in shapes:
         r = run_shape(S, D, Fh, E, K, device, dtype, args.iters)
         a = r["ours"]
-        print(f"| {r['shape']} | {r['device']} | {a * 1e3:.1f} ms ({r['backend']}) "
-              f"| {r['ours_loop'] * 1e3:.1f} ms ({r['ours_loop'] / a:.2f}x) "
-              f"| {r['hf'] * 1e3:.1f} ms ({r['hf'] / a:.2f}x) | {r['dense'] * 1e3:.1f} ms ({r['dense'] / a:.2f}x) |",
-              flush=True)
+        print(
+            f"| {r['shape']} | {r['device']} | {a * 1e3:.1f} ms ({r['backend']}) "
+            f"| {r['ours_loop'] * 1e3:.1f} ms ({r['ours_loop'] / a:.2f}x) "
+            f"| {r['hf'] * 1e3:.1f} ms ({r['hf'] / a:.2f}x) | {r['dense'] * 1e3:.1f} ms ({r['dense'] / a:.2f}x) |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

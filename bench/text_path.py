@@ -38,14 +38,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from corpus.record import STAGED_SCHEMA, documents_to_staged_table
+from corpus.stats import Ledger, check_funnel
+from corpus.steps import run_steps
 from crawl.extract import ExtractConfig, ExtractStep
 from crawl.sources import WarcSource, discover_units
 from filters.config import GopherQualityConfig, LanguageConfig
 from filters.gopher import GopherQualityFilter
 from filters.language import LanguageFilter, lid176_path, load_fasttext
-from corpus.record import STAGED_SCHEMA, documents_to_staged_table
-from corpus.stats import Ledger, check_funnel
-from corpus.steps import run_steps
 
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
 WARC_DIR = REAL / "dev" / "warc"
@@ -100,9 +100,11 @@ def _cpu_now() -> float:
 
 # ---- interloom ------------------------------------------------------------------------------------------
 def run_ours(paths: list[Path], out: Path, name: str = "interloom") -> Result:
-    steps = [ExtractStep(ExtractConfig(timeout_s=TIMEOUT_S)),
-             LanguageFilter(LanguageConfig(min_score=MIN_LANG_SCORE)),
-             GopherQualityFilter(GopherQualityConfig())]
+    steps = [
+        ExtractStep(ExtractConfig(timeout_s=TIMEOUT_S)),
+        LanguageFilter(LanguageConfig(min_score=MIN_LANG_SCORE)),
+        GopherQualityFilter(GopherQualityConfig()),
+    ]
     ledger = Ledger()
     t0, c0 = time.perf_counter(), _cpu_now()
     for step in steps:
@@ -130,8 +132,10 @@ def run_ours(paths: list[Path], out: Path, name: str = "interloom") -> Result:
         if s["name"] != "read":
             res.drops.update({f"{s['name']}: {r}": n for r, n in s["drops"].items()})
     read = ledger.stage("read")
-    res.notes.append(f"WARC records read {read.n_in}, HTML pages {read.n_out}; other records (requests, "
-                     f"images, non-200, non-HTML) are counted drops of the read stage")
+    res.notes.append(
+        f"WARC records read {read.n_in}, HTML pages {read.n_out}; other records (requests, "
+        f"images, non-200, non-HTML) are counted drops of the read stage"
+    )
     return res
 
 
@@ -154,8 +158,9 @@ def _datatrove_language_filter():
             (langs,), (scores,) = self.model.predict([doc.text.replace("\n", " ")], k=self.k)
             lang_pairs = {lang.split("__")[2]: float(score) for lang, score in zip(langs, scores)}
             best_lang_pair = max(lang_pairs.items(), key=lambda x: x[1])
-            return best_lang_pair, ({lang: lang_pairs.get(lang, 0.0) for lang in self.languages}
-                                    if self.languages else lang_pairs)
+            return best_lang_pair, (
+                {lang: lang_pairs.get(lang, 0.0) for lang in self.languages} if self.languages else lang_pairs
+            )
 
     class FtlidLanguageFilter(DTLanguageFilter):
         """Upstream's filter without its install check, which demands the `fasttext-numpy2-wheel` distribution
@@ -214,12 +219,15 @@ def run_datatrove(paths: list[Path], out: Path) -> Result:
         if key.startswith("dropped_"):
             reason = key.removeprefix("dropped_")
             res.drops[f"gopher_quality: {GOPHER_NAMES.get(reason, reason)}"] += int(
-                value["total"] if isinstance(value, dict) else value)
+                value["total"] if isinstance(value, dict) else value
+            )
     dropped = sum(res.drops.values())
     assert res.docs_in == res.kept + dropped, (res.docs_in, res.kept, res.drops)
     assert extracted == res.docs_in - sum(n for k, n in res.drops.items() if k.startswith("extract:"))
-    res.notes.append("WarcReader yields response records whose WARC-Identified-Payload-Type (or libmagic "
-                     "guess) is HTML, without an HTTP status check; skipped records are not counted")
+    res.notes.append(
+        "WarcReader yields response records whose WARC-Identified-Payload-Type (or libmagic "
+        "guess) is HTML, without an HTTP status check; skipped records are not counted"
+    )
     return res
 
 
@@ -234,34 +242,45 @@ def report(results: list[Result]) -> dict:
     lines = [f"{'':<40}" + "".join(f"{r.name:>{width}}" for r in results)]
     rows = [("documents in (HTML pages)", [r.docs_in for r in results]), ("kept", [r.kept for r in results])]
     for cat in ("extract", "language", "gopher_quality"):
-        rows.append((f"dropped at {cat}", [sum(n for k, n in r.drops.items() if category(k) == cat)
-                                            for r in results]))
+        rows.append((f"dropped at {cat}", [sum(n for k, n in r.drops.items() if category(k) == cat) for r in results]))
         for key in sorted({k for r in results for k in r.drops if category(k) == cat}):
             rows.append((f"  {key.split(': ', 1)[1]}", [r.drops.get(key, 0) for r in results]))
     for label, values in rows:
         lines.append(f"{label:<40}" + "".join(f"{v:>{width},}" for v in values))
-    for label, values in [("wall seconds (1 worker)", [r.wall_s for r in results]),
-                          ("CPU seconds (all processes)", [r.cpu_s for r in results]),
-                          ("documents/s per core (wall)", [r.docs_per_s for r in results]),
-                          ("documents per CPU second", [r.docs_per_cpu_s for r in results]),
-                          ("speed vs datatrove, same input (wall)", [peer.wall_s / r.wall_s for r in results]),
-                          ("speed vs datatrove, same input (CPU)", [peer.cpu_s / r.cpu_s for r in results])]:
+    for label, values in [
+        ("wall seconds (1 worker)", [r.wall_s for r in results]),
+        ("CPU seconds (all processes)", [r.cpu_s for r in results]),
+        ("documents/s per core (wall)", [r.docs_per_s for r in results]),
+        ("documents per CPU second", [r.docs_per_cpu_s for r in results]),
+        ("speed vs datatrove, same input (wall)", [peer.wall_s / r.wall_s for r in results]),
+        ("speed vs datatrove, same input (CPU)", [peer.cpu_s / r.cpu_s for r in results]),
+    ]:
         lines.append(f"{label:<40}" + "".join(f"{v:>{width}.2f}" for v in values))
     print("\n".join(lines))
     for r in results:
         for note in r.notes:
             print(f"{r.name}: {note}")
-    return {"rows": rows, **{r.name: {"docs_in": r.docs_in, "kept": r.kept, "drops": dict(r.drops),
-                                       "wall_s": r.wall_s, "cpu_s": r.cpu_s,
-                                       "speed_vs_datatrove_wall": peer.wall_s / r.wall_s,
-                                       "speed_vs_datatrove_cpu": peer.cpu_s / r.cpu_s} for r in results}}
+    return {
+        "rows": rows,
+        **{
+            r.name: {
+                "docs_in": r.docs_in,
+                "kept": r.kept,
+                "drops": dict(r.drops),
+                "wall_s": r.wall_s,
+                "cpu_s": r.cpu_s,
+                "speed_vs_datatrove_wall": peer.wall_s / r.wall_s,
+                "speed_vs_datatrove_cpu": peer.cpu_s / r.cpu_s,
+            }
+            for r in results
+        },
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=1, help="rounds; the sides alternate, best wall time wins")
-    ap.add_argument("--only", choices=("interloom", "datatrove"), default=None,
-                    help="run one side (profiling)")
+    ap.add_argument("--only", choices=("interloom", "datatrove"), default=None, help="run one side (profiling)")
     ap.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
     args = ap.parse_args()
     paths = warc_inputs()
@@ -280,8 +299,10 @@ def main() -> None:
                 res = fn(paths, tmp)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-            print(f"{name}: {res.docs_in} documents in {res.wall_s:.1f}s wall, {res.cpu_s:.1f}s CPU, "
-                  f"kept {res.kept}", flush=True)
+            print(
+                f"{name}: {res.docs_in} documents in {res.wall_s:.1f}s wall, {res.cpu_s:.1f}s CPU, kept {res.kept}",
+                flush=True,
+            )
             if name not in best or res.wall_s < best[name].wall_s:
                 best[name] = res
     if len(best) == len(sides):

@@ -40,9 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     l2, power = choose_hyper(pages, parts)  # as bench.extraction chooses them
     model = fit_image_model(pages, parts, l2, power)
     _, y_N = training_rows(pages, parts)
-    model.note = (f"fitted by bench/train_image_model.py on {len(pages)} dev pages, {len(y_N)} candidate images "
-                  f"({int(y_N.sum())} positive; gold labels on readability pages, Readability.js silver elsewhere), "
-                  f"l2={l2}, page weight n_rows**-{power}")
+    model.note = (
+        f"fitted by bench/train_image_model.py on {len(pages)} dev pages, {len(y_N)} candidate images "
+        f"({int(y_N.sum())} positive; gold labels on readability pages, Readability.js silver elsewhere), "
+        f"l2={l2}, page weight n_rows**-{power}"
+    )
     args.out.write_text(json.dumps(model.to_dict(), indent=1) + "\n")
     print(f"wrote {args.out}: threshold {model.threshold}; {model.note}")
     for name, w in sorted(zip(model.features, model.weights), key=lambda t: t[1]):

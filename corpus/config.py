@@ -65,13 +65,18 @@ def _format_errors(err: ValidationError, where: str) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"  {loc}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden"
-                     else f"  {loc}: {msg}")
+        lines.append(
+            f"  {loc}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"  {loc}: {msg}"
+        )
     return "\n".join(lines)
 
 
-def load_config(model: type[M], path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> M:
+def load_config(
+    model: type[M],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> M:
     """Build a config: model defaults <- `base` <- YAML file at `path` <- `--set` overrides.
 
     Raises ValueError naming the file and the offending field on any unknown key or bad value.

@@ -82,8 +82,15 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_shards(docs: Iterable[Document], corpus: str | Path, prefix: str, *, unit: str = "",
-                 max_bytes: int = 256 << 20, max_docs: int = 10_000) -> list[ShardInfo]:
+def write_shards(
+    docs: Iterable[Document],
+    corpus: str | Path,
+    prefix: str,
+    *,
+    unit: str = "",
+    max_bytes: int = 256 << 20,
+    max_docs: int = 10_000,
+) -> list[ShardInfo]:
     """Write documents (with `image.data` bytes) into size-capped shards `PREFIX-0000.tar`, ... under
     CORPUS/shards, each with its index Parquet. Returns the finished shards; does NOT touch the manifest
     (the caller appends lines in a deterministic order with `append_manifest`)."""
@@ -96,19 +103,20 @@ def write_shards(docs: Iterable[Document], corpus: str | Path, prefix: str, *, u
     def open_shard() -> None:
         name = f"{prefix}-{len(done):04d}"
         tmp = root / "shards" / f"{name}.tar.tmp"
-        state.update(name=name, tmp=tmp, tar=tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT),
-                     rows=[], images=0, bytes=0)
+        state.update(
+            name=name, tmp=tmp, tar=tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT), rows=[], images=0, bytes=0
+        )
 
     def close_shard() -> None:
         tar: tarfile.TarFile = state["tar"]
         tar.close()
         name, tmp = state["name"], state["tmp"]
-        write_parquet_atomic(pa.Table.from_pylist(state["rows"], schema=INDEX_SCHEMA),
-                             root / "index" / f"{name}.parquet")
+        write_parquet_atomic(
+            pa.Table.from_pylist(state["rows"], schema=INDEX_SCHEMA), root / "index" / f"{name}.parquet"
+        )
         final = root / "shards" / f"{name}.tar"
         os.replace(tmp, final)
-        done.append(ShardInfo(name, len(state["rows"]), state["images"], final.stat().st_size,
-                              _sha256(final), unit))
+        done.append(ShardInfo(name, len(state["rows"]), state["images"], final.stat().st_size, _sha256(final), unit))
         state.clear()
 
     for doc in docs:
@@ -160,8 +168,9 @@ _SHARD_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # a plain file name: a manifest 
 def _parse_line(line: str) -> ShardInfo | None:
     try:
         d = json.loads(line)
-        shard = ShardInfo(**{k: d[k] for k in ("name", "documents", "images", "bytes", "sha256")},
-                          unit=d.get("unit", ""))
+        shard = ShardInfo(
+            **{k: d[k] for k in ("name", "documents", "images", "bytes", "sha256")}, unit=d.get("unit", "")
+        )
     except (ValueError, KeyError, TypeError):
         return None
     if not isinstance(shard.name, str) or not _SHARD_NAME.match(shard.name) or shard.name in (".", ".."):
@@ -193,8 +202,10 @@ class Corpus:
                 continue
             shard = _parse_line(ln)
             if shard is None:  # a complete line that is no shard entry: the manifest was damaged
-                raise ValueError(f"{self.path}/{MANIFEST} line {i}: not a shard entry (JSON with name, "
-                                 f"documents, images, bytes, sha256; the name a plain file name): {ln.strip()[:80]!r}")
+                raise ValueError(
+                    f"{self.path}/{MANIFEST} line {i}: not a shard entry (JSON with name, "
+                    f"documents, images, bytes, sha256; the name a plain file name): {ln.strip()[:80]!r}"
+                )
             out.append(shard)
         return out
 

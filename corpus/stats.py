@@ -80,8 +80,18 @@ class Ledger:
     def item(self, stage: str, kind: str) -> StageCount:
         return self.items.setdefault(f"{stage}/{kind}", StageCount())
 
-    def drop(self, stage: str, reason: str, *, id: str = "", url: str = "", item: str = "document",
-             detail: str = "", signals: dict[str, Any] | None = None, text: str | None = None) -> None:
+    def drop(
+        self,
+        stage: str,
+        reason: str,
+        *,
+        id: str = "",
+        url: str = "",
+        item: str = "document",
+        detail: str = "",
+        signals: dict[str, Any] | None = None,
+        text: str | None = None,
+    ) -> None:
         """Record one drop: counted in the stage (documents/records) or item counts, and logged. A document
         drop carries the document's `signals` and, for a sample of TEXT_PER_REASON per (stage, reason)
         chosen by `sample_key(id)`, the first TEXT_CHARS characters of its `text`."""
@@ -90,8 +100,17 @@ class Ledger:
         else:
             self.item(stage, item).drops[reason] += 1
         key = sample_key(id) if id else 1.0
-        row = {"id": id, "url": url, "stage": stage, "item": item, "reason": reason, "detail": detail[:500],
-               "signals": json.dumps(signals, allow_nan=True) if signals else "", "text": "", "key": key}
+        row = {
+            "id": id,
+            "url": url,
+            "stage": stage,
+            "item": item,
+            "reason": reason,
+            "detail": detail[:500],
+            "signals": json.dumps(signals, allow_nan=True) if signals else "",
+            "text": "",
+            "key": key,
+        }
         self.rejects.append(row)
         if text and id:
             self._keep_text(stage, reason, key, len(self.rejects) - 1, text)

@@ -42,9 +42,11 @@ class Resources:
         """The resources of a worker that runs all `steps`: the largest of each kind."""
         declared = [s.resources for s in steps]
         memory = [r.memory_bytes for r in declared if r.memory_bytes]
-        return cls(cpus=max((r.cpus for r in declared), default=1.0),
-                   gpus=max((r.gpus for r in declared), default=0.0),
-                   memory_bytes=max(memory) if memory else None)
+        return cls(
+            cpus=max((r.cpus for r in declared), default=1.0),
+            gpus=max((r.gpus for r in declared), default=0.0),
+            memory_bytes=max(memory) if memory else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,8 @@ class Signal:
                 assert isinstance(value, dict), f"{self.name}: {prefix}.{t.key} must be a dict of n -> value"
                 for n, v in value.items():
                     out.setdefault(self.name.format(n=n), []).append(
-                        {"value": float(v), "kind": t.keeps, "config": f"{prefix}.{t.key}.{n}"})
+                        {"value": float(v), "kind": t.keeps, "config": f"{prefix}.{t.key}.{n}"}
+                    )
             elif t.off_below is None or value >= t.off_below:
                 out[self.name].append({"value": float(value), "kind": t.keeps, "config": f"{prefix}.{t.key}"})
         return out
@@ -137,7 +140,6 @@ class Filter(Step):
             return Drop(str(verdict[1]), self.decided(doc))
         raise TypeError(f"{self!r}.filter must return True or (False, reason), got {verdict!r}")
 
-
     def decided(self, doc: Any) -> str:
         """The detail of a drop: each declared signal's value on `doc` that is past one of its thresholds
         (all declared values when none is), with the threshold, e.g. "gopher_n_words=12 (min 50:
@@ -167,7 +169,7 @@ def _matches(declared: str, name: str) -> bool:
     if "{n}" not in declared:
         return declared == name
     head, tail = declared.split("{n}", 1)
-    return name.startswith(head) and name.endswith(tail) and name[len(head):len(name) - len(tail)].isdigit()
+    return name.startswith(head) and name.endswith(tail) and name[len(head) : len(name) - len(tail)].isdigit()
 
 
 def _threshold_value(section: Any, key: str, name: str, declared: str) -> float | None:
@@ -175,7 +177,7 @@ def _threshold_value(section: Any, key: str, name: str, declared: str) -> float 
     value = getattr(section, key, None)
     if isinstance(value, dict):
         head, tail = declared.split("{n}", 1)
-        n = name[len(head):len(name) - len(tail)]
+        n = name[len(head) : len(name) - len(tail)]
         value = value.get(int(n), value.get(n)) if n.isdigit() else None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -238,8 +240,16 @@ def run_steps(items: Iterable[Any], steps: list[Step], ledger: Ledger) -> Iterat
                 out = Drop(f"error:{type(e).__name__}", str(e))
             if isinstance(out, Drop):
                 doc_id, url = _ident(item)
-                ledger.drop(step.name, out.reason, id=doc_id, url=url, item="document" if doc_id else "record",
-                            detail=out.detail, signals=_signals(item), text=_text(item) if doc_id else None)
+                ledger.drop(
+                    step.name,
+                    out.reason,
+                    id=doc_id,
+                    url=url,
+                    item="document" if doc_id else "record",
+                    detail=out.detail,
+                    signals=_signals(item),
+                    text=_text(item) if doc_id else None,
+                )
                 break
             count.n_out += 1
             item = out

@@ -37,8 +37,17 @@ from fsspec.implementations.local import LocalFileSystem
 T = TypeVar("T")
 
 # errors no retry can fix
-_PERMANENT_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR,
-                     errno.ENOENT, errno.EDQUOT, errno.EEXIST}
+_PERMANENT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.ENOENT,
+    errno.EDQUOT,
+    errno.EEXIST,
+}
 
 
 class StorageError(OSError):
@@ -70,8 +79,14 @@ def is_transient(e: BaseException) -> bool:
 class Storage:
     """A folder on a local or remote file system (see the module docstring)."""
 
-    def __init__(self, url: str | Path, storage_options: dict[str, Any] | None = None, retries: int = 8,
-                 backoff_s: float = 0.5, max_backoff_s: float = 15.0):
+    def __init__(
+        self,
+        url: str | Path,
+        storage_options: dict[str, Any] | None = None,
+        retries: int = 8,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 15.0,
+    ):
         self.url = str(url)
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
         self.local = isinstance(self.fs, LocalFileSystem)
@@ -94,12 +109,17 @@ class Storage:
                 return fn()
             except Exception as e:  # noqa: BLE001 - classified just below
                 if self.local or not is_transient(e):
-                    code = errno.ENOENT if isinstance(e, FileNotFoundError) else (e.errno if isinstance(
-                        e, OSError) and e.errno else errno.EIO)
+                    code = (
+                        errno.ENOENT
+                        if isinstance(e, FileNotFoundError)
+                        else (e.errno if isinstance(e, OSError) and e.errno else errno.EIO)
+                    )
                     raise StorageError(code, f"{what} {self.url_of(rel)}: {type(e).__name__}: {e}") from e
                 if attempt > self.retries:
-                    raise StorageError(errno.EIO, f"{what} {self.url_of(rel)}: still failing after "
-                                                  f"{attempt} attempts: {type(e).__name__}: {e}") from e
+                    raise StorageError(
+                        errno.EIO,
+                        f"{what} {self.url_of(rel)}: still failing after {attempt} attempts: {type(e).__name__}: {e}",
+                    ) from e
                 self._invalidate()
                 time.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
@@ -111,8 +131,7 @@ class Storage:
     # ---- operations ------------------------------------------------------------------------------------
     def makedirs(self, rel: str = "") -> None:
         if self.local:
-            self._retry("create folder", rel, lambda: os.makedirs(self.path(rel) if rel else self.root,
-                                                                   exist_ok=True))
+            self._retry("create folder", rel, lambda: os.makedirs(self.path(rel) if rel else self.root, exist_ok=True))
         # object stores have no folders
 
     def exists(self, rel: str) -> bool:
@@ -125,17 +144,20 @@ class Storage:
         """Copy a local file to REL atomically."""
         target = self.path(rel)
         if self.local:
+
             def copy():
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 tmp = target + ".tmp"
                 shutil.copyfile(local, tmp)
                 os.replace(tmp, target)
+
             self._retry("write", rel, copy)
         else:
             self._retry("upload to", rel, lambda: self.fs.put_file(str(local), target))
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         if self.local:
+
             def write():
                 os.makedirs(os.path.dirname(self.path(rel)), exist_ok=True)
                 tmp = self.path(rel) + ".tmp"
@@ -144,6 +166,7 @@ class Storage:
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, self.path(rel))
+
             self._retry("write", rel, write)
         else:
             self._retry("upload to", rel, lambda: self.fs.pipe_file(self.path(rel), data))
@@ -154,11 +177,13 @@ class Storage:
         if not text:
             return
         if self.local:
+
             def append():
                 with open(self.path(rel), "a", encoding="utf-8") as f:
                     f.write(text)
                     f.flush()
                     os.fsync(f.fileno())
+
             self._retry("append to", rel, append)
             return
         old = self.read_bytes(rel) if self.exists(rel) else b""

@@ -70,6 +70,10 @@ from charset_normalizer import from_bytes
 from lxml import etree
 from pydantic import Field
 
+from corpus.config import Section
+from corpus.record import Document, Image, make_doc_id
+from corpus.stats import Ledger
+from corpus.steps import Drop, Step
 from crawl.image_select import (
     WORD,
     Block,
@@ -80,10 +84,6 @@ from crawl.image_select import (
     is_ancestor,
 )
 from crawl.page import RawPage
-from corpus.config import Section
-from corpus.record import Document, Image, make_doc_id
-from corpus.stats import Ledger
-from corpus.steps import Drop, Step
 
 log = logging.getLogger(__name__)
 
@@ -224,13 +224,24 @@ def time_limit(seconds: float):
 
 # ---- image normalisation -------------------------------------------------------------------------------
 # lazy-loading attributes hold the real URL while `src` holds a placeholder (or nothing)
-_LAZY_ATTRS = ("data-src", "data-original", "data-lazy-src", "data-lazy", "data-original-src", "data-url",
-               "data-echo", "data-img-src")
+_LAZY_ATTRS = (
+    "data-src",
+    "data-original",
+    "data-lazy-src",
+    "data-lazy",
+    "data-original-src",
+    "data-url",
+    "data-echo",
+    "data-img-src",
+)
 # alternates of a real `src` (high-resolution variants): used when there is no `src`
 _HIRES_ATTRS = ("data-hi-res-src", "data-full-src", "data-large-src")
 _SRCSET_ATTRS = ("data-srcset", "data-lazy-srcset", "srcset")
-_PLACEHOLDER = re.compile(r"(^data:)|(blank|spacer|placeholder|transparent|pixel|lazy|loading|grey|gray|"
-                          r"empty|1x1|dummy)[^/]*\.(gif|png|jpe?g|webp|svg)", re.IGNORECASE)
+_PLACEHOLDER = re.compile(
+    r"(^data:)|(blank|spacer|placeholder|transparent|pixel|lazy|loading|grey|gray|"
+    r"empty|1x1|dummy)[^/]*\.(gif|png|jpe?g|webp|svg)",
+    re.IGNORECASE,
+)
 # Directory names and file-name starts that mark site chrome rather than content.
 _JUNK_PATH = re.compile(
     r"(/|^)(icons?|logos?|avatars?|badges?|buttons?|btns?|sprites?|emoji|emoticons?|smilies|smileys|spacers?|"
@@ -242,9 +253,12 @@ _JUNK_PATH = re.compile(
     r"([._-](icon|logo|button|btn|share|small|\d{2}(x\d{2})?)[^/]*)?\.(png|gif|jpe?g|webp)$",  # not WhatsApp-Image-*
     re.IGNORECASE,
 )
-_JUNK_HOSTS = re.compile(r"(^|\.)(doubleclick\.net|google-analytics\.com|googletagmanager\.com|facebook\.com|"
-                         r"scorecardresearch\.com|quantserve\.com|gravatar\.com|pixel\.[a-z.]+|stats\.[a-z.]+|"
-                         r"feeds\.feedburner\.com|b\.scorecardresearch\.com|sb\.scorecardresearch\.com)$", re.IGNORECASE)
+_JUNK_HOSTS = re.compile(
+    r"(^|\.)(doubleclick\.net|google-analytics\.com|googletagmanager\.com|facebook\.com|"
+    r"scorecardresearch\.com|quantserve\.com|gravatar\.com|pixel\.[a-z.]+|stats\.[a-z.]+|"
+    r"feeds\.feedburner\.com|b\.scorecardresearch\.com|sb\.scorecardresearch\.com)$",
+    re.IGNORECASE,
+)
 _NOT_URL = re.compile(r"[\s{}\"'<>]")  # JSON blobs or templates in an attribute, not a URL
 _STANDIN_HOST = "img.interloom.invalid"
 _STANDIN = re.compile(r"^https?://img\.interloom\.invalid/(\d+)\.png$")
@@ -273,8 +287,13 @@ def _real(url: str | None) -> str | None:
     if not url:
         return None
     url = url.strip()
-    if (not url or _PLACEHOLDER.search(url) or url.startswith("#") or url.lower().startswith("javascript:")
-            or _NOT_URL.search(url)):
+    if (
+        not url
+        or _PLACEHOLDER.search(url)
+        or url.startswith("#")
+        or url.lower().startswith("javascript:")
+        or _NOT_URL.search(url)
+    ):
         return None
     return url
 
@@ -396,8 +415,11 @@ def _drop_keep_tail(el: etree._Element) -> None:
     el.drop_tree() if hasattr(el, "drop_tree") else el.getparent().remove(el)
 
 
-def prepare_tree(tree: etree._Element, url: str, prefer_largest: bool = False,
-                 ) -> tuple[list[_ImageRecord], list[tuple[str, str]]]:
+def prepare_tree(
+    tree: etree._Element,
+    url: str,
+    prefer_largest: bool = False,
+) -> tuple[list[_ImageRecord], list[tuple[str, str]]]:
     """Normalise the images of a parsed page in place; return the kept images (by stand-in number) and the
     removed ones as (URL or tag, reason): no usable URL, or junk by hard rule (`junk_reason`)."""
     base = _page_base(tree, url)
@@ -589,8 +611,9 @@ class _Candidate:
     features: list[float]
 
 
-def _image_candidates(tree: etree._Element, items: list[tuple[str, object]], records: list[_ImageRecord],
-                      url: str) -> tuple[list[_Candidate], dict[int, str]]:
+def _image_candidates(
+    tree: etree._Element, items: list[tuple[str, object]], records: list[_ImageRecord], url: str
+) -> tuple[list[_Candidate], dict[int, str]]:
     """Locate the extracted blocks and every image in the page text and describe each image for the model.
 
     Each extracted block is anchored in the page text (its first characters, searched forward from the
@@ -658,13 +681,16 @@ def load_image_model(path: str = "") -> ImageModel:
 
 # ---- the extraction ------------------------------------------------------------------------------------
 def _meta_robots(tree: etree._Element) -> str:
-    values = [m.get("content", "") for m in tree.iter("meta")
-              if (m.get("name") or "").strip().lower() in ("robots", "googlebot", "ccbot")]
+    values = [
+        m.get("content", "")
+        for m in tree.iter("meta")
+        if (m.get("name") or "").strip().lower() in ("robots", "googlebot", "ccbot")
+    ]
     return ", ".join(v.strip().lower() for v in values if v and v.strip())
 
 
 def _title(tree: etree._Element) -> str:
-    for xpath in ('.//meta[@property="og:title"]/@content', './/title//text()', './/h1//text()'):
+    for xpath in ('.//meta[@property="og:title"]/@content', ".//title//text()", ".//h1//text()"):
         found = tree.xpath(xpath)
         if found:
             t = " ".join(" ".join(found).split())
@@ -675,8 +701,9 @@ def _title(tree: etree._Element) -> str:
 
 def _parse(html: str) -> etree._Element | None:
     data = html.encode("utf-8", "surrogatepass")
-    parser = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True, remove_pis=True,
-                                  collect_ids=False, huge_tree=False)
+    parser = lxml.html.HTMLParser(
+        encoding="utf-8", remove_comments=True, remove_pis=True, collect_ids=False, huge_tree=False
+    )
     try:
         tree = lxml.html.document_fromstring(data, parser=parser)
     except (etree.ParserError, ValueError):
@@ -687,9 +714,14 @@ def _parse(html: str) -> etree._Element | None:
 def _run_trafilatura(tree: etree._Element, url: str, config: ExtractConfig) -> etree._Element | None:
     """trafilatura's main-content extraction (text only) on a prepared tree; its XML body or None."""
     result = trafilatura.bare_extraction(
-        tree, url=url or None, include_images=False, include_tables=config.include_tables,
-        include_comments=config.include_comments, favor_precision=config.focus == "precision",
-        favor_recall=config.focus == "recall", with_metadata=False,
+        tree,
+        url=url or None,
+        include_images=False,
+        include_tables=config.include_tables,
+        include_comments=config.include_comments,
+        favor_precision=config.focus == "precision",
+        favor_recall=config.focus == "recall",
+        with_metadata=False,
         output_format="xml",  # the XML body only: "python" would also render it as plain text, unused here
     )
     if result is None or result.body is None:
@@ -723,8 +755,9 @@ class ExtractParts:
     ruled_out: list[ImageDrop]
 
 
-def extract_parts(html: str, url: str, config: ExtractConfig,
-                  image_gate: ImageGate | None = None) -> ExtractParts | None:
+def extract_parts(
+    html: str, url: str, config: ExtractConfig, image_gate: ImageGate | None = None
+) -> ExtractParts | None:
     """Parse, normalise the images, run trafilatura and describe every image (None: no main content).
     Raises `PageRefused` for a page over the bounds or (with `image_gate`) without a keepable image."""
     tree = _parse(html)
@@ -738,8 +771,10 @@ def extract_parts(html: str, url: str, config: ExtractConfig,
     title = _title(tree)
     records, junk = prepare_tree(tree, url, config.prefer_largest)
     if image_gate is not None and not image_gate([r.url for r in records]):
-        raise PageRefused("no_image_candidates", f"none of its {len(records)} image candidates can be kept"
-                          if records else "no image passes the junk rules")
+        raise PageRefused(
+            "no_image_candidates",
+            f"none of its {len(records)} image candidates can be kept" if records else "no image passes the junk rules",
+        )
     body = _run_trafilatura(tree, url, config)  # works on its own copy of the tree
     if body is None:
         return None
@@ -750,8 +785,15 @@ def extract_parts(html: str, url: str, config: ExtractConfig,
     return ExtractParts(url, title, meta, items, records, candidates, ruled_out)
 
 
-def assemble(parts: ExtractParts, model: ImageModel, config: ExtractConfig, *, source: str = "",
-             fetched_at: str = "", doc_id: str = "") -> tuple[Document | None, list[ImageDrop]]:
+def assemble(
+    parts: ExtractParts,
+    model: ImageModel,
+    config: ExtractConfig,
+    *,
+    source: str = "",
+    fetched_at: str = "",
+    doc_id: str = "",
+) -> tuple[Document | None, list[ImageDrop]]:
     """The document of a page from its parts: the images the model keeps, placed between the text blocks;
     and every image left out with its reason (None when no text block is left)."""
     drops = list(parts.ruled_out)
@@ -764,8 +806,14 @@ def assemble(parts: ExtractParts, model: ImageModel, config: ExtractConfig, *, s
                 before.setdefault(c.slot, []).append(c.n)
             else:
                 drops.append(ImageDrop(parts.records[c.n].url, model.drop_reason(x_F), f"p={p:.2f}"))
-    doc = Document(id=doc_id or make_doc_id(source or parts.url), url=parts.url, source=source,
-                   fetched_at=fetched_at, title=parts.title, meta=dict(parts.meta))
+    doc = Document(
+        id=doc_id or make_doc_id(source or parts.url),
+        url=parts.url,
+        source=source,
+        fetched_at=fetched_at,
+        title=parts.title,
+        meta=dict(parts.meta),
+    )
     seen: set[str] = set()
 
     def add_images(ns: list[int]) -> None:
@@ -792,9 +840,17 @@ def assemble(parts: ExtractParts, model: ImageModel, config: ExtractConfig, *, s
     return doc, drops
 
 
-def extract_with_drops(html: str, url: str, *, source: str = "", fetched_at: str = "", doc_id: str = "",
-                       timeout_s: float = 10.0, config: ExtractConfig | None = None,
-                       image_gate: ImageGate | None = None) -> tuple[Document | None, list[ImageDrop]]:
+def extract_with_drops(
+    html: str,
+    url: str,
+    *,
+    source: str = "",
+    fetched_at: str = "",
+    doc_id: str = "",
+    timeout_s: float = 10.0,
+    config: ExtractConfig | None = None,
+    image_gate: ImageGate | None = None,
+) -> tuple[Document | None, list[ImageDrop]]:
     """`extract_document`, plus the page's images that were left out, each with its reason."""
     config = config or ExtractConfig()
     if timeout_s <= 0:
@@ -807,17 +863,33 @@ def extract_with_drops(html: str, url: str, *, source: str = "", fetched_at: str
         return assemble(parts, model, config, source=source, fetched_at=fetched_at, doc_id=doc_id)
 
 
-def extract_document(html: str, url: str, *, source: str = "", fetched_at: str = "", doc_id: str = "",
-                     timeout_s: float = 10.0, config: ExtractConfig | None = None,
-                     image_gate: ImageGate | None = None) -> Document | None:
+def extract_document(
+    html: str,
+    url: str,
+    *,
+    source: str = "",
+    fetched_at: str = "",
+    doc_id: str = "",
+    timeout_s: float = 10.0,
+    config: ExtractConfig | None = None,
+    image_gate: ImageGate | None = None,
+) -> Document | None:
     """Extract the main content of a page as an interleaved Document (None when there is no main content).
 
     `timeout_s` bounds the whole extraction (raises `ExtractTimeout`); `config` holds the other options.
     `image_gate`, when given, is asked before trafilatura runs whether any of the page's image candidates
     (after the junk rules) can become an image of the document; if not, `PageRefused("no_image_candidates")`.
     """
-    return extract_with_drops(html, url, source=source, fetched_at=fetched_at, doc_id=doc_id,
-                              timeout_s=timeout_s, config=config, image_gate=image_gate)[0]
+    return extract_with_drops(
+        html,
+        url,
+        source=source,
+        fetched_at=fetched_at,
+        doc_id=doc_id,
+        timeout_s=timeout_s,
+        config=config,
+        image_gate=image_gate,
+    )[0]
 
 
 class ExtractStep(Step):
@@ -843,9 +915,16 @@ class ExtractStep(Step):
             return Drop("undecodable_html", str(e))
         started = time.monotonic()
         try:
-            doc, drops = extract_with_drops(html, page.url, source=page.source, fetched_at=page.fetched_at,
-                                            doc_id=page.id or make_doc_id(page.source), timeout_s=cfg.timeout_s,
-                                            config=cfg, image_gate=self.image_gate)
+            doc, drops = extract_with_drops(
+                html,
+                page.url,
+                source=page.source,
+                fetched_at=page.fetched_at,
+                doc_id=page.id or make_doc_id(page.source),
+                timeout_s=cfg.timeout_s,
+                config=cfg,
+                image_gate=self.image_gate,
+            )
         except PageRefused as e:
             return Drop(e.reason, e.detail)
         except ExtractTimeout as e:
@@ -862,7 +941,6 @@ class ExtractStep(Step):
         count.n_in += len(doc.image_list) + len(drops)
         count.n_out += len(doc.image_list)
         for d in drops:
-            ledger.drop(self.name, d.reason, id=doc.id, url=doc.url, item="image",
-                        detail=f"{d.url} {d.detail}".strip())
+            ledger.drop(self.name, d.reason, id=doc.id, url=doc.url, item="image", detail=f"{d.url} {d.detail}".strip())
         ledger.counters["extract/images"] += len(doc.image_list)
         return doc

@@ -37,7 +37,7 @@ MODEL_PATH = Path(__file__).with_name("image_model.json")
 # Class/id words of the blocks around an image, by kind (each kind is one feature).
 _TOKEN_KINDS = {
     "related": r"related|recommended|recommendations?|promo|promos|teasers?|trending|popular|most-?read|"
-               r"more-?stories|read-?more|outbrain|taboola|recirc|carousel|cards?|tiles?|feed|list-?item|hub",
+    r"more-?stories|read-?more|outbrain|taboola|recirc|carousel|cards?|tiles?|feed|list-?item|hub",
     "comments": r"comments?|reply|replies|disqus|discussion|respond",
     "chrome": r"nav|navigation|menu|footer|header|masthead|breadcrumbs?|sidebar|rail|widget|toolbar|topbar",
     "ads": r"ad|ads|advert|advertisement|adslot|banner|sponsor|sponsored|dfp|gpt|leaderboard|commercial",
@@ -45,13 +45,16 @@ _TOKEN_KINDS = {
     "media": r"figure|image|img|photo|picture|media|gallery|hero|lead|featured|caption|slideshow|inline",
 }
 # one pass over an element's class/id/role words finds every kind (each word is matched whole, by kind)
-_TOKEN_RE = re.compile("|".join(rf"(?:(?<=[\s_-])|^)(?P<{k}>{v})(?=[\s_-]|$)" for k, v in _TOKEN_KINDS.items()),
-                       re.IGNORECASE)
+_TOKEN_RE = re.compile(
+    "|".join(rf"(?:(?<=[\s_-])|^)(?P<{k}>{v})(?=[\s_-]|$)" for k, v in _TOKEN_KINDS.items()), re.IGNORECASE
+)
 _SPLIT_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
 _CHROME_URL = re.compile(
     r"(/|^|[._-])(icons?|logos?|avatars?|badges?|buttons?|btns?|sprites?|emoji|emoticons?|smil(ies|eys)|"
     r"share|social|flags?|rating|stars?|thumbs?|thumbnails?|ads?|banners?|promo|sponsors?|widgets?|"
-    r"profile|users?|authors?|gravatar|rss|feed)(/|[._-]|$)", re.IGNORECASE)
+    r"profile|users?|authors?|gravatar|rss|feed)(/|[._-]|$)",
+    re.IGNORECASE,
+)
 _IMAGE_EXT = re.compile(r"\.(jpe?g|png|webp|gif|avif|bmp|tiff?)$", re.IGNORECASE)
 WORD = re.compile(r"\w{3,}")
 _ANCESTOR_LEVELS = 8  # how far up an image's wrappers are looked at
@@ -72,16 +75,23 @@ FEATURES = (
     "link_to_image",  # wrapped in a link to an image file (a lightbox / full-size link)
     "grid",  # an ancestor has 2+ siblings of the same tag and class that hold images (a card grid / gallery)
     "grid_cards",  # ... and those siblings link to other pages with titles (a teaser grid, not a gallery)
-    "tok_related", "tok_comments", "tok_chrome", "tok_ads", "tok_social", "tok_media",
+    "tok_related",
+    "tok_comments",
+    "tok_chrome",
+    "tok_ads",
+    "tok_social",
+    "tok_media",
     "tag_aside_nav_footer",  # inside <aside>, <nav>, <footer> or <header>
     "tag_figure",  # inside <figure> (or next to a <figcaption>)
     "tag_picture",
     "tag_table",
     "tag_list",  # inside <li>
     "link_density",  # share of link text in the nearest ancestor with 100+ characters of text
-    "has_size", "log_size",  # declared width/height present; log2 of the larger one / 10
+    "has_size",
+    "log_size",  # declared width/height present; log2 of the larger one / 10
     "small",  # declared larger side under 100 px
-    "has_alt", "alt_overlap",  # alt/title text present; share of its words found in the extracted text
+    "has_alt",
+    "alt_overlap",  # alt/title text present; share of its words found in the extracted text
     "url_chrome",  # path words of site chrome (icons, logos, avatars, thumbs, ads, banners, ...)
     "url_no_ext",  # no image file extension in the path (query-signed CDN URLs)
     "url_gif",
@@ -146,12 +156,20 @@ def _grid(img: etree._Element, ctx: PageContext) -> tuple[bool, bool]:
 
 def _repeats(el: etree._Element, parent: etree._Element, ctx: PageContext) -> tuple[bool, bool]:
     key = (el.tag, el.get("class") or "")
-    cards = [sib for sib in islice(parent, _GRID_SIBLINGS) if sib is not el and sib.tag == key[0]
-             and (sib.get("class") or "") == key[1] and next(sib.iter("img"), None) is not None]
+    cards = [
+        sib
+        for sib in islice(parent, _GRID_SIBLINGS)
+        if sib is not el
+        and sib.tag == key[0]
+        and (sib.get("class") or "") == key[1]
+        and next(sib.iter("img"), None) is not None
+    ]
     if len(cards) < 2:
         return False, False
-    titled = sum(any(_link_text_len(a, ctx) >= 15 and not _is_image_href(a.get("href") or "") for a in sib.iter("a"))
-                 for sib in cards)
+    titled = sum(
+        any(_link_text_len(a, ctx) >= 15 and not _is_image_href(a.get("href") or "") for a in sib.iter("a"))
+        for sib in cards
+    )
     return True, titled >= 2
 
 
@@ -188,8 +206,9 @@ def _wrapper_flags(el: etree._Element, ctx: PageContext) -> tuple[frozenset[str]
     found = ctx.memo.get(("flags", el))
     if found is None:
         get = el.get
-        kinds, unlikely, hidden_style = _attr_flags(get("class") or "", get("id") or "", get("role") or "",
-                                                    get("style") or "")
+        kinds, unlikely, hidden_style = _attr_flags(
+            get("class") or "", get("id") or "", get("role") or "", get("style") or ""
+        )
         hidden = get("hidden") is not None or get("aria-hidden") == "true" or hidden_style
         caption = el.find("figcaption") is not None
         found = ctx.memo[("flags", el)] = (kinds, unlikely, hidden, caption)
@@ -227,9 +246,12 @@ class PageContext:
         self.memo: dict[tuple[str, etree._Element], Any] = {}
 
 
-_UNLIKELY = re.compile(r"-ad-|ai2html|banner|breadcrumbs|combx|comment|community|cover-wrap|disqus|extra|footer|"
-                       r"gdpr|header|legends|menu|related|remark|replies|rss|shoutbox|sidebar|skyscraper|social|"
-                       r"sponsor|supplemental|ad-break|agegate|pagination|pager|popup|yom-remote", re.IGNORECASE)
+_UNLIKELY = re.compile(
+    r"-ad-|ai2html|banner|breadcrumbs|combx|comment|community|cover-wrap|disqus|extra|footer|"
+    r"gdpr|header|legends|menu|related|remark|replies|rss|shoutbox|sidebar|skyscraper|social|"
+    r"sponsor|supplemental|ad-break|agegate|pagination|pager|popup|yom-remote",
+    re.IGNORECASE,
+)
 _MAYBE = re.compile(r"and|article|body|column|content|main|mathjax|shadow", re.IGNORECASE)
 _UNLIKELY_ROLES = {"menu", "menubar", "complementary", "navigation", "alert", "alertdialog", "dialog"}
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
@@ -287,8 +309,25 @@ def _page_structure(img: etree._Element, f: dict[str, float], ctx: PageContext) 
         block = block.getparent()
 
 
-_BLOCKS = {"div", "section", "ul", "ol", "table", "aside", "article", "main", "figure", "header", "footer",
-           "nav", "p", "li", "td", "body", "html"}
+_BLOCKS = {
+    "div",
+    "section",
+    "ul",
+    "ol",
+    "table",
+    "aside",
+    "article",
+    "main",
+    "figure",
+    "header",
+    "footer",
+    "nav",
+    "p",
+    "li",
+    "td",
+    "body",
+    "html",
+}
 
 
 def image_features(img: etree._Element, at: int, alt: str, url: str, ctx: PageContext) -> list[float]:
@@ -301,8 +340,9 @@ def image_features(img: etree._Element, at: int, alt: str, url: str, ctx: PageCo
     if inside:
         dist = 0
     else:
-        dist = min([starts[k] - at] if k < len(blocks) else [at - last_end]
-                   + ([at - blocks[k - 1].end] if k > 0 else []))
+        dist = min(
+            [starts[k] - at] if k < len(blocks) else [at - last_end] + ([at - blocks[k - 1].end] if k > 0 else [])
+        )
         dist = max(0, dist)
     f["inside_block"] = float(inside)
     f["before_first_block"] = float(at < first)
@@ -399,9 +439,16 @@ class ImageModel:
         return f"image_model:{self.features[int(np.argmin(contrib_F))]}"
 
     def to_dict(self) -> dict:
-        return {"kind": "logistic_regression", "note": self.note, "threshold": self.threshold,
-                "bias": self.bias, "features": list(self.features), "mean": self.mean.round(6).tolist(),
-                "scale": self.scale.round(6).tolist(), "weights": self.weights.round(6).tolist()}
+        return {
+            "kind": "logistic_regression",
+            "note": self.note,
+            "threshold": self.threshold,
+            "bias": self.bias,
+            "features": list(self.features),
+            "mean": self.mean.round(6).tolist(),
+            "scale": self.scale.round(6).tolist(),
+            "weights": self.weights.round(6).tolist(),
+        }
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "image model") -> ImageModel:
@@ -409,22 +456,32 @@ class ImageModel:
             raise ValueError(f"{where}: kind must be 'logistic_regression', got {d.get('kind')!r}")
         features = tuple(d["features"])
         if features != FEATURES:
-            raise ValueError(f"{where}: features {features} differ from the code's {FEATURES}; rebuild it with "
-                             "bench/train_image_model.py")
+            raise ValueError(
+                f"{where}: features {features} differ from the code's {FEATURES}; rebuild it with "
+                "bench/train_image_model.py"
+            )
         arrays = [np.asarray(d[k], dtype=np.float64) for k in ("mean", "scale", "weights")]
         if any(a.shape != (len(features),) for a in arrays):
             raise ValueError(f"{where}: mean/scale/weights must each hold {len(features)} numbers")
         mean, scale, weights = arrays
-        return cls(features, mean, scale, weights, bias=float(d["bias"]), threshold=float(d["threshold"]),
-                   note=str(d.get("note", "")))
+        return cls(
+            features,
+            mean,
+            scale,
+            weights,
+            bias=float(d["bias"]),
+            threshold=float(d["threshold"]),
+            note=str(d.get("note", "")),
+        )
 
     @classmethod
     def load(cls, path: Path = MODEL_PATH) -> ImageModel:
         return cls.from_dict(json.loads(Path(path).read_text()), where=str(path))
 
 
-def fit_logistic(x_NF: np.ndarray, y_N: np.ndarray, l2: float = 1.0, steps: int = 30,
-                 w_N: np.ndarray | None = None) -> ImageModel:
+def fit_logistic(
+    x_NF: np.ndarray, y_N: np.ndarray, l2: float = 1.0, steps: int = 30, w_N: np.ndarray | None = None
+) -> ImageModel:
     """L2-regularised logistic regression by Newton's method on standardised features, rows weighted by `w_N`
     (default 1); the threshold is the one with the best weighted F1 on the training rows."""
     w_N = np.ones(len(y_N)) if w_N is None else np.asarray(w_N, dtype=np.float64)

@@ -39,8 +39,11 @@ class ImageConfig(Section):
     max_side: int = Field(1024, ge=16, description="downscale so the longer side is at most this")
     format: Literal["jpeg", "png", "webp"] = "jpeg"
     quality: int = Field(90, ge=1, le=100)
-    fetch: bool = Field(False, description="fetch images not found in the source over HTTP (crawler's "
-                        "politeness, robots and address rules, section `crawl`), archived to WARC")
+    fetch: bool = Field(
+        False,
+        description="fetch images not found in the source over HTTP (crawler's "
+        "politeness, robots and address rules, section `crawl`), archived to WARC",
+    )
 
 
 def chain(first: Resolver, then: Resolver, when: str) -> Resolver:
@@ -147,5 +150,11 @@ class ImageStep(Step):
         if isinstance(p, str):
             return p
         im.data, im.width, im.height, im.format, im.sha1, im.phash = (
-            p.data, p.width, p.height, p.format, p.sha1, p.phash)
+            p.data,
+            p.width,
+            p.height,
+            p.format,
+            p.sha1,
+            p.phash,
+        )
         return None

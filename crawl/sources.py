@@ -42,10 +42,10 @@ from urllib.parse import unquote, urlsplit
 import brotli
 from fastwarc.warc import ArchiveIterator, WarcRecord, WarcRecordType
 
-from crawl.page import RawPage
-from crawl.urls import normalize_url
 from corpus.record import make_doc_id
 from corpus.stats import Ledger
+from crawl.page import RawPage
+from crawl.urls import normalize_url
 
 READ = "read"
 WARC_SUFFIXES = (".warc", ".warc.gz", ".warc.zst", ".wet.gz", ".wat.gz", ".wet", ".wat")
@@ -81,8 +81,9 @@ def discover_units(paths: list[str]) -> list[Unit]:
         elif path.name.endswith(HTML_SUFFIXES):
             kind = "html"
         else:
-            raise ValueError(f"input {p}: not a WARC file ({', '.join(WARC_SUFFIXES)}), an HTML file "
-                             f"or a folder of HTML files")
+            raise ValueError(
+                f"input {p}: not a WARC file ({', '.join(WARC_SUFFIXES)}), an HTML file or a folder of HTML files"
+            )
         digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.name)[:60]
         units.append(Unit(str(path), kind, f"{safe}-{digest}"))
@@ -98,8 +99,10 @@ def _check_html_folder(path: Path) -> None:
     warcs = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(WARC_SUFFIXES))
     if warcs:
         suffix = next(s for s in WARC_SUFFIXES if warcs[0].name.endswith(s))
-        raise ValueError(f"input {path}: a folder input is a folder of HTML pages, and this one holds WARC files; "
-                         f"give them as files, e.g. --input '{path}/*{suffix}'")
+        raise ValueError(
+            f"input {path}: a folder input is a folder of HTML pages, and this one holds WARC files; "
+            f"give them as files, e.g. --input '{path}/*{suffix}'"
+        )
     raise ValueError(f"input {path}: folder holds no HTML files ({', '.join(HTML_SUFFIXES)})")
 
 
@@ -401,8 +404,12 @@ class WarcSource:
             count.n_in += 1
             if isinstance(item, _Unreadable):
                 if seen == 0 and item.end is None:  # random bytes or text: no record at all
-                    ledger.drop(READ, "warc_read_error", item="record",
-                                detail=f"{name}: no WARC record found (empty, or not a WARC file): {item.error}")
+                    ledger.drop(
+                        READ,
+                        "warc_read_error",
+                        item="record",
+                        detail=f"{name}: no WARC record found (empty, or not a WARC file): {item.error}",
+                    )
                 else:
                     why = "unit_unreadable_rest" if item.end is None else "warc_unreadable_bytes"
                     ledger.drop(READ, why, item="record", detail=item.describe(name))
@@ -428,19 +435,32 @@ class WarcSource:
                 except Exception as e:  # noqa: BLE001 - damaged bytes inside the record
                     reason, detail = "warc_read_error", f"{name}: record at byte {offset}: {e}"
             if _finish(rec) and reason != "warc_read_error":  # its fate is known once it is read to its end
-                reason, detail = "warc_read_error", f"{name}: file ends inside a record (truncated), record at byte {offset}"
+                reason, detail = (
+                    "warc_read_error",
+                    f"{name}: file ends inside a record (truncated), record at byte {offset}",
+                )
             if reason is not None:
                 ledger.drop(READ, reason, url=url, item="record", detail=detail)
                 continue
             rid = _warc_header(rec, "WARC-Record-ID").strip("<>")
             source = f"warc:{name}#{rid}"
             count.n_out += 1
-            yield RawPage(url=url, body=body, source=source, fetched_at=_warc_header(rec, "WARC-Date"),
-                          headers=_headers(rec), id=make_doc_id(source))
+            yield RawPage(
+                url=url,
+                body=body,
+                source=source,
+                fetched_at=_warc_header(rec, "WARC-Date"),
+                headers=_headers(rec),
+                id=make_doc_id(source),
+            )
         if count.n_in == n_before:  # empty, or random bytes or text: fastwarc finds no record and raises nothing
             count.n_in += 1
-            ledger.drop(READ, "warc_read_error", item="record",
-                        detail=f"{name}: no WARC record found (empty, or not a WARC file)")
+            ledger.drop(
+                READ,
+                "warc_read_error",
+                item="record",
+                detail=f"{name}: no WARC record found (empty, or not a WARC file)",
+            )
 
 
 class HtmlFolderSource:
@@ -489,8 +509,13 @@ class HtmlFolderSource:
         for path, refusal in self.entries():
             count.n_in += 1
             if refusal is not None:
-                ledger.drop(READ, refusal, url=str(path), item="record",
-                            detail=f"{path} -> {os.path.realpath(path)}" if path.is_symlink() else str(path))
+                ledger.drop(
+                    READ,
+                    refusal,
+                    url=str(path),
+                    item="record",
+                    detail=f"{path} -> {os.path.realpath(path)}" if path.is_symlink() else str(path),
+                )
                 continue
             try:
                 body = _read_page_file(path, self.max_html_bytes)
@@ -552,8 +577,9 @@ class _LocalImages:
         return out
 
 
-def open_source(unit: Unit, max_html_bytes: int = MAX_HTML_BYTES,
-                max_image_bytes: int = MAX_IMAGE_BYTES) -> WarcSource | HtmlFolderSource:
+def open_source(
+    unit: Unit, max_html_bytes: int = MAX_HTML_BYTES, max_image_bytes: int = MAX_IMAGE_BYTES
+) -> WarcSource | HtmlFolderSource:
     """The reader of a unit, reading pages up to `max_html_bytes` and images up to `max_image_bytes` (the
     build passes extract.max_html_bytes and images.max_bytes)."""
     kind = WarcSource if unit.kind == "warc" else HtmlFolderSource

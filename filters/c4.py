@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import re
 
-from filters.config import C4Config
-from filters.text import count_words, sentences
 from corpus.record import Document
 from corpus.stats import Ledger
 from corpus.steps import Drop, Signal, Step, at_least
+from filters.config import C4Config
+from filters.text import count_words, sentences
 
 CITATION_RE = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 ELLIPSIS = "..."
@@ -34,8 +34,10 @@ ELLIPSIS = "..."
 
 class C4Filter(Step):
     name = "c4"
-    signals = (Signal("c4_lines_kept_frac"),
-               Signal("c4_n_sentences", at_least("min_num_sentences", off_below=0)))  # -1 turns it off
+    signals = (
+        Signal("c4_lines_kept_frac"),
+        Signal("c4_n_sentences", at_least("min_num_sentences", off_below=0)),
+    )  # -1 turns it off
 
     def __init__(self, cfg: C4Config | None = None):
         self.cfg = cfg or C4Config()

@@ -49,12 +49,33 @@ class TextBlocksConfig(FilterSection):
     drop_repeated: bool = True  # a block identical (case/space-normalised) to an earlier one
     boilerplate_max_words: int = 60  # a block this short containing a boilerplate phrase is removed
     boilerplate_phrases: list[str] = [
-        "accept cookies", "accept all cookies", "we use cookies", "this site uses cookies",
-        "this website uses cookies", "cookie settings", "cookie policy", "privacy policy", "terms of use",
-        "terms of service", "all rights reserved", "subscribe to our newsletter", "sign up for our newsletter",
-        "subscribe now", "sign up now", "follow us on", "share this article", "share on facebook",
-        "share on twitter", "click here to", "log in to comment", "leave a comment", "skip to content",
-        "skip to main content", "you may also like", "related articles", "read more",
+        "accept cookies",
+        "accept all cookies",
+        "we use cookies",
+        "this site uses cookies",
+        "this website uses cookies",
+        "cookie settings",
+        "cookie policy",
+        "privacy policy",
+        "terms of use",
+        "terms of service",
+        "all rights reserved",
+        "subscribe to our newsletter",
+        "sign up for our newsletter",
+        "subscribe now",
+        "sign up now",
+        "follow us on",
+        "share this article",
+        "share on facebook",
+        "share on twitter",
+        "click here to",
+        "log in to comment",
+        "leave a comment",
+        "skip to content",
+        "skip to main content",
+        "you may also like",
+        "related articles",
+        "read more",
     ]
 
 
@@ -87,14 +108,36 @@ class C4Config(FilterSection):
     remove_citations: bool = True  # "[1]", "[edit]", "[citation needed]"
     filter_no_terminal_punct: bool = True  # drop lines not ending in end_punctuation (or ending in "...")
     end_punctuation: list[str] = [
-        ".", "?", "!", '"', "'", "”", "’", "。", "！", "？", "」", "』", "．", "｡", "।", "॥", "؟", "۔",
+        ".",
+        "?",
+        "!",
+        '"',
+        "'",
+        "”",
+        "’",
+        "。",
+        "！",
+        "？",
+        "」",
+        "』",
+        "．",
+        "｡",
+        "।",
+        "॥",
+        "؟",
+        "۔",
     ]
     min_words_per_line: int = 3  # drop shorter lines; -1 disables
     max_word_length: int = 1000  # drop lines with a longer word; -1 disables
     filter_javascript: bool = True  # drop lines mentioning javascript
     filter_policy: bool = True  # drop lines with terms-of-use / cookie phrases
     policy_phrases: list[str] = [
-        "terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies",
+        "terms of use",
+        "privacy policy",
+        "cookie policy",
+        "uses cookies",
+        "use of cookies",
+        "use cookies",
     ]
     filter_lorem_ipsum: bool = True  # drop the document
     filter_curly_bracket: bool = True  # drop the document

@@ -15,19 +15,21 @@ are characters.
 
 from __future__ import annotations
 
+from corpus.record import Document
+from corpus.steps import Filter, Signal, at_least, at_most
 from filters.config import FineWebConfig
 from filters.gopher import find_duplicates
 from filters.text import TERMINAL_PUNCTUATION, is_no_space, tokens
-from corpus.record import Document
-from corpus.steps import Filter, Signal, at_least, at_most
 
 
 class FineWebQualityFilter(Filter):
     name = "fineweb"
-    signals = (Signal("fineweb_line_punct_ratio", at_least("line_punct_thr")),
-               Signal("fineweb_short_line_ratio", at_most("short_line_thr")),
-               Signal("fineweb_char_dup_ratio", at_most("char_duplicates_ratio")),
-               Signal("fineweb_list_ratio", at_most("new_line_ratio")))
+    signals = (
+        Signal("fineweb_line_punct_ratio", at_least("line_punct_thr")),
+        Signal("fineweb_short_line_ratio", at_most("short_line_thr")),
+        Signal("fineweb_char_dup_ratio", at_most("char_duplicates_ratio")),
+        Signal("fineweb_list_ratio", at_most("new_line_ratio")),
+    )
 
     def __init__(self, cfg: FineWebConfig | None = None):
         self.cfg = cfg or FineWebConfig()

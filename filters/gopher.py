@@ -22,22 +22,24 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from filters.config import GopherQualityConfig, GopherRepetitionConfig
-from filters.text import is_no_space, is_word, stop_words_for, tokens
 from corpus.record import Document
 from corpus.steps import Filter, Signal, at_least, at_most
+from filters.config import GopherQualityConfig, GopherRepetitionConfig
+from filters.text import is_no_space, is_word, stop_words_for, tokens
 
 
 class GopherQualityFilter(Filter):
     name = "gopher_quality"
-    signals = (Signal("gopher_n_words", at_least("min_doc_words"), at_most("max_doc_words")),
-               Signal("gopher_mean_word_length", at_least("min_avg_word_length"), at_most("max_avg_word_length")),
-               Signal("gopher_hash_ratio", at_most("max_symbol_word_ratio")),
-               Signal("gopher_ellipsis_ratio", at_most("max_symbol_word_ratio")),
-               Signal("gopher_bullet_lines_ratio", at_most("max_bullet_lines_ratio")),
-               Signal("gopher_ellipsis_lines_ratio", at_most("max_ellipsis_lines_ratio")),
-               Signal("gopher_alpha_words_ratio", at_least("min_alpha_words_ratio")),
-               Signal("gopher_stop_words", at_least("min_stop_words")))
+    signals = (
+        Signal("gopher_n_words", at_least("min_doc_words"), at_most("max_doc_words")),
+        Signal("gopher_mean_word_length", at_least("min_avg_word_length"), at_most("max_avg_word_length")),
+        Signal("gopher_hash_ratio", at_most("max_symbol_word_ratio")),
+        Signal("gopher_ellipsis_ratio", at_most("max_symbol_word_ratio")),
+        Signal("gopher_bullet_lines_ratio", at_most("max_bullet_lines_ratio")),
+        Signal("gopher_ellipsis_lines_ratio", at_most("max_ellipsis_lines_ratio")),
+        Signal("gopher_alpha_words_ratio", at_least("min_alpha_words_ratio")),
+        Signal("gopher_stop_words", at_least("min_stop_words")),
+    )
 
     def __init__(self, cfg: GopherQualityConfig | None = None):
         self.cfg = cfg or GopherQualityConfig()
@@ -59,8 +61,7 @@ class GopherQualityFilter(Filter):
         s["gopher_hash_ratio"] = text.count("#") / n_ws
         s["gopher_ellipsis_ratio"] = (text.count("...") + text.count("…")) / n_ws
         s["gopher_bullet_lines_ratio"] = sum(ln.lstrip().startswith(self.bullets) for ln in lines) / len(lines)
-        s["gopher_ellipsis_lines_ratio"] = sum(
-            ln.rstrip().endswith(("...", "…")) for ln in lines) / len(lines)
+        s["gopher_ellipsis_lines_ratio"] = sum(ln.rstrip().endswith(("...", "…")) for ln in lines) / len(lines)
         s["gopher_alpha_words_ratio"] = sum(any(map(str.isalpha, w)) for w in ws_words) / n_ws
         stop_words = stop_words_for(lang)
         if stop_words is not None:
@@ -128,12 +129,14 @@ def duplicate_ngram_chars(words: list[str], n: int) -> int:
 
 class GopherRepetitionFilter(Filter):
     name = "gopher_repetition"
-    signals = (Signal("gopher_dup_para_frac", at_most("dup_para_frac")),
-               Signal("gopher_dup_para_char_frac", at_most("dup_para_char_frac")),
-               Signal("gopher_dup_line_frac", at_most("dup_line_frac")),
-               Signal("gopher_dup_line_char_frac", at_most("dup_line_char_frac")),
-               Signal("gopher_top_{n}_gram_char_frac", at_most("top_n_grams")),
-               Signal("gopher_dup_{n}_gram_char_frac", at_most("dup_n_grams")))
+    signals = (
+        Signal("gopher_dup_para_frac", at_most("dup_para_frac")),
+        Signal("gopher_dup_para_char_frac", at_most("dup_para_char_frac")),
+        Signal("gopher_dup_line_frac", at_most("dup_line_frac")),
+        Signal("gopher_dup_line_char_frac", at_most("dup_line_char_frac")),
+        Signal("gopher_top_{n}_gram_char_frac", at_most("top_n_grams")),
+        Signal("gopher_dup_{n}_gram_char_frac", at_most("dup_n_grams")),
+    )
 
     def __init__(self, cfg: GopherRepetitionConfig | None = None):
         self.cfg = cfg or GopherRepetitionConfig()

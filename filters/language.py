@@ -17,9 +17,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from filters.config import LanguageConfig
 from corpus.record import Document
 from corpus.steps import Filter, Signal, at_least
+from filters.config import LanguageConfig
 
 _WS_RE = re.compile(r"\s+")
 LABEL_PREFIX = "__label__"
@@ -53,8 +53,10 @@ def normalise_for_fasttext(text: str) -> str:
 
 class LanguageFilter(Filter):
     name = "language"
-    signals = (Signal("lang_score", at_least("min_score")),
-               Signal("lang_block_agreement", at_least("min_block_agreement")))
+    signals = (
+        Signal("lang_score", at_least("min_score")),
+        Signal("lang_block_agreement", at_least("min_block_agreement")),
+    )
 
     def __init__(self, cfg: LanguageConfig | None = None):
         self.cfg = cfg or LanguageConfig()

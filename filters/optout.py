@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import re
 
-from filters.config import OptOutConfig
 from corpus.record import Document
 from corpus.stats import Ledger
 from corpus.steps import Drop, Signal, Step, drop_images
+from filters.config import OptOutConfig
 
 _SPLIT_RE = re.compile(r"[\s,;:]+")
 

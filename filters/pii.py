@@ -23,18 +23,20 @@ import ipaddress
 import re
 from collections.abc import Callable
 
-from filters.config import PIIConfig
 from corpus.record import Document
 from corpus.stats import Ledger
 from corpus.steps import Signal, Step
+from filters.config import PIIConfig
 
 EMAIL_RE = re.compile(
     r"\b[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@(?:(?:[A-Za-z0-9](?:["
     r"A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?|\[(?:(?:25[0-5]|2[0-4][0-9]|["
     r"01]?[0-9][0-9]?)\.){3}(?:25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?|[A-Za-z0-9-]*[A-Za-z0-9]:)])"
 )
-IPV4_RE = re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-                     r"(?![\w]|\.\d)")
+IPV4_RE = re.compile(
+    r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+    r"(?![\w]|\.\d)"
+)
 IPV6_RE = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{1,4}:|:){2,7}(?::|[0-9A-Fa-f]{1,4})(?![\w:])")
 PHONE_RE = re.compile(
     r"(?<![\w.+/-])"
@@ -45,8 +47,10 @@ PHONE_RE = re.compile(
 )
 DATE_RE = re.compile(r"\d{4}[./-]\d{1,2}[./-]\d{1,2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}")
 # digit runs that look like phone numbers but are not: bank accounts and book numbers
-NOT_PHONE_RE = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"  # IBAN
-                          r"|\b(?i:isbn)(?:-1[03])?:?\s*[\dX][\d -]{8,16}[\dXx]\b")
+NOT_PHONE_RE = re.compile(
+    r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"  # IBAN
+    r"|\b(?i:isbn)(?:-1[03])?:?\s*[\dX][\d -]{8,16}[\dXx]\b"
+)
 _GROUP_SPLIT = re.compile(r"[ \u00a0.\-]+")
 
 
@@ -131,8 +135,9 @@ class PIIStep(Step):
         for kind, pattern, find_spans, placeholder in self.rules:
             protected = [m.span() for m in self.protect[kind].finditer(text)] if kind in self.protect else []
 
-            def repl(m: re.Match, kind=kind, find_spans=find_spans, placeholder=placeholder,
-                     protected=protected) -> str:
+            def repl(
+                m: re.Match, kind=kind, find_spans=find_spans, placeholder=placeholder, protected=protected
+            ) -> str:
                 cand = m.group(0)
                 if any(start < m.end() and m.start() < end for start, end in protected):
                     return cand

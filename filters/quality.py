@@ -27,10 +27,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from filters.config import QualityConfig
-from filters.language import LABEL_PREFIX, load_fasttext
 from corpus.record import Document
 from corpus.steps import Filter, Signal, at_least
+from filters.config import QualityConfig
+from filters.language import LABEL_PREFIX, load_fasttext
 
 _WS_RE = re.compile(r"\s+")
 # fastText 0.9.3 initialises its input matrix in `thread` blocks of one tenth each (DenseMatrix::uniform):
@@ -95,10 +95,21 @@ def iter_examples(paths: Iterable[str | Path]) -> Iterator[str]:
             raise ValueError(f"example path not found: {p}")
 
 
-def train_from_texts(positives: Iterable[str], negatives: Iterable[str], out_path: str | Path, *,
-                     label: str = "hq", negative_label: str = "lq", epoch: int = 25, lr: float = 0.5,
-                     dim: int = 64, word_ngrams: int = 2, bucket: int = 200_000, min_count: int = 1,
-                     seed: int = 0) -> dict[str, Any]:
+def train_from_texts(
+    positives: Iterable[str],
+    negatives: Iterable[str],
+    out_path: str | Path,
+    *,
+    label: str = "hq",
+    negative_label: str = "lq",
+    epoch: int = 25,
+    lr: float = 0.5,
+    dim: int = 64,
+    word_ngrams: int = 2,
+    bucket: int = 200_000,
+    min_count: int = 1,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Train and save a fastText classifier; returns counts of the examples used.
 
     Defaults suit reference sets of hundreds to thousands of whole documents: few, long examples need a
@@ -121,15 +132,24 @@ def train_from_texts(positives: Iterable[str], negatives: Iterable[str], out_pat
             for lab, text in rows:
                 f.write(f"{LABEL_PREFIX}{lab} {text}\n")
         model = fasttext.train_supervised(
-            input=str(train_file), epoch=epoch, lr=lr, dim=dim, wordNgrams=word_ngrams, bucket=bucket,
-            minCount=min_count, thread=FASTTEXT_THREADS, seed=seed, verbose=0,
+            input=str(train_file),
+            epoch=epoch,
+            lr=lr,
+            dim=dim,
+            wordNgrams=word_ngrams,
+            bucket=bucket,
+            minCount=min_count,
+            thread=FASTTEXT_THREADS,
+            seed=seed,
+            verbose=0,
         )
     model.save_model(str(out_path))
     return {"positives": n_pos, "negatives": n_neg, "output": str(out_path)}
 
 
-def train_quality_model(positive_paths: Iterable[str | Path], negative_paths: Iterable[str | Path],
-                        out_path: str | Path, **kwargs: Any) -> dict[str, Any]:
+def train_quality_model(
+    positive_paths: Iterable[str | Path], negative_paths: Iterable[str | Path], out_path: str | Path, **kwargs: Any
+) -> dict[str, Any]:
     """Read both example sets (see module docstring) and train a classifier (see `train_from_texts`)."""
     positives = list(tqdm(iter_examples(positive_paths), desc="positives", unit="doc", leave=False))
     negatives = list(tqdm(iter_examples(negative_paths), desc="negatives", unit="doc", leave=False))
@@ -156,8 +176,9 @@ class QualityFilter(Filter):
             self._model = load_fasttext(self.cfg.model_path)
             labels = [lab.removeprefix(LABEL_PREFIX) for lab in self._model.get_labels()]
             if self.cfg.label not in labels:
-                raise ValueError(f"quality model {self.cfg.model_path} has labels {labels}, "
-                                 f"not quality.label={self.cfg.label!r}")
+                raise ValueError(
+                    f"quality model {self.cfg.model_path} has labels {labels}, not quality.label={self.cfg.label!r}"
+                )
 
     def scores(self, texts: list[str]) -> list[float]:
         """Probability of `label` for each text."""

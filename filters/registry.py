@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from corpus.steps import Step, resolve_signals
 from filters.c4 import C4Filter
 from filters.config import FiltersConfig
 from filters.fineweb import FineWebQualityFilter
@@ -20,7 +21,6 @@ from filters.optout import OptOutFilter
 from filters.pii import PIIStep
 from filters.quality import QualityFilter
 from filters.structure import ImageCountFilter, TextBlockFilter
-from corpus.steps import Step, resolve_signals
 
 # (config section of FiltersConfig, step class), in pipeline order
 TEXT_STEPS: list[tuple[str, type[Step]]] = [

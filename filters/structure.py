@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import unicodedata
 
-from filters.config import ImageCountConfig, TextBlocksConfig
-from filters.text import words
 from corpus.record import Document
 from corpus.stats import Ledger
 from corpus.steps import Drop, Filter, Signal, Step, at_least, at_most
+from filters.config import ImageCountConfig, TextBlocksConfig
+from filters.text import words
 
 
 def _special_char_ratio(text: str) -> float:
@@ -52,8 +52,7 @@ class TextBlockFilter(Step):
         text = doc.texts[i]
         assert text is not None
         n_words = len(words(text))
-        next_to_image = any(
-            0 <= j < len(doc.images) and doc.images[j] is not None for j in (i - 1, i + 1))
+        next_to_image = any(0 <= j < len(doc.images) and doc.images[j] is not None for j in (i - 1, i + 1))
         if n_words < c.min_words and not (c.keep_short_next_to_image and next_to_image and n_words > 0):
             return "block_too_short"
         if _special_char_ratio(text) > c.max_special_char_ratio:
@@ -94,8 +93,10 @@ class TextBlockFilter(Step):
 
 class ImageCountFilter(Filter):
     name = "image_count"
-    signals = (Signal("n_images", at_least("min_images"), at_most("max_images")),
-               Signal("words_per_image", at_least("min_words_per_image")))
+    signals = (
+        Signal("n_images", at_least("min_images"), at_most("max_images")),
+        Signal("words_per_image", at_least("min_words_per_image")),
+    )
 
     def __init__(self, cfg: ImageCountConfig | None = None):
         self.cfg = cfg or ImageCountConfig()

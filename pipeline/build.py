@@ -41,16 +41,8 @@ import pyarrow.parquet as pq
 import ray
 from pydantic import Field
 
-from crawl.extract import ExtractConfig, ExtractStep, ImageGate
-from crawl.images import ImageConfig, ImageStep, Resolver, chain
-from crawl.live.config import CrawlConfig
-from crawl.sources import NOT_IN_SOURCE, Unit, discover_units, open_source
-from filters.config import FiltersConfig
-from filters.dedup import ApplyDedup, DedupConfig, DedupResult, InDocumentImageDedup, run_dedup
-from filters.registry import declared_signals, document_steps, text_steps
 from corpus.config import Section, dump_config
 from corpus.format import MANIFEST, ShardInfo, _parse_line, write_shards
-from pipeline.inputs import InputConfig, resolve_inputs, storage_options
 from corpus.record import STAGED_SCHEMA, documents_to_staged_table, staged_table_to_documents
 from corpus.runner import Stage, map_actors
 from corpus.stats import Ledger, check_funnel
@@ -63,6 +55,14 @@ from corpus.storage import (
     local_scratch,
     write_parquet_atomic,
 )
+from crawl.extract import ExtractConfig, ExtractStep, ImageGate
+from crawl.images import ImageConfig, ImageStep, Resolver, chain
+from crawl.live.config import CrawlConfig
+from crawl.sources import NOT_IN_SOURCE, Unit, discover_units, open_source
+from filters.config import FiltersConfig
+from filters.dedup import ApplyDedup, DedupConfig, DedupResult, InDocumentImageDedup, run_dedup
+from filters.registry import declared_signals, document_steps, text_steps
+from pipeline.inputs import InputConfig, resolve_inputs, storage_options
 from pipeline.summary import explain, run_errors
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,12 @@ class OutputConfig(Section):
     max_shard_docs: int = Field(10_000, ge=1)
     staged_batch_docs: int = Field(64, ge=1, description="documents per Parquet row group in WORK")
     keep_work: bool = Field(False, description="keep CORPUS/_work (staged documents) after a finished build")
-    work_dir: str | None = Field(None, description="work folder (staged documents, markers); None = "
-                                 "CORPUS/_work. Needed for a remote corpus (s3://...): a folder every Ray "
-                                 "node can reach")
+    work_dir: str | None = Field(
+        None,
+        description="work folder (staged documents, markers); None = "
+        "CORPUS/_work. Needed for a remote corpus (s3://...): a folder every Ray "
+        "node can reach",
+    )
 
 
 class RayConfig(Section):
@@ -184,8 +187,11 @@ class UnitWorker:
         if is_remote(unit.path):  # read a local copy, under the same file name (sources name documents by it)
             scratch = local_scratch("interloom-input-")
             try:
-                local = Unit(str(fetch_input(unit.path, scratch, storage_options(unit.path, self.cfg.input))),
-                             unit.kind, unit.name)
+                local = Unit(
+                    str(fetch_input(unit.path, scratch, storage_options(unit.path, self.cfg.input))),
+                    unit.kind,
+                    unit.name,
+                )
                 return self._run_unit(local, unit, out)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
@@ -193,8 +199,9 @@ class UnitWorker:
 
     def _run_unit(self, unit: Unit, reported: Unit, out: Path) -> dict[str, Any]:
         ledger = Ledger()
-        source = open_source(unit, max_html_bytes=self.cfg.extract.max_html_bytes,
-                             max_image_bytes=self.cfg.images.max_bytes)
+        source = open_source(
+            unit, max_html_bytes=self.cfg.extract.max_html_bytes, max_image_bytes=self.cfg.images.max_bytes
+        )
         source.index_images()
         self.steps.setup()
         resolver: Resolver = source.images.fetch_many
@@ -238,9 +245,14 @@ class UnitWorker:
         if is_remote(corpus):  # shards are written locally, then uploaded one by one (index, then shard)
             target = str(local_scratch("interloom-shards-"))
         try:
-            shards = write_shards(run_steps(docs, steps, ledger), target, prefix, unit=unit.name,
-                                  max_bytes=self.cfg.output.max_shard_bytes,
-                                  max_docs=self.cfg.output.max_shard_docs)
+            shards = write_shards(
+                run_steps(docs, steps, ledger),
+                target,
+                prefix,
+                unit=unit.name,
+                max_bytes=self.cfg.output.max_shard_bytes,
+                max_docs=self.cfg.output.max_shard_docs,
+            )
             if target != corpus:
                 store = Storage(corpus)
                 for s in shards:
@@ -273,8 +285,13 @@ def _local_folder(configured: str | None, output: str, key: str, default: str, w
 
 
 def _crawl_dir(cfg: BuildConfig, output: str) -> Path:
-    return _local_folder(cfg.input.crawl_output, output, "input.crawl_output", "crawl",
-                         "a local or shared folder for the crawl's WARC files")
+    return _local_folder(
+        cfg.input.crawl_output,
+        output,
+        "input.crawl_output",
+        "crawl",
+        "a local or shared folder for the crawl's WARC files",
+    )
 
 
 def crawl_first(cfg: BuildConfig, output: str, progress: bool) -> list[str]:
@@ -341,14 +358,25 @@ def unit_stage(cfg: BuildConfig, name: str, phase: str) -> Stage:
     return Stage(name, resources=Resources.covering(chain), env=_storage_env())
 
 
-def _run_pool(cfg: BuildConfig, stage: Stage, items: list, method: str, args_of, on_result,
-              progress: bool, writes_to) -> None:
+def _run_pool(
+    cfg: BuildConfig, stage: Stage, items: list, method: str, args_of, on_result, progress: bool, writes_to
+) -> None:
     """Run `method` of a pool of UnitWorker actors over items (corpus.runner); results handed to
     on_result as they finish. `writes_to(item)` names where an item's outputs go, for the error when they
     cannot be written."""
     n_workers = cfg.ray.workers or max(1, int(ray.available_resources().get("CPU", 1)))
-    map_actors(stage, UnitWorker, (dump_config(cfg),), method, items, args_of, workers=n_workers,
-               progress=progress, writes_to=writes_to, on_result=on_result)
+    map_actors(
+        stage,
+        UnitWorker,
+        (dump_config(cfg),),
+        method,
+        items,
+        args_of,
+        workers=n_workers,
+        progress=progress,
+        writes_to=writes_to,
+        on_result=on_result,
+    )
 
 
 def _put_json(store: Storage, rel: str, obj: Any) -> None:
@@ -367,12 +395,18 @@ def _listed_shards(store: Storage) -> list[ShardInfo]:
 
 
 def _work_dir(cfg: BuildConfig, output: str) -> Path:
-    return _local_folder(cfg.output.work_dir, output, "output.work_dir", "_work",
-                         "a folder every Ray node can reach (a shared file system on a cluster)")
+    return _local_folder(
+        cfg.output.work_dir,
+        output,
+        "output.work_dir",
+        "_work",
+        "a folder every Ray node can reach (a shared file system on a cluster)",
+    )
 
 
-def build_corpus(inputs: list[str], output: str | Path, cfg: BuildConfig | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+def build_corpus(
+    inputs: list[str], output: str | Path, cfg: BuildConfig | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Build (or resume) a corpus from input globs (local or URLs) into a local folder or an fsspec URL.
     Returns the stats funnel (also in stats.json)."""
     cfg = cfg or BuildConfig()
@@ -396,12 +430,13 @@ def build_corpus(inputs: list[str], output: str | Path, cfg: BuildConfig | None 
                 raise e.cause from e
             raise
     except StorageError as e:
-        raise ValueError(f"{e} -- finished units are kept in {work}; run the same command again to resume") \
-            from e
+        raise ValueError(f"{e} -- finished units are kept in {work}; run the same command again to resume") from e
     except OSError as e:
-        raise ValueError(f"cannot write {e.filename or work}: {e.strerror or e} -- finished units are kept in "
-                         f"{work}; fix the output (space, permissions) and run the same command again "
-                         f"to resume") from e
+        raise ValueError(
+            f"cannot write {e.filename or work}: {e.strerror or e} -- finished units are kept in "
+            f"{work}; fix the output (space, permissions) and run the same command again "
+            f"to resume"
+        ) from e
 
 
 # config sections that say how a build runs, not what it makes: a resume may change them
@@ -421,12 +456,16 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 def identity_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """What differs between a stored build's config and inputs and this run's, one line per key
     ("images.min_side: 150 -> 200", "inputs: + /new.warc.gz"); run-only sections are not compared."""
+
     def corpus_keys(cfg: dict[str, Any] | None) -> dict[str, Any]:
         return {k: v for k, v in _flat(cfg or {}).items() if k.split(".", 1)[0] not in RUN_ONLY_SECTIONS}
 
     old, new = corpus_keys(previous.get("config")), corpus_keys(current.get("config"))
-    lines = [f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
-             for k in sorted(old.keys() | new.keys()) if old.get(k, ...) != new.get(k, ...)]
+    lines = [
+        f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k, ...) != new.get(k, ...)
+    ]
     old_in, new_in = previous.get("inputs") or [], current.get("inputs") or []
     lines += [f"inputs: - {p}" for p in old_in if p not in new_in]
     lines += [f"inputs: + {p}" for p in new_in if p not in old_in]
@@ -435,24 +474,34 @@ def identity_differences(previous: dict[str, Any], current: dict[str, Any]) -> l
     return lines
 
 
-def _build(cfg: BuildConfig, paths: list[str], units: list[Unit], store: Storage, work: Path,
-           progress: bool) -> dict[str, Any]:
+def _build(
+    cfg: BuildConfig, paths: list[str], units: list[Unit], store: Storage, work: Path, progress: bool
+) -> dict[str, Any]:
     identity = {"config": dump_config(cfg), "inputs": [p if is_remote(p) else os.path.abspath(p) for p in paths]}
     if store.exists("build.json"):
         previous = json.loads(store.read_bytes("build.json"))
         differences = identity_differences(previous, identity)
         if differences:
-            shown = "; ".join(differences[:10]) + (f"; ... ({len(differences)} in all)" if len(differences) > 10
-                                                   else "")
-            raise ValueError(f"{store.url} holds a build with other inputs or config ({shown}); use a new "
-                             f"--output or delete it (see {store.url_of('build.json')})")
+            shown = "; ".join(differences[:10]) + (
+                f"; ... ({len(differences)} in all)" if len(differences) > 10 else ""
+            )
+            raise ValueError(
+                f"{store.url} holds a build with other inputs or config ({shown}); use a new "
+                f"--output or delete it (see {store.url_of('build.json')})"
+            )
         if previous.get("finished_at"):
             log.info("%s: build already finished at %s; nothing to do", store.url, previous["finished_at"])
             return json.loads(store.read_bytes("stats.json"))
         info = previous
     else:
-        info = {**identity, "versions": _versions(), "started_at": _now(), "finished_at": None,
-                "units": [asdict(u) for u in units], "signals": declared_signals(cfg.filters)}
+        info = {
+            **identity,
+            "versions": _versions(),
+            "started_at": _now(),
+            "finished_at": None,
+            "units": [asdict(u) for u in units],
+            "signals": declared_signals(cfg.filters),
+        }
         _put_json(store, "build.json", info)
     try:
         (work / "units").mkdir(parents=True, exist_ok=True)
@@ -476,8 +525,16 @@ def _build(cfg: BuildConfig, paths: list[str], units: list[Unit], store: Storage
 
         fetcher = FetchResolver(cfg.crawl, warc_dir=_crawl_dir(cfg, store.url) / "images")
     try:
-        _run_pool(cfg, unit_stage(cfg, "extract+filter", "unit"), todo, "run_unit",
-                  lambda u: (u, str(work), fetcher), on_unit, progress, writes_to=lambda u: str(work / "units" / u.name))
+        _run_pool(
+            cfg,
+            unit_stage(cfg, "extract+filter", "unit"),
+            todo,
+            "run_unit",
+            lambda u: (u, str(work), fetcher),
+            on_unit,
+            progress,
+            writes_to=lambda u: str(work / "units" / u.name),
+        )
     finally:
         if fetcher is not None:
             fetcher.close()
@@ -529,9 +586,16 @@ def _build(cfg: BuildConfig, paths: list[str], units: list[Unit], store: Storage
         flush_in_order()
 
     flush_in_order()
-    _run_pool(cfg, unit_stage(cfg, "write shards", "write"), to_write, "write_unit",
-              lambda u: (index_of[u.name], u, str(work), store.url), on_written, progress,
-              writes_to=lambda u: f"{store.url} (shards, index) and {work / 'units' / u.name}")
+    _run_pool(
+        cfg,
+        unit_stage(cfg, "write shards", "write"),
+        to_write,
+        "write_unit",
+        lambda u: (index_of[u.name], u, str(work), store.url),
+        on_written,
+        progress,
+        writes_to=lambda u: f"{store.url} (shards, index) and {work / 'units' / u.name}",
+    )
     flush_in_order()
     assert next_unit["i"] == len(units), "every unit's shards are in the manifest"
 
@@ -546,9 +610,12 @@ def _build(cfg: BuildConfig, paths: list[str], units: list[Unit], store: Storage
         store.put_file(unit_dir / "write-rejects.parquet", f"rejects/{u.name}.dedup.parquet")
     stats = ledger.to_dict(stage_order(cfg))
     elapsed = time.time() - t0
-    stats["build"] = {"units": len(units), "seconds": round(elapsed, 3),
-                      "documents": sum(s.documents for s in _listed_shards(store)),
-                      "shards": len(listed)}
+    stats["build"] = {
+        "units": len(units),
+        "seconds": round(elapsed, 3),
+        "documents": sum(s.documents for s in _listed_shards(store)),
+        "shards": len(listed),
+    }
     problems = check_funnel(stats)
     assert not problems, f"funnel does not add up: {problems}"
     # errors of the run: outcomes the machine decided rather than the input (a safety-net timeout), so

@@ -31,15 +31,21 @@ OBELICS_SCHEMA = pa.schema(
         ("general_metadata", pa.string()),  # JSON object: url, lang, title, source, signals (OBELICS)
     ],
     metadata={
-        "huggingface": json.dumps({"info": {"features": {
-            "id": {"dtype": "string", "_type": "Value"},
-            "url": {"dtype": "string", "_type": "Value"},
-            "texts": {"feature": {"dtype": "string", "_type": "Value"}, "_type": "List"},
-            "images": {"feature": {"_type": "Image"}, "_type": "List"},
-            "image_urls": {"feature": {"dtype": "string", "_type": "Value"}, "_type": "List"},
-            "metadata": {"dtype": "string", "_type": "Value"},
-            "general_metadata": {"dtype": "string", "_type": "Value"},
-        }}})
+        "huggingface": json.dumps(
+            {
+                "info": {
+                    "features": {
+                        "id": {"dtype": "string", "_type": "Value"},
+                        "url": {"dtype": "string", "_type": "Value"},
+                        "texts": {"feature": {"dtype": "string", "_type": "Value"}, "_type": "List"},
+                        "images": {"feature": {"_type": "Image"}, "_type": "List"},
+                        "image_urls": {"feature": {"dtype": "string", "_type": "Value"}, "_type": "List"},
+                        "metadata": {"dtype": "string", "_type": "Value"},
+                        "general_metadata": {"dtype": "string", "_type": "Value"},
+                    }
+                }
+            }
+        )
     },
 )
 
@@ -52,18 +58,29 @@ def export_hf(corpus_path: str, out: str, progress: bool = True) -> list[Path]:
     for shard in tqdm(corpus.shards(), desc="export hf", unit="shard", disable=not progress):
         rows = []
         for doc in corpus.iter_shard(shard):
-            rows.append({
-                "id": doc.id,
-                "url": doc.url,
-                "texts": list(doc.texts),
-                "images": [None if im is None else {"bytes": im.data, "path": f"{doc.id}.{im.member}"}
-                           for im in doc.images],
-                "image_urls": [None if im is None else im.url for im in doc.images],
-                "metadata": json.dumps([None if im is None else im.to_dict() for im in doc.images]),
-                "general_metadata": json.dumps({"url": doc.url, "lang": doc.lang, "title": doc.title,
-                                                "source": doc.source, "fetched_at": doc.fetched_at,
-                                                "signals": doc.signals}, sort_keys=True),
-            })
+            rows.append(
+                {
+                    "id": doc.id,
+                    "url": doc.url,
+                    "texts": list(doc.texts),
+                    "images": [
+                        None if im is None else {"bytes": im.data, "path": f"{doc.id}.{im.member}"} for im in doc.images
+                    ],
+                    "image_urls": [None if im is None else im.url for im in doc.images],
+                    "metadata": json.dumps([None if im is None else im.to_dict() for im in doc.images]),
+                    "general_metadata": json.dumps(
+                        {
+                            "url": doc.url,
+                            "lang": doc.lang,
+                            "title": doc.title,
+                            "source": doc.source,
+                            "fetched_at": doc.fetched_at,
+                            "signals": doc.signals,
+                        },
+                        sort_keys=True,
+                    ),
+                }
+            )
         path = out_dir / f"{shard.name}.parquet"
         write_parquet_atomic(pa.Table.from_pylist(rows, schema=OBELICS_SCHEMA), path)
         written.append(path)

@@ -1,14 +1,14 @@
 """What `--input` names, at crawl scale: files, globs (local or over any fsspec file system), and path lists.
 
-  resolve_inputs(patterns, cfg) -> the input files of a build, in order:
-    - a path list (`warc.paths.gz` as Common Crawl publishes it, or any `.paths`/`.txt`[.gz] file of paths or
-      URLs, one per line, `#` comments) is read, local or remote; a relative entry is resolved against
-      `input.prefix` (`--input-prefix s3://commoncrawl/`), and is an error without one. WET and WAT files in
-      a list are refused: a build needs the WARC files (HTML and images);
-    - a glob over a remote file system (s3://bucket/crawl/*.warc.gz), or a local glob;
-    - `input.anon=true` reads s3:// inputs anonymously (public buckets such as s3://commoncrawl);
-    - `input.sample_files` keeps a seeded sample of the files (N >= 1: that many; 0 < x < 1: that share, at
-      least one), so a user can try 10 WARCs of a dump before the whole of it.
+resolve_inputs(patterns, cfg) -> the input files of a build, in order:
+  - a path list (`warc.paths.gz` as Common Crawl publishes it, or any `.paths`/`.txt`[.gz] file of paths or
+    URLs, one per line, `#` comments) is read, local or remote; a relative entry is resolved against
+    `input.prefix` (`--input-prefix s3://commoncrawl/`), and is an error without one. WET and WAT files in
+    a list are refused: a build needs the WARC files (HTML and images);
+  - a glob over a remote file system (s3://bucket/crawl/*.warc.gz), or a local glob;
+  - `input.anon=true` reads s3:// inputs anonymously (public buckets such as s3://commoncrawl);
+  - `input.sample_files` keeps a seeded sample of the files (N >= 1: that many; 0 < x < 1: that share, at
+    least one), so a user can try 10 WARCs of a dump before the whole of it.
 """
 
 from __future__ import annotations
@@ -32,14 +32,23 @@ _DERIVED = {".wet": "WET (extracted text only)", ".wat": "WAT (metadata only)"}
 
 
 class InputConfig(Section):
-    crawl_seeds: str | None = Field(None, description="seed URLs (a .txt file, one per line, or Parquet): "
-                                    "crawl them first (section `crawl`) and build the crawl's WARCs")
+    crawl_seeds: str | None = Field(
+        None,
+        description="seed URLs (a .txt file, one per line, or Parquet): "
+        "crawl them first (section `crawl`) and build the crawl's WARCs",
+    )
     crawl_output: str | None = Field(None, description="where the crawl's WARCs go; None = CORPUS/crawl")
-    prefix: str | None = Field(None, description="what relative entries of a path list are resolved against, "
-                               "e.g. s3://commoncrawl/ or https://data.commoncrawl.org/ (--input-prefix)")
+    prefix: str | None = Field(
+        None,
+        description="what relative entries of a path list are resolved against, "
+        "e.g. s3://commoncrawl/ or https://data.commoncrawl.org/ (--input-prefix)",
+    )
     anon: bool = Field(False, description="read s3:// inputs without credentials (public buckets)")
-    sample_files: float | None = Field(None, gt=0, description="a seeded sample of the input files: N >= 1 "
-                                       "files, or a share 0 < x < 1 of them (--sample-files)")
+    sample_files: float | None = Field(
+        None,
+        gt=0,
+        description="a seeded sample of the input files: N >= 1 files, or a share 0 < x < 1 of them (--sample-files)",
+    )
     sample_seed: int = Field(0, description="seed of the sample")
 
 
@@ -78,12 +87,16 @@ def read_path_list(path: str, cfg: InputConfig) -> list[str]:
             continue
         kind = _derived_kind(entry)
         if kind:
-            raise ValueError(f"--input {path} line {n}: {entry} is a {kind} file; a build needs the WARC files "
-                             f"(HTML and images): use the dump's warc.paths.gz, not wet.paths.gz or wat.paths.gz")
+            raise ValueError(
+                f"--input {path} line {n}: {entry} is a {kind} file; a build needs the WARC files "
+                f"(HTML and images): use the dump's warc.paths.gz, not wet.paths.gz or wat.paths.gz"
+            )
         if "://" not in entry and not os.path.isabs(entry):
             if not cfg.prefix:
-                raise ValueError(f"--input {path} line {n}: {entry} is a relative path; give --input-prefix "
-                                 f"(e.g. s3://commoncrawl/ or https://data.commoncrawl.org/) to resolve it")
+                raise ValueError(
+                    f"--input {path} line {n}: {entry} is a relative path; give --input-prefix "
+                    f"(e.g. s3://commoncrawl/ or https://data.commoncrawl.org/) to resolve it"
+                )
             entry = cfg.prefix.rstrip("/") + "/" + entry.lstrip("/")
         entries.append(entry)
     if not entries:
@@ -126,8 +139,9 @@ def resolve_inputs(patterns: list[str], cfg: InputConfig | None = None) -> list[
             raise ValueError(f"--input {pattern!r} matches no file")
         lists = [m for m in matched if is_path_list(m)]
         if lists:
-            raise ValueError(f"--input {pattern!r} matches path lists ({lists[0]}, ...); give each list as its "
-                             f"own --input")
+            raise ValueError(
+                f"--input {pattern!r} matches path lists ({lists[0]}, ...); give each list as its own --input"
+            )
         paths.extend(matched)
     paths = list(dict.fromkeys(paths))
     if cfg.sample_files is not None and paths:

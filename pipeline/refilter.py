@@ -27,11 +27,11 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from filters.registry import declared_signals
 from corpus.config import load_config
 from corpus.format import MANIFEST, Corpus, ShardInfo, write_shards
 from corpus.stats import Ledger, check_funnel
 from corpus.storage import write_parquet_atomic
+from filters.registry import declared_signals
 
 STAGE = "refilter"
 
@@ -64,21 +64,26 @@ def stricter_thresholds(old_cfg: Any, new_cfg: Any) -> list[tuple[str, str, str,
             continue
         for signal, kind in by_key[key]:
             if (after < before) if kind == "min" else (after > before):
-                problems.append(f"{key}: {before!r} -> {after!r} is looser than the build's: it would keep pages "
-                                f"the build dropped, which are not in the corpus")
+                problems.append(
+                    f"{key}: {before!r} -> {after!r} is looser than the build's: it would keep pages "
+                    f"the build dropped, which are not in the corpus"
+                )
                 break
             out.append((key, signal, kind, float(after)))
     if problems:
-        raise ValueError("refilter cannot apply: " + "; ".join(problems)
-                         + " -- run `interloom build` with the new settings instead")
+        raise ValueError(
+            "refilter cannot apply: " + "; ".join(problems) + " -- run `interloom build` with the new settings instead"
+        )
     return out
 
 
 def _fails(doc: Any, checks: list[tuple[str, str, str, float]]) -> str | None:
     for key, signal, kind, value in checks:
         if signal not in doc.signals:
-            raise ValueError(f"document {doc.id} has no stored signal {signal!r} (needed for {key}); "
-                             f"run `interloom build` with the new settings instead")
+            raise ValueError(
+                f"document {doc.id} has no stored signal {signal!r} (needed for {key}); "
+                f"run `interloom build` with the new settings instead"
+            )
         got = doc.signals[signal]
         if (got < value) if kind == "min" else (got > value):
             return key
@@ -132,24 +137,44 @@ def refilter_corpus(corpus: str | Path, output: str | Path, overrides: list[str]
     lines = []
     for index, unit in enumerate(info["units"]):
         prefix = f"{cfg.output.shard_prefix}-{index:05d}"
-        written = write_shards(kept(shards_of.get(unit["name"], [])), out, prefix, unit=unit["name"],
-                               max_bytes=cfg.output.max_shard_bytes, max_docs=cfg.output.max_shard_docs)
+        written = write_shards(
+            kept(shards_of.get(unit["name"], [])),
+            out,
+            prefix,
+            unit=unit["name"],
+            max_bytes=cfg.output.max_shard_bytes,
+            max_docs=cfg.output.max_shard_docs,
+        )
         lines += [s.line() + "\n" for s in written]
     (out / MANIFEST).write_text("".join(lines), encoding="utf-8")
     write_parquet_atomic(ledger.rejects_table(), out / "rejects" / "refilter.parquet")
     old_stats = src.read_json("stats.json")
-    stats = {**ledger.to_dict([STAGE]), "stages": [*old_stats["stages"], *ledger.to_dict([STAGE])["stages"]],
-             "items": old_stats.get("items", {})}
-    stats["build"] = {"documents": stage.n_out, "shards": len(lines), "units": len(info["units"]),
-                      "refiltered_from": str(corpus), "dedup_keepers_dropped": dropped_keepers, "errors": {},
-                      "notes": [f"{stage.n_out} of {stage.n_in} documents kept by the stricter thresholds"]}
+    stats = {
+        **ledger.to_dict([STAGE]),
+        "stages": [*old_stats["stages"], *ledger.to_dict([STAGE])["stages"]],
+        "items": old_stats.get("items", {}),
+    }
+    stats["build"] = {
+        "documents": stage.n_out,
+        "shards": len(lines),
+        "units": len(info["units"]),
+        "refiltered_from": str(corpus),
+        "dedup_keepers_dropped": dropped_keepers,
+        "errors": {},
+        "notes": [f"{stage.n_out} of {stage.n_in} documents kept by the stricter thresholds"],
+    }
     if dropped_keepers:
         stats["build"]["notes"].append(
             f"{dropped_keepers} dropped documents were the kept copy of a duplicate cluster: a fresh build with "
-            f"these settings would keep another member of each; run `interloom build` for that corpus")
+            f"these settings would keep another member of each; run `interloom build` for that corpus"
+        )
     assert not check_funnel(stats), check_funnel(stats)
     (out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True), encoding="utf-8")
-    new_info = {**info, "config": cfg.model_dump(mode="json"), "refiltered_from": str(corpus),
-                "signals": declared_signals(cfg.filters)}
+    new_info = {
+        **info,
+        "config": cfg.model_dump(mode="json"),
+        "refiltered_from": str(corpus),
+        "signals": declared_signals(cfg.filters),
+    }
     (out / "build.json").write_text(json.dumps(new_info, indent=2, sort_keys=True), encoding="utf-8")
     return stats

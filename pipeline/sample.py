@@ -21,9 +21,28 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 HOST = "https://docs.example.org"
-PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg",
-          "hubble_deep_field.jpg", "coins.png", "camera.png", "horse.png", "moon.png", "brick.png", "page.png",
-          "grass.png", "gravel.png", "ihc.png", "cell.png", "clock_motion.png", "text.png", "color.png"]
+PHOTOS = [
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "retina.jpg",
+    "hubble_deep_field.jpg",
+    "coins.png",
+    "camera.png",
+    "horse.png",
+    "moon.png",
+    "brick.png",
+    "page.png",
+    "grass.png",
+    "gravel.png",
+    "ihc.png",
+    "cell.png",
+    "clock_motion.png",
+    "text.png",
+    "color.png",
+]
 DATE = datetime(2026, 1, 15, 12, 0, 0)
 
 
@@ -73,17 +92,22 @@ def _paragraphs(text: str) -> list[tuple[str, str]]:
     return [(k, t) for k, t in blocks if t]
 
 
-NAV = ('<header><div class="logo"><img src="/static/logo.png" width="32" height="32" alt="logo"></div>'
-       '<nav><ul><li><a href="/">Home</a></li><li><a href="/topics/">Topics</a></li><li><a href="/about/">About'
-       '</a></li><li><a href="/contact/">Contact</a></li></ul></nav></header>')
-FOOTER = ('<div class="cookie-banner">We use cookies to improve your experience. <a href="/privacy/">'
-          'Privacy policy</a> <button>Accept</button></div><footer><p>Copyright 2026 Example Docs. All rights '
-          'reserved.</p><a href="/terms/">Terms</a> | <a href="/privacy/">Privacy</a></footer>'
-          '<img src="https://tracker.example.net/pixel.gif?id=42" width="1" height="1" alt="">')
+NAV = (
+    '<header><div class="logo"><img src="/static/logo.png" width="32" height="32" alt="logo"></div>'
+    '<nav><ul><li><a href="/">Home</a></li><li><a href="/topics/">Topics</a></li><li><a href="/about/">About'
+    '</a></li><li><a href="/contact/">Contact</a></li></ul></nav></header>'
+)
+FOOTER = (
+    '<div class="cookie-banner">We use cookies to improve your experience. <a href="/privacy/">'
+    "Privacy policy</a> <button>Accept</button></div><footer><p>Copyright 2026 Example Docs. All rights "
+    'reserved.</p><a href="/terms/">Terms</a> | <a href="/privacy/">Privacy</a></footer>'
+    '<img src="https://tracker.example.net/pixel.gif?id=42" width="1" height="1" alt="">'
+)
 
 
-def page_html(title: str, blocks: list[tuple[str, str]], photos: list[tuple[str, str]], rng: random.Random,
-              lazy: bool) -> str:
+def page_html(
+    title: str, blocks: list[tuple[str, str]], photos: list[tuple[str, str]], rng: random.Random, lazy: bool
+) -> str:
     """An article page with photos placed between its paragraphs."""
     body = [f"<h1>{html.escape(title)}</h1>"]
     slots = sorted(rng.sample(range(1, max(2, len(blocks))), k=min(len(photos), max(1, len(blocks) - 1))))
@@ -93,25 +117,38 @@ def page_html(title: str, blocks: list[tuple[str, str]], photos: list[tuple[str,
             name, alt = photo_at[i]
             src = f"{HOST}/images/{name.rsplit('.', 1)[0]}.jpg"  # absolute: copies on other hosts keep them
             attr = f'src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" data-src="{src}"' if lazy else f'src="{src}"'
-            body.append(f'<figure><img {attr} alt="{html.escape(alt)}"><figcaption>{html.escape(alt)}'
-                        f"</figcaption></figure>")
+            body.append(
+                f'<figure><img {attr} alt="{html.escape(alt)}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+            )
         tag = {"h": "h2", "p": "p", "pre": "pre"}[kind]
         body.append(f"<{tag}>{html.escape(text)}</{tag}>")
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)} - '
-            f'Example Docs</title></head><body>{NAV}<main><article>{"".join(body)}</article></main>'
-            f'<aside><h3>Related</h3><ul><li><a href="/topics/a">More topics</a></li></ul></aside>'
-            f"{FOOTER}</body></html>")
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)} - '
+        f"Example Docs</title></head><body>{NAV}<main><article>{''.join(body)}</article></main>"
+        f'<aside><h3>Related</h3><ul><li><a href="/topics/a">More topics</a></li></ul></aside>'
+        f"{FOOTER}</body></html>"
+    )
 
 
 JUNK = {
-    "not-found": "<html><head><title>404</title></head><body>" + NAV + "<p>Page not found.</p>" + FOOTER
+    "not-found": "<html><head><title>404</title></head><body>"
+    + NAV
+    + "<p>Page not found.</p>"
+    + FOOTER
     + "</body></html>",
-    "links": "<html><head><title>Links</title></head><body>" + NAV + "<ul>"
-    + "".join(f'<li><a href="/l/{i}">link {i}</a></li>' for i in range(80)) + "</ul>" + FOOTER + "</body></html>",
+    "links": "<html><head><title>Links</title></head><body>"
+    + NAV
+    + "<ul>"
+    + "".join(f'<li><a href="/l/{i}">link {i}</a></li>' for i in range(80))
+    + "</ul>"
+    + FOOTER
+    + "</body></html>",
     "spam": "<html><head><title>Best deals</title></head><body><main><p>"
-    + " ".join(["buy cheap deals now"] * 150) + "</p></main></body></html>",
-    "lorem": "<html><head><title>Lorem</title></head><body><main><p>" + ("Lorem ipsum dolor sit amet, "
-    "consectetur adipiscing elit. " * 30) + "</p></main></body></html>",
+    + " ".join(["buy cheap deals now"] * 150)
+    + "</p></main></body></html>",
+    "lorem": "<html><head><title>Lorem</title></head><body><main><p>"
+    + ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 30)
+    + "</p></main></body></html>",
 }
 
 
@@ -128,8 +165,9 @@ def make_sample(out_dir: str | Path, n_pages: int = 60, seed: int = 0) -> Path:
     alts = {p: p.rsplit(".", 1)[0].replace("_", " ") for p in PHOTOS}
     with open(tmp, "wb") as f:
         w = WARCWriter(f, gzip=True)
-        info = w.create_warcinfo_record("interloom-sample.warc.gz", {"software": "interloom sample", "format":
-                                        "WARC File Format 1.1"})
+        info = w.create_warcinfo_record(
+            "interloom-sample.warc.gz", {"software": "interloom sample", "format": "WARC File Format 1.1"}
+        )
         _fix_date(info)
         w.write_record(info)
 
@@ -150,8 +188,8 @@ def make_sample(out_dir: str | Path, n_pages: int = 60, seed: int = 0) -> Path:
             pages[f"https://mirror.example.com/docs/{j}.html"] = pages[url]
         for j, url in enumerate(keys[3:6]):  # near duplicates: a few words changed, one line added
             pages[f"https://blog.example.com/copy-{j}.html"] = (
-                pages[url].replace(" the ", " this ", 3).replace("</article>", "<p>Reposted with thanks."
-                                                                  "</p></article>"))
+                pages[url].replace(" the ", " this ", 3).replace("</article>", "<p>Reposted with thanks.</p></article>")
+            )
         for slug, body in JUNK.items():
             pages[f"{HOST}/junk/{slug}.html"] = body
         for url in sorted(pages):
@@ -170,4 +208,5 @@ def _fix_date(rec, url: str = "") -> None:
     digest = hashlib.sha1((url or "warcinfo").encode()).hexdigest()
     rec.rec_headers.replace_header("WARC-Date", DATE.strftime("%Y-%m-%dT%H:%M:%SZ"))
     rec.rec_headers.replace_header(
-        "WARC-Record-ID", f"<urn:uuid:{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}>")
+        "WARC-Record-ID", f"<urn:uuid:{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}>"
+    )

@@ -22,8 +22,7 @@ TOP_STAGES = 3
 
 def run_errors(stats: dict[str, Any]) -> dict[str, int]:
     """{error name: count} of the run, from the ledger counters `errors/<name>`."""
-    return {k.split("/", 1)[1]: int(n) for k, n in stats.get("counters", {}).items()
-            if k.startswith("errors/") and n}
+    return {k.split("/", 1)[1]: int(n) for k, n in stats.get("counters", {}).items() if k.startswith("errors/") and n}
 
 
 def _reasons(stage: dict[str, Any], top: int = 3) -> str:
@@ -42,8 +41,11 @@ def _thresholds(cfg: Any, section: str) -> list[str]:
 
 
 # item drop reasons of the image stage -> the setting that decides them
-_IMAGE_SETTINGS = {"too_small": "images.min_side", "bad_aspect_ratio": "images.max_aspect",
-                   "too_large_bytes": "images.max_bytes"}
+_IMAGE_SETTINGS = {
+    "too_small": "images.min_side",
+    "bad_aspect_ratio": "images.max_aspect",
+    "too_large_bytes": "images.max_bytes",
+}
 
 
 def _image_hint(stats: dict[str, Any], cfg: Any) -> str:
@@ -52,15 +54,27 @@ def _image_hint(stats: dict[str, Any], cfg: Any) -> str:
     looked_up, drops = int(images["in"]), images["drops"]
     missing = int(drops.get("image_not_in_source", 0))
     if not cfg.images.fetch and looked_up and missing >= 0.3 * looked_up:
-        return (f"these inputs hold few of their pages' images ({missing} of the {looked_up} images their pages "
-                f"show are not in them); fetch them with `--set images.fetch=true` or {lower}")
+        return (
+            f"these inputs hold few of their pages' images ({missing} of the {looked_up} images their pages "
+            f"show are not in them); fetch them with `--set images.fetch=true` or {lower}"
+        )
     if not looked_up:
         return f"the pages show no content image (icons, logos and trackers are left out); {lower}"
     ranked = sorted(drops.items(), key=lambda kv: (-kv[1], kv[0]))[:2]
-    why = ", ".join(f"{reason} {n}" + (f" (by {_IMAGE_SETTINGS[reason]}={_setting(cfg, _IMAGE_SETTINGS[reason])})"
-                                       if reason in _IMAGE_SETTINGS else "") for reason, n in ranked)
-    return (f"the pages show {looked_up} images and the image rules drop {sum(drops.values())} of them"
-            + (f" ({why})" if why else "") + f"; {lower}")
+    why = ", ".join(
+        f"{reason} {n}"
+        + (
+            f" (by {_IMAGE_SETTINGS[reason]}={_setting(cfg, _IMAGE_SETTINGS[reason])})"
+            if reason in _IMAGE_SETTINGS
+            else ""
+        )
+        for reason, n in ranked
+    )
+    return (
+        f"the pages show {looked_up} images and the image rules drop {sum(drops.values())} of them"
+        + (f" ({why})" if why else "")
+        + f"; {lower}"
+    )
 
 
 def _setting(cfg: Any, key: str) -> Any:
@@ -75,14 +89,18 @@ def _hint(name: str, stage: dict[str, Any], stats: dict[str, Any], cfg: Any) -> 
     if base == "extract" and drops.get("no_image_candidates"):  # the early cut for filters.image_count
         where = "" if cfg.images.fetch else " and is in the inputs"
         fetch = "" if cfg.images.fetch else "fetch their images with `--set images.fetch=true` or "
-        return (f"{drops['no_image_candidates']} pages show no image that passes the junk rules{where} (decided "
-                f"before extraction); {fetch}lower filters.image_count.min_images "
-                f"(now {cfg.filters.image_count.min_images})")
+        return (
+            f"{drops['no_image_candidates']} pages show no image that passes the junk rules{where} (decided "
+            f"before extraction); {fetch}lower filters.image_count.min_images "
+            f"(now {cfg.filters.image_count.min_images})"
+        )
     if base == "image_count":
         return _image_hint(stats, cfg)
     if base == "extract":
-        return (f"trafilatura found no main content in many pages (navigation, index and media pages); "
-                f"extract.focus=recall keeps more (now {cfg.extract.focus})")
+        return (
+            f"trafilatura found no main content in many pages (navigation, index and media pages); "
+            f"extract.focus=recall keeps more (now {cfg.extract.focus})"
+        )
     if base == "dedup":
         return "the inputs repeat themselves; see CORPUS/dedup/ for the clusters and the dedup.* settings"
     if base in ("opt_out", "pii"):
@@ -111,6 +129,8 @@ def explain(stats: dict[str, Any], cfg: Any) -> list[str]:
     lines = [line]
     if kept < SMALL * pages:
         for s in top:
-            lines.append(f"{s['name']} removed {s['in'] - s['out']} of {s['in']} ({_reasons(s)}): "
-                         f"{_hint(s['name'], s, stats, cfg)}")
+            lines.append(
+                f"{s['name']} removed {s['in'] - s['out']} of {s['in']} ({_reasons(s)}): "
+                f"{_hint(s['name'], s, stats, cfg)}"
+            )
     return lines

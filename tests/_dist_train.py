@@ -24,10 +24,23 @@ from train.config import TrainConfig
 from train.synthetic import synthetic_batch
 
 TINY = [
-    "model.vocab_size=64", "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=1",
-    "model.d_ffn=64", "model.moe.n_experts=4", "model.moe.top_k=2", "model.moe.d_expert=32",
-    "model.vision.patch_size=4", "model.vision.d_vit=16", "model.vision.n_layers=2", "model.vision.n_heads=2",
-    "model.contrastive.weight=0.1", "model.contrastive.d_proj=16", "optim.grad_clip=0", "optim.warmup_steps=1",
+    "model.vocab_size=64",
+    "model.d_model=32",
+    "model.n_layers=2",
+    "model.n_heads=2",
+    "model.n_kv_heads=1",
+    "model.d_ffn=64",
+    "model.moe.n_experts=4",
+    "model.moe.top_k=2",
+    "model.moe.d_expert=32",
+    "model.vision.patch_size=4",
+    "model.vision.d_vit=16",
+    "model.vision.n_layers=2",
+    "model.vision.n_heads=2",
+    "model.contrastive.weight=0.1",
+    "model.contrastive.d_proj=16",
+    "optim.grad_clip=0",
+    "optim.warmup_steps=1",
     "run.seed=3",
 ]
 
@@ -39,9 +52,16 @@ def tiny_config(*overrides: str) -> TrainConfig:
 def batches_of(spec: dict[str, Any], rank: int, step: int) -> list[Batch]:
     """The micro-batches rank `rank` trains on at optimizer step `step` (deterministic)."""
     cfg = tiny_config(*spec["overrides"])
-    return [synthetic_batch(cfg.model, torch.Generator().manual_seed(10_000 * rank + 100 * step + micro),
-                            spec["kinds"][rank], batch_size=2, seq_len=48)
-            for micro in range(cfg.optim.grad_accum)]
+    return [
+        synthetic_batch(
+            cfg.model,
+            torch.Generator().manual_seed(10_000 * rank + 100 * step + micro),
+            spec["kinds"][rank],
+            batch_size=2,
+            seq_len=48,
+        )
+        for micro in range(cfg.optim.grad_accum)
+    ]
 
 
 def _free_port() -> int:

@@ -50,9 +50,14 @@ class LocalCluster:
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.object_store_bytes = object_store_bytes
-        self.env = {**os.environ, **(env or {}), "RAY_AUTH_MODE": "token",
-                    "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_USAGE_STATS_ENABLED": "0",
-                    "INTERLOOM_TEST_CLUSTER": self.id}
+        self.env = {
+            **os.environ,
+            **(env or {}),
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": secrets.token_hex(16),
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "INTERLOOM_TEST_CLUSTER": self.id,
+        }
         self.env.pop("RAY_ADDRESS", None)
         self.workers: list[str] = []
 
@@ -63,21 +68,42 @@ class LocalCluster:
 
     def _start(self, node: str, args: list[str]) -> None:
         env = {**self.env, "INTERLOOM_TEST_NODE": f"{self.id}-{node}"}
-        r = subprocess.run([RAY, "start", *args, f"--object-store-memory={self.object_store_bytes}",
-                            "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=180)
+        r = subprocess.run(
+            [RAY, "start", *args, f"--object-store-memory={self.object_store_bytes}", "--disable-usage-stats"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         if r.returncode != 0:
             raise RuntimeError(f"ray start ({node}) failed:\n{r.stdout}\n{r.stderr}")
 
     def start_head(self, num_cpus: int = 1) -> None:
-        self._start("head", ["--head", "--node-ip-address=127.0.0.1", f"--port={self.port}",
-                             f"--num-cpus={num_cpus}", '--resources={"head": 1}', "--include-dashboard=false",
-                             f"--temp-dir={self.temp_dir}"])
+        self._start(
+            "head",
+            [
+                "--head",
+                "--node-ip-address=127.0.0.1",
+                f"--port={self.port}",
+                f"--num-cpus={num_cpus}",
+                '--resources={"head": 1}',
+                "--include-dashboard=false",
+                f"--temp-dir={self.temp_dir}",
+            ],
+        )
 
     def add_worker(self, num_cpus: int = 1) -> str:
         node = f"w{len(self.workers) + 1}"
         ip = f"127.0.0.{len(self.workers) + 2}"
-        self._start(node, [f"--address={self.address}", f"--node-ip-address={ip}", f"--num-cpus={num_cpus}",
-                           f'--resources={{"{node}": 1}}'])
+        self._start(
+            node,
+            [
+                f"--address={self.address}",
+                f"--node-ip-address={ip}",
+                f"--num-cpus={num_cpus}",
+                f'--resources={{"{node}": 1}}',
+            ],
+        )
         self.workers.append(node)
         return node
 
@@ -107,12 +133,15 @@ class LocalCluster:
     def wait_nodes(self, n_alive: int, timeout: float = 120) -> None:
         import json
 
-        code = (f"import ray,json; ray.init(address={self.address!r}, log_to_driver=False); "
-                "print(json.dumps(sum(1 for n in ray.nodes() if n['Alive'])))")
+        code = (
+            f"import ray,json; ray.init(address={self.address!r}, log_to_driver=False); "
+            "print(json.dumps(sum(1 for n in ray.nodes() if n['Alive'])))"
+        )
         t0 = time.time()
         while time.time() - t0 < timeout:
-            r = subprocess.run([sys.executable, "-c", code], env=self.client_env(), capture_output=True,
-                               text=True, timeout=120)
+            r = subprocess.run(
+                [sys.executable, "-c", code], env=self.client_env(), capture_output=True, text=True, timeout=120
+            )
             if r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1]) == n_alive:
                 return
             time.sleep(2)

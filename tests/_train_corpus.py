@@ -44,8 +44,9 @@ def articles() -> list[str]:
     return [v["articleBody"] for _, v in sorted(data.items()) if v.get("articleBody")]
 
 
-def make_documents(n: int, start: int = 0, images_per_doc: int = 2, max_chars: int = 1500,
-                   max_side: int = 96) -> list[Document]:
+def make_documents(
+    n: int, start: int = 0, images_per_doc: int = 2, max_chars: int = 1500, max_side: int = 96
+) -> list[Document]:
     """n interleaved documents: paragraphs of a real article with real photos between them."""
     arts, pics = articles(), photos(max_side)
     docs = []
@@ -56,14 +57,16 @@ def make_documents(n: int, start: int = 0, images_per_doc: int = 2, max_chars: i
             doc.append_text(para)
             if i < images_per_doc:
                 name, data, w, h = pics[(k * 3 + i) % len(pics)]
-                doc.append_image(Image(url=f"https://example.org/{k}/{name}", width=w, height=h,
-                                       format="jpeg", data=data))
+                doc.append_image(
+                    Image(url=f"https://example.org/{k}/{name}", width=w, height=h, format="jpeg", data=data)
+                )
         docs.append(doc)
     return docs
 
 
-def build_corpus(root: Path, shard_sizes: list[int], prefix: str = "part", start: int = 0,
-                 finished: bool = True, **doc_kw) -> Path:
+def build_corpus(
+    root: Path, shard_sizes: list[int], prefix: str = "part", start: int = 0, finished: bool = True, **doc_kw
+) -> Path:
     """Write one shard per entry of shard_sizes (that many documents each) and list them in the manifest."""
     k = start
     for i, n in enumerate(shard_sizes):

@@ -17,23 +17,27 @@ RANK_SIZES = [(3, 5), (2, 9)]  # (contrastive pairs, label tokens) per rank: del
 def global_data():
     gen = torch.Generator().manual_seed(7)
     n_pairs, n_tok = sum(a for a, _ in RANK_SIZES), sum(b for _, b in RANK_SIZES)
-    return (torch.randn(n_pairs, 4, generator=gen, dtype=torch.float64),
-            torch.randn(n_pairs, 4, generator=gen, dtype=torch.float64),
-            torch.randn(n_tok, 4, generator=gen, dtype=torch.float64),
-            torch.randint(0, 6, (n_tok,), generator=gen))
+    return (
+        torch.randn(n_pairs, 4, generator=gen, dtype=torch.float64),
+        torch.randn(n_pairs, 4, generator=gen, dtype=torch.float64),
+        torch.randn(n_tok, 4, generator=gen, dtype=torch.float64),
+        torch.randint(0, 6, (n_tok,), generator=gen),
+    )
 
 
 def shared_model():
     torch.manual_seed(3)
     scale = torch.nn.ParameterDict({"log": torch.nn.Parameter(torch.tensor(1.6))})  # learned, as the VLM's
-    return torch.nn.ModuleDict({"img": torch.nn.Linear(4, 6), "txt": torch.nn.Linear(4, 6),
-                                "head": torch.nn.Linear(4, 6), "scale": scale}).double()
+    return torch.nn.ModuleDict(
+        {"img": torch.nn.Linear(4, 6), "txt": torch.nn.Linear(4, 6), "head": torch.nn.Linear(4, 6), "scale": scale}
+    ).double()
 
 
 def objective(m, a, b, h, y, group=None):
     lm_sum = F.cross_entropy(m["head"](h), y, reduction="sum")
-    return next_token_loss(lm_sum, torch.tensor(len(y)), group) + \
-        contrastive_loss(m["img"](a), m["txt"](b), group, m["scale"]["log"].exp())
+    return next_token_loss(lm_sum, torch.tensor(len(y)), group) + contrastive_loss(
+        m["img"](a), m["txt"](b), group, m["scale"]["log"].exp()
+    )
 
 
 def dist_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
@@ -44,7 +48,7 @@ def dist_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
         t0 = sum(n for _, n in RANK_SIZES[:rank])
         pn, tn = RANK_SIZES[rank]
         m = shared_model()
-        loss = objective(m, a[p0:p0 + pn], b[p0:p0 + pn], h[t0:t0 + tn], y[t0:t0 + tn])
+        loss = objective(m, a[p0 : p0 + pn], b[p0 : p0 + pn], h[t0 : t0 + tn], y[t0 : t0 + tn])
         loss.backward()
         for p in m.parameters():  # what DDP / FSDP do: average gradients over ranks
             dist.all_reduce(p.grad)

@@ -8,28 +8,35 @@ import uuid
 import zlib
 from pathlib import Path
 
-ARTICLE = ("<p>The harbour town kept its old market hall, and every Saturday the fishermen sold their catch "
-           "under its arches while the bakers set out bread on long wooden tables beside them.</p>"
-           "<p>Visitors who came by the morning ferry walked up the hill to the church, then down again to the "
-           "quay, where the cafes opened their shutters and the first coffee of the day was poured.</p>")
+ARTICLE = (
+    "<p>The harbour town kept its old market hall, and every Saturday the fishermen sold their catch "
+    "under its arches while the bakers set out bread on long wooden tables beside them.</p>"
+    "<p>Visitors who came by the morning ferry walked up the hill to the church, then down again to the "
+    "quay, where the cafes opened their shutters and the first coffee of the day was poured.</p>"
+)
 
 
 def page_html(title: str, extra: str = "") -> bytes:
-    return (f"<html><head><title>{title}</title></head><body><article><h1>{title}</h1>{ARTICLE}{extra}"
-            f"</article></body></html>").encode()
+    return (
+        f"<html><head><title>{title}</title></head><body><article><h1>{title}</h1>{ARTICLE}{extra}"
+        f"</article></body></html>"
+    ).encode()
 
 
-def http_response(body: bytes, content_type: str = "text/html", headers: dict[str, str] | None = None,
-                  status: str = "200 OK") -> bytes:
+def http_response(
+    body: bytes, content_type: str = "text/html", headers: dict[str, str] | None = None, status: str = "200 OK"
+) -> bytes:
     lines = [f"HTTP/1.1 {status}", f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 def warc_record(url: str, block: bytes, rtype: str = "response") -> bytes:
-    head = (f"WARC/1.0\r\nWARC-Type: {rtype}\r\nWARC-Target-URI: {url}\r\nWARC-Date: 2024-05-01T12:00:00Z\r\n"
-            f"WARC-Record-ID: <urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, url + rtype)}>\r\n"
-            f"Content-Type: application/http; msgtype=response\r\nContent-Length: {len(block)}\r\n\r\n")
+    head = (
+        f"WARC/1.0\r\nWARC-Type: {rtype}\r\nWARC-Target-URI: {url}\r\nWARC-Date: 2024-05-01T12:00:00Z\r\n"
+        f"WARC-Record-ID: <urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, url + rtype)}>\r\n"
+        f"Content-Type: application/http; msgtype=response\r\nContent-Length: {len(block)}\r\n\r\n"
+    )
     return head.encode() + block + b"\r\n\r\n"
 
 

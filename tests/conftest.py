@@ -40,10 +40,17 @@ def ray_local():
 # text-quality filters to their own tests. Extraction needs no special time limit: pages are bounded by
 # their size, and the default timeout is a safety net no test page comes near (tests compare builds byte for
 # byte, test_build.py builds under a CPU hog).
-DEV_SETTINGS = ["images.min_side=32", "images.max_aspect=8", "dedup.image_max_docs=1000",
-                "filters.gopher_quality.enabled=false", "filters.gopher_repetition.enabled=false",
-                "filters.c4.enabled=false", "filters.fineweb.enabled=false", "filters.image_count.min_images=0",
-                "output.max_shard_docs=16"]
+DEV_SETTINGS = [
+    "images.min_side=32",
+    "images.max_aspect=8",
+    "dedup.image_max_docs=1000",
+    "filters.gopher_quality.enabled=false",
+    "filters.gopher_repetition.enabled=false",
+    "filters.c4.enabled=false",
+    "filters.fineweb.enabled=false",
+    "filters.image_count.min_images=0",
+    "output.max_shard_docs=16",
+]
 
 
 def dev_warcs() -> list[str]:
@@ -55,8 +62,8 @@ def dev_warcs() -> list[str]:
 def dev_corpus(tmp_path_factory, ray_local):
     """(path, stats) of the corpus built from all dev WARCs with DEV_SETTINGS and 2 workers. Read-only:
     tests that change a corpus copy it first."""
-    from pipeline.build import BuildConfig, build_corpus
     from corpus.config import load_config
+    from pipeline.build import BuildConfig, build_corpus
 
     out = tmp_path_factory.mktemp("dev") / "corpus"
     cfg = load_config(BuildConfig, None, ["ray.workers=2", *DEV_SETTINGS])

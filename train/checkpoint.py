@@ -38,8 +38,9 @@ if TYPE_CHECKING:
 AfterSave = Callable[[int, int], None]  # (step, rank)
 
 
-def save_checkpoint(path: Path, state: TrainState, step: int, stage: int, loader: Loader, rank: int,
-                    world: int) -> None:
+def save_checkpoint(
+    path: Path, state: TrainState, step: int, stage: int, loader: Loader, rank: int, world: int
+) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -88,8 +89,10 @@ class Checkpointer:
             self._dir = Path(self._dir_cm.__enter__())
             meta = json.loads((self._dir / "trainer.json").read_text())
             if meta["world"] != self.world:
-                raise ValueError(f"checkpoint {self._dir} was written by {meta['world']} workers, this run has "
-                                 f"{self.world}: set run.num_workers={meta['world']} to resume it")
+                raise ValueError(
+                    f"checkpoint {self._dir} was written by {meta['world']} workers, this run has "
+                    f"{self.world}: set run.num_workers={meta['world']} to resume it"
+                )
             self.step = int(meta["step"])
         return self
 
@@ -108,8 +111,11 @@ class Checkpointer:
         tmp = Path(tempfile.mkdtemp(prefix=f"interloom-ckpt-{self.rank}-"))
         try:
             save_checkpoint(tmp, state, step, stage, loader, self.rank, self.world)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
-                             checkpoint_dir_name=f"checkpoint_{step:07d}")
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
+                checkpoint_dir_name=f"checkpoint_{step:07d}",
+            )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         for hook in self.after_save:

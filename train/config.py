@@ -69,8 +69,10 @@ class ParallelConfig(Section):
         dp = self.data_parallel if self.data_parallel != "auto" else ("fsdp" if use_gpu else "ddp")
         dtype = self.param_dtype if self.param_dtype != "auto" else ("bfloat16" if use_gpu else "float32")
         if dp == "ddp" and dtype != "float32":
-            raise ValueError(f"parallel.param_dtype={dtype} needs parallel.data_parallel=fsdp (the mixed "
-                             "precision policy is FSDP2's); DDP trains in float32")
+            raise ValueError(
+                f"parallel.param_dtype={dtype} needs parallel.data_parallel=fsdp (the mixed "
+                "precision policy is FSDP2's); DDP trains in float32"
+            )
         return dp, dtype
 
 
@@ -118,13 +120,17 @@ class TrainConfig(Section):
             raise ValueError("model.vision.merge must be 2: the loader builds grids for a 2x2 merge")
         self.parallel.resolved(self.run.use_gpu)  # bf16 without fsdp is an error now, not on the workers
         if self.run.val_corpus and self.run.eval_every % self.run.log_every:
-            raise ValueError(f"run.eval_every={self.run.eval_every} must be a multiple of run.log_every="
-                             f"{self.run.log_every}: the val_* metrics join the log step's row")
+            raise ValueError(
+                f"run.eval_every={self.run.eval_every} must be a multiple of run.log_every="
+                f"{self.run.log_every}: the val_* metrics join the log step's row"
+            )
         for i in range(len(self.stages)):
             d = self.stage_data(i)
             if d.min_pixels > d.max_pixels:
-                raise ValueError(f"stages[{i}]: min_pixels={d.min_pixels} > max_pixels={d.max_pixels} "
-                                 "(a stage's value, or data.* where the stage sets none)")
+                raise ValueError(
+                    f"stages[{i}]: min_pixels={d.min_pixels} > max_pixels={d.max_pixels} "
+                    "(a stage's value, or data.* where the stage sets none)"
+                )
         return self
 
     def stage_data(self, i: int) -> DataConfig:

@@ -50,18 +50,21 @@ def image_conditioned_BT(batch: Batch, image_token_id: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def eval_sums(model: torch.nn.Module, batch: Batch, image_token_id: int) -> tuple[torch.Tensor, torch.Tensor | None,
-                                                                                  torch.Tensor | None]:
+def eval_sums(
+    model: torch.nn.Module, batch: Batch, image_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(float64 sums in SUMS order, image_emb_IC, text_emb_IC) of one batch."""
     out = model(batch, return_logits=True)
     labels_BT = batch.labels_BT
     is_label_BT = labels_BT != IGNORE_INDEX
-    ce_BT = F.cross_entropy(out.logits_BTV.flatten(0, 1), labels_BT.flatten(), ignore_index=IGNORE_INDEX,
-                            reduction="none").view_as(labels_BT).double()
+    ce_BT = (
+        F.cross_entropy(out.logits_BTV.flatten(0, 1), labels_BT.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
+        .view_as(labels_BT)
+        .double()
+    )
     img_BT = image_conditioned_BT(batch, image_token_id) & is_label_BT
     txt_BT = is_label_BT & ~img_BT
-    sums = torch.stack([(ce_BT * img_BT).sum(), img_BT.sum().double(), (ce_BT * txt_BT).sum(),
-                        txt_BT.sum().double()])
+    sums = torch.stack([(ce_BT * img_BT).sum(), img_BT.sum().double(), (ce_BT * txt_BT).sum(), txt_BT.sum().double()])
     return sums, out.image_emb_ID, out.text_emb_ID
 
 
@@ -71,9 +74,13 @@ def _mean(total: float, n: float) -> float:
 
 def metrics_of(sums: torch.Tensor, prefix: str = "val_") -> dict[str, float]:
     img, n_img, txt, n_txt = (float(x) for x in sums.cpu())
-    return {f"{prefix}lm_loss": _mean(img + txt, n_img + n_txt), f"{prefix}image_text_loss": _mean(img, n_img),
-            f"{prefix}text_loss": _mean(txt, n_txt), f"{prefix}tokens": int(n_img + n_txt),
-            f"{prefix}image_text_tokens": int(n_img)}
+    return {
+        f"{prefix}lm_loss": _mean(img + txt, n_img + n_txt),
+        f"{prefix}image_text_loss": _mean(img, n_img),
+        f"{prefix}text_loss": _mean(txt, n_txt),
+        f"{prefix}tokens": int(n_img + n_txt),
+        f"{prefix}image_text_tokens": int(n_img),
+    }
 
 
 def noise_images(batch: Batch, gen: torch.Generator) -> Batch:
@@ -82,9 +89,14 @@ def noise_images(batch: Batch, gen: torch.Generator) -> Batch:
     return replace(batch, pixel_values_NP=noise_NP)
 
 
-def evaluate(model: torch.nn.Module, batches: Iterator[Batch], n_batches: int, image_token_id: int,
-             device: torch.device, noise_seed: int | None = None) -> tuple[dict[str, float], torch.Tensor,
-                                                                           torch.Tensor]:
+def evaluate(
+    model: torch.nn.Module,
+    batches: Iterator[Batch],
+    n_batches: int,
+    image_token_id: int,
+    device: torch.device,
+    noise_seed: int | None = None,
+) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     """Loss metrics over `n_batches` batches of this rank, summed over all ranks (one all-reduce), and this
     rank's contrastive embeddings (image_IC, text_IC; empty when the heads are off). With `noise_seed`, every
     image is replaced by noise first (`noise_images`): the baseline the image-conditioned loss beats when
@@ -108,8 +120,7 @@ def evaluate(model: torch.nn.Module, batches: Iterator[Batch], n_batches: int, i
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(sums)
     empty = torch.zeros(0, 0)
-    return (metrics_of(sums), torch.cat(img_embs) if img_embs else empty,
-            torch.cat(txt_embs) if txt_embs else empty)
+    return (metrics_of(sums), torch.cat(img_embs) if img_embs else empty, torch.cat(txt_embs) if txt_embs else empty)
 
 
 def retrieval_recall(image_IC: torch.Tensor, text_IC: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:

@@ -60,13 +60,15 @@ def load_trained_model(path: str | Path) -> tuple[VLM, TrainConfig, Path]:
     state = {"model": model.state_dict()}
     dcp.load(state, checkpoint_id=str(ckpt / "dcp"))
     model.load_state_dict(state["model"])
-    log.info("loaded %s (step %s)", ckpt, json.loads((ckpt / "trainer.json").read_text()).get("step")
-             if (ckpt / "trainer.json").is_file() else "?")
+    log.info(
+        "loaded %s (step %s)",
+        ckpt,
+        json.loads((ckpt / "trainer.json").read_text()).get("step") if (ckpt / "trainer.json").is_file() else "?",
+    )
     return model.eval(), cfg, ckpt
 
 
-def export_model(path: str | Path, out_dir: str | Path, family: str | None = None,
-                 dtype: str = "float32") -> Family:
+def export_model(path: str | Path, out_dir: str | Path, family: str | None = None, dtype: str = "float32") -> Family:
     """Write the checkpoint's (or the run's latest) decoder as an HF folder `out_dir`, plus the rest of
     the VLM, its config and tokenizer (module docstring)."""
     if dtype not in DTYPES:
@@ -78,8 +80,9 @@ def export_model(path: str | Path, out_dir: str | Path, family: str | None = Non
     rest = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("decoder.")}
     save_file(rest, out / VLM_REST, metadata={"format": "pt"})
     (out / VLM_CONFIG).write_text(cfg.model.model_dump_json(indent=2) + "\n")
-    (out / DATA_CONFIG).write_text(cfg.data.model_copy(update={"corpus": "", "tokenizer": "tokenizer.json"})
-                                   .model_dump_json(indent=2) + "\n")
+    (out / DATA_CONFIG).write_text(
+        cfg.data.model_copy(update={"corpus": "", "tokenizer": "tokenizer.json"}).model_dump_json(indent=2) + "\n"
+    )
     if Path(cfg.data.tokenizer).is_file():
         shutil.copyfile(cfg.data.tokenizer, out / "tokenizer.json")
     return fam

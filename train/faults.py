@@ -37,5 +37,6 @@ def fault_hooks(cfg: TrainConfig) -> list[AfterSave]:
     """The hooks `run.fail_at_step` asks for (none in a normal run)."""
     if cfg.run.fail_at_step is None:
         return []
-    return [KillAfterCheckpoint(cfg.run.fail_at_step, cfg.run.num_workers - 1, Path(cfg.run.output),
-                                cfg.run.fail_delay_s)]
+    return [
+        KillAfterCheckpoint(cfg.run.fail_at_step, cfg.run.num_workers - 1, Path(cfg.run.output), cfg.run.fail_delay_s)
+    ]

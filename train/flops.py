@@ -77,10 +77,15 @@ class FlopCounter:
         cfg, vision = model.cfg, model.vision
         active = model.num_active_params()
         caption_active = active - _numel(model.decoder.output) if model.image_proj is not None else 0
-        return cls(decoder_active=active, decoder_attn=12 * cfg.n_layers * cfg.d_model, caption_active=caption_active,
-                   vit_per_patch=_numel(vision.patch_embed, vision.blocks, vision.norm),
-                   vit_attn=12 * cfg.vision.n_layers * cfg.vision.d_vit,
-                   per_image_token=_numel(vision.merge, model.adapter), merge=cfg.vision.merge**2)
+        return cls(
+            decoder_active=active,
+            decoder_attn=12 * cfg.n_layers * cfg.d_model,
+            caption_active=caption_active,
+            vit_per_patch=_numel(vision.patch_embed, vision.blocks, vision.norm),
+            vit_attn=12 * cfg.vision.n_layers * cfg.vision.d_vit,
+            per_image_token=_numel(vision.merge, model.adapter),
+            merge=cfg.vision.merge**2,
+        )
 
     def batch(self, batch: Batch) -> tuple[int, int]:
         """(decoder FLOPs including the captions' second pass, vision FLOPs) of one batch (CPU tensors: no
@@ -97,9 +102,13 @@ class FlopCounter:
             after = batch.text_after_image_BT.cpu().long()
             caption_len = torch.bincount(after[after >= 0], minlength=batch.n_images)
             decoder += 6 * self.caption_active * int(caption_len.sum()) + self.decoder_attn * int(
-                (caption_len**2).sum())
+                (caption_len**2).sum()
+            )
         n_img = (batch.grid_hw_I2[:, 0] * batch.grid_hw_I2[:, 1]).cpu().long()
         n_patches = int(n_img.sum())
-        vision = (6 * self.vit_per_patch * n_patches + self.vit_attn * int((n_img**2).sum())
-                  + 6 * self.per_image_token * (n_patches // self.merge))
+        vision = (
+            6 * self.vit_per_patch * n_patches
+            + self.vit_attn * int((n_img**2).sum())
+            + 6 * self.per_image_token * (n_patches // self.merge)
+        )
         return decoder, vision

@@ -48,8 +48,11 @@ def load_inference_model(path: str | Path) -> tuple[VLM, Path, DataConfig]:
         model = load_exported_vlm(p).float()
         if not (p / "tokenizer.json").is_file():
             raise ValueError(f"{p}: exported model has no tokenizer.json")
-        data = DataConfig.model_validate_json((p / DATA_CONFIG).read_text()) if (p / DATA_CONFIG).is_file() \
+        data = (
+            DataConfig.model_validate_json((p / DATA_CONFIG).read_text())
+            if (p / DATA_CONFIG).is_file()
             else DataConfig()
+        )
         return model, p / "tokenizer.json", data
     model, cfg, _ = load_trained_model(p)
     return model.float(), Path(cfg.data.tokenizer), cfg.data
@@ -62,8 +65,9 @@ def read_image_file(path: str | Path) -> bytes:
     return p.read_bytes()
 
 
-def encode_prompt(prompt: str, images: list[bytes], tok: Tokenizer, data: DataConfig, patch_size: int,
-                  merge: int = 2) -> Prompt:
+def encode_prompt(
+    prompt: str, images: list[bytes], tok: Tokenizer, data: DataConfig, patch_size: int, merge: int = 2
+) -> Prompt:
     """Token ids and pixels of a prompt whose `<image>` marks are replaced, in order, by `images`."""
     parts = prompt.split(IMAGE_MARK)
     if len(parts) - 1 != len(images):
@@ -83,8 +87,7 @@ def encode_prompt(prompt: str, images: list[bytes], tok: Tokenizer, data: DataCo
         grids.append((gh, gw))
     P = 3 * patch_size * patch_size
     pixels_NP = ((torch.cat(patches) - data.image_mean) / data.image_std) if patches else torch.zeros(0, P)
-    return Prompt(torch.tensor(ids, dtype=torch.long), pixels_NP,
-                  torch.tensor(grids, dtype=torch.long).view(-1, 2))
+    return Prompt(torch.tensor(ids, dtype=torch.long), pixels_NP, torch.tensor(grids, dtype=torch.long).view(-1, 2))
 
 
 def prompt_embeddings(model: VLM, prompt: Prompt) -> torch.Tensor:
@@ -105,8 +108,9 @@ def full_logits(model: VLM, prompt: Prompt) -> torch.Tensor:
     """Uncached reference: logits_TV of one ordinary decoder forward over the prompt's tokens."""
     x_1TD = prompt_embeddings(model, prompt)
     T = x_1TD.shape[1]
-    h_1TD, _ = model.decoder(x_1TD, torch.arange(T, device=x_1TD.device)[None],
-                             torch.zeros(1, T, dtype=torch.int32, device=x_1TD.device))
+    h_1TD, _ = model.decoder(
+        x_1TD, torch.arange(T, device=x_1TD.device)[None], torch.zeros(1, T, dtype=torch.int32, device=x_1TD.device)
+    )
     return model.decoder.output(h_1TD[0]).float()
 
 
@@ -124,8 +128,15 @@ def _sample(logits_V: torch.Tensor, temperature: float, top_p: float, gen: torch
 
 
 @torch.no_grad()
-def generate(model: VLM, prompt: Prompt, max_new_tokens: int = 32, temperature: float = 0.0,
-             top_p: float = 1.0, seed: int = 0, eos_id: int | None = None) -> list[int]:
+def generate(
+    model: VLM,
+    prompt: Prompt,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    eos_id: int | None = None,
+) -> list[int]:
     """New token ids after the prompt (the <eos> that stops it included), decoded with the KV cache."""
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p={top_p}: must be in (0, 1]")

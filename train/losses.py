@@ -63,8 +63,9 @@ def _gather_rows(x_ND: torch.Tensor, group) -> tuple[torch.Tensor, int, int]:
     return rows, sum(sizes[:rank]), sum(sizes)
 
 
-def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, group=None,
-                     logit_scale: torch.Tensor | float = 1 / 0.07) -> torch.Tensor:
+def contrastive_loss(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, group=None, logit_scale: torch.Tensor | float = 1 / 0.07
+) -> torch.Tensor:
     """Symmetric InfoNCE on L2-normalised embeddings (row i of image_emb pairs with row i of text_emb),
     similarities times `logit_scale` (1/temperature; a tensor is learned: it gets a gradient), negatives
     from every rank: 0.5 * (CE(image -> all texts) + CE(text -> all images)), averaged over all pairs of all
@@ -102,8 +103,10 @@ def total_loss(out: ModelOutput, cfg: ModelConfig, group=None) -> dict[str, torc
     }
     if cfg.contrastive.weight > 0:
         if out.image_emb_ID is None or out.logit_scale is None:
-            raise ValueError("contrastive.weight > 0 but the model output has no image/text embeddings "
-                             "(model built with contrastive.weight = 0?)")
+            raise ValueError(
+                "contrastive.weight > 0 but the model output has no image/text embeddings "
+                "(model built with contrastive.weight = 0?)"
+            )
         con = contrastive_loss(out.image_emb_ID, out.text_emb_ID, group, out.logit_scale)
         loss = loss + cfg.contrastive.weight * con
         terms["contrastive"] = _all_reduce_sum(con, group) / _world_size(group)  # global pair mean

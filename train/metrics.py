@@ -64,8 +64,18 @@ class StepStats:
 class MetricsWindow:
     """The steps since the last log line, reduced over all ranks by `reduce` (a collective)."""
 
-    SUMMED = ("lm_loss_sum", "n_label_tokens", "aux_loss_sum", "z_loss_sum", "contrastive_weighted", "pairs",
-              "micro_batches", "real_tokens", "images", "flops")
+    SUMMED = (
+        "lm_loss_sum",
+        "n_label_tokens",
+        "aux_loss_sum",
+        "z_loss_sum",
+        "contrastive_weighted",
+        "pairs",
+        "micro_batches",
+        "real_tokens",
+        "images",
+        "flops",
+    )
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -80,8 +90,7 @@ class MetricsWindow:
 
     def add(self, s: StepStats) -> None:
         values = [getattr(s, k) for k in self.SUMMED]
-        self.sums += torch.stack([torch.as_tensor(v, device=self.device).to(torch.float64).reshape(())
-                                  for v in values])
+        self.sums += torch.stack([torch.as_tensor(v, device=self.device).to(torch.float64).reshape(()) for v in values])
         load = s.expert_load_LE.to(self.device, torch.float64)
         self.load_LE = load if self.load_LE is None else self.load_LE + load
         self.grad_norm, self.steps = s.grad_norm.detach().float(), self.steps + 1
@@ -101,8 +110,12 @@ class MetricsWindow:
         seconds = float(dt)
         lm = s["lm_loss_sum"] / max(s["n_label_tokens"], 1.0)
         aux, z = s["aux_loss_sum"] / s["micro_batches"], s["z_loss_sum"] / s["micro_batches"]
-        row: dict[str, Any] = {"loss": lm + cfg.moe.aux_loss_weight * aux + cfg.moe.z_loss_weight * z,
-                               "lm_loss": lm, "aux_loss": aux, "z_loss": z}
+        row: dict[str, Any] = {
+            "loss": lm + cfg.moe.aux_loss_weight * aux + cfg.moe.z_loss_weight * z,
+            "lm_loss": lm,
+            "aux_loss": aux,
+            "z_loss": z,
+        }
         if cfg.contrastive.weight > 0:
             con = s["contrastive_weighted"] / s["pairs"] if s["pairs"] > 0 else 0.0
             row["loss"] += cfg.contrastive.weight * con
@@ -134,8 +147,11 @@ class MetricsLogger:
 
         self.path = out / "metrics.jsonl"
         if self.path.exists():
-            keep = [ln for ln in self.path.read_text().splitlines(keepends=True)
-                    if ln.endswith("\n") and json.loads(ln).get("step", 0) <= resumed_step]
+            keep = [
+                ln
+                for ln in self.path.read_text().splitlines(keepends=True)
+                if ln.endswith("\n") and json.loads(ln).get("step", 0) <= resumed_step
+            ]
             self.path.write_text("".join(keep))
         self.tb = SummaryWriter(str(out / "tb"), purge_step=resumed_step + 1 if resumed_step else None)
 
@@ -149,15 +165,31 @@ class MetricsLogger:
         for i, v in enumerate(row.get("expert_load_max_over_mean", [])):
             self.tb.add_scalar(f"expert_load_max_over_mean/layer_{i}", v, step)
         self.tb.flush()
-        con = f" | con {row['contrastive_loss']:.3f} ({row['contrastive_pairs']:.1f} pairs, " \
-            f"scale {row['logit_scale']:.1f})" \
-            if "contrastive_loss" in row else ""
+        con = (
+            f" | con {row['contrastive_loss']:.3f} ({row['contrastive_pairs']:.1f} pairs, "
+            f"scale {row['logit_scale']:.1f})"
+            if "contrastive_loss" in row
+            else ""
+        )
         worst = max(row["expert_load_max_over_mean"], default=0.0)
-        log.info("step %d/%d | loss %.4f | lm %.4f | aux %.3f | z %.3f%s | load max/mean %.2f dead %.2f | "
-                 "lr %.2e | tok/s %.0f | img/s %.1f | mfu %.2f%%%s", step, total_steps, row["loss"],
-                 row["lm_loss"], row["aux_loss"], row["z_loss"], con, worst, row["expert_dead_frac"], row["lr"],
-                 row["tokens_per_s"], row["images_per_s"], 100 * row["mfu"],
-                 " (assumed peak)" if peak_assumed else "")
+        log.info(
+            "step %d/%d | loss %.4f | lm %.4f | aux %.3f | z %.3f%s | load max/mean %.2f dead %.2f | "
+            "lr %.2e | tok/s %.0f | img/s %.1f | mfu %.2f%%%s",
+            step,
+            total_steps,
+            row["loss"],
+            row["lm_loss"],
+            row["aux_loss"],
+            row["z_loss"],
+            con,
+            worst,
+            row["expert_dead_frac"],
+            row["lr"],
+            row["tokens_per_s"],
+            row["images_per_s"],
+            100 * row["mfu"],
+            " (assumed peak)" if peak_assumed else "",
+        )
 
     def close(self) -> None:
         self.tb.close()

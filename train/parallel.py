@@ -68,8 +68,9 @@ def build_model(cfg: TrainConfig, device: torch.device) -> VLM:
             # the last block's backward runs right after its forward: keeping it gathered saves an all-gather
             fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard and i < len(blocks) - 1)
         fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
-    log.info("model: %s, compute dtype %s, %s params", dp, param_dtype,
-             f"{sum(p.numel() for p in model.parameters()):,}")
+    log.info(
+        "model: %s, compute dtype %s, %s params", dp, param_dtype, f"{sum(p.numel() for p in model.parameters()):,}"
+    )
     return model
 
 
@@ -88,8 +89,9 @@ class TrainState:
             self.forward_module = DistributedDataParallel(model)
         o = cfg.optim
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(model.param_groups(o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2),
-                                           eps=o.eps, foreach=True)
+        self.optimizer = torch.optim.AdamW(
+            model.param_groups(o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, foreach=True
+        )
 
     def sync_context(self, sync: bool):
         """Gradient sync only on the last micro-batch of an optimizer step."""
@@ -109,8 +111,11 @@ class TrainState:
         """Clip the global grad norm (if configured), step, zero the grads; returns the norm before clipping
         (a plain tensor, gathered from DTensor shards under FSDP2)."""
         clip = self.cfg.optim.grad_clip
-        norm = (torch.nn.utils.clip_grad_norm_(self.params, clip) if clip > 0
-                else torch.zeros((), device=self.params[0].device))
+        norm = (
+            torch.nn.utils.clip_grad_norm_(self.params, clip)
+            if clip > 0
+            else torch.zeros((), device=self.params[0].device)
+        )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm

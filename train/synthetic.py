@@ -37,9 +37,16 @@ def _motifs(vocab: int, motif_seed: int, n: int = 4, length: int = 8) -> list[li
     return [torch.randint(first, vocab, (length,), generator=g).tolist() for _ in range(n)]
 
 
-def synthetic_batch(cfg: ModelConfig, gen: torch.Generator, kind: Kind = "mixed", batch_size: int = 2,
-                    seq_len: int = 64, grids: tuple[tuple[int, int], ...] = GRIDS,
-                    text_tokens: tuple[int, int] = (4, 32), motif_seed: int = 0) -> Batch:
+def synthetic_batch(
+    cfg: ModelConfig,
+    gen: torch.Generator,
+    kind: Kind = "mixed",
+    batch_size: int = 2,
+    seq_len: int = 64,
+    grids: tuple[tuple[int, int], ...] = GRIDS,
+    text_tokens: tuple[int, int] = (4, 32),
+    motif_seed: int = 0,
+) -> Batch:
     """One packed batch of `batch_size` rows x `seq_len` tokens (see module doc); `gen` drives every choice.
     Image grids are drawn from `grids`, text lengths from [text_tokens[0], text_tokens[1])."""
     if cfg.image_token_id != IMAGE:
@@ -68,23 +75,30 @@ def synthetic_batch(cfg: ModelConfig, gen: torch.Generator, kind: Kind = "mixed"
             doc = [BOS] + image_part + [motif[i % len(motif)] for i in range(n_text)] + [EOS]
             if t + len(doc) > seq_len:
                 break
-            ids_BT[b, t:t + len(doc)] = torch.tensor(doc)
-            pos_BT[b, t:t + len(doc)] = torch.arange(len(doc))
-            seg_BT[b, t:t + len(doc)] = seg
+            ids_BT[b, t : t + len(doc)] = torch.tensor(doc)
+            pos_BT[b, t : t + len(doc)] = torch.arange(len(doc))
+            seg_BT[b, t : t + len(doc)] = seg
             for j in range(len(doc) - 1):  # label j predicts token j+1 of the same document
                 if doc[j + 1] not in (IMAGE, IMG_START, IMG_END):
                     labels_BT[b, t + j] = doc[j + 1]
             if with_image:
                 text_start = t + 1 + len(image_part)
                 n_after = min(n_text, TEXT_AFTER_IMAGE)
-                after_BT[b, text_start:text_start + n_after] = len(grids_I)
+                after_BT[b, text_start : text_start + n_after] = len(grids_I)
                 grids_I.append((h, w))
             t, seg = t + len(doc), seg + 1
     n_patches = sum(h * w for h, w in grids_I)
     pixels_NP = torch.randn(n_patches, P, generator=gen)
     grid_hw_I2 = torch.tensor(grids_I, dtype=torch.long).reshape(-1, 2)
-    return Batch(input_ids_BT=ids_BT, labels_BT=labels_BT, position_ids_BT=pos_BT, segment_ids_BT=seg_BT,
-                 pixel_values_NP=pixels_NP, grid_hw_I2=grid_hw_I2, text_after_image_BT=after_BT)
+    return Batch(
+        input_ids_BT=ids_BT,
+        labels_BT=labels_BT,
+        position_ids_BT=pos_BT,
+        segment_ids_BT=seg_BT,
+        pixel_values_NP=pixels_NP,
+        grid_hw_I2=grid_hw_I2,
+        text_after_image_BT=after_BT,
+    )
 
 
 def concat_batches(batches: list[Batch]) -> Batch:
@@ -97,6 +111,12 @@ def concat_batches(batches: list[Batch]) -> Batch:
     def cat(name: str) -> torch.Tensor:
         return torch.cat([getattr(b, name) for b in batches])
 
-    return Batch(input_ids_BT=cat("input_ids_BT"), labels_BT=cat("labels_BT"), position_ids_BT=cat("position_ids_BT"),
-                 segment_ids_BT=cat("segment_ids_BT"), pixel_values_NP=cat("pixel_values_NP"),
-                 grid_hw_I2=cat("grid_hw_I2"), text_after_image_BT=torch.cat(after))
+    return Batch(
+        input_ids_BT=cat("input_ids_BT"),
+        labels_BT=cat("labels_BT"),
+        position_ids_BT=cat("position_ids_BT"),
+        segment_ids_BT=cat("segment_ids_BT"),
+        pixel_values_NP=cat("pixel_values_NP"),
+        grid_hw_I2=cat("grid_hw_I2"),
+        text_after_image_BT=torch.cat(after),
+    )

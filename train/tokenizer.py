@@ -27,8 +27,10 @@ class Tokenizer:
         ids = [hf.token_to_id(t) for t in SPECIAL_TOKENS]
         missing = [t for t, i in zip(SPECIAL_TOKENS, ids) if i is None]
         if missing:
-            raise ValueError(f"tokenizer {where} lacks special token(s) {missing}; train one with "
-                             "`interloom tokenizer train CORPUS --output tokenizer.json`")
+            raise ValueError(
+                f"tokenizer {where} lacks special token(s) {missing}; train one with "
+                "`interloom tokenizer train CORPUS --output tokenizer.json`"
+            )
         self.pad_id, self.bos_id, self.eos_id, self.img_start_id, self.image_id, self.img_end_id = ids
         self.special_ids = frozenset(ids)
 
@@ -66,8 +68,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency:
     encodes (no unknown token); vocab_size counts them, the special tokens and the merges."""
     n_min = 256 + len(SPECIAL_TOKENS)
     if vocab_size <= n_min:
-        raise ValueError(f"vocab_size={vocab_size} must exceed {n_min} (256 bytes + {len(SPECIAL_TOKENS)} "
-                         "special tokens)")
+        raise ValueError(
+            f"vocab_size={vocab_size} must exceed {n_min} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)"
+        )
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.decoder = decoders.ByteLevel()
@@ -91,8 +94,9 @@ def corpus_texts(corpus: str | Path, max_documents: int | None = None) -> Iterat
         yield from doc.text_blocks
 
 
-def train_from_corpus(corpus: str | Path, output: str | Path, vocab_size: int = 2048,
-                      max_documents: int | None = None) -> Tokenizer:
+def train_from_corpus(
+    corpus: str | Path, output: str | Path, vocab_size: int = 2048, max_documents: int | None = None
+) -> Tokenizer:
     tok = train_tokenizer(corpus_texts(corpus, max_documents), vocab_size=vocab_size)
     tok.save(output)
     return tok

@@ -110,8 +110,9 @@ def run_training(cfg: TrainConfig):
         train_loop_per_worker,
         train_loop_config=cfg.model_dump(mode="json"),
         torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
-                                               resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu, resources_per_worker=resources
+        ),
         run_config=ray.train.RunConfig(
             name=out.name,
             storage_path=cfg.run.storage or str(out.parent),
@@ -137,8 +138,9 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return peak * (r + (1 - r) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def train_step(state: TrainState, batches: Iterator[Batch], cfg: TrainConfig, lr: float, flops: FlopCounter,
-               device: torch.device) -> StepStats:
+def train_step(
+    state: TrainState, batches: Iterator[Batch], cfg: TrainConfig, lr: float, flops: FlopCounter, device: torch.device
+) -> StepStats:
     """One optimizer step over `optim.grad_accum` micro-batches; the statistics stay on the device."""
     from train.losses import total_loss
 
@@ -175,22 +177,35 @@ def train_step(state: TrainState, batches: Iterator[Batch], cfg: TrainConfig, lr
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(global_load_LE)
         state.model.update_expert_bias(global_load_LE)
-    return StepStats(lm_loss_sum=lm_sum, n_label_tokens=n_label, aux_loss_sum=aux_sum, z_loss_sum=z_sum,
-                     contrastive_weighted=con_weighted, pairs=pairs, expert_load_LE=load_LE, grad_norm=grad_norm,
-                     logit_scale=logit_scale,
-                     micro_batches=accum, real_tokens=real_tokens, images=images, flops=n_flops)
+    return StepStats(
+        lm_loss_sum=lm_sum,
+        n_label_tokens=n_label,
+        aux_loss_sum=aux_sum,
+        z_loss_sum=z_sum,
+        contrastive_weighted=con_weighted,
+        pairs=pairs,
+        expert_load_LE=load_LE,
+        grad_norm=grad_norm,
+        logit_scale=logit_scale,
+        micro_batches=accum,
+        real_tokens=real_tokens,
+        images=images,
+        flops=n_flops,
+    )
 
 
-def held_out_metrics(cfg: TrainConfig, model: torch.nn.Module, rank: int, world: int,
-                     device: torch.device) -> dict[str, float]:
+def held_out_metrics(
+    cfg: TrainConfig, model: torch.nn.Module, rank: int, world: int, device: torch.device
+) -> dict[str, float]:
     """The val_* losses on the first `run.eval_batches` batches of this rank's share of `run.val_corpus`
     (the same batches at every evaluation), reduced over all ranks. Every rank calls it at the same step and
     runs the same number of forwards (FSDP2 all-gathers in each) and one all-reduce."""
     from train.evaluate import evaluate
 
     data = cfg.data.model_copy(update={"follow": False, "num_workers": 0})  # a few batches: no worker processes
-    val = Loader(data, cfg.data.tokenizer, cfg.model.vision.patch_size, rank, world, cfg.run.seed,
-                 corpus=cfg.run.val_corpus)
+    val = Loader(
+        data, cfg.data.tokenizer, cfg.model.vision.patch_size, rank, world, cfg.run.seed, corpus=cfg.run.val_corpus
+    )
     row, _, _ = evaluate(model, iter(val), cfg.run.eval_batches, cfg.model.image_token_id, device)
     return row
 
@@ -206,8 +221,7 @@ def _worker_logging() -> None:
         logger.propagate = False
 
 
-def stage_loader(cfg: TrainConfig, stage: int, rank: int, world: int,
-                 position: dict[str, Any] | None = None) -> Loader:
+def stage_loader(cfg: TrainConfig, stage: int, rank: int, world: int, position: dict[str, Any] | None = None) -> Loader:
     """The loader of `stage` (its pixel budget, `TrainConfig.stage_data`), continuing at `position`."""
     loader = Loader(cfg.stage_data(stage), cfg.data.tokenizer, cfg.model.vision.patch_size, rank, world, cfg.run.seed)
     if position is not None:
@@ -238,9 +252,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         loader = stage_loader(cfg, stage, rank, world)
         ckpt.restore(state, loader)
         logger = MetricsLogger(Path(cfg.run.output), step) if rank == 0 else None
-        log.info("world=%d device=%s step=%d/%d stage=%s params=%s trainable=%s peak=%.3g FLOP/s%s", world, device,
-                 step, total, cfg.stages[stage].trainable, f"{sum(p.numel() for p in model.parameters()):,}",
-                 f"{sum(p.numel() for p in state.params):,}", peak, " (assumed)" if assumed else "")
+        log.info(
+            "world=%d device=%s step=%d/%d stage=%s params=%s trainable=%s peak=%.3g FLOP/s%s",
+            world,
+            device,
+            step,
+            total,
+            cfg.stages[stage].trainable,
+            f"{sum(p.numel() for p in model.parameters()):,}",
+            f"{sum(p.numel() for p in state.params):,}",
+            peak,
+            " (assumed)" if assumed else "",
+        )
         batches, window, loss = iter(loader), MetricsWindow(device), float("nan")
         while step < total:
             i, _ = cfg.stage_at(step)

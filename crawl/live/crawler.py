@@ -45,6 +45,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from corpus.record import make_doc_id
+from corpus.runner import Runner, Stage
+from corpus.stats import Ledger
+from corpus.steps import Resources
 from crawl.live.config import CrawlConfig
 from crawl.live.fetcher import Exchange, Fetched, Fetcher
 from crawl.live.image_fetcher import check_image
@@ -52,10 +56,6 @@ from crawl.live.politeness import partition, start_gate
 from crawl.live.safety import host_key, url_problem
 from crawl.live.warc_writer import WARC_SUFFIX, RotatingWarcWriter, clean_unfinished, closed_segments, read_state
 from crawl.page import RawPage
-from corpus.record import make_doc_id
-from corpus.runner import Runner, Stage
-from corpus.stats import Ledger
-from corpus.steps import Resources
 
 STAGE = "crawl"
 
@@ -79,8 +79,11 @@ def read_seeds(path: str | Path, column: str = "url") -> list[str]:
     """Seed URLs from a text file (one per line, blank lines and # comments skipped) or a Parquet column."""
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"seed file {p} is a folder: give a text file (one URL per line) or a .parquet file"
-                         if p.is_dir() else f"seed file not found: {p}")
+        raise ValueError(
+            f"seed file {p} is a folder: give a text file (one URL per line) or a .parquet file"
+            if p.is_dir()
+            else f"seed file not found: {p}"
+        )
     if p.suffix == ".parquet":
         try:
             schema = pq.read_schema(p)
@@ -93,8 +96,10 @@ def read_seeds(path: str | Path, column: str = "url") -> list[str]:
         try:
             lines = p.read_text(encoding="utf-8").splitlines()
         except UnicodeDecodeError as e:
-            raise ValueError(f"seed file {p}: not UTF-8 text ({e.reason} at byte {e.start}); give a text file "
-                             f"with one URL per line or a .parquet file") from None
+            raise ValueError(
+                f"seed file {p}: not UTF-8 text ({e.reason} at byte {e.start}); give a text file "
+                f"with one URL per line or a .parquet file"
+            ) from None
         seeds = [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
     if not seeds:
         raise ValueError(f"seed file {p} holds no URL")
@@ -125,19 +130,22 @@ def page_links(body: bytes, base_url: str) -> tuple[list[str], list[str]]:
 class CrawlWorker:
     """The body of a `CrawlActor` (an async Ray actor): the frontier and fetches of its share of hosts."""
 
-    def __init__(self, index: int, n_actors: int, cfg: dict[str, Any], output: str, gate: Any = None,
-                 holder: str = ""):
+    def __init__(self, index: int, n_actors: int, cfg: dict[str, Any], output: str, gate: Any = None, holder: str = ""):
         self.cfg = CrawlConfig(**cfg)
         self.index, self.n_actors = index, n_actors
         self.output = Path(output)
         prefix = f"{self.cfg.warc_prefix}-a{index:02d}"
         self.removed = clean_unfinished(self.output, prefix)
-        self.warc = RotatingWarcWriter(self.output, prefix, self.cfg.warc_max_bytes, gzip_level=self.cfg.warc_gzip_level)
+        self.warc = RotatingWarcWriter(
+            self.output, prefix, self.cfg.warc_max_bytes, gzip_level=self.cfg.warc_gzip_level
+        )
         self.ledger = Ledger()
         self.ledger.stage(STAGE)
         self.fetcher = Fetcher(self.cfg, self.warc, self.ledger, STAGE, gate, holder)
         # resume: outcomes of every URL in a closed WARC file, whichever actor wrote it
-        self.done: dict[str, dict[str, Any]] = {e["url"]: e for e in read_state(self.output, self.cfg.warc_prefix + "-a")}
+        self.done: dict[str, dict[str, Any]] = {
+            e["url"]: e for e in read_state(self.output, self.cfg.warc_prefix + "-a")
+        }
         self.images_done: set[str] = {u for e in self.done.values() for u in e.get("images", {})}
         self.queues: dict[str, deque[tuple[str, int]]] = {}
         self.seen: set[str] = set()
@@ -214,8 +222,14 @@ class CrawlWorker:
             count.n_out += 1
             assert got.exchange is not None and got.exchange.warc, "page response must be archived"
             source = f"warc:{got.exchange.warc}#{got.exchange.record_id}"
-            page = RawPage(url=got.final_url, body=got.body, source=source, fetched_at=got.fetched_at,
-                           headers=dict(got.headers), id=make_doc_id(source))
+            page = RawPage(
+                url=got.final_url,
+                body=got.body,
+                source=source,
+                fetched_at=got.fetched_at,
+                headers=dict(got.headers),
+                id=make_doc_id(source),
+            )
         else:
             detail = got.detail if got is not None else f"over {self.cfg.max_pages_per_host} pages"
             self.ledger.drop(STAGE, entry["reason"], url=url, item="record", detail=detail)
@@ -291,8 +305,12 @@ class CrawlWorker:
         """Close the open WARC (with its state) and report counts."""
         await self.fetcher.aclose()
         self.warc.close()
-        return {"ledger": self.ledger.to_dict(), "rejects": list(self.ledger.rejects), "warcs": self.warc.closed,
-                "removed": self.removed}
+        return {
+            "ledger": self.ledger.to_dict(),
+            "rejects": list(self.ledger.rejects),
+            "warcs": self.warc.closed,
+            "removed": self.removed,
+        }
 
 
 CrawlActor = ray.remote(max_restarts=0, max_task_retries=0)(CrawlWorker)  # the runner's policy replaces it
@@ -350,8 +368,9 @@ class Crawler:
         shares = [Share(i, tuple(g), f"{self.cfg.warc_prefix}-a{i:02d}") for i, g in enumerate(groups)]
         cfg = self.cfg.model_dump()
         # an actor fetches for at most hosts_in_flight hosts at once, one URL at a time per host
-        gate = start_gate(self.cfg.min_delay_s, self.cfg.per_host_concurrency,
-                          fetches=len(groups) * self.cfg.hosts_in_flight)
+        gate = start_gate(
+            self.cfg.min_delay_s, self.cfg.per_host_concurrency, fetches=len(groups) * self.cfg.hosts_in_flight
+        )
         stage = Stage(STAGE, Resources(cpus=self.cfg.actor_num_cpus), unit_label="page")
         actor_cls = CrawlActor.options(**stage.options())
         actors_started = [0] * len(shares)  # per share; names each actor at the gate: <share>.<n>

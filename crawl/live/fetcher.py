@@ -16,21 +16,20 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import random
-
 import zlib
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from corpus.stats import Ledger
 from crawl.live.config import CrawlConfig
 from crawl.live.politeness import GateClient, HostGate, politeness_keys
 from crawl.live.robots import RobotsCache, RobotsRules, origin_of
 from crawl.live.safety import AddressPolicy, DnsFailure, UnsafeAddress, host_key, make_client, url_problem
 from crawl.live.warc_writer import RotatingWarcWriter
-from corpus.stats import Ledger
 
 Kind = Literal["page", "image", "robots"]
 ACCEPT = {
@@ -60,9 +59,18 @@ class Exchange:
 
     def archive(self, writer: RotatingWarcWriter) -> None:
         self.warc, self.record_id = writer.write_exchange(
-            self.url, method=self.method, target=self.target, request_headers=self.request_headers,
-            status=self.status, reason=self.reason, http_version=self.http_version,
-            response_headers=self.response_headers, payload=self.payload, date=self.date, ip=self.ip)
+            self.url,
+            method=self.method,
+            target=self.target,
+            request_headers=self.request_headers,
+            status=self.status,
+            reason=self.reason,
+            http_version=self.http_version,
+            response_headers=self.response_headers,
+            payload=self.payload,
+            date=self.date,
+            ip=self.ip,
+        )
 
 
 # Where exchanges go: None = archive at once; a list = the caller archives them later, together with the
@@ -104,7 +112,7 @@ class Failed:
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -119,8 +127,8 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def decode_body(raw: bytes, encoding: str, cap: int) -> bytes | str:
@@ -152,15 +160,23 @@ class Fetcher:
     `gate`: the run's `HostGateActor` handle, shared by all actors; None: a `HostGate` of this fetcher alone.
     `holder`: this fetcher's name at the gate (its slots are given back by name if its actor dies)."""
 
-    def __init__(self, cfg: CrawlConfig, warc: RotatingWarcWriter | None, ledger: Ledger, stage: str,
-                 gate: Any = None, holder: str = ""):
+    def __init__(
+        self,
+        cfg: CrawlConfig,
+        warc: RotatingWarcWriter | None,
+        ledger: Ledger,
+        stage: str,
+        gate: Any = None,
+        holder: str = "",
+    ):
         self.cfg = cfg
         self.warc = warc
         self.ledger = ledger
         self.stage = stage
         self.policy = AddressPolicy(cfg.allow_private)
-        self.gate = GateClient(gate if gate is not None else HostGate(cfg.min_delay_s, cfg.per_host_concurrency),
-                               holder)
+        self.gate = GateClient(
+            gate if gate is not None else HostGate(cfg.min_delay_s, cfg.per_host_concurrency), holder
+        )
         self.robots = RobotsCache(self._shared_robots, cfg.user_agent, on_new=self._new_rules)
         self._client: httpx.AsyncClient | None = None
         self._rng = random.Random()
@@ -265,7 +281,7 @@ class Fetcher:
             async with self.gate.slot(keys):
                 try:
                     got = await asyncio.wait_for(self._get_once(url, kind, sink), self.cfg.total_timeout_s)
-                except (httpx.TimeoutException, asyncio.TimeoutError):
+                except (TimeoutError, httpx.TimeoutException):
                     got = Failed(url, "timeout", url, retryable=True)
                 except (UnsafeAddress, DnsFailure) as e:
                     got = Failed(url, e.reason, str(e))
@@ -292,8 +308,7 @@ class Fetcher:
     async def _get_once(self, url: str, kind: Kind, sink: Sink) -> Fetched | Failed:
         cfg = self.cfg
         cap = cfg.robots_max_bytes if kind == "robots" else cfg.max_bytes
-        request = self.client.build_request("GET", url, headers={"Accept": ACCEPT[kind],
-                                                                   "Accept-Encoding": "identity"})
+        request = self.client.build_request("GET", url, headers={"Accept": ACCEPT[kind], "Accept-Encoding": "identity"})
         response = await self.client.send(request, stream=True)
         try:
             headers = {k.lower(): v for k, v in response.headers.items()}
@@ -321,11 +336,18 @@ class Fetcher:
         date = _now_iso()
         body = decode_body(raw, headers.get("content-encoding", ""), cap)
         ex = Exchange(
-            url, "GET", request.url.raw_path.decode("ascii"),
+            url,
+            "GET",
+            request.url.raw_path.decode("ascii"),
             [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw],
-            status, response.reason_phrase, response.http_version or "HTTP/1.1",
+            status,
+            response.reason_phrase,
+            response.http_version or "HTTP/1.1",
             [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw],
-            raw, date, addr[0] if addr else None)
+            raw,
+            date,
+            addr[0] if addr else None,
+        )
         if sink is not None:
             sink.append(ex)
         elif self.warc is not None:
@@ -333,5 +355,3 @@ class Fetcher:
         if isinstance(body, str):
             return Failed(url, body, headers.get("content-encoding", ""))
         return Fetched(url, url, status, headers, body, date, ex)
-
-

@@ -29,12 +29,12 @@ import ray
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
+from corpus.stats import Ledger
 from crawl.live.config import CrawlConfig
 from crawl.live.fetcher import Fetched, Fetcher
 from crawl.live.politeness import partition, start_gate
 from crawl.live.safety import host_key, url_problem
 from crawl.live.warc_writer import RotatingWarcWriter
-from corpus.stats import Ledger
 
 STAGE = "fetch_images"
 _HTML_SNIFF = (b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml", b"<!--")
@@ -78,7 +78,11 @@ class ImageFetcher:
     def __init__(self, cfg: CrawlConfig, warc_dir: str | Path | None, prefix: str = "images", gate: Any = None):
         self.cfg = cfg
         self.ledger = Ledger()
-        self.warc = RotatingWarcWriter(warc_dir, prefix, cfg.warc_max_bytes, gzip_level=cfg.warc_gzip_level) if warc_dir is not None else None
+        self.warc = (
+            RotatingWarcWriter(warc_dir, prefix, cfg.warc_max_bytes, gzip_level=cfg.warc_gzip_level)
+            if warc_dir is not None
+            else None
+        )
         self.fetcher = Fetcher(cfg, self.warc, self.ledger, STAGE, gate)
         self._hosts = asyncio.Semaphore(cfg.hosts_in_flight)  # bounds this fetcher's calls parked in the gate
 
@@ -121,8 +125,11 @@ class ImageFetcher:
         await self.fetcher.aclose()
         if self.warc is not None:
             self.warc.close()
-        return {"ledger": self.ledger.to_dict(), "rejects": list(self.ledger.rejects),
-                "warcs": list(self.warc.closed) if self.warc else []}
+        return {
+            "ledger": self.ledger.to_dict(),
+            "rejects": list(self.ledger.rejects),
+            "warcs": list(self.warc.closed) if self.warc else [],
+        }
 
 
 class ImageFetchWorker:
@@ -153,7 +160,8 @@ class FetchResolver:
         self.gate = start_gate(cfg.min_delay_s, cfg.per_host_concurrency, fetches=cfg.actors * cfg.hosts_in_flight)
         self.actors = [
             ImageFetchActor.options(num_cpus=cfg.actor_num_cpus).remote(
-                i, cfg.model_dump(), None if warc_dir is None else str(warc_dir), self.gate)
+                i, cfg.model_dump(), None if warc_dir is None else str(warc_dir), self.gate
+            )
             for i in range(cfg.actors)
         ]
 

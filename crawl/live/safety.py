@@ -97,8 +97,7 @@ class AddressPolicy:
             return self.allowed(inner)
         # is_global alone lets through IPv6 reserved space (IPv4-compatible ::127.0.0.1) and the deprecated
         # site-local fec0::/10
-        return (ip.is_global and not ip.is_multicast and not ip.is_reserved
-                and not getattr(ip, "is_site_local", False))
+        return ip.is_global and not ip.is_multicast and not ip.is_reserved and not getattr(ip, "is_site_local", False)
 
     async def resolve(self, host: str, port: int) -> list[str]:
         """Resolve `host` and check every address; return them (IP literals skip DNS).
@@ -136,8 +135,9 @@ class SafeNetworkBackend(httpcore.AsyncNetworkBackend):
         last: Exception | None = None
         for addr in addrs:
             try:
-                return await self.inner.connect_tcp(addr, port, timeout=timeout, local_address=local_address,
-                                                    socket_options=socket_options)
+                return await self.inner.connect_tcp(
+                    addr, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as e:
                 last = e
         assert last is not None
@@ -166,8 +166,7 @@ class _SafeTransport(httpx.AsyncHTTPTransport):
 def make_client(cfg: CrawlConfig, policy: AddressPolicy | None = None) -> httpx.AsyncClient:
     """A cookie-less, credential-less client whose every connection passes `policy`."""
     policy = policy or AddressPolicy(cfg.allow_private)
-    timeout = httpx.Timeout(connect=cfg.connect_timeout_s, read=cfg.read_timeout_s,
-                            write=cfg.read_timeout_s, pool=None)
+    timeout = httpx.Timeout(connect=cfg.connect_timeout_s, read=cfg.read_timeout_s, write=cfg.read_timeout_s, pool=None)
     client = httpx.AsyncClient(
         transport=_SafeTransport(policy, max_connections=max(16, cfg.hosts_in_flight * cfg.per_host_concurrency)),
         timeout=timeout,

@@ -13,7 +13,6 @@ import io
 import json
 import os
 import zlib
-
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,8 +61,9 @@ def clean_unfinished(directory: Path, prefix: str) -> list[str]:
 class RotatingWarcWriter:
     """Writes request/response exchanges to `DIR/PREFIX-NNNNN.warc.gz`, rotating at `max_bytes`."""
 
-    def __init__(self, directory: str | Path, prefix: str, max_bytes: int, software: str = "interloom",
-                 gzip_level: int = 6):
+    def __init__(
+        self, directory: str | Path, prefix: str, max_bytes: int, software: str = "interloom", gzip_level: int = 6
+    ):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.prefix = prefix
@@ -75,8 +75,11 @@ class RotatingWarcWriter:
         self._name = ""
         self._state: list[dict[str, Any]] = []
         self.closed: list[str] = []
-        existing = [int(p.name[len(prefix) + 1 : len(prefix) + 6]) for p in self.dir.glob(f"{prefix}-*{WARC_SUFFIX}")
-                    if p.name[len(prefix) + 1 : len(prefix) + 6].isdigit()]
+        existing = [
+            int(p.name[len(prefix) + 1 : len(prefix) + 6])
+            for p in self.dir.glob(f"{prefix}-*{WARC_SUFFIX}")
+            if p.name[len(prefix) + 1 : len(prefix) + 6].isdigit()
+        ]
         self._seq = max(existing, default=-1) + 1
 
     @property
@@ -102,9 +105,21 @@ class RotatingWarcWriter:
         z = zlib.compressobj(self.gzip_level, zlib.DEFLATED, zlib.MAX_WBITS | 16)
         self._fh.write(z.compress(buf.getvalue()) + z.flush())
 
-    def write_exchange(self, url: str, *, method: str, target: str, request_headers: list[tuple[str, str]],
-                       status: int, reason: str, http_version: str, response_headers: list[tuple[str, str]],
-                       payload: bytes, date: str, ip: str | None) -> tuple[str, str]:
+    def write_exchange(
+        self,
+        url: str,
+        *,
+        method: str,
+        target: str,
+        request_headers: list[tuple[str, str]],
+        status: int,
+        reason: str,
+        http_version: str,
+        response_headers: list[tuple[str, str]],
+        payload: bytes,
+        date: str,
+        ip: str | None,
+    ) -> tuple[str, str]:
         """Write a request and its response; return (file name, response WARC-Record-ID without <>)."""
         self._ensure_open()
         assert self._writer is not None
@@ -113,12 +128,18 @@ class RotatingWarcWriter:
         extra = {"WARC-Date": date}
         if ip:
             extra["WARC-IP-Address"] = ip
-        resp = self._writer.create_warc_record(url, "response", payload=io.BytesIO(payload), http_headers=http,
-                                               warc_headers_dict=extra)
+        resp = self._writer.create_warc_record(
+            url, "response", payload=io.BytesIO(payload), http_headers=http, warc_headers_dict=extra
+        )
         rid = resp.rec_headers.get_header("WARC-Record-ID")
         req_http = StatusAndHeaders(f"{method} {target} {http_version}", request_headers, is_http_request=True)
-        req = self._writer.create_warc_record(url, "request", payload=io.BytesIO(b""), http_headers=req_http,
-                                              warc_headers_dict={"WARC-Date": date, "WARC-Concurrent-To": rid})
+        req = self._writer.create_warc_record(
+            url,
+            "request",
+            payload=io.BytesIO(b""),
+            http_headers=req_http,
+            warc_headers_dict={"WARC-Date": date, "WARC-Concurrent-To": rid},
+        )
         self._write(resp)
         self._write(req)
         return self._name, rid.strip("<>")
@@ -152,5 +173,3 @@ class RotatingWarcWriter:
         self.closed.append(self._name)
         self._fh = self._writer = None
         self._state = []
-
-

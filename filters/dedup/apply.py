@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from filters.dedup.passes import REASON_IMAGE, DedupResult
 from corpus.record import Document
 from corpus.stats import Ledger
 from corpus.steps import Drop, Step, drop_images
+from filters.dedup.passes import REASON_IMAGE, DedupResult
 
 
 class ApplyDedup(Step):

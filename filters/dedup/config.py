@@ -33,7 +33,5 @@ class DedupConfig(Section):
     @model_validator(mode="after")
     def _check_bands(self) -> DedupConfig:
         if self.bands * self.rows != self.num_perm:
-            raise ValueError(
-                f"dedup: num_perm ({self.num_perm}) must equal bands x rows ({self.bands} x {self.rows})"
-            )
+            raise ValueError(f"dedup: num_perm ({self.num_perm}) must equal bands x rows ({self.bands} x {self.rows})")
         return self

@@ -15,10 +15,10 @@ import io
 
 import numpy as np
 
-from filters.dedup.graph import connected_components, pairs_in_groups
 from corpus.record import Document
 from corpus.stats import Ledger
 from corpus.steps import Step, drop_images
+from filters.dedup.graph import connected_components, pairs_in_groups
 
 
 def image_phash(data: bytes) -> str:

@@ -73,11 +73,11 @@ def shingles_reference(normalized: str, ngram: int, cjk: bool) -> list[str]:
         chars = normalized.replace(" ", "")
         if not chars:
             return []
-        return [chars[i:i + ngram] for i in range(max(1, len(chars) - ngram + 1))]
+        return [chars[i : i + ngram] for i in range(max(1, len(chars) - ngram + 1))]
     words = normalized.split(" ") if normalized else []
     if not words:
         return []
-    return [" ".join(words[i:i + ngram]) for i in range(max(1, len(words) - ngram + 1))]
+    return [" ".join(words[i : i + ngram]) for i in range(max(1, len(words) - ngram + 1))]
 
 
 EMPTY = np.uint32(0xFFFFFFFF)  # every value of the signature of a document without shingles
@@ -125,7 +125,7 @@ class MinHasher:
             word_ends = np.concatenate((spaces, [n_cp]))
             n_shingles = max(1, len(word_starts) - self.ngram + 1)
             starts = word_starts[:n_shingles]
-            ends = word_ends[min(self.ngram, len(word_ends)) - 1:][:n_shingles]
+            ends = word_ends[min(self.ngram, len(word_ends)) - 1 :][:n_shingles]
         pw, inv = self._powers(n_cp)
         prefix = np.zeros(n_cp + 1, dtype=np.uint64)  # array arithmetic wraps mod 2^64 silently
         np.cumsum(cp.astype(np.uint64) * pw, out=prefix[1:])
@@ -167,8 +167,10 @@ class MinHasher:
         doc = np.repeat(np.arange(n_docs, dtype=np.int64), lengths)
         key = doc * k + self._bins(h).astype(np.int64)  # flat (doc, bin) index
         if len(h) > 1 and not np.all((key[1:] > key[:-1]) | ((key[1:] == key[:-1]) & (h[1:] > h[:-1]))):
-            raise ValueError("MinHasher.signatures: shingle hashes must be sorted and unique per document "
-                             "(as shingle_hashes returns them)")
+            raise ValueError(
+                "MinHasher.signatures: shingle hashes must be sorted and unique per document "
+                "(as shingle_hashes returns them)"
+            )
         first = np.concatenate(([True], key[1:] != key[:-1]))  # the smallest hash of each (doc, bin)
         flat = out.reshape(-1)
         flat[key[first]] = (h[first] & U64(0xFFFFFFFF)).astype(np.uint32)

@@ -34,7 +34,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +43,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from filters.dedup.config import DedupConfig
 from corpus.runner import Stage, map_tasks
 from corpus.steps import Resources
 from corpus.storage import write_parquet_atomic
+from filters.dedup.config import DedupConfig
 from filters.dedup.graph import connected_components, pairs_in_groups
 from filters.dedup.images import parse_phash, phash_clusters
 from filters.dedup.minhash import MinHasher, estimate_jaccard
@@ -61,29 +61,33 @@ _STAGED_COLUMNS = ["id", "url", "fetched_at", "lang", "texts", "signals", "image
 
 
 def signature_schema(num_perm: int) -> pa.Schema:
-    return pa.schema([
+    return pa.schema(
+        [
+            ("id", pa.string()),
+            ("url", pa.string()),
+            ("url_key", pa.string()),  # null: no URL
+            ("fetched_ts", pa.float64()),  # seconds since epoch; -inf when missing or unparsable
+            ("text_hash", pa.string()),  # null: empty text
+            ("quality", pa.float64()),
+            ("n_shingles", pa.int32()),
+            ("minhash", pa.list_(pa.uint32(), num_perm)),
+            ("bands", pa.list_(pa.uint64())),  # empty: no shingles, never a candidate
+            ("phashes", pa.list_(pa.string())),
+        ]
+    )
+
+
+CLUSTERS_SCHEMA = pa.schema(
+    [
+        ("cluster_id", pa.string()),  # smallest document id of the cluster
         ("id", pa.string()),
+        ("keeper", pa.bool_()),
+        ("reason", pa.string()),  # "" for keepers, else duplicate_url | duplicate_exact | near_duplicate
+        ("keeper_id", pa.string()),  # who replaces a removed document ("" for keepers)
         ("url", pa.string()),
-        ("url_key", pa.string()),  # null: no URL
-        ("fetched_ts", pa.float64()),  # seconds since epoch; -inf when missing or unparsable
-        ("text_hash", pa.string()),  # null: empty text
-        ("quality", pa.float64()),
-        ("n_shingles", pa.int32()),
-        ("minhash", pa.list_(pa.uint32(), num_perm)),
-        ("bands", pa.list_(pa.uint64())),  # empty: no shingles, never a candidate
-        ("phashes", pa.list_(pa.string())),
-    ])
-
-
-CLUSTERS_SCHEMA = pa.schema([
-    ("cluster_id", pa.string()),  # smallest document id of the cluster
-    ("id", pa.string()),
-    ("keeper", pa.bool_()),
-    ("reason", pa.string()),  # "" for keepers, else duplicate_url | duplicate_exact | near_duplicate
-    ("keeper_id", pa.string()),  # who replaces a removed document ("" for keepers)
-    ("url", pa.string()),
-    ("size", pa.int32()),
-])
+        ("size", pa.int32()),
+    ]
+)
 REMOVALS_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("keeper", pa.string())])
 IMAGE_REMOVALS_SCHEMA = pa.schema([("phash", pa.string()), ("n_docs", pa.int64()), ("cluster", pa.string())])
 IMAGES_SCHEMA = pa.schema(
@@ -126,7 +130,7 @@ def _fetch_ts(text: str | None) -> float:
     except ValueError:
         return -math.inf
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 
@@ -149,26 +153,31 @@ def signatures_pass(staged_path: str, out_path: str, cfg: DedupConfig) -> int:
         full = "\n\n".join(t for t in (texts or []) if t is not None)
         cp = normalize_codepoints(full)
         hashes.append(text_hash(codepoints_to_str(cp)) if cfg.exact else None)
-        shingles.append(hasher.shingle_hashes(cp, is_cjk_codepoints(cp, lang or "")) if cfg.minhash else
-                        np.empty(0, dtype=np.uint64))
+        shingles.append(
+            hasher.shingle_hashes(cp, is_cjk_codepoints(cp, lang or ""))
+            if cfg.minhash
+            else np.empty(0, dtype=np.uint64)
+        )
     sigs = hasher.signatures(shingles)
     bands = hasher.band_hashes(sigs)
     n_sh = np.array([len(s) for s in shingles], dtype=np.int32)
     band_lists = [bands[i].tolist() if n_sh[i] else [] for i in range(n)]
-    phashes = [[im["phash"] for im in (ims or []) if im is not None and im.get("phash")]
-               for ims in cols["images"]]
-    out = pa.table({
-        "id": cols["id"],
-        "url": cols["url"],
-        "url_key": [normalize_url(u) if cfg.url else None for u in cols["url"]],
-        "fetched_ts": [_fetch_ts(f) for f in cols["fetched_at"]],
-        "text_hash": hashes,
-        "quality": [_quality(s) for s in cols["signals"]],
-        "n_shingles": n_sh,
-        "minhash": pa.FixedSizeListArray.from_arrays(pa.array(sigs.reshape(-1), pa.uint32()), cfg.num_perm),
-        "bands": pa.array(band_lists, pa.list_(pa.uint64())),
-        "phashes": pa.array(phashes, pa.list_(pa.string())),
-    }, schema=signature_schema(cfg.num_perm))
+    phashes = [[im["phash"] for im in (ims or []) if im is not None and im.get("phash")] for ims in cols["images"]]
+    out = pa.table(
+        {
+            "id": cols["id"],
+            "url": cols["url"],
+            "url_key": [normalize_url(u) if cfg.url else None for u in cols["url"]],
+            "fetched_ts": [_fetch_ts(f) for f in cols["fetched_at"]],
+            "text_hash": hashes,
+            "quality": [_quality(s) for s in cols["signals"]],
+            "n_shingles": n_sh,
+            "minhash": pa.FixedSizeListArray.from_arrays(pa.array(sigs.reshape(-1), pa.uint32()), cfg.num_perm),
+            "bands": pa.array(band_lists, pa.list_(pa.uint64())),
+            "phashes": pa.array(phashes, pa.list_(pa.string())),
+        },
+        schema=signature_schema(cfg.num_perm),
+    )
     write_parquet_atomic(out, out_path)
     return n
 
@@ -188,11 +197,13 @@ def buckets_pass(partition: int, sig_paths: list[str], out_path: str, cfg: Dedup
         band_idx.append(pos[mine].astype(np.int16))
         band_hash.append(flat[mine])
         ids.append(t.column("id").take(pa.array(row[mine])))
-    keys = pa.table({
-        "band": np.concatenate(band_idx) if band_idx else np.empty(0, np.int16),
-        "hash": np.concatenate(band_hash) if band_hash else np.empty(0, np.uint64),
-        "id": pa.concat_arrays([c.combine_chunks() for c in ids]) if ids else pa.array([], pa.string()),
-    })
+    keys = pa.table(
+        {
+            "band": np.concatenate(band_idx) if band_idx else np.empty(0, np.int16),
+            "hash": np.concatenate(band_hash) if band_hash else np.empty(0, np.uint64),
+            "id": pa.concat_arrays([c.combine_chunks() for c in ids]) if ids else pa.array([], pa.string()),
+        }
+    )
     keys = keys.sort_by([("band", "ascending"), ("hash", "ascending"), ("id", "ascending")])
     band = keys.column("band").to_numpy()
     hsh = keys.column("hash").to_numpy()
@@ -205,8 +216,9 @@ def buckets_pass(partition: int, sig_paths: list[str], out_path: str, cfg: Dedup
     pairs = pairs.filter(pc.not_equal(pairs["a"], pairs["b"]))  # one document, two equal bands
     pairs = pairs.group_by(["a", "b"]).aggregate([]).sort_by([("a", "ascending"), ("b", "ascending")])
     jaccard = _estimated_jaccard(pairs, sig_paths) if len(pairs) else np.empty(0, np.float32)
-    edges = pa.table({"a": pairs["a"], "b": pairs["b"], "jaccard": pa.array(jaccard, pa.float32())},
-                     schema=EDGES_SCHEMA)
+    edges = pa.table(
+        {"a": pairs["a"], "b": pairs["b"], "jaccard": pa.array(jaccard, pa.float32())}, schema=EDGES_SCHEMA
+    )
     if cfg.verify:
         edges = edges.filter(pc.greater_equal(edges["jaccard"], pa.scalar(cfg.jaccard_threshold, pa.float32())))
     write_parquet_atomic(edges, out_path)
@@ -258,8 +270,9 @@ def _group_keepers(table: pa.Table, key: str, order: list[tuple[str, str]]) -> t
     return nodes[~first], head[~first]
 
 
-def clusters_pass(sig_paths: list[str], edge_paths: list[str], work_dir: str, corpus_dir: str | None,
-                  cfg: DedupConfig) -> dict[str, int]:
+def clusters_pass(
+    sig_paths: list[str], edge_paths: list[str], work_dir: str, corpus_dir: str | None, cfg: DedupConfig
+) -> dict[str, int]:
     """Pass 3: URL, exact and near-duplicate decisions; writes clusters.parquet (work and corpus)."""
     cols = ["id", "url", "url_key", "fetched_ts", "text_hash", "quality"]
     docs = _read_signatures(sig_paths, cols, cfg).sort_by("id")
@@ -282,8 +295,7 @@ def clusters_pass(sig_paths: list[str], edge_paths: list[str], work_dir: str, co
         decide(*_group_keepers(docs, "url_key", [("fetched_ts", "descending"), ("node", "ascending")]), REASON_URL)
     if cfg.exact:
         alive = docs.filter(pa.array(reason == ""))
-        decide(*_group_keepers(alive, "text_hash", [("quality", "descending"), ("node", "ascending")]),
-               REASON_EXACT)
+        decide(*_group_keepers(alive, "text_hash", [("quality", "descending"), ("node", "ascending")]), REASON_EXACT)
     n_edges = 0
     if cfg.minhash and edge_paths:
         edges = pa.concat_tables([pq.read_table(p) for p in edge_paths])
@@ -314,19 +326,24 @@ def clusters_pass(sig_paths: list[str], edge_paths: list[str], work_dir: str, co
     members = np.flatnonzero(size > 1)
     id_list = ids.to_pylist()
     urls = docs.column("url").to_pylist()
-    table = pa.table({
-        "cluster_id": [id_list[labels[i]] for i in members],
-        "id": [id_list[i] for i in members],
-        "keeper": reason[members] == "",
-        "reason": reason[members].astype(str).tolist(),
-        "keeper_id": [id_list[keeper[i]] if keeper[i] >= 0 else "" for i in members],
-        "url": [urls[i] or "" for i in members],
-        "size": size[members].astype(np.int32),
-    }, schema=CLUSTERS_SCHEMA).sort_by([("cluster_id", "ascending"), ("id", "ascending")])
+    table = pa.table(
+        {
+            "cluster_id": [id_list[labels[i]] for i in members],
+            "id": [id_list[i] for i in members],
+            "keeper": reason[members] == "",
+            "reason": reason[members].astype(str).tolist(),
+            "keeper_id": [id_list[keeper[i]] if keeper[i] >= 0 else "" for i in members],
+            "url": [urls[i] or "" for i in members],
+            "size": size[members].astype(np.int32),
+        },
+        schema=CLUSTERS_SCHEMA,
+    ).sort_by([("cluster_id", "ascending"), ("id", "ascending")])
     write_parquet_atomic(table, os.path.join(work_dir, "clusters.parquet"))
     if corpus_dir is not None:
-        write_parquet_atomic(table.select(["cluster_id", "id", "url", "keeper", "reason", "size"]),
-               os.path.join(corpus_dir, "dedup", "clusters.parquet"))
+        write_parquet_atomic(
+            table.select(["cluster_id", "id", "url", "keeper", "reason", "size"]),
+            os.path.join(corpus_dir, "dedup", "clusters.parquet"),
+        )
     return {
         "documents": n,
         "candidate_pairs_verified": n_edges,
@@ -341,8 +358,9 @@ def clusters_pass(sig_paths: list[str], edge_paths: list[str], work_dir: str, co
 def removals_pass(work_dir: str) -> int:
     clusters = pq.read_table(os.path.join(work_dir, "clusters.parquet"))
     rem = clusters.filter(pc.invert(clusters["keeper"]))
-    out = pa.table({"id": rem["id"], "reason": rem["reason"], "keeper": rem["keeper_id"]},
-                   schema=REMOVALS_SCHEMA).sort_by("id")
+    out = pa.table(
+        {"id": rem["id"], "reason": rem["reason"], "keeper": rem["keeper_id"]}, schema=REMOVALS_SCHEMA
+    ).sort_by("id")
     write_parquet_atomic(out, os.path.join(work_dir, "removals.parquet"))
     return out.num_rows
 
@@ -357,10 +375,15 @@ def images_pass(sig_paths: list[str], work_dir: str, corpus_dir: str | None, cfg
         t = pq.read_table(path, columns=["id", "phashes"])
         t = t.filter(pc.invert(pc.is_in(t["id"], value_set=removed_ids)))
         lengths = pc.list_value_length(t["phashes"]).fill_null(0).to_numpy(zero_copy_only=False)
-        pairs.append(pa.table({
-            "id": t.column("id").take(pa.array(np.repeat(np.arange(t.num_rows), lengths), pa.int64())),
-            "phash": pc.list_flatten(t["phashes"]),
-        }, schema=pair_schema))
+        pairs.append(
+            pa.table(
+                {
+                    "id": t.column("id").take(pa.array(np.repeat(np.arange(t.num_rows), lengths), pa.int64())),
+                    "phash": pc.list_flatten(t["phashes"]),
+                },
+                schema=pair_schema,
+            )
+        )
     pairs = pa.concat_tables(pairs)
     pairs = pairs.group_by(["id", "phash"]).aggregate([])  # one document counts once per pHash
     distinct = sorted({p for p in pairs.column("phash").to_pylist() if parse_phash(p) is not None})
@@ -371,23 +394,27 @@ def images_pass(sig_paths: list[str], work_dir: str, corpus_dir: str | None, cfg
     labels_u = phash_clusters(values_u, cfg.image_hamming)
     label_of = dict(zip(distinct, labels_u[inverse].tolist()))
     valid = pairs.filter(pc.is_in(pairs["phash"], value_set=pa.array(distinct, pa.string())))
-    doc_cluster = pa.table({
-        "id": valid["id"],
-        "cluster": pa.array([label_of[p] for p in valid.column("phash").to_pylist()], pa.int64()),
-    }).group_by(["id", "cluster"]).aggregate([])
+    doc_cluster = (
+        pa.table(
+            {
+                "id": valid["id"],
+                "cluster": pa.array([label_of[p] for p in valid.column("phash").to_pylist()], pa.int64()),
+            }
+        )
+        .group_by(["id", "cluster"])
+        .aggregate([])
+    )
     per_cluster = doc_cluster.group_by("cluster").aggregate([("id", "count")])
     n_docs = dict(zip(per_cluster.column("cluster").to_pylist(), per_cluster.column("id_count").to_pylist()))
     rep = [f"{int(values_u[label_of[p]]):016x}" for p in distinct]
     docs_per = [n_docs[label_of[p]] for p in distinct]
     dropped = [cfg.images and d > cfg.image_max_docs for d in docs_per]
-    images = pa.table({"phash": distinct, "n_docs": docs_per, "dropped": dropped, "cluster": rep},
-                      schema=IMAGES_SCHEMA)
+    images = pa.table({"phash": distinct, "n_docs": docs_per, "dropped": dropped, "cluster": rep}, schema=IMAGES_SCHEMA)
     too_common = images.filter(images["dropped"]).select(["phash", "n_docs", "cluster"])
     write_parquet_atomic(too_common.cast(IMAGE_REMOVALS_SCHEMA), os.path.join(work_dir, "image_removals.parquet"))
     if corpus_dir is not None:
         write_parquet_atomic(images, os.path.join(corpus_dir, "dedup", "images.parquet"))
-    return {"images_distinct": len(distinct), "images_invalid_phash": n_invalid,
-            REASON_IMAGE: too_common.num_rows}
+    return {"images_distinct": len(distinct), "images_invalid_phash": n_invalid, REASON_IMAGE: too_common.num_rows}
 
 
 # ---- driver --------------------------------------------------------------------------------------------
@@ -405,8 +432,9 @@ def _call(fn: Any, args: tuple) -> Any:
     return fn(*args)
 
 
-def run_dedup(staged_paths: list[str], work_dir: str, cfg: DedupConfig, corpus_dir: str | None, *,
-              progress: bool = True) -> DedupResult:
+def run_dedup(
+    staged_paths: list[str], work_dir: str, cfg: DedupConfig, corpus_dir: str | None, *, progress: bool = True
+) -> DedupResult:
     """Run the four passes on the running Ray instance; returns the decisions (also on disk in work_dir).
     `progress`: a progress bar per pass."""
     import ray
@@ -420,17 +448,21 @@ def run_dedup(staged_paths: list[str], work_dir: str, cfg: DedupConfig, corpus_d
     corpus = os.path.abspath(corpus_dir) if corpus_dir is not None else None
     staged = sorted(os.path.abspath(p) for p in staged_paths)
     sig_paths = [os.path.join(work, "signatures", f"{i:05d}.parquet") for i in range(len(staged))]
-    n_docs = _run_all([(signatures_pass, (s, o, cfg)) for s, o in zip(staged, sig_paths)], "dedup signatures",
-                      work, progress)
+    n_docs = _run_all(
+        [(signatures_pass, (s, o, cfg)) for s, o in zip(staged, sig_paths)], "dedup signatures", work, progress
+    )
     edge_paths = []
     if cfg.minhash:
         edge_paths = [os.path.join(work, "buckets", f"{k:04d}.parquet") for k in range(cfg.partitions)]
-        _run_all([(buckets_pass, (k, sig_paths, p, cfg)) for k, p in enumerate(edge_paths)], "dedup buckets",
-                 work, progress)
-    (counts,) = _run_all([(clusters_pass, (sig_paths, edge_paths, work, corpus, cfg))], "dedup clusters", work,
-                         progress)
+        _run_all(
+            [(buckets_pass, (k, sig_paths, p, cfg)) for k, p in enumerate(edge_paths)], "dedup buckets", work, progress
+        )
+    (counts,) = _run_all(
+        [(clusters_pass, (sig_paths, edge_paths, work, corpus, cfg))], "dedup clusters", work, progress
+    )
     n_removed, image_counts = _run_all(
-        [(removals_pass, (work,)), (images_pass, (sig_paths, work, corpus, cfg))], "dedup removals", work, progress)
+        [(removals_pass, (work,)), (images_pass, (sig_paths, work, corpus, cfg))], "dedup removals", work, progress
+    )
     counts = {**counts, **image_counts, "removed": n_removed, "staged_files": len(staged)}
     assert counts["documents"] == sum(n_docs), "signature rows must match staged documents"
     Path(work, "counts.json").write_text(json.dumps(counts, indent=2, sort_keys=True))

@@ -77,8 +77,10 @@ def text_hash(normalized: str) -> str | None:
     return hashlib.blake2b(normalized.encode("utf-8"), digest_size=8).hexdigest()
 
 
-_CJK_RANGES = np.array([(0x1100, 0x11FF), (0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF),
-                        (0xAC00, 0xD7AF), (0xF900, 0xFAFF)], dtype=np.uint32)
+_CJK_RANGES = np.array(
+    [(0x1100, 0x11FF), (0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xAC00, 0xD7AF), (0xF900, 0xFAFF)],
+    dtype=np.uint32,
+)
 
 
 def is_cjk_codepoints(cp: np.ndarray, lang: str = "") -> bool:
@@ -115,15 +117,18 @@ def normalize_url(url: str) -> str | None:
         host = host[4:]
     if not host:
         return url
-    if port is not None and not (port == 80 and parts.scheme == "http") and not (
-        port == 443 and parts.scheme == "https"
+    if (
+        port is not None
+        and not (port == 80 and parts.scheme == "http")
+        and not (port == 443 and parts.scheme == "https")
     ):
         host = f"{host}:{port}"
     path = re.sub(r"/{2,}", "/", parts.path or "/")
     if len(path) > 1:
         path = path.rstrip("/")
     query = sorted(
-        (k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        (k, v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
         if not k.lower().startswith("utm_") and k.lower() not in _TRACKING_PARAMS
     )
     key = host + path

@@ -36,21 +36,56 @@ config: a YAML file with any of the sections input, crawl, extract, images, filt
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("build", help="build a corpus from WARC files or HTML folders",
-                       description=HELP, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", "-i", action="append", default=[], metavar="GLOB",
-                   help="WARC/WET/WAT or .html(.gz) files, or folders of HTML files; a glob (quote it) or an "
-                   "s3://... URL (glob too); or a path list (warc.paths.gz, a .txt of paths/URLs); repeatable")
-    p.add_argument("--input-prefix", metavar="URL", help="resolve the relative paths of a path list against "
-                   "this, e.g. s3://commoncrawl/ or https://data.commoncrawl.org/ (input.prefix)")
-    p.add_argument("--sample-files", type=float, metavar="N", help="build a seeded sample of the input files: "
-                   "N files, or a share below 1 (input.sample_files; seed: input.sample_seed)")
-    p.add_argument("--output", "-o", metavar="DIR", help="corpus folder (or s3://... URL, with output.work_dir set) to create or resume")
-    p.add_argument("--crawl", metavar="SEEDS", help="crawl these seed URLs first (a .txt or Parquet file) and "
-                   "build the crawl's WARCs (kept in DIR/crawl); see `interloom crawl --help`")
+    p = sub.add_parser(
+        "build",
+        help="build a corpus from WARC files or HTML folders",
+        description=HELP,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--input",
+        "-i",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="WARC/WET/WAT or .html(.gz) files, or folders of HTML files; a glob (quote it) or an "
+        "s3://... URL (glob too); or a path list (warc.paths.gz, a .txt of paths/URLs); repeatable",
+    )
+    p.add_argument(
+        "--input-prefix",
+        metavar="URL",
+        help="resolve the relative paths of a path list against "
+        "this, e.g. s3://commoncrawl/ or https://data.commoncrawl.org/ (input.prefix)",
+    )
+    p.add_argument(
+        "--sample-files",
+        type=float,
+        metavar="N",
+        help="build a seeded sample of the input files: "
+        "N files, or a share below 1 (input.sample_files; seed: input.sample_seed)",
+    )
+    p.add_argument(
+        "--output",
+        "-o",
+        metavar="DIR",
+        help="corpus folder (or s3://... URL, with output.work_dir set) to create or resume",
+    )
+    p.add_argument(
+        "--crawl",
+        metavar="SEEDS",
+        help="crawl these seed URLs first (a .txt or Parquet file) and "
+        "build the crawl's WARCs (kept in DIR/crawl); see `interloom crawl --help`",
+    )
     p.add_argument("--config", "-c", metavar="FILE", help="YAML config file")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override a config value, e.g. images.min_side=200 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override a config value, e.g. images.min_side=200 (repeatable)",
+    )
     p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: start a local instance)")
     p.add_argument("--workers", type=int, metavar="N", help="unit workers (default: one per CPU)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -86,8 +121,10 @@ def run(args: argparse.Namespace) -> int:
 def print_summary(stats: dict, output: str) -> None:
     print(f"\ncorpus: {output}")
     b = stats.get("build", {})
-    print(f"  {b.get('documents', 0)} documents in {b.get('shards', 0)} shards from {b.get('units', 0)} "
-          f"inputs in {b.get('seconds', 0):.1f}s")
+    print(
+        f"  {b.get('documents', 0)} documents in {b.get('shards', 0)} shards from {b.get('units', 0)} "
+        f"inputs in {b.get('seconds', 0):.1f}s"
+    )
     print(f"  {'stage':<22}{'in':>8}{'out':>8}  top drop reasons")
     for s in stats["stages"]:
         top = sorted(s["drops"].items(), key=lambda kv: -kv[1])[:3]
@@ -100,5 +137,7 @@ def print_summary(stats: dict, output: str) -> None:
     for line in b.get("notes", []):
         print(f"  {line}")
     for name, n in b.get("errors", {}).items():
-        print(f"  ERROR: {n} x {name}: a limit of the machine, not of the input, decided these pages; "
-              f"another run may give another corpus")
+        print(
+            f"  ERROR: {n} x {name}: a limit of the machine, not of the input, decided these pages; "
+            f"another run may give another corpus"
+        )

@@ -11,9 +11,8 @@ import argparse
 import json
 import sys
 
-from crawl.live.config import CrawlConfig
 from corpus.config import load_config
-
+from crawl.live.config import CrawlConfig
 
 EXAMPLES = """\
 examples:
@@ -29,16 +28,33 @@ config keys (--config YAML or --set): user_agent, min_delay_s, retries, follow_l
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("crawl", help="crawl seed URLs into WARC files (robots.txt, politeness, resumable)",
-                              description=__doc__, epilog=EXAMPLES,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "crawl",
+        help="crawl seed URLs into WARC files (robots.txt, politeness, resumable)",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("seeds", help="text file with one URL per line (# comments allowed), or a Parquet file")
-    p.add_argument("--output", "-o", required=True, metavar="DIR",
-                   help="folder for WARC files, crawl state and crawl_stats.json (resumed when it exists)")
+    p.add_argument(
+        "--output",
+        "-o",
+        required=True,
+        metavar="DIR",
+        help="folder for WARC files, crawl state and crawl_stats.json (resumed when it exists)",
+    )
     p.add_argument("--column", default="url", help="URL column of a Parquet seed file (default: url)")
-    p.add_argument("--config", "-c", metavar="FILE", help="YAML file with CrawlConfig keys (user_agent, min_delay_s, actors, ...)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set min_delay_s=2 --set follow_links=true")
+    p.add_argument(
+        "--config", "-c", metavar="FILE", help="YAML file with CrawlConfig keys (user_agent, min_delay_s, actors, ...)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set min_delay_s=2 --set follow_links=true",
+    )
     p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: start a local Ray instance)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -51,15 +67,18 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(CrawlConfig, args.config, args.overrides)
     seeds = read_seeds(args.seeds, args.column)
-    ray.init(address=args.address, include_dashboard=False, ignore_reinit_error=True,
-             log_to_driver=False)
+    ray.init(address=args.address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     try:
         result = Crawler(cfg, args.output, progress=not args.no_progress).run(seeds)
     finally:
         ray.shutdown()
     stage = result.ledger.to_dict(["crawl"])["stages"][0]
-    print(json.dumps({"output": str(result.output), "warcs": len(result.warcs), "pages": result.pages,
-                      "crawl": stage}, sort_keys=True))
+    print(
+        json.dumps(
+            {"output": str(result.output), "warcs": len(result.warcs), "pages": result.pages, "crawl": stage},
+            sort_keys=True,
+        )
+    )
     return 0
 
 

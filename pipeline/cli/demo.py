@@ -31,23 +31,31 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="sample -> corpus -> training -> report, on this machine",
-                       description=HELP, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", "-o", default="demo-out", metavar="DIR", help="where everything goes (default: demo-out)")
-    p.add_argument("--pages", type=int, default=60, metavar="N",
-                   help="article pages in the sample (default: 60, max 79)")
+    p = sub.add_parser(
+        "demo",
+        help="sample -> corpus -> training -> report, on this machine",
+        description=HELP,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--output", "-o", default="demo-out", metavar="DIR", help="where everything goes (default: demo-out)"
+    )
+    p.add_argument(
+        "--pages", type=int, default=60, metavar="N", help="article pages in the sample (default: 60, max 79)"
+    )
     p.add_argument("--steps", type=int, default=300, metavar="N", help="training steps (default: 300)")
     p.add_argument("--skip-train", action="store_true", help="no training: sample, corpus and report only")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pydoc_data.topics import topics  # the prose of the sample's article pages
+
+    from corpus.config import load_config
     from pipeline.build import BuildConfig, build_corpus
     from pipeline.cli.build import print_summary
-    from corpus.config import load_config
     from pipeline.sample import make_sample
-
-    from pydoc_data.topics import topics  # the prose of the sample's article pages
 
     if not 1 <= args.pages <= len(topics):
         raise ValueError(f"--pages {args.pages}: the sample has 1 to {len(topics)} article pages")
@@ -85,9 +93,11 @@ def train_debug(corpus: Path, run_dir: Path, steps: int) -> dict[str, Path]:
     from train.config import TrainConfig, resolve_recipe
     from train.trainer import run_training
 
-    cfg = load_config(TrainConfig, resolve_recipe("debug-cpu"),
-                      [f"data.corpus={corpus}", f"run.output={run_dir}",
-                       f"stages=[{{trainable: all, steps: {steps}}}]"])
+    cfg = load_config(
+        TrainConfig,
+        resolve_recipe("debug-cpu"),
+        [f"data.corpus={corpus}", f"run.output={run_dir}", f"stages=[{{trainable: all, steps: {steps}}}]"],
+    )
     run_training(cfg)
     metrics = run_dir / "metrics.jsonl"
     losses = [json.loads(line)["loss"] for line in metrics.read_text().splitlines() if '"loss"' in line]

@@ -39,10 +39,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EXPORT_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("format", choices=["hf", "model"],
-                   help="hf: a corpus as OBELICS Parquet with image bytes; model: a checkpoint's decoder")
-    p.add_argument("source", metavar="CORPUS|CKPT",
-                   help="hf: corpus folder or fsspec URL written by `interloom build`; model: checkpoint or run dir")
+    p.add_argument(
+        "format",
+        choices=["hf", "model"],
+        help="hf: a corpus as OBELICS Parquet with image bytes; model: a checkpoint's decoder",
+    )
+    p.add_argument(
+        "source",
+        metavar="CORPUS|CKPT",
+        help="hf: corpus folder or fsspec URL written by `interloom build`; model: checkpoint or run dir",
+    )
     p.add_argument("output", help="folder to write (created if missing)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (hf)")
     p.add_argument("--family", default=None, help="model: HF family to write (default: the one that fits)")

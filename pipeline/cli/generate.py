@@ -19,18 +19,28 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("generate", help="continue a prompt with images using a trained model (KV cache)",
-                              description=__doc__, epilog=EXAMPLES,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "generate",
+        help="continue a prompt with images using a trained model (KV cache)",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("checkpoint", metavar="CKPT", help="run directory, checkpoint directory or exported model folder")
     p.add_argument("--prompt", required=True, help="prompt text; each <image> marks where the next --image goes")
-    p.add_argument("--image", dest="images", action="append", default=[], metavar="PATH",
-                   help="image file for the next <image> in the prompt (repeatable)")
+    p.add_argument(
+        "--image",
+        dest="images",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="image file for the next <image> in the prompt (repeatable)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--json", action="store_true", help="print {\"text\", \"token_ids\"} as one JSON line")
+    p.add_argument("--json", action="store_true", help='print {"text", "token_ids"} as one JSON line')
     p.add_argument("--device", default="cpu", help="torch device to run on, e.g. cuda (default cpu)")
     p.set_defaults(func=run)
 

@@ -25,16 +25,25 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("inspect", help="HTML report and summary of a corpus", description=HELP,
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "inspect",
+        help="HTML report and summary of a corpus",
+        description=HELP,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("corpus", metavar="CORPUS", help="corpus folder (or fsspec URL) written by `interloom build`")
     p.add_argument("--output", "-o", metavar="DIR", help="report folder (default: CORPUS/report)")
-    p.add_argument("--sample", type=int, default=200, metavar="N",
-                   help="documents to sample for the browser (default: 200)")
+    p.add_argument(
+        "--sample", type=int, default=200, metavar="N", help="documents to sample for the browser (default: 200)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the document sample (default: 0)")
-    p.add_argument("--against", metavar="B",
-                   help="compare with another build B instead: funnels side by side, documents only in one of "
-                        "them (and why the other dropped them), signals overlaid (default output: CORPUS/compare)")
+    p.add_argument(
+        "--against",
+        metavar="B",
+        help="compare with another build B instead: funnels side by side, documents only in one of "
+        "them (and why the other dropped them), signals overlaid (default output: CORPUS/compare)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -78,9 +87,13 @@ def run_against(args: argparse.Namespace) -> int:
 
 def print_table(summary: dict, out: str) -> None:
     t = summary["totals"]
-    rows = [("documents", f"{t['documents']:,}"), ("images", f"{t['images']:,}"), ("words", f"{t['words']:,}"),
-            ("tokens (estimate)", f"{t['tokens_estimate']:,}  ({t['tokens_estimate_method']})"),
-            ("shards", f"{t['shards']:,}")]
+    rows = [
+        ("documents", f"{t['documents']:,}"),
+        ("images", f"{t['images']:,}"),
+        ("words", f"{t['words']:,}"),
+        ("tokens (estimate)", f"{t['tokens_estimate']:,}  ({t['tokens_estimate_method']})"),
+        ("shards", f"{t['shards']:,}"),
+    ]
     total_docs = max(t["documents"], 1)
     langs = ", ".join(f"{k} {100 * v / total_docs:.0f}%" for k, v in list(summary["languages"].items())[:6])
     rows.append(("languages", f"{t['languages']}: {langs}" if langs else "0"))
@@ -105,6 +118,8 @@ def print_table(summary: dict, out: str) -> None:
         print("  dedup: no dedup data")
     errors = summary.get("sample", {}).get("load_errors") or []
     if errors:  # a shard that cannot be read (truncated, deleted): the index still counts its documents
-        print(f"  unreadable: {len(errors)} documents picked for the report could not be read, e.g. {errors[0]} "
-              f"(all in summary.json, sample.load_errors)")
+        print(
+            f"  unreadable: {len(errors)} documents picked for the report could not be read, e.g. {errors[0]} "
+            f"(all in summary.json, sample.load_errors)"
+        )
     print(f"report: {out}/index.html")

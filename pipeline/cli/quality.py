@@ -31,24 +31,46 @@ use the model in a build:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("quality", help="train the fastText quality classifier",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "quality",
+        help="train the fastText quality classifier",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="quality_command", metavar="SUBCOMMAND", required=True)
-    train = sub.add_parser("train", help="train a classifier from positive and negative example documents",
-                           description=TRAIN_HELP, epilog=TRAIN_EXAMPLES,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    train.add_argument("--positive", nargs="+", required=True, metavar="PATH",
-                       help="high-quality examples: .txt, .jsonl, .html(.gz) files, corpus or example folders")
-    train.add_argument("--negative", nargs="+", required=True, metavar="PATH",
-                       help="low-quality examples (same kinds of path as --positive)")
+    train = sub.add_parser(
+        "train",
+        help="train a classifier from positive and negative example documents",
+        description=TRAIN_HELP,
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument(
+        "--positive",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="high-quality examples: .txt, .jsonl, .html(.gz) files, corpus or example folders",
+    )
+    train.add_argument(
+        "--negative",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="low-quality examples (same kinds of path as --positive)",
+    )
     train.add_argument("--output", required=True, metavar="MODEL", help="where to write the model (.bin)")
-    train.add_argument("--label", default="hq", help="label of the positives; a build's filters.quality.label "
-                       "must match it (default: hq)")
+    train.add_argument(
+        "--label",
+        default="hq",
+        help="label of the positives; a build's filters.quality.label must match it (default: hq)",
+    )
     train.add_argument("--epoch", type=int, default=25, metavar="N", help="fastText training epochs (default: 25)")
     train.add_argument("--lr", type=float, default=0.5, help="fastText learning rate (default: 0.5)")
     train.add_argument("--dim", type=int, default=64, metavar="N", help="word vector size (default: 64)")
-    train.add_argument("--word-ngrams", type=int, default=2, metavar="N",
-                       help="longest word n-gram used as a feature (default: 2)")
+    train.add_argument(
+        "--word-ngrams", type=int, default=2, metavar="N", help="longest word n-gram used as a feature (default: 2)"
+    )
     train.add_argument("--seed", type=int, default=0, help="seed of the example shuffle and of fastText (default: 0)")
     train.set_defaults(func=run)
 
@@ -57,8 +79,15 @@ def run(args: argparse.Namespace) -> int:
     from filters.quality import train_quality_model
 
     result = train_quality_model(
-        args.positive, args.negative, args.output, label=args.label, epoch=args.epoch, lr=args.lr,
-        dim=args.dim, word_ngrams=args.word_ngrams, seed=args.seed,
+        args.positive,
+        args.negative,
+        args.output,
+        label=args.label,
+        epoch=args.epoch,
+        lr=args.lr,
+        dim=args.dim,
+        word_ngrams=args.word_ngrams,
+        seed=args.seed,
     )
     print(json.dumps(result))
     return 0

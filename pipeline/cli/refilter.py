@@ -20,11 +20,23 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("refilter", help="stricter thresholds on a built corpus, without re-extracting",
-                       description=HELP, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "refilter",
+        help="stricter thresholds on a built corpus, without re-extracting",
+        description=HELP,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("corpus", metavar="CORPUS", help="a finished corpus (folder or fsspec URL)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides", required=True,
-                   help="a stricter threshold, e.g. filters.image_count.min_images=2 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        required=True,
+        help="a stricter threshold, e.g. filters.image_count.min_images=2 (repeatable)",
+    )
     p.add_argument("--output", "-o", metavar="DIR", required=True, help="the new corpus folder (new or empty)")
     p.set_defaults(func=run)
 

@@ -18,19 +18,33 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("tokenizer", help="train a byte-level BPE tokenizer on a corpus's text",
-                              description="Tokenizer commands. `interloom tokenizer train --help` for its options.",
-                              epilog="example:\n  interloom tokenizer train corpus/ --output tokenizer.json\n",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "tokenizer",
+        help="train a byte-level BPE tokenizer on a corpus's text",
+        description="Tokenizer commands. `interloom tokenizer train --help` for its options.",
+        epilog="example:\n  interloom tokenizer train corpus/ --output tokenizer.json\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
-    t = sub.add_parser("train", help="train on CORPUS (local path or fsspec URL) and write tokenizer.json",
-                       description=TRAIN_HELP, epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t = sub.add_parser(
+        "train",
+        help="train on CORPUS (local path or fsspec URL) and write tokenizer.json",
+        description=TRAIN_HELP,
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     t.add_argument("corpus", help="corpus folder or fsspec URL written by `interloom build` (has manifest.jsonl)")
     t.add_argument("--output", "-o", required=True, metavar="FILE", help="where to write tokenizer.json")
-    t.add_argument("--vocab-size", type=int, default=2048, metavar="N",
-                   help="vocabulary size incl. the 256 bytes and the special tokens (default: 2048)")
-    t.add_argument("--max-documents", type=int, default=None, metavar="N",
-                   help="read at most this many documents (default: all)")
+    t.add_argument(
+        "--vocab-size",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="vocabulary size incl. the 256 bytes and the special tokens (default: 2048)",
+    )
+    t.add_argument(
+        "--max-documents", type=int, default=None, metavar="N", help="read at most this many documents (default: all)"
+    )
     t.set_defaults(func=run)
 
 

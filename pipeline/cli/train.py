@@ -26,29 +26,59 @@ config sections: data, model, optim, stages, parallel, run (train/config.py); a 
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train the MoE VLM on a corpus (Ray Train); resumes a run dir",
-                              description=__doc__, epilog=EXAMPLES,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "train",
+        help="train the MoE VLM on a corpus (Ray Train); resumes a run dir",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("config", help="YAML file or recipe name: debug-cpu | single-gpu | multi-gpu")
     p.add_argument("--corpus", metavar="PATH", help="corpus directory or fsspec URL (sets data.corpus)")
-    p.add_argument("--output", "-o", metavar="RUN_DIR",
-                   help="run directory (sets run.output; default: the recipe's); an existing one is resumed")
-    p.add_argument("--follow", action="store_true",
-                   help="stream shards of a build that is still running (sets data.follow=true)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)")
-    p.add_argument("--init-llm", metavar="DIR", default=None,
-                   help="start the decoder from a local Hugging Face model folder (config.json, *.safetensors, "
-                        "tokenizer.json): its architecture, weights and tokenizer (plus our special tokens)")
-    p.add_argument("--upcycle", action="store_true",
-                   help="with --init-llm of a dense model: sparse-upcycle it into the recipe's moe.n_experts "
-                        "experts (top moe.top_k), each a copy of the dense FFN (sets model.init_upcycle=true)")
-    p.add_argument("--val-corpus", metavar="PATH", default=None,
-                   help="held-out corpus: val_* losses (image-conditioned vs plain text) every run.eval_every "
-                        "steps into metrics.jsonl and TensorBoard (sets run.val_corpus)")
-    p.add_argument("--init-vision", metavar="DIR", default=None,
-                   help="start the vision tower from a local Hugging Face folder (a Qwen2-VL model, or its vision "
-                        "tower saved alone): its architecture (model.vision) and weights; the adapter stays new")
+    p.add_argument(
+        "--output",
+        "-o",
+        metavar="RUN_DIR",
+        help="run directory (sets run.output; default: the recipe's); an existing one is resumed",
+    )
+    p.add_argument(
+        "--follow", action="store_true", help="stream shards of a build that is still running (sets data.follow=true)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)",
+    )
+    p.add_argument(
+        "--init-llm",
+        metavar="DIR",
+        default=None,
+        help="start the decoder from a local Hugging Face model folder (config.json, *.safetensors, "
+        "tokenizer.json): its architecture, weights and tokenizer (plus our special tokens)",
+    )
+    p.add_argument(
+        "--upcycle",
+        action="store_true",
+        help="with --init-llm of a dense model: sparse-upcycle it into the recipe's moe.n_experts "
+        "experts (top moe.top_k), each a copy of the dense FFN (sets model.init_upcycle=true)",
+    )
+    p.add_argument(
+        "--val-corpus",
+        metavar="PATH",
+        default=None,
+        help="held-out corpus: val_* losses (image-conditioned vs plain text) every run.eval_every "
+        "steps into metrics.jsonl and TensorBoard (sets run.val_corpus)",
+    )
+    p.add_argument(
+        "--init-vision",
+        metavar="DIR",
+        default=None,
+        help="start the vision tower from a local Hugging Face folder (a Qwen2-VL model, or its vision "
+        "tower saved alone): its architecture (model.vision) and weights; the adapter stays new",
+    )
     p.add_argument("--address", default=None, metavar="ADDR", help="Ray cluster address (default: a local instance)")
     p.set_defaults(func=run)
 
@@ -96,8 +126,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         run_training(cfg)
     except ray.train.TrainingFailedError as e:
-        print(f"interloom train: training failed (run it again to continue from the last checkpoint): {e}",
-              file=sys.stderr)
+        print(
+            f"interloom train: training failed (run it again to continue from the last checkpoint): {e}",
+            file=sys.stderr,
+        )
         return 1
     finally:
         ray.shutdown()

@@ -27,8 +27,14 @@ def default_output(corpus: str) -> Path:
     return Path(corpus) / "report"
 
 
-def make_report(corpus_path: str | Path, output: str | Path | None = None, *, sample: int = 200, seed: int = 0,
-                progress: bool = True) -> dict[str, Any]:
+def make_report(
+    corpus_path: str | Path,
+    output: str | Path | None = None,
+    *,
+    sample: int = 200,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Write the report folder; returns the summary (also written as summary.json)."""
     if sample < 0:
         raise ValueError(f"--sample must be >= 0, got {sample}")
@@ -42,11 +48,12 @@ def make_report(corpus_path: str | Path, output: str | Path | None = None, *, sa
     img_dir.mkdir(parents=True)
     wanted = scan.sample  # shard by shard, in offset order
     sampled_ids = {doc_id for _, _, doc_id in wanted}
-    keepers = sorted((shard, off, doc_id) for doc_id, (shard, off) in scan.found_ids.items()
-                     if doc_id not in sampled_ids)
+    keepers = sorted(
+        (shard, off, doc_id) for doc_id, (shard, off) in scan.found_ids.items() if doc_id not in sampled_ids
+    )
     documents, load_errors = load_documents(
-        corpus, [(s, o, "sample") for s, o, _ in wanted] + [(s, o, "keeper") for s, o, _ in keepers], out,
-        progress)
+        corpus, [(s, o, "sample") for s, o, _ in wanted] + [(s, o, "keeper") for s, o, _ in keepers], out, progress
+    )
     for d in documents:  # a sampled document that is also a cluster keeper links from the dedup view too
         if d["role"] == "sample" and d["id"] in scan.found_ids:
             d["role"] = "keeper"
@@ -69,8 +76,15 @@ def make_report(corpus_path: str | Path, output: str | Path | None = None, *, sa
     generated_at = datetime.now(UTC).isoformat(timespec="seconds")
     summary["generated_at"] = generated_at
     summary["sample"]["load_errors"] = load_errors
-    html = render_html(summary, documents, rejects["sample"], repeated, load_errors, generated_at,
-                       scan.signals.what_if_data(scan.documents))
+    html = render_html(
+        summary,
+        documents,
+        rejects["sample"],
+        repeated,
+        load_errors,
+        generated_at,
+        scan.signals.what_if_data(scan.documents),
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "index.html").write_text(html, encoding="utf-8")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")

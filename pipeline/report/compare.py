@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from corpus.format import Corpus
+from corpus.stats import sample_key
 from pipeline.report.charts import fmt, overlay_svg
 from pipeline.report.render import _asset, esc, link
 from pipeline.report.summary import (
@@ -36,7 +37,6 @@ from pipeline.report.summary import (
     _read_optional_json,
     _signal_columns,
 )
-from corpus.stats import sample_key
 
 SAMPLE_K = 20_000  # ids per build in the key-range sample
 SHOWN = 50  # documents listed per side
@@ -149,8 +149,14 @@ def compare(a_path: str | Path, b_path: str | Path, progress: bool = True, k: in
     for name in list(a_stages) + [n for n in b_stages if n not in a_stages]:
         sa, sb = a_stages.get(name, {}), b_stages.get(name, {})
         reasons = sorted(set(sa.get("drops", {})) | set(sb.get("drops", {})))
-        stages.append({"name": name, "in": [sa.get("in"), sb.get("in")], "out": [sa.get("out"), sb.get("out")],
-                       "drops": {r: [sa.get("drops", {}).get(r, 0), sb.get("drops", {}).get(r, 0)] for r in reasons}})
+        stages.append(
+            {
+                "name": name,
+                "in": [sa.get("in"), sb.get("in")],
+                "out": [sa.get("out"), sb.get("out")],
+                "drops": {r: [sa.get("drops", {}).get(r, 0), sb.get("drops", {}).get(r, 0)] for r in reasons},
+            }
+        )
     ca = _flatten((a.build or {}).get("config", {}))
     cb = _flatten((b.build or {}).get("config", {}))
     settings = {k: [ca.get(k), cb.get(k)] for k in sorted(set(ca) | set(cb)) if ca.get(k) != cb.get(k)}
@@ -164,24 +170,31 @@ def compare(a_path: str | Path, b_path: str | Path, progress: bool = True, k: in
         return [{"id": i, **rows[i], "other": why.get(i)} for i in ids[:SHOWN]]
 
     return {
-        "a": a.path, "b": b.path,
-        "totals": {"documents": [a.documents, b.documents], "words": [a.words, b.words],
-                   "shards": [a.shards, b.shards]},
+        "a": a.path,
+        "b": b.path,
+        "totals": {
+            "documents": [a.documents, b.documents],
+            "words": [a.words, b.words],
+            "shards": [a.shards, b.shards],
+        },
         "errors": a.errors + b.errors,
         "settings": settings,
         "funnel": stages,
-        "only": {"exact": limit == 1.0, "key_limit": limit,
-                 "a": {"count": round(len(only_a) * scale), "sampled": len(only_a),
-                       "shown": listed(only_a, in_a, b_why)},
-                 "b": {"count": round(len(only_b) * scale), "sampled": len(only_b),
-                       "shown": listed(only_b, in_b, a_why)}},
+        "only": {
+            "exact": limit == 1.0,
+            "key_limit": limit,
+            "a": {"count": round(len(only_a) * scale), "sampled": len(only_a), "shown": listed(only_a, in_a, b_why)},
+            "b": {"count": round(len(only_b) * scale), "sampled": len(only_b), "shown": listed(only_b, in_b, a_why)},
+        },
         "signals": signals,
     }
 
 
 # ---- the page -----------------------------------------------------------------------------------------
-CSP = ("default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; script-src 'none'; "
-       "base-uri 'none'; form-action 'none'")
+CSP = (
+    "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; script-src 'none'; "
+    "base-uri 'none'; form-action 'none'"
+)
 
 
 def _delta(a: Any, b: Any) -> str:
@@ -192,8 +205,10 @@ def _delta(a: Any, b: Any) -> str:
 
 
 def _pair_row(label: str, a: Any, b: Any, attrs: str = "", cls: str = "") -> str:
-    return (f'<tr{attrs}{f" class={cls!r}" if cls else ""}><td>{label}</td><td class="num">{fmt(a)}</td>'
-            f'<td class="num">{fmt(b)}</td><td class="num">{_delta(a, b)}</td></tr>')
+    return (
+        f'<tr{attrs}{f" class={cls!r}" if cls else ""}><td>{label}</td><td class="num">{fmt(a)}</td>'
+        f'<td class="num">{fmt(b)}</td><td class="num">{_delta(a, b)}</td></tr>'
+    )
 
 
 def _only(side: str, part: dict[str, Any], other: str, exact: bool) -> str:
@@ -201,38 +216,63 @@ def _only(side: str, part: dict[str, Any], other: str, exact: bool) -> str:
     items = []
     for d in part["shown"]:
         why = d["other"]
-        why_html = (f'<div class="why">{esc(other)} dropped it at <b>{esc(why["stage"])}</b>: '
-                    f'<b>{esc(why["reason"])}</b> {esc(why["detail"])}</div>' if why else
-                    f'<div class="why muted">not in the rejects log of {esc(other)}</div>')
-        items.append(f'<li data-doc-id="{esc(d["id"])}"><div class="mono">{esc(d["id"])}</div>{link(d["url"] or "")}'
-                     f'<div>{esc(d["title"] or "(no title)")} · {esc(d["lang"])} · {fmt(d["n_words"])} words</div>'
-                     f"{why_html}</li>")
-    return (f'<div class="panel only" id="only-{side}" data-count="{part["count"]}"><h3>Only in {side.upper()}: '
-            f'{fmt(part["count"])} documents{esc(how)}</h3><ul class="only-list">{"".join(items)}</ul></div>')
+        why_html = (
+            f'<div class="why">{esc(other)} dropped it at <b>{esc(why["stage"])}</b>: '
+            f"<b>{esc(why['reason'])}</b> {esc(why['detail'])}</div>"
+            if why
+            else f'<div class="why muted">not in the rejects log of {esc(other)}</div>'
+        )
+        items.append(
+            f'<li data-doc-id="{esc(d["id"])}"><div class="mono">{esc(d["id"])}</div>{link(d["url"] or "")}'
+            f"<div>{esc(d['title'] or '(no title)')} · {esc(d['lang'])} · {fmt(d['n_words'])} words</div>"
+            f"{why_html}</li>"
+        )
+    return (
+        f'<div class="panel only" id="only-{side}" data-count="{part["count"]}"><h3>Only in {side.upper()}: '
+        f'{fmt(part["count"])} documents{esc(how)}</h3><ul class="only-list">{"".join(items)}</ul></div>'
+    )
 
 
 def render_compare(c: dict[str, Any], generated_at: str) -> str:
     totals = "".join(_pair_row(esc(k), v[0], v[1], f' data-total="{esc(k)}"') for k, v in c["totals"].items())
-    settings = "".join(f'<tr data-setting="{esc(k)}"><td class="mono">{esc(k)}</td><td class="mono">{esc(json.dumps(v[0]))}'
-                       f'</td><td class="mono">{esc(json.dumps(v[1]))}</td></tr>' for k, v in c["settings"].items())
+    settings = "".join(
+        f'<tr data-setting="{esc(k)}"><td class="mono">{esc(k)}</td><td class="mono">{esc(json.dumps(v[0]))}'
+        f'</td><td class="mono">{esc(json.dumps(v[1]))}</td></tr>'
+        for k, v in c["settings"].items()
+    )
     funnel = []
     for s in c["funnel"]:
-        funnel.append(_pair_row(f"<b>{esc(s['name'])}</b> out", s["out"][0], s["out"][1],
-                                f' data-stage="{esc(s["name"])}" data-out-a="{s["out"][0]}" data-out-b="{s["out"][1]}"'))
-        funnel += [_pair_row(f"&nbsp;&nbsp;dropped: {esc(r)}", v[0], v[1],
-                             f' data-stage="{esc(s["name"])}" data-reason="{esc(r)}" data-a="{v[0]}" data-b="{v[1]}"',
-                             "reason") for r, v in s["drops"].items()]
+        funnel.append(
+            _pair_row(
+                f"<b>{esc(s['name'])}</b> out",
+                s["out"][0],
+                s["out"][1],
+                f' data-stage="{esc(s["name"])}" data-out-a="{s["out"][0]}" data-out-b="{s["out"][1]}"',
+            )
+        )
+        funnel += [
+            _pair_row(
+                f"&nbsp;&nbsp;dropped: {esc(r)}",
+                v[0],
+                v[1],
+                f' data-stage="{esc(s["name"])}" data-reason="{esc(r)}" data-a="{v[0]}" data-b="{v[1]}"',
+                "reason",
+            )
+            for r, v in s["drops"].items()
+        ]
     panels = []
     for name, h in c["signals"].items():
         chart = overlay_svg(h["a"], h["b"], label=name)
         n = [x["count"] if x else 0 for x in (h["a"], h["b"])]
-        panels.append(f'<div class="panel" data-signal="{esc(name)}"><h3>{esc(name)}</h3><div class="scroll">{chart}'
-                      f'</div><div class="note">A (blue): {fmt(n[0])} documents; B (orange): {fmt(n[1])}; '
-                      f"B binned on A's bins, values outside them in the &lt; and &gt; bars</div></div>")
+        panels.append(
+            f'<div class="panel" data-signal="{esc(name)}"><h3>{esc(name)}</h3><div class="scroll">{chart}'
+            f'</div><div class="note">A (blue): {fmt(n[0])} documents; B (orange): {fmt(n[1])}; '
+            f"B binned on A's bins, values outside them in the &lt; and &gt; bars</div></div>"
+        )
     errors = "".join(f'<p class="warn">Left out: {esc(e)}</p>' for e in c["errors"])
-    head = ('<tr><th></th><th class="num">A</th><th class="num">B</th><th class="num">B − A</th></tr>')
+    head = '<tr><th></th><th class="num">A</th><th class="num">B</th><th class="num">B − A</th></tr>'
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{esc(CSP)}"><meta name="referrer" content="no-referrer">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>interloom comparison</title><style>{_asset('report.css')}</style></head><body>"
@@ -240,14 +280,18 @@ def render_compare(c: dict[str, Any], generated_at: str) -> str:
         f" · generated {esc(generated_at)}</div></header><main>{errors}"
         f'<section id="totals"><h2>Totals</h2><table id="totals-table">{head}{totals}</table></section>'
         f'<section id="settings"><h2>Settings that differ</h2>'
-        + (f'<table id="settings-table"><tr><th>key</th><th>A</th><th>B</th></tr>{settings}</table>' if settings
-           else '<p class="muted">The two build.json configs are the same (or absent).</p>')
+        + (
+            f'<table id="settings-table"><tr><th>key</th><th>A</th><th>B</th></tr>{settings}</table>'
+            if settings
+            else '<p class="muted">The two build.json configs are the same (or absent).</p>'
+        )
         + f'</section><section id="funnel"><h2>Funnel, stage by stage and reason by reason</h2>'
         f'<table id="compare-funnel">{head}{"".join(funnel)}</table></section>'
         f'<section id="only"><h2>Documents in one build only</h2><div class="grid">'
-        f'{_only("a", c["only"]["a"], "B", c["only"]["exact"])}{_only("b", c["only"]["b"], "A", c["only"]["exact"])}'
+        f"{_only('a', c['only']['a'], 'B', c['only']['exact'])}{_only('b', c['only']['b'], 'A', c['only']['exact'])}"
         f'</div></section><section id="signals"><h2>Signals, overlaid</h2><div class="grid">{"".join(panels)}</div>'
-        "</section></main></body></html>\n")
+        "</section></main></body></html>\n"
+    )
 
 
 def make_comparison(a: str | Path, b: str | Path, output: str | Path, progress: bool = True) -> dict[str, Any]:

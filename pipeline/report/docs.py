@@ -57,8 +57,15 @@ def document_json(doc: Document, n: int, role: str, shard: str, offset: int, ass
             continue
         name = f"d{n:05d}-{pos:04d}.jpg"
         result = write_thumbnail(image.data, assets / name)
-        block = {"type": "image", "url": image.url, "alt": image.alt, "width": image.width,
-                 "height": image.height, "format": image.format, "phash": image.phash}
+        block = {
+            "type": "image",
+            "url": image.url,
+            "alt": image.alt,
+            "width": image.width,
+            "height": image.height,
+            "format": image.format,
+            "phash": image.phash,
+        }
         if isinstance(result, str):
             block["error"] = result
         else:
@@ -83,15 +90,17 @@ def document_json(doc: Document, n: int, role: str, shard: str, offset: int, ass
     }
 
 
-def load_documents(corpus: Corpus, wanted: list[tuple[str, int, str]], out_dir: Path,
-                   progress: bool = True) -> tuple[list[dict[str, Any]], list[str]]:
+def load_documents(
+    corpus: Corpus, wanted: list[tuple[str, int, str]], out_dir: Path, progress: bool = True
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Read (shard, offset, role) documents; returns their JSON and the errors of unreadable ones."""
     assets = out_dir / "assets" / "img"
     assets.mkdir(parents=True, exist_ok=True)
     docs: list[dict[str, Any]] = []
     errors: list[str] = []
-    for shard, offset, role in tqdm(wanted, desc="reading sampled documents", unit="doc",
-                                    disable=not progress or not wanted):
+    for shard, offset, role in tqdm(
+        wanted, desc="reading sampled documents", unit="doc", disable=not progress or not wanted
+    ):
         try:
             doc = corpus.read_document(shard, offset)
         except (OSError, ValueError, StopIteration) as e:

@@ -33,8 +33,7 @@ TOKENS_PER_WORD = 1.3  # rough English BPE ratio; the report says it is an estim
 INDEX_COLUMNS = ["id", "url", "source", "lang", "n_words", "n_images", "image_meta", "signals", "shard", "offset"]
 
 # fixed bin edges; a value past the last edge counts as overflow, below the first as underflow
-WORD_EDGES = [0, 1, 10, 20, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 20000, 50000,
-              100000]
+WORD_EDGES = [0, 1, 10, 20, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 20000, 50000, 100000]
 IMAGE_COUNT_EDGES = list(range(22))
 SIDE_EDGES = [0, 16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 8192]
 ASPECT_EDGES = [0.0, 0.2, 0.33, 0.5, 0.67, 0.8, 0.95, 1.05, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0]
@@ -48,8 +47,14 @@ class Histogram:
     Values come in two series: kept (in the corpus) and `dropped` (documents the build dropped, from the
     rejects log), binned on the same edges; `count`, `mean`, `min` and `max` describe the kept ones."""
 
-    def __init__(self, edges: Sequence[float] | None = None, *, n_bins: int = 30, warmup: int = 20_000,
-                 include: Sequence[float] | None = None):
+    def __init__(
+        self,
+        edges: Sequence[float] | None = None,
+        *,
+        n_bins: int = 30,
+        warmup: int = 20_000,
+        include: Sequence[float] | None = None,
+    ):
         self.edges: np.ndarray | None = None if edges is None else np.asarray(edges, dtype=np.float64)
         self.n_bins = n_bins
         self.warmup = warmup
@@ -120,8 +125,12 @@ class Histogram:
                 hi = t
         if hi <= lo:
             hi = lo + 1.0
-        if float(lo).is_integer() and float(hi).is_integer() and hi - lo <= self.n_bins and (
-                data.size == 0 or np.all(data == np.round(data))):
+        if (
+            float(lo).is_integer()
+            and float(hi).is_integer()
+            and hi - lo <= self.n_bins
+            and (data.size == 0 or np.all(data == np.round(data)))
+        ):
             edges = np.arange(lo, hi + 2, dtype=np.float64)  # small integer range: one bin per value
         else:
             edges = np.linspace(lo, hi, self.n_bins + 1)
@@ -145,8 +154,12 @@ class Histogram:
             "max": self.max if self.count else None,
         }
         if self.dropped_count:
-            out["dropped"] = {"counts": [int(c) for c in self.dropped_counts], "underflow": self.dropped_underflow,
-                              "overflow": self.dropped_overflow, "count": self.dropped_count}
+            out["dropped"] = {
+                "counts": [int(c) for c in self.dropped_counts],
+                "underflow": self.dropped_underflow,
+                "overflow": self.dropped_overflow,
+                "count": self.dropped_count,
+            }
         return out
 
 
@@ -196,8 +209,7 @@ class SignalStats:
         idx = pa.array(take, pa.int64())
         raw = signals.take(idx).to_pylist()
         why = [""] * len(take) if reasons is None else [w or "(no reason)" for w in reasons.take(idx).to_pylist()]
-        self.candidates += [(float(keys[j]), base + int(j), r or "{}", w)
-                            for j, r, w in zip(take, raw, why)]
+        self.candidates += [(float(keys[j]), base + int(j), r or "{}", w) for j, r, w in zip(take, raw, why)]
         self.candidates = heapq.nsmallest(self.k, self.candidates)
 
     def what_if_data(self, final_documents: int) -> dict[str, Any]:
@@ -209,14 +221,29 @@ class SignalStats:
                 sig = json.loads(raw)
             except ValueError:
                 sig = {}
-            rows.append(({k: float(v) for k, v in sig.items() if isinstance(v, (int, float))
-                          and not isinstance(v, bool) and math.isfinite(v)} if isinstance(sig, dict) else {}, reason))
+            rows.append(
+                (
+                    {
+                        k: float(v)
+                        for k, v in sig.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    }
+                    if isinstance(sig, dict)
+                    else {},
+                    reason,
+                )
+            )
         names = sorted({k for sig, _ in rows for k in sig} & set(self.thresholds))
         reasons = sorted({r for _, r in rows})
-        return {"population": self.population, "sample": len(rows), "final": final_documents,
-                "thresholds": {n: self.thresholds[n] for n in names},
-                "values": {n: [sig.get(n) for sig, _ in rows] for n in names},
-                "reasons": reasons, "reason": [reasons.index(r) for _, r in rows]}
+        return {
+            "population": self.population,
+            "sample": len(rows),
+            "final": final_documents,
+            "thresholds": {n: self.thresholds[n] for n in names},
+            "values": {n: [sig.get(n) for sig, _ in rows] for n in names},
+            "reasons": reasons,
+            "reason": [reasons.index(r) for _, r in rows],
+        }
 
 
 def what_if(data: dict[str, Any], signal: str, values: list[float]) -> dict[str, int]:
@@ -241,13 +268,21 @@ def what_if(data: dict[str, Any], signal: str, values: list[float]) -> dict[str,
         if kept:
             kept_after += not (before and not after)
         elif not before and after:
-            others = all(passes(data["values"][n][i], t) for n, t in data["thresholds"].items()
-                         if n != signal and data["values"][n][i] is not None)
+            others = all(
+                passes(data["values"][n][i], t)
+                for n, t in data["thresholds"].items()
+                if n != signal and data["values"][n][i] is not None
+            )
             kept_after += others
     scale = data["population"] / data["sample"] if data["sample"] else 0.0
-    return {"reached": reached, "pass_before": pass_before, "pass_after": pass_after,
-            "kept_before": kept_before, "kept_after": kept_after,
-            "final_estimate": max(0, round(data["final"] + (kept_after - kept_before) * scale))}
+    return {
+        "reached": reached,
+        "pass_before": pass_before,
+        "pass_after": pass_after,
+        "kept_before": kept_before,
+        "kept_after": kept_after,
+        "final_estimate": max(0, round(data["final"] + (kept_after - kept_before) * scale)),
+    }
 
 
 class BoundedCounter:
@@ -277,16 +312,24 @@ def signal_thresholds(build: dict[str, Any] | None) -> dict[str, list[dict[str, 
         return {}
     out: dict[str, list[dict[str, Any]]] = {}
     for signal, thresholds in declared.items():
-        good = [{"value": float(t["value"]), "kind": t["kind"], "config": str(t["config"])}
-                for t in thresholds if isinstance(thresholds, list) and _is_threshold(t)]
+        good = [
+            {"value": float(t["value"]), "kind": t["kind"], "config": str(t["config"])}
+            for t in thresholds
+            if isinstance(thresholds, list) and _is_threshold(t)
+        ]
         if good:
             out[str(signal)] = good
     return out
 
 
 def _is_threshold(t: Any) -> bool:
-    return (isinstance(t, dict) and t.get("kind") in ("min", "max") and "config" in t
-            and isinstance(t.get("value"), (int, float)) and not isinstance(t.get("value"), bool))
+    return (
+        isinstance(t, dict)
+        and t.get("kind") in ("min", "max")
+        and "config" in t
+        and isinstance(t.get("value"), (int, float))
+        and not isinstance(t.get("value"), bool)
+    )
 
 
 # ---- the pass over the index ------------------------------------------------------------------------
@@ -313,6 +356,7 @@ class IndexScan:
     def sample(self) -> list[tuple[str, int, str]]:
         """The sampled documents as (shard, offset, id), in shard and offset order."""
         return sorted((shard, offset, doc_id) for _, shard, offset, doc_id in self.candidates)
+
     found_ids: dict[str, tuple[str, int]] = field(default_factory=dict)  # id -> (shard, offset)
     found_phash: dict[str, tuple[str, int, str]] = field(default_factory=dict)  # -> (shard, offset, member)
 
@@ -354,9 +398,16 @@ def _signal_columns(signals: pa.ChunkedArray, scan: IndexScan) -> dict[str, np.n
     return out
 
 
-def scan_index(corpus: Corpus, *, sample: int, seed: int, signals: SignalStats,
-               want_ids: Collection[str] = frozenset(), want_phash: Collection[str] = frozenset(),
-               progress: bool = True) -> IndexScan:
+def scan_index(
+    corpus: Corpus,
+    *,
+    sample: int,
+    seed: int,
+    signals: SignalStats,
+    want_ids: Collection[str] = frozenset(),
+    want_phash: Collection[str] = frozenset(),
+    progress: bool = True,
+) -> IndexScan:
     """One streaming pass over the index of every shard in the manifest."""
     scan = IndexScan(sample_k=sample, rng=np.random.default_rng(seed), signals=signals)
     scan.hist = {
@@ -423,7 +474,9 @@ def _scan_table(scan: IndexScan, table: pa.Table, want_ids: pa.Array, want_phash
     # bottom-k sampling: each row draws a key from the seeded generator, the k smallest keys are a
     # uniform sample without replacement; deterministic for a given seed and shard order
     keys = scan.rng.random(n)
-    take: np.ndarray | list[int] = np.argpartition(keys, min(scan.sample_k, n) - 1)[: scan.sample_k] if scan.sample_k else []
+    take: np.ndarray | list[int] = (
+        np.argpartition(keys, min(scan.sample_k, n) - 1)[: scan.sample_k] if scan.sample_k else []
+    )
     if len(take):
         ids, shards_, offsets = (table[c].take(pa.array(take)).to_pylist() for c in ("id", "shard", "offset"))
         scan.candidates += [(float(keys[j]), s, int(o), i) for j, s, o, i in zip(take, shards_, offsets, ids)]
@@ -454,8 +507,14 @@ def _parquet_files(corpus: Corpus, folder: str) -> list[str]:
     return sorted(p for p in corpus.fs.find(root) if p.endswith(".parquet"))
 
 
-def read_rejects(corpus: Corpus, per_reason: int, seed: int, progress: bool = True,
-                 signals: SignalStats | None = None, per_item_reason: int = 5) -> dict[str, Any]:
+def read_rejects(
+    corpus: Corpus,
+    per_reason: int,
+    seed: int,
+    progress: bool = True,
+    signals: SignalStats | None = None,
+    per_item_reason: int = 5,
+) -> dict[str, Any]:
     """Counts of the rejects log by (stage, item, reason), and per (stage, reason) a bottom-k sample of rows
     by their `key` (the rows the build kept the text of): `per_reason` of whole documents, listed first, and
     `per_item_reason` of images and text blocks; vectorised per batch, so a log of millions of rows
@@ -480,11 +539,15 @@ def read_rejects(corpus: Corpus, per_reason: int, seed: int, progress: bool = Tr
                 for batch in pf.iter_batches(batch_size=65_536, columns=cols):
                     t = pa.Table.from_batches([batch])
                     for c in REJECT_COLUMNS:  # absent or null fields read as ""
-                        t = (t.set_column(t.schema.get_field_index(c), c, pc.fill_null(t[c].cast(pa.string()), ""))
-                             if c in t.column_names else t.append_column(c, pa.array([""] * t.num_rows)))
+                        t = (
+                            t.set_column(t.schema.get_field_index(c), c, pc.fill_null(t[c].cast(pa.string()), ""))
+                            if c in t.column_names
+                            else t.append_column(c, pa.array([""] * t.num_rows))
+                        )
                     grouped = t.group_by(["stage", "item", "reason"]).aggregate([([], "count_all")])
-                    for st, it, r, c in zip(*(grouped[k].to_pylist() for k in ("stage", "item", "reason",
-                                                                                 "count_all"))):
+                    for st, it, r, c in zip(
+                        *(grouped[k].to_pylist() for k in ("stage", "item", "reason", "count_all"))
+                    ):
                         counts[(st, it, r)] += c
                     keys = rng.random(t.num_rows) + 1.0  # rows without a key of the build come after those with
                     if "key" in t.column_names:
@@ -505,12 +568,15 @@ def read_rejects(corpus: Corpus, per_reason: int, seed: int, progress: bool = Tr
                         heap = picks.setdefault((item not in ("document", "record"), stage, r), [])
                         heap += [(float(keys[j]), rows + int(j), row) for j, row in zip(idx, chosen)]
                         picks[(item not in ("document", "record"), stage, r)] = heapq.nsmallest(
-                            k, heap, key=lambda x: (x[0], x[1]))
+                            k, heap, key=lambda x: (x[0], x[1])
+                        )
                     rows += t.num_rows
         except (OSError, pa.ArrowException) as e:
             errors.append(f"{path}: {e}")
-    by_reason = sorted(({"stage": s, "item": it, "reason": r, "count": c} for (s, it, r), c in counts.items()),
-                       key=lambda x: (-x["count"], x["stage"], x["reason"]))
+    by_reason = sorted(
+        ({"stage": s, "item": it, "reason": r, "count": c} for (s, it, r), c in counts.items()),
+        key=lambda x: (-x["count"], x["stage"], x["reason"]),
+    )
     sample_rows = [{**row, "signals": _json_object(row["signals"])} for g in sorted(picks) for _, _, row in picks[g]]
     return {"files": len(files), "rows": rows, "by_reason": by_reason, "sample": sample_rows, "errors": errors}
 
@@ -572,14 +638,25 @@ def _read_clusters(corpus: Corpus, path: str, top: int) -> dict[str, Any]:
         for batch in pf.iter_batches(batch_size=65_536, columns=["cluster_id", "id", "url", "keeper", "reason"]):
             t = pa.Table.from_batches([batch])
             for r in t.filter(pc.is_in(t["cluster_id"], value_set=want)).to_pylist():
-                members[r["cluster_id"]].append({"id": str(r["id"] or ""), "url": str(r["url"] or ""),
-                                                 "keeper": bool(r["keeper"]), "reason": str(r["reason"] or "")})
+                members[r["cluster_id"]].append(
+                    {
+                        "id": str(r["id"] or ""),
+                        "url": str(r["url"] or ""),
+                        "keeper": bool(r["keeper"]),
+                        "reason": str(r["reason"] or ""),
+                    }
+                )
     top_list = []
     for cid, size in sorted(best.items(), key=lambda kv: (-kv[1], str(kv[0]))):
         rows = sorted(members[cid], key=lambda m: (not m["keeper"], m["id"]))
         top_list.append({"cluster_id": str(cid), "size": size, "members": rows})
-    return {"rows": n_rows, "clusters": len(clusters), "dropped": n_dropped,
-            "dropped_by_reason": dict(reasons.most_common()), "top": top_list}
+    return {
+        "rows": n_rows,
+        "clusters": len(clusters),
+        "dropped": n_dropped,
+        "dropped_by_reason": dict(reasons.most_common()),
+        "top": top_list,
+    }
 
 
 def _read_images(corpus: Corpus, path: str, top: int) -> dict[str, Any]:
@@ -608,9 +685,18 @@ def _read_optional_json(corpus: Corpus, name: str) -> tuple[Any, str | None]:
         return None, f"{name} unreadable: {e}"
 
 
-def summarize(corpus: Corpus, *, sample: int = 200, seed: int = 0, top_domains: int = 50,
-              top_clusters: int = 10, top_images: int = 12, rejects_per_reason: int = 20,
-              what_if_sample: int = 5000, progress: bool = True) -> tuple[dict[str, Any], IndexScan, dict[str, Any]]:
+def summarize(
+    corpus: Corpus,
+    *,
+    sample: int = 200,
+    seed: int = 0,
+    top_domains: int = 50,
+    top_clusters: int = 10,
+    top_images: int = 12,
+    rejects_per_reason: int = 20,
+    what_if_sample: int = 5000,
+    progress: bool = True,
+) -> tuple[dict[str, Any], IndexScan, dict[str, Any]]:
     """Compute the summary figures. Returns (summary, the index scan, rejects with samples)."""
     stats, stats_error = _read_optional_json(corpus, "stats.json")
     build, build_error = _read_optional_json(corpus, "build.json")
@@ -619,17 +705,22 @@ def summarize(corpus: Corpus, *, sample: int = 200, seed: int = 0, top_domains: 
     want_ids = {m["id"] for c in (dedup["clusters"] or {}).get("top", []) for m in c["members"] if m["keeper"]}
     want_phash = {im["phash"] for im in (dedup["images"] or {}).get("top", [])}
     signals = SignalStats(thresholds, k=what_if_sample, rng=np.random.default_rng(seed + 1))
-    scan = scan_index(corpus, sample=sample, seed=seed, signals=signals, want_ids=want_ids,
-                      want_phash=want_phash, progress=progress)
+    scan = scan_index(
+        corpus, sample=sample, seed=seed, signals=signals, want_ids=want_ids, want_phash=want_phash, progress=progress
+    )
     rejects = read_rejects(corpus, rejects_per_reason, seed, progress, signals=signals)
 
     drops = []
     for s in (stats or {}).get("stages", []):
-        drops += [{"stage": s["name"], "item": "document", "reason": r, "count": int(c)}
-                  for r, c in s.get("drops", {}).items()]
+        drops += [
+            {"stage": s["name"], "item": "document", "reason": r, "count": int(c)}
+            for r, c in s.get("drops", {}).items()
+        ]
     for key, s in (stats or {}).get("items", {}).items():
-        drops += [{"stage": key.split("/", 1)[0], "item": key.split("/", 1)[-1], "reason": r, "count": int(c)}
-                  for r, c in s.get("drops", {}).items()]
+        drops += [
+            {"stage": key.split("/", 1)[0], "item": key.split("/", 1)[-1], "reason": r, "count": int(c)}
+            for r, c in s.get("drops", {}).items()
+        ]
     drops.sort(key=lambda d: (-d["count"], d["stage"], d["reason"]))
 
     summary = {
@@ -644,30 +735,48 @@ def summarize(corpus: Corpus, *, sample: int = 200, seed: int = 0, top_domains: 
             "languages": len(scan.languages),
             "domains": len(scan.domains.counts),
         },
-        "funnel": None if stats is None else {"stages": stats.get("stages", []), "items": stats.get("items", {}),
-                                             "counters": stats.get("counters", {}), "build": stats.get("build", {})},
+        "funnel": None
+        if stats is None
+        else {
+            "stages": stats.get("stages", []),
+            "items": stats.get("items", {}),
+            "counters": stats.get("counters", {}),
+            "build": stats.get("build", {}),
+        },
         "funnel_error": stats_error,
         "drops": drops,
-        "build": None if build is None else {k: build.get(k) for k in ("started_at", "finished_at", "inputs",
-                                                                        "versions")},
+        "build": None
+        if build is None
+        else {k: build.get(k) for k in ("started_at", "finished_at", "inputs", "versions")},
         "build_error": build_error,
         "histograms": {name: h.to_dict() for name, h in scan.hist.items()},
-        "signals": {name: {**signals.hist[name].to_dict(), "documents": signals.kept_docs[name],
-                           "dropped_documents": signals.dropped_docs[name],
-                           "thresholds": [{**t, "kept": kc[0], "cut": kc[1]}
-                                          for t, kc in zip(thresholds.get(name, []), signals.cut[name])]}
-                    for name in sorted(signals.hist)},
-        "what_if": {"population": signals.population, "sample": min(signals.k, signals.population),
-                    "seed": seed + 1},
+        "signals": {
+            name: {
+                **signals.hist[name].to_dict(),
+                "documents": signals.kept_docs[name],
+                "dropped_documents": signals.dropped_docs[name],
+                "thresholds": [
+                    {**t, "kept": kc[0], "cut": kc[1]} for t, kc in zip(thresholds.get(name, []), signals.cut[name])
+                ],
+            }
+            for name in sorted(signals.hist)
+        },
+        "what_if": {"population": signals.population, "sample": min(signals.k, signals.population), "seed": seed + 1},
         "languages": dict(scan.languages.most_common()),
-        "domains": {"top": dict(scan.domains.counts.most_common(top_domains)),
-                    "approximate": scan.domains.approximate},
-        "sources": {"top": dict(scan.sources.counts.most_common(top_domains)),
-                    "approximate": scan.sources.approximate, "count": len(scan.sources.counts)},
+        "domains": {"top": dict(scan.domains.counts.most_common(top_domains)), "approximate": scan.domains.approximate},
+        "sources": {
+            "top": dict(scan.sources.counts.most_common(top_domains)),
+            "approximate": scan.sources.approximate,
+            "count": len(scan.sources.counts),
+        },
         "rejects": {k: rejects[k] for k in ("files", "rows", "by_reason", "errors")},
         "dedup": dedup,
-        "sample": {"requested": sample, "seed": seed, "documents": len(scan.candidates),
-                   "method": "bottom-k: a seeded random key per document, the k smallest kept"},
+        "sample": {
+            "requested": sample,
+            "seed": seed,
+            "documents": len(scan.candidates),
+            "method": "bottom-k: a seeded random key per document, the k smallest kept",
+        },
         "invalid_signals": scan.invalid_signals,
         "index_errors": scan.errors,
     }

@@ -11,23 +11,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # webserver.py, crawl_
 
 import asyncio
 
-import httpx
 import pytest
+from crawl_fixtures import server, site  # noqa: E402,F401 - fixtures
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
+from corpus.stats import Ledger
 from crawl.live.config import CrawlConfig
 from crawl.live.fetcher import Fetched, Fetcher, parse_retry_after
 from crawl.live.safety import AddressPolicy, UnsafeAddress, make_client
 from crawl.live.warc_writer import RotatingWarcWriter, closed_segments
-from crawl_fixtures import server, site  # noqa: E402,F401 - fixtures
-from corpus.stats import Ledger
 
 ALLOW = ["127.0.0.1/32"]
 
 
 def cfg(**kw) -> CrawlConfig:
-    base = dict(allow_private=ALLOW, min_delay_s=0.05, connect_timeout_s=1.0, read_timeout_s=0.5,
-                total_timeout_s=2.0, retries=2, backoff_s=0.05, max_bytes=1_000_000, retry_after_max_s=5)
+    base = dict(
+        allow_private=ALLOW,
+        min_delay_s=0.05,
+        connect_timeout_s=1.0,
+        read_timeout_s=0.5,
+        total_timeout_s=2.0,
+        retries=2,
+        backoff_s=0.05,
+        max_bytes=1_000_000,
+        retry_after_max_s=5,
+    )
     base.update(kw)
     return CrawlConfig(**base)
 
@@ -42,6 +50,7 @@ def run_fetches(c: CrawlConfig, urls: list[str], tmp_path, kind="page"):
         await f.aclose()
         warc.close()
         return out, f
+
     return asyncio.run(go())
 
 
@@ -108,22 +117,36 @@ def test_crawl_delay_from_robots_raises_spacing(site, tmp_path):
 
 
 def test_private_addresses_and_bad_schemes_refused_before_connecting(server, tmp_path):
-    urls = ["http://10.0.0.1/", "http://169.254.169.254/latest/meta-data/", "http://[::1]/",
-            "http://0.0.0.0/", "http://224.0.0.1/", "file:///etc/passwd", "ftp://127.0.0.1/x",
-            "http://user:pw@127.0.0.1/", server.url("/index.html")]
+    urls = [
+        "http://10.0.0.1/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/",
+        "http://0.0.0.0/",
+        "http://224.0.0.1/",
+        "file:///etc/passwd",
+        "ftp://127.0.0.1/x",
+        "http://user:pw@127.0.0.1/",
+        server.url("/index.html"),
+    ]
     got, _ = run_fetches(cfg(allow_private=[]), urls, tmp_path)  # 127.0.0.1 NOT allow-listed here
     reasons = {u: r.reason for u, r in got.items()}
     assert reasons == {
-        "http://10.0.0.1/": "unsafe_address", "http://169.254.169.254/latest/meta-data/": "unsafe_address",
-        "http://[::1]/": "unsafe_address", "http://0.0.0.0/": "unsafe_address", "http://224.0.0.1/": "unsafe_address",
-        "file:///etc/passwd": "bad_scheme", "ftp://127.0.0.1/x": "bad_scheme",
-        "http://user:pw@127.0.0.1/": "credentials_in_url", server.url("/index.html"): "unsafe_address",
+        "http://10.0.0.1/": "unsafe_address",
+        "http://169.254.169.254/latest/meta-data/": "unsafe_address",
+        "http://[::1]/": "unsafe_address",
+        "http://0.0.0.0/": "unsafe_address",
+        "http://224.0.0.1/": "unsafe_address",
+        "file:///etc/passwd": "bad_scheme",
+        "ftp://127.0.0.1/x": "bad_scheme",
+        "http://user:pw@127.0.0.1/": "credentials_in_url",
+        server.url("/index.html"): "unsafe_address",
     }
     assert server.hits() == []  # nothing reached the server
 
 
 def test_transport_checks_the_address_it_connects_to(server):
     """Even a request that skips the up-front check is refused by the client's network backend."""
+
     async def go(allow):
         async with make_client(cfg(allow_private=allow)) as client:
             return await client.get(server.url("/index.html"))
@@ -164,6 +187,7 @@ def test_warc_holds_every_response_as_received(server, tmp_path):
     assert requests == sum(len(v) for v in responses.values())
     # warcio reads it too
     from warcio.archiveiterator import ArchiveIterator as WarcioIterator
+
     with open(warc, "rb") as fh:
         assert sum(1 for r in WarcioIterator(fh) if r.rec_type == "response") == sum(len(v) for v in responses.values())
 
@@ -188,17 +212,32 @@ def test_ipv6_forms_of_private_ipv4_and_dns_spellings_of_loopback_are_refused(se
     import ipaddress
 
     policy = AddressPolicy([])
-    refused = ["64:ff9b::a00:1", "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "2002:a00:1::", "2002:7f00:1::1",
-               "::7f00:1", "::a00:1", "fec0::1", "::ffff:169.254.169.254"]
+    refused = [
+        "64:ff9b::a00:1",
+        "64:ff9b::7f00:1",
+        "64:ff9b::a9fe:a9fe",
+        "2002:a00:1::",
+        "2002:7f00:1::1",
+        "::7f00:1",
+        "::a00:1",
+        "fec0::1",
+        "::ffff:169.254.169.254",
+    ]
     for a in refused:
         assert not policy.allowed(ipaddress.ip_address(a)), a
     for a in ["64:ff9b::808:808", "2002:808:808::1", "2606:4700:4700::1111", "8.8.8.8"]:
         assert policy.allowed(ipaddress.ip_address(a)), a
     assert AddressPolicy(["10.0.0.0/8"]).allowed(ipaddress.ip_address("64:ff9b::a00:1"))  # allow-list applies
     port = server.port
-    urls = [f"http://[64:ff9b::7f00:1]:{port}/", f"http://[::127.0.0.1]:{port}/", f"http://2130706433:{port}/",
-            f"http://0177.0.0.1:{port}/", f"http://0x7f.1:{port}/", f"http://127.1:{port}/",
-            f"http://localhost:{port}/index.html"]
+    urls = [
+        f"http://[64:ff9b::7f00:1]:{port}/",
+        f"http://[::127.0.0.1]:{port}/",
+        f"http://2130706433:{port}/",
+        f"http://0177.0.0.1:{port}/",
+        f"http://0x7f.1:{port}/",
+        f"http://127.1:{port}/",
+        f"http://localhost:{port}/index.html",
+    ]
     got, _ = run_fetches(cfg(allow_private=[]), urls, tmp_path)
     expect = {u: "unsafe_address" for u in urls}
     expect[f"http://0177.0.0.1:{port}/"] = "bad_url"  # the HTTP client refuses to parse this form at all
@@ -209,13 +248,17 @@ def test_ipv6_forms_of_private_ipv4_and_dns_spellings_of_loopback_are_refused(se
 def test_urls_the_client_cannot_send_are_counted_drops_not_a_lost_batch(server, tmp_path):
     """Image URLs with control characters or lone surrogates (as they come out of real <img src>) are a
     counted `bad_url` before any request; the other URLs of the same batch still come back."""
+    from corpus.stats import check_funnel
     from crawl.live.image_fetcher import ImageFetcher
     from crawl.live.safety import url_problem
-    from corpus.stats import check_funnel
 
     photo = next(iter(server.site.photos))
-    bad = [server.url("/photos/a\x01b.jpg"), server.url("/photos/\x7f.jpg"), server.url("/photos/a\tb.jpg"),
-           server.url("/photos/x.jpg?q=\udcff")]
+    bad = [
+        server.url("/photos/a\x01b.jpg"),
+        server.url("/photos/\x7f.jpg"),
+        server.url("/photos/a\tb.jpg"),
+        server.url("/photos/x.jpg?q=\udcff"),
+    ]
     assert [url_problem(u) for u in bad] == ["bad_url"] * len(bad)
     assert url_problem(server.url("/photos/a b.jpg")) is None  # a space is quoted by the client, still fine
 
@@ -229,4 +272,7 @@ def test_urls_the_client_cannot_send_are_counted_drops_not_a_lost_batch(server, 
     assert got == {**{u: "bad_url" for u in bad}, server.url(photo): server.site.photos[photo]}
     d = ledger.to_dict()
     assert check_funnel(d) == [] and d["items"]["fetch_images/image"] == {
-        "in": len(bad) + 1, "out": 1, "drops": {"bad_url": len(bad)}}
+        "in": len(bad) + 1,
+        "out": 1,
+        "drops": {"bad_url": len(bad)},
+    }

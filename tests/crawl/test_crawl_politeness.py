@@ -21,18 +21,26 @@ from itertools import pairwise
 
 from webserver import Route, Site, TestServer
 
+from corpus.stats import check_funnel
 from crawl.live.config import CrawlConfig
 from crawl.live.crawler import Crawler, load_stats
 from crawl.live.politeness import partition
 from crawl.live.safety import host_key
-from corpus.stats import check_funnel
 
 LOOPBACK = ["127.0.0.0/8"]
 
 
 def cfg(**kw) -> CrawlConfig:
-    base = {"allow_private": LOOPBACK, "min_delay_s": 0.05, "connect_timeout_s": 1.0, "read_timeout_s": 1.0,
-            "total_timeout_s": 3.0, "retries": 0, "actors": 2, "actor_num_cpus": 0.1}
+    base = {
+        "allow_private": LOOPBACK,
+        "min_delay_s": 0.05,
+        "connect_timeout_s": 1.0,
+        "read_timeout_s": 1.0,
+        "total_timeout_s": 3.0,
+        "retries": 0,
+        "actors": 2,
+        "actor_num_cpus": 0.1,
+    }
     base.update(kw)
     return CrawlConfig(**base)
 
@@ -62,7 +70,8 @@ def test_per_host_delay_holds_across_actors_redirects_and_aliases(ray_local, tmp
         a.close()
         b.close()
     assert pages == {b.url(f"/b/r{i}.html", n) for i, n in enumerate(aliases)} | {
-        b.url(f"/b/{i}.html", n) for i, n in enumerate(aliases)}
+        b.url(f"/b/{i}.html", n) for i, n in enumerate(aliases)
+    }
     stats = load_stats(tmp_path)
     assert check_funnel(stats) == [] and stats["stages"][0]["out"] == len(seeds)
     # one server address, four names, several actors: every request to it at least min_delay_s apart
@@ -93,10 +102,26 @@ Disallow: /search/
 User-agent: *
 Disallow: /
 """
-ALLOWED = ["/private/public/a.html", "/page?x=1", "/files/doc.pdf?download=1", "/files/doc.pdf.html",
-           "/shop/shoes/item", "/search", "/search?q=1", "/about.html"]
-DISALLOWED = ["/private/a.html", "/private/publicity.html", "/page?sessionid=1", "/a/b?sessionid=2",
-              "/files/doc.pdf", "/shop/shoes/item/2", "/shop/index.html", "/search/a.html"]
+ALLOWED = [
+    "/private/public/a.html",
+    "/page?x=1",
+    "/files/doc.pdf?download=1",
+    "/files/doc.pdf.html",
+    "/shop/shoes/item",
+    "/search",
+    "/search?q=1",
+    "/about.html",
+]
+DISALLOWED = [
+    "/private/a.html",
+    "/private/publicity.html",
+    "/page?sessionid=1",
+    "/a/b?sessionid=2",
+    "/files/doc.pdf",
+    "/shop/shoes/item/2",
+    "/shop/index.html",
+    "/search/a.html",
+]
 
 
 def test_robots_wildcards_and_longest_match_end_to_end(ray_local, tmp_path):
@@ -122,10 +147,17 @@ def test_hostile_crawl_delays_never_stall_the_crawl(ray_local, tmp_path):
     applies. `1e308`, `99999` and `0.61` exceed max_crawl_delay_s: the host is skipped, each URL a counted
     drop. A fraction up to the cap is honoured."""
     cap = 0.6
-    values = {"inf": "ignored", "nan": "ignored", "-1": "ignored", "soon": "ignored",
-              "1e308": "skipped", "99999": "skipped", "0.61": "skipped", "0.6": "honoured"}
-    servers = {v: TestServer(Site(), crawl_delay=v, routes={"/1.html": Route(), "/2.html": Route()})
-               for v in values}
+    values = {
+        "inf": "ignored",
+        "nan": "ignored",
+        "-1": "ignored",
+        "soon": "ignored",
+        "1e308": "skipped",
+        "99999": "skipped",
+        "0.61": "skipped",
+        "0.6": "honoured",
+    }
+    servers = {v: TestServer(Site(), crawl_delay=v, routes={"/1.html": Route(), "/2.html": Route()}) for v in values}
     try:
         seeds = [s.url(p) for s in servers.values() for p in ("/1.html", "/2.html")]
         t0 = time.monotonic()
@@ -151,7 +183,6 @@ def test_hostile_crawl_delays_never_stall_the_crawl(ray_local, tmp_path):
     assert stats["counters"]["crawl/robots_bad_crawl_delay"] == len(by_outcome["ignored"])
     honoured = [h.t for h in servers["0.6"].hits()]  # robots.txt, then its 2 pages
     assert min_gap(honoured) >= 0.95 * cap
-
 
 
 def test_gate_forgets_a_dead_holder_slots_and_robots_promise():

@@ -17,22 +17,31 @@ import time
 from collections import Counter
 
 import pytest
+from crawl_fixtures import server, site  # noqa: E402,F401 - fixtures
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
+from corpus.stats import check_funnel
 from crawl.live.config import CrawlConfig
 from crawl.live.crawler import Crawler, load_stats, read_seeds
 from crawl.live.image_fetcher import FetchResolver
 from crawl.live.warc_writer import closed_segments, read_state
-from crawl_fixtures import server, site  # noqa: E402,F401 - fixtures
-from corpus.stats import check_funnel
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def cfg(**kw) -> CrawlConfig:
-    base = dict(allow_private=["127.0.0.1/32"], min_delay_s=0.05, connect_timeout_s=1.0, read_timeout_s=0.5,
-                total_timeout_s=2.0, retries=1, backoff_s=0.05, max_bytes=2_000_000, actors=2,
-                actor_num_cpus=0.1)
+    base = dict(
+        allow_private=["127.0.0.1/32"],
+        min_delay_s=0.05,
+        connect_timeout_s=1.0,
+        read_timeout_s=0.5,
+        total_timeout_s=2.0,
+        retries=1,
+        backoff_s=0.05,
+        max_bytes=2_000_000,
+        actors=2,
+        actor_num_cpus=0.1,
+    )
     base.update(kw)
     return CrawlConfig(**base)
 
@@ -43,8 +52,14 @@ def warc_responses(paths) -> list[tuple[str, int, str, bytes]]:
         with open(p, "rb") as fh:
             for rec in ArchiveIterator(fh, parse_http=True):
                 if rec.record_type == WarcRecordType.response:
-                    out.append((rec.headers["WARC-Target-URI"], rec.http_headers.status_code,
-                                rec.http_content_type or "", rec.reader.read()))
+                    out.append(
+                        (
+                            rec.headers["WARC-Target-URI"],
+                            rec.http_headers.status_code,
+                            rec.http_content_type or "",
+                            rec.reader.read(),
+                        )
+                    )
     return out
 
 
@@ -91,10 +106,16 @@ def test_crawl_follows_links_obeys_robots_and_archives(ray_local, server, tmp_pa
 
 def test_image_resolver_counts_every_outcome(ray_local, server, tmp_path):
     photos = list(server.site.photos)[:6]
-    faults = {"/fault/html-image.jpg": "not_an_image", "/fault/html-as-jpeg.jpg": "not_an_image",
-              "/fault/truncated.jpg": "truncated_image", "/fault/noai.jpg": "optout_noai",
-              "/photos/nope.jpg": "http_404", "/private/x.jpg": "robots", "/fault/slow": "timeout",
-              "/fault/big.jpg": "too_large"}
+    faults = {
+        "/fault/html-image.jpg": "not_an_image",
+        "/fault/html-as-jpeg.jpg": "not_an_image",
+        "/fault/truncated.jpg": "truncated_image",
+        "/fault/noai.jpg": "optout_noai",
+        "/photos/nope.jpg": "http_404",
+        "/private/x.jpg": "robots",
+        "/fault/slow": "timeout",
+        "/fault/big.jpg": "too_large",
+    }
     urls = [server.url(p) for p in photos + list(faults)] + ["http://10.0.0.1/a.jpg", "file:///etc/passwd"]
     resolver = FetchResolver(cfg(min_delay_s=0.05, max_bytes=1_000_000), warc_dir=tmp_path)
     try:
@@ -128,13 +149,30 @@ def test_killed_crawl_resumes_without_refetching_or_losing(ray_local, server, tm
     urls = [server.url(p) for p in site.pages] + [server.url("/fault/notfound"), server.url("/private/a.html")]
     seeds.write_text("\n".join(urls) + "\n")
     out = tmp_path / "crawl"
-    overrides = ["allow_private=[127.0.0.1/32]", "min_delay_s=0.25", "warc_max_bytes=30000", "actors=1",
-                 "actor_num_cpus=0.1", "read_timeout_s=1", "retries=0"]
+    overrides = [
+        "allow_private=[127.0.0.1/32]",
+        "min_delay_s=0.25",
+        "warc_max_bytes=30000",
+        "actors=1",
+        "actor_num_cpus=0.1",
+        "read_timeout_s=1",
+        "retries=0",
+    ]
     address = ray_local.get_runtime_context().gcs_address
-    cmd = [sys.executable, "-m", "pipeline.cli.crawl", str(seeds), "--output", str(out), "--address", address,
-           "--no-progress"] + [a for o in overrides for a in ("--set", o)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli.crawl",
+        str(seeds),
+        "--output",
+        str(out),
+        "--address",
+        address,
+        "--no-progress",
+    ] + [a for o in overrides for a in ("--set", o)]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
     deadline = time.monotonic() + 60
     while len(list(closed_segments(out, "crawl-a"))) < 3:
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
@@ -166,8 +204,7 @@ def test_killed_crawl_resumes_without_refetching_or_losing(ray_local, server, tm
     assert {p.url for p in resumed} == {server.url(p) for p in site.pages} - archived_first
     # the funnel of the resumed run equals the one of an uninterrupted crawl
     [crawl] = load_stats(out)["stages"]
-    assert crawl == {"name": "crawl", "in": len(urls), "out": len(site.pages),
-                     "drops": {"http_404": 1, "robots": 1}}
+    assert crawl == {"name": "crawl", "in": len(urls), "out": len(site.pages), "drops": {"http_404": 1, "robots": 1}}
     assert not list(out.glob("*.open"))
 
 
@@ -200,8 +237,7 @@ def test_dead_crawl_actor_is_replaced_and_nothing_is_lost_or_doubled(ray_local, 
     assert ok == Counter({server.url(p): 1 for p in site.pages})
     assert crawler.result.pages == len(site.pages)
     [crawl] = load_stats(out)["stages"]
-    assert crawl == {"name": "crawl", "in": len(urls), "out": len(site.pages),
-                     "drops": {"http_404": 1, "robots": 1}}
+    assert crawl == {"name": "crawl", "in": len(urls), "out": len(site.pages), "drops": {"http_404": 1, "robots": 1}}
     assert not list(out.glob("*.open"))
 
 

@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 
 import crawl.extract as ce
+from corpus.record import make_doc_id
+from corpus.stats import Ledger, check_funnel
+from corpus.steps import Drop, run_steps
 from crawl.extract import (
     ExtractConfig,
     ExtractStep,
@@ -22,25 +25,30 @@ from crawl.extract import (
 )
 from crawl.image_select import FEATURES, ImageModel, fit_logistic
 from crawl.page import RawPage
-from corpus.record import make_doc_id
-from corpus.stats import Ledger, check_funnel
-from corpus.steps import Drop, run_steps
 
 REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
 
-PARA = ("The river town holds a market every Saturday morning where farmers from the valley sell cheese, "
-        "apples, honey and bread. Visitors come from the whole region to walk between the stalls.")
-PARA2 = ("In the afternoon the square turns into a stage for local musicians, and the old bridge fills with "
-         "people who watch the boats pass slowly under its seven stone arches until sunset.")
-PARA3 = ("The town council plans to extend the market to Sundays next year, after a survey showed that most "
-         "residents and traders would welcome a second day with the same opening hours.")
+PARA = (
+    "The river town holds a market every Saturday morning where farmers from the valley sell cheese, "
+    "apples, honey and bread. Visitors come from the whole region to walk between the stalls."
+)
+PARA2 = (
+    "In the afternoon the square turns into a stage for local musicians, and the old bridge fills with "
+    "people who watch the boats pass slowly under its seven stone arches until sunset."
+)
+PARA3 = (
+    "The town council plans to extend the market to Sundays next year, after a survey showed that most "
+    "residents and traders would welcome a second day with the same opening hours."
+)
 
 
 def page(body: str, head: str = "") -> str:
-    return (f"<html><head><title>Market town</title>{head}</head><body>"
-            "<nav><a href='/'>Home</a> <a href='/about'>About</a></nav>"
-            f"<article><h1>Market day in the river town</h1>{body}</article>"
-            "<footer>Copyright 2024 Example Media. All rights reserved.</footer></body></html>")
+    return (
+        f"<html><head><title>Market town</title>{head}</head><body>"
+        "<nav><a href='/'>Home</a> <a href='/about'>About</a></nav>"
+        f"<article><h1>Market day in the river town</h1>{body}</article>"
+        "<footer>Copyright 2024 Example Media. All rights reserved.</footer></body></html>"
+    )
 
 
 def extract(html: str, url: str = "https://news.example.com/articles/market.html", **cfg):
@@ -53,8 +61,10 @@ def image_urls(doc) -> list[str]:
 
 # ---- images --------------------------------------------------------------------------------------------
 def test_relative_urls_order_and_alt():
-    html = page(f"<p>{PARA}</p><figure><img src='../img/stalls.jpg' alt='Market stalls'></figure>"
-                f"<p>{PARA2}</p><img src='/media/bridge.png' alt='The bridge'><p>{PARA3}</p>")
+    html = page(
+        f"<p>{PARA}</p><figure><img src='../img/stalls.jpg' alt='Market stalls'></figure>"
+        f"<p>{PARA2}</p><img src='/media/bridge.png' alt='The bridge'><p>{PARA3}</p>"
+    )
     doc = extract(html)
     assert doc is not None
     doc.check()
@@ -96,34 +106,49 @@ def test_lazy_attributes_srcset_and_picture():
 
 def test_images_between_short_cjk_paragraphs_are_placed():
     # Chinese paragraphs are short in characters and have no spaces: each is anchored in the page text
-    paras = ["一波波接續性低溫寒流報到，已將新竹尖石鄉後山一帶層層山巒披上嫣紅的彩衣。",
-             "玉峰道路一路上雲氣山嵐滯留山頭，順路下切蜿蜒道路後不久即抵達玉峰國小。",
-             "美樹營地美如其名，偌大楓香樹早已呈現金黃，泛紅色彩也是攝影人士喜愛造訪之地。",
-             "第二次造訪美樹發現營區變了，印象中以前生冷的招牌換成了原木招牌，可謂匠心獨運。"]
-    body = "".join(f"<p>{t}</p><p><a href='/p{i}.jpg'><img src='/photos/{i}.jpg'></a></p>"
-                   for i, t in enumerate(paras[:3])) + f"<p>{paras[3]}</p>"
-    doc = extract(page(body).replace("Market day in the river town", "楓紅層層的美樹營地"),
-                  url="https://blog.example.tw/post/1")
+    paras = [
+        "一波波接續性低溫寒流報到，已將新竹尖石鄉後山一帶層層山巒披上嫣紅的彩衣。",
+        "玉峰道路一路上雲氣山嵐滯留山頭，順路下切蜿蜒道路後不久即抵達玉峰國小。",
+        "美樹營地美如其名，偌大楓香樹早已呈現金黃，泛紅色彩也是攝影人士喜愛造訪之地。",
+        "第二次造訪美樹發現營區變了，印象中以前生冷的招牌換成了原木招牌，可謂匠心獨運。",
+    ]
+    body = (
+        "".join(
+            f"<p>{t}</p><p><a href='/p{i}.jpg'><img src='/photos/{i}.jpg'></a></p>" for i, t in enumerate(paras[:3])
+        )
+        + f"<p>{paras[3]}</p>"
+    )
+    doc = extract(
+        page(body).replace("Market day in the river town", "楓紅層層的美樹營地"), url="https://blog.example.tw/post/1"
+    )
     assert doc is not None
     assert image_urls(doc) == [f"https://blog.example.tw/photos/{i}.jpg" for i in range(3)]
-    body_texts = doc.texts[doc.texts.index(None) - 1:]  # from the first paragraph on (after the headline)
+    body_texts = doc.texts[doc.texts.index(None) - 1 :]  # from the first paragraph on (after the headline)
     assert [t if t is None else t[:10] for t in body_texts] == [
-        paras[0][:10], None, paras[1][:10], None, paras[2][:10], None, paras[3][:10]]  # each photo after its paragraph
+        paras[0][:10],
+        None,
+        paras[1][:10],
+        None,
+        paras[2][:10],
+        None,
+        paras[3][:10],
+    ]  # each photo after its paragraph
 
 
 def test_lead_image_kept_banner_and_aside_left_out():
-    html = ("<html><head><title>Market town</title>"
-            f"<script type='application/ld+json'>{{\"articleBody\": \"{PARA} {PARA2}\"}}</script></head><body>"
-            "<div class='masthead ad-leaderboard'><img src='/ads/banner-728x90.jpg' width='728' height='90'></div>"
-            "<article><figure><img src='/media/lead.jpg' alt='The market square'></figure>"
-            "<h1>Market day in the river town</h1>"
-            f"<p>{PARA}</p><img src='/media/middle.jpg'><p>{PARA2}</p><p>{PARA3}</p></article>"
-            "<aside class='sidebar'><p>More stories from the valley and beyond, every week in your inbox.</p>"
-            "<img src='/media/aside.jpg'></aside></body></html>")
+    html = (
+        "<html><head><title>Market town</title>"
+        f'<script type=\'application/ld+json\'>{{"articleBody": "{PARA} {PARA2}"}}</script></head><body>'
+        "<div class='masthead ad-leaderboard'><img src='/ads/banner-728x90.jpg' width='728' height='90'></div>"
+        "<article><figure><img src='/media/lead.jpg' alt='The market square'></figure>"
+        "<h1>Market day in the river town</h1>"
+        f"<p>{PARA}</p><img src='/media/middle.jpg'><p>{PARA2}</p><p>{PARA3}</p></article>"
+        "<aside class='sidebar'><p>More stories from the valley and beyond, every week in your inbox.</p>"
+        "<img src='/media/aside.jpg'></aside></body></html>"
+    )
     doc, drops = extract_with_drops(html, "https://news.example.com/articles/market.html")
     assert doc is not None
-    assert image_urls(doc) == ["https://news.example.com/media/lead.jpg",
-                               "https://news.example.com/media/middle.jpg"]
+    assert image_urls(doc) == ["https://news.example.com/media/lead.jpg", "https://news.example.com/media/middle.jpg"]
     kinds = "".join("t" if t is not None else "i" for t in doc.texts)
     assert kinds in ("ittitt", "ititt"), kinds  # lead picture, (headline), text, image, text, text
     middle = doc.texts.index(None, 1)
@@ -134,14 +159,21 @@ def test_lead_image_kept_banner_and_aside_left_out():
 
 
 def test_teaser_grid_and_comment_avatars_inside_the_article_are_dropped_with_reasons():
-    cards = "".join(f"<div class='card'><a href='/story/{i}'><img src='/thumbs/story-{i}.jpg' width='300' "
-                    f"height='200'><span>Another story from the valley, number {i}</span></a></div>"
-                    for i in range(4))
-    comments = "".join(f"<li class='comment'><img src='/u/{i}.jpg' width='48' height='48'><p>Reader {i} "
-                       "liked the cheese stall best of all.</p></li>" for i in range(3))
-    html = page(f"<p>{PARA}</p><figure><img src='https://cdn.example.net/p/8f3a?sig=c2ln&w=1200'>"
-                f"<figcaption>The stalls at dawn</figcaption></figure><p>{PARA2}</p><p>{PARA3}</p>"
-                f"<div class='related-stories'>{cards}</div><ol class='comments'>{comments}</ol>")
+    cards = "".join(
+        f"<div class='card'><a href='/story/{i}'><img src='/thumbs/story-{i}.jpg' width='300' "
+        f"height='200'><span>Another story from the valley, number {i}</span></a></div>"
+        for i in range(4)
+    )
+    comments = "".join(
+        f"<li class='comment'><img src='/u/{i}.jpg' width='48' height='48'><p>Reader {i} "
+        "liked the cheese stall best of all.</p></li>"
+        for i in range(3)
+    )
+    html = page(
+        f"<p>{PARA}</p><figure><img src='https://cdn.example.net/p/8f3a?sig=c2ln&w=1200'>"
+        f"<figcaption>The stalls at dawn</figcaption></figure><p>{PARA2}</p><p>{PARA3}</p>"
+        f"<div class='related-stories'>{cards}</div><ol class='comments'>{comments}</ol>"
+    )
     doc, drops = extract_with_drops(html, "https://news.example.com/articles/market.html")
     # the photo with a query-signed URL and no file extension is kept; teasers and avatars are not
     assert image_urls(doc) == ["https://cdn.example.net/p/8f3a?sig=c2ln&w=1200"]
@@ -151,11 +183,13 @@ def test_teaser_grid_and_comment_avatars_inside_the_article_are_dropped_with_rea
 
 
 def test_image_drops_are_rejects_rows_of_the_extract_step():
-    html = page(f"<p>{PARA}</p><img src='/media/photo.jpg' width='800' height='600'><p>{PARA2}</p>"
-                "<img src='data:image/gif;base64,R0lGODlhAQABAAAAACw='>"
-                "<img src='https://t.example.com/collect?id=1' width='1' height='1'>"
-                f"<p>{PARA3}</p><div class='sponsored ad-slot'><a href='https://ads.example.org/c?x=1'>"
-                "<img src='https://ads.example.org/creative/leaderboard.jpg' width='728' height='90'></a></div>")
+    html = page(
+        f"<p>{PARA}</p><img src='/media/photo.jpg' width='800' height='600'><p>{PARA2}</p>"
+        "<img src='data:image/gif;base64,R0lGODlhAQABAAAAACw='>"
+        "<img src='https://t.example.com/collect?id=1' width='1' height='1'>"
+        f"<p>{PARA3}</p><div class='sponsored ad-slot'><a href='https://ads.example.org/c?x=1'>"
+        "<img src='https://ads.example.org/creative/leaderboard.jpg' width='728' height='90'></a></div>"
+    )
     raw = RawPage(url="https://news.example.com/a", body=html.encode(), source="html:a.html", id="d1")
     ledger = Ledger()
     out = list(run_steps([raw], [ExtractStep()], ledger))
@@ -167,8 +201,11 @@ def test_image_drops_are_rejects_rows_of_the_extract_step():
     model_rows = [r for r in rows if r["reason"].startswith("image_model:")]
     assert [r["detail"].split()[0] for r in model_rows] == ["https://ads.example.org/creative/leaderboard.jpg"]
     stats = ledger.to_dict()
-    assert stats["items"]["extract/image"] == {"in": 4, "out": 1, "drops": dict(
-        sorted(Counter(r["reason"] for r in rows).items()))}
+    assert stats["items"]["extract/image"] == {
+        "in": 4,
+        "out": 1,
+        "drops": dict(sorted(Counter(r["reason"] for r in rows).items())),
+    }
     assert not check_funnel(stats)
 
 
@@ -190,8 +227,10 @@ def test_fit_logistic_learns_a_separable_rule():
     y_N = (x_NF[:, FEATURES.index("in_container")] > 0.5).astype(float)
     model = fit_logistic(x_NF, y_N, l2=1.0)
     assert ((model.probabilities(x_NF) >= model.threshold) == (y_N > 0.5)).mean() > 0.95
-    assert model.drop_reason(np.where(np.arange(len(FEATURES)) == FEATURES.index("in_container"), 0.0, 0.5)) \
+    assert (
+        model.drop_reason(np.where(np.arange(len(FEATURES)) == FEATURES.index("in_container"), 0.0, 0.5))
         == "image_model:in_container"
+    )
 
 
 def test_inline_image_inside_the_last_paragraph_follows_it():
@@ -205,8 +244,10 @@ def test_inline_image_inside_the_last_paragraph_follows_it():
 def test_largest_srcset_candidate():
     assert largest_srcset_candidate("a.jpg 100w, b.jpg 800w, c.jpg 400w") == "b.jpg"
     assert largest_srcset_candidate("a.jpg 1x, b.jpg 3x, c.jpg 2x") == "b.jpg"
-    assert largest_srcset_candidate("https://cdn.x/img,w_100/a.jpg 100w, https://cdn.x/img,w_900/a.jpg 900w") \
+    assert (
+        largest_srcset_candidate("https://cdn.x/img,w_100/a.jpg 100w, https://cdn.x/img,w_900/a.jpg 900w")
         == "https://cdn.x/img,w_900/a.jpg"
+    )
     assert largest_srcset_candidate("  ") is None
 
 
@@ -245,8 +286,12 @@ def test_tracking_pixels_icons_and_duplicates_dropped():
 
 def test_meta_robots_and_x_robots_tag_in_meta():
     html = page(f"<p>{PARA}</p><p>{PARA2}</p>", head="<meta name='robots' content='NoAI, NoIndex'>")
-    raw = RawPage(url="https://news.example.com/a", body=html.encode("utf-8"), source="html:a.html",
-                  headers={"content-type": "text/html; charset=utf-8", "x-robots-tag": "noai"})
+    raw = RawPage(
+        url="https://news.example.com/a",
+        body=html.encode("utf-8"),
+        source="html:a.html",
+        headers={"content-type": "text/html; charset=utf-8", "x-robots-tag": "noai"},
+    )
     doc = ExtractStep().process(raw, Ledger())
     assert not isinstance(doc, Drop)
     assert doc.meta["meta_robots"] == "noai, noindex"
@@ -311,8 +356,10 @@ def test_pages_are_bounded_by_their_size_not_by_the_clock():
     default is a generous safety net, far above what a bounded page needs."""
     many = page("".join(f"<p>{PARA} {i}</p>" for i in range(400)))  # ~400 elements
     nested = page("<div>" * 120 + f"<p>{PARA}</p>" + "</div>" * 120)
-    pages = [RawPage(url="https://x.example/many", body=many.encode(), source="m", id="m"),
-             RawPage(url="https://x.example/deep", body=nested.encode(), source="d", id="d")]
+    pages = [
+        RawPage(url="https://x.example/many", body=many.encode(), source="m", id="m"),
+        RawPage(url="https://x.example/deep", body=nested.encode(), source="d", id="d"),
+    ]
     ledger = Ledger()
     step = ExtractStep(ExtractConfig(max_elements=300, max_depth=100))
     assert list(run_steps(pages, [step], ledger)) == []
@@ -390,15 +437,21 @@ def test_site_folds_never_split_a_site_and_page_weights_count():
     w_N[:200] = 0.0
     assert fit_logistic(x_NF, flipped, l2=1.0).weights[0] < 0
     assert fit_logistic(x_NF, flipped, l2=1.0, w_N=w_N).weights[0] > 0
+
+
 def test_image_gate_cuts_pages_without_a_keepable_image_before_trafilatura(monkeypatch):
     """The early cut: a page none of whose image candidates (after the junk rules) the gate accepts is the drop
     no_image_candidates, decided before trafilatura runs; a page with one is extracted as before."""
     photo = '<img src="/photos/harbour.jpg" width="640" height="480" alt="harbour">'
     icon = '<img src="/icons/rss.png" width="16" height="16">'
-    pages = [RawPage(url="https://x.example/a", body=page(f"<p>{PARA}</p>{photo}<p>{PARA2}</p>").encode(),
-                     source="a", id="a"),
-             RawPage(url="https://x.example/b", body=page(f"<p>{PARA}</p>{icon}<p>{PARA2}</p>").encode(),
-                     source="b", id="b")]
+    pages = [
+        RawPage(
+            url="https://x.example/a", body=page(f"<p>{PARA}</p>{photo}<p>{PARA2}</p>").encode(), source="a", id="a"
+        ),
+        RawPage(
+            url="https://x.example/b", body=page(f"<p>{PARA}</p>{icon}<p>{PARA2}</p>").encode(), source="b", id="b"
+        ),
+    ]
     asked = []
 
     def gate(urls):

@@ -5,13 +5,13 @@ import zlib
 
 import imagehash
 import pytest
+from conftest import real_path
 from PIL import Image as PILImage
 
-from conftest import real_path
-from crawl.images import ImageConfig, ImageStep, process_image
-from crawl.sources import discover_units, open_source
 from corpus.record import Document, Image
 from corpus.stats import Ledger, check_funnel
+from crawl.images import ImageConfig, ImageStep, process_image
+from crawl.sources import discover_units, open_source
 
 CFG = ImageConfig()
 
@@ -24,17 +24,26 @@ def _png(w, h, color=(10, 120, 200)) -> bytes:
 
 def _png_header_only(w, h) -> bytes:
     """A PNG that claims w x h pixels (a decompression bomb shape) with almost no data."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 10))
+        + chunk(b"IEND", b"")
+    )
 
 
-@pytest.mark.parametrize("name,reason", [
-    ("pillow__truncated_jpeg.jpg", "truncated_image"),
-    ("skimage__truncated.jpg", "truncated_image"),
-    ("pillow__pil_sample_cmyk.jpg", "too_small"),
-])
+@pytest.mark.parametrize(
+    "name,reason",
+    [
+        ("pillow__truncated_jpeg.jpg", "truncated_image"),
+        ("skimage__truncated.jpg", "truncated_image"),
+        ("pillow__pil_sample_cmyk.jpg", "too_small"),
+    ],
+)
 def test_broken_real_files_are_drops_with_reasons(name, reason):
     assert process_image(real_path("dev", "images", "edge_cases", name).read_bytes(), CFG) == reason
 
@@ -92,8 +101,9 @@ def test_image_step_drops_items_and_counts(tmp_path):
     [unit] = discover_units([str(site)])
     source = open_source(unit)
     source.index_images()
-    ok, small, missing, outside = ((site / n).as_uri() for n in ("ok.png", "small.png", "missing.png",
-                                                                   "../outside.png"))
+    ok, small, missing, outside = (
+        (site / n).as_uri() for n in ("ok.png", "small.png", "missing.png", "../outside.png")
+    )
     doc = Document(id="d1", url=(site / "index.html").as_uri(), source="t")
     doc.append_text("hello")
     for u in (ok, small, missing, outside):
@@ -109,7 +119,8 @@ def test_image_step_drops_items_and_counts(tmp_path):
     assert items == {"in": 4, "out": 1, "drops": {"image_not_in_source": 2, "too_small": 1}}
     assert check_funnel(ledger.to_dict()) == []
     assert sorted((r["reason"], r["detail"]) for r in ledger.rejects) == sorted(
-        [("image_not_in_source", missing), ("image_not_in_source", outside), ("too_small", small)])
+        [("image_not_in_source", missing), ("image_not_in_source", outside), ("too_small", small)]
+    )
 
 
 def test_an_unexpected_decoder_error_drops_the_image_not_the_document(monkeypatch):

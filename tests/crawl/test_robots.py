@@ -16,11 +16,11 @@ import time
 import pytest
 from webserver import Route, Site, TestServer
 
+from corpus.stats import Ledger
 from crawl.live.config import CrawlConfig
 from crawl.live.fetcher import Fetched, Fetcher
 from crawl.live.politeness import HostGate
 from crawl.live.robots import delay_value, parse_robots
-from corpus.stats import Ledger
 
 UA = CrawlConfig().user_agent  # "interloom-crawler/0.1 (+https://...)"
 
@@ -50,22 +50,30 @@ def allowed(text: str, path: str, agent: str = UA) -> bool:
     return parse_robots(text, agent).allowed("http://example.com" + path, agent)
 
 
-@pytest.mark.parametrize(("agent", "path", "expect"), [
-    # foobot: only the two allowed paths (longest match beats "Disallow:/")
-    ("foobot", "/example/page.html", True), ("foobot", "/example/allowed.gif", True),
-    ("foobot", "/", False), ("foobot", "/publications/", False),
-    ("FooBot/2.1 (+https://foo.example)", "/example/page.html", True),  # product token, any case
-    # barbot and bazbot share one group
-    ("barbot", "/example/page.html", False), ("bazbot", "/example/page.html", False),
-    ("bazbot", "/example/other.gif", True),
-    # quxbot: an empty group allows everything (the * group does not apply)
-    ("quxbot", "/example/page.html", True), ("quxbot", "/x.gif", True),
-    # everybody else: the * group
-    ("otherbot", "/example/page.html", False), ("otherbot", "/pic.gif", False),
-    ("otherbot", "/publications/a.gif", True),  # "/publications/" is the longer match
-    ("otherbot", "/pic.gif?size=2", True),  # "$" anchors the end: this does not end in .gif
-    ("otherbot", "/", True),
-])
+@pytest.mark.parametrize(
+    ("agent", "path", "expect"),
+    [
+        # foobot: only the two allowed paths (longest match beats "Disallow:/")
+        ("foobot", "/example/page.html", True),
+        ("foobot", "/example/allowed.gif", True),
+        ("foobot", "/", False),
+        ("foobot", "/publications/", False),
+        ("FooBot/2.1 (+https://foo.example)", "/example/page.html", True),  # product token, any case
+        # barbot and bazbot share one group
+        ("barbot", "/example/page.html", False),
+        ("bazbot", "/example/page.html", False),
+        ("bazbot", "/example/other.gif", True),
+        # quxbot: an empty group allows everything (the * group does not apply)
+        ("quxbot", "/example/page.html", True),
+        ("quxbot", "/x.gif", True),
+        # everybody else: the * group
+        ("otherbot", "/example/page.html", False),
+        ("otherbot", "/pic.gif", False),
+        ("otherbot", "/publications/a.gif", True),  # "/publications/" is the longer match
+        ("otherbot", "/pic.gif?size=2", True),  # "$" anchors the end: this does not end in .gif
+        ("otherbot", "/", True),
+    ],
+)
 def test_rfc9309_simple_example(agent, path, expect):
     assert allowed(RFC_SIMPLE, path, agent) is expect
 
@@ -92,27 +100,49 @@ def test_rfc9309_percent_encoding():
 
 
 def test_wildcards_and_overlapping_rules_of_the_issue():
-    text = ("User-agent: *\nDisallow: /private/\nAllow: /private/public/\nDisallow: /*?sessionid=\n"
-            "Disallow: /*.pdf$\n")
-    expect = {"/private/public/a.html": True, "/private/a.html": False, "/page?sessionid=1": False,
-              "/a/b?x=1&y=2?sessionid=3": False, "/page?x=1": True, "/files/doc.pdf": False,
-              "/files/doc.pdf?download=1": True, "/files/doc.pdf.html": True, "/": True}
+    text = "User-agent: *\nDisallow: /private/\nAllow: /private/public/\nDisallow: /*?sessionid=\nDisallow: /*.pdf$\n"
+    expect = {
+        "/private/public/a.html": True,
+        "/private/a.html": False,
+        "/page?sessionid=1": False,
+        "/a/b?x=1&y=2?sessionid=3": False,
+        "/page?x=1": True,
+        "/files/doc.pdf": False,
+        "/files/doc.pdf?download=1": True,
+        "/files/doc.pdf.html": True,
+        "/": True,
+    }
     assert {p: allowed(text, p) for p in expect} == expect
 
 
 def test_our_group_is_chosen_by_product_token():
-    text = ("User-agent: *\nDisallow: /\n\nUser-agent: interloom-crawler\nDisallow: /secret/\n\n"
-            "User-agent: interloom\nDisallow: /other/\n")
+    text = (
+        "User-agent: *\nDisallow: /\n\nUser-agent: interloom-crawler\nDisallow: /secret/\n\n"
+        "User-agent: interloom\nDisallow: /other/\n"
+    )
     assert allowed(text, "/page.html") and not allowed(text, "/secret/x")
     assert allowed(text, "/other/x")  # "interloom" is not our product token, nor a prefix match of it
     assert not allowed(text, "/page.html", "somebot/1.0")
 
 
-@pytest.mark.parametrize(("value", "delay", "bad"), [
-    ("2", 2.0, 0), ("0.25", 0.25, 0), (".5", 0.5, 0), ("0", 0.0, 0), ("1e308", 1e308, 0), ("99999", 99999.0, 0),
-    ("inf", None, 1), ("-inf", None, 1), ("nan", None, 1), ("-1", None, 1), ("soon", None, 1), ("", None, 1),
-    ("2 # seconds", 2.0, 0),
-])
+@pytest.mark.parametrize(
+    ("value", "delay", "bad"),
+    [
+        ("2", 2.0, 0),
+        ("0.25", 0.25, 0),
+        (".5", 0.5, 0),
+        ("0", 0.0, 0),
+        ("1e308", 1e308, 0),
+        ("99999", 99999.0, 0),
+        ("inf", None, 1),
+        ("-inf", None, 1),
+        ("nan", None, 1),
+        ("-1", None, 1),
+        ("soon", None, 1),
+        ("", None, 1),
+        ("2 # seconds", 2.0, 0),
+    ],
+)
 def test_crawl_delay_values(value, delay, bad):
     rules = parse_robots(f"User-agent: *\nDisallow: /x\nCrawl-delay: {value}\n", UA)
     assert rules.crawl_delay == delay and rules.bad_crawl_delay == bad

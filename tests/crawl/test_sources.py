@@ -7,16 +7,25 @@ import zlib
 
 import brotli
 import pytest
-from fastwarc.warc import ArchiveIterator
-
 from _warcgen import deflate_bomb, http_response, page_html, page_record, warc_record, write_warc
 from conftest import real_path
-from crawl.sources import PayloadTooLarge, dechunk, decode_payload, discover_units, open_source
-from corpus.stats import Ledger, check_funnel
+from fastwarc.warc import ArchiveIterator
 
-WARCS = ["IAH-20080430204825-00000-blackbook.warc.gz", "IAH-urls-wget.warc.gz", "clueweb-quirk.warc.gz",
-         "example-iana.org-chunked.warc", "example.warc.gz", "iana.warc.gz", "warcfile.warc.gz",
-         "whirlwind.warc.gz", "whirlwind.warc.wat.gz", "whirlwind.warc.wet.gz"]
+from corpus.stats import Ledger, check_funnel
+from crawl.sources import PayloadTooLarge, dechunk, decode_payload, discover_units, open_source
+
+WARCS = [
+    "IAH-20080430204825-00000-blackbook.warc.gz",
+    "IAH-urls-wget.warc.gz",
+    "clueweb-quirk.warc.gz",
+    "example-iana.org-chunked.warc",
+    "example.warc.gz",
+    "iana.warc.gz",
+    "warcfile.warc.gz",
+    "whirlwind.warc.gz",
+    "whirlwind.warc.wat.gz",
+    "whirlwind.warc.wet.gz",
+]
 
 
 def _read(path):
@@ -52,8 +61,13 @@ def test_iana_html_with_stale_chunked_header_and_revisits():
 def test_blackbook_images_are_indexed_by_url():
     pages, src, _ = _read(real_path("dev", "warc", "IAH-20080430204825-00000-blackbook.warc.gz"))
     assert len(pages) == 94
-    got = src.images.fetch_many(["http://www.archive.org/images/logoc.jpg", "http://WWW.archive.org:80/images/star.png",
-                                 "http://www.archive.org/images/nope.png"])
+    got = src.images.fetch_many(
+        [
+            "http://www.archive.org/images/logoc.jpg",
+            "http://WWW.archive.org:80/images/star.png",
+            "http://www.archive.org/images/nope.png",
+        ]
+    )
     assert isinstance(got["http://www.archive.org/images/logoc.jpg"], bytes)
     assert isinstance(got["http://WWW.archive.org:80/images/star.png"], bytes)  # URL normalisation
     assert got["http://www.archive.org/images/nope.png"] == "image_not_in_source"
@@ -116,8 +130,10 @@ def test_html_folder_source(tmp_path):
     (tmp_path / "sub" / "broken.html.gz").write_bytes(b"not gzip")
     (tmp_path / "sub" / "cut.html.gz").write_bytes(gzip.compress(b"<html><body><p>cut</p></body></html>")[:-12])
     pages, _, stats = _read(tmp_path)
-    assert sorted(p.body for p in pages) == [b"<html><body><p>hello</p></body></html>",
-                                             b"<html><body><p>hi</p></body></html>"]
+    assert sorted(p.body for p in pages) == [
+        b"<html><body><p>hello</p></body></html>",
+        b"<html><body><p>hi</p></body></html>",
+    ]
     assert stats["stages"][0]["drops"] == {"unreadable_file": 2}
 
 
@@ -144,8 +160,7 @@ def test_html_folder_pages_are_confined_to_the_folder_and_odd_entries_are_counte
     assert not any(b"linked from outside" in p.body or b"root:" in p.body for p in pages)
     read = stats["stages"][0]
     assert read["in"] == 7 and not check_funnel(stats)
-    assert read["drops"] == {"outside_input": 2, "dangling_link": 1, "not_a_regular_file": 1,
-                             "symlinked_folder": 1}
+    assert read["drops"] == {"outside_input": 2, "dangling_link": 1, "not_a_regular_file": 1, "symlinked_folder": 1}
     own = next(p for p in pages if p.source.endswith("own.html"))
     base = own.url.rsplit("/", 1)[0]
     got = src.images.fetch_many([f"{base}/inner.jpg", f"{base}/secret.jpg"])
@@ -197,12 +212,15 @@ def test_compression_bomb_is_refused_at_the_cap_with_bounded_memory(tmp_path, en
     if encoding.endswith("chunked"):
         payload = f"{len(payload):x}\r\n".encode() + payload + b"\r\n0\r\n\r\n"
         headers["Transfer-Encoding"] = "chunked"
-    warc = write_warc(tmp_path / "bomb.warc.gz", [
-        page_record("http://bomb.test/first.html"),
-        warc_record("http://bomb.test/bomb.html", http_response(payload, "text/html", headers)),
-        warc_record("http://bomb.test/bomb.png", http_response(payload, "image/png", headers)),
-        page_record("http://bomb.test/after.html", extra='<img src="bomb.png">'),
-    ])
+    warc = write_warc(
+        tmp_path / "bomb.warc.gz",
+        [
+            page_record("http://bomb.test/first.html"),
+            warc_record("http://bomb.test/bomb.html", http_response(payload, "text/html", headers)),
+            warc_record("http://bomb.test/bomb.png", http_response(payload, "image/png", headers)),
+            page_record("http://bomb.test/after.html", extra='<img src="bomb.png">'),
+        ],
+    )
     tracemalloc.start()
     try:
         pages, src, ledger = _read_capped(warc, max_html_bytes=1_000_000, max_image_bytes=1_000_000)
@@ -247,9 +265,18 @@ def test_unreadable_bytes_are_skipped_to_the_next_record_and_counted(tmp_path):
     every readable record after them is read, each damaged stretch is a counted drop naming its bytes."""
     recs = [gzip.compress(page_record(f"http://d.test/{i}.html")) for i in range(6)]
     long_warc_header = page_record("http://d.test/long.html").replace(
-        b"WARC-Date", b"X-Long: " + b"a" * (3 << 20) + b"\r\nWARC-Date", 1)
-    data = (recs[0] + recs[1] + gzip.compress(page_record("http://d.test/corrupt.html"))[:60] + recs[2] + recs[3]
-            + gzip.compress(long_warc_header) + recs[4] + recs[5])
+        b"WARC-Date", b"X-Long: " + b"a" * (3 << 20) + b"\r\nWARC-Date", 1
+    )
+    data = (
+        recs[0]
+        + recs[1]
+        + gzip.compress(page_record("http://d.test/corrupt.html"))[:60]
+        + recs[2]
+        + recs[3]
+        + gzip.compress(long_warc_header)
+        + recs[4]
+        + recs[5]
+    )
     junk = b"\x1f\x8b\x08 trailing junk that is no gzip member"
     warc = tmp_path / "damaged.warc.gz"
     warc.write_bytes(data + junk)
@@ -279,9 +306,11 @@ def test_file_cut_inside_an_image_counts_each_record_once(tmp_path, suffix):
     """A WARC cut short inside an image response: read.in is the number of records in the file, the cut
     image is one warc_read_error (not also image_resource), and no page gets its partial bytes."""
     image = random.Random(0).randbytes(100_000)  # incompressible: the cut falls inside the last record
-    records = [page_record("http://c.test/a.html", extra='<img src="pic.png">'),
-               warc_record("http://c.test/pic.png", http_response(image, "image/png")),
-               warc_record("http://c.test/cut.png", http_response(image, "image/png"))]
+    records = [
+        page_record("http://c.test/a.html", extra='<img src="pic.png">'),
+        warc_record("http://c.test/pic.png", http_response(image, "image/png")),
+        warc_record("http://c.test/cut.png", http_response(image, "image/png")),
+    ]
     whole = write_warc(tmp_path / f"whole{suffix}", records).read_bytes()
     cut = tmp_path / f"cut{suffix}"
     cut.write_bytes(whole[: len(whole) - 50_000])

@@ -67,8 +67,11 @@ _IMG_SRC = re.compile(rb"""(<img\b[^>]*?\bsrc\s*=\s*)(["'])(.*?)\2""", re.IGNORE
 def load_site(real: Path, n_pages: int = 12, photos_per_page: int = 2) -> Site:
     """Real pages and photos from ../shared/data/real/dev, pages rewritten to show the server's photos."""
     site = Site()
-    photo_files = sorted(p for p in (real / "dev" / "images" / "photos").iterdir()
-                         if p.suffix.lower() in (".jpg", ".png", ".webp", ".gif"))
+    photo_files = sorted(
+        p
+        for p in (real / "dev" / "images" / "photos").iterdir()
+        if p.suffix.lower() in (".jpg", ".png", ".webp", ".gif")
+    )
     for p in photo_files:
         site.photos[f"/photos/{p.name}"] = p.read_bytes()
     photo_paths = list(site.photos)
@@ -112,9 +115,16 @@ class TestServer:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, site: Site, crawl_delay: float | str | None = None, slow_s: float = 3.0,
-                 big_bytes: int = 3_000_000, host: str = "127.0.0.1", robots_txt: str | None = None,
-                 routes: dict[str, Route] | None = None):
+    def __init__(
+        self,
+        site: Site,
+        crawl_delay: float | str | None = None,
+        slow_s: float = 3.0,
+        big_bytes: int = 3_000_000,
+        host: str = "127.0.0.1",
+        robots_txt: str | None = None,
+        routes: dict[str, Route] | None = None,
+    ):
         self.site = site
         self.crawl_delay = crawl_delay
         self.host = host
@@ -178,8 +188,13 @@ class TestServer:
 
     # ---- routes -------------------------------------------------------------------------------------------
     @staticmethod
-    def _send(h: BaseHTTPRequestHandler, status: int, body: bytes, ctype: str = "text/html; charset=utf-8",
-              headers: dict[str, str] | None = None) -> None:
+    def _send(
+        h: BaseHTTPRequestHandler,
+        status: int,
+        body: bytes,
+        ctype: str = "text/html; charset=utf-8",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         h.send_response(status)
         h.send_header("Content-Type", ctype)
         h.send_header("Content-Length", str(len(body)))

@@ -12,14 +12,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from corpus.record import Document, Image, documents_to_staged_table, make_doc_id
+from corpus.stats import Ledger, check_funnel
+from corpus.steps import run_steps
 from filters.dedup import ApplyDedup, DedupConfig, InDocumentImageDedup, image_phash, run_dedup
 from filters.dedup.graph import connected_components
 from filters.dedup.images import parse_phash, phash_clusters
 from filters.dedup.minhash import shingles_reference
 from filters.dedup.text import normalize_text
-from corpus.record import Document, Image, documents_to_staged_table, make_doc_id
-from corpus.stats import Ledger, check_funnel
-from corpus.steps import run_steps
 
 REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
 GROUND_TRUTH = REAL / "dev" / "html" / "scrapinghub" / "ground-truth.json"
@@ -39,10 +39,22 @@ def _articles() -> list[tuple[str, str]]:
     return [(v["url"], v["articleBody"]) for _, v in sorted(gt.items()) if len(v["articleBody"].split()) >= 150]
 
 
-def _doc(source: str, url: str, text: str, quality: float, fetched_at: str = "2024-01-01T00:00:00+00:00",
-         images: list[Image] | None = None) -> Document:
-    doc = Document(id=make_doc_id(source), url=url, source=source, fetched_at=fetched_at, lang="en",
-                   signals={"quality_score": quality})
+def _doc(
+    source: str,
+    url: str,
+    text: str,
+    quality: float,
+    fetched_at: str = "2024-01-01T00:00:00+00:00",
+    images: list[Image] | None = None,
+) -> Document:
+    doc = Document(
+        id=make_doc_id(source),
+        url=url,
+        source=source,
+        fetched_at=fetched_at,
+        lang="en",
+        signals={"quality_score": quality},
+    )
     for i, para in enumerate(p for p in text.split("\n\n") if p.strip()):
         doc.append_text(para)
         if i == 0:
@@ -141,8 +153,10 @@ def test_planted_near_duplicates_found_without_false_merges(ray_local, planted, 
 def test_planted_copies_are_true_near_duplicates(planted):
     """Guards the test data: planted copies are near-duplicates (true J >= 0.8), originals are not."""
     originals, copies = planted
+
     def shingles(d):
         return set(shingles_reference(normalize_text(d.text), 5, False))
+
     js = []
     for i, d in copies:
         a, b = shingles(originals[i]), shingles(d)
@@ -163,8 +177,12 @@ def test_determinism_across_files_and_partitions(ray_local, planted, tmp_path):
         staged = _write_staged(order, tmp_path / f"staged{n_files}", n_files)
         work = tmp_path / f"work{n_files}"
         run_dedup(staged, str(work), DedupConfig(partitions=partitions), None)
-        outputs.append({name: (work / name).read_bytes()
-                        for name in ("removals.parquet", "clusters.parquet", "image_removals.parquet")})
+        outputs.append(
+            {
+                name: (work / name).read_bytes()
+                for name in ("removals.parquet", "clusters.parquet", "image_removals.parquet")
+            }
+        )
     assert outputs[0] == outputs[1]
     assert pq.read_table(tmp_path / "work2" / "removals.parquet").num_rows > 0
 
@@ -183,10 +201,20 @@ def test_url_keeps_latest_fetch_and_exact_uses_normalised_text(ray_local, tmp_pa
         _doc("e:2", "https://b.example.net/2", text_c.replace(". ", " .  ").replace(", ", " "), 0.7),
         _doc("e:3", "https://c.example.net/3", text_c, 0.7),
         # image-only documents have no text: never exact duplicates of each other
-        Document(id=make_doc_id("i:1"), url="https://img.example/1", source="i:1",
-                 images=[Image(url="x1", phash="0f0f0f0f0f0f0f0f")], texts=[None]),
-        Document(id=make_doc_id("i:2"), url="https://img.example/2", source="i:2",
-                 images=[Image(url="x2", phash="f0f0f0f0f0f0f0f0")], texts=[None]),
+        Document(
+            id=make_doc_id("i:1"),
+            url="https://img.example/1",
+            source="i:1",
+            images=[Image(url="x1", phash="0f0f0f0f0f0f0f0f")],
+            texts=[None],
+        ),
+        Document(
+            id=make_doc_id("i:2"),
+            url="https://img.example/2",
+            source="i:2",
+            images=[Image(url="x2", phash="f0f0f0f0f0f0f0f0")],
+            texts=[None],
+        ),
     ]
     ids = {d.source: d.id for d in docs}
     staged = _write_staged(docs, tmp_path / "staged", 3)
@@ -206,8 +234,7 @@ def test_url_keeps_latest_fetch_and_exact_uses_normalised_text(ray_local, tmp_pa
 
 def test_url_tie_on_fetch_time_keeps_smallest_id(ray_local, tmp_path):
     arts = _articles()
-    docs = [_doc(f"t:{i}", "https://same.example/page", arts[i][1], 0.5, "2024-01-01T00:00:00+00:00")
-            for i in range(3)]
+    docs = [_doc(f"t:{i}", "https://same.example/page", arts[i][1], 0.5, "2024-01-01T00:00:00+00:00") for i in range(3)]
     staged = _write_staged(docs, tmp_path / "staged", 2)
     result = run_dedup(staged, str(tmp_path / "work"), DedupConfig(partitions=1, minhash=False), None)
     keeper = min(d.id for d in docs)
@@ -224,8 +251,11 @@ def _manifest() -> dict:
 @pytest.fixture(scope="module")
 def photo_hashes() -> dict[str, str]:
     m = _manifest()
-    return {name: image_phash((REAL / info["path"]).read_bytes())
-            for name, info in sorted(m["images"].items()) if info["path"].startswith("dev/images/photos/")}
+    return {
+        name: image_phash((REAL / info["path"]).read_bytes())
+        for name, info in sorted(m["images"].items())
+        if info["path"].startswith("dev/images/photos/")
+    }
 
 
 def test_real_near_duplicate_image_groups(photo_hashes):
@@ -258,8 +288,13 @@ def test_real_near_duplicate_image_groups(photo_hashes):
 
 
 def test_in_document_image_dedup_on_real_photos(photo_hashes):
-    hopper = ["pillow__hopper.jpg", "pillow__hopper.png", "pillow__hopper.webp", "pillow__hopper_gray.jpg",
-              "pillow__hopper_orientation_6.jpg"]
+    hopper = [
+        "pillow__hopper.jpg",
+        "pillow__hopper.png",
+        "pillow__hopper.webp",
+        "pillow__hopper_gray.jpg",
+        "pillow__hopper_orientation_6.jpg",
+    ]
     others = ["imagehash__peppers.png", "pillow__hopper_45.png", "pillow__flower.jpg", "pillow__flower_thumbnail.png"]
     doc = Document(id="d1", url="https://x.example/", source="t")
     doc.append_text("intro")
@@ -271,8 +306,13 @@ def test_in_document_image_dedup_on_real_photos(photo_hashes):
     (out,) = list(run_steps([doc], [InDocumentImageDedup(4)], ledger))
     out.check()
     kept = [im.url for im in out.image_list]
-    assert kept == ["pillow__hopper.jpg", "imagehash__peppers.png", "pillow__hopper_45.png", "pillow__flower.jpg",
-                    "undecoded.jpg"]
+    assert kept == [
+        "pillow__hopper.jpg",
+        "imagehash__peppers.png",
+        "pillow__hopper_45.png",
+        "pillow__flower.jpg",
+        "undecoded.jpg",
+    ]
     assert out.texts[0] == "intro" and out.texts[-1] == "outro"
     counts = ledger.items["image_dedup/image"]
     assert (counts.n_in, counts.n_out) == (10, 5)
@@ -301,8 +341,11 @@ def test_too_common_images_dropped_and_apply_step(ray_local, planted, photo_hash
     images = {r["phash"]: r for r in pq.read_table(tmp_path / "corpus" / "dedup" / "images.parquet").to_pylist()}
     assert images[photo_hashes["pillow__hopper.jpg"]]["n_docs"] == 12
     assert images[photo_hashes["pillow__flower.jpg"]] == {
-        "phash": photo_hashes["pillow__flower.jpg"], "n_docs": 3, "dropped": False,
-        "cluster": photo_hashes["pillow__flower.jpg"]}
+        "phash": photo_hashes["pillow__flower.jpg"],
+        "n_docs": 3,
+        "dropped": False,
+        "cluster": photo_hashes["pillow__flower.jpg"],
+    }
     removals = pq.read_table(tmp_path / "work" / "image_removals.parquet").to_pylist()
     assert {r["phash"] for r in removals} == result.common_image_phashes and all(r["n_docs"] == 12 for r in removals)
 

@@ -36,8 +36,11 @@ def test_normalisation():
 
 
 def test_url_normalisation():
-    same = ["https://www.Example.com/a/b/?utm_source=x&b=2&a=1#top", "http://example.com/a/b?a=1&b=2",
-            "https://example.com:443/a//b?a=1&b=2&fbclid=zz"]
+    same = [
+        "https://www.Example.com/a/b/?utm_source=x&b=2&a=1#top",
+        "http://example.com/a/b?a=1&b=2",
+        "https://example.com:443/a//b?a=1&b=2&fbclid=zz",
+    ]
     assert len({normalize_url(u) for u in same}) == 1
     assert normalize_url("https://example.com/a/b?a=2&b=2") != normalize_url(same[0])
     assert normalize_url("https://example.com:8080/a") != normalize_url("https://example.com/a")
@@ -119,7 +122,7 @@ def test_short_documents_densified_estimates_track_jaccard():
         signed.append(float(estimate_jaccard(sig[0], sig[1])) - true)
     signed = np.array(signed)
     assert abs(signed.mean()) < 0.03, signed.mean()  # unbiased
-    assert np.sqrt((signed ** 2).mean()) < 0.07  # ~ sqrt(J(1-J)/112) <= 0.047 expected
+    assert np.sqrt((signed**2).mean()) < 0.07  # ~ sqrt(J(1-J)/112) <= 0.047 expected
 
 
 def test_signatures_refuse_unsorted_shingle_hashes():

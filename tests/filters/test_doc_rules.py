@@ -7,18 +7,20 @@ import pickle
 
 import pytest
 
+from corpus.config import load_config
+from corpus.record import Document, Image
+from corpus.stats import Ledger, check_funnel
+from corpus.steps import Drop, run_steps
 from filters.config import FiltersConfig, ImageCountConfig, PIIConfig
 from filters.optout import OptOutFilter
 from filters.pii import PIIStep
 from filters.registry import document_steps, text_steps
 from filters.structure import ImageCountFilter, TextBlockFilter
-from corpus.config import load_config
-from corpus.record import Document, Image
-from corpus.stats import Ledger, check_funnel
-from corpus.steps import Drop, run_steps
 
-PARAGRAPH = ("The river had been rising for three days before anyone in the village took the warnings "
-             "seriously, and the farmers moved their cattle to the higher fields.")
+PARAGRAPH = (
+    "The river had been rising for three days before anyone in the village took the warnings "
+    "seriously, and the farmers moved their cattle to the higher fields."
+)
 
 
 def make_doc(*parts: str | Image, doc_id: str = "d1", meta: dict | None = None) -> Document:
@@ -55,13 +57,17 @@ def test_pii_replaces_emails_phones_ips_and_counts_them():
 
 
 def test_pii_leaves_dates_years_versions_and_numbers_alone():
-    text = ("Released on 2024-01-15 (15.01.2024, 01/15/2024) as version 1.2.3, build 10.0.19041.1 and v2.10.4; "
-            "sales grew from 1999 to 2000 (1999-2000), reaching 1 000 000 units, 100,000,000 dollars and "
-            "3.14159 percent; ISBN 978-3-16-148410-0; the meeting starts at 12:30:45.")
+    text = (
+        "Released on 2024-01-15 (15.01.2024, 01/15/2024) as version 1.2.3, build 10.0.19041.1 and v2.10.4; "
+        "sales grew from 1999 to 2000 (1999-2000), reaching 1 000 000 units, 100,000,000 dollars and "
+        "3.14159 percent; ISBN 978-3-16-148410-0; the meeting starts at 12:30:45."
+    )
     # false positives seen on the real dev pages (Wikipedia references, a German weather article, a
     # donation footer) stay as they are too
-    real = ("A History of New Zealand. ISBN 978-0-14-301867-8. Penguin Books. ISBN 0-14-301867-8. "
-            "Das System lief bis zum 05.12.1972 00 UTC. IBAN DE22 1005 0000 0190 0947 29 – Herzlichen Dank!")
+    real = (
+        "A History of New Zealand. ISBN 978-0-14-301867-8. Penguin Books. ISBN 0-14-301867-8. "
+        "Das System lief bis zum 05.12.1972 00 UTC. IBAN DE22 1005 0000 0190 0947 29 – Herzlichen Dank!"
+    )
     doc = make_doc(text, real)
     led = Ledger()
     PIIStep().process(doc, led)
@@ -87,8 +93,7 @@ def test_optout_noai_drops_the_document():
 
 
 def test_optout_noimageai_keeps_text_and_drops_images():
-    doc = make_doc(PARAGRAPH, img(1), "Second paragraph of text here.", img(2),
-                   meta={"meta_robots": "noimageai"})
+    doc = make_doc(PARAGRAPH, img(1), "Second paragraph of text here.", img(2), meta={"meta_robots": "noimageai"})
     led = Ledger()
     out = OptOutFilter().process(doc, led)
     assert out is doc
@@ -121,13 +126,20 @@ def test_text_block_filter_removes_boilerplate_blocks_and_counts_them():
     out = TextBlockFilter().process(doc, led)
     assert out is doc
     doc.check()
-    assert doc.text_blocks == [PARAGRAPH, "Figure 1",
-                               "A second paragraph with enough words to stay in the document for sure."]
+    assert doc.text_blocks == [
+        PARAGRAPH,
+        "Figure 1",
+        "A second paragraph with enough words to stay in the document for sure.",
+    ]
     assert len(doc.image_list) == 1
     items = led.items["text_blocks/text"]
     assert items.n_in == 8 and items.n_out == 3
-    assert dict(items.drops) == {"block_too_short": 1, "block_special_chars": 1, "block_boilerplate": 2,
-                                 "block_repeated": 1}
+    assert dict(items.drops) == {
+        "block_too_short": 1,
+        "block_special_chars": 1,
+        "block_boilerplate": 2,
+        "block_repeated": 1,
+    }
     assert all(r["item"] == "text" and r["id"] == "d1" for r in led.rejects)
     assert doc.signals["text_blocks_removed_frac"] == pytest.approx(5 / 8)
 
@@ -158,15 +170,37 @@ def test_image_count_rules():
 # ---- registry and config -----------------------------------------------------------------------------
 def test_registry_builds_enabled_steps_in_order():
     names = [s.name for s in text_steps(FiltersConfig())]
-    assert names == ["opt_out", "language", "pii", "text_blocks", "gopher_quality", "gopher_repetition", "c4",
-                     "fineweb"]  # quality only with a model_path
+    assert names == [
+        "opt_out",
+        "language",
+        "pii",
+        "text_blocks",
+        "gopher_quality",
+        "gopher_repetition",
+        "c4",
+        "fineweb",
+    ]  # quality only with a model_path
     assert [s.name for s in document_steps(FiltersConfig())] == ["image_count"]
-    cfg = load_config(FiltersConfig, overrides=["c4.enabled=false", "pii.enabled=false",
-                                                "quality.model_path=/tmp/q.bin", "language.languages=[en,de]",
-                                                "gopher_quality.min_doc_words=20"])
+    cfg = load_config(
+        FiltersConfig,
+        overrides=[
+            "c4.enabled=false",
+            "pii.enabled=false",
+            "quality.model_path=/tmp/q.bin",
+            "language.languages=[en,de]",
+            "gopher_quality.min_doc_words=20",
+        ],
+    )
     steps = text_steps(cfg)
-    assert [s.name for s in steps] == ["opt_out", "language", "text_blocks", "gopher_quality",
-                                       "gopher_repetition", "fineweb", "quality"]
+    assert [s.name for s in steps] == [
+        "opt_out",
+        "language",
+        "text_blocks",
+        "gopher_quality",
+        "gopher_repetition",
+        "fineweb",
+        "quality",
+    ]
     assert steps[1].keep == {"en", "de"} and steps[3].cfg.min_doc_words == 20
     for step in steps:  # Ray ships steps to actors
         assert type(pickle.loads(pickle.dumps(step))) is type(step)
@@ -177,10 +211,21 @@ def test_registry_builds_enabled_steps_in_order():
 
 
 def test_default_chain_on_interleaved_documents_adds_up():
-    prose = " ".join([PARAGRAPH] * 1) + " " + " ".join(
-        f"Sentence {i} tells how the valley, the bridge and the old mill changed over the years." for i in range(12))
-    good = make_doc("Skip to content", prose, img(1), "A photo of the river at dawn.",
-                    "Contact jane@example.org for prints of this photograph.", doc_id="good")
+    prose = (
+        " ".join([PARAGRAPH] * 1)
+        + " "
+        + " ".join(
+            f"Sentence {i} tells how the valley, the bridge and the old mill changed over the years." for i in range(12)
+        )
+    )
+    good = make_doc(
+        "Skip to content",
+        prose,
+        img(1),
+        "A photo of the river at dawn.",
+        "Contact jane@example.org for prints of this photograph.",
+        doc_id="good",
+    )
     noai = make_doc(prose, img(1), doc_id="noai", meta={"x_robots_tag": "noai"})
     short = make_doc("Click here to subscribe now.", img(1), doc_id="short")
     led = Ledger()

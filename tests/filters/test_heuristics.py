@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from corpus.record import Document, Image
+from corpus.stats import Ledger, check_funnel
+from corpus.steps import Drop, Filter, run_steps
 from filters.c4 import C4Filter
 from filters.config import C4Config, FineWebConfig, GopherQualityConfig, GopherRepetitionConfig
 from filters.fineweb import FineWebQualityFilter
 from filters.gopher import GopherQualityFilter, GopherRepetitionFilter
-from corpus.record import Document, Image
-from corpus.stats import Ledger, check_funnel
-from corpus.steps import Drop, Filter, run_steps
 
 REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
 
@@ -46,11 +46,13 @@ def prose_doc(paragraphs: list[str] | None = None, lang: str = "en") -> Document
     return doc
 
 
-_VOCAB = ("harbour teacher garden journal station orchard painter bridge market lantern meadow council factory "
-          "sailor library museum kitchen valley quietly slowly yellow ancient silver narrow distant famous "
-          "remembers visits builds questions follows repairs admires carries borrows paints crosses opens "
-          "winter morning evening letter window mountain village engine harvest festival doctor student "
-          "river forest castle island painting concert bakery workshop bicycle ladder basket").split()
+_VOCAB = (
+    "harbour teacher garden journal station orchard painter bridge market lantern meadow council factory "
+    "sailor library museum kitchen valley quietly slowly yellow ancient silver narrow distant famous "
+    "remembers visits builds questions follows repairs admires carries borrows paints crosses opens "
+    "winter morning evening letter window mountain village engine harvest festival doctor student "
+    "river forest castle island painting concert bakery workshop bicycle ladder basket"
+).split()
 
 
 def filler(n: int, start: int = 0) -> list[str]:
@@ -90,8 +92,14 @@ def test_real_prose_passes_every_rule():
     led = Ledger()
     assert not isinstance(C4Filter().process(doc, led), Drop)
     assert doc.signals["c4_lines_kept_frac"] > 0.8
-    for key in ("gopher_n_words", "gopher_mean_word_length", "gopher_stop_words", "gopher_dup_5_gram_char_frac",
-                "fineweb_line_punct_ratio", "c4_n_sentences"):
+    for key in (
+        "gopher_n_words",
+        "gopher_mean_word_length",
+        "gopher_stop_words",
+        "gopher_dup_5_gram_char_frac",
+        "fineweb_line_punct_ratio",
+        "c4_n_sentences",
+    ):
         assert key in doc.signals
 
 
@@ -115,30 +123,62 @@ def _words_doc(words: list[str]) -> Document:
 GOPHER_QUALITY_CASES = [
     # (reason, document, relaxed config)
     ("gopher_too_few_words", lambda: prose_doc(PROSE[:2]), {"min_doc_words": 10}),
-    ("gopher_too_many_words", lambda: prose_doc(), {"max_doc_words": 100_000}, ),
-    ("gopher_mean_word_length_low",
-     lambda: _words_doc(["the", "and", "to", "of", "a", "is", "it", "on", "at", "by", "we", "go"] * 6),
-     {"min_avg_word_length": 1}),
-    ("gopher_mean_word_length_high",
-     lambda: _words_doc(["the", "and"] + ["internationalisation", "counterrevolutionaries",
-                                           "incomprehensibilities", "electroencephalography"] * 20),
-     {"max_avg_word_length": 30}),
-    ("gopher_too_many_hashes", lambda: prose_doc([p + " #news #flood #river" for p in PROSE]),
-     {"max_symbol_word_ratio": 1.0}),
-    ("gopher_too_many_ellipsis", lambda: prose_doc([p.replace(",", "...").replace(" the ", " the... ")
-                                                    for p in PROSE]), {"max_symbol_word_ratio": 1.0}),
-    ("gopher_too_many_bullet_lines", lambda: prose_doc(["- " + p for p in PROSE]),
-     {"max_bullet_lines_ratio": 1.0}),
-    ("gopher_too_many_ellipsis_lines", lambda: prose_doc([p[:-1] + "..." if i % 2 else p
-                                                          for i, p in enumerate(PROSE)]),
-     {"max_ellipsis_lines_ratio": 1.0}),
-    ("gopher_too_few_alpha_words",
-     lambda: prose_doc([p + " 12 345 6789 2024 77 31 0.5" for p in PROSE]), {"min_alpha_words_ratio": 0.5}),
-    ("gopher_too_few_stop_words",  # English words, none of Gopher's eight stop words
-     lambda: prose_doc([p.replace("the ", "our ").replace("The ", "Our ").replace(" and ", " plus ")
-                        .replace(" to ", " toward ").replace(" of ", " from ").replace(" that ", " which ")
-                        .replace(" had ", " got ").replace(" with ", " using ") for p in PROSE]),
-     {"min_stop_words": 0}),
+    (
+        "gopher_too_many_words",
+        lambda: prose_doc(),
+        {"max_doc_words": 100_000},
+    ),
+    (
+        "gopher_mean_word_length_low",
+        lambda: _words_doc(["the", "and", "to", "of", "a", "is", "it", "on", "at", "by", "we", "go"] * 6),
+        {"min_avg_word_length": 1},
+    ),
+    (
+        "gopher_mean_word_length_high",
+        lambda: _words_doc(
+            ["the", "and"]
+            + ["internationalisation", "counterrevolutionaries", "incomprehensibilities", "electroencephalography"] * 20
+        ),
+        {"max_avg_word_length": 30},
+    ),
+    (
+        "gopher_too_many_hashes",
+        lambda: prose_doc([p + " #news #flood #river" for p in PROSE]),
+        {"max_symbol_word_ratio": 1.0},
+    ),
+    (
+        "gopher_too_many_ellipsis",
+        lambda: prose_doc([p.replace(",", "...").replace(" the ", " the... ") for p in PROSE]),
+        {"max_symbol_word_ratio": 1.0},
+    ),
+    ("gopher_too_many_bullet_lines", lambda: prose_doc(["- " + p for p in PROSE]), {"max_bullet_lines_ratio": 1.0}),
+    (
+        "gopher_too_many_ellipsis_lines",
+        lambda: prose_doc([p[:-1] + "..." if i % 2 else p for i, p in enumerate(PROSE)]),
+        {"max_ellipsis_lines_ratio": 1.0},
+    ),
+    (
+        "gopher_too_few_alpha_words",
+        lambda: prose_doc([p + " 12 345 6789 2024 77 31 0.5" for p in PROSE]),
+        {"min_alpha_words_ratio": 0.5},
+    ),
+    (
+        "gopher_too_few_stop_words",  # English words, none of Gopher's eight stop words
+        lambda: prose_doc(
+            [
+                p.replace("the ", "our ")
+                .replace("The ", "Our ")
+                .replace(" and ", " plus ")
+                .replace(" to ", " toward ")
+                .replace(" of ", " from ")
+                .replace(" that ", " which ")
+                .replace(" had ", " got ")
+                .replace(" with ", " using ")
+                for p in PROSE
+            ]
+        ),
+        {"min_stop_words": 0},
+    ),
 ]
 
 
@@ -189,8 +229,11 @@ def _dup_10gram() -> Document:
 # are duplicated lines, its words duplicated n-grams)
 REPETITION_CASES = [
     ("gopher_dup_para_frac", _para_dups, {"dup_para_frac": 1.0}),
-    ("gopher_dup_para_char_frac", _para_chars, {"dup_para_char_frac": 1.0, "dup_line_char_frac": 1.0,
-                                                "dup_n_grams": {}}),
+    (
+        "gopher_dup_para_char_frac",
+        _para_chars,
+        {"dup_para_char_frac": 1.0, "dup_line_char_frac": 1.0, "dup_n_grams": {}},
+    ),
     ("gopher_dup_line_frac", _line_dups, {"dup_line_frac": 1.0}),
     ("gopher_dup_line_char_frac", _line_chars, {"dup_line_char_frac": 1.0, "dup_n_grams": {}}),
     ("gopher_top_2_gram", _top_2gram, {"top_n_grams": {}, "dup_n_grams": {}}),
@@ -237,10 +280,13 @@ def test_c4_removes_lines_and_counts_them():
     doc.check()
 
 
-@pytest.mark.parametrize("reason,extra,relaxed", [
-    ("c4_lorem_ipsum", "Lorem ipsum dolor sit amet, consectetur adipiscing elit.", {"filter_lorem_ipsum": False}),
-    ("c4_curly_bracket", "Call the function like this: run({limit: 3}) and wait.", {"filter_curly_bracket": False}),
-])
+@pytest.mark.parametrize(
+    "reason,extra,relaxed",
+    [
+        ("c4_lorem_ipsum", "Lorem ipsum dolor sit amet, consectetur adipiscing elit.", {"filter_lorem_ipsum": False}),
+        ("c4_curly_bracket", "Call the function like this: run({limit: 3}) and wait.", {"filter_curly_bracket": False}),
+    ],
+)
 def test_c4_document_rules(reason, extra, relaxed):
     assert C4Filter().process(prose_doc(PROSE + [extra]), Ledger()) == Drop(reason)
     assert isinstance(C4Filter(C4Config(**relaxed)).process(prose_doc(PROSE + [extra]), Ledger()), Document)
@@ -256,12 +302,17 @@ def test_c4_too_few_sentences():
 # ---- FineWeb ----------------------------------------------------------------------------------------
 FINEWEB_CASES = [
     ("fineweb_line_punct_ratio", lambda: prose_doc([p.rstrip(".") for p in PROSE]), {"line_punct_thr": 0.0}),
-    ("fineweb_short_line_ratio",
-     lambda: prose_doc(PROSE[:4] + [f"Item {w} is ready." for w in "abcdefghijklmn"]), {"short_line_thr": 1.0}),
+    (
+        "fineweb_short_line_ratio",
+        lambda: prose_doc(PROSE[:4] + [f"Item {w} is ready." for w in "abcdefghijklmn"]),
+        {"short_line_thr": 1.0},
+    ),
     ("fineweb_char_dup_ratio", lambda: prose_doc(PROSE + PROSE[:1]), {"char_duplicates_ratio": 0.5}),
-    ("fineweb_list_ratio",
-     lambda: prose_doc([f"{a}incomprehensibilities {b}internationalisation." for a in "abcdef" for b in "xyz"]),
-     {"new_line_ratio": 1.0}),
+    (
+        "fineweb_list_ratio",
+        lambda: prose_doc([f"{a}incomprehensibilities {b}internationalisation." for a in "abcdef" for b in "xyz"]),
+        {"new_line_ratio": 1.0},
+    ),
 ]
 
 
@@ -272,9 +323,11 @@ def test_fineweb_rule(reason, make, relaxed):
 
 
 # ---- language-aware rules -----------------------------------------------------------------------------
-ZH = ("今天早上，城市北部下了一场大雨，许多道路都被水淹没了。市政府立即派出工作人员清理排水管道，"
-      "并在主要路口设置了警示标志。附近的学校也宣布停课一天，让学生们在家里安全地学习。"
-      "气象部门表示，这场雨是今年夏天以来最大的一次降水，预计明天天气将会好转。")
+ZH = (
+    "今天早上，城市北部下了一场大雨，许多道路都被水淹没了。市政府立即派出工作人员清理排水管道，"
+    "并在主要路口设置了警示标志。附近的学校也宣布停课一天，让学生们在家里安全地学习。"
+    "气象部门表示，这场雨是今年夏天以来最大的一次降水，预计明天天气将会好转。"
+)
 
 
 def test_chinese_prose_is_judged_by_characters_not_english_words():
@@ -301,8 +354,13 @@ class _Exploding(Filter):
 
 
 def test_filter_chain_through_run_steps_adds_up():
-    docs = [prose_doc(), prose_doc(PROSE[:2]), prose_doc(["- " + p for p in PROSE]),
-            prose_doc(PROSE + PROSE[:1]), prose_doc([p.rstrip(".") for p in PROSE])]
+    docs = [
+        prose_doc(),
+        prose_doc(PROSE[:2]),
+        prose_doc(["- " + p for p in PROSE]),
+        prose_doc(PROSE + PROSE[:1]),
+        prose_doc([p.rstrip(".") for p in PROSE]),
+    ]
     for i, d in enumerate(docs):
         d.id = f"doc{i}"
     docs[0].id = "boom"

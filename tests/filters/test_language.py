@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from corpus.record import Document, Image
+from corpus.stats import Ledger
+from corpus.steps import Drop, run_steps
 from filters.config import LanguageConfig
 from filters.fineweb import FineWebQualityFilter
 from filters.gopher import GopherQualityFilter, GopherRepetitionFilter
 from filters.language import LanguageFilter, lid176_path
 from filters.structure import TextBlockFilter
-from corpus.record import Document, Image
-from corpus.stats import Ledger
-from corpus.steps import Drop, run_steps
 
 REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
 MANIFEST = REAL / "dev" / "html" / "manifest.jsonl"
@@ -66,8 +66,11 @@ def test_language_id_agrees_with_dev_pages(dev_pages, lang_filter):
     led = Ledger()
     list(run_steps([doc for _, doc in with_text], [lang_filter], led))
     agree = [row["id"] for row, doc in with_text if doc.lang == row["lang"]]
-    disagree = [(row["id"], row["lang"], doc.lang, round(doc.lang_score, 2))
-                for row, doc in with_text if doc.lang != row["lang"]]
+    disagree = [
+        (row["id"], row["lang"], doc.lang, round(doc.lang_score, 2))
+        for row, doc in with_text
+        if doc.lang != row["lang"]
+    ]
     assert len(agree) >= 0.95 * len(with_text), disagree
     # every page got its scores, and the stage adds up
     assert all(0.0 < doc.signals["lang_score"] <= 1.0 for _, doc in with_text)
@@ -78,10 +81,16 @@ def test_language_id_agrees_with_dev_pages(dev_pages, lang_filter):
 
 
 def test_keep_list_and_thresholds(lang_filter):
-    de = doc_from_text("de", "Der Fluss stieg drei Tage lang, bevor jemand im Dorf die Warnungen ernst nahm. "
-                             "Die Bauern brachten ihr Vieh auf die höher gelegenen Felder.")
-    en = doc_from_text("en", "The river had been rising for three days before anyone in the village took the "
-                             "warnings seriously. Farmers moved their cattle to the higher fields.")
+    de = doc_from_text(
+        "de",
+        "Der Fluss stieg drei Tage lang, bevor jemand im Dorf die Warnungen ernst nahm. "
+        "Die Bauern brachten ihr Vieh auf die höher gelegenen Felder.",
+    )
+    en = doc_from_text(
+        "en",
+        "The river had been rising for three days before anyone in the village took the "
+        "warnings seriously. Farmers moved their cattle to the higher fields.",
+    )
     keep_en = LanguageFilter(LanguageConfig(languages=["en"]))
     assert keep_en.filter(de) == (False, "lang_not_kept")
     assert de.lang == "de" and de.lang_score > 0.9
@@ -93,9 +102,11 @@ def test_keep_list_and_thresholds(lang_filter):
 
 
 def test_block_agreement_is_the_char_share_of_blocks_in_the_doc_language(lang_filter):
-    en = ["The river had been rising for three days before anyone in the village took the warnings seriously.",
-          "Farmers moved their cattle to the higher fields, and the school opened its doors to families.",
-          "By Thursday evening the water reached the old stone bridge that had stood for centuries."]
+    en = [
+        "The river had been rising for three days before anyone in the village took the warnings seriously.",
+        "Farmers moved their cattle to the higher fields, and the school opened its doors to families.",
+        "By Thursday evening the water reached the old stone bridge that had stood for centuries.",
+    ]
     fr = "Le fleuve montait depuis trois jours avant que quelqu'un au village ne prenne les avertissements au sérieux."
     doc = doc_from_text("mixed", "\n".join(en + [fr]))
     assert lang_filter.filter(doc) is True
@@ -128,9 +139,15 @@ def test_chinese_and_japanese_pages_are_not_dropped_by_english_word_rules(dev_pa
     # No page may fail a rule that counts words or their lengths; rules on lines and punctuation are
     # language-independent (two extractions keep table rows "| ... |  |" and citation markers "[13]" as
     # lines without end punctuation, which FineWeb's line-punctuation rule rightly counts).
-    word_rules = {"gopher_too_few_words", "gopher_mean_word_length_low", "gopher_mean_word_length_high",
-                  "gopher_too_few_stop_words", "gopher_too_few_alpha_words", "fineweb_short_line_ratio",
-                  "fineweb_list_ratio"}
+    word_rules = {
+        "gopher_too_few_words",
+        "gopher_mean_word_length_low",
+        "gopher_mean_word_length_high",
+        "gopher_too_few_stop_words",
+        "gopher_too_few_alpha_words",
+        "fineweb_short_line_ratio",
+        "fineweb_list_ratio",
+    }
     reasons = {}
     for doc in cjk:
         assert not isinstance(TextBlockFilter().process(doc, Ledger()), Drop)
@@ -167,9 +184,11 @@ def test_language_step_runs_in_a_ray_actor(ray_local):
             return [d.lang for d in kept], led.to_dict(), id(self.step._model)
 
     worker = Worker.remote(LanguageFilter(LanguageConfig(languages=["de", "fr"])))
-    texts = ["Das ist ein Satz auf Deutsch, geschrieben für diesen Test.",
-             "Ceci est une phrase en français, écrite pour ce test.",
-             "This is an English sentence, written for this test."]
+    texts = [
+        "Das ist ein Satz auf Deutsch, geschrieben für diesen Test.",
+        "Ceci est une phrase en français, écrite pour ce test.",
+        "This is an English sentence, written for this test.",
+    ]
     langs, stats, model_1 = ray.get(worker.run.remote(texts))
     _, _, model_2 = ray.get(worker.run.remote(texts))
     assert langs == ["de", "fr"]

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from filters.config import QualityConfig
-from filters.quality import QualityFilter, iter_examples, train_quality_model
-from pipeline.cli.quality import register
-from pipeline.cli import main as cli_main
 from corpus.format import append_manifest, write_shards
 from corpus.record import Document
 from corpus.stats import Ledger
 from corpus.steps import run_steps
+from filters.config import QualityConfig
+from filters.quality import QualityFilter, iter_examples, train_quality_model
+from pipeline.cli import main as cli_main
+from pipeline.cli.quality import register
 
 REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
 HTML = REAL / "dev" / "html"
@@ -118,7 +118,8 @@ def test_quality_classifier_separates_held_out_pages(examples, tmp_path):
     neg_scores = step.scores(examples["test_neg"])
     auc = _auc(pos_scores, neg_scores)
     accuracy = (sum(s >= 0.5 for s in pos_scores) + sum(s < 0.5 for s in neg_scores)) / (
-        len(pos_scores) + len(neg_scores))
+        len(pos_scores) + len(neg_scores)
+    )
     assert auc >= 0.85, auc
     assert accuracy >= 0.75, accuracy
 
@@ -143,17 +144,19 @@ def test_example_readers_and_cli(tmp_path):
     good = []
     for i in range(30):
         doc = Document(id=f"g{i}", url=f"https://example.org/{i}", source="test")
-        doc.append_text(f"Article {i}: the council met on Tuesday and discussed the new library, the bridge "
-                        "repairs and the budget for the coming winter season in great detail.")
+        doc.append_text(
+            f"Article {i}: the council met on Tuesday and discussed the new library, the bridge "
+            "repairs and the budget for the coming winter season in great detail."
+        )
         good.append(doc)
     append_manifest(corpus, write_shards(good, corpus, "part"))
     assert len(list(iter_examples([corpus]))) == 30
     neg = tmp_path / "neg.txt"
-    neg.write_text("".join(f"Home | About | Contact | Login {i} | Share | Tweet | Menu\n" for i in range(30)),
-                   encoding="utf-8")
+    neg.write_text(
+        "".join(f"Home | About | Contact | Login {i} | Share | Tweet | Menu\n" for i in range(30)), encoding="utf-8"
+    )
     out = tmp_path / "m.bin"
-    argv = ["quality", "train", "--positive", str(corpus), "--negative", str(neg), "--output", str(out),
-            "--dim", "16"]
+    argv = ["quality", "train", "--positive", str(corpus), "--negative", str(neg), "--output", str(out), "--dim", "16"]
     assert cli_main(argv) == 0 and out.is_file()  # the `interloom` entry point
     step = QualityFilter(QualityConfig(model_path=str(out)))
     hi, lo = step.scores(["The council discussed the library budget.", "Home | Login | Share | Menu"])
@@ -166,8 +169,21 @@ def test_example_readers_and_cli(tmp_path):
     with pytest.raises(ValueError, match="bad.jsonl:1"):
         list(iter_examples([bad]))
     # a user error through the CLI: exit status 2 with a message, no traceback
-    assert cli_main(["quality", "train", "--positive", str(tmp_path / "nope.txt"), "--negative", str(neg),
-                     "--output", str(tmp_path / "x.bin")]) == 2
+    assert (
+        cli_main(
+            [
+                "quality",
+                "train",
+                "--positive",
+                str(tmp_path / "nope.txt"),
+                "--negative",
+                str(neg),
+                "--output",
+                str(tmp_path / "x.bin"),
+            ]
+        )
+        == 2
+    )
     parser = argparse.ArgumentParser(prog="interloom")
     register(parser.add_subparsers(dest="command"))
     with pytest.raises(SystemExit):  # `train` needs --positive/--negative/--output

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 INFRA = REPO / "infra"
@@ -34,8 +33,15 @@ def _ray_version() -> str:
 
 def test_infra_has_the_expected_files():
     names = {p.relative_to(INFRA).as_posix() for p in INFRA.rglob("*") if p.is_file()}
-    assert {"README.md", "docker/Dockerfile.cpu", "docker/Dockerfile.cuda", "aws/cluster.yaml",
-            "kuberay/raycluster.yaml", "kuberay/rayjob-build.yaml", "kuberay/rayjob-train.yaml"} <= names
+    assert {
+        "README.md",
+        "docker/Dockerfile.cpu",
+        "docker/Dockerfile.cuda",
+        "aws/cluster.yaml",
+        "kuberay/raycluster.yaml",
+        "kuberay/rayjob-build.yaml",
+        "kuberay/rayjob-train.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.relative_to(INFRA).as_posix())
@@ -53,8 +59,9 @@ def _check_pod_template(template: dict, where: str, want_gpu: bool | None = None
     for c in containers:
         assert c.get("name"), f"{where}: container without a name"
         image = c.get("image", "")
-        assert re.match(r"^[\w.\-/]+:[\w.\-]+$", image) and not image.endswith(":latest"), \
+        assert re.match(r"^[\w.\-/]+:[\w.\-]+$", image) and not image.endswith(":latest"), (
             f"{where}: image {image!r} needs a pinned tag"
+        )
         res = c.get("resources", {})
         assert res.get("requests") and res.get("limits"), f"{where}: {c['name']} needs requests and limits"
         for kind in ("requests", "limits"):
@@ -75,8 +82,9 @@ def _check_ray_cluster_spec(spec: dict, where: str) -> dict[str, dict]:
     assert spec["rayVersion"] == _ray_version(), f"{where}: rayVersion != installed ray {_ray_version()}"
     head = spec["headGroupSpec"]
     assert isinstance(head["rayStartParams"], dict), f"{where}: headGroupSpec.rayStartParams"
-    assert all(isinstance(v, str) for v in head["rayStartParams"].values()), \
+    assert all(isinstance(v, str) for v in head["rayStartParams"].values()), (
         f"{where}: rayStartParams values must be strings"
+    )
     _check_pod_template(head["template"], f"{where} head")
     groups = {}
     for g in spec["workerGroupSpecs"]:
@@ -111,16 +119,17 @@ def test_kuberay_build_job_runs_interloom_build_with_remote_output_and_shared_wo
     assert set(groups) == {"cpu"}
     assert argv[:2] == ["interloom", "build"] and argv[argv.index("--address") + 1] == "auto"
     # the entrypoint is a valid command line of `interloom build`, with a config that validates
+    from corpus.config import load_config
     from pipeline.build import BuildConfig
     from pipeline.cli import build_parser
-    from corpus.config import load_config
 
     args = build_parser().parse_args(argv[1:])
     cfg = load_config(BuildConfig, args.config, args.overrides)
     assert args.output.startswith("s3://") and all(i.startswith("s3://") for i in args.input)
     # a remote corpus needs a work folder on the volume every pod mounts
-    mounts = {m["mountPath"] for g in groups.values() for c in g["template"]["spec"]["containers"]
-              for m in c["volumeMounts"]}
+    mounts = {
+        m["mountPath"] for g in groups.values() for c in g["template"]["spec"]["containers"] for m in c["volumeMounts"]
+    }
     assert any(cfg.output.work_dir.startswith(m + "/") for m in mounts), cfg.output.work_dir
 
 
@@ -129,8 +138,8 @@ def test_kuberay_train_job_runs_interloom_train_on_gpus_with_checkpoints_on_s3()
     groups = _check_ray_cluster_spec(obj["spec"]["rayClusterSpec"], "rayjob-train.yaml")
     assert set(groups) == {"gpu"}
     assert argv[:2] == ["interloom", "train"]
-    from pipeline.cli import build_parser
     from corpus.config import load_config
+    from pipeline.cli import build_parser
     from train.config import TrainConfig, resolve_recipe
 
     args = build_parser().parse_args(argv[1:])
@@ -138,8 +147,10 @@ def test_kuberay_train_job_runs_interloom_train_on_gpus_with_checkpoints_on_s3()
     cfg = load_config(TrainConfig, resolve_recipe(args.config), overrides)
     assert args.address == "auto" and cfg.run.use_gpu and cfg.run.max_failures > 0
     assert cfg.run.storage.startswith("s3://") and cfg.data.corpus.startswith("s3://")
-    gpus = sum(int(g["replicas"]) * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]
-                                        ["nvidia.com/gpu"]) for g in groups.values())
+    gpus = sum(
+        int(g["replicas"]) * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+        for g in groups.values()
+    )
     assert cfg.run.num_workers == gpus, "one Ray Train worker per GPU of the job's cluster"
 
 

@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import DEV_SETTINGS, REPO, dev_warcs, real_path
-from pipeline.build import BuildConfig, build_corpus
+
 from corpus.config import load_config
 from corpus.format import Corpus
 from corpus.stats import check_funnel
+from pipeline.build import BuildConfig, build_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +69,7 @@ def test_images_sit_at_their_page_positions_with_bytes(dev_corpus):
         d.check()
         for im in d.image_list:
             assert im.data and im.sha1 and len(im.phash) == 16 and im.member
+
     # reading order: images sit between text blocks, not all appended at one end
     def has_text_around_an_image(d):
         pos = [i for i, im in enumerate(d.images) if im is not None]
@@ -102,14 +103,24 @@ def _wait_for(root: Path, pattern: str, proc, timeout=300):
 
 
 def _run_build(out: Path, workers: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "pipeline.cli", "build", "--no-progress", "--workers", str(workers),
-           "--output", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "build",
+        "--no-progress",
+        "--workers",
+        str(workers),
+        "--output",
+        str(out),
+    ]
     for setting in DEV_SETTINGS:
         cmd += ["--set", setting]
     for w in dev_warcs():
         cmd += ["--input", w]
-    return subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        cmd, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _kill(proc):
@@ -146,16 +157,18 @@ def test_rerun_of_a_finished_build_does_nothing(dev_corpus):
     """Also with another worker count, and without leaving a work folder behind."""
     out, stats = dev_corpus
     for workers in (2, 1):
-        again = build_corpus(dev_warcs(), out, load_config(BuildConfig, None, [f"ray.workers={workers}",
-                                                                               *DEV_SETTINGS]), progress=False)
+        again = build_corpus(
+            dev_warcs(), out, load_config(BuildConfig, None, [f"ray.workers={workers}", *DEV_SETTINGS]), progress=False
+        )
         assert again["stages"] == stats["stages"]
         assert not (out / "_work").exists()
 
 
 def test_other_config_on_same_output_is_refused_naming_what_differs(dev_corpus):
     out, _ = dev_corpus
-    cfg = load_config(BuildConfig, None, ["ray.workers=1", *DEV_SETTINGS, "images.min_side=10",
-                                          "output.max_shard_docs=20"])
+    cfg = load_config(
+        BuildConfig, None, ["ray.workers=1", *DEV_SETTINGS, "images.min_side=10", "output.max_shard_docs=20"]
+    )
     with pytest.raises(ValueError, match="other inputs or config") as refused:
         build_corpus(dev_warcs(), out, cfg, progress=False)
     message = str(refused.value)
@@ -177,16 +190,25 @@ def test_every_dev_page_and_broken_image_goes_through_a_build(tmp_path, ray_loca
     imgs = []
     for p in sorted(edge.iterdir()):
         (gallery / p.name).write_bytes(p.read_bytes())  # a temporary copy beside the page, outside the repo
-        imgs.append(f'<p>Figure {p.stem} shows what the camera recorded that afternoon in the old town.</p>'
-                    f'<img src="{p.name}" alt="{p.stem}">')
+        imgs.append(
+            f"<p>Figure {p.stem} shows what the camera recorded that afternoon in the old town.</p>"
+            f'<img src="{p.name}" alt="{p.stem}">'
+        )
     (gallery / "index.html").write_text(
         "<html><head><title>Broken images</title></head><body><article><h1>A gallery of odd files</h1>"
-        + "".join(imgs) + "<p>That is all of them, one after the other, as they came from the cameras.</p>"
-        "</article></body></html>")
-    inputs = [str(html / "trafilatura" / "pages"), str(html / "readability"), str(html / "scrapinghub" / "html"),
-              str(gallery)]
-    n_files = sum(1 for d in inputs for p in Path(d).rglob("*")
-                  if p.is_file() and p.name.endswith((".html", ".htm", ".html.gz")))
+        + "".join(imgs)
+        + "<p>That is all of them, one after the other, as they came from the cameras.</p>"
+        "</article></body></html>"
+    )
+    inputs = [
+        str(html / "trafilatura" / "pages"),
+        str(html / "readability"),
+        str(html / "scrapinghub" / "html"),
+        str(gallery),
+    ]
+    n_files = sum(
+        1 for d in inputs for p in Path(d).rglob("*") if p.is_file() and p.name.endswith((".html", ".htm", ".html.gz"))
+    )
     out = tmp_path / "corpus"
     cfg = load_config(BuildConfig, None, ["ray.workers=2", *DEV_SETTINGS, "images.min_side=8"])
     stats = build_corpus(inputs, out, cfg, progress=False)
@@ -240,8 +262,12 @@ def test_early_cuts_give_the_same_corpus(tmp_path, ray_local):
     without the cuts, where image_count drops those pages after extraction."""
     settings = ["ray.workers=2", *DEV_SETTINGS, "filters.image_count.min_images=1"]
     cut = build_corpus(dev_warcs(), tmp_path / "cut", load_config(BuildConfig, None, settings), progress=False)
-    full = build_corpus(dev_warcs(), tmp_path / "full",
-                        load_config(BuildConfig, None, [*settings, "extract.early_cuts=false"]), progress=False)
+    full = build_corpus(
+        dev_warcs(),
+        tmp_path / "full",
+        load_config(BuildConfig, None, [*settings, "extract.early_cuts=false"]),
+        progress=False,
+    )
     stages_cut, stages_full = ({s["name"]: s for s in st["stages"]} for st in (cut, full))
     n_cut = stages_cut["extract"]["drops"].get("no_image_candidates", 0)
     assert n_cut >= 20 and "no_image_candidates" not in stages_full["extract"]["drops"]
@@ -256,8 +282,19 @@ def test_summary_says_why_the_readme_example_is_small(tmp_path):
     """The README's first command (default settings, the dev WARCs) keeps a few documents: the end-of-build
     summary names the stages that removed most pages and the settings that decided it."""
     out = tmp_path / "corpus"
-    cmd = [sys.executable, "-m", "pipeline.cli", "build", "--no-progress", "--workers", "2", "--output", str(out),
-           "--input", str(real_path("dev", "warc")) + "/*.warc.gz"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "build",
+        "--no-progress",
+        "--workers",
+        "2",
+        "--output",
+        str(out),
+        "--input",
+        str(real_path("dev", "warc")) + "/*.warc.gz",
+    ]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
     stats = json.loads((out / "stats.json").read_text())
@@ -298,13 +335,19 @@ def test_refilter_equals_a_fresh_build_with_the_stricter_settings(dev_corpus, tm
     # copy; on the dev WARCs their copies fail the stricter thresholds too, so the corpora agree below)
     keepers = stats["build"]["dedup_keepers_dropped"]
     assert any("kept copy of a duplicate cluster" in n for n in stats["build"]["notes"]) == (keepers > 0)
-    fresh = build_corpus(dev_warcs(), tmp_path / "fresh",
-                         load_config(BuildConfig, None, ["ray.workers=2", *DEV_SETTINGS, *stricter]), progress=False)
+    fresh = build_corpus(
+        dev_warcs(),
+        tmp_path / "fresh",
+        load_config(BuildConfig, None, ["ray.workers=2", *DEV_SETTINGS, *stricter]),
+        progress=False,
+    )
     assert fresh["build"]["documents"] == refilter["out"] > 0
     assert _corpus_bytes(out) == _corpus_bytes(tmp_path / "fresh")
-    for looser, why in [("filters.language.min_score=0.5", "filters.language.min_score: 0.65 -> 0.5 is looser"),
-                        ("images.min_side=300", "images.min_side: 32 -> 300 is not a threshold on a signal"),
-                        ("filters.c4.enabled=true", "filters.c4.enabled: False -> True is not a threshold")]:
+    for looser, why in [
+        ("filters.language.min_score=0.5", "filters.language.min_score: 0.65 -> 0.5 is looser"),
+        ("images.min_side=300", "images.min_side: 32 -> 300 is not a threshold on a signal"),
+        ("filters.c4.enabled=true", "filters.c4.enabled: False -> True is not a threshold"),
+    ]:
         with pytest.raises(ValueError, match=re.escape(why)):
             from pipeline.refilter import refilter_corpus
 

@@ -16,21 +16,33 @@ import time
 from pathlib import Path
 
 import pytest
-
+from _raycluster import LocalCluster
+from _s3server import BUCKET, S3Server
 from _train_corpus import build_corpus as build_train_corpus
 from _train_corpus import require_real
 from conftest import REPO, real_path
+
 from corpus.format import Corpus
-from _raycluster import LocalCluster
-from _s3server import BUCKET, S3Server
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = ["images.min_side=32", "images.max_aspect=8", "extract.timeout_s=300",
-            "filters.gopher_quality.enabled=false", "filters.gopher_repetition.enabled=false",
-            "filters.c4.enabled=false", "filters.fineweb.enabled=false", "filters.image_count.min_images=0"]
-INPUTS = ["IAH-urls-wget.warc.gz", "example-iana.org-chunked.warc", "example.warc.gz", "warcfile.warc.gz",
-          "whirlwind.warc.gz"]
+SETTINGS = [
+    "images.min_side=32",
+    "images.max_aspect=8",
+    "extract.timeout_s=300",
+    "filters.gopher_quality.enabled=false",
+    "filters.gopher_repetition.enabled=false",
+    "filters.c4.enabled=false",
+    "filters.fineweb.enabled=false",
+    "filters.image_count.min_images=0",
+]
+INPUTS = [
+    "IAH-urls-wget.warc.gz",
+    "example-iana.org-chunked.warc",
+    "example.warc.gz",
+    "warcfile.warc.gz",
+    "whirlwind.warc.gz",
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +68,15 @@ def cluster(s3):
 def _interloom(cluster: LocalCluster, *args: str) -> subprocess.Popen:
     # RAY_DEDUP_LOGS=0: Ray folds log lines that differ only in numbers ("step=0/40", "step=20/40") into one
     env = {**cluster.client_env(), "RAY_DEDUP_LOGS": "0"}
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, env=env,
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _build(cluster: LocalCluster, out: Path) -> subprocess.Popen:
@@ -129,9 +148,24 @@ def _losses(run: Path) -> dict[int, float]:
 
 
 def _train(cluster: LocalCluster, corpus: Path, run: Path, *overrides: str) -> str:
-    args = ["train", "debug-cpu", "--address", cluster.address, "--corpus", str(corpus), "--output", str(run),
-            "--set", "stages=[{trainable: all, steps: 40}]", "--set", "run.checkpoint_every=20",
-            "--set", "run.log_every=1", "--set", "optim.warmup_steps=5"]
+    args = [
+        "train",
+        "debug-cpu",
+        "--address",
+        cluster.address,
+        "--corpus",
+        str(corpus),
+        "--output",
+        str(run),
+        "--set",
+        "stages=[{trainable: all, steps: 40}]",
+        "--set",
+        "run.checkpoint_every=20",
+        "--set",
+        "run.log_every=1",
+        "--set",
+        "optim.warmup_steps=5",
+    ]
     for o in overrides:
         args += ["--set", o]
     return _finish(_interloom(cluster, *args))
@@ -144,8 +178,7 @@ def test_training_on_the_cluster_resumes_from_s3_checkpoints_after_a_worker_dies
     _train(cluster, corpus, reference)
     # the same run with its checkpoints on S3; the last rank dies hard right after the step-20 checkpoint
     run = tmp_path / "s3run"
-    log = _train(cluster, corpus, run, f"run.storage=s3://{BUCKET}/runs", "run.fail_at_step=20",
-                 "run.max_failures=1")
+    log = _train(cluster, corpus, run, f"run.storage=s3://{BUCKET}/runs", "run.fail_at_step=20", "run.max_failures=1")
     assert (run / "injected_failure_20.done").exists(), "the worker was killed"
     starts = re.findall(r"\[train\] world=2 device=cpu step=(\d+)/40", log)
     runs = [s for i, s in enumerate(starts) if i == 0 or starts[i - 1] != s]  # a start may be logged twice

@@ -12,14 +12,21 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "crawl"))  # webserver.py (importlib mode)
 
 from crawl_fixtures import server, site  # noqa: E402,F401 - fixtures
-from pipeline.build import BuildConfig, build_corpus  # noqa: E402
+
 from corpus.config import load_config  # noqa: E402
 from corpus.format import Corpus  # noqa: E402
+from pipeline.build import BuildConfig, build_corpus  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-CRAWL = ["crawl.allow_private=['127.0.0.1/32']", "crawl.min_delay_s=0", "crawl.follow_links=true",
-         "crawl.max_depth=1", "extract.timeout_s=300", "ray.workers=2"]
+CRAWL = [
+    "crawl.allow_private=['127.0.0.1/32']",
+    "crawl.min_delay_s=0",
+    "crawl.follow_links=true",
+    "crawl.max_depth=1",
+    "extract.timeout_s=300",
+    "ray.workers=2",
+]
 
 
 def test_corpus_from_a_crawl_equals_the_corpus_rebuilt_from_its_warcs(ray_local, server, tmp_path):

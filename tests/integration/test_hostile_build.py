@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from _warcgen import deflate_bomb, http_response, page_record, warc_record, write_warc
 from conftest import DEV_SETTINGS
-from pipeline.build import BuildConfig, build_corpus
+
 from corpus.config import load_config
 from corpus.format import Corpus
 from corpus.stats import check_funnel
+from pipeline.build import BuildConfig, build_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -74,12 +74,18 @@ def test_compression_bombs_keep_build_memory_bounded(tmp_path, ray_local):
     each bomb is one counted drop of the read stage, and the ordinary pages around them are built."""
     bomb = deflate_bomb(BOMB_BYTES)
     gz = {"Content-Encoding": "gzip"}
-    figure = ('<figure><img src="bomb.png" alt="The quay at dawn with boats" width="640" height="480"></figure>'
-              "<p>The boats came in as the sun rose over the water, and the gulls followed them to the pier.</p>")
-    ordinary = [page_record("http://bomb.test/before.html", "The market hall before"),
-                page_record("http://bomb.test/after.html", "The quay after", figure)]
-    bombs = [warc_record("http://bomb.test/bomb.html", http_response(bomb, "text/html", gz)),
-             warc_record("http://bomb.test/bomb.png", http_response(bomb, "image/png", gz))]
+    figure = (
+        '<figure><img src="bomb.png" alt="The quay at dawn with boats" width="640" height="480"></figure>'
+        "<p>The boats came in as the sun rose over the water, and the gulls followed them to the pier.</p>"
+    )
+    ordinary = [
+        page_record("http://bomb.test/before.html", "The market hall before"),
+        page_record("http://bomb.test/after.html", "The quay after", figure),
+    ]
+    bombs = [
+        warc_record("http://bomb.test/bomb.html", http_response(bomb, "text/html", gz)),
+        warc_record("http://bomb.test/bomb.png", http_response(bomb, "image/png", gz)),
+    ]
     plain = write_warc(tmp_path / "plain.warc.gz", ordinary)
     hostile = write_warc(tmp_path / "hostile.warc.gz", [ordinary[0], bombs[0], ordinary[1], bombs[1]])
     assert hostile.stat().st_size < 64_000

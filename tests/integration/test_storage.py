@@ -14,21 +14,29 @@ import time
 from pathlib import Path
 
 import pytest
-
+from _s3server import BUCKET, S3Server, environ
 from conftest import real_path
-from pipeline.build import BuildConfig, build_corpus
+
 from corpus.config import load_config
 from corpus.format import Corpus
-from pipeline.inputs import resolve_inputs
 from corpus.stats import check_funnel
 from corpus.storage import Storage, StorageError, is_transient
-from _s3server import BUCKET, S3Server, environ
+from pipeline.build import BuildConfig, build_corpus
+from pipeline.inputs import resolve_inputs
 
 # build mechanics under test (see tests/integration/test_build.py): no text-quality filters, generous timeouts
-SETTINGS = ["images.min_side=32", "images.max_aspect=8", "extract.timeout_s=300", "ray.workers=2",
-            "filters.gopher_quality.enabled=false", "filters.gopher_repetition.enabled=false",
-            "filters.c4.enabled=false", "filters.fineweb.enabled=false", "output.max_shard_docs=2",
-            "filters.image_count.min_images=0"]
+SETTINGS = [
+    "images.min_side=32",
+    "images.max_aspect=8",
+    "extract.timeout_s=300",
+    "ray.workers=2",
+    "filters.gopher_quality.enabled=false",
+    "filters.gopher_repetition.enabled=false",
+    "filters.c4.enabled=false",
+    "filters.fineweb.enabled=false",
+    "output.max_shard_docs=2",
+    "filters.image_count.min_images=0",
+]
 INPUTS = ["example-iana.org-chunked.warc", "warcfile.warc.gz", "whirlwind.warc.gz"]
 
 
@@ -195,8 +203,15 @@ def test_build_from_and_to_s3_through_an_outage_equals_the_local_build(s3, refer
     assert got.read_json("build.json")["finished_at"]
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="corpus/")["Contents"]]
     assert not [k for k in keys if k.endswith((".tmp", ".part"))]
-    assert {k.split("/")[1] for k in keys} == {"shards", "index", "manifest.jsonl", "stats.json", "rejects",
-                                               "dedup", "build.json"}
+    assert {k.split("/")[1] for k in keys} == {
+        "shards",
+        "index",
+        "manifest.jsonl",
+        "stats.json",
+        "rejects",
+        "dedup",
+        "build.json",
+    }
     assert not (tmp_path / "work").exists()  # the work folder goes once the corpus is complete
     # the report reads the corpus where it is
     from pipeline.cli import main
@@ -221,8 +236,17 @@ def test_build_from_a_path_list_on_s3_with_a_sample(s3, reference, tmp_path):
     client.put_object(Bucket=BUCKET, Key="cc/warc.paths.gz", Body=gzip.compress(listing.encode()), ACL="public-read")
     for p in _warcs():
         client.upload_file(str(p), BUCKET, f"cc/crawl-data/seg/{p.name}", ExtraArgs={"ACL": "public-read"})
-    cfg = load_config(BuildConfig, None, [*SETTINGS, f"input.prefix=s3://{BUCKET}/cc/", "input.anon=true",
-                                          "input.sample_files=2", "input.sample_seed=1"])
+    cfg = load_config(
+        BuildConfig,
+        None,
+        [
+            *SETTINGS,
+            f"input.prefix=s3://{BUCKET}/cc/",
+            "input.anon=true",
+            "input.sample_files=2",
+            "input.sample_seed=1",
+        ],
+    )
     chosen = resolve_inputs([path_list], cfg.input)
     listed = [f"s3://{BUCKET}/cc/crawl-data/seg/{p.name}" for p in _warcs()]
     assert len(chosen) == 2 and set(chosen) < set(listed)

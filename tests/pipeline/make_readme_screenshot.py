@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.build import BuildConfig, build_corpus
     from pipeline.report import make_report
     from pipeline.sample import make_sample
+
     sys.path.insert(0, str(REPO / "tests" / "pipeline"))  # `tests` is no package (a wheel installs one)
     from conftest import chromium_paths
 
@@ -49,9 +50,16 @@ def main(argv: list[str] | None = None) -> int:
 
         opts = webdriver.ChromeOptions()
         opts.binary_location = found[0]
-        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-dev-shm-usage", f"--user-data-dir={tmp}/profile", "--window-size=1100,1300",
-                    "--hide-scrollbars"):
+        for arg in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={tmp}/profile",
+            "--window-size=1100,1300",
+            "--hide-scrollbars",
+        ):
             opts.add_argument(arg)
         driver = webdriver.Chrome(service=Service(found[1]), options=opts)
         try:
@@ -63,26 +71,31 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.1)
             top = driver.get_screenshot_as_png()
             # the middle: the quality signals, kept and dropped documents, thresholds with their what-if controls
-            driver.execute_script("var p = document.querySelector('.what-if').closest('.panel'); p.scrollIntoView();"
-                                  "window.scrollBy(0, -40)")
+            driver.execute_script(
+                "var p = document.querySelector('.what-if').closest('.panel'); p.scrollIntoView();"
+                "window.scrollBy(0, -40)"
+            )
             signals = driver.get_screenshot_as_png()
             # the right half: the document browser sorted by images, its first document opened, images loaded
             driver.execute_script(
                 "var s = document.getElementById('sort-by'); s.value = 'n_images'; s.dispatchEvent(new Event('change'));"
                 "var d = document.getElementById('sort-desc'); d.checked = true; d.dispatchEvent(new Event('change'));"
-                "document.querySelector('#docs article.doc button.open').click();")
+                "document.querySelector('#docs article.doc button.open').click();"
+            )
             art = driver.execute_script("return document.querySelector('#docs article.doc')")
             driver.execute_script("arguments[0].scrollIntoView(); window.scrollBy(0, -40)", art)
             end = time.time() + 20
             while not driver.execute_script(
-                    "return Array.from(arguments[0].querySelectorAll('img')).every(i => i.complete)", art):
+                "return Array.from(arguments[0].querySelectorAll('img')).every(i => i.complete)", art
+            ):
                 if time.time() > end:
                     raise SystemExit("document images did not load")
                 time.sleep(0.1)
             doc = driver.get_screenshot_as_png()
             shots = [PILImage.open(io.BytesIO(png)) for png in (top, signals, doc)]
-            both = PILImage.new("RGB", (sum(im.width for im in shots) + 16 * (len(shots) - 1),
-                                        max(im.height for im in shots)), "#555")
+            both = PILImage.new(
+                "RGB", (sum(im.width for im in shots) + 16 * (len(shots) - 1), max(im.height for im in shots)), "#555"
+            )
             x = 0
             for im in shots:
                 both.paste(im, (x, 0))

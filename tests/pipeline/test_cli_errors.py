@@ -4,12 +4,12 @@ no traceback; and broken inputs inside a build counted, not silently read as not
 from __future__ import annotations
 
 import pytest
-
 from conftest import real_path
+
+from corpus.stats import Ledger, check_funnel
 from crawl.live.crawler import read_seeds
 from crawl.sources import discover_units, open_source
 from pipeline.cli import main
-from corpus.stats import Ledger, check_funnel
 
 
 def _error(capsys, argv: list[str]) -> str:
@@ -112,8 +112,16 @@ def test_demo_pages_out_of_range(capsys):
 
 
 def test_every_command_help_has_an_example(capsys):
-    for argv in (["demo"], ["build"], ["crawl"], ["inspect"], ["export"], ["quality", "train"],
-                 ["tokenizer", "train"], ["train"]):
+    for argv in (
+        ["demo"],
+        ["build"],
+        ["crawl"],
+        ["inspect"],
+        ["export"],
+        ["quality", "train"],
+        ["tokenizer", "train"],
+        ["train"],
+    ):
         with pytest.raises(SystemExit) as e:
             main([*argv, "--help"])
         assert e.value.code == 0
@@ -133,7 +141,9 @@ def test_output_that_cannot_be_created_is_one_line_not_a_traceback(tmp_path, cap
 
 
 def test_tokenizer_max_documents_below_one(capsys):
-    assert "--max-documents 0" in _error(capsys, ["tokenizer", "train", "corpus", "-o", "t.json", "--max-documents", "0"])
+    assert "--max-documents 0" in _error(
+        capsys, ["tokenizer", "train", "corpus", "-o", "t.json", "--max-documents", "0"]
+    )
 
 
 def test_set_inside_a_list_says_to_set_the_list_whole(capsys):

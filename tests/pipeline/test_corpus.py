@@ -20,8 +20,9 @@ def _docs(n: int) -> list[Document]:
     for i in range(n):
         d = Document(id=make_doc_id(f"test#{i}"), url=f"https://ex.org/{i}", source=f"test#{i}")
         d.append_text(f"text of document {i} " * 20)
-        d.append_image(Image(url=f"https://ex.org/{i}.jpg", format="jpeg", width=160, height=160,
-                             data=_jpeg((i * 20 % 255, 0, 0))))
+        d.append_image(
+            Image(url=f"https://ex.org/{i}.jpg", format="jpeg", width=160, height=160, data=_jpeg((i * 20 % 255, 0, 0)))
+        )
         d.append_text("after the image")
         docs.append(d)
     return docs
@@ -128,8 +129,10 @@ def test_damaged_shards_raise_value_error_naming_the_shard(tmp_path):
     shard.write_bytes(good[:1200])  # the first sample's JSON header and part of its body
     with pytest.raises(ValueError, match="p-0000.tar"):
         list(corpus.iter_documents())
-    for body in (b"[1, 2]", b'{"id": "x", "url": "u", "source": "s", "texts": ["a"], "images": [null],'
-                                b' "signals": ["not", "a", "dict"]}'):
+    for body in (
+        b"[1, 2]",
+        b'{"id": "x", "url": "u", "source": "s", "texts": ["a"], "images": [null], "signals": ["not", "a", "dict"]}',
+    ):
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
             member = tarfile.TarInfo("x.json")

@@ -25,8 +25,11 @@ def test_a_gzip_path_list_resolves_relative_entries_against_the_prefix(tmp_path)
     listing.write_bytes(gzip.compress(b"# a dump\ncrawl-data/part-02.warc.gz\n\ncrawl-data/part-00.warc.gz\n"))
     cfg = InputConfig(prefix=str(tmp_path) + "/")
     assert resolve_inputs([str(listing)], cfg) == [files[2], files[0]]
-    with pytest.raises(ValueError, match=r"warc.paths.gz line 2: crawl-data/part-02.warc.gz is a relative path; "
-                                         r"give --input-prefix"):
+    with pytest.raises(
+        ValueError,
+        match=r"warc.paths.gz line 2: crawl-data/part-02.warc.gz is a relative path; "
+        r"give --input-prefix",
+    ):
         resolve_inputs([str(listing)])
     text = tmp_path / "mine.txt"  # a plain text list of absolute paths and URLs needs no prefix
     text.write_text(f"{files[1]}\ns3://bucket/x/CC-MAIN-1.warc.gz\n")
@@ -37,8 +40,9 @@ def test_a_gzip_path_list_resolves_relative_entries_against_the_prefix(tmp_path)
         resolve_inputs([str(missing)])
 
 
-@pytest.mark.parametrize("entry,kind", [("crawl-data/x/wet/CC-MAIN-1.warc.wet.gz", "WET"),
-                                        ("crawl-data/x/wat/CC-MAIN-1.warc.wat.gz", "WAT")])
+@pytest.mark.parametrize(
+    "entry,kind", [("crawl-data/x/wet/CC-MAIN-1.warc.wet.gz", "WET"), ("crawl-data/x/wat/CC-MAIN-1.warc.wat.gz", "WAT")]
+)
 def test_wet_and_wat_files_in_a_list_are_refused(tmp_path, entry, kind):
     listing = tmp_path / "wet.paths.gz"
     listing.write_bytes(gzip.compress(f"{entry}\n".encode()))
@@ -64,12 +68,29 @@ def test_a_sample_is_seeded_sized_and_in_input_order(tmp_path):
 def test_cli_errors_name_the_list_and_line(tmp_path, capsys):
     listing = tmp_path / "warc.paths"
     listing.write_text("crawl-data/a.warc.wet.gz\n")
-    assert main(["build", "--input", str(listing), "--output", str(tmp_path / "out"), "--input-prefix",
-                 "s3://commoncrawl/"]) == 2
+    assert (
+        main(
+            ["build", "--input", str(listing), "--output", str(tmp_path / "out"), "--input-prefix", "s3://commoncrawl/"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "warc.paths line 1: crawl-data/a.warc.wet.gz is a WET (extracted text only) file" in err
     assert "Traceback" not in err and not (tmp_path / "out").exists()
-    assert main(["build", "--input-prefix", "s3://commoncrawl/", "--sample-files", "10", "--set", "input.anon=true",
-                 "--print-config"]) == 0
+    assert (
+        main(
+            [
+                "build",
+                "--input-prefix",
+                "s3://commoncrawl/",
+                "--sample-files",
+                "10",
+                "--set",
+                "input.anon=true",
+                "--print-config",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert '"prefix": "s3://commoncrawl/"' in out and '"sample_files": 10.0' in out and '"anon": true' in out

@@ -13,11 +13,30 @@ from corpus.record import (
 
 
 def _doc() -> Document:
-    d = Document(id=make_doc_id("warc:x#1"), url="https://a.org/p", source="warc:x#1", lang="en",
-                 lang_score=0.9, title="T", signals={"q": 0.5}, meta={"x_robots_tag": "noai"})
+    d = Document(
+        id=make_doc_id("warc:x#1"),
+        url="https://a.org/p",
+        source="warc:x#1",
+        lang="en",
+        lang_score=0.9,
+        title="T",
+        signals={"q": 0.5},
+        meta={"x_robots_tag": "noai"},
+    )
     d.append_text("first block")
-    d.append_image(Image(url="https://a.org/i.jpg", alt="a cat", width=200, height=100, format="jpeg",
-                         sha1="ab", phash="0f0f0f0f0f0f0f0f", member="img0001.jpg", data=b"\xff\xd8bytes"))
+    d.append_image(
+        Image(
+            url="https://a.org/i.jpg",
+            alt="a cat",
+            width=200,
+            height=100,
+            format="jpeg",
+            sha1="ab",
+            phash="0f0f0f0f0f0f0f0f",
+            member="img0001.jpg",
+            data=b"\xff\xd8bytes",
+        )
+    )
     d.append_text("second block")
     return d
 

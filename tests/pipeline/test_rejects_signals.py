@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
-from filters.config import GopherQualityConfig
-from filters.gopher import GopherQualityFilter
 from corpus.record import Document, make_doc_id
 from corpus.stats import TEXT_CHARS, TEXT_PER_REASON, Ledger, sample_key
 from corpus.steps import run_steps
+from filters.config import GopherQualityConfig
+from filters.gopher import GopherQualityFilter
 
 
 def _doc(i: int, text: str) -> Document:

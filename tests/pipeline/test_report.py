@@ -21,10 +21,10 @@ from PIL import Image as PILImage
 
 from corpus.format import Corpus, ShardInfo, append_manifest, write_shards
 from corpus.record import Document, Image, make_doc_id
+from corpus.stats import REJECTS_SCHEMA
 from pipeline.report import make_report
 from pipeline.report.render import embed_json
 from pipeline.report.summary import Histogram, signal_thresholds, what_if
-from corpus.stats import REJECTS_SCHEMA
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = REPO / ".." / "shared" / "data" / "real"
@@ -35,21 +35,35 @@ PLANTED_TEXT_1 = "Before <script>window.__pwned=1</script> after."
 PLANTED_SIGNAL = '<img src=x onerror="window.__pwned=10">'
 PLANTED_TEXT_2 = '<img src=x onerror="window.__pwned=2"> and </script><script>window.__pwned=7</script>'
 
-pytestmark = pytest.mark.skipif(not (REAL / "dev" / "warc").exists(),
-                                reason="../shared/data/real not present: real dev WARCs needed")
+pytestmark = pytest.mark.skipif(
+    not (REAL / "dev" / "warc").exists(), reason="../shared/data/real not present: real dev WARCs needed"
+)
 
 
 # ---- the corpus -------------------------------------------------------------------------------------
 def planted_document() -> Document:
     data = (REAL / PHOTO).read_bytes()
     pil = PILImage.open(io.BytesIO(data))
-    doc = Document(id=PLANTED_ID, url='https://planted.example/p?q="><script>window.__pwned=3</script>',
-                   source="test:planted", lang="en", lang_score=0.99,
-                   title='<img src=x onerror="window.__pwned=5">Planted')
+    doc = Document(
+        id=PLANTED_ID,
+        url='https://planted.example/p?q="><script>window.__pwned=3</script>',
+        source="test:planted",
+        lang="en",
+        lang_score=0.99,
+        title='<img src=x onerror="window.__pwned=5">Planted',
+    )
     doc.append_text(PLANTED_TEXT_1)
-    doc.append_image(Image(url="javascript:window.__pwned=4", alt='"><img src=x onerror="window.__pwned=6">',
-                           width=pil.width, height=pil.height, format="jpeg", phash=str(imagehash.phash(pil)),
-                           data=data))
+    doc.append_image(
+        Image(
+            url="javascript:window.__pwned=4",
+            alt='"><img src=x onerror="window.__pwned=6">',
+            width=pil.width,
+            height=pil.height,
+            format="jpeg",
+            phash=str(imagehash.phash(pil)),
+            data=data,
+        )
+    )
     doc.append_text(PLANTED_TEXT_2)
     doc.signals = {"lang_score": 0.99, PLANTED_SIGNAL: 1.0}
     return doc
@@ -59,11 +73,17 @@ def add_planted(corpus: Path) -> None:
     """The planted page in a shard of its own, listed in the manifest; a planted rejects file."""
     append_manifest(corpus, write_shards([planted_document()], corpus, "planted"))
     (corpus / "rejects").mkdir(exist_ok=True)
-    row = {"id": "planted-reject", "url": "javascript:window.__pwned=8", "stage": "planted_stage",
-           "item": "document", "reason": "<b>planted_reason</b>",
-           "detail": "</script><script>window.__pwned=9</script>",
-           "signals": json.dumps({"gopher_n_words": 3, "<svg onload=window.__pwned=12>": 1}),
-           "text": "rejected <script>window.__pwned=11</script> text", "key": 0.5}
+    row = {
+        "id": "planted-reject",
+        "url": "javascript:window.__pwned=8",
+        "stage": "planted_stage",
+        "item": "document",
+        "reason": "<b>planted_reason</b>",
+        "detail": "</script><script>window.__pwned=9</script>",
+        "signals": json.dumps({"gopher_n_words": 3, "<svg onload=window.__pwned=12>": 1}),
+        "text": "rejected <script>window.__pwned=11</script> text",
+        "key": 0.5,
+    }
     pq.write_table(pa.Table.from_pylist([row], schema=REJECTS_SCHEMA), corpus / "rejects" / "planted.parquet")
 
 
@@ -72,9 +92,13 @@ def build_real(corpus: Path) -> None:
     from pipeline.build import BuildConfig, build_corpus
 
     # small-image and image-count rules relaxed so the dev WARCs (2008-era pages) keep documents with images
-    cfg = BuildConfig.model_validate({"ray": {"workers": 2},
-                                      "images": {"min_side": 40, "max_aspect": 6.0},
-                                      "filters": {"image_count": {"min_images": 0}}})
+    cfg = BuildConfig.model_validate(
+        {
+            "ray": {"workers": 2},
+            "images": {"min_side": 40, "max_aspect": 6.0},
+            "filters": {"image_count": {"min_images": 0}},
+        }
+    )
     build_corpus([str(REAL / "dev" / "warc" / w) for w in WARCS], corpus, cfg, progress=False)
 
 
@@ -126,17 +150,34 @@ def test_thresholds_come_from_build_json(corpus, report):
     _, summary = report
     build = json.loads((corpus / "build.json").read_text())
     lang = [{k: t[k] for k in ("value", "kind", "config")} for t in summary["signals"]["lang_score"]["thresholds"]]
-    assert lang == [{"value": build["config"]["filters"]["language"]["min_score"], "kind": "min",
-                     "config": "filters.language.min_score"}]
+    assert lang == [
+        {
+            "value": build["config"]["filters"]["language"]["min_score"],
+            "kind": "min",
+            "config": "filters.language.min_score",
+        }
+    ]
     assert lang == build["signals"]["lang_score"]
     # a build.json without declared signals (another version) or with malformed entries: no lines, no crash
     assert signal_thresholds({"config": {"filters": {"language": {"enabled": True}}}}) == {}
     assert signal_thresholds(None) == {}
-    got = signal_thresholds({"signals": {"gopher_top_2_gram_char_frac": [
-        {"value": 0.2, "kind": "max", "config": "filters.gopher_repetition.top_n_grams.2"},
-        {"value": "x", "kind": "max", "config": "filters.bad"}], "c4_lines_kept_frac": [], "odd": "text"}})
-    assert got == {"gopher_top_2_gram_char_frac": [
-        {"value": 0.2, "kind": "max", "config": "filters.gopher_repetition.top_n_grams.2"}]}
+    got = signal_thresholds(
+        {
+            "signals": {
+                "gopher_top_2_gram_char_frac": [
+                    {"value": 0.2, "kind": "max", "config": "filters.gopher_repetition.top_n_grams.2"},
+                    {"value": "x", "kind": "max", "config": "filters.bad"},
+                ],
+                "c4_lines_kept_frac": [],
+                "odd": "text",
+            }
+        }
+    )
+    assert got == {
+        "gopher_top_2_gram_char_frac": [
+            {"value": 0.2, "kind": "max", "config": "filters.gopher_repetition.top_n_grams.2"}
+        ]
+    }
 
 
 def test_streaming_helpers():
@@ -146,12 +187,24 @@ def test_streaming_helpers():
     assert d["edges"][0] == 0.5 and d["count"] == 150
     assert sum(d["counts"]) + d["underflow"] + d["overflow"] == 150
     assert "<" not in embed_json({"t": "</script><!--"}) and json.loads(embed_json({"t": "</script>"})) == {
-        "t": "</script>"}
+        "t": "</script>"
+    }
 
 
 def test_cli_json_and_table(corpus, tmp_path):
-    cmd = [sys.executable, "-m", "pipeline.cli", "inspect", str(corpus), "--output", str(tmp_path / "r"),
-           "--sample", "5", "--json", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "inspect",
+        str(corpus),
+        "--output",
+        str(tmp_path / "r"),
+        "--sample",
+        "5",
+        "--json",
+        "--no-progress",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
@@ -161,16 +214,25 @@ def test_cli_json_and_table(corpus, tmp_path):
     again = make_report(corpus, tmp_path / "r2", sample=5, progress=False)
     html = (tmp_path / "r2" / "index.html").read_text()
     ids = {d["id"] for d in json.loads(html.split('id="report-data">')[1].split("</script>")[0])["documents"]}
-    first = json.loads((tmp_path / "r" / "index.html").read_text().split('id="report-data">')[1]
-                       .split("</script>")[0])["documents"]
+    first = json.loads((tmp_path / "r" / "index.html").read_text().split('id="report-data">')[1].split("</script>")[0])[
+        "documents"
+    ]
     assert {d["id"] for d in first} == ids, "same seed, same sample"
     assert again["totals"] == summary["totals"]
-    table = subprocess.run(cmd[:-2] + ["--no-progress"], capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
+    table = subprocess.run(
+        cmd[:-2] + ["--no-progress"], capture_output=True, text=True, timeout=120, cwd=REPO, check=False
+    )
     assert table.returncode == 0, table.stderr
     assert f"documents          {summary['totals']['documents']:,}" in table.stdout
     assert "top drop reasons" in table.stdout
-    bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "inspect", str(tmp_path / "nope")],
-                         capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
+    bad = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "inspect", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=False,
+    )
     assert bad.returncode == 2 and "not a corpus" in bad.stderr
 
 
@@ -187,9 +249,16 @@ def test_corpus_without_stats_build_or_dedup(tmp_path, chrome):
     assert "ghost-0000" in (empty / "report" / "index.html").read_text()
     root = tmp_path / "bare"
     append_manifest(root, write_shards([planted_document()], root, "planted"))
-    clusters = pa.table({"cluster_id": [7, 7, 7], "id": [PLANTED_ID, "dup-a", "dup-b"],
-                         "url": ["https://planted.example/", "https://copy.example/a", "javascript:alert(1)"],
-                         "keeper": [True, False, False], "reason": ["", "exact", "minhash"], "size": [3, 3, 3]})
+    clusters = pa.table(
+        {
+            "cluster_id": [7, 7, 7],
+            "id": [PLANTED_ID, "dup-a", "dup-b"],
+            "url": ["https://planted.example/", "https://copy.example/a", "javascript:alert(1)"],
+            "keeper": [True, False, False],
+            "reason": ["", "exact", "minhash"],
+            "size": [3, 3, 3],
+        }
+    )
     out = tmp_path / "r"
     summary = make_report(root, out, progress=False)
     assert summary["funnel"] is None and summary["dedup"]["available"] is False
@@ -199,8 +268,10 @@ def test_corpus_without_stats_build_or_dedup(tmp_path, chrome):
     (root / "dedup").mkdir()
     pq.write_table(clusters, root / "dedup" / "clusters.parquet")
     phash = planted_document().images[1].phash
-    pq.write_table(pa.table({"phash": [phash, "ffffffffffffffff"], "n_docs": [9, 2], "dropped": [8, 1]}),
-                   root / "dedup" / "images.parquet")
+    pq.write_table(
+        pa.table({"phash": [phash, "ffffffffffffffff"], "n_docs": [9, 2], "dropped": [8, 1]}),
+        root / "dedup" / "images.parquet",
+    )
     summary = make_report(root, out, progress=False)
     top = summary["dedup"]["clusters"]["top"][0]
     assert top["size"] == 3 and next(m["id"] for m in top["members"]) == PLANTED_ID
@@ -230,7 +301,8 @@ def _wait_images(driver, article, timeout: float = 15) -> list[int]:
     while time.time() < end:
         widths = driver.execute_script(
             "return Array.from(arguments[0].querySelectorAll('img')).map(i => i.complete ? i.naturalWidth : -1)",
-            article)
+            article,
+        )
         if widths and all(w >= 0 for w in widths):
             return widths
         time.sleep(0.1)
@@ -242,8 +314,9 @@ def _embedded(html_path: Path) -> dict:
 
 
 def _visible_docs(driver) -> list[str]:
-    return driver.execute_script("return Array.from(document.querySelectorAll('#docs article.doc'))"
-                                 ".map(a => a.dataset.docId)")
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#docs article.doc')).map(a => a.dataset.docId)"
+    )
 
 
 def test_rejected_documents_carry_signals_and_text(corpus, report):
@@ -294,19 +367,24 @@ def test_report_in_chromium(corpus, report, chrome):
     assert [r.get_attribute("data-stage") for r in rows] == [s["name"] for s in stats["stages"]]
     for row, s in zip(rows, stats["stages"]):
         assert int(row.get_attribute("data-in")) == s["in"] and int(row.get_attribute("data-out")) == s["out"]
-        shown = {e.get_attribute("data-reason"): int(e.get_attribute("data-count"))
-                 for e in row.find_elements("css selector", "[data-drop-stage]")}
+        shown = {
+            e.get_attribute("data-reason"): int(e.get_attribute("data-count"))
+            for e in row.find_elements("css selector", "[data-drop-stage]")
+        }
         assert shown == s["drops"]
     card = chrome.find_element("css selector", '[data-total="documents"]')
     assert int(card.get_attribute("data-value")) == sum(s.documents for s in Corpus(corpus).shards())
-    assert chrome.find_elements("css selector", '[data-signal="lang_score"] line[stroke="#d62728"]'), \
+    assert chrome.find_elements("css selector", '[data-signal="lang_score"] line[stroke="#d62728"]'), (
         "the lang_score threshold is drawn"
+    )
     assert chrome.find_elements("css selector", '[data-signal="lang_score"] rect.dropped'), "dropped shown"
     assert chrome.find_elements("css selector", '[data-signal="lang_score"] rect.cut'), "the cut side shaded"
 
     # top reasons: the document-level ones, with stats.json's counts
-    top = {(r.get_attribute("data-stage"), r.get_attribute("data-reason")): int(r.get_attribute("data-count"))
-           for r in chrome.find_elements("css selector", "#top-doc-reasons tr[data-reason]")}
+    top = {
+        (r.get_attribute("data-stage"), r.get_attribute("data-reason")): int(r.get_attribute("data-count"))
+        for r in chrome.find_elements("css selector", "#top-doc-reasons tr[data-reason]")
+    }
     by_count = sorted(((c, st["name"], r) for st in stats["stages"] for r, c in st["drops"].items()), reverse=True)
     for c, stage, reason in by_count[:5]:
         assert top[(stage, reason)] == c
@@ -319,8 +397,12 @@ def test_report_in_chromium(corpus, report, chrome):
         if signal not in wi["thresholds"]:
             continue
         box = chrome.find_element("css selector", f'.what-if[data-signal="{signal}"][data-index="0"]')
-        chrome.execute_script("var i = arguments[0].querySelector('.wi-value'); i.value = arguments[1];"
-                              "i.dispatchEvent(new Event('input'));", box, value)
+        chrome.execute_script(
+            "var i = arguments[0].querySelector('.wi-value'); i.value = arguments[1];"
+            "i.dispatchEvent(new Event('input'));",
+            box,
+            value,
+        )
         values = [t["value"] for t in wi["thresholds"][signal]]
         values[0] = value
         expected = what_if(wi, signal, values)
@@ -358,8 +440,9 @@ def test_report_in_chromium(corpus, report, chrome):
     chrome.find_element("css selector", "#sort-by option[value='gopher_n_words']").click()
     chrome.find_element("id", "sort-desc").click()
     words = [d["signals"]["gopher_n_words"] for d in data["documents"] if "gopher_n_words" in d["signals"]]
-    shown = chrome.execute_script("return Array.from(document.querySelectorAll('#docs article.doc'))"
-                                  ".map(a => a.dataset.docId)")
+    shown = chrome.execute_script(
+        "return Array.from(document.querySelectorAll('#docs article.doc')).map(a => a.dataset.docId)"
+    )
     by_id = {d["id"]: d for d in data["documents"]}
     assert [by_id[i]["signals"]["gopher_n_words"] for i in shown] == sorted(words, reverse=True)[:20]
     # a real document with images shows them, loaded from the report folder
@@ -395,11 +478,15 @@ def test_report_in_chromium(corpus, report, chrome):
     planted = chrome.find_element("css selector", f'article[data-doc-id="{PLANTED_ID}"]')
     assert "hit" in planted.get_attribute("class").split()
     chrome.find_element("css selector", "#filter-lang option[value='en']").click()
-    shown = chrome.execute_script("return Array.from(document.querySelectorAll('article.doc')).map(a => a.dataset.lang)")
+    shown = chrome.execute_script(
+        "return Array.from(document.querySelectorAll('article.doc')).map(a => a.dataset.lang)"
+    )
     assert shown and set(shown) == {"en"}
     chrome.find_element("css selector", "#filter-reason option[value='<b>planted_reason</b>']").click()
-    visible = chrome.execute_script("return Array.from(document.querySelectorAll('#rejects-list .reject'))"
-                                    ".filter(r => r.style.display !== 'none').length")
+    visible = chrome.execute_script(
+        "return Array.from(document.querySelectorAll('#rejects-list .reject'))"
+        ".filter(r => r.style.display !== 'none').length"
+    )
     assert visible == 1
 
     # screenshot artifact of the page top (not committed)
@@ -411,7 +498,8 @@ def test_report_in_chromium(corpus, report, chrome):
     # the Content-Security-Policy refuses anything remote, even if a script tried
     chrome.execute_script(
         "window.__csp = 0; document.addEventListener('securitypolicyviolation', () => { window.__csp += 1; });"
-        "var i = document.createElement('img'); i.src = 'http://127.0.0.1:9/x.png'; document.body.appendChild(i);")
+        "var i = document.createElement('img'); i.src = 'http://127.0.0.1:9/x.png'; document.body.appendChild(i);"
+    )
     end = time.time() + 5
     while time.time() < end and not chrome.execute_script("return window.__csp"):
         time.sleep(0.1)
@@ -421,13 +509,16 @@ def test_report_in_chromium(corpus, report, chrome):
     chrome.set_window_size(420, 900)
     chrome.get((out / "index.html").as_uri())
     _wait_ready(chrome)
-    chrome.execute_script("document.querySelectorAll('button.open').forEach(b => b.click());"
-                          "document.querySelectorAll('details').forEach(d => d.open = true);")
+    chrome.execute_script(
+        "document.querySelectorAll('button.open').forEach(b => b.click());"
+        "document.querySelectorAll('details').forEach(d => d.open = true);"
+    )
     width = chrome.execute_script("return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
     wide = chrome.execute_script(
         "return Array.from(document.querySelectorAll('body *')).filter(e => e.getBoundingClientRect().right >"
         " document.documentElement.clientWidth + 1 && !e.closest('.scroll'))"
-        ".slice(0, 8).map(e => e.tagName + '.' + e.className + '#' + e.id + ' ' + Math.round(e.getBoundingClientRect().right))")
+        ".slice(0, 8).map(e => e.tagName + '.' + e.className + '#' + e.id + ' ' + Math.round(e.getBoundingClientRect().right))"
+    )
     assert width[0] <= width[1], (width, wide)
     chrome.set_window_size(1280, 1600)
 
@@ -454,13 +545,16 @@ def test_non_finite_numbers_keep_the_embedded_json_strict(tmp_path):
     """A document with NaN/infinite signals or language score (a foreign or hand-made shard): the embedded
     JSON stays strict (browsers' JSON.parse rejects NaN and Infinity tokens, which would stop the whole
     document browser) and the values are shown as text."""
+
     def strict(blob: str):
         def refuse(token):
             raise ValueError(f"non-standard JSON token {token}")
+
         return json.loads(blob, parse_constant=refuse)
 
     assert strict(embed_json({"v": [float("nan"), float("inf"), -float("inf"), 0.5]})) == {
-        "v": ["NaN", "Infinity", "-Infinity", 0.5]}
+        "v": ["NaN", "Infinity", "-Infinity", 0.5]
+    }
     root = tmp_path / "c"
     doc = planted_document()
     doc.lang_score = float("nan")
@@ -480,14 +574,38 @@ def test_against_a_build_with_other_settings(corpus, tmp_path_factory, chrome):
     from pipeline.build import BuildConfig, build_corpus
 
     b = tmp_path_factory.mktemp("against") / "b"
-    cfg = BuildConfig.model_validate({"ray": {"workers": 2}, "images": {"min_side": 40, "max_aspect": 6.0},
-                                      "filters": {"image_count": {"min_images": 0}, "language": {"min_score": 0.9},
-                                                  "gopher_quality": {"min_doc_words": 120}}})
+    cfg = BuildConfig.model_validate(
+        {
+            "ray": {"workers": 2},
+            "images": {"min_side": 40, "max_aspect": 6.0},
+            "filters": {
+                "image_count": {"min_images": 0},
+                "language": {"min_score": 0.9},
+                "gopher_quality": {"min_doc_words": 120},
+            },
+        }
+    )
     build_corpus([str(REAL / "dev" / "warc" / w) for w in WARCS], b, cfg, progress=False)
     out = b.parent / "cmp"
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "inspect", str(corpus), "--against", str(b),
-                           "--output", str(out), "--no-progress"], capture_output=True, text=True, timeout=300,
-                          cwd=REPO, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "inspect",
+            str(corpus),
+            "--against",
+            str(b),
+            "--output",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "setting filters.language.min_score: 0.65 -> 0.9" in done.stdout
     c = json.loads((out / "compare.json").read_text())
@@ -503,12 +621,15 @@ def test_against_a_build_with_other_settings(corpus, tmp_path_factory, chrome):
     assert lang["drops"]["lang_low_score"][0] < lang["drops"]["lang_low_score"][1]
     ids = [{d.id for d in Corpus(p).iter_documents(with_images=False)} for p in (corpus, b)]
     assert c["only"]["exact"]
-    assert {d["id"] for d in c["only"]["a"]["shown"]} == ids[0] - ids[1] and c["only"]["a"]["count"] == len(ids[0] - ids[1])
+    assert {d["id"] for d in c["only"]["a"]["shown"]} == ids[0] - ids[1] and c["only"]["a"]["count"] == len(
+        ids[0] - ids[1]
+    )
     assert c["only"]["b"]["count"] == len(ids[1] - ids[0])
     why = {d["other"]["reason"] for d in c["only"]["a"]["shown"] if d["other"]}
     assert why & {"lang_low_score", "gopher_too_few_words"}, why
     assert [d for d in c["only"]["a"]["shown"] if d["other"] is None] == [
-        d for d in c["only"]["a"]["shown"] if d["id"] == PLANTED_ID]  # planted in A only, never seen by B
+        d for d in c["only"]["a"]["shown"] if d["id"] == PLANTED_ID
+    ]  # planted in A only, never seen by B
     assert "gopher_n_words" in c["signals"] and c["signals"]["gopher_n_words"]["b"]["count"] == len(ids[1])
 
     chrome.get((out / "index.html").as_uri())

@@ -140,8 +140,9 @@ def test_token_layout_labels_and_images(corpus):
         starts = torch.ones_like(seg, dtype=torch.bool)
         starts[:, 1:] = seg[:, 1:] != seg[:, :-1]
         assert (pos[starts & (seg >= 0)] == 0).all()
-        assert torch.equal(pos[:, 1:][~starts[:, 1:] & (seg[:, 1:] >= 0)],
-                           pos[:, :-1][~starts[:, 1:] & (seg[:, 1:] >= 0)] + 1)
+        assert torch.equal(
+            pos[:, 1:][~starts[:, 1:] & (seg[:, 1:] >= 0)], pos[:, :-1][~starts[:, 1:] & (seg[:, 1:] >= 0)] + 1
+        )
         # each image: <img_start> <image> x (h/2)(w/2) <img_end>, images in row-major order of appearance
         grids = b.grid_hw_I2.tolist()
         assert b.pixel_values_NP.shape == (sum(h * w for h, w in grids), 3 * PATCH * PATCH)

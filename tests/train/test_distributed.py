@@ -45,12 +45,14 @@ def global_objective(model, cfg, rank_batches):
     for b in rank_batches:
         o = model(b)
         loss = loss + (cfg.model.moe.aux_loss_weight * o.aux_loss + cfg.model.moe.z_loss_weight * o.z_loss) / len(
-            rank_batches)
+            rank_batches
+        )
     return loss, terms, out
 
 
-@pytest.mark.parametrize("kinds", [("mixed", "text"), ("text", "images")],
-                         ids=["one-rank-without-images", "no-images-vs-only-images"])
+@pytest.mark.parametrize(
+    "kinds", [("mixed", "text"), ("text", "images")], ids=["one-rank-without-images", "no-images-vs-only-images"]
+)
 def test_fsdp2_uneven_image_batches_match_single_process_gradients(kinds, tmp_path):
     spec = {"kinds": kinds, "steps": 3, "lr": 1e-3, "overrides": ["parallel.data_parallel=fsdp"]}
     got = spawn(spec, tmp_path)  # a collective mismatch raises in the workers (and fails spawn)
@@ -78,8 +80,12 @@ def test_fsdp2_uneven_image_batches_match_single_process_gradients(kinds, tmp_pa
 
 
 def test_bf16_policy_gives_experts_bf16_operands_and_keeps_fp32_master_weights(tmp_path):
-    spec = {"kinds": ("mixed", "text"), "steps": 1, "lr": 0.0,
-            "overrides": ["parallel.data_parallel=fsdp", "parallel.param_dtype=bfloat16"]}
+    spec = {
+        "kinds": ("mixed", "text"),
+        "steps": 1,
+        "lr": 0.0,
+        "overrides": ["parallel.data_parallel=fsdp", "parallel.param_dtype=bfloat16"],
+    }
     got = spawn(spec, tmp_path)
     assert got["dtypes"] == {("torch.bfloat16", "torch.bfloat16", "torch.bfloat16")}  # input, w1, w2 of every MoE
     assert got["param_dtypes"] == {"torch.float32"} and got["grad_dtypes"] == {"torch.float32"}
@@ -91,8 +97,12 @@ def test_bf16_policy_gives_experts_bf16_operands_and_keeps_fp32_master_weights(t
 
 def test_logged_loss_is_the_global_window_mean(tmp_path):
     # lr 0: the weights stay as initialised, so one process can recompute every micro-batch of the window
-    spec = {"kinds": ("mixed", "images"), "steps": 2, "lr": 0.0,
-            "overrides": ["parallel.data_parallel=fsdp", "optim.grad_accum=2"]}
+    spec = {
+        "kinds": ("mixed", "images"),
+        "steps": 2,
+        "lr": 0.0,
+        "overrides": ["parallel.data_parallel=fsdp", "optim.grad_accum=2"],
+    }
     row = spawn(spec, tmp_path)["row"]
 
     cfg, model, _ = reference_model(spec)
@@ -111,23 +121,28 @@ def test_logged_loss_is_the_global_window_mean(tmp_path):
                     o = model(b)
                     aux, z, n_outputs = aux + float(o.aux_loss), z + float(o.z_loss), n_outputs + 1
     lm, aux, z, con = lm_sum / n_label, aux / n_outputs, z / n_outputs, con_weighted / pairs
-    expected = lm + cfg.model.moe.aux_loss_weight * aux + cfg.model.moe.z_loss_weight * z \
-        + cfg.model.contrastive.weight * con
+    expected = (
+        lm + cfg.model.moe.aux_loss_weight * aux + cfg.model.moe.z_loss_weight * z + cfg.model.contrastive.weight * con
+    )
     assert pairs > 0 and row["contrastive_pairs"] == pairs / spec["steps"]
     assert math.isclose(row["logit_scale"], 1 / cfg.model.contrastive.temperature, rel_tol=1e-5)  # lr 0
     assert math.isclose(row["lm_loss"], lm, rel_tol=1e-5)
     assert math.isclose(row["loss"], expected, rel_tol=1e-5), (row["loss"], expected)
     assert row["label_tokens"] == n_label
     assert len(row["expert_load"]) == cfg.model.n_layers and all(
-        math.isclose(sum(layer), 1.0, rel_tol=1e-9) for layer in row["expert_load"])
+        math.isclose(sum(layer), 1.0, rel_tol=1e-9) for layer in row["expert_load"]
+    )
     assert all(v >= 1.0 for v in row["expert_load_max_over_mean"]) and 0.0 <= row["expert_dead_frac"] <= 1.0
 
 
 def test_expert_bias_moves_by_the_global_load_and_is_identical_on_every_rank(tmp_path):
     rate = 0.01
-    spec = {"kinds": ("mixed", "text"), "steps": 2, "lr": 1e-3,
-            "overrides": ["parallel.data_parallel=fsdp", "optim.grad_accum=2",
-                          f"model.moe.bias_update_rate={rate}"]}
+    spec = {
+        "kinds": ("mixed", "text"),
+        "steps": 2,
+        "lr": 1e-3,
+        "overrides": ["parallel.data_parallel=fsdp", "optim.grad_accum=2", f"model.moe.bias_update_rate={rate}"],
+    }
     got = spawn(spec, tmp_path)
     bias = got["expert_bias"]  # per step: (ranks, MoE layers, experts)
     assert len(bias) == spec["steps"]

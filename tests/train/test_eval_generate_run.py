@@ -9,8 +9,8 @@ import math
 
 import pytest
 
-from pipeline.cli import main
 from corpus.config import load_config
+from pipeline.cli import main
 from tests._train_corpus import PHOTOS, build_corpus, require_real
 from train.config import TrainConfig, resolve_recipe
 from train.trainer import run_training
@@ -24,11 +24,24 @@ def trained(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("evalrun")
     train = build_corpus(root / "train", [6, 6])
     val = build_corpus(root / "val", [4], start=40)
-    cfg = load_config(TrainConfig, resolve_recipe("debug-cpu"),
-                      [f"data.corpus={train}", f"run.output={root / 'run'}", "run.log_every=1",
-                       "stages=[{trainable: all, steps: 4}]", "run.checkpoint_every=4", "optim.warmup_steps=1",
-                       f"run.val_corpus={val}", "run.eval_every=2", "run.eval_batches=2",
-                       "parallel.data_parallel=fsdp", "model.qk_norm=true", "model.moe.n_shared_experts=0"])  # = qwen3_moe: exportable
+    cfg = load_config(
+        TrainConfig,
+        resolve_recipe("debug-cpu"),
+        [
+            f"data.corpus={train}",
+            f"run.output={root / 'run'}",
+            "run.log_every=1",
+            "stages=[{trainable: all, steps: 4}]",
+            "run.checkpoint_every=4",
+            "optim.warmup_steps=1",
+            f"run.val_corpus={val}",
+            "run.eval_every=2",
+            "run.eval_batches=2",
+            "parallel.data_parallel=fsdp",
+            "model.qk_norm=true",
+            "model.moe.n_shared_experts=0",
+        ],
+    )  # = qwen3_moe: exportable
     run_training(cfg)
     return root / "run", val
 
@@ -47,6 +60,7 @@ def test_val_losses_in_metrics_and_tensorboard(trained):
         assert r["val_lm_loss"] == pytest.approx(mixed)
     assert rows[2]["val_tokens"] == rows[4]["val_tokens"]  # the same held-out batches each time
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     acc = EventAccumulator(str(run / "tb"))
     acc.Reload()
     assert [e.step for e in acc.Scalars("val_image_text_loss")] == [2, 4]
@@ -67,8 +81,17 @@ def test_eval_prints_losses_and_recall(trained, capsys):
 def test_generate_from_run_and_export(trained, capsys, tmp_path):
     run, val = trained
     photo = str(sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[0])
-    args = ["generate", str(run), "--image", photo, "--prompt", "A photo: <image> It shows", "--json",
-            "--max-new-tokens", "8"]
+    args = [
+        "generate",
+        str(run),
+        "--image",
+        photo,
+        "--prompt",
+        "A photo: <image> It shows",
+        "--json",
+        "--max-new-tokens",
+        "8",
+    ]
     assert main(args) == 0
     a = json.loads(capsys.readouterr().out)
     assert 1 <= len(a["token_ids"]) <= 8 and isinstance(a["text"], str)
@@ -88,8 +111,11 @@ def test_generate_from_run_and_export(trained, capsys, tmp_path):
 
 def test_eval_every_must_be_a_multiple_of_log_every(tmp_path):
     with pytest.raises(ValueError, match="eval_every=3 must be a multiple of run.log_every=2"):
-        load_config(TrainConfig, resolve_recipe("debug-cpu"),
-                    [f"run.val_corpus={tmp_path}", "run.log_every=2", "run.eval_every=3"])
+        load_config(
+            TrainConfig,
+            resolve_recipe("debug-cpu"),
+            [f"run.val_corpus={tmp_path}", "run.log_every=2", "run.eval_every=3"],
+        )
 
 
 def test_generate_errors_are_clear(trained, capsys):

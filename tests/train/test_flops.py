@@ -25,8 +25,9 @@ def test_flops_count_real_tokens_documents_and_images():
     assert decoder == 6 * model.num_active_params() * sum(docs) + 12 * L * D * sum(n * n for n in docs)
 
     n_img = [int(h * w) for h, w in batch.grid_hw_I2.tolist()]
-    vit = sum(p.numel() for m in (model.vision.patch_embed, model.vision.blocks, model.vision.norm)
-              for p in m.parameters())
+    vit = sum(
+        p.numel() for m in (model.vision.patch_embed, model.vision.blocks, model.vision.norm) for p in m.parameters()
+    )
     per_token = sum(p.numel() for m in (model.vision.merge, model.adapter) for p in m.parameters())
     V, Lv = cfg.model.vision.d_vit, cfg.model.vision.n_layers
     assert vision == 6 * vit * sum(n_img) + 12 * Lv * V * sum(n * n for n in n_img) + 6 * per_token * sum(n_img) // 4
@@ -41,8 +42,9 @@ def test_flops_count_the_captions_second_pass_with_the_contrastive_loss():
     assert cfg.model.contrastive.weight > 0
     model = VLM(cfg.model)
     batch = synthetic_batch(cfg.model, torch.Generator().manual_seed(0), "mixed", batch_size=2, seq_len=48)
-    without = FlopCounter.of(VLM(cfg.model.model_copy(update={"contrastive": cfg.model.contrastive.model_copy(
-        update={"weight": 0.0})})))
+    without = FlopCounter.of(
+        VLM(cfg.model.model_copy(update={"contrastive": cfg.model.contrastive.model_copy(update={"weight": 0.0})}))
+    )
     decoder, vision = FlopCounter.of(model).batch(batch)
     decoder_without, vision_without = without.batch(batch)
 
@@ -50,7 +52,7 @@ def test_flops_count_the_captions_second_pass_with_the_contrastive_loss():
     B, T = batch.input_ids_BT.shape
     x_BTD = model.embed(batch, model.encode_images(batch))
     _, _, segment_ids_N = model.decoder_stream(batch, x_BTD)
-    caption_len = torch.unique(segment_ids_N[B * T:], return_counts=True)[1]
+    caption_len = torch.unique(segment_ids_N[B * T :], return_counts=True)[1]
     assert caption_len.numel() > 0 and int(caption_len.sum()) == int((batch.text_after_image_BT >= 0).sum())
     head = model.decoder.output.weight.numel()  # the copies skip the LM head
     D, L = cfg.model.d_model, cfg.model.n_layers

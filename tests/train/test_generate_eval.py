@@ -25,8 +25,7 @@ def _prompt(model, T_text=(5, 6, 7), grid=(2, 4), seed=0) -> Prompt:
     img = model.cfg.image_token_id
     ids = [1, *T_text, 3, *([img] * M), 5, 9, 10]
     P = 3 * PATCH * PATCH
-    return Prompt(torch.tensor(ids), torch.randn(grid[0] * grid[1], P, generator=g),
-                  torch.tensor([grid]))
+    return Prompt(torch.tensor(ids), torch.randn(grid[0] * grid[1], P, generator=g), torch.tensor([grid]))
 
 
 @pytest.mark.parametrize("options", [{}, {"qk_norm": True, "qkv_bias": True, "n_kv_heads": 1}])
@@ -42,11 +41,11 @@ def test_cached_decoding_equals_uncached_argmax(options):
         ids.append(t)
     # and the cached prefill's hidden states equal the full forward's logits
     from train.model.decoder import KVCache
+
     cache = KVCache.empty(len(model.decoder.layers))
     with torch.no_grad():
         h = model.decoder.forward_cached(prompt_embeddings(model, prompt), cache)
-        torch.testing.assert_close(model.decoder.output(h[0]).float(), full_logits(model, prompt),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.decoder.output(h[0]).float(), full_logits(model, prompt), atol=1e-5, rtol=1e-5)
 
 
 def test_greedy_is_deterministic_and_sampling_is_seeded():
@@ -75,8 +74,8 @@ def test_image_conditioned_positions():
     ids, seg = batch.input_ids_BT, batch.segment_ids_BT
     for b in range(ids.shape[0]):
         for t in range(ids.shape[1]):
-            same_doc = (seg[b, :t + 1] == seg[b, t])
-            expect = bool(((ids[b, :t + 1] == model.cfg.image_token_id) & same_doc).any()) and seg[b, t] >= 0
+            same_doc = seg[b, : t + 1] == seg[b, t]
+            expect = bool(((ids[b, : t + 1] == model.cfg.image_token_id) & same_doc).any()) and seg[b, t] >= 0
             assert bool(cond[b, t]) == expect, (b, t)
     assert cond.any() and (~cond & (seg >= 0)).any()
 
@@ -86,9 +85,12 @@ def test_image_text_loss_moves_with_noise_images_text_loss_does_not():
     batch, _ = build_batch([[DOC_A, DOC_B], [DOC_B, DOC_A]], T=40)
     sums, img, txt = eval_sums(model.eval(), batch, model.cfg.image_token_id)
     g = torch.Generator().manual_seed(5)
-    noisy = batch.__class__(**{**batch.__dict__,
-                              "pixel_values_NP": torch.randn(batch.pixel_values_NP.shape, generator=g,
-                                                             dtype=batch.pixel_values_NP.dtype)})
+    noisy = batch.__class__(
+        **{
+            **batch.__dict__,
+            "pixel_values_NP": torch.randn(batch.pixel_values_NP.shape, generator=g, dtype=batch.pixel_values_NP.dtype),
+        }
+    )
     noisy_sums, _, _ = eval_sums(model, noisy, model.cfg.image_token_id)
     m, n = metrics_of(sums), metrics_of(noisy_sums)
     assert m["val_image_text_tokens"] > 0 and m["val_tokens"] > m["val_image_text_tokens"]
@@ -109,6 +111,7 @@ def test_retrieval_recall():
 
 def test_encode_prompt_places_images_at_marks(tmp_path):
     from train.tokenizer import train_tokenizer
+
     tok = train_tokenizer(["a photo of a cat on a mat", "the dog"] * 20, vocab_size=300, min_frequency=1)
     buf = io.BytesIO()
     PILImage.fromarray(np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(buf, "PNG")
@@ -117,7 +120,10 @@ def test_encode_prompt_places_images_at_marks(tmp_path):
     ids = p.ids_T.tolist()
     assert ids[0] == tok.bos_id and ids.count(tok.img_start_id) == 2 and ids.count(tok.img_end_id) == 2
     M = int(sum((h // 2) * (w // 2) for h, w in p.grid_hw_I2.tolist()))
-    assert ids.count(tok.image_id) == M and p.pixel_values_NP.shape == (int(p.grid_hw_I2.prod(1).sum()), 3 * PATCH * PATCH)
+    assert ids.count(tok.image_id) == M and p.pixel_values_NP.shape == (
+        int(p.grid_hw_I2.prod(1).sum()),
+        3 * PATCH * PATCH,
+    )
     assert ids[-1] == tok.img_end_id  # the prompt ends with the second image
     with pytest.raises(ValueError, match="1 <image> mark"):
         encode_prompt("one <image>", [buf.getvalue()] * 2, tok, data, PATCH)

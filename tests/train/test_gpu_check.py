@@ -20,8 +20,14 @@ REPO = Path(__file__).resolve().parents[2]
 def test_gpu_check_dry_run_runs_every_section(tmp_path):
     out = tmp_path / "gpu-check.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "bench.gpu", "--dry-run", "--steps", "4", "--out", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.gpu", "--dry-run", "--steps", "4", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     report = json.loads(out.read_text())
     failed = {k: v.get("error") for k, v in report["sections"].items() if not v["ok"]}
     assert proc.returncode == 0 and report["ok"], (failed, proc.stderr[-3000:])

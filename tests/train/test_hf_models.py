@@ -23,9 +23,16 @@ from train.model.hf import (  # noqa: E402
 
 TOL = 1e-4
 VOCAB = 97
-SMALL = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             rms_norm_eps=1e-6, max_position_embeddings=256,
-             initializer_range=0.1)  # larger than real inits: logits of order 1, so 1e-4 is a tight bound
+SMALL = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=256,
+    initializer_range=0.1,
+)  # larger than real inits: logits of order 1, so 1e-4 is a tight bound
 
 
 def _hf_model(config, path, seed: int = 0):
@@ -67,17 +74,26 @@ def _assert_same_logits(hf_model, dec: Decoder) -> None:
             assert (ours - ref).abs().max() <= TOL, T
             assert ref.std() > 0.3  # the bound is meaningful: logits are not near zero
         ids_BT, mask_BT = _batch()
-        ref = hf_model(input_ids=ids_BT, attention_mask=mask_BT,
-                       position_ids=(mask_BT.cumsum(1) - 1).clamp(min=0)).logits
+        ref = hf_model(
+            input_ids=ids_BT, attention_mask=mask_BT, position_ids=(mask_BT.cumsum(1) - 1).clamp(min=0)
+        ).logits
         ours = decoder_logits(dec, ids_BT, mask_BT)
         real = mask_BT.bool()
         assert (ours[real] - ref[real]).abs().max() <= TOL
 
 
 def qwen3_moe_config(**kw):
-    return transformers.Qwen3MoeConfig(**SMALL, head_dim=24, intermediate_size=96, moe_intermediate_size=32,
-                                       num_experts=8, num_experts_per_tok=2, norm_topk_prob=True,
-                                       rope_theta=1e6, **kw)
+    return transformers.Qwen3MoeConfig(
+        **SMALL,
+        head_dim=24,
+        intermediate_size=96,
+        moe_intermediate_size=32,
+        num_experts=8,
+        num_experts_per_tok=2,
+        norm_topk_prob=True,
+        rope_theta=1e6,
+        **kw,
+    )
 
 
 def test_qwen3_moe_logits_match_transformers(tmp_path):
@@ -90,15 +106,26 @@ def test_qwen3_moe_logits_match_transformers(tmp_path):
 
 
 def test_qwen2_moe_with_gated_shared_expert_and_dense_first_layer(tmp_path):
-    config = transformers.Qwen2MoeConfig(**SMALL | {"num_hidden_layers": 3}, intermediate_size=80,
-                                         moe_intermediate_size=32, shared_expert_intermediate_size=48,
-                                         num_experts=6, num_experts_per_tok=3, norm_topk_prob=False,
-                                         mlp_only_layers=[0])
+    config = transformers.Qwen2MoeConfig(
+        **SMALL | {"num_hidden_layers": 3},
+        intermediate_size=80,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=48,
+        num_experts=6,
+        num_experts_per_tok=3,
+        norm_topk_prob=False,
+        mlp_only_layers=[0],
+    )
     hf = _hf_model(config, tmp_path)
     dec = _ours(tmp_path)
     m = dec.cfg.moe
-    assert (m.gate, m.shared_hidden, m.shared_gate, m.first_dense_layers, dec.cfg.qkv_bias) == \
-        ("softmax", 48, True, 1, True)
+    assert (m.gate, m.shared_hidden, m.shared_gate, m.first_dense_layers, dec.cfg.qkv_bias) == (
+        "softmax",
+        48,
+        True,
+        1,
+        True,
+    )
     assert [layer.is_moe for layer in dec.layers] == [False, True, True]
     _assert_same_logits(hf, dec)
 
@@ -126,9 +153,18 @@ def test_dense_family_loads_dense_and_matches(tmp_path, family):
     if family == "qwen3":
         config = transformers.Qwen3Config(**SMALL, head_dim=16, intermediate_size=96, tie_word_embeddings=True)
     else:  # Llama 3.1's frequency scaling, short original context so that all three bands occur
-        config = transformers.LlamaConfig(**SMALL, intermediate_size=96, rope_theta=500000.0, rope_scaling={
-            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 64})
+        config = transformers.LlamaConfig(
+            **SMALL,
+            intermediate_size=96,
+            rope_theta=500000.0,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+        )
     hf = _hf_model(config, tmp_path)
     dec = _ours(tmp_path)
     assert not any(layer.is_moe for layer in dec.layers)
@@ -149,8 +185,9 @@ def test_upcycled_dense_model_first_forward_equals_dense(tmp_path):
     assert moe.layers[0].ffn.w1_EDF.shape == (8, 64, 96)
     ids_BT, mask_BT = _batch()
     with torch.no_grad():
-        dense_logits = hf(input_ids=ids_BT, attention_mask=mask_BT,
-                          position_ids=(mask_BT.cumsum(1) - 1).clamp(min=0)).logits
+        dense_logits = hf(
+            input_ids=ids_BT, attention_mask=mask_BT, position_ids=(mask_BT.cumsum(1) - 1).clamp(min=0)
+        ).logits
         moe_logits = decoder_logits(moe, ids_BT, mask_BT)
         # the router really spreads tokens over experts (not one fixed pair)
         h_SD = torch.randn(200, 64)
@@ -181,9 +218,15 @@ def test_export_reloads_in_transformers_with_equal_logits(tmp_path, family):
     if family == "qwen3_moe":
         config = qwen3_moe_config()
     else:
-        config = transformers.Qwen2MoeConfig(**SMALL, intermediate_size=80, moe_intermediate_size=32,
-                                             shared_expert_intermediate_size=48, num_experts=4,
-                                             num_experts_per_tok=2, mlp_only_layers=[1])
+        config = transformers.Qwen2MoeConfig(
+            **SMALL,
+            intermediate_size=80,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=48,
+            num_experts=4,
+            num_experts_per_tok=2,
+            mlp_only_layers=[1],
+        )
     _roundtrip(tmp_path, config)
 
 
@@ -285,9 +328,15 @@ def test_init_llm_extends_tokenizer_and_starts_from_the_pretrained_decoder(tmp_p
     assert added == list(range(90, 96)) and tok.encode("w3 w7 <|image|>")[:2] == [3, 7]
     assert 94 not in tok.encode("w3 <|image|>")  # crawled text never yields the placeholder id
 
-    base = TrainConfig(model=ModelConfig(vision={"patch_size": 8, "d_vit": 32, "n_layers": 1, "n_heads": 2},
-                                         moe={"n_experts": 4, "top_k": 2}, init_upcycle=upcycled),
-                       run={"output": str(tmp_path / "run")}, data={"corpus": str(tmp_path / "corpus")})
+    base = TrainConfig(
+        model=ModelConfig(
+            vision={"patch_size": 8, "d_vit": 32, "n_layers": 1, "n_heads": 2},
+            moe={"n_experts": 4, "top_k": 2},
+            init_upcycle=upcycled,
+        ),
+        run={"output": str(tmp_path / "run")},
+        data={"corpus": str(tmp_path / "corpus")},
+    )
     cfg = prepare_run(init_llm_config(base, src, tmp_path / "run"))
     assert cfg.model.init_llm == str(src.resolve()) and cfg.model.d_head == 16 and cfg.model.qk_norm
     assert (cfg.model.vocab_size, cfg.model.image_token_id) == (128, Tokenizer.load(cfg.data.tokenizer).image_id)
@@ -322,8 +371,10 @@ def _bpe_tokenizer(path) -> None:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     texts = ["Interleaved image-text documents from the web.", "A decoder that starts from pretrained weights."]
-    tok.train_from_iterator(texts * 20, trainers.BpeTrainer(
-        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.train_from_iterator(
+        texts * 20,
+        trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False),
+    )
     tok.save(str(path / "tokenizer.json"))
 
 
@@ -331,21 +382,38 @@ def _bpe_tokenizer(path) -> None:
 def test_train_from_pretrained_then_export_reloads_in_transformers(ray_local, dev_corpus, tmp_path):
     """The real path: a qwen3_moe folder -> `interloom train --init-llm` (Ray Train, the dev corpus, 12 steps)
     -> `interloom export model RUN OUT` -> transformers loads OUT and its logits equal the checkpoint's."""
-    from pipeline.cli import main
     from corpus.config import load_config
+    from pipeline.cli import main
     from train.config import TrainConfig, resolve_recipe
     from train.export import load_trained_model
     from train.model.hf.init import init_llm_config
     from train.trainer import run_training
 
     src, run = tmp_path / "src", tmp_path / "run"
-    _hf_model(transformers.Qwen3MoeConfig(**SMALL | {"vocab_size": 320}, head_dim=16, intermediate_size=96,
-                                          moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
-                                          norm_topk_prob=True), src)
+    _hf_model(
+        transformers.Qwen3MoeConfig(
+            **SMALL | {"vocab_size": 320},
+            head_dim=16,
+            intermediate_size=96,
+            moe_intermediate_size=32,
+            num_experts=4,
+            num_experts_per_tok=2,
+            norm_topk_prob=True,
+        ),
+        src,
+    )
     _bpe_tokenizer(src)
-    cfg = load_config(TrainConfig, resolve_recipe("debug-cpu"), [
-        f"data.corpus={dev_corpus[0]}", f"run.output={run}", "run.num_workers=1", "run.checkpoint_every=6",
-        'stages=[{"trainable": "all", "steps": 12}]'])
+    cfg = load_config(
+        TrainConfig,
+        resolve_recipe("debug-cpu"),
+        [
+            f"data.corpus={dev_corpus[0]}",
+            f"run.output={run}",
+            "run.num_workers=1",
+            "run.checkpoint_every=6",
+            'stages=[{"trainable": "all", "steps": 12}]',
+        ],
+    )
     run.mkdir(parents=True)
     run_training(init_llm_config(cfg, src, run))
 

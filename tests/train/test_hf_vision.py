@@ -26,9 +26,18 @@ def to_hf_patches(patches_NCpp: torch.Tensor, h: int, w: int, m: int) -> torch.T
 @pytest.mark.parametrize("act", ["quick_gelu", "gelu"])
 def test_qwen2_vl_tower_parity(tmp_path, act):
     torch.manual_seed(0)
-    hf_cfg = Qwen2VLVisionConfig(depth=2, embed_dim=32, hidden_size=48, hidden_act=act, mlp_ratio=4,
-                                 num_heads=4, in_channels=3, patch_size=P, spatial_merge_size=2,
-                                 temporal_patch_size=2)
+    hf_cfg = Qwen2VLVisionConfig(
+        depth=2,
+        embed_dim=32,
+        hidden_size=48,
+        hidden_act=act,
+        mlp_ratio=4,
+        num_heads=4,
+        in_channels=3,
+        patch_size=P,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
     hf = Qwen2VisionTransformerPretrainedModel._from_config(hf_cfg, attn_implementation="eager").eval()
     for p in hf.parameters():  # random, not the init's zeros/ones, so every mapping is exercised
         torch.nn.init.normal_(p, std=0.2)
@@ -82,8 +91,10 @@ def _bpe_tokenizer(path) -> None:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     texts = ["Interleaved image-text documents from the web.", "A tower and a decoder, both pretrained."]
-    tok.train_from_iterator(texts * 20, trainers.BpeTrainer(
-        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.train_from_iterator(
+        texts * 20,
+        trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False),
+    )
     tok.save(str(path / "tokenizer.json"))
 
 
@@ -93,8 +104,8 @@ def test_align_then_pretrain_from_pretrained_towers_then_export(ray_local, dev_c
     (an adapter-only align stage at a 32x32 pixel budget, then everything at 64x64) on the dev corpus ->
     frozen parts unchanged by align, everything trained after -> `export model` -> transformers reloads
     the decoder with equal logits, interloom reloads the whole VLM bit-identically."""
-    from pipeline.cli import main
     from corpus.config import load_config
+    from pipeline.cli import main
     from train.config import TrainConfig, resolve_recipe
     from train.export import load_exported_vlm, load_trained_model
     from train.model.hf import decoder_logits
@@ -105,16 +116,37 @@ def test_align_then_pretrain_from_pretrained_towers_then_export(ray_local, dev_c
 
     llm, tower, run = tmp_path / "llm", tmp_path / "tower", tmp_path / "run"
     torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(transformers.Qwen3MoeConfig(
-        vocab_size=320, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=16, intermediate_size=96, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
-        norm_topk_prob=True, initializer_range=0.1)).save_pretrained(llm)
+    transformers.AutoModelForCausalLM.from_config(
+        transformers.Qwen3MoeConfig(
+            vocab_size=320,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=96,
+            moe_intermediate_size=32,
+            num_experts=4,
+            num_experts_per_tok=2,
+            norm_topk_prob=True,
+            initializer_range=0.1,
+        )
+    ).save_pretrained(llm)
     _bpe_tokenizer(llm)
-    Qwen2VisionTransformerPretrainedModel._from_config(Qwen2VLVisionConfig(
-        depth=1, embed_dim=32, hidden_size=48, num_heads=4, patch_size=P, spatial_merge_size=2)).save_pretrained(tower)
-    cfg = load_config(TrainConfig, resolve_recipe("debug-cpu"), [
-        f"data.corpus={dev_corpus[0]}", f"run.output={run}", "run.num_workers=1", "run.checkpoint_every=3",
-        'stages=[{"trainable": "adapter", "steps": 3, "max_pixels": 1024}, {"trainable": "all", "steps": 3}]'])
+    Qwen2VisionTransformerPretrainedModel._from_config(
+        Qwen2VLVisionConfig(depth=1, embed_dim=32, hidden_size=48, num_heads=4, patch_size=P, spatial_merge_size=2)
+    ).save_pretrained(tower)
+    cfg = load_config(
+        TrainConfig,
+        resolve_recipe("debug-cpu"),
+        [
+            f"data.corpus={dev_corpus[0]}",
+            f"run.output={run}",
+            "run.num_workers=1",
+            "run.checkpoint_every=3",
+            'stages=[{"trainable": "adapter", "steps": 3, "max_pixels": 1024}, {"trainable": "all", "steps": 3}]',
+        ],
+    )
     run.mkdir(parents=True)
     cfg = init_vision_config(init_llm_config(cfg, llm, run), tower)
     assert (cfg.model.vision.d_out, cfg.stage_data(0).max_pixels, cfg.stage_data(1).max_pixels) == (48, 1024, 4096)

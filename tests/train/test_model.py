@@ -67,10 +67,10 @@ def build_batch(rows: list[list[list]], T: int, after: int = 3, pixels: dict[str
             owner.append(-1)
             n = len(toks)
             assert t + n <= T, "row too long"
-            ids[b, t:t + n] = torch.tensor(toks)
-            seg[b, t:t + n] = d
-            pos[b, t:t + n] = torch.arange(n)
-            after_BT[b, t:t + n] = torch.tensor(owner)
+            ids[b, t : t + n] = torch.tensor(toks)
+            seg[b, t : t + n] = d
+            pos[b, t : t + n] = torch.arange(n)
+            after_BT[b, t : t + n] = torch.tensor(owner)
             spans[(b, d)] = (t, t + n)
             t += n
     labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
@@ -78,18 +78,30 @@ def build_batch(rows: list[list[list]], T: int, after: int = 3, pixels: dict[str
         for t in range(s, e - 1):
             if int(ids[b, t + 1]) not in SPECIAL - {EOS}:  # <eos> is a target, as the loader labels it
                 labels[b, t] = ids[b, t + 1]
-    batch = Batch(input_ids_BT=ids, labels_BT=labels, position_ids_BT=pos, segment_ids_BT=seg,
-                  pixel_values_NP=torch.cat(patches) if patches else torch.zeros(0, P),
-                  grid_hw_I2=torch.tensor(grids, dtype=torch.long).view(-1, 2),
-                  text_after_image_BT=after_BT)
+    batch = Batch(
+        input_ids_BT=ids,
+        labels_BT=labels,
+        position_ids_BT=pos,
+        segment_ids_BT=seg,
+        pixel_values_NP=torch.cat(patches) if patches else torch.zeros(0, P),
+        grid_hw_I2=torch.tensor(grids, dtype=torch.long).view(-1, 2),
+        text_after_image_BT=after_BT,
+    )
     return batch, spans
 
 
 def tiny_config(**over) -> ModelConfig:
-    base = dict(vocab_size=40, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, d_ffn=48,
-                moe=dict(n_experts=4, top_k=2, d_expert=16, first_dense_layers=1),
-                vision=dict(patch_size=PATCH, d_vit=16, n_layers=2, n_heads=2),
-                contrastive=dict(weight=0.1, d_proj=8))
+    base = dict(
+        vocab_size=40,
+        d_model=32,
+        n_layers=3,
+        n_heads=4,
+        n_kv_heads=2,
+        d_ffn=48,
+        moe=dict(n_experts=4, top_k=2, d_expert=16, first_dense_layers=1),
+        vision=dict(patch_size=PATCH, d_vit=16, n_layers=2, n_heads=2),
+        contrastive=dict(weight=0.1, d_proj=8),
+    )
     base.update(over)
     return ModelConfig(**base)
 
@@ -113,6 +125,7 @@ def per_token_ce(logits_BTV: torch.Tensor, batch: Batch) -> torch.Tensor:
 
 # --- packing and isolation -------------------------------------------------------------------------------
 
+
 def test_packed_and_unpacked_documents_give_the_same_loss_float64():
     model = tiny_model()
     packed, spans = build_batch([[DOC_A, DOC_B]], T=24)
@@ -121,8 +134,11 @@ def test_packed_and_unpacked_documents_give_the_same_loss_float64():
     out_p = model(packed, return_logits=True)
     out_a = model(alone_a, return_logits=True)
     out_b = model(alone_b, return_logits=True)
-    ce_p, ce_a, ce_b = per_token_ce(out_p.logits_BTV, packed), per_token_ce(out_a.logits_BTV, alone_a), \
-        per_token_ce(out_b.logits_BTV, alone_b)
+    ce_p, ce_a, ce_b = (
+        per_token_ce(out_p.logits_BTV, packed),
+        per_token_ce(out_a.logits_BTV, alone_a),
+        per_token_ce(out_b.logits_BTV, alone_b),
+    )
     (sa, ea), (sb, eb) = spans[(0, 0)], spans[(0, 1)]
     loss_a_packed, loss_b_packed = ce_p[0, sa:ea].sum(), ce_p[0, sb:eb].sum()
     torch.testing.assert_close(loss_a_packed, ce_a[0].sum(), rtol=1e-12, atol=1e-12)
@@ -143,7 +159,7 @@ def test_no_attention_across_documents():
     batch2, _ = build_batch([[doc_a2, DOC_B]], T=24)
     lo1, lo2 = model(batch, return_logits=True).logits_BTV, model(batch2, return_logits=True).logits_BTV
     (sa, ea), (sb, eb) = spans[(0, 0)], spans[(0, 1)]
-    assert (lo1[0, sa + 1:ea] - lo2[0, sa + 1:ea]).abs().max() > 1e-3  # doc A itself changed
+    assert (lo1[0, sa + 1 : ea] - lo2[0, sa + 1 : ea]).abs().max() > 1e-3  # doc A itself changed
     torch.testing.assert_close(lo1[0, sb:eb], lo2[0, sb:eb], rtol=0, atol=1e-12)  # doc B did not
     # control: with one segment id for the whole row, doc B would see doc A
     merged = replace(batch, segment_ids_BT=torch.where(batch.segment_ids_BT >= 0, 0, -1).int())
@@ -170,6 +186,7 @@ def test_vision_encoder_never_attends_across_images():
 
 # --- vision geometry ------------------------------------------------------------------------------------
 
+
 def test_patch_coords_and_merge_index_on_non_square_grids():
     image_N, row_N, col_N = patch_coords(torch.tensor([[2, 4], [4, 2]]))
     assert image_N.tolist() == [0] * 8 + [1] * 8
@@ -189,6 +206,7 @@ def test_2d_rope_is_relative_in_rows_and_columns_on_non_square_grid():
     h, w = 3, 5
     cos_NR, sin_NR = enc.rope_2d(torch.tensor([[h, w]]), torch.float64)
     from train.model.decoder import apply_rotary
+
     q, k = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
     qr, kr = apply_rotary(q.expand(h * w, 8), cos_NR, sin_NR), apply_rotary(k.expand(h * w, 8), cos_NR, sin_NR)
 
@@ -213,6 +231,7 @@ def test_bad_vision_inputs_are_value_errors():
 
 
 # --- placement, forward/backward, freezing --------------------------------------------------------------
+
 
 def test_image_tokens_replace_placeholders_in_order():
     model = tiny_model()
@@ -246,8 +265,12 @@ def test_tiny_vlm_forward_backward_and_outputs():
     for name in ("loss", "lm", "aux", "z", "contrastive"):
         assert torch.isfinite(terms[name]), name
     assert int(terms["n_pairs"]) == 2 and float(terms["logit_scale"]) == pytest.approx(1 / 0.07)
-    expected = (out.lm_loss_sum / out.n_label_tokens + 0.01 * out.aux_loss + 0.001 * out.z_loss
-                + 0.5 * contrastive_loss(out.image_emb_ID, out.text_emb_ID, logit_scale=1 / 0.07))
+    expected = (
+        out.lm_loss_sum / out.n_label_tokens
+        + 0.01 * out.aux_loss
+        + 0.001 * out.z_loss
+        + 0.5 * contrastive_loss(out.image_emb_ID, out.text_emb_ID, logit_scale=1 / 0.07)
+    )
     torch.testing.assert_close(terms["loss"], expected)
     assert terms["lm"] == pytest.approx(math.log(40), rel=0.5)
     terms["loss"].backward()
@@ -268,11 +291,14 @@ def test_batch_without_images_still_touches_every_parameter():
     assert model.vision.patch_embed.weight.grad.abs().sum() == 0
 
 
-@pytest.mark.parametrize("stage,prefixes", [
-    ("adapter", ("adapter.", "image_proj.", "text_proj.", "logit_scale")),
-    ("adapter+vision", ("adapter.", "image_proj.", "text_proj.", "logit_scale", "vision.")),
-    ("all", ("",)),
-])
+@pytest.mark.parametrize(
+    "stage,prefixes",
+    [
+        ("adapter", ("adapter.", "image_proj.", "text_proj.", "logit_scale")),
+        ("adapter+vision", ("adapter.", "image_proj.", "text_proj.", "logit_scale", "vision.")),
+        ("all", ("",)),
+    ],
+)
 def test_set_trainable_freezes_as_named(stage, prefixes):
     model = tiny_model(torch.float32)
     n_trainable = model.set_trainable(stage)
@@ -315,6 +341,7 @@ def test_num_flops_per_token_counts_active_experts_only():
 
 
 # --- losses ---------------------------------------------------------------------------------------------
+
 
 def manual_infonce(img, txt, tau):
     img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
@@ -361,6 +388,7 @@ def test_losses_across_two_gloo_ranks_match_the_global_objective(tmp_path):
 
 # --- attention backends, checkpointing, compile -----------------------------------------------------------
 
+
 def _qkv(B, H, K, T, d, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return [torch.randn(B, h, T, d, generator=gen, dtype=torch.float64, requires_grad=True) for h in (H, K, K)]
@@ -377,9 +405,14 @@ def _attend_with_grads(backend, ids_BT, causal, qkv):
 
 def test_varlen_attention_matches_dense_on_packed_rows_outputs_and_gradients():
     # rows with several documents of equal and different lengths, padding, a one-token document
-    ids_BT = torch.tensor([[0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 3, -1],
-                           [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, -1, -1],
-                           [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.int32)
+    ids_BT = torch.tensor(
+        [
+            [0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 3, -1],
+            [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, -1, -1],
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ],
+        dtype=torch.int32,
+    )
     qkv = _qkv(3, 4, 2, 12, 8)  # grouped-query: 4 query heads over 2 kv heads
     o_ref, g_ref = _attend_with_grads("dense", ids_BT, True, qkv)
     o, g = _attend_with_grads("varlen", ids_BT, True, qkv)
@@ -495,8 +528,11 @@ def test_compiled_blocks_compute_the_same():
     batch, _ = build_batch([[DOC_A, DOC_B]], T=24)
     # one dense and one MoE layer, one ViT block; the loop backend (torch's fake-tensor rule for grouped_mm
     # is bf16-only, while its CPU kernel also runs fp32: compiled bf16 grouped_mm is a GPU matter)
-    small = dict(n_layers=2, moe=dict(n_experts=4, top_k=2, d_expert=16, first_dense_layers=1, grouped_mm="loop"),
-                 vision=dict(patch_size=PATCH, d_vit=16, n_layers=1, n_heads=2))
+    small = dict(
+        n_layers=2,
+        moe=dict(n_experts=4, top_k=2, d_expert=16, first_dense_layers=1, grouped_mm="loop"),
+        vision=dict(patch_size=PATCH, d_vit=16, n_layers=1, n_heads=2),
+    )
     ref, g_ref = _loss_and_grads(tiny_model(torch.float32, **small), batch)
     model = tiny_model(torch.float32, compile="eager", **small)
     assert all(b._compiled is not None for b in list(model.decoder.layers) + list(model.vision.blocks))
@@ -507,6 +543,7 @@ def test_compiled_blocks_compute_the_same():
 
 
 # --- objectives -----------------------------------------------------------------------------------------
+
 
 def test_contrastive_text_embedding_cannot_see_the_image():
     model = tiny_model()
@@ -553,8 +590,9 @@ def test_eos_is_a_target_of_the_lm_loss():
 
 
 def test_vlm_update_expert_bias_per_layer():
-    model = tiny_model(torch.float32, moe=dict(n_experts=4, top_k=1, d_expert=16, first_dense_layers=1,
-                                               bias_update_rate=0.1))
+    model = tiny_model(
+        torch.float32, moe=dict(n_experts=4, top_k=1, d_expert=16, first_dense_layers=1, bias_update_rate=0.1)
+    )
     batch, _ = build_batch([[DOC_A, DOC_B]], T=24)
     load_LE = model(batch).expert_load_LE
     assert load_LE.shape == (2, 4)

@@ -133,11 +133,15 @@ def router_with_logits(logits_SE: torch.Tensor, K: int) -> tuple[MoE, torch.Tens
 
 
 def test_aux_loss_equals_its_formula_on_crafted_logits():
-    logits_SE = torch.tensor([[2.0, 1.0, 0.0, -1.0],
-                              [0.5, 3.0, 0.1, 0.0],
-                              [2.5, 0.0, 2.0, -3.0],
-                              [0.0, 0.2, 0.1, 1.5],
-                              [1.0, 0.9, -1.0, 0.0]])
+    logits_SE = torch.tensor(
+        [
+            [2.0, 1.0, 0.0, -1.0],
+            [0.5, 3.0, 0.1, 0.0],
+            [2.5, 0.0, 2.0, -3.0],
+            [0.0, 0.2, 0.1, 1.5],
+            [1.0, 0.9, -1.0, 0.0],
+        ]
+    )
     moe, x = router_with_logits(logits_SE, K=2)
     _, stats = moe(x)
     # top-2 per row: {0,1}, {1,0}, {0,2}, {3,1}, {0,1} -> counts e0:4 e1:4 e2:1 e3:1 over 10 slots
@@ -173,6 +177,7 @@ def test_router_runs_in_fp32_under_bf16():
 
 
 # --- dtype policies ---------------------------------------------------------------------------------------
+
 
 def record_expert_operands(monkeypatch) -> list[tuple[torch.dtype, torch.dtype]]:
     """Dtype hook on every expert matmul: (activation dtype, weight dtype) per call."""
@@ -244,6 +249,7 @@ def test_loop_agrees_with_grouped_in_bf16_and_fp32():
 
 # --- gate and balancing options -------------------------------------------------------------------------
 
+
 def test_top1_router_gets_gradient_from_the_output():
     moe = make_moe(K=1)  # gate "auto": softmax for top_k = 1 (Switch)
     x_SD = torch.randn(16, 8, dtype=torch.float64)
@@ -275,8 +281,7 @@ def test_softmax_gate_with_top2_is_not_renormalised():
     top2_S = probs_SE.topk(2, -1).values.sum(-1)
     shared = moe.shared(x_SD)
     # softmax-gated routed output = renormalised routed output scaled by the top-2 mass
-    torch.testing.assert_close(moe(x_SD)[0] - shared, (ref(x_SD)[0] - shared) * top2_S[:, None],
-                               rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(moe(x_SD)[0] - shared, (ref(x_SD)[0] - shared) * top2_S[:, None], rtol=1e-10, atol=1e-12)
 
 
 def test_balancing_bias_moves_load_towards_balance_without_gradient():
@@ -309,4 +314,3 @@ def test_balancing_bias_moves_load_towards_balance_without_gradient():
         h = F.silu(x_D @ moe.w1_EDF[e]) * (x_D @ moe.w3_EDF[e])
         ref.append(probs_SE[s, e] * (h @ moe.w2_EFD[e]) + moe.shared(x_D[None])[0])
     torch.testing.assert_close(y_SD, torch.stack(ref), rtol=1e-10, atol=1e-12)
-

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from _train_corpus import articles, build_corpus, require_real
+
 from train.batch import SPECIAL_TOKENS
 from train.tokenizer import Tokenizer, train_from_corpus, train_tokenizer
 
@@ -42,7 +42,7 @@ def test_special_token_text_is_not_a_placeholder():
 
 def test_unknown_bytes_encode(tmp_path):
     tok = train_tokenizer(["abc abc abc"], vocab_size=300)
-    text = "emoji \U0001F600 and Ünïcödé"
+    text = "emoji \U0001f600 and Ünïcödé"
     assert tok.decode(tok.encode(text)) == text
 
 
@@ -58,10 +58,29 @@ def test_errors_are_clear(tmp_path):
 
 def test_cli(corpus, tmp_path):
     out = tmp_path / "t.json"
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "tokenizer", "train", str(corpus), "--output",
-                        str(out), "--vocab-size", "500"], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "tokenizer",
+            "train",
+            str(corpus),
+            "--output",
+            str(out),
+            "--vocab-size",
+            "500",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert Tokenizer.load(out).vocab_size <= 500
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "tokenizer", "train", str(tmp_path / "nope"),
-                        "--output", str(out)], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "tokenizer", "train", str(tmp_path / "nope"), "--output", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "not a corpus" in r.stderr

@@ -23,8 +23,11 @@ def corpus(dev_corpus):
 
 
 def config(corpus, out, *extra):
-    return load_config(TrainConfig, resolve_recipe("debug-cpu"),
-                       [f"data.corpus={corpus}", f"run.output={out}", "run.log_every=1", *extra])
+    return load_config(
+        TrainConfig,
+        resolve_recipe("debug-cpu"),
+        [f"data.corpus={corpus}", f"run.output={out}", "run.log_every=1", *extra],
+    )
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -50,8 +53,9 @@ def test_debug_cpu_drives_the_loss_down(debug_run):
     r = rows[-1]
     assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 and r["mfu_peak_assumed"]
     assert any(row["images_per_s"] > 0 for row in rows)  # images flow (not every log step holds one)
-    assert len(r["expert_load"]) == 2 and all(len(layer) == 4 and math.isclose(sum(layer), 1.0, rel_tol=1e-6)
-                                              for layer in r["expert_load"])  # per MoE layer, over 4 experts
+    assert len(r["expert_load"]) == 2 and all(
+        len(layer) == 4 and math.isclose(sum(layer), 1.0, rel_tol=1e-6) for layer in r["expert_load"]
+    )  # per MoE layer, over 4 experts
     assert len(r["expert_load_max_over_mean"]) == 2 and 0.0 <= r["expert_dead_frac"] <= 1.0
     assert "contrastive_loss" in r and "lm_loss" in r and "aux_loss" in r and "z_loss" in r
     assert any(row["contrastive_pairs"] > 0 for row in rows)
@@ -75,7 +79,8 @@ def test_resume_reproduces_uninterrupted_losses(debug_run, corpus, tmp_path):
     ckpts = sorted(p.name for p in run.glob("checkpoint_0*"))
     assert ckpts[-1] == "checkpoint_0000120"
     assert {"trainer.json", "rank_0.json", "rank_1.json", "rank_1_rng.pt"} <= {
-        p.name for p in (run / ckpts[-1]).iterdir()}
+        p.name for p in (run / ckpts[-1]).iterdir()
+    }
 
 
 def test_stages_and_schedule():
@@ -91,7 +96,10 @@ def test_stages_and_schedule():
     pre = load_config(TrainConfig, resolve_recipe("pretrain"))
     assert [s.trainable for s in pre.stages] == ["adapter", "adapter+vision", "all"]
     assert [(pre.stage_data(i).min_pixels, pre.stage_data(i).max_pixels) for i in range(3)] == [
-        (112 * 112, 224 * 224), (112 * 112, 448 * 448), (224 * 224, 896 * 896)]
+        (112 * 112, 224 * 224),
+        (112 * 112, 448 * 448),
+        (224 * 224, 896 * 896),
+    ]
     assert cfg.stage_data(0) is cfg.data
     assert [s.trainable for s in load_config(TrainConfig, resolve_recipe("align")).stages] == ["adapter"]
 

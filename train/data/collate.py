@@ -17,8 +17,7 @@ from train.data.pack import Piece
 from train.tokenizer import Tokenizer
 
 
-def collate(rows: list[list[Piece]], seq_len: int, tok: Tokenizer, text_after_image: int, patch_size: int
-            ) -> Batch:
+def collate(rows: list[list[Piece]], seq_len: int, tok: Tokenizer, text_after_image: int, patch_size: int) -> Batch:
     """Rows -> a raw Batch: token arrays filled by slices of preallocated numpy arrays, `pixel_values_NP`
     still uint8 (the images' patches concatenated once); `normalise_pixels` makes it the contract's float32."""
     B, T = len(rows), seq_len
@@ -35,21 +34,21 @@ def collate(rows: list[list[Piece]], seq_len: int, tok: Tokenizer, text_after_im
         t = 0
         for s, pc in enumerate(row):
             n = pc.end - pc.start
-            input_ids[b, t:t + n] = pc.doc.ids[pc.start:pc.end]
-            labels[b, t:t + n] = pc.doc.labels[pc.start:pc.end]
-            position_ids[b, t:t + n] = positions[:n]
-            segment_ids[b, t:t + n] = s
+            input_ids[b, t : t + n] = pc.doc.ids[pc.start : pc.end]
+            labels[b, t : t + n] = pc.doc.labels[pc.start : pc.end]
+            position_ids[b, t : t + n] = positions[:n]
+            segment_ids[b, t : t + n] = s
             for im in pc.doc.images:
                 if pc.start <= im.start and im.end <= pc.end:
                     i = len(grids)
                     patches.append(im.patches_NP)
                     grids.append(im.grid_hw)
                     # text right after <img_end>, up to the next special token or the window
-                    window = pc.doc.ids[im.end:min(pc.end, im.end + text_after_image)]
+                    window = pc.doc.ids[im.end : min(pc.end, im.end + text_after_image)]
                     hit = np.flatnonzero(special.mask(window))
                     k = int(hit[0]) if len(hit) else len(window)
                     a = t + im.end - pc.start
-                    after[b, a:a + k] = i
+                    after[b, a : a + k] = i
             t += n
     P = 3 * patch_size * patch_size
     pixel_values_NP = torch.from_numpy(np.concatenate(patches) if patches else np.zeros((0, P), np.uint8))

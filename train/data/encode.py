@@ -37,8 +37,9 @@ from train.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 
-def patch_grid(height: int, width: int, patch_size: int, min_pixels: int, max_pixels: int,
-               merge: int = 2) -> tuple[int, int]:
+def patch_grid(
+    height: int, width: int, patch_size: int, min_pixels: int, max_pixels: int, merge: int = 2
+) -> tuple[int, int]:
     """(h, w) in patches, both multiples of `merge`, keeping the aspect ratio as closely as the grid allows,
     with h*w*patch_size^2 within [min_pixels, max_pixels] (Qwen2-VL style smart resize)."""
     f = patch_size * merge
@@ -85,8 +86,10 @@ class DocumentEncoder:
         self.tok, self.cfg, self.p, self.merge = tok, cfg, patch_size, merge
         f = patch_size * merge
         if cfg.max_pixels < f * f or cfg.min_pixels > cfg.max_pixels:
-            raise ValueError(f"data.min_pixels={cfg.min_pixels} / max_pixels={cfg.max_pixels}: need "
-                             f"min <= max and max >= {f * f} (one {merge}x{merge} group of {patch_size}px patches)")
+            raise ValueError(
+                f"data.min_pixels={cfg.min_pixels} / max_pixels={cfg.max_pixels}: need "
+                f"min <= max and max >= {f * f} (one {merge}x{merge} group of {patch_size}px patches)"
+            )
         self._special = SpecialIds(tok)
 
     def image(self, data: bytes, counters: Counter) -> tuple[np.ndarray, tuple[int, int]] | None:
@@ -116,8 +119,13 @@ class DocumentEncoder:
                 im = im if im.mode == "RGB" else im.convert("RGB")
                 im.load()
                 x_HWC = np.array(im)  # writable: torch.from_numpy below
-        except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError,
-                PILImage.DecompressionBombWarning) as e:
+        except (
+            OSError,
+            ValueError,
+            SyntaxError,
+            PILImage.DecompressionBombError,
+            PILImage.DecompressionBombWarning,
+        ) as e:
             counters["images_dropped:undecodable"] += 1
             log.debug("undecodable image: %s", e)
             return None
@@ -140,8 +148,14 @@ class DocumentEncoder:
         images: list[EncodedImage] = []
         texts = [(i, t) for i, t in enumerate(doc.texts) if t is not None]
         last_text = texts[-1][0] if texts else -1
-        encoded = dict(zip([i for i, _ in texts], tok.encode_batch(
-            [t + ("\n\n" if i != last_text and doc.texts[i + 1] is not None else "") for i, t in texts])))
+        encoded = dict(
+            zip(
+                [i for i, _ in texts],
+                tok.encode_batch(
+                    [t + ("\n\n" if i != last_text and doc.texts[i + 1] is not None else "") for i, t in texts]
+                ),
+            )
+        )
         for i, im in enumerate(doc.images):
             if im is None:
                 ids.extend(encoded[i])

@@ -32,8 +32,9 @@ from train.tokenizer import Tokenizer
 STATE_VERSION = 1
 
 
-def slot_batches(corpus: Corpus, tok: Tokenizer, cfg: DataConfig, patch_size: int, slot: int, world: int,
-                 seed: int, start: SlotState) -> Iterator[tuple[Batch, SlotState]]:
+def slot_batches(
+    corpus: Corpus, tok: Tokenizer, cfg: DataConfig, patch_size: int, slot: int, world: int, seed: int, start: SlotState
+) -> Iterator[tuple[Batch, SlotState]]:
     """Raw batches of one slot (uint8 pixels, see `collate`), each with the slot's state right after it
     (resume from that state yields the batches that follow)."""
     counters: Counter = Counter(start.counters)
@@ -60,8 +61,18 @@ class _SlotDataset(IterableDataset):
     """What each DataLoader worker runs: its slot's batches. Worker w plays slot (w + rotate) % workers so
     a restored loader starts with the slot that was next."""
 
-    def __init__(self, corpus_path: str, tokenizer_path: str, cfg: DataConfig, patch_size: int, rank: int,
-                 world: int, seed: int, slots: list[SlotState], rotate: int):
+    def __init__(
+        self,
+        corpus_path: str,
+        tokenizer_path: str,
+        cfg: DataConfig,
+        patch_size: int,
+        rank: int,
+        world: int,
+        seed: int,
+        slots: list[SlotState],
+        rotate: int,
+    ):
         super().__init__()
         self.corpus_path, self.tokenizer_path, self.cfg = corpus_path, tokenizer_path, cfg
         self.patch_size, self.rank, self.world, self.seed = patch_size, rank, world, seed
@@ -74,8 +85,16 @@ class _SlotDataset(IterableDataset):
         corpus, tok = Corpus(self.corpus_path), Tokenizer.load(self.tokenizer_path)
         if info is not None:  # worker processes share the cores with the training process
             torch.set_num_threads(1)
-        for batch, state in slot_batches(corpus, tok, self.cfg, self.patch_size, self.rank * n_workers + local,
-                                         self.world, self.seed, self.slots[local]):
+        for batch, state in slot_batches(
+            corpus,
+            tok,
+            self.cfg,
+            self.patch_size,
+            self.rank * n_workers + local,
+            self.world,
+            self.seed,
+            self.slots[local],
+        ):
             yield batch, state.to_dict(), local
 
 
@@ -83,8 +102,16 @@ class Loader:
     """The loader of one rank: iterate for `Batch`es; `state_dict()` after any batch, `load_state_dict()`
     before iterating, to continue exactly there."""
 
-    def __init__(self, cfg: DataConfig, tokenizer_path: str, patch_size: int, rank: int = 0, world: int = 1,
-                 seed: int = 0, corpus: str | None = None):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        tokenizer_path: str,
+        patch_size: int,
+        rank: int = 0,
+        world: int = 1,
+        seed: int = 0,
+        corpus: str | None = None,
+    ):
         self.cfg, self.tokenizer_path, self.patch_size = cfg, str(tokenizer_path), patch_size
         self.corpus_path = corpus or cfg.corpus
         if not self.corpus_path:
@@ -95,19 +122,33 @@ class Loader:
         c = Corpus(self.corpus_path)
         n_shards = 0 if cfg.follow else len(c.shards())
         if not cfg.follow and n_shards == 0:
-            raise ValueError(f"corpus {self.corpus_path} lists no finished shards in its manifest "
-                             "(use data.follow=true to wait for a running build)")
+            raise ValueError(
+                f"corpus {self.corpus_path} lists no finished shards in its manifest "
+                "(use data.follow=true to wait for a running build)"
+            )
         self.slots = [SlotState(n_shards=n_shards) for _ in range(max(1, cfg.num_workers))]
         self.next_slot = 0
 
     def __iter__(self) -> Iterator[Batch]:
-        ds = _SlotDataset(self.corpus_path, self.tokenizer_path, self.cfg, self.patch_size, self.rank,
-                          self.world, self.seed, list(self.slots), self.next_slot)
+        ds = _SlotDataset(
+            self.corpus_path,
+            self.tokenizer_path,
+            self.cfg,
+            self.patch_size,
+            self.rank,
+            self.world,
+            self.seed,
+            list(self.slots),
+            self.next_slot,
+        )
         if self.cfg.num_workers == 0:
             it = iter(ds)
         else:
-            it = iter(DataLoader(ds, batch_size=None, num_workers=self.cfg.num_workers,
-                                 persistent_workers=False, prefetch_factor=2))
+            it = iter(
+                DataLoader(
+                    ds, batch_size=None, num_workers=self.cfg.num_workers, persistent_workers=False, prefetch_factor=2
+                )
+            )
         # Workers send uint8 pixels (a quarter of the bytes through shared memory); they are normalised here,
         # in the consuming process, by `pixel_threads` helper threads, each on one batch, in order and ahead
         # of the trainer, so that this overlaps the training step (numpy releases the GIL) instead of adding
@@ -115,8 +156,9 @@ class Loader:
         ahead: deque[tuple[Future, dict[str, Any], int]] = deque()
         with ThreadPoolExecutor(self.cfg.pixel_threads, thread_name_prefix="loader-pixels") as pool:
             for raw, state, local in it:
-                ahead.append((pool.submit(normalise_pixels, raw, self.cfg.image_mean, self.cfg.image_std),
-                              state, local))
+                ahead.append(
+                    (pool.submit(normalise_pixels, raw, self.cfg.image_mean, self.cfg.image_std), state, local)
+                )
                 if len(ahead) > self.cfg.pixel_threads:
                     yield self._emit(*ahead.popleft())
             while ahead:
@@ -129,20 +171,35 @@ class Loader:
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "rank": self.rank, "world": self.world,
-                "num_workers": self.cfg.num_workers, "seed": self.seed, "seq_len": self.cfg.seq_len,
-                "batch_size": self.cfg.batch_size, "next_slot": self.next_slot,
-                "slots": [s.to_dict() for s in self.slots]}
+        return {
+            "version": STATE_VERSION,
+            "rank": self.rank,
+            "world": self.world,
+            "num_workers": self.cfg.num_workers,
+            "seed": self.seed,
+            "seq_len": self.cfg.seq_len,
+            "batch_size": self.cfg.batch_size,
+            "next_slot": self.next_slot,
+            "slots": [s.to_dict() for s in self.slots],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"loader state version {state.get('version')!r} is not {STATE_VERSION}")
-        mine = {"rank": self.rank, "world": self.world, "num_workers": self.cfg.num_workers,
-                "seed": self.seed, "seq_len": self.cfg.seq_len, "batch_size": self.cfg.batch_size}
+        mine = {
+            "rank": self.rank,
+            "world": self.world,
+            "num_workers": self.cfg.num_workers,
+            "seed": self.seed,
+            "seq_len": self.cfg.seq_len,
+            "batch_size": self.cfg.batch_size,
+        }
         diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
         if diff:
-            raise ValueError("loader state was saved by a different setup (saved, now): " +
-                             ", ".join(f"{k}={a}, {b}" for k, (a, b) in diff.items()))
+            raise ValueError(
+                "loader state was saved by a different setup (saved, now): "
+                + ", ".join(f"{k}={a}, {b}" for k, (a, b) in diff.items())
+            )
         self.slots = [SlotState.from_dict(s) for s in state["slots"]]
         self.next_slot = int(state["next_slot"])
 

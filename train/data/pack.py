@@ -34,8 +34,9 @@ def cut_point(doc: EncodedDoc, start: int, limit: int) -> int:
     return end
 
 
-def pack_rows(docs: Iterator[tuple[Position, EncodedDoc]], seq_len: int, first_offset: int = 0
-              ) -> Iterator[tuple[list[Piece], Position, int]]:
+def pack_rows(
+    docs: Iterator[tuple[Position, EncodedDoc]], seq_len: int, first_offset: int = 0
+) -> Iterator[tuple[list[Piece], Position, int]]:
     """Greedy sequential packing. Yields (pieces of one row, position, token offset) where (position,
     offset) is where the next row starts: the rest of that document, or (offset == its length) the next."""
     row: list[Piece] = []

@@ -46,7 +46,7 @@ def plan_parts(shards: list[ShardInfo], epoch: int, seed: int, world: int, num_w
     for r in range(world):
         rank_parts = parts[r::world]
         for w in range(max(1, num_workers)):
-            slots[r * max(1, num_workers) + w] = rank_parts[w::max(1, num_workers)]
+            slots[r * max(1, num_workers) + w] = rank_parts[w :: max(1, num_workers)]
     return slots
 
 

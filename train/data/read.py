@@ -41,13 +41,25 @@ class SlotState:
     counters: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "unit": self.unit, "doc": self.doc, "token": self.token,
-                "n_shards": self.n_shards, "counters": dict(self.counters)}
+        return {
+            "epoch": self.epoch,
+            "unit": self.unit,
+            "doc": self.doc,
+            "token": self.token,
+            "n_shards": self.n_shards,
+            "counters": dict(self.counters),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SlotState:
-        return cls(int(d["epoch"]), int(d["unit"]), int(d["doc"]), int(d["token"]), int(d["n_shards"]),
-                   {str(k): int(v) for k, v in d.get("counters", {}).items()})
+        return cls(
+            int(d["epoch"]),
+            int(d["unit"]),
+            int(d["doc"]),
+            int(d["token"]),
+            int(d["n_shards"]),
+            {str(k): int(v) for k, v in d.get("counters", {}).items()},
+        )
 
 
 @dataclass(frozen=True)
@@ -87,8 +99,17 @@ class ShardReader:
             log.warning("skipping the rest of %s: %s", path, e)
 
 
-def slot_documents(corpus: Corpus, slot: int, world: int, num_workers: int, seed: int, follow: bool,
-                   poll_s: float, start: SlotState, counters: Counter) -> Iterator[tuple[Position, Document]]:
+def slot_documents(
+    corpus: Corpus,
+    slot: int,
+    world: int,
+    num_workers: int,
+    seed: int,
+    follow: bool,
+    poll_s: float,
+    start: SlotState,
+    counters: Counter,
+) -> Iterator[tuple[Position, Document]]:
     """One slot's documents, epoch after epoch, starting at `start`; never ends (see module docstring)."""
     reader = ShardReader(corpus)
     epoch, part_i, doc_i, n_shards = start.epoch, start.unit, start.doc, start.n_shards
@@ -106,9 +127,11 @@ def slot_documents(corpus: Corpus, slot: int, world: int, num_workers: int, seed
                 n_docs += 1
                 yield Position(epoch, pi, di, n_shards), doc
         if n_docs == 0 and part_i == 0 and doc_i == 0:
-            raise ValueError(f"{corpus.path}: loader slot {slot} (rank {slot // max(1, num_workers)}, worker "
-                             f"{slot % max(1, num_workers)}) got no documents in epoch {epoch}: the corpus has "
-                             f"fewer documents than ranks x workers; use fewer workers")
+            raise ValueError(
+                f"{corpus.path}: loader slot {slot} (rank {slot // max(1, num_workers)}, worker "
+                f"{slot % max(1, num_workers)}) got no documents in epoch {epoch}: the corpus has "
+                f"fewer documents than ranks x workers; use fewer workers"
+            )
         counters["epochs"] += 1
         epoch, part_i, doc_i = epoch + 1, 0, 0
         n_shards = n_shards or len(corpus.shards())  # follow mode: epoch 1 on is planned over all lines

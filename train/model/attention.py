@@ -106,8 +106,10 @@ def _flex_block_mask(ids_BT: torch.Tensor, causal: bool):
     from torch.nn.attention.flex_attention import create_block_mask
 
     if ids_BT.device.type != "cuda" and torch.is_grad_enabled():
-        raise ValueError(f"model.attention=flex on {ids_BT.device.type}: torch's flex_attention has no backward "
-                         "there; use model.attention=varlen (or auto) to train on this device")
+        raise ValueError(
+            f"model.attention=flex on {ids_BT.device.type}: torch's flex_attention has no backward "
+            "there; use model.attention=varlen (or auto) to train on this device"
+        )
     B, T = ids_BT.shape
 
     def mask_mod(b, h, q, kv):  # the same rule as `_dense_mask`, one (q, kv) pair at a time
@@ -149,16 +151,16 @@ def attend(q_BHTd: torch.Tensor, k_BKTd: torch.Tensor, v_BKTd: torch.Tensor, seg
     if seg.backend == "dense":
         return F.scaled_dot_product_attention(q_BHTd, k_BKTd, v_BKTd, attn_mask=seg.mask_B1TT, enable_gqa=gqa)
     if seg.backend == "flex":
-        return _flex_attention(q_BHTd.device.type)(q_BHTd, k_BKTd, v_BKTd, block_mask=seg.block_mask,
-                                                   enable_gqa=gqa)
+        return _flex_attention(q_BHTd.device.type)(q_BHTd, k_BKTd, v_BKTd, block_mask=seg.block_mask, enable_gqa=gqa)
     assert seg.backend == "varlen", seg.backend
     return _varlen_attention(q_BHTd, k_BKTd, v_BKTd, seg, gqa)
 
 
 @torch.compiler.disable  # a host-side loop over segment lengths: compiled blocks run it eagerly (a graph
 # break) instead of guarding on, and recompiling for, every new set of lengths
-def _varlen_attention(q_BHTd: torch.Tensor, k_BKTd: torch.Tensor, v_BKTd: torch.Tensor, seg: Segments,
-                      gqa: bool) -> torch.Tensor:
+def _varlen_attention(
+    q_BHTd: torch.Tensor, k_BKTd: torch.Tensor, v_BKTd: torch.Tensor, seg: Segments, gqa: bool
+) -> torch.Tensor:
     B, H, T, d = q_BHTd.shape
 
     def sorted_tokens(x_BhTd: torch.Tensor) -> torch.Tensor:  # (h, N, d), segments in length order
@@ -167,10 +169,10 @@ def _varlen_attention(q_BHTd: torch.Tensor, k_BKTd: torch.Tensor, v_BKTd: torch.
     q_HNd, k_KNd, v_KNd = sorted_tokens(q_BHTd), sorted_tokens(k_BKTd), sorted_tokens(v_BKTd)
     outs, start = [], 0
     for L, n in seg.groups:  # n segments of length L: one batched SDPA of shape (n, heads, L, d)
-        q_nHLd, k_nKLd, v_nKLd = (x[:, start:start + n * L].unflatten(1, (n, L)).transpose(0, 1)
-                                  for x in (q_HNd, k_KNd, v_KNd))
-        o_nHLd = F.scaled_dot_product_attention(q_nHLd, k_nKLd, v_nKLd, is_causal=seg.causal and L > 1,
-                                                enable_gqa=gqa)
+        q_nHLd, k_nKLd, v_nKLd = (
+            x[:, start : start + n * L].unflatten(1, (n, L)).transpose(0, 1) for x in (q_HNd, k_KNd, v_KNd)
+        )
+        o_nHLd = F.scaled_dot_product_attention(q_nHLd, k_nKLd, v_nKLd, is_causal=seg.causal and L > 1, enable_gqa=gqa)
         outs.append(o_nHLd.transpose(0, 1).flatten(1, 2))
         start += n * L
     o_HNd = torch.cat(outs, dim=1)[:, seg.inv_perm_N]

@@ -46,8 +46,10 @@ class MoEConfig(Section):
         if not 1 <= self.top_k <= self.n_experts:
             raise ValueError(f"moe.top_k={self.top_k} must be in [1, n_experts={self.n_experts}]")
         if self.top_k == 1 and self.gate == "renormalised":
-            raise ValueError("moe.gate=renormalised with moe.top_k=1 makes every gate weight 1, so the LM loss "
-                             "gives the router no gradient: use moe.gate=softmax (or auto)")
+            raise ValueError(
+                "moe.gate=renormalised with moe.top_k=1 makes every gate weight 1, so the LM loss "
+                "gives the router no gradient: use moe.gate=softmax (or auto)"
+            )
         if self.moe_every < 1 or self.first_dense_layers < 0 or self.n_shared_experts < 0:
             raise ValueError("moe.moe_every must be >= 1, first_dense_layers and n_shared_experts >= 0")
         if self.shared_gate and self.shared_hidden == 0:
@@ -87,8 +89,10 @@ class VisionConfig(Section):
     @model_validator(mode="after")
     def _check(self) -> VisionConfig:
         if self.d_vit % self.n_heads or (self.d_vit // self.n_heads) % 4:
-            raise ValueError(f"vision.d_vit={self.d_vit} / n_heads={self.n_heads} must be a multiple of 4 "
-                             "(2D RoPE rotates one half of each head by row, the other by column)")
+            raise ValueError(
+                f"vision.d_vit={self.d_vit} / n_heads={self.n_heads} must be a multiple of 4 "
+                "(2D RoPE rotates one half of each head by row, the other by column)"
+            )
         return self
 
     @property
@@ -152,9 +156,11 @@ class ModelConfig(Section):
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
         if (self.head_dim is None and self.d_model % self.n_heads) or self.n_heads % self.n_kv_heads:
-            raise ValueError(f"d_model={self.d_model} must divide by n_heads={self.n_heads} (unless head_dim "
-                             f"is set), and n_heads "
-                             f"by n_kv_heads={self.n_kv_heads}")
+            raise ValueError(
+                f"d_model={self.d_model} must divide by n_heads={self.n_heads} (unless head_dim "
+                f"is set), and n_heads "
+                f"by n_kv_heads={self.n_kv_heads}"
+            )
         if self.d_head % 2:
             raise ValueError(f"head dim {self.d_head} (head_dim, or d_model/n_heads) must be even (RoPE)")
         if not 0 <= self.image_token_id < self.vocab_size:

@@ -40,8 +40,13 @@ from train.model.config import ModelConfig, RopeScalingConfig
 from train.model.moe import MoE, MoEStats, SwiGLU
 
 
-def rotary_cos_sin(pos: torch.Tensor, n_freqs: int, theta: float, dtype: torch.dtype = torch.float32,
-                   scaling: RopeScalingConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_cos_sin(
+    pos: torch.Tensor,
+    n_freqs: int,
+    theta: float,
+    dtype: torch.dtype = torch.float32,
+    scaling: RopeScalingConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin of pos * theta^(-i/n_freqs), i < n_freqs, in `dtype` (at least fp32); shape pos.shape + (n_freqs,).
 
     1D RoPE over head dim Dh uses n_freqs = Dh/2; 2D RoPE uses Dh/4 per axis (see vision.py). `scaling`
@@ -57,7 +62,10 @@ def rotary_cos_sin(pos: torch.Tensor, n_freqs: int, theta: float, dtype: torch.d
 def _llama3_scaled(inv_freq_R: torch.Tensor, s: RopeScalingConfig) -> torch.Tensor:
     """Llama 3.1's frequency rule: long wavelengths / factor, short ones kept, linear blend in between."""
     wavelen_R = 2 * math.pi / inv_freq_R
-    low_wavelen, high_wavelen = s.original_max_position / s.low_freq_factor, s.original_max_position / s.high_freq_factor
+    low_wavelen, high_wavelen = (
+        s.original_max_position / s.low_freq_factor,
+        s.original_max_position / s.high_freq_factor,
+    )
     smooth_R = (s.original_max_position / wavelen_R - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
     blended_R = (1 - smooth_R) * inv_freq_R / s.factor + smooth_R * inv_freq_R
     out_R = torch.where(wavelen_R > low_wavelen, inv_freq_R / s.factor, inv_freq_R)
@@ -87,8 +95,7 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(Dh, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(Dh, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
 
-    def forward(self, x_BTD: torch.Tensor, cos_BTR: torch.Tensor, sin_BTR: torch.Tensor,
-                seg: Segments) -> torch.Tensor:
+    def forward(self, x_BTD: torch.Tensor, cos_BTR: torch.Tensor, sin_BTR: torch.Tensor, seg: Segments) -> torch.Tensor:
         B, T, _ = x_BTD.shape
         q_BHTd = self.q_norm(self.wq(x_BTD).view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)
         k_BKTd = self.k_norm(self.wk(x_BTD).view(B, T, self.n_kv_heads, self.head_dim)).transpose(1, 2)
@@ -98,8 +105,9 @@ class Attention(nn.Module):
         o_BHTd = attend(q_BHTd, k_BKTd, v_BKTd, seg)
         return self.wo(o_BHTd.transpose(1, 2).reshape(B, T, -1))
 
-    def forward_cached(self, x_1TD: torch.Tensor, cos_1TR: torch.Tensor, sin_1TR: torch.Tensor,
-                       cache: LayerCache) -> torch.Tensor:
+    def forward_cached(
+        self, x_1TD: torch.Tensor, cos_1TR: torch.Tensor, sin_1TR: torch.Tensor, cache: LayerCache
+    ) -> torch.Tensor:
         """Inference: the T new tokens of one sequence attend to the S cached ones and causally to each
         other; their keys/values are appended to `cache`."""
         _, T, _ = x_1TD.shape
@@ -111,8 +119,9 @@ class Attention(nn.Module):
         k_1KUd, v_1KUd = cache.append(k_1KTd, v_1KTd)  # U = S + T
         S = k_1KUd.shape[2] - T
         mask_TU = torch.ones(T, S + T, dtype=torch.bool, device=x_1TD.device).tril(diagonal=S)
-        o_1HTd = F.scaled_dot_product_attention(q_1HTd, k_1KUd, v_1KUd, attn_mask=mask_TU,
-                                                enable_gqa=self.n_heads != self.n_kv_heads)
+        o_1HTd = F.scaled_dot_product_attention(
+            q_1HTd, k_1KUd, v_1KUd, attn_mask=mask_TU, enable_gqa=self.n_heads != self.n_kv_heads
+        )
         return self.wo(o_1HTd.transpose(1, 2).reshape(1, T, -1))
 
 
@@ -151,8 +160,9 @@ class DecoderBlock(Block):
         self.is_moe = cfg.is_moe_layer(layer)
         self.ffn = MoE(cfg.d_model, cfg.moe) if self.is_moe else SwiGLU(cfg.d_model, cfg.d_ffn)
 
-    def block_forward(self, x_BTD: torch.Tensor, cos_BTR: torch.Tensor, sin_BTR: torch.Tensor,
-                      seg: Segments, valid_BT: torch.Tensor) -> tuple[torch.Tensor, MoEStats | None]:
+    def block_forward(
+        self, x_BTD: torch.Tensor, cos_BTR: torch.Tensor, sin_BTR: torch.Tensor, seg: Segments, valid_BT: torch.Tensor
+    ) -> tuple[torch.Tensor, MoEStats | None]:
         B, T, D = x_BTD.shape
         x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), cos_BTR, sin_BTR, seg)
         h_SD = self.ffn_norm(x_BTD).view(B * T, D)
@@ -162,14 +172,14 @@ class DecoderBlock(Block):
             y_SD, stats = self.ffn(h_SD), None
         return x_BTD + y_SD.view(B, T, D), stats
 
-    def forward_cached(self, x_1TD: torch.Tensor, cos_1TR: torch.Tensor, sin_1TR: torch.Tensor,
-                       cache: LayerCache) -> torch.Tensor:
+    def forward_cached(
+        self, x_1TD: torch.Tensor, cos_1TR: torch.Tensor, sin_1TR: torch.Tensor, cache: LayerCache
+    ) -> torch.Tensor:
         """Inference: `block_forward` for new tokens of one sequence against the cache (no statistics)."""
         _, T, D = x_1TD.shape
         x_1TD = x_1TD + self.attn.forward_cached(self.attn_norm(x_1TD), cos_1TR, sin_1TR, cache)
         h_SD = self.ffn_norm(x_1TD).view(T, D)
-        y_SD = self.ffn(h_SD, torch.ones(T, dtype=torch.bool, device=h_SD.device))[0] if self.is_moe \
-            else self.ffn(h_SD)
+        y_SD = self.ffn(h_SD, torch.ones(T, dtype=torch.bool, device=h_SD.device))[0] if self.is_moe else self.ffn(h_SD)
         return x_1TD + y_SD.view(1, T, D)
 
 
@@ -184,11 +194,13 @@ class Decoder(nn.Module):
         if cfg.tie_embeddings:  # one Parameter, two modules
             self.output.weight = self.tok_embeddings.weight
 
-    def forward(self, x_BTD: torch.Tensor, position_ids_BT: torch.Tensor,
-                segment_ids_BT: torch.Tensor) -> tuple[torch.Tensor, list[MoEStats]]:
+    def forward(
+        self, x_BTD: torch.Tensor, position_ids_BT: torch.Tensor, segment_ids_BT: torch.Tensor
+    ) -> tuple[torch.Tensor, list[MoEStats]]:
         """Embedded inputs -> final-normed hidden states h_BTD and the MoE statistics of each MoE layer."""
-        cos_BTR, sin_BTR = rotary_cos_sin(position_ids_BT, self.cfg.d_head // 2, self.cfg.rope_theta,
-                                          x_BTD.dtype, self.cfg.rope_scaling)
+        cos_BTR, sin_BTR = rotary_cos_sin(
+            position_ids_BT, self.cfg.d_head // 2, self.cfg.rope_theta, x_BTD.dtype, self.cfg.rope_scaling
+        )
         seg = Segments.build(segment_ids_BT, causal=True, backend=self.cfg.attention)
         valid_BT = segment_ids_BT >= 0
         moe_stats: list[MoEStats] = []
@@ -204,8 +216,9 @@ class Decoder(nn.Module):
         hidden states h_1TD; the cache grows by T. Equal to `forward` on the whole sequence so far."""
         T = x_1TD.shape[1]
         pos_1T = torch.arange(cache.length, cache.length + T, device=x_1TD.device)[None]
-        cos_1TR, sin_1TR = rotary_cos_sin(pos_1T, self.cfg.d_head // 2, self.cfg.rope_theta, x_1TD.dtype,
-                                          self.cfg.rope_scaling)
+        cos_1TR, sin_1TR = rotary_cos_sin(
+            pos_1T, self.cfg.d_head // 2, self.cfg.rope_theta, x_1TD.dtype, self.cfg.rope_scaling
+        )
         for layer, layer_cache in zip(self.layers, cache.layers, strict=True):
             assert isinstance(layer, DecoderBlock)
             x_1TD = layer.forward_cached(x_1TD, cos_1TR, sin_1TR, layer_cache)

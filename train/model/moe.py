@@ -63,8 +63,7 @@ def _grouped_mm_fn():
 
 
 @functools.cache
-def grouped_mm_backend(device_type: str, device_index: int | None, dtype: torch.dtype, d_in: int,
-                       d_hidden: int) -> str:
+def grouped_mm_backend(device_type: str, device_index: int | None, dtype: torch.dtype, d_in: int, d_hidden: int) -> str:
     """Which grouped-matmul backend runs on this device/dtype for (D, F) expert weights: probe, log once.
 
     The kernel's constraints (dtype, 16-byte aligned strides, CUDA compute capability) differ by version
@@ -74,16 +73,18 @@ def grouped_mm_backend(device_type: str, device_index: int | None, dtype: torch.
     fn = _grouped_mm_fn()
     where = f"{device_type}{'' if device_index is None else f':{device_index}'} {dtype} D={d_in} F={d_hidden}"
     if fn is None:
-        log.info("moe: grouped matmul backend = loop for %s (torch %s has no grouped_mm)", where,
-                 torch.__version__)
+        log.info("moe: grouped matmul backend = loop for %s (torch %s has no grouped_mm)", where, torch.__version__)
         return LOOP
     device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
     try:  # probe with grad on and autocast off, whatever context the first forward runs in
         with torch.enable_grad(), torch.autocast(device_type=device_type, enabled=False):
             ok = _probe_grouped_mm(fn, device, dtype, d_in, d_hidden)
     except (RuntimeError, NotImplementedError, TypeError) as e:
-        log.info("moe: grouped matmul backend = loop for %s (grouped_mm unsupported: %s)", where,
-                 str(e).splitlines()[0][:200])
+        log.info(
+            "moe: grouped matmul backend = loop for %s (grouped_mm unsupported: %s)",
+            where,
+            str(e).splitlines()[0][:200],
+        )
         return LOOP
     if not ok:
         log.warning("moe: grouped matmul backend = loop for %s (grouped_mm gave wrong results)", where)
@@ -102,8 +103,11 @@ def _probe_grouped_mm(fn, device: torch.device, dtype: torch.dtype, d_in: int, d
     y.backward(torch.ones_like(y))
     ref = torch.cat([x[:8] @ w[0], x[8:24] @ w[2]])
     tol = 5e-2 if dtype in (torch.bfloat16, torch.float16) else 1e-4
-    return torch.allclose(y.float(), ref.float(), rtol=tol, atol=tol) and w.grad is not None \
+    return (
+        torch.allclose(y.float(), ref.float(), rtol=tol, atol=tol)
+        and w.grad is not None
         and bool(w.grad[1].abs().sum() == 0)
+    )
 
 
 def _contiguous_grad(g: torch.Tensor) -> torch.Tensor:
@@ -176,8 +180,10 @@ class MoE(nn.Module):
         D, Fh = self.w1_EDF.shape[1:]
         backend = grouped_mm_backend(device.type, device.index, dtype, D, Fh)
         if self.mode == GROUPED_MM and backend != GROUPED_MM:
-            raise ValueError(f"moe.grouped_mm=grouped_mm but torch's grouped_mm does not run on {device} "
-                             f"{dtype} with D={D}, F={Fh} (see log); use moe.grouped_mm=auto or loop")
+            raise ValueError(
+                f"moe.grouped_mm=grouped_mm but torch's grouped_mm does not run on {device} "
+                f"{dtype} with D={D}, F={Fh} (see log); use moe.grouped_mm=auto or loop"
+            )
         return backend
 
     def compute_dtype(self, device_type: str) -> torch.dtype:

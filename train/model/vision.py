@@ -55,8 +55,9 @@ def merge_index(grid_hw_I2: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.T
     local_M = torch.arange(image_M.numel(), device=nm_I.device) - (nm_I.cumsum(0) - nm_I)[image_M]
     wm_M, w_M = w_I[image_M] // m, w_I[image_M]
     top_M, left_M = (local_M // wm_M) * m, (local_M % wm_M) * m
-    idx_Mq = torch.stack([start_I[image_M] + (top_M + dr) * w_M + left_M + dc
-                          for dr in range(m) for dc in range(m)], dim=1)
+    idx_Mq = torch.stack(
+        [start_I[image_M] + (top_M + dr) * w_M + left_M + dc for dr in range(m) for dc in range(m)], dim=1
+    )
     return idx_Mq, image_M
 
 
@@ -67,8 +68,7 @@ class VisionAttention(nn.Module):
         self.wqkv = nn.Linear(d_vit, 3 * d_vit)
         self.wo = nn.Linear(d_vit, d_vit)
 
-    def forward(self, x_NV: torch.Tensor, cos_NR: torch.Tensor, sin_NR: torch.Tensor,
-                seg: Segments) -> torch.Tensor:
+    def forward(self, x_NV: torch.Tensor, cos_NR: torch.Tensor, sin_NR: torch.Tensor, seg: Segments) -> torch.Tensor:
         N, V = x_NV.shape
         q_HNd, k_HNd, v_HNd = self.wqkv(x_NV).view(N, 3, self.n_heads, self.head_dim).permute(1, 2, 0, 3)
         q_HNd, k_HNd = apply_rotary(q_HNd, cos_NR, sin_NR), apply_rotary(k_HNd, cos_NR, sin_NR)
@@ -87,8 +87,7 @@ ACTIVATIONS = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
 
 
 class VisionBlock(Block):
-    def __init__(self, cfg: VisionConfig, eps: float, activation_checkpointing: bool = False,
-                 compile: str = "off"):
+    def __init__(self, cfg: VisionConfig, eps: float, activation_checkpointing: bool = False, compile: str = "off"):
         super().__init__(activation_checkpointing, compile)
         V, F = cfg.d_vit, int(cfg.mlp_ratio * cfg.d_vit)
         self.norm1 = nn.LayerNorm(V, eps=eps)
@@ -96,25 +95,36 @@ class VisionBlock(Block):
         self.norm2 = nn.LayerNorm(V, eps=eps)
         self.mlp = nn.Sequential(nn.Linear(V, F), ACTIVATIONS[cfg.mlp_act](), nn.Linear(F, V))
 
-    def block_forward(self, x_NV: torch.Tensor, cos_NR: torch.Tensor, sin_NR: torch.Tensor,
-                      seg: Segments) -> torch.Tensor:
+    def block_forward(
+        self, x_NV: torch.Tensor, cos_NR: torch.Tensor, sin_NR: torch.Tensor, seg: Segments
+    ) -> torch.Tensor:
         x_NV = x_NV + self.attn(self.norm1(x_NV), cos_NR, sin_NR, seg)
         return x_NV + self.mlp(self.norm2(x_NV))
 
 
 class VisionEncoder(nn.Module):
-    def __init__(self, cfg: VisionConfig, eps: float = 1e-6, attention: str = "auto",
-                 activation_checkpointing: bool = False, compile: str = "off"):
+    def __init__(
+        self,
+        cfg: VisionConfig,
+        eps: float = 1e-6,
+        attention: str = "auto",
+        activation_checkpointing: bool = False,
+        compile: str = "off",
+    ):
         super().__init__()
         self.cfg, self.attention = cfg, attention
         V, q = cfg.d_vit, cfg.merge**2
         eps = eps if cfg.norm_eps is None else cfg.norm_eps
         self.patch_embed = nn.Linear(3 * cfg.patch_size**2, V, bias=cfg.patch_bias)
-        self.blocks = nn.ModuleList(VisionBlock(cfg, eps, activation_checkpointing, compile)
-                                    for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(
+            VisionBlock(cfg, eps, activation_checkpointing, compile) for _ in range(cfg.n_layers)
+        )
         self.norm = nn.LayerNorm(V, eps=eps)
-        self.merge = (nn.Linear(q * V, cfg.out_dim) if cfg.merger == "linear" else
-                      nn.Sequential(nn.Linear(q * V, q * V), nn.GELU(), nn.Linear(q * V, cfg.out_dim)))
+        self.merge = (
+            nn.Linear(q * V, cfg.out_dim)
+            if cfg.merger == "linear"
+            else nn.Sequential(nn.Linear(q * V, q * V), nn.GELU(), nn.Linear(q * V, cfg.out_dim))
+        )
 
     def rope_2d(self, grid_hw_I2: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin (N, Dh/2): first Dh/4 frequencies at the patch row, last Dh/4 at its column."""
@@ -127,14 +137,17 @@ class VisionEncoder(nn.Module):
     def check_inputs(self, pixel_values_NP: torch.Tensor, grid_hw_I2: torch.Tensor) -> None:
         P, m = self.patch_embed.in_features, self.cfg.merge
         if pixel_values_NP.ndim != 2 or pixel_values_NP.shape[1] != P:
-            raise ValueError(f"pixel_values has shape {tuple(pixel_values_NP.shape)}, expected (N, {P}) "
-                             f"for patch_size={self.cfg.patch_size}")
+            raise ValueError(
+                f"pixel_values has shape {tuple(pixel_values_NP.shape)}, expected (N, {P}) "
+                f"for patch_size={self.cfg.patch_size}"
+            )
         n_patches = int((grid_hw_I2[:, 0] * grid_hw_I2[:, 1]).sum())
         if n_patches != pixel_values_NP.shape[0]:
             raise ValueError(f"grid_hw sums to {n_patches} patches but pixel_values has {pixel_values_NP.shape[0]}")
         if bool((grid_hw_I2 % m != 0).any()) or bool((grid_hw_I2 <= 0).any()):
-            raise ValueError(f"every image grid (h, w) must be positive multiples of merge={m}; "
-                             f"got {grid_hw_I2.tolist()}")
+            raise ValueError(
+                f"every image grid (h, w) must be positive multiples of merge={m}; got {grid_hw_I2.tolist()}"
+            )
 
     def forward(self, pixel_values_NP: torch.Tensor, grid_hw_I2: torch.Tensor) -> torch.Tensor:
         """Patches of all images -> merged image tokens x_MV, images in order, raster order within each."""

@@ -86,8 +86,13 @@ class VLM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.vision = VisionEncoder(cfg.vision, eps=cfg.norm_eps, attention=cfg.attention,
-                                    activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile)
+        self.vision = VisionEncoder(
+            cfg.vision,
+            eps=cfg.norm_eps,
+            attention=cfg.attention,
+            activation_checkpointing=cfg.activation_checkpointing,
+            compile=cfg.compile,
+        )
         self.adapter = Adapter(cfg.vision.out_dim, cfg.d_model, eps=cfg.norm_eps)
         self.decoder = Decoder(cfg)
         if cfg.contrastive.weight > 0:
@@ -136,9 +141,11 @@ class VLM(nn.Module):
         is_image_BT = batch.input_ids_BT == self.cfg.image_token_id
         n_placeholders, n_tokens = int(is_image_BT.sum()), 0 if img_MD is None else img_MD.shape[0]
         if n_placeholders != n_tokens:
-            raise ValueError(f"batch has {n_placeholders} <|image|> tokens (id {self.cfg.image_token_id}) but "
-                             f"its {batch.n_images} images give {n_tokens} merged tokens "
-                             f"(grid_hw {batch.grid_hw_I2.tolist()}, merge {self.cfg.vision.merge})")
+            raise ValueError(
+                f"batch has {n_placeholders} <|image|> tokens (id {self.cfg.image_token_id}) but "
+                f"its {batch.n_images} images give {n_tokens} merged tokens "
+                f"(grid_hw {batch.grid_hw_I2.tolist()}, merge {self.cfg.vision.merge})"
+            )
         if img_MD is not None:
             x_BTD = x_BTD.masked_scatter(is_image_BT[..., None], img_MD.to(x_BTD.dtype))
         return x_BTD
@@ -160,7 +167,7 @@ class VLM(nn.Module):
         B, T = batch.input_ids_BT.shape
         x_ND, position_ids_N, segment_ids_N = self.decoder_stream(batch, x_BTD)
         h_1ND, moe_stats = self.decoder(x_ND[None], position_ids_N[None], segment_ids_N[None])
-        h_BTD, h_AD = h_1ND[0, :B * T].view(B, T, -1), h_1ND[0, B * T:]
+        h_BTD, h_AD = h_1ND[0, : B * T].view(B, T, -1), h_1ND[0, B * T :]
 
         # 4. LM loss on labelled positions only (the head runs on S rows, not B*T)
         labels_BT = batch.labels_BT
@@ -194,10 +201,18 @@ class VLM(nn.Module):
             logit_scale = self.logit_scale.float().squeeze(0).exp().clamp(max=MAX_LOGIT_SCALE)  # not a view (FSDP2)
 
         logits_BTV = self.decoder.output(h_BTD).float() if return_logits else None
-        return ModelOutput(lm_loss_sum=lm_loss_sum, n_label_tokens=n_label_tokens, aux_loss=aux_loss,
-                           z_loss=z_loss, expert_load_LE=expert_load_LE, image_emb_ID=image_emb_IC,
-                           text_emb_ID=text_emb_IC, paired_I=paired_I, logit_scale=logit_scale,
-                           logits_BTV=logits_BTV)
+        return ModelOutput(
+            lm_loss_sum=lm_loss_sum,
+            n_label_tokens=n_label_tokens,
+            aux_loss=aux_loss,
+            z_loss=z_loss,
+            expert_load_LE=expert_load_LE,
+            image_emb_ID=image_emb_IC,
+            text_emb_ID=text_emb_IC,
+            paired_I=paired_I,
+            logit_scale=logit_scale,
+            logits_BTV=logits_BTV,
+        )
 
     def caption_image_ids(self, batch: Batch) -> torch.Tensor:
         """Image index of each caption token, image_A, in flat row-major order (ascending: the captions of
@@ -214,8 +229,11 @@ class VLM(nn.Module):
         B, T, D = x_BTD.shape
         seg_BT = batch.segment_ids_BT.long()
         row_B1 = torch.arange(B, device=seg_BT.device)[:, None] * T
-        x_ND, pos_N, seg_N = x_BTD.reshape(B * T, D), batch.position_ids_BT.flatten(), \
-            torch.where(seg_BT >= 0, seg_BT + row_B1, -1).flatten()
+        x_ND, pos_N, seg_N = (
+            x_BTD.reshape(B * T, D),
+            batch.position_ids_BT.flatten(),
+            torch.where(seg_BT >= 0, seg_BT + row_B1, -1).flatten(),
+        )
         image_A = self.caption_image_ids(batch)
         if image_A.numel() == 0:
             return x_ND, pos_N, seg_N
@@ -267,8 +285,10 @@ class VLM(nn.Module):
             return
         moes = [layer.ffn for layer in self.decoder.layers if layer.is_moe]
         if expert_load_LE.shape != (len(moes), self.cfg.moe.n_experts):
-            raise ValueError(f"expert_load_LE has shape {tuple(expert_load_LE.shape)}, expected "
-                             f"({len(moes)} MoE layers, {self.cfg.moe.n_experts} experts)")
+            raise ValueError(
+                f"expert_load_LE has shape {tuple(expert_load_LE.shape)}, expected "
+                f"({len(moes)} MoE layers, {self.cfg.moe.n_experts} experts)"
+            )
         for moe, load_E in zip(moes, expert_load_LE):
             assert isinstance(moe, MoE)
             moe.update_expert_bias(load_E)

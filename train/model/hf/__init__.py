@@ -32,6 +32,19 @@ from train.model.hf.convert import (
     upcycle_config,
 )
 
-__all__ = ["FAMILIES", "Family", "config_from_hf", "config_to_hf", "decoder_logits", "export_decoder", "infer_family",
-           "load_pretrained_decoder", "read_hf_config", "read_hf_state",
-           "state_from_hf", "state_to_hf", "upcycle", "upcycle_config"]
+__all__ = [
+    "FAMILIES",
+    "Family",
+    "config_from_hf",
+    "config_to_hf",
+    "decoder_logits",
+    "export_decoder",
+    "infer_family",
+    "load_pretrained_decoder",
+    "read_hf_config",
+    "read_hf_state",
+    "state_from_hf",
+    "state_to_hf",
+    "upcycle",
+    "upcycle_config",
+]

@@ -61,8 +61,9 @@ def read_hf_state(model_dir: str | Path, keys: list[str] | None = None) -> dict[
         return {k: handles[files[k]].get_tensor(k) for k in (keys or files)}
 
 
-def load_pretrained_decoder(model_dir: str | Path, base: ModelConfig | None = None
-                            ) -> tuple[ModelConfig, dict[str, torch.Tensor], Family]:
+def load_pretrained_decoder(
+    model_dir: str | Path, base: ModelConfig | None = None
+) -> tuple[ModelConfig, dict[str, torch.Tensor], Family]:
     """(our config, our decoder state dict, the family) of a local HF model folder. `base` supplies what
     the folder does not say (vision tower, contrastive head, attention backend, MoE loss weights)."""
     model_dir = Path(model_dir)
@@ -79,13 +80,24 @@ def load_pretrained_decoder(model_dir: str | Path, base: ModelConfig | None = No
             return handles[files[key]].get_tensor(key)
 
         state = state_from_hf(get, cfg, fam)
-    log.info("loaded %s decoder from %s: %d layers, d_model %d, vocab %d", fam.model_type, model_dir,
-             cfg.n_layers, cfg.d_model, cfg.vocab_size)
+    log.info(
+        "loaded %s decoder from %s: %d layers, d_model %d, vocab %d",
+        fam.model_type,
+        model_dir,
+        cfg.n_layers,
+        cfg.d_model,
+        cfg.vocab_size,
+    )
     return cfg, state, fam
 
 
-def export_decoder(decoder: Decoder, out_dir: str | Path, family: str | None = None,
-                   max_shard_bytes: int = 5 * 2**30, max_position_embeddings: int = 32768) -> Family:
+def export_decoder(
+    decoder: Decoder,
+    out_dir: str | Path,
+    family: str | None = None,
+    max_shard_bytes: int = 5 * 2**30,
+    max_position_embeddings: int = 32768,
+) -> Family:
     """Write our decoder as an HF folder (config.json + safetensors, sharded with an index above
     `max_shard_bytes`) of `family` (default: the one whose architecture equals ours)."""
     cfg = decoder.cfg
@@ -115,20 +127,21 @@ def export_decoder(decoder: Decoder, out_dir: str | Path, family: str | None = N
             save_file(shard, out / name, metadata={"format": "pt"})
         weight_map = {k: name for name, shard in zip(names, shards, strict=True) for k in shard}
         total = sum(t.numel() * t.element_size() for t in tensors.values())
-        (out / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
-                                            indent=2))
+        (out / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     hf_cfg = config_to_hf(cfg, fam, max_position_embeddings, dtype)
     (out / "config.json").write_text(json.dumps(hf_cfg, indent=2))
     log.info("exported %s decoder (%d tensors, %d shard(s)) to %s", fam.model_type, len(tensors), len(shards), out)
     return fam
 
 
-def decoder_logits(decoder: Decoder, input_ids_BT: torch.Tensor,
-                   attention_mask_BT: torch.Tensor | None = None) -> torch.Tensor:
+def decoder_logits(
+    decoder: Decoder, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor | None = None
+) -> torch.Tensor:
     """Logits (B, T, V) of token ids, one document per row; padding (attention_mask 0, left or right) is its
     own segment and its logits are meaningless. Positions count the row's real tokens from 0."""
-    valid_BT = torch.ones_like(input_ids_BT, dtype=torch.bool) if attention_mask_BT is None \
-        else attention_mask_BT.bool()
+    valid_BT = (
+        torch.ones_like(input_ids_BT, dtype=torch.bool) if attention_mask_BT is None else attention_mask_BT.bool()
+    )
     position_ids_BT = (valid_BT.long().cumsum(dim=1) - 1).clamp(min=0)
     segment_ids_BT = torch.where(valid_BT, 0, -1)
     h_BTD, _ = decoder(decoder.tok_embeddings(input_ids_BT), position_ids_BT, segment_ids_BT)

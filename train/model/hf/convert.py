@@ -40,14 +40,23 @@ class Family:
     always_renormalise: bool = False  # top-k weights always rescaled to 1 (mixtral: no norm_topk_prob)
 
 
-FAMILIES: dict[str, Family] = {f.model_type: f for f in (
-    Family("qwen3_moe", "Qwen3MoeForCausalLM", moe=True, qk_norm=True),
-    Family("qwen2_moe", "Qwen2MoeForCausalLM", moe=True, qkv_bias=True, shared_expert=True),
-    Family("mixtral", "MixtralForCausalLM", moe=True, moe_prefix="block_sparse_moe",
-           expert_names=("w1", "w3", "w2"), always_renormalise=True),
-    Family("qwen3", "Qwen3ForCausalLM", moe=False, qk_norm=True),
-    Family("llama", "LlamaForCausalLM", moe=False),
-)}
+FAMILIES: dict[str, Family] = {
+    f.model_type: f
+    for f in (
+        Family("qwen3_moe", "Qwen3MoeForCausalLM", moe=True, qk_norm=True),
+        Family("qwen2_moe", "Qwen2MoeForCausalLM", moe=True, qkv_bias=True, shared_expert=True),
+        Family(
+            "mixtral",
+            "MixtralForCausalLM",
+            moe=True,
+            moe_prefix="block_sparse_moe",
+            expert_names=("w1", "w3", "w2"),
+            always_renormalise=True,
+        ),
+        Family("qwen3", "Qwen3ForCausalLM", moe=False, qk_norm=True),
+        Family("llama", "LlamaForCausalLM", moe=False),
+    )
+}
 
 
 def _family(model_type: str, where: str) -> Family:
@@ -57,6 +66,7 @@ def _family(model_type: str, where: str) -> Family:
 
 
 # --- config ------------------------------------------------------------------------------------------
+
 
 def _rope(hf: Mapping, where: str) -> tuple[float, dict]:
     """(theta, our rope_scaling fields) from either the legacy keys (rope_theta, rope_scaling) or
@@ -68,10 +78,13 @@ def _rope(hf: Mapping, where: str) -> tuple[float, dict]:
     if kind == "default":
         return float(theta), {"kind": "none"}
     if kind == "llama3":
-        return float(theta), {"kind": "llama3", "factor": scaling["factor"],
-                              "low_freq_factor": scaling["low_freq_factor"],
-                              "high_freq_factor": scaling["high_freq_factor"],
-                              "original_max_position": scaling["original_max_position_embeddings"]}
+        return float(theta), {
+            "kind": "llama3",
+            "factor": scaling["factor"],
+            "low_freq_factor": scaling["low_freq_factor"],
+            "high_freq_factor": scaling["high_freq_factor"],
+            "original_max_position": scaling["original_max_position_embeddings"],
+        }
     raise ValueError(f"{where}: rope type {kind!r} is not supported (default and llama3 are)")
 
 
@@ -89,8 +102,10 @@ def _layer_pattern(is_moe: list[bool], where: str) -> dict:
         for every in range(1, n + 1):
             if all(m == (i >= first and (i - first) % every == 0) for i, m in enumerate(is_moe)):
                 return {"first_dense_layers": first, "moe_every": every}
-    raise ValueError(f"{where}: the MoE/dense layer pattern {is_moe} is not 'first k dense, then every n-th "
-                     "MoE' (moe.first_dense_layers, moe.moe_every)")
+    raise ValueError(
+        f"{where}: the MoE/dense layer pattern {is_moe} is not 'first k dense, then every n-th "
+        "MoE' (moe.first_dense_layers, moe.moe_every)"
+    )
 
 
 def config_from_hf(hf: Mapping, base: ModelConfig | None = None, where: str = "config.json") -> ModelConfig:
@@ -107,11 +122,17 @@ def config_from_hf(hf: Mapping, base: ModelConfig | None = None, where: str = "c
     d_model, n_heads, n_layers = hf["hidden_size"], hf["num_attention_heads"], hf["num_hidden_layers"]
     head_dim = hf.get("head_dim") or d_model // n_heads
     fields = {
-        "vocab_size": hf["vocab_size"], "d_model": d_model, "n_layers": n_layers, "n_heads": n_heads,
+        "vocab_size": hf["vocab_size"],
+        "d_model": d_model,
+        "n_layers": n_layers,
+        "n_heads": n_heads,
         "n_kv_heads": hf.get("num_key_value_heads") or n_heads,
         "head_dim": None if head_dim * n_heads == d_model else head_dim,
-        "d_ffn": hf["intermediate_size"], "rope_theta": theta, "rope_scaling": scaling,
-        "norm_eps": hf["rms_norm_eps"], "qk_norm": fam.qk_norm,
+        "d_ffn": hf["intermediate_size"],
+        "rope_theta": theta,
+        "rope_scaling": scaling,
+        "norm_eps": hf["rms_norm_eps"],
+        "qk_norm": fam.qk_norm,
         "qkv_bias": fam.qkv_bias and hf.get("qkv_bias", True),  # qwen2_moe configs before v5 lack the key
         "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
     }
@@ -120,13 +141,18 @@ def config_from_hf(hf: Mapping, base: ModelConfig | None = None, where: str = "c
     if fam.moe:
         renorm = fam.always_renormalise or hf.get("norm_topk_prob", False)
         shared = hf.get("shared_expert_intermediate_size", 0) if fam.shared_expert else 0
-        data["moe"].update({
-            "n_experts": hf.get("num_experts", hf.get("num_local_experts")),
-            "top_k": hf["num_experts_per_tok"],
-            "d_expert": hf["intermediate_size"] if fam.model_type == "mixtral" else hf["moe_intermediate_size"],
-            "gate": "renormalised" if renorm else "softmax",
-            "n_shared_experts": 0, "d_shared": shared, "shared_gate": shared > 0,
-            **_layer_pattern(_hf_moe_layers(hf, n_layers, fam), where)})
+        data["moe"].update(
+            {
+                "n_experts": hf.get("num_experts", hf.get("num_local_experts")),
+                "top_k": hf["num_experts_per_tok"],
+                "d_expert": hf["intermediate_size"] if fam.model_type == "mixtral" else hf["moe_intermediate_size"],
+                "gate": "renormalised" if renorm else "softmax",
+                "n_shared_experts": 0,
+                "d_shared": shared,
+                "shared_gate": shared > 0,
+                **_layer_pattern(_hf_moe_layers(hf, n_layers, fam), where),
+            }
+        )
     else:
         data["moe"].update({"first_dense_layers": n_layers, "moe_every": 1, "d_shared": 0, "shared_gate": False})
     try:
@@ -152,8 +178,10 @@ def mismatch(cfg: ModelConfig, fam: Family) -> str:
         (any(moe_layers) == fam.moe, "MoE layers" if not fam.moe else "no MoE layer"),
         (cfg.qk_norm == fam.qk_norm, f"qk_norm={cfg.qk_norm}"),
         (cfg.qkv_bias == fam.qkv_bias, f"qkv_bias={cfg.qkv_bias}"),
-        (not fam.moe or (m.shared_hidden > 0) == fam.shared_expert == m.shared_gate,
-         f"shared expert {m.shared_hidden} (gate {m.shared_gate})"),
+        (
+            not fam.moe or (m.shared_hidden > 0) == fam.shared_expert == m.shared_gate,
+            f"shared expert {m.shared_hidden} (gate {m.shared_gate})",
+        ),
         (not fam.always_renormalise or m.renormalise_gate, "gate not renormalised"),
         (fam.model_type != "mixtral" or all(moe_layers), "dense layers"),
         (cfg.rope_scaling.kind == "none" or fam.model_type == "llama", f"rope_scaling={cfg.rope_scaling.kind}"),
@@ -161,33 +189,66 @@ def mismatch(cfg: ModelConfig, fam: Family) -> str:
     return ", ".join(why for ok, why in checks if not ok)
 
 
-def config_to_hf(cfg: ModelConfig, fam: Family, max_position_embeddings: int = 32768,
-                 dtype: torch.dtype = torch.float32) -> dict:
+def config_to_hf(
+    cfg: ModelConfig, fam: Family, max_position_embeddings: int = 32768, dtype: torch.dtype = torch.float32
+) -> dict:
     """config.json of `fam` for our decoder config (`mismatch` must be empty)."""
     assert not mismatch(cfg, fam), mismatch(cfg, fam)
     moe_layers = [cfg.is_moe_layer(i) for i in range(cfg.n_layers)]
     rs = cfg.rope_scaling
     hf = {
-        "architectures": [fam.architecture], "model_type": fam.model_type, "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ffn, "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.d_head,
-        "hidden_act": "silu", "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta,
-        "rope_scaling": None if rs.kind == "none" else {
-            "rope_type": "llama3", "factor": rs.factor, "low_freq_factor": rs.low_freq_factor,
-            "high_freq_factor": rs.high_freq_factor, "original_max_position_embeddings": rs.original_max_position},
-        "tie_word_embeddings": cfg.tie_embeddings, "max_position_embeddings": max_position_embeddings,
-        "attention_bias": False, "attention_dropout": 0.0, "initializer_range": 0.02,
-        "torch_dtype": str(dtype).removeprefix("torch."), "use_cache": True,
+        "architectures": [fam.architecture],
+        "model_type": fam.model_type,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.d_ffn,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.d_head,
+        "hidden_act": "silu",
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": None
+        if rs.kind == "none"
+        else {
+            "rope_type": "llama3",
+            "factor": rs.factor,
+            "low_freq_factor": rs.low_freq_factor,
+            "high_freq_factor": rs.high_freq_factor,
+            "original_max_position_embeddings": rs.original_max_position,
+        },
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "max_position_embeddings": max_position_embeddings,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        "use_cache": True,
     }
     if fam.model_type == "mixtral":
-        hf.update({"num_local_experts": cfg.moe.n_experts, "num_experts_per_tok": cfg.moe.top_k,
-                   "intermediate_size": cfg.moe.d_expert, "sliding_window": None,
-                   "router_aux_loss_coef": cfg.moe.aux_loss_weight})
+        hf.update(
+            {
+                "num_local_experts": cfg.moe.n_experts,
+                "num_experts_per_tok": cfg.moe.top_k,
+                "intermediate_size": cfg.moe.d_expert,
+                "sliding_window": None,
+                "router_aux_loss_coef": cfg.moe.aux_loss_weight,
+            }
+        )
     elif fam.moe:
-        hf.update({"num_experts": cfg.moe.n_experts, "num_experts_per_tok": cfg.moe.top_k,
-                   "moe_intermediate_size": cfg.moe.d_expert, "norm_topk_prob": cfg.moe.renormalise_gate,
-                   "decoder_sparse_step": 1, "mlp_only_layers": [i for i, m in enumerate(moe_layers) if not m],
-                   "use_sliding_window": False, "router_aux_loss_coef": cfg.moe.aux_loss_weight})
+        hf.update(
+            {
+                "num_experts": cfg.moe.n_experts,
+                "num_experts_per_tok": cfg.moe.top_k,
+                "moe_intermediate_size": cfg.moe.d_expert,
+                "norm_topk_prob": cfg.moe.renormalise_gate,
+                "decoder_sparse_step": 1,
+                "mlp_only_layers": [i for i, m in enumerate(moe_layers) if not m],
+                "use_sliding_window": False,
+                "router_aux_loss_coef": cfg.moe.aux_loss_weight,
+            }
+        )
     if fam.shared_expert:
         hf.update({"shared_expert_intermediate_size": cfg.moe.shared_hidden, "qkv_bias": cfg.qkv_bias})
     if fam.model_type == "llama":
@@ -197,10 +258,13 @@ def config_to_hf(cfg: ModelConfig, fam: Family, max_position_embeddings: int = 3
 
 # --- weights -----------------------------------------------------------------------------------------
 
+
 def key_map(cfg: ModelConfig, fam: Family) -> dict[str, str | list[str]]:
     """Our decoder state-dict key -> its HF key, or the E per-expert HF keys it stacks (transposed)."""
-    km: dict[str, str | list[str]] = {"tok_embeddings.weight": "model.embed_tokens.weight",
-                                      "norm.weight": "model.norm.weight"}
+    km: dict[str, str | list[str]] = {
+        "tok_embeddings.weight": "model.embed_tokens.weight",
+        "norm.weight": "model.norm.weight",
+    }
     if not cfg.tie_embeddings:
         km["output.weight"] = "lm_head.weight"
     for i in range(cfg.n_layers):
@@ -248,8 +312,10 @@ def state_to_hf(state: Mapping[str, torch.Tensor], cfg: ModelConfig, fam: Family
     """HF tensors (contiguous, one per key, as the family's checkpoints store them) of our decoder state."""
     for key, t in state.items():
         if key.endswith("expert_bias_E") and bool(t.abs().max() > 0):
-            raise ValueError(f"{key} is non-zero (moe.bias_update_rate > 0): {fam.model_type} has no expert "
-                             "selection bias, so the exported model would route differently")
+            raise ValueError(
+                f"{key} is non-zero (moe.bias_update_rate > 0): {fam.model_type} has no expert "
+                "selection bias, so the exported model would route differently"
+            )
     out: dict[str, torch.Tensor] = {}
     for ours, hf in key_map(cfg, fam).items():
         t = state[ours].detach()
@@ -265,17 +331,35 @@ def upcycle_config(cfg: ModelConfig, n_experts: int, top_k: int) -> ModelConfig:
     if any(cfg.is_moe_layer(i) for i in range(cfg.n_layers)):
         raise ValueError("upcycle: the decoder already has MoE layers (expected a dense one)")
     if not 2 <= top_k <= n_experts:
-        raise ValueError(f"upcycle: top_k={top_k} must be in [2, n_experts={n_experts}] (with one expert per "
-                         "token a renormalised gate is always 1 and the router gets no gradient)")
+        raise ValueError(
+            f"upcycle: top_k={top_k} must be in [2, n_experts={n_experts}] (with one expert per "
+            "token a renormalised gate is always 1 and the router gets no gradient)"
+        )
     data = cfg.model_dump()
-    data["moe"].update({"n_experts": n_experts, "top_k": top_k, "d_expert": cfg.d_ffn, "n_shared_experts": 0,
-                        "d_shared": None, "shared_gate": False, "gate": "renormalised",
-                        "first_dense_layers": 0, "moe_every": 1})
+    data["moe"].update(
+        {
+            "n_experts": n_experts,
+            "top_k": top_k,
+            "d_expert": cfg.d_ffn,
+            "n_shared_experts": 0,
+            "d_shared": None,
+            "shared_gate": False,
+            "gate": "renormalised",
+            "first_dense_layers": 0,
+            "moe_every": 1,
+        }
+    )
     return ModelConfig.model_validate(data)
 
 
-def upcycle(cfg: ModelConfig, state: Mapping[str, torch.Tensor], n_experts: int, top_k: int,
-            router_std: float = 0.02, seed: int = 0) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def upcycle(
+    cfg: ModelConfig,
+    state: Mapping[str, torch.Tensor],
+    n_experts: int,
+    top_k: int,
+    router_std: float = 0.02,
+    seed: int = 0,
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Sparse upcycling: a dense decoder (every layer dense) -> every layer MoE with `n_experts` experts that
     are copies of the layer's dense FFN, no shared expert, top-k gate weights renormalised to sum to 1, and
     a router drawn N(0, router_std). Whatever the router picks, the weights sum to 1 over identical experts,

@@ -1,17 +1,17 @@
 """Starting a training run from a pretrained decoder (`interloom train --init-llm DIR`).
 
-  - `pretrained_tokenizer(dir)`: the model's own tokenizer.json with our special tokens (train/batch.py
-    SPECIAL_TOKENS) added where it lacks them (appended after its vocabulary), and the ids so added
-  - `init_llm_config(cfg, dir, run_dir)`: the TrainConfig whose decoder is the folder's architecture and
-    whose tokenizer is that extended tokenizer (written to RUN_DIR/tokenizer.json); the trainer then sizes
-    the vocabulary from it as for any tokenizer (a multiple of 64)
-  - `resize_vocab(state, vocab_size, new_ids)`: embedding (and untied LM head) rows cut or grown to the
-    run's vocabulary; grown rows and the rows of the added special tokens start at the mean of the
-    pretrained rows (Hewitt 2021: the new tokens start as the average word, not as noise that dominates
-    the softmax), so the model's predictions for ordinary text do not change
-  - `model.init_upcycle`: a dense folder becomes an MoE of the recipe's moe.n_experts / moe.top_k by sparse
-    upcycling (convert.upcycle), its first forward equal to the dense model's
-  - `init_decoder(decoder, dir)`: all of that into a built decoder (`build_model`)
+- `pretrained_tokenizer(dir)`: the model's own tokenizer.json with our special tokens (train/batch.py
+  SPECIAL_TOKENS) added where it lacks them (appended after its vocabulary), and the ids so added
+- `init_llm_config(cfg, dir, run_dir)`: the TrainConfig whose decoder is the folder's architecture and
+  whose tokenizer is that extended tokenizer (written to RUN_DIR/tokenizer.json); the trainer then sizes
+  the vocabulary from it as for any tokenizer (a multiple of 64)
+- `resize_vocab(state, vocab_size, new_ids)`: embedding (and untied LM head) rows cut or grown to the
+  run's vocabulary; grown rows and the rows of the added special tokens start at the mean of the
+  pretrained rows (Hewitt 2021: the new tokens start as the average word, not as noise that dominates
+  the softmax), so the model's predictions for ordinary text do not change
+- `model.init_upcycle`: a dense folder becomes an MoE of the recipe's moe.n_experts / moe.top_k by sparse
+  upcycling (convert.upcycle), its first forward equal to the dense model's
+- `init_decoder(decoder, dir)`: all of that into a built decoder (`build_model`)
 """
 
 from __future__ import annotations

@@ -42,22 +42,32 @@ def _vision_section(hf_cfg: dict, where: str) -> dict:
     section = hf_cfg.get("vision_config", hf_cfg)
     model_type = hf_cfg.get("model_type", "")
     if model_type not in VISION_TYPES and section.get("model_type") not in VISION_TYPES:
-        raise ValueError(f"{where}: model_type {model_type!r} is not a supported vision tower "
-                         f"(supported: {', '.join(VISION_TYPES)})")
+        raise ValueError(
+            f"{where}: model_type {model_type!r} is not a supported vision tower (supported: {', '.join(VISION_TYPES)})"
+        )
     return section
 
 
-def vision_config_from_hf(hf_cfg: dict, base: VisionConfig | None = None, where: str = "config.json"
-                          ) -> VisionConfig:
+def vision_config_from_hf(hf_cfg: dict, base: VisionConfig | None = None, where: str = "config.json") -> VisionConfig:
     v = _vision_section(hf_cfg, where)
     if v.get("temporal_patch_size", 2) != 2 or v.get("in_channels", 3) != 3:
         raise ValueError(f"{where}: only in_channels=3, temporal_patch_size=2 towers are supported")
     if v.get("hidden_act", "quick_gelu") not in ("gelu", "quick_gelu"):
         raise ValueError(f"{where}: vision hidden_act {v['hidden_act']!r} is not gelu or quick_gelu")
-    fields = dict(patch_size=v["patch_size"], d_vit=v["embed_dim"], n_layers=v["depth"], n_heads=v["num_heads"],
-                  merge=v["spatial_merge_size"], rope_theta=10000.0, mlp_ratio=v["mlp_ratio"],
-                  mlp_act=v.get("hidden_act", "quick_gelu"), patch_bias=False, norm_eps=1e-6,
-                  merger="mlp", d_out=v["hidden_size"])
+    fields = dict(
+        patch_size=v["patch_size"],
+        d_vit=v["embed_dim"],
+        n_layers=v["depth"],
+        n_heads=v["num_heads"],
+        merge=v["spatial_merge_size"],
+        rope_theta=10000.0,
+        mlp_ratio=v["mlp_ratio"],
+        mlp_act=v.get("hidden_act", "quick_gelu"),
+        patch_bias=False,
+        norm_eps=1e-6,
+        merger="mlp",
+        d_out=v["hidden_size"],
+    )
     return VisionConfig.model_validate({**(base or VisionConfig()).model_dump(), **fields})
 
 
@@ -65,12 +75,13 @@ def _strip_prefix(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Keys relative to the tower: drop 'model.visual.' / 'visual.' and everything that is not the tower."""
     for prefix in ("model.visual.", "visual."):
         if any(k.startswith(prefix) for k in hf_state):
-            return {k[len(prefix):]: t for k, t in hf_state.items() if k.startswith(prefix)}
+            return {k[len(prefix) :]: t for k, t in hf_state.items() if k.startswith(prefix)}
     return hf_state
 
 
-def vision_state_from_hf(hf_state: dict[str, torch.Tensor], cfg: VisionConfig,
-                         where: str = "checkpoint") -> dict[str, torch.Tensor]:
+def vision_state_from_hf(
+    hf_state: dict[str, torch.Tensor], cfg: VisionConfig, where: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
     hf = _strip_prefix(hf_state)
 
     def get(key: str) -> torch.Tensor:
@@ -79,13 +90,22 @@ def vision_state_from_hf(hf_state: dict[str, torch.Tensor], cfg: VisionConfig,
         return hf[key]
 
     conv = get("patch_embed.proj.weight")  # V, C, T, p, p
-    state = {"patch_embed.weight": conv.sum(dim=2).reshape(conv.shape[0], -1),
-             "norm.weight": get("merger.ln_q.weight"), "norm.bias": get("merger.ln_q.bias")}
+    state = {
+        "patch_embed.weight": conv.sum(dim=2).reshape(conv.shape[0], -1),
+        "norm.weight": get("merger.ln_q.weight"),
+        "norm.bias": get("merger.ln_q.bias"),
+    }
     for j in (0, 2):
         for t in ("weight", "bias"):
             state[f"merge.{j}.{t}"] = get(f"merger.mlp.{j}.{t}")
-    names = {"norm1": "norm1", "norm2": "norm2", "attn.qkv": "attn.wqkv", "attn.proj": "attn.wo",
-             "mlp.fc1": "mlp.0", "mlp.fc2": "mlp.2"}
+    names = {
+        "norm1": "norm1",
+        "norm2": "norm2",
+        "attn.qkv": "attn.wqkv",
+        "attn.proj": "attn.wo",
+        "mlp.fc1": "mlp.0",
+        "mlp.fc2": "mlp.2",
+    }
     for i in range(cfg.n_layers):
         for theirs, ours in names.items():
             for t in ("weight", "bias"):
@@ -93,8 +113,9 @@ def vision_state_from_hf(hf_state: dict[str, torch.Tensor], cfg: VisionConfig,
     return state
 
 
-def load_pretrained_vision(model_dir: str | Path, base: VisionConfig | None = None
-                           ) -> tuple[VisionConfig, dict[str, torch.Tensor]]:
+def load_pretrained_vision(
+    model_dir: str | Path, base: VisionConfig | None = None
+) -> tuple[VisionConfig, dict[str, torch.Tensor]]:
     """(our VisionConfig, our VisionEncoder state dict) of a local Qwen2-VL (or Qwen2-VL vision) folder."""
     model_dir = Path(model_dir)
     where = str(model_dir / "config.json")
@@ -109,8 +130,14 @@ def init_vision_config(cfg, model_dir: str | Path):
     vision = vision_config_from_hf(read_hf_config(model_dir), cfg.model.vision, str(model_dir / "config.json"))
     data = cfg.model_dump()
     data["model"] |= {"vision": vision.model_dump(), "init_vision": str(model_dir)}
-    log.info("init-vision %s: d_vit %d, %d layers, patch %d, merged width %d", model_dir, vision.d_vit,
-             vision.n_layers, vision.patch_size, vision.out_dim)
+    log.info(
+        "init-vision %s: d_vit %d, %d layers, patch %d, merged width %d",
+        model_dir,
+        vision.d_vit,
+        vision.n_layers,
+        vision.patch_size,
+        vision.out_dim,
+    )
     return type(cfg).model_validate(data)
 
 
