@@ -171,3 +171,99 @@ def test_align_then_pretrain_from_pretrained_towers_then_export(ray_local, dev_c
         assert (decoder_logits(model.decoder, ids_BT) - reloaded(input_ids=ids_BT).logits).abs().max() <= 1e-4
     again = load_exported_vlm(out).state_dict()
     assert again.keys() == final.keys() and all(torch.equal(again[k], final[k]) for k in final)
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_siglip2_naflex_tower_parity(tmp_path, whole):
+    """SigLIP2 NaFlex (learned position table resized per image, no RoPE, gelu_tanh, biases, post-LN):
+    our `features` equal its last_hidden_state on a square, a wide and a tall image in one padded batch;
+    a whole Siglip2Model folder gives the same tower as its vision model saved alone."""
+    from transformers import Siglip2Config, Siglip2Model, Siglip2VisionConfig, Siglip2VisionModel
+
+    torch.manual_seed(0)
+    vcfg = Siglip2VisionConfig(
+        hidden_size=32, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4, patch_size=P, num_patches=16
+    )
+    if whole:
+        full = Siglip2Model(
+            Siglip2Config(
+                vision_config=vcfg.to_dict(),
+                text_config={
+                    "hidden_size": 32,
+                    "intermediate_size": 64,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 4,
+                    "vocab_size": 100,
+                },
+            )
+        ).eval()
+        for p in full.parameters():
+            torch.nn.init.normal_(p, std=0.2)
+        full.save_pretrained(tmp_path)
+        hf = full.vision_model
+    else:
+        model = Siglip2VisionModel._from_config(vcfg, attn_implementation="eager").eval()
+        for p in model.parameters():  # random, not the init's zeros/ones, so every mapping is exercised
+            torch.nn.init.normal_(p, std=0.2)
+        model.save_pretrained(tmp_path)
+        hf = model
+
+    cfg, state = load_pretrained_vision(tmp_path)
+    assert (cfg.pos_embed, cfg.pos_grid, cfg.mlp_act, cfg.mlp_ratio) == ("learned", 4, "gelu_tanh", 2.5)
+    ours = VisionEncoder(cfg, attention="dense").eval()
+    missing, unexpected = ours.load_state_dict(state, strict=False)
+    assert sorted(missing) == ["merge.bias", "merge.weight"] and not unexpected
+
+    grids = [(4, 4), (2, 6), (8, 4)]  # square, wide, tall (in patches); 2x6 and 8x4 resize the 4x4 table
+    n_max = max(h * w for h, w in grids)
+    ours_in, hf_in, mask = (
+        [],
+        torch.zeros(len(grids), n_max, 3 * P * P),
+        torch.zeros(len(grids), n_max, dtype=torch.long),
+    )
+    for i, (h, w) in enumerate(grids):
+        patches = torch.randn(h * w, 3, P, P)  # ours: (C, p, p); SigLIP2's processor: (p, p, C)
+        ours_in.append(patches.reshape(h * w, -1))
+        hf_in[i, : h * w] = patches.permute(0, 2, 3, 1).reshape(h * w, -1)
+        mask[i, : h * w] = 1
+    with torch.no_grad():
+        want = hf(hf_in, pixel_attention_mask=mask, spatial_shapes=torch.tensor(grids)).last_hidden_state
+        got = ours.features(torch.cat(ours_in), torch.tensor(grids))
+    want = torch.cat([want[i, : h * w] for i, (h, w) in enumerate(grids)])
+    assert got.shape == want.shape == (sum(h * w for h, w in grids), 32)
+    assert (got - want).abs().max().item() <= 1e-4
+    with torch.no_grad():  # then our new 2x2 merge: a quarter as many tokens, of width d_vit
+        assert ours(torch.cat(ours_in), torch.tensor(grids)).shape == (got.shape[0] // 4, 32)
+
+
+def test_init_vision_from_siglip2_folder(tmp_path):
+    """`--init-vision DIR` with a SigLIP2 folder: the run's model.vision becomes the tower's (learned
+    positions, no RoPE), build_model loads its weights, and the new merge trains in the adapter stage."""
+    from transformers import Siglip2VisionConfig, Siglip2VisionModel
+
+    from corpus.config import load_config
+    from train.config import TrainConfig, resolve_recipe
+    from train.model.hf.vision import init_vision_config
+    from train.parallel import build_model
+
+    tower = Siglip2VisionModel(
+        Siglip2VisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            patch_size=8,
+            num_patches=9,
+        )
+    )
+    tower.save_pretrained(tmp_path / "siglip2")
+    cfg = load_config(TrainConfig, resolve_recipe("debug-cpu"), [f"run.output={tmp_path / 'run'}"])
+    cfg = init_vision_config(cfg, tmp_path / "siglip2")
+    v = cfg.model.vision
+    assert (v.pos_embed, v.pos_grid, v.d_vit, v.merge_with_adapter, v.out_dim) == ("learned", 3, 32, True, 32)
+    model = build_model(cfg, torch.device("cpu"))
+    want = tower.state_dict()["embeddings.position_embedding.weight"]
+    assert torch.equal(model.vision.pos_embed.weight, want)
+    model.set_trainable("adapter")
+    assert all(p.requires_grad for p in model.vision.merge.parameters())
+    assert not any(p.requires_grad for p in model.vision.blocks.parameters())

@@ -76,15 +76,23 @@ class VisionConfig(Section):
     n_heads: int = 4
     merge: int = 2  # merge x merge neighbouring patches become one image token
     rope_theta: float = 10000.0
-    # options that make the tower equal to pretrained ones (train/model/hf/vision.py: Qwen2-VL's ViT)
+    # options that make the tower equal to pretrained ones (train/model/hf/vision.py: Qwen2-VL's, SigLIP2's ViT)
+    pos_embed: Literal["rope2d", "learned"] = "rope2d"
+    # "learned": a pos_grid x pos_grid table of position embeddings added after the patch embedding,
+    # resized bilinearly (antialiased) to each image's patch grid, and no RoPE (SigLIP2 NaFlex)
+    pos_grid: int = 16
     mlp_ratio: float = 4.0  # block MLP hidden size = mlp_ratio * d_vit
-    mlp_act: Literal["gelu", "quick_gelu"] = "gelu"  # quick_gelu: x * sigmoid(1.702 x) (CLIP, Qwen2-VL)
+    mlp_act: Literal["gelu", "quick_gelu", "gelu_tanh"] = "gelu"
+    # quick_gelu: x * sigmoid(1.702 x) (CLIP, Qwen2-VL); gelu_tanh: the tanh approximation (SigLIP2)
     patch_bias: bool = True  # a bias on the patch embedding (Qwen2-VL's Conv3d has none)
     norm_eps: float | None = None  # LayerNorm eps of the tower; None = model.norm_eps
     merger: Literal["linear", "mlp"] = "linear"
     # "linear": the m*m concatenated patches -> Linear -> d_out; "mlp": Linear(m*m*V, m*m*V) -> GELU ->
     # Linear -> d_out (Qwen2-VL's PatchMerger; its LayerNorm ln_q is our final `norm`)
     d_out: int | None = None  # width of the merged image tokens (the adapter's input); None = d_vit
+    merge_with_adapter: bool = False
+    # the merge is new and trains with the adapter (its "adapter" stage): a pretrained tower without a
+    # merger of its own (SigLIP2), whose merge `--init-vision` leaves at its init
 
     @model_validator(mode="after")
     def _check(self) -> VisionConfig:

@@ -2,19 +2,22 @@
 
 What it does, in `VisionEncoder.forward` order:
   1. patch embedding: a Linear over each flattened patch (P = 3 * p * p values, as the loader cut them)
-  2. 2D RoPE: per head, one half of the channels is rotated by the patch's row, the other by its column,
-     so any (h, w) grid -- square or not, of any size -- gets consistent relative positions
+  2. positions, per `VisionConfig.pos_embed`: "rope2d" (default): per head, one half of the channels is
+     rotated by the patch's row, the other by its column, so any (h, w) grid -- square or not, of any
+     size -- gets consistent relative positions; "learned" (SigLIP2 NaFlex): a G x G table of position
+     embeddings, resized bilinearly (antialiased) to each image's (h, w) grid, added to the patch embedding
   3. pre-norm blocks (LayerNorm -> attention -> LayerNorm -> GELU MLP) over the concatenated patches of
      all images (MLP width / activation per `VisionConfig`); attention is block-diagonal: a patch attends only to patches of its own image (an
      `attention.Segments` plan over the image ids: varlen groups equal-size images into one batched SDPA,
      flex uses a block mask; only the dense reference backend builds the N x N mask)
-  4. final LayerNorm, then merge: each m x m block of neighbouring patches (m = 2) is concatenated
+  4. final LayerNorm (`features` ends here: a pretrained tower's last_hidden_state), then merge: each m x m block of neighbouring patches (m = 2) is concatenated
      (top-left, top-right, bottom-left, bottom-right) and projected by a Linear (or, `merger="mlp"`,
      Linear -> GELU -> Linear: Qwen2-VL's PatchMerger, whose ln_q is the final LayerNorm), giving
      (h/m) * (w/m) tokens of width `VisionConfig.out_dim` per image in raster order -- the order of that
      image's `<|image|>` placeholders
 
-The merger belongs to the tower (a pretrained tower loads with its merger, train/model/hf/vision.py);
+The merger belongs to the tower (a pretrained Qwen2-VL tower loads with its merger, train/model/hf/vision.py;
+a SigLIP2 tower has none, so its `merge` is a new Linear, trained with the adapter);
 the adapter (adapter.py) after it is always ours and new, the projector that the `align` stage trains.
 
 Shape legend:
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from train.model.attention import Segments, attend
 from train.model.block import Block
@@ -68,10 +72,13 @@ class VisionAttention(nn.Module):
         self.wqkv = nn.Linear(d_vit, 3 * d_vit)
         self.wo = nn.Linear(d_vit, d_vit)
 
-    def forward(self, x_NV: torch.Tensor, cos_NR: torch.Tensor, sin_NR: torch.Tensor, seg: Segments) -> torch.Tensor:
+    def forward(
+        self, x_NV: torch.Tensor, cos_NR: torch.Tensor | None, sin_NR: torch.Tensor | None, seg: Segments
+    ) -> torch.Tensor:
         N, V = x_NV.shape
         q_HNd, k_HNd, v_HNd = self.wqkv(x_NV).view(N, 3, self.n_heads, self.head_dim).permute(1, 2, 0, 3)
-        q_HNd, k_HNd = apply_rotary(q_HNd, cos_NR, sin_NR), apply_rotary(k_HNd, cos_NR, sin_NR)
+        if cos_NR is not None and sin_NR is not None:  # 2D RoPE; None with learned position embeddings
+            q_HNd, k_HNd = apply_rotary(q_HNd, cos_NR, sin_NR), apply_rotary(k_HNd, cos_NR, sin_NR)
         o_HNd = attend(q_HNd[None], k_HNd[None], v_HNd[None], seg)[0]  # one "row" of all patches
         return self.wo(o_HNd.transpose(0, 1).reshape(N, V))
 
@@ -83,7 +90,7 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
-ACTIVATIONS = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
+ACTIVATIONS = {"gelu": nn.GELU, "quick_gelu": QuickGELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh")}
 
 
 class VisionBlock(Block):
@@ -96,7 +103,7 @@ class VisionBlock(Block):
         self.mlp = nn.Sequential(nn.Linear(V, F), ACTIVATIONS[cfg.mlp_act](), nn.Linear(F, V))
 
     def block_forward(
-        self, x_NV: torch.Tensor, cos_NR: torch.Tensor, sin_NR: torch.Tensor, seg: Segments
+        self, x_NV: torch.Tensor, cos_NR: torch.Tensor | None, sin_NR: torch.Tensor | None, seg: Segments
     ) -> torch.Tensor:
         x_NV = x_NV + self.attn(self.norm1(x_NV), cos_NR, sin_NR, seg)
         return x_NV + self.mlp(self.norm2(x_NV))
@@ -116,6 +123,7 @@ class VisionEncoder(nn.Module):
         V, q = cfg.d_vit, cfg.merge**2
         eps = eps if cfg.norm_eps is None else cfg.norm_eps
         self.patch_embed = nn.Linear(3 * cfg.patch_size**2, V, bias=cfg.patch_bias)
+        self.pos_embed = nn.Embedding(cfg.pos_grid**2, V) if cfg.pos_embed == "learned" else None
         self.blocks = nn.ModuleList(
             VisionBlock(cfg, eps, activation_checkpointing, compile) for _ in range(cfg.n_layers)
         )
@@ -134,6 +142,17 @@ class VisionEncoder(nn.Module):
         cos_c, sin_c = rotary_cos_sin(col_N, n_freqs, self.cfg.rope_theta, dtype)
         return torch.cat([cos_r, cos_c], dim=-1), torch.cat([sin_r, sin_c], dim=-1)
 
+    def learned_positions(self, grid_hw_I2: torch.Tensor) -> torch.Tensor:
+        """pos_NV: the G x G table resized (bilinear, antialiased, as SigLIP2) to each image's grid, raster order."""
+        assert self.pos_embed is not None
+        G = self.cfg.pos_grid
+        table_1VGG = self.pos_embed.weight.view(G, G, -1).permute(2, 0, 1)[None].float()
+        pos = [
+            F.interpolate(table_1VGG, size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0].flatten(1).T
+            for h, w in grid_hw_I2.tolist()
+        ]
+        return torch.cat(pos).to(self.pos_embed.weight.dtype)
+
     def check_inputs(self, pixel_values_NP: torch.Tensor, grid_hw_I2: torch.Tensor) -> None:
         P, m = self.patch_embed.in_features, self.cfg.merge
         if pixel_values_NP.ndim != 2 or pixel_values_NP.shape[1] != P:
@@ -149,15 +168,24 @@ class VisionEncoder(nn.Module):
                 f"every image grid (h, w) must be positive multiples of merge={m}; got {grid_hw_I2.tolist()}"
             )
 
-    def forward(self, pixel_values_NP: torch.Tensor, grid_hw_I2: torch.Tensor) -> torch.Tensor:
-        """Patches of all images -> merged image tokens x_MV, images in order, raster order within each."""
+    def features(self, pixel_values_NP: torch.Tensor, grid_hw_I2: torch.Tensor) -> torch.Tensor:
+        """Patches of all images -> x_NV after the final LayerNorm (before the merge), raster order."""
         self.check_inputs(pixel_values_NP, grid_hw_I2)
         x_NV = self.patch_embed(pixel_values_NP.to(self.patch_embed.weight.dtype))
-        cos_NR, sin_NR = self.rope_2d(grid_hw_I2, x_NV.dtype)
+        cos_NR: torch.Tensor | None = None
+        sin_NR: torch.Tensor | None = None
+        if self.pos_embed is not None:
+            x_NV = x_NV + self.learned_positions(grid_hw_I2)
+        else:
+            cos_NR, sin_NR = self.rope_2d(grid_hw_I2, x_NV.dtype)
         image_N, _, _ = patch_coords(grid_hw_I2)
         seg = Segments.build(image_N[None], causal=False, backend=self.attention)  # within each image
         for block in self.blocks:
             x_NV = block(x_NV, cos_NR, sin_NR, seg)
-        x_NV = self.norm(x_NV)
+        return self.norm(x_NV)
+
+    def forward(self, pixel_values_NP: torch.Tensor, grid_hw_I2: torch.Tensor) -> torch.Tensor:
+        """Patches of all images -> merged image tokens x_MV, images in order, raster order within each."""
+        x_NV = self.features(pixel_values_NP, grid_hw_I2)
         idx_Mq, _ = merge_index(grid_hw_I2, self.cfg.merge)
         return self.merge(x_NV[idx_Mq].flatten(1))  # M, q*V -> M, out_dim

@@ -249,12 +249,15 @@ class VLM(nn.Module):
     def set_trainable(self, stage: str) -> int:
         """Freeze by training stage; returns the number of trainable parameters.
 
-        "adapter": only the adapter (and the contrastive heads and logit scale, on the adapter side) train;
+        "adapter": only the adapter (and the contrastive heads and logit scale, on the adapter side, and
+        the vision merge if `vision.merge_with_adapter`) train;
         "adapter+vision": also the vision encoder; "all": everything. Rebuild the optimizer afterwards
         (`param_groups` lists trainable parameters only)."""
         if stage not in STAGES:
             raise ValueError(f"unknown training stage {stage!r}; expected one of {STAGES}")
         trainable = {"adapter": [self.adapter, self.image_proj, self.text_proj]}
+        if self.cfg.vision.merge_with_adapter:  # a pretrained tower's new merge (SigLIP2) aligns too
+            trainable["adapter"].append(self.vision.merge)
         trainable["adapter+vision"] = trainable["adapter"] + [self.vision]
         for p in self.parameters():
             p.requires_grad_(stage == "all")

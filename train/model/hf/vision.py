@@ -1,4 +1,5 @@
-"""Pretrained vision towers into interloom's ViT (train/model/vision.py): config and state-dict converters.
+"""Pretrained vision towers into interloom's ViT (train/model/vision.py): config and state-dict converters,
+Qwen2-VL's and SigLIP2's (NaFlex), picked by the folder's config.json `model_type`.
 
 What it does:
   - `vision_config_from_hf(hf_cfg, base)`: a Qwen2-VL vision config -> our `VisionConfig` (quick_gelu MLP,
@@ -19,6 +20,19 @@ The 2D RoPE is the same (Dh/4 frequencies by row, then Dh/4 by column, rotate-ha
 patches grouped by 2x2 block; ours are in raster order and gathered per block by `merge_index`, which
 gives the same tokens in the same order. The merger stays in the tower: its output width is the LLM width
 of the Qwen2-VL the tower came from; our adapter (always new) maps that to our decoder's width.
+
+Mapping (SigLIP2 `Siglip2VisionModel`, or the vision_model of a whole `Siglip2Model`; NaFlex):
+  embeddings.patch_embedding (Linear over patches laid out (p, p, C)) -> patch_embed (over (C, p, p)):
+      the weight's columns permuted
+  embeddings.position_embedding (G*G table) -> pos_embed (`pos_embed="learned"`, `pos_grid=G`): resized
+      bilinearly (antialiased) to each image's patch grid, added, no RoPE
+  encoder.layers.i.{layer_norm1,layer_norm2,mlp.fc1,mlp.fc2,self_attn.out_proj} ->
+      blocks.i.{norm1,norm2,mlp.0,mlp.2,attn.wo};  self_attn.{q,k,v}_proj -> attn.wqkv (concatenated)
+  post_layernorm -> norm;  the attention-pooling `head` (a single pooled vector) is not used
+Our `VisionEncoder.features` equals SigLIP2's last_hidden_state. SigLIP2 has no merger: our 2x2 `merge`
+(a Linear, m*m*V -> V) and the adapter after it are new, absent from the state dict (`init_vision` loads
+the tower with them left at their init) and trained from the `align` stage on ("adapter" covers the merge
+of a SigLIP2 tower: `merge_with_adapter`).
 """
 
 from __future__ import annotations
@@ -34,22 +48,36 @@ from train.model.vision import VisionEncoder
 
 log = logging.getLogger(__name__)
 
-VISION_TYPES = ("qwen2_vl", "qwen2_vl_vision")  # a whole Qwen2-VL, or its tower saved alone
+QWEN2_VL_TYPES = ("qwen2_vl", "qwen2_vl_vision")  # a whole Qwen2-VL, or its tower saved alone
+SIGLIP2_TYPES = ("siglip2", "siglip2_vision_model")  # a whole SigLIP2, or its vision model saved alone
+VISION_TYPES = QWEN2_VL_TYPES + SIGLIP2_TYPES
 
 
-def _vision_section(hf_cfg: dict, where: str) -> dict:
-    """The vision part of a folder's config.json: `vision_config` of a whole VLM, or the config itself."""
+def _vision_section(hf_cfg: dict, where: str) -> tuple[str, dict]:
+    """("qwen2_vl" | "siglip2", the vision part of a folder's config.json: `vision_config` of a whole
+    model, or the config itself)."""
     section = hf_cfg.get("vision_config", hf_cfg)
-    model_type = hf_cfg.get("model_type", "")
-    if model_type not in VISION_TYPES and section.get("model_type") not in VISION_TYPES:
-        raise ValueError(
-            f"{where}: model_type {model_type!r} is not a supported vision tower (supported: {', '.join(VISION_TYPES)})"
-        )
-    return section
+    types = {hf_cfg.get("model_type", ""), section.get("model_type", "")}
+    if types & set(SIGLIP2_TYPES):
+        return "siglip2", section
+    if types & set(QWEN2_VL_TYPES):
+        return "qwen2_vl", section
+    raise ValueError(
+        f"{where}: model_type {hf_cfg.get('model_type', '')!r} is not a supported vision tower "
+        f"(supported: {', '.join(VISION_TYPES)})"
+    )
+
+
+def tower_kind(model_dir: str | Path) -> str:
+    """ "qwen2_vl" or "siglip2": which converter a folder's config.json picks."""
+    model_dir = Path(model_dir)
+    return _vision_section(read_hf_config(model_dir), str(model_dir / "config.json"))[0]
 
 
 def vision_config_from_hf(hf_cfg: dict, base: VisionConfig | None = None, where: str = "config.json") -> VisionConfig:
-    v = _vision_section(hf_cfg, where)
+    kind, v = _vision_section(hf_cfg, where)
+    if kind == "siglip2":
+        return _siglip2_config(v, base, where)
     if v.get("temporal_patch_size", 2) != 2 or v.get("in_channels", 3) != 3:
         raise ValueError(f"{where}: only in_channels=3, temporal_patch_size=2 towers are supported")
     if v.get("hidden_act", "quick_gelu") not in ("gelu", "quick_gelu"):
@@ -69,6 +97,78 @@ def vision_config_from_hf(hf_cfg: dict, base: VisionConfig | None = None, where:
         d_out=v["hidden_size"],
     )
     return VisionConfig.model_validate({**(base or VisionConfig()).model_dump(), **fields})
+
+
+def _siglip2_config(v: dict, base: VisionConfig | None, where: str) -> VisionConfig:
+    if v.get("num_channels", 3) != 3:
+        raise ValueError(f"{where}: only num_channels=3 towers are supported")
+    if v.get("hidden_act", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+        raise ValueError(f"{where}: vision hidden_act {v['hidden_act']!r} is not gelu_pytorch_tanh")
+    grid = round(v.get("num_patches", 256) ** 0.5)
+    if grid * grid != v.get("num_patches", 256):
+        raise ValueError(f"{where}: num_patches={v['num_patches']} is not a square grid")
+    d_vit = v.get("hidden_size", 768)
+    fields = dict(
+        patch_size=v.get("patch_size", 16),
+        d_vit=d_vit,
+        n_layers=v.get("num_hidden_layers", 12),
+        n_heads=v.get("num_attention_heads", 12),
+        pos_embed="learned",
+        pos_grid=grid,
+        mlp_ratio=v.get("intermediate_size", 3072) / d_vit,
+        mlp_act="gelu_tanh",
+        patch_bias=True,
+        norm_eps=v.get("layer_norm_eps", 1e-6),
+        merger="linear",
+        d_out=None,
+        merge_with_adapter=True,
+    )
+    cfg = VisionConfig.model_validate({**(base or VisionConfig()).model_dump(), **fields})
+    if int(cfg.mlp_ratio * d_vit) != v.get("intermediate_size", 3072):
+        raise ValueError(f"{where}: intermediate_size {v['intermediate_size']} is not mlp_ratio * hidden_size")
+    return cfg
+
+
+def siglip2_state_from_hf(
+    hf_state: dict[str, torch.Tensor], cfg: VisionConfig, where: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """SigLIP2 vision tensors -> our VisionEncoder's, all but the (new) `merge`."""
+    prefix = next((p for p in ("model.vision_model.", "vision_model.") if any(k.startswith(p) for k in hf_state)), "")
+    hf = {k[len(prefix) :]: t for k, t in hf_state.items() if k.startswith(prefix)}
+
+    def get(key: str) -> torch.Tensor:
+        if key not in hf:
+            raise ValueError(f"{where}: vision checkpoint lacks {key}")
+        return hf[key]
+
+    p, V = cfg.patch_size, cfg.d_vit
+    patch_w = get("embeddings.patch_embedding.weight")  # V, p*p*C laid out (p, p, C)
+    state = {
+        "patch_embed.weight": patch_w.view(V, p, p, 3).permute(0, 3, 1, 2).reshape(V, -1),
+        "patch_embed.bias": get("embeddings.patch_embedding.bias"),
+        "pos_embed.weight": get("embeddings.position_embedding.weight"),
+        "norm.weight": get("post_layernorm.weight"),
+        "norm.bias": get("post_layernorm.bias"),
+    }
+    names = {
+        "layer_norm1": "norm1",
+        "layer_norm2": "norm2",
+        "self_attn.out_proj": "attn.wo",
+        "mlp.fc1": "mlp.0",
+        "mlp.fc2": "mlp.2",
+    }
+    for i in range(cfg.n_layers):
+        layer = f"encoder.layers.{i}"
+        for t in ("weight", "bias"):
+            for theirs, ours in names.items():
+                state[f"blocks.{i}.{ours}.{t}"] = get(f"{layer}.{theirs}.{t}")
+            state[f"blocks.{i}.attn.wqkv.{t}"] = torch.cat([get(f"{layer}.self_attn.{x}_proj.{t}") for x in "qkv"])
+    return state
+
+
+def new_vision_keys(cfg: VisionConfig) -> tuple[str, ...]:
+    """Parameter-name prefixes of a VisionEncoder that a pretrained tower of this config does not bring."""
+    return ("merge.",) if cfg.merge_with_adapter else ()
 
 
 def _strip_prefix(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -116,11 +216,13 @@ def vision_state_from_hf(
 def load_pretrained_vision(
     model_dir: str | Path, base: VisionConfig | None = None
 ) -> tuple[VisionConfig, dict[str, torch.Tensor]]:
-    """(our VisionConfig, our VisionEncoder state dict) of a local Qwen2-VL (or Qwen2-VL vision) folder."""
+    """(our VisionConfig, our VisionEncoder state dict) of a local Qwen2-VL or SigLIP2 folder (a whole model
+    or its vision tower saved alone); a SigLIP2 state dict has no `merge.*` (new, see `new_vision_keys`)."""
     model_dir = Path(model_dir)
     where = str(model_dir / "config.json")
     cfg = vision_config_from_hf(read_hf_config(model_dir), base, where)
-    return cfg, vision_state_from_hf(read_hf_state(model_dir), cfg, str(model_dir))
+    convert = siglip2_state_from_hf if tower_kind(model_dir) == "siglip2" else vision_state_from_hf
+    return cfg, convert(read_hf_state(model_dir), cfg, str(model_dir))
 
 
 def init_vision_config(cfg, model_dir: str | Path):
@@ -146,5 +248,9 @@ def init_vision(encoder: VisionEncoder, model_dir: str | Path) -> None:
     cfg, state = load_pretrained_vision(model_dir, encoder.cfg)
     if cfg != encoder.cfg:
         raise ValueError(f"{model_dir}: its vision tower differs from model.vision of the run's config")
-    encoder.load_state_dict(state, strict=True)
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    new = new_vision_keys(cfg)
+    left = [k for k in missing if not k.startswith(new)]
+    if left or unexpected:
+        raise ValueError(f"{model_dir}: vision tower state does not fit: missing {left}, unexpected {unexpected}")
     log.info("vision tower initialised from %s", model_dir)
