@@ -76,8 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--init-vision",
         metavar="DIR",
         default=None,
-        help="start the vision tower from a local Hugging Face folder (a Qwen2-VL model, or its vision "
-        "tower saved alone): its architecture (model.vision) and weights; the adapter stays new",
+        help="start the vision tower from a local Hugging Face folder (a Qwen2-VL or SigLIP2 model, or its "
+        "vision tower saved alone; picked by config.json model_type): its architecture (model.vision) and weights; the adapter stays new",
     )
     p.add_argument("--address", default=None, metavar="ADDR", help="Ray cluster address (default: a local instance)")
     p.set_defaults(func=run)
