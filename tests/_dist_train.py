@@ -125,5 +125,6 @@ def _worker(rank: int, world: int, port: int, spec: dict[str, Any], tmp: str) ->
         result["grad_dtypes"] = {str(g.dtype) for gs in result["grads"] for g in gs.values()}
         if rank == 0:
             torch.save(result, Path(tmp) / "result.pt")
+        dist.barrier()  # no rank tears gloo down while another is still in a collective or saving
     finally:
         dist.destroy_process_group()

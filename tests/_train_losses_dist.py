@@ -57,5 +57,6 @@ def dist_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
         dist.all_reduce(mean_loss)
         if rank == 0:
             torch.save({"grads": [p.grad for p in m.parameters()], "loss": mean_loss / world}, out_file)
+        dist.barrier()  # no rank tears gloo down while another is still saving
     finally:
         dist.destroy_process_group()
