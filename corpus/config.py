@@ -116,5 +116,15 @@ def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def flatten_config(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as dotted keys: {"images": {"min_side": 150}} -> {"images.min_side": 150}."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten_config(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
 def dump_config(cfg: BaseModel) -> dict[str, Any]:
     return cfg.model_dump(mode="json")

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 import ray
 from pydantic import Field
 
-from corpus.config import Section, dump_config
+from corpus.config import Section, dump_config, flatten_config
 from corpus.format import MANIFEST, ShardInfo, _parse_line, write_shards
 from corpus.record import STAGED_SCHEMA, documents_to_staged_table, staged_table_to_documents
 from corpus.runner import Stage, map_actors
@@ -443,22 +443,12 @@ def build_corpus(
 RUN_ONLY_SECTIONS = ("ray",)
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested config dict -> {"images.min_side": 150, ...}."""
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
 def identity_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """What differs between a stored build's config and inputs and this run's, one line per key
     ("images.min_side: 150 -> 200", "inputs: + /new.warc.gz"); run-only sections are not compared."""
 
     def corpus_keys(cfg: dict[str, Any] | None) -> dict[str, Any]:
-        return {k: v for k, v in _flat(cfg or {}).items() if k.split(".", 1)[0] not in RUN_ONLY_SECTIONS}
+        return {k: v for k, v in flatten_config(cfg or {}).items() if k.split(".", 1)[0] not in RUN_ONLY_SECTIONS}
 
     old, new = corpus_keys(previous.get("config")), corpus_keys(current.get("config"))
     lines = [

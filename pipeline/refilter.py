@@ -27,7 +27,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from corpus.config import load_config
+from corpus.config import flatten_config, load_config
 from corpus.format import MANIFEST, Corpus, ShardInfo, write_shards
 from corpus.stats import Ledger, check_funnel
 from corpus.storage import write_parquet_atomic
@@ -36,19 +36,10 @@ from filters.registry import declared_signals
 STAGE = "refilter"
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
 def stricter_thresholds(old_cfg: Any, new_cfg: Any) -> list[tuple[str, str, str, float]]:
     """[(config key, signal, "min"|"max", new value)] of the changed thresholds; ValueError naming each change
     that is looser or not a threshold on a stored signal."""
-    old, new = _flat(old_cfg.model_dump(mode="json")), _flat(new_cfg.model_dump(mode="json"))
+    old, new = flatten_config(old_cfg.model_dump(mode="json")), flatten_config(new_cfg.model_dump(mode="json"))
     by_key: dict[str, list[tuple[str, str]]] = {}
     for signal, thresholds in declared_signals(new_cfg.filters).items():
         for t in thresholds:
