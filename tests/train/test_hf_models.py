@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from _hf_tiny import bpe_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -363,21 +364,6 @@ def test_init_llm_extends_tokenizer_and_starts_from_the_pretrained_decoder(tmp_p
             init_llm_config(base, tmp_path / "moe", tmp_path / "run2")
 
 
-def _bpe_tokenizer(path) -> None:
-    """A model's own byte-level BPE tokenizer.json (without interloom's special tokens)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    texts = ["Interleaved image-text documents from the web.", "A decoder that starts from pretrained weights."]
-    tok.train_from_iterator(
-        texts * 20,
-        trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False),
-    )
-    tok.save(str(path / "tokenizer.json"))
-
-
 @pytest.mark.slow
 def test_train_from_pretrained_then_export_reloads_in_transformers(ray_local, dev_corpus, tmp_path):
     """The real path: a qwen3_moe folder -> `interloom train --init-llm` (Ray Train, the dev corpus, 12 steps)
@@ -402,7 +388,9 @@ def test_train_from_pretrained_then_export_reloads_in_transformers(ray_local, de
         ),
         src,
     )
-    _bpe_tokenizer(src)
+    bpe_tokenizer(
+        src, ["Interleaved image-text documents from the web.", "A decoder that starts from pretrained weights."]
+    )
     cfg = load_config(
         TrainConfig,
         resolve_recipe("debug-cpu"),

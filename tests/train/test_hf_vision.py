@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _hf_tiny import bpe_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -83,21 +84,6 @@ def test_unsupported_or_incomplete_tower_is_refused(tmp_path):
         load_pretrained_vision(tmp_path)
 
 
-def _bpe_tokenizer(path) -> None:
-    """A model's own byte-level BPE tokenizer.json (without interloom's special tokens)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    texts = ["Interleaved image-text documents from the web.", "A tower and a decoder, both pretrained."]
-    tok.train_from_iterator(
-        texts * 20,
-        trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False),
-    )
-    tok.save(str(path / "tokenizer.json"))
-
-
 @pytest.mark.slow
 def test_align_then_pretrain_from_pretrained_towers_then_export(ray_local, dev_corpus, tmp_path):
     """qwen3_moe folder + Qwen2-VL tower folder -> `--init-llm --init-vision`, the `pretrain` recipe's shape
@@ -132,7 +118,7 @@ def test_align_then_pretrain_from_pretrained_towers_then_export(ray_local, dev_c
             initializer_range=0.1,
         )
     ).save_pretrained(llm)
-    _bpe_tokenizer(llm)
+    bpe_tokenizer(llm, ["Interleaved image-text documents from the web.", "A tower and a decoder, both pretrained."])
     Qwen2VisionTransformerPretrainedModel._from_config(
         Qwen2VLVisionConfig(depth=1, embed_dim=32, hidden_size=48, num_heads=4, patch_size=P, spatial_merge_size=2)
     ).save_pretrained(tower)
