@@ -17,6 +17,25 @@ def chromium_paths() -> tuple[str, str] | None:
     return (binary, driver) if binary and driver else None
 
 
+def chrome_options(binary: str, profile: str, *extra: str):
+    """Headless Chromium options (no sandbox, no GPU, no background traffic) with a fresh profile folder."""
+    from selenium import webdriver
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        *extra,
+    ):
+        opts.add_argument(arg)
+    return opts
+
+
 @pytest.fixture(scope="module")
 def chrome():
     """A headless Chromium driven by selenium, with a fresh profile; skipped only when not installed."""
@@ -28,18 +47,7 @@ def chrome():
 
     binary, driver_path = found
     profile = tempfile.mkdtemp(prefix="interloom-chrome-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = binary
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={profile}",
-        "--window-size=1280,1600",
-    ):
-        opts.add_argument(arg)
+    opts = chrome_options(binary, profile, "--window-size=1280,1600")
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(driver_path), options=opts)
     try:

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.sample import make_sample
 
     sys.path.insert(0, str(REPO / "tests" / "pipeline"))  # `tests` is no package (a wheel installs one)
-    from conftest import chromium_paths
+    from conftest import chrome_options, chromium_paths
 
     found = chromium_paths()
     if found is None:
@@ -48,19 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
         make_report(corpus, corpus / "report", sample=50)
 
-        opts = webdriver.ChromeOptions()
-        opts.binary_location = found[0]
-        for arg in (
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-dev-shm-usage",
-            f"--user-data-dir={tmp}/profile",
-            "--window-size=1100,1300",
-            "--hide-scrollbars",
-        ):
-            opts.add_argument(arg)
+        opts = chrome_options(found[0], f"{tmp}/profile", "--window-size=1100,1300", "--hide-scrollbars")
         driver = webdriver.Chrome(service=Service(found[1]), options=opts)
         try:
             driver.get((corpus / "report" / "index.html").as_uri())

@@ -170,15 +170,21 @@ class Loader:
         self.next_slot = (local + 1) % len(self.slots)
         return batch
 
-    def state_dict(self) -> dict[str, Any]:
+    def _identity(self) -> dict[str, Any]:
+        """What a saved state must agree on to be resumed here: the split of the stream and the batch shape."""
         return {
-            "version": STATE_VERSION,
             "rank": self.rank,
             "world": self.world,
             "num_workers": self.cfg.num_workers,
             "seed": self.seed,
             "seq_len": self.cfg.seq_len,
             "batch_size": self.cfg.batch_size,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            **self._identity(),
             "next_slot": self.next_slot,
             "slots": [s.to_dict() for s in self.slots],
         }
@@ -186,15 +192,7 @@ class Loader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"loader state version {state.get('version')!r} is not {STATE_VERSION}")
-        mine = {
-            "rank": self.rank,
-            "world": self.world,
-            "num_workers": self.cfg.num_workers,
-            "seed": self.seed,
-            "seq_len": self.cfg.seq_len,
-            "batch_size": self.cfg.batch_size,
-        }
-        diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
+        diff = {k: (state.get(k), v) for k, v in self._identity().items() if state.get(k) != v}
         if diff:
             raise ValueError(
                 "loader state was saved by a different setup (saved, now): "
