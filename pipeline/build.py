@@ -42,7 +42,7 @@ import ray
 from pydantic import Field
 
 from corpus.config import Section, dump_config, flatten_config
-from corpus.format import MANIFEST, ShardInfo, _parse_line, write_shards
+from corpus.format import MANIFEST, ShardInfo, parse_manifest_line, write_shards
 from corpus.record import STAGED_SCHEMA, documents_to_staged_table, staged_table_to_documents
 from corpus.runner import Stage, map_actors
 from corpus.stats import Ledger, check_funnel
@@ -388,10 +388,10 @@ def _listed_shards(store: Storage) -> list[ShardInfo]:
     if not store.exists(MANIFEST):
         return []
     raw = store.read_bytes(MANIFEST).decode("utf-8")
-    good_lines = [ln for ln in raw.splitlines(keepends=True) if ln.endswith("\n") and _parse_line(ln)]
+    good_lines = [ln for ln in raw.splitlines(keepends=True) if ln.endswith("\n") and parse_manifest_line(ln)]
     if "".join(good_lines) != raw:
         store.write_bytes(MANIFEST, "".join(good_lines).encode("utf-8"))
-    return [s for s in (_parse_line(ln) for ln in good_lines) if s is not None]
+    return [s for s in (parse_manifest_line(ln) for ln in good_lines) if s is not None]
 
 
 def _work_dir(cfg: BuildConfig, output: str) -> Path:
