@@ -114,6 +114,7 @@ class Steps:
         self.cut_imageless = cfg.extract.early_cuts and count.active and count.min_images >= 1
         optout = cfg.filters.opt_out
         self.cut_optout = cfg.extract.early_cuts and optout.active and "x_robots_tag" in optout.meta_keys
+        self.cut_captures = cfg.extract.early_cuts and cfg.dedup.url  # repeated captures within a unit
         self.text = text_steps(cfg.filters)
         self.image_dedup = InDocumentImageDedup(cfg.dedup.image_hamming)
         self.document = document_steps(cfg.filters)
@@ -128,12 +129,17 @@ class Steps:
             self._set_up = True
 
     def unit(
-        self, resolver, in_source: Resolver | None = None, known_urls: frozenset[str] = frozenset()
+        self,
+        resolver,
+        in_source: Resolver | None = None,
+        known_urls: frozenset[str] = frozenset(),
+        same_captures=None,
     ) -> list[Step]:
         """Phase 1, after reading. The image step is per unit: it resolves images from that unit. With the
         early cut on, so is extraction: `in_source` (the unit's own image lookup, None when images may be
-        fetched) says whether a page's image can be had at all. `known_urls`: the normalised URLs of the
-        corpus being appended to, cut before parsing (filters.urlrules)."""
+        fetched) says whether a page's image can be had at all. Cut before parsing (filters.urlrules):
+        `known_urls`, the normalised URLs of the corpus being appended to, and the repeated captures
+        `same_captures` (the unit's source) finds."""
         extract = self.extract
         if self.cut_imageless:
             extract = copy.copy(self.extract)
@@ -141,7 +147,8 @@ class Steps:
         early: list[Step] = []
         if self.cfg.extract.early_cuts:
             urls = known_urls if self.cfg.dedup.url else frozenset()
-            early = [UrlRules(optout=self.cut_optout, known_urls=urls)]
+            captures = same_captures if self.cut_captures else None
+            early = [UrlRules(optout=self.cut_optout, known_urls=urls, same_captures=captures)]
         images = ImageStep(self.cfg.images, resolver)
         return [*early, extract, *self.text, images, self.image_dedup, *self.document]
 
@@ -220,14 +227,14 @@ class UnitWorker:
         source = open_source(
             unit, max_html_bytes=self.cfg.extract.max_html_bytes, max_image_bytes=self.cfg.images.max_bytes
         )
-        source.index_images()
+        source.index_images(captures=self.steps.cut_captures)
         self.steps.setup()
         resolver: Resolver = source.images.fetch_many
         in_source: Resolver | None = resolver
         if getattr(self, "fetcher", None) is not None:
             resolver = chain(resolver, self.fetcher.fetch_many, when=NOT_IN_SOURCE)
             in_source = None
-        steps = self.steps.unit(resolver, in_source, self._known[1])
+        steps = self.steps.unit(resolver, in_source, self._known[1], source.same_captures)
         tmp = out / "docs.parquet.tmp"
         n_docs = 0
         with pq.ParquetWriter(tmp, STAGED_SCHEMA) as writer:

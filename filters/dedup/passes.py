@@ -131,7 +131,9 @@ class DedupResult:
 
 
 # ---- pass 1: signatures --------------------------------------------------------------------------------
-def _fetch_ts(text: str | None) -> float:
+def fetch_ts(text: str | None) -> float:
+    """A fetch time (ISO 8601) as seconds since the epoch, -inf when missing or unparsable: URL dedup keeps the
+    latest."""
     if not text:
         return -math.inf
     try:
@@ -178,7 +180,7 @@ def signatures_pass(staged_path: str, out_path: str, cfg: DedupConfig, tier: int
             "id": cols["id"],
             "url": cols["url"],
             "url_key": [normalize_url(u) if cfg.url else None for u in cols["url"]],
-            "fetched_ts": [_fetch_ts(f) for f in cols["fetched_at"]],
+            "fetched_ts": [fetch_ts(f) for f in cols["fetched_at"]],
             "text_hash": hashes,
             "quality": [_quality(s) for s in cols["signals"]],
             "n_shingles": n_sh,
