@@ -31,6 +31,7 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib import metadata
@@ -133,7 +134,7 @@ class Steps:
         resolver,
         in_source: Resolver | None = None,
         known_urls: frozenset[str] = frozenset(),
-        same_captures=None,
+        same_captures: Callable[[Any], list[tuple[str, str]]] | None = None,
     ) -> list[Step]:
         """Phase 1, after reading. The image step is per unit: it resolves images from that unit. With the
         early cut on, so is extraction: `in_source` (the unit's own image lookup, None when images may be
@@ -476,7 +477,9 @@ def build_corpus(
 RUN_ONLY_SECTIONS = ("ray",)
 
 
-def config_differences(previous: dict[str, Any] | None, current: dict[str, Any] | None, skip=RUN_ONLY_SECTIONS) -> list[str]:
+def config_differences(
+    previous: dict[str, Any] | None, current: dict[str, Any] | None, skip=RUN_ONLY_SECTIONS
+) -> list[str]:
     """One line per config key that differs ("images.min_side: 150 -> 200"), sections in `skip` left out."""
 
     def corpus_keys(cfg: dict[str, Any] | None) -> dict[str, Any]:
@@ -572,7 +575,9 @@ def _build(
     return stats
 
 
-def _extract_phase(cfg: BuildConfig, units: list[Unit], store: Storage, work: Path, progress: bool, known_urls: str = "") -> None:
+def _extract_phase(
+    cfg: BuildConfig, units: list[Unit], store: Storage, work: Path, progress: bool, known_urls: str = ""
+) -> None:
     """Phase 1 for the units without a DONE marker in WORK/units."""
     todo = [u for u in units if not (work / "units" / u.name / "DONE.json").exists()]
     docs_total = {"n": 0}
@@ -760,9 +765,7 @@ def _append(
             progress=progress,
             writes_to=lambda _: str(existing_dir),
         )
-        urls = (
-            pq.read_table(p, columns=["url"]).column("url").to_pylist() for p in existing
-        )
+        urls = (pq.read_table(p, columns=["url"]).column("url").to_pylist() for p in existing)
         keys = sorted({k for part in urls for u in part if (k := normalize_url(u)) is not None})
         write_parquet_atomic(pa.table({"url_key": pa.array(keys, pa.string())}), known_urls)
         (existing_dir / "DONE").write_text(_now())
@@ -778,7 +781,12 @@ def _append(
         old_images = _read_corpus_parquet(store, "dedup/images.parquet")
         common = tuple(r["phash"] for r in old_images.to_pylist() if r["dropped"]) if old_images else ()
         run_dedup(
-            staged, str(dedup_dir), cfg.dedup, str(published), existing=existing, common_phashes=common,
+            staged,
+            str(dedup_dir),
+            cfg.dedup,
+            str(published),
+            existing=existing,
+            common_phashes=common,
             progress=progress,
         )
         _merge_dedup_reports(store, published / "dedup")

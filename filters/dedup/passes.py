@@ -435,7 +435,9 @@ def images_pass(
     n_docs = dict(zip(per_cluster.column("cluster").to_pylist(), per_cluster.column("id_count").to_pylist()))
     rep = [f"{int(values_u[label_of[p]]):016x}" for p in distinct]
     docs_per = [n_docs[label_of[p]] for p in distinct]
-    dropped = [cfg.images and (d > cfg.image_max_docs or label_of[p] in known_common) for p, d in zip(distinct, docs_per)]
+    dropped = [
+        cfg.images and (d > cfg.image_max_docs or label_of[p] in known_common) for p, d in zip(distinct, docs_per)
+    ]
     images = pa.table({"phash": distinct, "n_docs": docs_per, "dropped": dropped, "cluster": rep}, schema=IMAGES_SCHEMA)
     too_common = images.filter(images["dropped"]).select(["phash", "n_docs", "cluster"])
     write_parquet_atomic(too_common.cast(IMAGE_REMOVALS_SCHEMA), os.path.join(work_dir, "image_removals.parquet"))

@@ -394,7 +394,13 @@ def test_existing_documents_win_and_are_never_removed(ray_local, planted, photo_
         _doc("old:near1", "https://old.example/near1", text_c, 0.1),
         _doc("old:near2", "https://old.example/near2", text_c + "\n\n" + BOILERPLATE, 0.1),
     ] + [
-        _doc(f"old:img{i}", f"https://old.example/img{i}", arts[10 + i][1], 0.5, images=[Image(url=f"f{i}", phash=flower)])
+        _doc(
+            f"old:img{i}",
+            f"https://old.example/img{i}",
+            arts[10 + i][1],
+            0.5,
+            images=[Image(url=f"f{i}", phash=flower)],
+        )
         for i in range(6)
     ]
     new = [
@@ -402,7 +408,13 @@ def test_existing_documents_win_and_are_never_removed(ray_local, planted, photo_
         _doc("new:exact", "https://new.example/exact", text_b, 0.9),  # better quality
         _doc("new:near", "https://new.example/near", text_c + "\n\nA new closing line.", 0.9),
     ] + [
-        _doc(f"new:img{i}", f"https://new.example/img{i}", arts[20 + i][1], 0.5, images=[Image(url=f"g{i}", phash=flower)])
+        _doc(
+            f"new:img{i}",
+            f"https://new.example/img{i}",
+            arts[20 + i][1],
+            0.5,
+            images=[Image(url=f"g{i}", phash=flower)],
+        )
         for i in range(5)
     ]
     new.append(_doc("new:hopper", "https://new.example/h", arts[30][1], 0.5, images=[Image(url="h", phash=hopper)]))

@@ -263,6 +263,7 @@ def test_early_cuts_give_the_same_corpus(tmp_path, ray_local):
     cut from its headers alone, before decoding (url_rules drop optout_noai; the URL cut against a corpus
     being appended to: tests/pipeline/test_append.py). The corpus is byte-identical to the build without
     the cuts, where image_count and opt_out drop those pages after extraction."""
+
     def optout_page(url: str, header: str) -> bytes:
         return warc_record(url, http_response(page_html(url.rsplit("/", 1)[-1]), headers={"X-Robots-Tag": header}))
 
@@ -330,7 +331,8 @@ def test_repeated_captures_are_cut_before_parsing_with_the_same_corpus(tmp_path,
     )
     stages_cut, stages_full = ({s["name"]: s for s in st["stages"]} for st in (cut, full))
     assert stages_cut["url_rules"]["drops"] == {"duplicate_url": 3}
-    assert stages_cut["dedup"]["drops"] == {"duplicate_url": 1} and stages_full["dedup"]["drops"] == {"duplicate_url": 4}
+    assert stages_cut["dedup"]["drops"] == {"duplicate_url": 1}
+    assert stages_full["dedup"]["drops"] == {"duplicate_url": 4}
     assert _corpus_bytes(tmp_path / "cut") == _corpus_bytes(tmp_path / "full")
     docs = {d.url: d for d in Corpus(tmp_path / "cut").iter_documents()}
     assert set(docs) == {x, z} and docs[x].fetched_at.startswith("2024-03-01")

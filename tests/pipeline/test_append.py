@@ -101,7 +101,9 @@ def test_append_dedups_against_the_corpus_and_equals_a_fresh_build(dev_corpus, t
     )
     assert summary.returncode == 0, summary.stderr
     assert json.loads(summary.stdout)["totals"]["documents"] == len(docs)
-    read = slot_documents(Corpus(out), 0, 1, 0, 0, False, 0.05, SlotState(n_shards=len(Corpus(out).shards())), Counter())
+    read = slot_documents(
+        Corpus(out), 0, 1, 0, 0, False, 0.05, SlotState(n_shards=len(Corpus(out).shards())), Counter()
+    )
     assert Counter(doc.id for _, doc in islice(read, len(docs))) == Counter(d.id for d in docs)
 
 
