@@ -7,6 +7,7 @@ CORPUS/
   manifest.jsonl           one line per finished shard: name, documents, images, bytes, sha256, unit
   stats.json, rejects/, build.json, dedup/   written by the build
 ```
+`parse_manifest_line` reads one manifest line (None for anything that is not a shard entry).
 Write protocol (what makes a corpus safe to follow while it is being built): the index is written and
 renamed into place, then the shard is written to `NAME.tar.tmp` and renamed to `NAME.tar`, and only then is
 its manifest line appended. A reader trusts only complete manifest lines.
@@ -154,18 +155,22 @@ def repair_manifest(corpus: str | Path) -> list[ShardInfo]:
     if not path.exists():
         return []
     raw = path.read_text(encoding="utf-8")
-    good_lines = [ln for ln in raw.splitlines(keepends=True) if ln.endswith("\n") and _parse_line(ln)]
+    good_lines = [ln for ln in raw.splitlines(keepends=True) if ln.endswith("\n") and parse_manifest_line(ln)]
     if "".join(good_lines) != raw:
         tmp = path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(good_lines), encoding="utf-8")
         os.replace(tmp, path)
-    return [s for s in (_parse_line(ln) for ln in good_lines) if s is not None]
+    return [s for s in (parse_manifest_line(ln) for ln in good_lines) if s is not None]
 
 
 _SHARD_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # a plain file name: a manifest cannot point outside the corpus
 
 
-def _parse_line(line: str) -> ShardInfo | None:
+def parse_manifest_line(line: str) -> ShardInfo | None:
+    """One manifest line -> its `ShardInfo`; None when the line is no shard entry (not JSON, a field missing
+    or of the wrong type, a name that is not a plain file name, so a manifest cannot point outside its
+    corpus). Callers decide what a bad line means: a torn last line is dropped (`repair_manifest`), a bad
+    complete line is damage (`Corpus.shards` raises)."""
     try:
         d = json.loads(line)
         shard = ShardInfo(
@@ -200,7 +205,7 @@ class Corpus:
         for i, ln in enumerate(raw.splitlines(keepends=True), 1):
             if not ln.endswith("\n") or not ln.strip():
                 continue
-            shard = _parse_line(ln)
+            shard = parse_manifest_line(ln)
             if shard is None:  # a complete line that is no shard entry: the manifest was damaged
                 raise ValueError(
                     f"{self.path}/{MANIFEST} line {i}: not a shard entry (JSON with name, "

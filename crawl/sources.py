@@ -221,6 +221,16 @@ def _finish(rec: WarcRecord) -> bool:
     return rec.reader.tell() < rec.content_length
 
 
+# HTTP headers that shape what a page becomes (decoding, charset, robots): two captures of a URL are the same
+# page only when these are equal too
+CAPTURE_HEADERS = ("content-type", "content-encoding", "transfer-encoding", "x-robots-tag")
+
+
+def capture_key(url: str, body: bytes, headers: dict[str, str]) -> tuple[str, ...]:
+    """What makes two captures the same page: the URL, the decoded payload and the shaping headers."""
+    return (url, hashlib.sha1(body).hexdigest(), *(headers.get(h, "") for h in CAPTURE_HEADERS))
+
+
 @dataclass(frozen=True)
 class _Unreadable:
     """Bytes of a WARC file fastwarc could not read: `start` to `end` (None: the rest of the file)."""
@@ -247,6 +257,7 @@ class WarcSource:
         self._digests: dict[str, bytes] = {}  # payload digest -> image bytes
         self._all_digests: set[str] = set()  # payload digests of every response in the file
         self._too_large: set[int] = set()  # file offsets of image records over max_image_bytes
+        self._captures: dict[tuple[str, ...], list[tuple[str, str]]] = {}  # capture_key -> [(fetched_at, id)]
         self._indexed = False
 
     def _records(self) -> Iterator[tuple[int, WarcRecord] | _Unreadable]:
@@ -324,9 +335,11 @@ class WarcSource:
                 pos += 1
         return None
 
-    def index_images(self) -> None:
-        """Pass 1: image responses and image revisits, by URL and payload digest."""
+    def index_images(self, captures: bool = False) -> None:
+        """Pass 1: image responses and image revisits, by URL and payload digest; with `captures`, also the
+        HTML pages by `capture_key` (see `same_captures`)."""
         revisits: list[tuple[str, str]] = []
+        name = Path(self.unit.path).name
         for item in self._records():
             if isinstance(item, _Unreadable):
                 continue  # pass 2 meets the same bytes and counts them
@@ -344,6 +357,9 @@ class WarcSource:
             digest = _warc_header(rec, "WARC-Payload-Digest")
             if rtype != WarcRecordType.revisit and digest:
                 self._all_digests.add(digest)
+            if captures and self._reason(offset, rec) is None:
+                self._add_capture(rec, url, name)
+                continue
             if not _content_type(rec).startswith("image/"):
                 continue
             if rtype == WarcRecordType.revisit:
@@ -368,6 +384,24 @@ class WarcSource:
             if digest in self._digests:
                 self.images.add(url, self._digests[digest])
         self._indexed = True
+
+    def _add_capture(self, rec: WarcRecord, url: str, name: str) -> None:
+        """Record an HTML page of pass 1 under its capture key, when pass 2 will read it whole."""
+        try:
+            body = read_payload(rec, self.max_html_bytes)
+        except Exception:  # noqa: BLE001 - too large or damaged: pass 2 counts the record, no page
+            return
+        if _finish(rec):
+            return
+        rid = _warc_header(rec, "WARC-Record-ID").strip("<>")
+        entry = (_warc_header(rec, "WARC-Date"), make_doc_id(f"warc:{name}#{rid}"))
+        self._captures.setdefault(capture_key(url, body, _headers(rec)), []).append(entry)
+
+    def same_captures(self, page: RawPage) -> list[tuple[str, str]]:
+        """(fetched_at, document id) of every page of this file with the page's URL, payload and shaping
+        headers, the page itself included: captures that become the same document but for their fetch time
+        and id. Empty unless pass 1 ran with `captures`."""
+        return self._captures.get(capture_key(page.url, page.body, page.headers), [])
 
     def _reason(self, offset: int, rec: WarcRecord) -> str | None:
         """Why a record is not a page (None: it is an HTML page)."""
@@ -475,8 +509,12 @@ class HtmlFolderSource:
         self.root = (root if root.is_dir() else root.parent).resolve()
         self.images = _LocalImages(self.root, max_image_bytes)
 
-    def index_images(self) -> None:
+    def index_images(self, captures: bool = False) -> None:
         """Nothing to index: local images are read on demand."""
+
+    def same_captures(self, page: RawPage) -> list[tuple[str, str]]:
+        """A folder holds each page once."""
+        return []
 
     def entries(self) -> list[tuple[Path, str | None]]:
         """(path, None) for each page file of the unit, (path, drop reason) for each entry that looks like one

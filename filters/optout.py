@@ -20,6 +20,11 @@ from filters.config import OptOutConfig
 _SPLIT_RE = re.compile(r"[\s,;:]+")
 
 
+def directives(value: str) -> set[str]:
+    """The robots directives of one header or meta value, lower-cased."""
+    return {d for d in _SPLIT_RE.split(value.lower()) if d}
+
+
 class OptOutFilter(Step):
     name = "opt_out"
     signals = (Signal("optout_noimageai"),)
@@ -30,7 +35,7 @@ class OptOutFilter(Step):
     def directives(self, doc: Document) -> set[str]:
         found: set[str] = set()
         for key in self.cfg.meta_keys:
-            found.update(d for d in _SPLIT_RE.split(doc.meta.get(key, "").lower()) if d)
+            found |= directives(doc.meta.get(key, ""))
         return found
 
     def process(self, doc: Document, ledger: Ledger) -> Document | Drop:

@@ -31,20 +31,23 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 from pydantic import Field
 
 from corpus.config import Section, dump_config, flatten_config
-from corpus.format import MANIFEST, ShardInfo, _parse_line, write_shards
+from corpus.format import MANIFEST, Corpus, ShardInfo, parse_manifest_line, write_shards
 from corpus.record import STAGED_SCHEMA, documents_to_staged_table, staged_table_to_documents
-from corpus.runner import Stage, map_actors
+from corpus.runner import Stage, map_actors, map_tasks
 from corpus.stats import Ledger, check_funnel
 from corpus.steps import Resources, Step, run_steps
 from corpus.storage import (
@@ -60,8 +63,9 @@ from crawl.images import ImageConfig, ImageStep, Resolver, chain
 from crawl.live.config import CrawlConfig
 from crawl.sources import NOT_IN_SOURCE, Unit, discover_units, open_source
 from filters.config import FiltersConfig
-from filters.dedup import ApplyDedup, DedupConfig, DedupResult, InDocumentImageDedup, run_dedup
+from filters.dedup import ApplyDedup, DedupConfig, DedupResult, InDocumentImageDedup, normalize_url, run_dedup
 from filters.registry import declared_signals, document_steps, text_steps
+from filters.urlrules import UrlRules
 from pipeline.inputs import InputConfig, resolve_inputs, storage_options
 from pipeline.summary import explain, run_errors
 
@@ -109,6 +113,9 @@ class Steps:
         count = cfg.filters.image_count
         # lossless early cut: a page without an image that can be kept would be dropped by image_count
         self.cut_imageless = cfg.extract.early_cuts and count.active and count.min_images >= 1
+        optout = cfg.filters.opt_out
+        self.cut_optout = cfg.extract.early_cuts and optout.active and "x_robots_tag" in optout.meta_keys
+        self.cut_captures = cfg.extract.early_cuts and cfg.dedup.url  # repeated captures within a unit
         self.text = text_steps(cfg.filters)
         self.image_dedup = InDocumentImageDedup(cfg.dedup.image_hamming)
         self.document = document_steps(cfg.filters)
@@ -122,15 +129,29 @@ class Steps:
                 step.setup()
             self._set_up = True
 
-    def unit(self, resolver, in_source: Resolver | None = None) -> list[Step]:
+    def unit(
+        self,
+        resolver,
+        in_source: Resolver | None = None,
+        known_urls: frozenset[str] = frozenset(),
+        same_captures: Callable[[Any], list[tuple[str, str]]] | None = None,
+    ) -> list[Step]:
         """Phase 1, after reading. The image step is per unit: it resolves images from that unit. With the
         early cut on, so is extraction: `in_source` (the unit's own image lookup, None when images may be
-        fetched) says whether a page's image can be had at all."""
+        fetched) says whether a page's image can be had at all. Cut before parsing (filters.urlrules):
+        `known_urls`, the normalised URLs of the corpus being appended to, and the repeated captures
+        `same_captures` (the unit's source) finds."""
         extract = self.extract
         if self.cut_imageless:
             extract = copy.copy(self.extract)
             extract.image_gate = image_gate(in_source)
-        return [extract, *self.text, ImageStep(self.cfg.images, resolver), self.image_dedup, *self.document]
+        early: list[Step] = []
+        if self.cfg.extract.early_cuts:
+            urls = known_urls if self.cfg.dedup.url else frozenset()
+            captures = same_captures if self.cut_captures else None
+            early = [UrlRules(optout=self.cut_optout, known_urls=urls, same_captures=captures)]
+        images = ImageStep(self.cfg.images, resolver)
+        return [*early, extract, *self.text, images, self.image_dedup, *self.document]
 
     def write(self, dedup_result) -> list[Step]:
         """Phase 3: global dedup removals, then the document rules again (dedup may remove images)."""
@@ -177,11 +198,16 @@ class UnitWorker:
         self.cfg = BuildConfig.model_validate(cfg)
         self.steps = Steps(self.cfg)
         self._dedup: dict[str, DedupResult] = {}  # dedup folder -> its decisions, read once per worker
+        self._known: tuple[str, frozenset[str]] = ("", frozenset())  # (file, URLs) of the corpus appended to
 
-    def run_unit(self, unit: Unit, work: str, fetcher=None) -> dict[str, Any]:
+    def run_unit(self, unit: Unit, work: str, fetcher=None, known_urls: str = "") -> dict[str, Any]:
         """Phase 1 for one unit: staged docs + rejects + DONE marker. Returns the summary. `fetcher`
-        (a crawl.live FetchResolver shared by all workers) fetches images the source does not hold."""
+        (a crawl.live FetchResolver shared by all workers) fetches images the source does not hold;
+        `known_urls` (appending) a Parquet file of the corpus's normalised URLs, read once per worker."""
         self.fetcher = fetcher
+        if known_urls and self._known[0] != known_urls:
+            urls = pq.read_table(known_urls, columns=["url_key"]).column("url_key").drop_null().to_pylist()
+            self._known = (known_urls, frozenset(urls))
         out = Path(work) / "units" / unit.name
         out.mkdir(parents=True, exist_ok=True)
         if is_remote(unit.path):  # read a local copy, under the same file name (sources name documents by it)
@@ -202,14 +228,14 @@ class UnitWorker:
         source = open_source(
             unit, max_html_bytes=self.cfg.extract.max_html_bytes, max_image_bytes=self.cfg.images.max_bytes
         )
-        source.index_images()
+        source.index_images(captures=self.steps.cut_captures)
         self.steps.setup()
         resolver: Resolver = source.images.fetch_many
         in_source: Resolver | None = resolver
         if getattr(self, "fetcher", None) is not None:
             resolver = chain(resolver, self.fetcher.fetch_many, when=NOT_IN_SOURCE)
             in_source = None
-        steps = self.steps.unit(resolver, in_source)
+        steps = self.steps.unit(resolver, in_source, self._known[1], source.same_captures)
         tmp = out / "docs.parquet.tmp"
         n_docs = 0
         with pq.ParquetWriter(tmp, STAGED_SCHEMA) as writer:
@@ -388,10 +414,10 @@ def _listed_shards(store: Storage) -> list[ShardInfo]:
     if not store.exists(MANIFEST):
         return []
     raw = store.read_bytes(MANIFEST).decode("utf-8")
-    good_lines = [ln for ln in raw.splitlines(keepends=True) if ln.endswith("\n") and _parse_line(ln)]
+    good_lines = [ln for ln in raw.splitlines(keepends=True) if ln.endswith("\n") and parse_manifest_line(ln)]
     if "".join(good_lines) != raw:
         store.write_bytes(MANIFEST, "".join(good_lines).encode("utf-8"))
-    return [s for s in (_parse_line(ln) for ln in good_lines) if s is not None]
+    return [s for s in (parse_manifest_line(ln) for ln in good_lines) if s is not None]
 
 
 def _work_dir(cfg: BuildConfig, output: str) -> Path:
@@ -405,10 +431,16 @@ def _work_dir(cfg: BuildConfig, output: str) -> Path:
 
 
 def build_corpus(
-    inputs: list[str], output: str | Path, cfg: BuildConfig | None = None, progress: bool = True
+    inputs: list[str],
+    output: str | Path,
+    cfg: BuildConfig | None = None,
+    progress: bool = True,
+    *,
+    append: bool = False,
 ) -> dict[str, Any]:
-    """Build (or resume) a corpus from input globs (local or URLs) into a local folder or an fsspec URL.
-    Returns the stats funnel (also in stats.json)."""
+    """Build (or resume) a corpus from input globs (local or URLs) into a local folder or an fsspec URL;
+    with `append`, add the inputs to the existing corpus there (see `_append`). Returns the stats funnel
+    (also in stats.json)."""
     cfg = cfg or BuildConfig()
     paths = resolve_inputs(inputs, cfg.input)
     if cfg.input.crawl_seeds:
@@ -424,6 +456,8 @@ def build_corpus(
         raise ValueError(f"cannot create the corpus folder: {e}") from e
     try:
         try:
+            if append:
+                return _append(cfg, paths, units, store, work, progress)
             return _build(cfg, paths, units, store, work, progress)
         except ray.exceptions.RayTaskError as e:  # a Ray call outside the runner (the crawl) could not write
             if isinstance(e.cause, OSError):
@@ -443,19 +477,26 @@ def build_corpus(
 RUN_ONLY_SECTIONS = ("ray",)
 
 
-def identity_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """What differs between a stored build's config and inputs and this run's, one line per key
-    ("images.min_side: 150 -> 200", "inputs: + /new.warc.gz"); run-only sections are not compared."""
+def config_differences(
+    previous: dict[str, Any] | None, current: dict[str, Any] | None, skip=RUN_ONLY_SECTIONS
+) -> list[str]:
+    """One line per config key that differs ("images.min_side: 150 -> 200"), sections in `skip` left out."""
 
     def corpus_keys(cfg: dict[str, Any] | None) -> dict[str, Any]:
-        return {k: v for k, v in flatten_config(cfg or {}).items() if k.split(".", 1)[0] not in RUN_ONLY_SECTIONS}
+        return {k: v for k, v in flatten_config(cfg or {}).items() if k.split(".", 1)[0] not in skip}
 
-    old, new = corpus_keys(previous.get("config")), corpus_keys(current.get("config"))
-    lines = [
+    old, new = corpus_keys(previous), corpus_keys(current)
+    return [
         f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
         for k in sorted(old.keys() | new.keys())
         if old.get(k, ...) != new.get(k, ...)
     ]
+
+
+def identity_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between a stored build's config and inputs and this run's, one line per key
+    ("images.min_side: 150 -> 200", "inputs: + /new.warc.gz"); run-only sections are not compared."""
+    lines = config_differences(previous.get("config"), current.get("config"))
     old_in, new_in = previous.get("inputs") or [], current.get("inputs") or []
     lines += [f"inputs: - {p}" for p in old_in if p not in new_in]
     lines += [f"inputs: + {p}" for p in new_in if p not in old_in]
@@ -464,20 +505,27 @@ def identity_differences(previous: dict[str, Any], current: dict[str, Any]) -> l
     return lines
 
 
+def _shown(differences: list[str]) -> str:
+    more = f"; ... ({len(differences)} in all)" if len(differences) > 10 else ""
+    return "; ".join(differences[:10]) + more
+
+
+def _input_ids(paths: list[str]) -> list[str]:
+    return [p if is_remote(p) else os.path.abspath(p) for p in paths]
+
+
 def _build(
     cfg: BuildConfig, paths: list[str], units: list[Unit], store: Storage, work: Path, progress: bool
 ) -> dict[str, Any]:
-    identity = {"config": dump_config(cfg), "inputs": [p if is_remote(p) else os.path.abspath(p) for p in paths]}
+    identity = {"config": dump_config(cfg), "inputs": _input_ids(paths)}
     if store.exists("build.json"):
         previous = json.loads(store.read_bytes("build.json"))
         differences = identity_differences(previous, identity)
         if differences:
-            shown = "; ".join(differences[:10]) + (
-                f"; ... ({len(differences)} in all)" if len(differences) > 10 else ""
-            )
+            hint = " (to add inputs to a finished corpus, use --append)" if previous.get("finished_at") else ""
             raise ValueError(
-                f"{store.url} holds a build with other inputs or config ({shown}); use a new "
-                f"--output or delete it (see {store.url_of('build.json')})"
+                f"{store.url} holds a build with other inputs or config ({_shown(differences)}); use a new "
+                f"--output or delete it (see {store.url_of('build.json')}){hint}"
             )
         if previous.get("finished_at"):
             log.info("%s: build already finished at %s; nothing to do", store.url, previous["finished_at"])
@@ -500,8 +548,37 @@ def _build(
 
     init_ray(cfg.ray)
     t0 = time.time()
+    _extract_phase(cfg, units, store, work, progress)
 
-    # phase 1 -----------------------------------------------------------------------------------------
+    # phase 2 -----------------------------------------------------------------------------------------
+    dedup_dir = work / "dedup"
+    # a remote corpus gets its dedup/ files from a local copy once the passes are done
+    published = work / "publish" if not store.local else Path(store.root)
+    if not (dedup_dir / "DONE").exists():
+        if dedup_dir.exists():
+            shutil.rmtree(dedup_dir)
+        staged = [str(work / "units" / u.name / "docs.parquet") for u in units]
+        run_dedup(staged, str(dedup_dir), cfg.dedup, str(published), progress=progress)
+        if not store.local:
+            for f in sorted((published / "dedup").glob("*.parquet")):
+                store.put_file(f, f"dedup/{f.name}")
+        (dedup_dir / "DONE").write_text(_now())
+
+    _write_phase(cfg, units, 0, store, work, progress)
+    stats = _finish_stats(cfg, Ledger(), units, store, work, time.time() - t0)
+    stats["build"]["units"] = len(units)
+    _put_json(store, "stats.json", stats)
+    if not cfg.output.keep_work:
+        shutil.rmtree(work)
+    info["finished_at"] = _now()
+    _put_json(store, "build.json", info)
+    return stats
+
+
+def _extract_phase(
+    cfg: BuildConfig, units: list[Unit], store: Storage, work: Path, progress: bool, known_urls: str = ""
+) -> None:
+    """Phase 1 for the units without a DONE marker in WORK/units."""
     todo = [u for u in units if not (work / "units" / u.name / "DONE.json").exists()]
     docs_total = {"n": 0}
 
@@ -520,7 +597,7 @@ def _build(
             unit_stage(cfg, "extract+filter", "unit"),
             todo,
             "run_unit",
-            lambda u: (u, str(work), fetcher),
+            lambda u: (u, str(work), fetcher, known_urls),
             on_unit,
             progress,
             writes_to=lambda u: str(work / "units" / u.name),
@@ -529,30 +606,18 @@ def _build(
         if fetcher is not None:
             fetcher.close()
 
-    # phase 2 -----------------------------------------------------------------------------------------
-    dedup_dir = work / "dedup"
-    # a remote corpus gets its dedup/ files from a local copy once the passes are done
-    published = work / "publish" if not store.local else Path(store.root)
-    if not (dedup_dir / "DONE").exists():
-        if dedup_dir.exists():
-            shutil.rmtree(dedup_dir)
-        staged = [str(work / "units" / u.name / "docs.parquet") for u in units]
-        run_dedup(staged, str(dedup_dir), cfg.dedup, str(published), progress=progress)
-        if not store.local:
-            for f in sorted((published / "dedup").glob("*.parquet")):
-                store.put_file(f, f"dedup/{f.name}")
-        (dedup_dir / "DONE").write_text(_now())
 
-    # phase 3 -----------------------------------------------------------------------------------------
+def _write_phase(cfg: BuildConfig, units: list[Unit], first: int, store: Storage, work: Path, progress: bool) -> None:
+    """Phase 3: shards of the units (numbered from `first`) and their manifest lines, strictly in unit order
+    whatever order the units finish in."""
     listed = {s.name for s in _listed_shards(store)}
-    index_of = {u.name: i for i, u in enumerate(units)}
+    index_of = {u.name: first + i for i, u in enumerate(units)}
     to_write = [u for u in units if not (work / "units" / u.name / "WRITTEN.json").exists()]
     results: dict[str, list[ShardInfo]] = {}
     next_unit = {"i": 0}
 
     def flush_in_order():
-        # append manifest lines strictly in unit order, whatever order units finished in
-        lines, first = [], next_unit["i"]
+        lines, start = [], next_unit["i"]
         while next_unit["i"] < len(units):
             u = units[next_unit["i"]]
             marker = work / "units" / u.name / "WRITTEN.json"
@@ -568,7 +633,7 @@ def _build(
             next_unit["i"] += 1
         if lines:
             store.append_lines(MANIFEST, lines)  # one write (object stores: one rewrite) per flush
-        elif next_unit["i"] > first and not store.exists(MANIFEST):
+        elif next_unit["i"] > start and not store.exists(MANIFEST):
             store.write_bytes(MANIFEST, b"")  # units without documents: still a (empty) corpus
 
     def on_written(unit, summary):
@@ -589,8 +654,12 @@ def _build(
     flush_in_order()
     assert next_unit["i"] == len(units), "every unit's shards are in the manifest"
 
-    # stats, rejects, build.json ---------------------------------------------------------------------
-    ledger = Ledger()
+
+def _finish_stats(
+    cfg: BuildConfig, ledger: Ledger, units: list[Unit], store: Storage, work: Path, elapsed: float
+) -> dict[str, Any]:
+    """The funnel: `ledger` (an appended corpus's earlier counts, else empty) plus the units' ledgers; the
+    units' rejects are copied to CORPUS/rejects/."""
     store.makedirs("rejects")
     for u in units:
         unit_dir = work / "units" / u.name
@@ -599,12 +668,11 @@ def _build(
         store.put_file(unit_dir / "rejects.parquet", f"rejects/{u.name}.parquet")
         store.put_file(unit_dir / "write-rejects.parquet", f"rejects/{u.name}.dedup.parquet")
     stats = ledger.to_dict(stage_order(cfg))
-    elapsed = time.time() - t0
+    shards = _listed_shards(store)
     stats["build"] = {
-        "units": len(units),
         "seconds": round(elapsed, 3),
-        "documents": sum(s.documents for s in _listed_shards(store)),
-        "shards": len(listed),
+        "documents": sum(s.documents for s in shards),
+        "shards": len(shards),
     }
     problems = check_funnel(stats)
     assert not problems, f"funnel does not add up: {problems}"
@@ -614,9 +682,170 @@ def _build(
     for name, n in stats["build"]["errors"].items():
         log.error("%d x %s in this build: the corpus may differ from another run's (see stats.json)", n, name)
     stats["build"]["notes"] = explain(stats, cfg)
-    _put_json(store, "stats.json", stats)
-    if not cfg.output.keep_work:
-        shutil.rmtree(work)
-    info["finished_at"] = _now()
-    _put_json(store, "build.json", info)
     return stats
+
+
+# ---- appending to a finished corpus -------------------------------------------------------------------
+# sections an append may set differently from the corpus's build: which inputs, and how the run is spread
+APPEND_FREE_SECTIONS = ("ray", "input")
+
+
+def _append(
+    cfg: BuildConfig, paths: list[str], units: list[Unit], store: Storage, work: Path, progress: bool
+) -> dict[str, Any]:
+    """`interloom build --input NEW --output CORPUS --append`: add units to a finished corpus.
+
+    The new units go through phases 1-3 of a build; global dedup runs over the new documents together with
+    the corpus's documents, whose signatures are computed again from the stored documents (the build's
+    work files are gone by default, hold documents dedup removed, and would be stale after one append; a
+    stored document's text, URL, fetch time and signals are the staged ones, so its signature is the one
+    the build computed). Existing documents win every duplicate choice and are never removed (see
+    filters.dedup.passes). Old shards, index files and rejects are not touched: new shards are numbered
+    after the corpus's units, their manifest lines appended; stats.json, dedup/ and build.json are rewritten
+    to cover both. Units already in the corpus (same unit name: file name and resolved path) are skipped and
+    counted. The config must be the corpus's own (inputs and ray aside)."""
+    if not store.exists("build.json"):
+        raise ValueError(f"--append: {store.url} holds no corpus (no build.json); build it first, without --append")
+    info = json.loads(store.read_bytes("build.json"))
+    if not info.get("finished_at"):
+        raise ValueError(
+            f"--append: the build of {store.url} has not finished; finish it first (run its own command again, "
+            f"without --append)"
+        )
+    differences = config_differences(info["config"], dump_config(cfg), APPEND_FREE_SECTIONS)
+    if differences:
+        raise ValueError(
+            f"--append: the config differs from the one {store.url} was built with ({_shown(differences)}); "
+            f"a corpus is built by one config: append with its settings (see {store.url_of('build.json')})"
+        )
+    in_corpus = {u["name"] for u in info["units"]}
+    new_units = [u for u in units if u.name not in in_corpus]
+    skipped = [u for u in units if u.name in in_corpus]
+    for u in skipped:
+        log.info("%s: already in the corpus, skipped", u.path)
+    pending = info.get("appending")
+    if pending and [u["name"] for u in pending["units"]] != [u.name for u in new_units]:
+        raise ValueError(
+            f"--append: an append of other inputs to {store.url} was interrupted; run it again to finish it "
+            f"(inputs: {', '.join(pending['inputs'][:5])}{' ...' if len(pending['inputs']) > 5 else ''})"
+        )
+    old_stats = json.loads(store.read_bytes("stats.json"))
+    if not new_units:
+        stats = copy.deepcopy(old_stats)
+        note = f"nothing to add: all {len(skipped)} inputs are already in the corpus (units_already_in_corpus)"
+        stats["build"].update(appended={"units": 0, "units_already_in_corpus": len(skipped)}, notes=[note])
+        log.info("%s: %s", store.url, note)
+        return stats
+    if not pending:
+        pending = {
+            "inputs": _input_ids([u.path for u in new_units]),
+            "units": [asdict(u) for u in new_units],
+            "skipped": len(skipped),
+            "started_at": _now(),
+            "old_shards": len(_listed_shards(store)),
+        }
+        info["appending"] = pending
+        _put_json(store, "build.json", info)
+    awork = work / f"append-{len(info.get('appends', []))}"
+    (awork / "units").mkdir(parents=True, exist_ok=True)
+    init_ray(cfg.ray)
+    t0 = time.time()
+
+    # the corpus's documents, as staged files without image bytes (one per shard), and their URLs
+    old_shards = _listed_shards(store)[: pending["old_shards"]]
+    existing_dir = awork / "existing"
+    existing = [str(existing_dir / f"{s.name}.parquet") for s in old_shards]
+    known_urls = existing_dir / "urls.parquet"
+    if not (existing_dir / "DONE").exists():
+        existing_dir.mkdir(parents=True, exist_ok=True)
+        map_tasks(
+            Stage("read corpus", resources=Resources(cpus=1), env=_storage_env(), unit_label="shard"),
+            stage_existing,
+            [(store.url, s.name, out) for s, out in zip(old_shards, existing)],
+            progress=progress,
+            writes_to=lambda _: str(existing_dir),
+        )
+        urls = (pq.read_table(p, columns=["url"]).column("url").to_pylist() for p in existing)
+        keys = sorted({k for part in urls for u in part if (k := normalize_url(u)) is not None})
+        write_parquet_atomic(pa.table({"url_key": pa.array(keys, pa.string())}), known_urls)
+        (existing_dir / "DONE").write_text(_now())
+
+    _extract_phase(cfg, new_units, store, awork, progress, known_urls=str(known_urls))
+
+    dedup_dir = awork / "dedup"
+    published = awork / "publish"
+    if not (dedup_dir / "DONE").exists():
+        if dedup_dir.exists():
+            shutil.rmtree(dedup_dir)
+        staged = [str(awork / "units" / u.name / "docs.parquet") for u in new_units]
+        old_images = _read_corpus_parquet(store, "dedup/images.parquet")
+        common = tuple(r["phash"] for r in old_images.to_pylist() if r["dropped"]) if old_images else ()
+        run_dedup(
+            staged,
+            str(dedup_dir),
+            cfg.dedup,
+            str(published),
+            existing=existing,
+            common_phashes=common,
+            progress=progress,
+        )
+        _merge_dedup_reports(store, published / "dedup")
+        (dedup_dir / "DONE").write_text(_now())
+
+    _write_phase(cfg, new_units, len(info["units"]), store, awork, progress)
+    stats = _finish_stats(cfg, Ledger.from_dict(old_stats), new_units, store, awork, time.time() - t0)
+    stats["build"].update(
+        units=len(info["units"]) + len(new_units),
+        appended={"units": len(new_units), "units_already_in_corpus": len(skipped)},
+    )
+    added = stats["build"]["documents"] - old_stats["build"]["documents"]
+    stats["build"]["notes"].insert(
+        0,
+        f"appended {len(new_units)} inputs: {added} documents added"
+        + (f"; {len(skipped)} inputs already in the corpus were skipped" if skipped else ""),
+    )
+    _put_json(store, "stats.json", stats)
+    info["units"] += pending["units"]
+    info["inputs"] += [p for p in pending["inputs"] if p not in info["inputs"]]
+    info.setdefault("appends", []).append(
+        {**{k: pending[k] for k in ("inputs", "skipped", "started_at")}, "finished_at": _now()}
+    )
+    del info["appending"]
+    _put_json(store, "build.json", info)
+    if not cfg.output.keep_work:
+        shutil.rmtree(awork)
+        if not any(work.iterdir()):
+            work.rmdir()
+    return stats
+
+
+def stage_existing(corpus: str, shard: str, out: str) -> int:
+    """The documents of one shard of a corpus as a staged Parquet file without image bytes (what the dedup
+    passes read); returns their number."""
+    docs = list(Corpus(corpus).iter_shard(shard, with_images=False))
+    write_parquet_atomic(documents_to_staged_table(docs), out)
+    return len(docs)
+
+
+def _read_corpus_parquet(store: Storage, rel: str) -> pa.Table | None:
+    return pq.read_table(pa.BufferReader(store.read_bytes(rel))) if store.exists(rel) else None
+
+
+def _merge_dedup_reports(store: Storage, new_dir: Path) -> None:
+    """CORPUS/dedup/ after an append: the earlier clusters plus the rows of documents not listed before (the
+    new documents, and existing keepers of clusters they joined); the image frequencies of the append's
+    count (existing and new documents) for every pHash it saw, the earlier rows for the others."""
+    for name, key in (("clusters.parquet", "id"), ("images.parquet", "phash")):
+        new = pq.read_table(new_dir / name)
+        old = _read_corpus_parquet(store, f"dedup/{name}")
+        if old is not None:
+            if name == "clusters.parquet":
+                new = new.filter(pc.invert(pc.is_in(new[key], value_set=old[key])))
+                merged = pa.concat_tables([old, new.cast(old.schema)])
+            else:
+                old = old.filter(pc.invert(pc.is_in(old[key], value_set=new[key])))
+                merged = pa.concat_tables([old.cast(new.schema), new])
+            new = merged.sort_by([(c, "ascending") for c in (("cluster_id", "id") if key == "id" else ("phash",))])
+        buf = pa.BufferOutputStream()
+        pq.write_table(new, buf)
+        store.write_bytes(f"dedup/{name}", buf.getvalue().to_pybytes())

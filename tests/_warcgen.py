@@ -31,10 +31,14 @@ def http_response(
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def warc_record(url: str, block: bytes, rtype: str = "response") -> bytes:
+def warc_record(
+    url: str, block: bytes, rtype: str = "response", date: str = "2024-05-01T12:00:00Z", capture: int = 0
+) -> bytes:
+    """One WARC record; `capture` numbers repeated captures of a URL (it changes the record id)."""
+    rid = uuid.uuid5(uuid.NAMESPACE_URL, url + rtype + (f"#{capture}" if capture else ""))
     head = (
-        f"WARC/1.0\r\nWARC-Type: {rtype}\r\nWARC-Target-URI: {url}\r\nWARC-Date: 2024-05-01T12:00:00Z\r\n"
-        f"WARC-Record-ID: <urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, url + rtype)}>\r\n"
+        f"WARC/1.0\r\nWARC-Type: {rtype}\r\nWARC-Target-URI: {url}\r\nWARC-Date: {date}\r\n"
+        f"WARC-Record-ID: <urn:uuid:{rid}>\r\n"
         f"Content-Type: application/http; msgtype=response\r\nContent-Length: {len(block)}\r\n\r\n"
     )
     return head.encode() + block + b"\r\n\r\n"

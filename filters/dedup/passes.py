@@ -25,6 +25,14 @@
 
 Every output is sorted by a content key and independent of how the input is split into files or partitions,
 so the same documents give byte-identical removals and clusters files.
+
+Appending to a corpus (`existing`): the documents already in the corpus come in as a second set of files,
+tier 0 (new documents are tier 1). The tier is the first key of every keeper choice, so an existing
+document beats a new one whatever their fetch times or quality, and an existing document is never removed:
+a URL or text group holding one keeps it, a near-duplicate component holding some keeps all of them (two
+existing documents joined only through new ones stay; an edge between two existing documents is ignored)
+and removes its new members. The image rule counts the existing documents too, and a pHash the corpus's
+own build already found too common (`common_phashes`) makes its whole cluster too common.
 The caller owns Ray (`ray.init` before `run_dedup`); tests start a local instance themselves.
 """
 
@@ -73,6 +81,7 @@ def signature_schema(num_perm: int) -> pa.Schema:
             ("minhash", pa.list_(pa.uint32(), num_perm)),
             ("bands", pa.list_(pa.uint64())),  # empty: no shingles, never a candidate
             ("phashes", pa.list_(pa.string())),
+            ("tier", pa.int8()),  # 0: a document already in the corpus (appending), 1: a new one
         ]
     )
 
@@ -122,7 +131,9 @@ class DedupResult:
 
 
 # ---- pass 1: signatures --------------------------------------------------------------------------------
-def _fetch_ts(text: str | None) -> float:
+def fetch_ts(text: str | None) -> float:
+    """A fetch time (ISO 8601) as seconds since the epoch, -inf when missing or unparsable: URL dedup keeps the
+    latest."""
     if not text:
         return -math.inf
     try:
@@ -142,8 +153,9 @@ def _quality(signals_json: str | None) -> float:
     return 0.0 if math.isnan(q) else q
 
 
-def signatures_pass(staged_path: str, out_path: str, cfg: DedupConfig) -> int:
-    """Pass 1 for one staged file; returns the number of documents."""
+def signatures_pass(staged_path: str, out_path: str, cfg: DedupConfig, tier: int = 1) -> int:
+    """Pass 1 for one staged file; returns the number of documents. `tier` 0 marks documents already in
+    the corpus (see the module docstring)."""
     table = pq.ParquetFile(staged_path).read(columns=_STAGED_COLUMNS)
     hasher = MinHasher(cfg.bands, cfg.rows, cfg.ngram, cfg.seed)
     cols = table.to_pydict()
@@ -168,13 +180,14 @@ def signatures_pass(staged_path: str, out_path: str, cfg: DedupConfig) -> int:
             "id": cols["id"],
             "url": cols["url"],
             "url_key": [normalize_url(u) if cfg.url else None for u in cols["url"]],
-            "fetched_ts": [_fetch_ts(f) for f in cols["fetched_at"]],
+            "fetched_ts": [fetch_ts(f) for f in cols["fetched_at"]],
             "text_hash": hashes,
             "quality": [_quality(s) for s in cols["signals"]],
             "n_shingles": n_sh,
             "minhash": pa.FixedSizeListArray.from_arrays(pa.array(sigs.reshape(-1), pa.uint32()), cfg.num_perm),
             "bands": pa.array(band_lists, pa.list_(pa.uint64())),
             "phashes": pa.array(phashes, pa.list_(pa.string())),
+            "tier": pa.array([tier] * n, pa.int8()),
         },
         schema=signature_schema(cfg.num_perm),
     )
@@ -274,40 +287,45 @@ def clusters_pass(
     sig_paths: list[str], edge_paths: list[str], work_dir: str, corpus_dir: str | None, cfg: DedupConfig
 ) -> dict[str, int]:
     """Pass 3: URL, exact and near-duplicate decisions; writes clusters.parquet (work and corpus)."""
-    cols = ["id", "url", "url_key", "fetched_ts", "text_hash", "quality"]
+    cols = ["id", "url", "url_key", "fetched_ts", "text_hash", "quality", "tier"]
     docs = _read_signatures(sig_paths, cols, cfg).sort_by("id")
     ids = docs.column("id").combine_chunks()
     n = len(ids)
     if len(pc.unique(ids)) != n:
         raise ValueError(f"dedup: staged documents have duplicate ids ({n - len(pc.unique(ids))} repeats)")
     docs = docs.append_column("node", pa.array(np.arange(n)))
+    tier = docs.column("tier").to_numpy()
     reason = np.full(n, "", dtype=object)
     keeper = np.full(n, -1, dtype=np.int64)
     eu, ev = [], []
 
     def decide(removed: np.ndarray, by: np.ndarray, why: str) -> None:
+        new = tier[removed] > 0  # a document already in the corpus is never removed
+        removed, by = removed[new], by[new]
         reason[removed] = why
         keeper[removed] = by
         eu.append(removed)
         ev.append(by)
 
     if cfg.url:
-        decide(*_group_keepers(docs, "url_key", [("fetched_ts", "descending"), ("node", "ascending")]), REASON_URL)
+        by_fetch = [("tier", "ascending"), ("fetched_ts", "descending"), ("node", "ascending")]
+        decide(*_group_keepers(docs, "url_key", by_fetch), REASON_URL)
     if cfg.exact:
         alive = docs.filter(pa.array(reason == ""))
-        decide(*_group_keepers(alive, "text_hash", [("quality", "descending"), ("node", "ascending")]), REASON_EXACT)
+        by_quality = [("tier", "ascending"), ("quality", "descending"), ("node", "ascending")]
+        decide(*_group_keepers(alive, "text_hash", by_quality), REASON_EXACT)
     n_edges = 0
     if cfg.minhash and edge_paths:
         edges = pa.concat_tables([pq.read_table(p) for p in edge_paths])
         n_edges = edges.num_rows
         a = pc.index_in(edges["a"], value_set=ids).to_numpy(zero_copy_only=False)
         b = pc.index_in(edges["b"], value_set=ids).to_numpy(zero_copy_only=False)
-        ok = (reason[a] == "") & (reason[b] == "")
+        ok = (reason[a] == "") & (reason[b] == "") & ((tier[a] > 0) | (tier[b] > 0))
         a, b = a[ok].astype(np.int64), b[ok].astype(np.int64)
         labels = connected_components(n, a, b)
         quality = docs.column("quality").to_numpy()
-        # keeper of each component: best quality, then smallest id (= smallest node)
-        order = np.lexsort((np.arange(n), -quality, labels))
+        # keeper of each component: an existing document, then best quality, then smallest id (= smallest node)
+        order = np.lexsort((np.arange(n), -quality, tier, labels))
         sorted_labels = labels[order]
         first = np.ones(n, dtype=bool)
         first[1:] = sorted_labels[1:] != sorted_labels[:-1]
@@ -365,8 +383,15 @@ def removals_pass(work_dir: str) -> int:
     return out.num_rows
 
 
-def images_pass(sig_paths: list[str], work_dir: str, corpus_dir: str | None, cfg: DedupConfig) -> dict[str, int]:
-    """Count, per pHash cluster, the surviving documents that show it; drop clusters in > image_max_docs."""
+def images_pass(
+    sig_paths: list[str],
+    work_dir: str,
+    corpus_dir: str | None,
+    cfg: DedupConfig,
+    common_phashes: tuple[str, ...] = (),
+) -> dict[str, int]:
+    """Count, per pHash cluster, the surviving documents that show it; drop clusters in > image_max_docs,
+    and clusters holding one of `common_phashes` (found too common before: appending to a corpus)."""
     removed = pq.read_table(os.path.join(work_dir, "clusters.parquet"), columns=["id", "keeper"])
     removed_ids = removed.filter(pc.invert(removed["keeper"])).column("id")
     pair_schema = pa.schema([("id", pa.string()), ("phash", pa.string())])
@@ -388,11 +413,13 @@ def images_pass(sig_paths: list[str], work_dir: str, corpus_dir: str | None, cfg
     pairs = pairs.group_by(["id", "phash"]).aggregate([])  # one document counts once per pHash
     distinct = sorted({p for p in pairs.column("phash").to_pylist() if parse_phash(p) is not None})
     n_invalid = len(set(pairs.column("phash").to_pylist())) - len(distinct)
-    values = np.array([parse_phash(p) for p in distinct], dtype=np.uint64)
+    known = sorted({p for p in common_phashes if parse_phash(p) is not None} - set(distinct))
+    values = np.array([parse_phash(p) for p in distinct + known], dtype=np.uint64)
     # parse_phash accepts upper/lower hex: identical values are one node
     values_u, inverse = np.unique(values, return_inverse=True)
     labels_u = phash_clusters(values_u, cfg.image_hamming)
-    label_of = dict(zip(distinct, labels_u[inverse].tolist()))
+    label_of = dict(zip(distinct + known, labels_u[inverse].tolist()))
+    known_common = {label_of[p] for p in common_phashes if p in label_of}
     valid = pairs.filter(pc.is_in(pairs["phash"], value_set=pa.array(distinct, pa.string())))
     doc_cluster = (
         pa.table(
@@ -408,7 +435,9 @@ def images_pass(sig_paths: list[str], work_dir: str, corpus_dir: str | None, cfg
     n_docs = dict(zip(per_cluster.column("cluster").to_pylist(), per_cluster.column("id_count").to_pylist()))
     rep = [f"{int(values_u[label_of[p]]):016x}" for p in distinct]
     docs_per = [n_docs[label_of[p]] for p in distinct]
-    dropped = [cfg.images and d > cfg.image_max_docs for d in docs_per]
+    dropped = [
+        cfg.images and (d > cfg.image_max_docs or label_of[p] in known_common) for p, d in zip(distinct, docs_per)
+    ]
     images = pa.table({"phash": distinct, "n_docs": docs_per, "dropped": dropped, "cluster": rep}, schema=IMAGES_SCHEMA)
     too_common = images.filter(images["dropped"]).select(["phash", "n_docs", "cluster"])
     write_parquet_atomic(too_common.cast(IMAGE_REMOVALS_SCHEMA), os.path.join(work_dir, "image_removals.parquet"))
@@ -433,24 +462,40 @@ def _call(fn: Any, args: tuple) -> Any:
 
 
 def run_dedup(
-    staged_paths: list[str], work_dir: str, cfg: DedupConfig, corpus_dir: str | None, *, progress: bool = True
+    staged_paths: list[str],
+    work_dir: str,
+    cfg: DedupConfig,
+    corpus_dir: str | None,
+    *,
+    existing: list[str] | None = None,
+    common_phashes: tuple[str, ...] = (),
+    progress: bool = True,
 ) -> DedupResult:
     """Run the four passes on the running Ray instance; returns the decisions (also on disk in work_dir).
+    `existing`: staged-schema files of the documents already in a corpus being appended to (they win and
+    are never removed), `common_phashes`: image pHashes that corpus's build found too common.
     `progress`: a progress bar per pass."""
     import ray
 
     if not ray.is_initialized():
         raise ValueError("run_dedup needs a running Ray instance: call ray.init(...) first (the build does)")
-    missing = [p for p in staged_paths if not os.path.isfile(p)]
+    existing = sorted(os.path.abspath(p) for p in existing or [])
+    missing = [p for p in [*staged_paths, *existing] if not os.path.isfile(p)]
     if missing:
         raise ValueError(f"dedup: staged file(s) not found: {missing[:5]}")
     work = os.path.abspath(work_dir)
     corpus = os.path.abspath(corpus_dir) if corpus_dir is not None else None
     staged = sorted(os.path.abspath(p) for p in staged_paths)
     sig_paths = [os.path.join(work, "signatures", f"{i:05d}.parquet") for i in range(len(staged))]
+    old_paths = [os.path.join(work, "signatures", f"existing-{i:05d}.parquet") for i in range(len(existing))]
     n_docs = _run_all(
-        [(signatures_pass, (s, o, cfg)) for s, o in zip(staged, sig_paths)], "dedup signatures", work, progress
+        [(signatures_pass, (s, o, cfg, 1)) for s, o in zip(staged, sig_paths)]
+        + [(signatures_pass, (s, o, cfg, 0)) for s, o in zip(existing, old_paths)],
+        "dedup signatures",
+        work,
+        progress,
     )
+    sig_paths += old_paths
     edge_paths = []
     if cfg.minhash:
         edge_paths = [os.path.join(work, "buckets", f"{k:04d}.parquet") for k in range(cfg.partitions)]
@@ -461,9 +506,14 @@ def run_dedup(
         [(clusters_pass, (sig_paths, edge_paths, work, corpus, cfg))], "dedup clusters", work, progress
     )
     n_removed, image_counts = _run_all(
-        [(removals_pass, (work,)), (images_pass, (sig_paths, work, corpus, cfg))], "dedup removals", work, progress
+        [(removals_pass, (work,)), (images_pass, (sig_paths, work, corpus, cfg, tuple(common_phashes)))],
+        "dedup removals",
+        work,
+        progress,
     )
     counts = {**counts, **image_counts, "removed": n_removed, "staged_files": len(staged)}
+    if existing:
+        counts["existing_files"] = len(existing)
     assert counts["documents"] == sum(n_docs), "signature rows must match staged documents"
     Path(work, "counts.json").write_text(json.dumps(counts, indent=2, sort_keys=True))
     return DedupResult.load(work)

@@ -24,6 +24,7 @@ examples:
   interloom build --input 'crawl/*.warc.gz' --output corpus/ --config run.yaml
   interloom build --input pages/ --output corpus/ --set images.min_side=200 --set filters.language.languages=[en,de]
   interloom build --crawl seeds.txt --output corpus/ --set images.fetch=true
+  interloom build --input 'more/*.warc.gz' --output corpus/ --append     # add WARCs to a finished corpus
   interloom build --input '/shared/cc/*.warc.gz' --output /shared/corpus/ --address ray://head:10001 --workers 64
   interloom build --input 's3://bucket/cc/*.warc.gz' --output s3://bucket/corpus --address auto \\
       --set output.work_dir=/shared/work/corpus
@@ -77,6 +78,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="crawl these seed URLs first (a .txt or Parquet file) and "
         "build the crawl's WARCs (kept in DIR/crawl); see `interloom crawl --help`",
     )
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="add the inputs to the finished corpus in --output: the new documents are deduplicated against "
+        "the whole corpus (existing documents win); old shards are not touched; inputs already in the corpus "
+        "are skipped; the config must be the corpus's own",
+    )
     p.add_argument("--config", "-c", metavar="FILE", help="YAML config file")
     p.add_argument(
         "--set",
@@ -113,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not (args.input or args.crawl) or not args.output:
         raise ValueError("--output and --input (or --crawl) are required (see `interloom build --help`)")
-    stats = build_corpus(args.input, args.output, cfg, progress=not args.no_progress)
+    stats = build_corpus(args.input, args.output, cfg, progress=not args.no_progress, append=args.append)
     print_summary(stats, args.output)
     return 0
 

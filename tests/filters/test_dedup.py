@@ -377,3 +377,62 @@ def test_empty_inputs_and_missing_file(ray_local, tmp_path):
 def test_config_rejects_inconsistent_bands():
     with pytest.raises(ValueError, match="bands x rows"):
         DedupConfig(num_perm=112, bands=10, rows=8)
+
+
+# ---- appending: documents already in the corpus win ----------------------------------------------------
+def test_existing_documents_win_and_are_never_removed(ray_local, planted, photo_hashes, tmp_path):
+    """`existing` documents (a corpus being appended to) beat new ones whatever the fetch time or quality,
+    are never removed (not even when two of them are near duplicates of each other), and count for the image
+    rule; a pHash the corpus's build found too common drops its whole cluster from the new documents."""
+    arts = _articles()
+    (url_a, text_a), (_, text_b), (_, text_c) = arts[3], arts[4], arts[5]
+    hopper, flower = photo_hashes["pillow__hopper.jpg"], photo_hashes["pillow__flower.jpg"]
+    common = photo_hashes["pillow__hopper.png"]  # within 2 bits of hopper.jpg: one cluster
+    old = [
+        _doc("old:url", url_a, text_a, 0.1, "2020-01-01T00:00:00+00:00"),
+        _doc("old:exact", "https://old.example/exact", text_b, 0.1),
+        _doc("old:near1", "https://old.example/near1", text_c, 0.1),
+        _doc("old:near2", "https://old.example/near2", text_c + "\n\n" + BOILERPLATE, 0.1),
+    ] + [
+        _doc(
+            f"old:img{i}",
+            f"https://old.example/img{i}",
+            arts[10 + i][1],
+            0.5,
+            images=[Image(url=f"f{i}", phash=flower)],
+        )
+        for i in range(6)
+    ]
+    new = [
+        _doc("new:url", url_a + "?utm_source=x", arts[6][1], 0.9, "2025-01-01T00:00:00+00:00"),  # later fetch
+        _doc("new:exact", "https://new.example/exact", text_b, 0.9),  # better quality
+        _doc("new:near", "https://new.example/near", text_c + "\n\nA new closing line.", 0.9),
+    ] + [
+        _doc(
+            f"new:img{i}",
+            f"https://new.example/img{i}",
+            arts[20 + i][1],
+            0.5,
+            images=[Image(url=f"g{i}", phash=flower)],
+        )
+        for i in range(5)
+    ]
+    new.append(_doc("new:hopper", "https://new.example/h", arts[30][1], 0.5, images=[Image(url="h", phash=hopper)]))
+    ids = {d.source: d.id for d in old + new}
+    staged = _write_staged(new, tmp_path / "new", 2)
+    existing = _write_staged(old, tmp_path / "old", 2)
+    cfg = DedupConfig(partitions=2, image_max_docs=10)
+    result = run_dedup(staged, str(tmp_path / "work"), cfg, None, existing=existing, common_phashes=(common,))
+    assert result.removed == {
+        ids["new:url"]: "duplicate_url",
+        ids["new:exact"]: "duplicate_exact",
+        ids["new:near"]: "near_duplicate",
+    }
+    assert result.keepers[ids["new:url"]] == ids["old:url"] and result.keepers[ids["new:exact"]] == ids["old:exact"]
+    assert result.keepers[ids["new:near"]] in {ids["old:near1"], ids["old:near2"]}
+    # flower: 6 existing + 5 new documents > 10 -> too common (dropped from the new ones only: phase 3 runs
+    # on new units); hopper: in 1 document, but in one cluster with a pHash the corpus already dropped
+    assert result.common_image_phashes == {flower, hopper}
+    # without the existing documents the same new documents keep everything
+    alone = run_dedup(staged, str(tmp_path / "alone"), cfg, None)
+    assert alone.removed == {} and alone.common_image_phashes == set()

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _warcgen import http_response, page_html, page_record, warc_record, write_warc
 from conftest import DEV_SETTINGS, REPO, dev_warcs, real_path
 
 from corpus.config import load_config
@@ -258,12 +259,28 @@ def test_a_build_under_a_cpu_hog_gives_the_same_corpus(tmp_path, ray_local):
 
 def test_early_cuts_give_the_same_corpus(tmp_path, ray_local):
     """With filters.image_count.min_images=1 a page none of whose images passes the junk rules and is in its
-    WARC skips trafilatura (extract drop no_image_candidates); the corpus is byte-identical to the build
-    without the cuts, where image_count drops those pages after extraction."""
+    WARC skips trafilatura (extract drop no_image_candidates); a page whose X-Robots-Tag header says noai is
+    cut from its headers alone, before decoding (url_rules drop optout_noai; the URL cut against a corpus
+    being appended to: tests/pipeline/test_append.py). The corpus is byte-identical to the build without
+    the cuts, where image_count and opt_out drop those pages after extraction."""
+
+    def optout_page(url: str, header: str) -> bytes:
+        return warc_record(url, http_response(page_html(url.rsplit("/", 1)[-1]), headers={"X-Robots-Tag": header}))
+
+    optout = write_warc(
+        tmp_path / "optout.warc.gz",
+        [
+            optout_page("https://optout.example/a", "noai"),
+            optout_page("https://optout.example/b", "googlebot: noindex, NoAI"),
+            optout_page("https://optout.example/c", "noimageai"),  # not a page drop: extracted as before
+            page_record("https://optout.example/d"),
+        ],
+    )
+    inputs = [*dev_warcs(), str(optout)]
     settings = ["ray.workers=2", *DEV_SETTINGS, "filters.image_count.min_images=1"]
-    cut = build_corpus(dev_warcs(), tmp_path / "cut", load_config(BuildConfig, None, settings), progress=False)
+    cut = build_corpus(inputs, tmp_path / "cut", load_config(BuildConfig, None, settings), progress=False)
     full = build_corpus(
-        dev_warcs(),
+        inputs,
         tmp_path / "full",
         load_config(BuildConfig, None, [*settings, "extract.early_cuts=false"]),
         progress=False,
@@ -271,11 +288,54 @@ def test_early_cuts_give_the_same_corpus(tmp_path, ray_local):
     stages_cut, stages_full = ({s["name"]: s for s in st["stages"]} for st in (cut, full))
     n_cut = stages_cut["extract"]["drops"].get("no_image_candidates", 0)
     assert n_cut >= 20 and "no_image_candidates" not in stages_full["extract"]["drops"]
+    assert stages_cut["url_rules"]["drops"] == {"optout_noai": 2} and "url_rules" not in stages_full
+    assert stages_full["opt_out"]["drops"] == {"optout_noai": 2} and stages_cut["opt_out"]["drops"] == {}
     assert cut["build"]["documents"] == full["build"]["documents"] >= 10
     assert stages_cut["read"] == stages_full["read"]
     # the pages the cut decided early are the ones image_count (or a text filter before it) drops later
     assert stages_cut["image_count"]["in"] < stages_full["image_count"]["in"]
     assert _corpus_bytes(tmp_path / "cut") == _corpus_bytes(tmp_path / "full")
+
+
+def test_repeated_captures_are_cut_before_parsing_with_the_same_corpus(tmp_path, ray_local):
+    """A WARC holding the same capture of a URL several times (same payload and headers, other fetch times
+    and record ids): all but the one global URL dedup would keep (the latest, then the smallest id) are cut
+    before parsing (url_rules duplicate_url); a capture of the URL with another payload is not. The corpus is
+    byte-identical to the build without the cuts, where global dedup removes them."""
+    truth = json.loads(real_path("dev", "html", "scrapinghub", "ground-truth.json").read_text(encoding="utf-8"))
+    bodies = [v["articleBody"] for _, v in sorted(truth.items()) if len(v["articleBody"].split()) >= 150][:3]
+
+    def page(i: int) -> bytes:
+        paras = "".join(f"<p>{p}</p>" for p in bodies[i].split("\n") if p.strip())
+        return f"<html><head><title>t{i}</title></head><body><article><h1>t{i}</h1>{paras}</article></body></html>".encode()
+
+    x, z = "https://news.example/x", "https://news.example/z"
+    captures = [  # (url, body, date, capture number)
+        (x, 0, "2024-01-01T00:00:00Z", 1),
+        (x, 0, "2024-02-01T00:00:00Z", 2),
+        (x, 0, "2024-02-01T00:00:00Z", 3),  # these three: one page; 2 and 3 tie on the fetch time
+        (x, 1, "2024-03-01T00:00:00Z", 4),  # another payload: the latest capture of x, kept by global dedup
+        (z, 2, "2024-01-01T00:00:00Z", 1),
+        (z, 2, "2024-01-01T00:00:00Z", 2),
+    ]
+    warc = write_warc(
+        tmp_path / "captures.warc.gz",
+        [warc_record(u, http_response(page(b)), date=d, capture=n) for u, b, d, n in captures],
+    )
+    cut = build_corpus([str(warc)], tmp_path / "cut", load_config(BuildConfig, None, DEV_SETTINGS), progress=False)
+    full = build_corpus(
+        [str(warc)],
+        tmp_path / "full",
+        load_config(BuildConfig, None, [*DEV_SETTINGS, "extract.early_cuts=false"]),
+        progress=False,
+    )
+    stages_cut, stages_full = ({s["name"]: s for s in st["stages"]} for st in (cut, full))
+    assert stages_cut["url_rules"]["drops"] == {"duplicate_url": 3}
+    assert stages_cut["dedup"]["drops"] == {"duplicate_url": 1}
+    assert stages_full["dedup"]["drops"] == {"duplicate_url": 4}
+    assert _corpus_bytes(tmp_path / "cut") == _corpus_bytes(tmp_path / "full")
+    docs = {d.url: d for d in Corpus(tmp_path / "cut").iter_documents()}
+    assert set(docs) == {x, z} and docs[x].fetched_at.startswith("2024-03-01")
 
 
 def test_summary_says_why_the_readme_example_is_small(tmp_path):
