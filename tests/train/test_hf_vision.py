@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _hf_tiny import bpe_tokenizer
+from conftest import real_path
 
 transformers = pytest.importorskip("transformers")
 
@@ -17,10 +18,10 @@ from train.model.vision import VisionEncoder  # noqa: E402
 P = 4  # patch size
 
 
-def to_hf_patches(patches_NCpp: torch.Tensor, h: int, w: int, m: int) -> torch.Tensor:
+def to_hf_patches(patches_NCpp: torch.Tensor, h: int, w: int, m: int, p: int = P) -> torch.Tensor:
     """Our raster-order patches of one image -> Qwen2-VL's pixel_values: grouped by m x m block, the
     frame repeated over temporal_patch_size=2, each patch flattened (C, T, p, p)."""
-    x = patches_NCpp.view(h // m, m, w // m, m, 3, P, P).permute(0, 2, 1, 3, 4, 5, 6).reshape(h * w, 3, 1, P, P)
+    x = patches_NCpp.view(h // m, m, w // m, m, 3, p, p).permute(0, 2, 1, 3, 4, 5, 6).reshape(h * w, 3, 1, p, p)
     return x.expand(-1, -1, 2, -1, -1).reshape(h * w, -1)
 
 
@@ -255,3 +256,100 @@ def test_init_vision_from_siglip2_folder(tmp_path):
     model.set_trainable("adapter")
     assert all(p.requires_grad for p in model.vision.merge.parameters())
     assert not any(p.requires_grad for p in model.vision.blocks.parameters())
+
+
+def _tokenizer(tmp_path):
+    from train.model.hf.init import pretrained_tokenizer
+
+    bpe_tokenizer(tmp_path, ["a photo"])
+    return pretrained_tokenizer(tmp_path)[0]
+
+
+@pytest.mark.parametrize("kind", ["qwen2_vl", "siglip2"])
+def test_pixels_are_normalised_as_the_towers_image_processor(tmp_path, kind):
+    """`--init-vision` takes the tower's per-channel mean/std from its preprocessor_config.json (Qwen2-VL:
+    CLIP's; SigLIP2: 0.5), and our preprocessing of a real photo then equals the tower's own HF image
+    processor (transformers' PIL backend) on the NORMALISATION part, to 1e-5: on an input already at the
+    size both resize policies keep, our patches (rearranged to the processor's patch layout) equal its
+    `pixel_values`. The resize differs by design: ours is torch's antialiased bicubic on uint8 (Pillow's
+    filter within +-2 of 255, with JPEG draft decoding), the processors call Pillow (SigLIP2 bilinear to
+    its own patch-count policy); for Qwen2-VL, whose size policy (smart resize) is ours, the test also
+    checks the same patch grid on the raw photo and pixels within that resize tolerance."""
+    import io
+    from collections import Counter
+
+    from PIL import Image
+
+    from corpus.config import load_config
+    from train.config import TrainConfig, resolve_recipe
+    from train.data.collate import normalise
+    from train.data.encode import DocumentEncoder
+    from train.model.hf.vision import init_vision_config
+
+    photo = real_path("dev", "images", "photos", "pillow__flower.jpg")
+    tower = tmp_path / "tower"
+    if kind == "qwen2_vl":
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        Qwen2VisionTransformerPretrainedModel._from_config(
+            Qwen2VLVisionConfig(depth=1, embed_dim=32, hidden_size=48, num_heads=4, patch_size=14)
+        ).save_pretrained(tower)
+        Qwen2VLImageProcessorPil().save_pretrained(tower)
+        p, size = 14, (28 * 9, 28 * 13)  # (H, W) kept by both: multiples of 28 within the budget
+    else:
+        from transformers import Siglip2VisionConfig, Siglip2VisionModel
+        from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
+
+        Siglip2VisionModel(
+            Siglip2VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
+        ).save_pretrained(tower)
+        Siglip2ImageProcessorPil(max_num_patches=16 * 24).save_pretrained(tower)
+        p, size = 16, (256, 384)  # 16 x 24 patches: the processor keeps it at max_num_patches=384
+    want_mean, want_std = (
+        ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
+        if kind == "qwen2_vl"
+        else ([0.5] * 3, [0.5] * 3)
+    )
+    cfg = load_config(TrainConfig, resolve_recipe("debug-cpu"), [f"run.output={tmp_path / 'run'}"])
+    cfg = init_vision_config(cfg, tower)
+    assert list(cfg.data.image_mean) == want_mean and list(cfg.data.image_std) == want_std
+    assert cfg.model.vision.patch_size == p
+    processor = transformers.AutoImageProcessor.from_pretrained(tower)  # the saved preprocessor_config.json
+
+    H, W = size
+    sized = Image.open(photo).convert("RGB").resize((W, H), Image.Resampling.BICUBIC)
+    png = io.BytesIO()
+    sized.save(png, format="PNG")
+    data = cfg.data.model_copy(update={"min_pixels": H * W, "max_pixels": H * W})
+    enc = DocumentEncoder(_tokenizer(tmp_path), data, p)
+    patches_NP, (gh, gw) = enc.image(png.getvalue(), Counter())
+    assert (gh * p, gw * p) == (H, W)
+    ours_NP = torch.from_numpy(normalise(patches_NP, cfg.data.image_mean, cfg.data.image_std))
+    if kind == "qwen2_vl":
+        out = processor(images=[sized], size={"shortest_edge": H * W, "longest_edge": H * W}, return_tensors="pt")
+        assert out["image_grid_thw"].tolist() == [[1, gh, gw]]
+        got, want = to_hf_patches(ours_NP.view(-1, 3, p, p), gh, gw, 2, p), out["pixel_values"]
+    else:
+        out = processor(images=[sized], return_tensors="pt")
+        assert out["spatial_shapes"].tolist() == [[gh, gw]]
+        got = ours_NP.view(-1, 3, p, p).permute(0, 2, 3, 1).reshape(gh * gw, -1)  # SigLIP2: (p, p, C)
+        want = out["pixel_values"][0, : gh * gw]
+    assert got.shape == want.shape
+    assert (got - want).abs().max().item() <= 1e-5
+    # the same code path with the wrong (scalar 0.5) statistics would not match: the check can fail
+    if kind == "qwen2_vl":
+        wrong = to_hf_patches(torch.from_numpy(normalise(patches_NP, [0.5] * 3, [0.5] * 3)).view(-1, 3, p, p), gh, gw, 2, p)
+        assert (wrong - want).abs().max().item() > 0.1
+
+        # the raw photo: same smart-resize grid as the processor, pixels within the resize tolerance
+        raw = photo.read_bytes()
+        budget = {"min_pixels": 56 * 56, "max_pixels": 28 * 28 * 64}
+        patches_NP, (gh, gw) = DocumentEncoder(_tokenizer(tmp_path), cfg.data.model_copy(update=budget), p).image(
+            raw, Counter()
+        )
+        size = {"shortest_edge": budget["min_pixels"], "longest_edge": budget["max_pixels"]}
+        out = processor(images=[Image.open(io.BytesIO(raw)).convert("RGB")], size=size, return_tensors="pt")
+        assert out["image_grid_thw"].tolist() == [[1, gh, gw]]
+        ours_NP = torch.from_numpy(normalise(patches_NP, cfg.data.image_mean, cfg.data.image_std))
+        diff = (to_hf_patches(ours_NP.view(-1, 3, p, p), gh, gw, 2, p) - out["pixel_values"]).abs()
+        assert diff.max().item() <= 2 / 255 / min(want_std) and diff.mean().item() < 0.01  # +-2 of 255, rarely

@@ -7,8 +7,11 @@ What it does:
   - `vision_state_from_hf(hf_state, cfg)`: its tensors -> our `VisionEncoder` state dict
   - `load_pretrained_vision(dir, base)`: a local folder (a whole Qwen2-VL model, or its vision tower saved
     alone) -> (our VisionConfig, our VisionEncoder state dict); a path only, never a hub download
+  - `tower_pixel_stats(dir)`: the tower's per-channel pixel mean/std (its preprocessor_config.json; absent:
+    the defaults of its image processor, CLIP's for Qwen2-VL, 0.5 for SigLIP2)
   - `init_vision_config(cfg, dir)` / `init_vision(encoder, dir)`: `interloom train --init-vision DIR`
-    (the run's model.vision from the folder; the weights loaded in `build_model`, before sharding)
+    (the run's model.vision and data.image_mean/std from the folder; the weights loaded in `build_model`,
+    before sharding)
 
 Mapping (Qwen2-VL `Qwen2VisionTransformerPretrainedModel`):
   patch_embed.proj (Conv3d over T=2 frames, no bias)  -> patch_embed (Linear over 3*p*p): an image is the
@@ -37,7 +40,9 @@ of a SigLIP2 tower: `merge_with_adapter`).
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -51,6 +56,13 @@ log = logging.getLogger(__name__)
 QWEN2_VL_TYPES = ("qwen2_vl", "qwen2_vl_vision")  # a whole Qwen2-VL, or its tower saved alone
 SIGLIP2_TYPES = ("siglip2", "siglip2_vision_model")  # a whole SigLIP2, or its vision model saved alone
 VISION_TYPES = QWEN2_VL_TYPES + SIGLIP2_TYPES
+PREPROCESSOR = "preprocessor_config.json"
+# the image processors' defaults when a folder has no preprocessor_config.json (transformers'
+# OPENAI_CLIP_MEAN/STD for Qwen2VLImageProcessor, IMAGENET_STANDARD_MEAN/STD = 0.5 for Siglip2ImageProcessor)
+PIXEL_STATS = {
+    "qwen2_vl": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "siglip2": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
 
 
 def _vision_section(hf_cfg: dict, where: str) -> tuple[str, dict]:
@@ -225,20 +237,47 @@ def load_pretrained_vision(
     return cfg, convert(read_hf_state(model_dir), cfg, str(model_dir))
 
 
+def tower_pixel_stats(model_dir: str | Path) -> tuple[list[float], list[float]]:
+    """(mean, std) per RGB channel of the pixels the tower was trained on, after x/255: the folder's
+    preprocessor_config.json `image_mean` / `image_std`, or its image processor's defaults (`PIXEL_STATS`)."""
+    model_dir = Path(model_dir)
+    path = model_dir / PREPROCESSOR
+    if not path.is_file():
+        mean, std = PIXEL_STATS[tower_kind(model_dir)]
+        log.info("%s: no %s, using the %s image processor's mean/std", model_dir, PREPROCESSOR, tower_kind(model_dir))
+        return list(mean), list(std)
+    pre = json.loads(path.read_text())
+    if not pre.get("do_normalize", True) or not math.isclose(pre.get("rescale_factor", 1 / 255), 1 / 255):
+        raise ValueError(f"{path}: only do_normalize=true with rescale_factor=1/255 is supported")
+    stats = []
+    for key in ("image_mean", "image_std"):
+        v = pre.get(key)
+        v = [v] * 3 if isinstance(v, int | float) else v
+        if not isinstance(v, list) or len(v) != 3 or not all(isinstance(x, int | float) for x in v):
+            raise ValueError(f"{path}: {key}={pre.get(key)!r} is not one number or three (R, G, B)")
+        stats.append([float(x) for x in v])
+    return stats[0], stats[1]
+
+
 def init_vision_config(cfg, model_dir: str | Path):
-    """`cfg` (a TrainConfig) with the vision tower architecture of `model_dir` and model.init_vision set
-    (`interloom train --init-vision DIR`); the data's patch grid follows model.vision as always."""
+    """`cfg` (a TrainConfig) with the vision tower architecture of `model_dir`, model.init_vision set and
+    data.image_mean/std the tower's (`interloom train --init-vision DIR`); the data's patch grid follows
+    model.vision as always."""
     model_dir = Path(model_dir).resolve()
     vision = vision_config_from_hf(read_hf_config(model_dir), cfg.model.vision, str(model_dir / "config.json"))
+    mean, std = tower_pixel_stats(model_dir)
     data = cfg.model_dump()
     data["model"] |= {"vision": vision.model_dump(), "init_vision": str(model_dir)}
+    data["data"] |= {"image_mean": mean, "image_std": std}
     log.info(
-        "init-vision %s: d_vit %d, %d layers, patch %d, merged width %d",
+        "init-vision %s: d_vit %d, %d layers, patch %d, merged width %d, pixel mean %s std %s",
         model_dir,
         vision.d_vit,
         vision.n_layers,
         vision.patch_size,
         vision.out_dim,
+        mean,
+        std,
     )
     return type(cfg).model_validate(data)
 
