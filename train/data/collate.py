@@ -66,7 +66,7 @@ def collate(rows: list[list[Piece]], seq_len: int, tok: Tokenizer, text_after_im
 
 def normalise(x_NP: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """uint8 patches [N, 3*p*p] (each patch channel-major) -> float32 (x/255 - mean_c) / std_c per channel c."""
-    x_N3Q = x_NP.astype(np.float32).reshape(x_NP.shape[0], 3, -1)
+    x_N3Q = x_NP.astype(np.float32).reshape(x_NP.shape[0], 3, x_NP.shape[1] // 3)
     x_N3Q /= np.float32(255.0)
     x_N3Q -= np.asarray(mean, dtype=np.float32)[:, None]
     x_N3Q /= np.asarray(std, dtype=np.float32)[:, None]
