@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from train.config import TrainConfig
 from train.data import DataConfig
 from train.model.config import ModelConfig
-from train.model.hf import Family, export_decoder, load_pretrained_decoder
+from train.model.hf import Family, export_decoder, load_decoder_into
 from train.model.vlm import VLM
 
 log = logging.getLogger(__name__)
@@ -99,10 +99,12 @@ def load_exported_vlm(out_dir: str | Path) -> VLM:
     if not (out / VLM_CONFIG).is_file():
         raise ValueError(f"{out}: no {VLM_CONFIG} (not written by `interloom export model`)")
     cfg = ModelConfig.model_validate_json((out / VLM_CONFIG).read_text())
-    _, decoder_state, _ = load_pretrained_decoder(out, cfg)
     rest = load_file(out / VLM_REST)
     model = VLM(cfg).to(next(iter(rest.values())).dtype)
-    model.load_state_dict(rest | {f"decoder.{k}": v for k, v in decoder_state.items()}, strict=True)
+    missing, unexpected = model.load_state_dict(rest, strict=False)
+    if unexpected or any(not k.startswith("decoder.") for k in missing):
+        raise ValueError(f"{out / VLM_REST}: does not fit {VLM_CONFIG} (unexpected {unexpected[:3]})")
+    load_decoder_into(model.decoder, out)  # the HF decoder files, shard by shard; every tensor or a ValueError
     return model.eval()
 
 
