@@ -411,3 +411,36 @@ def test_pixels_are_normalised_as_the_towers_image_processor(tmp_path, kind):
         ours_NP = torch.from_numpy(normalise(patches_NP, cfg.data.image_mean, cfg.data.image_std))
         diff = (to_hf_patches(ours_NP.view(-1, 3, p, p), gh, gw, 2, p) - out["pixel_values"]).abs()
         assert diff.max().item() <= 2 / 255 / min(want_std) and diff.mean().item() < 0.01  # +-2 of 255, rarely
+
+
+@pytest.mark.parametrize("kind", ["qwen2_vl", "siglip2"])
+def test_sharded_tower_loads_into_the_encoder_tensor_by_tensor(tmp_path, kind):
+    """`init_vision` (what `--init-vision` runs) writes a tower saved in several shards straight into the
+    encoder, one tensor at a time (SigLIP2's q, k, v into the row blocks of our wqkv), equal to the whole
+    state that the parity tests check against transformers."""
+    from transformers import Siglip2VisionConfig, Siglip2VisionModel
+
+    from train.model.hf.vision import init_vision
+
+    torch.manual_seed(0)
+    if kind == "qwen2_vl":
+        hf = Qwen2VisionTransformerPretrainedModel._from_config(
+            Qwen2VLVisionConfig(depth=3, embed_dim=64, hidden_size=48, num_heads=4, patch_size=P)
+        )
+    else:
+        hf = Siglip2VisionModel(
+            Siglip2VisionConfig(
+                hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, patch_size=P
+            )
+        )
+    for p in hf.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    hf.save_pretrained(tmp_path / "whole")
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    assert len(list((tmp_path / "sharded").glob("*.safetensors"))) >= 3
+    cfg, state = load_pretrained_vision(tmp_path / "whole")
+    encoder = VisionEncoder(cfg)
+    init_vision(encoder, tmp_path / "sharded")
+    got = encoder.state_dict()
+    assert all(torch.equal(got[k], t) for k, t in state.items())
+    assert set(got) - set(state) == ({"merge.weight", "merge.bias"} if kind == "siglip2" else set())

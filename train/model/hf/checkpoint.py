@@ -52,7 +52,7 @@ def read_hf_config(model_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _weight_files(model_dir: Path) -> dict[str, Path]:
+def weight_files(model_dir: Path) -> dict[str, Path]:
     """HF key -> safetensors file that holds it."""
     if (model_dir / INDEX).is_file():
         weight_map = json.loads((model_dir / INDEX).read_text())["weight_map"]
@@ -65,7 +65,7 @@ def _weight_files(model_dir: Path) -> dict[str, Path]:
 
 def read_hf_state(model_dir: str | Path, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
     """HF tensors of a folder (all, or `keys`), read from its safetensors file(s)."""
-    files = _weight_files(Path(model_dir))
+    files = weight_files(Path(model_dir))
     with ExitStack() as stack:
         handles = {p: stack.enter_context(safe_open(p, "pt")) for p in set(files.values())}
         return {k: handles[files[k]].get_tensor(k) for k in (keys or files)}
@@ -80,7 +80,7 @@ def load_pretrained_decoder(
     hf_cfg = read_hf_config(model_dir)
     cfg = config_from_hf(hf_cfg, base, where=str(model_dir / "config.json"))
     fam = FAMILIES[hf_cfg["model_type"]]
-    files = _weight_files(model_dir)
+    files = weight_files(model_dir)
     with ExitStack() as stack:
         handles = {p: stack.enter_context(safe_open(p, "pt")) for p in set(files.values())}
 
@@ -146,7 +146,7 @@ def load_decoder_into(
     for ours, hf in key_map(src, fam).items():
         for e, key in enumerate([hf] if isinstance(hf, str) else hf):
             origin[key] = (ours, None if isinstance(hf, str) else e)
-    files = _weight_files(model_dir)
+    files = weight_files(model_dir)
     if missing := sorted(set(origin) - set(files)):
         raise ValueError(f"{model_dir}: checkpoint lacks {missing[0]} (needed by {fam.model_type})")
     by_file: dict[Path, list[str]] = {}
