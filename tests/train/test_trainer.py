@@ -127,6 +127,20 @@ def test_config_errors_are_clear(tmp_path):
         load_config(TrainConfig, resolve_recipe("debug-cpu"), ['stages=[{"steps": 2, "min_pixels": 8192}]'])
     with pytest.raises(ValueError, match="data.corpus is empty"):
         run_training(load_config(TrainConfig, resolve_recipe("debug-cpu"), [f"run.output={tmp_path}"]))
+    from pipeline.cli import build_parser
+    from pipeline.cli.train import resolve_config
+
+    def resolve(*argv: str) -> TrainConfig:
+        return resolve_config(build_parser().parse_args(["train", "pretrain", "--output", str(tmp_path), *argv]))
+
+    with pytest.raises(ValueError, match="--init-from brings the whole model"):
+        resolve("--init-from", str(tmp_path), "--init-llm", str(tmp_path))
+    with pytest.raises(ValueError, match="neither a checkpoint"):
+        resolve("--init-from", str(tmp_path / "nothing"))
+    with pytest.raises(ValueError, match="run.max_steps"):
+        resolve("--max-steps", "0")
+    with pytest.raises(ValueError, match=r"image_std=\[0.5, 0.0, 0.5\]"):
+        resolve("--set", "data.image_std=[0.5, 0, 0.5]")
 
 
 @pytest.mark.slow

@@ -157,8 +157,8 @@ def load_decoder_into(
         for path in sorted(by_file):  # one shard mapped at a time; its pages go when it closes
             with safe_open(path, "pt") as f:
                 for key in by_file[path]:
-                    ours, e = origin[key]
-                    written.add(_assign(targets, ours, e, f.get_tensor(key), upcycling, new_token_ids, key))
+                    ours, expert = origin[key]
+                    written.add(_assign(targets, ours, expert, f.get_tensor(key), upcycling, new_token_ids, key))
         if upcycling:  # the routers upcycle() draws, in the same order
             gen = torch.Generator().manual_seed(router_seed)
             for i in range(dst.n_layers):
