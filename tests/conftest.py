@@ -69,3 +69,17 @@ def dev_corpus(tmp_path_factory, ray_local):
     cfg = load_config(BuildConfig, None, ["ray.workers=2", *DEV_SETTINGS])
     stats = build_corpus(dev_warcs(), out, cfg, progress=False)
     return out, stats
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory, ray_local) -> Path:
+    """The corpus `make demo` (`interloom demo`) builds: the embedded sample WARC (pipeline/sample.py: real
+    prose and real photos, planted duplicates and junk) built with the default settings, once per session."""
+    from corpus.config import load_config
+    from pipeline.build import BuildConfig, build_corpus
+    from pipeline.sample import make_sample
+
+    out = tmp_path_factory.mktemp("demo")
+    warc = make_sample(out / "sample")
+    build_corpus([str(warc)], out / "corpus", load_config(BuildConfig, None, []), progress=False)
+    return out / "corpus"

@@ -103,10 +103,10 @@ class Checkpointer:
         self._close()
 
     def save_if_due(self, step: int, stage: int, state: TrainState, loader: Loader, metrics: dict[str, Any]) -> bool:
-        """Every run.checkpoint_every steps and at the last step: save, report to Ray Train, run the hooks."""
+        """Every run.checkpoint_every steps and at the last step (`TrainConfig.last_step`): save, report to Ray Train, run the hooks."""
         import ray.train
 
-        if step % self.cfg.run.checkpoint_every and step != self.cfg.total_steps:
+        if step % self.cfg.run.checkpoint_every and step != self.cfg.last_step:
             return False
         tmp = Path(tempfile.mkdtemp(prefix=f"interloom-ckpt-{self.rank}-"))
         try:

@@ -97,6 +97,10 @@ class RunSection(Section):
     cpus_per_worker: float = 1.0
     threads_per_worker: int = Field(1, ge=1)  # torch intra-op threads per CPU worker
     max_failures: int = 0  # worker failures Ray Train restarts from the last checkpoint
+    # stop this invocation after this many optimizer steps (checkpointed there); the stages, their schedule
+    # and pixel budgets stay the recipe's, and running again with a larger value (or none) continues the run.
+    # None: run every stage to the end
+    max_steps: int | None = Field(None, ge=1)
     peak_flops: float | None = None  # per device, for MFU; None: the bf16 dense peak of the GPU by name
     #                                  (train/flops.py), or the assumed CPU peak below
     cpu_peak_flops: float = 1e11  # ASSUMED peak of one CPU worker (not measured); MFU on CPU is indicative
@@ -142,6 +146,11 @@ class TrainConfig(Section):
     @property
     def total_steps(self) -> int:
         return sum(s.steps for s in self.stages)
+
+    @property
+    def last_step(self) -> int:
+        """Where this invocation stops: the end of the stages, or run.max_steps if that comes first."""
+        return min(self.total_steps, self.run.max_steps or self.total_steps)
 
     def stage_at(self, step: int) -> tuple[int, int]:
         """(stage index, first step of that stage) for optimizer step `step` (0-based)."""

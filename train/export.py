@@ -13,6 +13,10 @@ to it what interloom needs to rebuild the whole VLM:
                               eval` / `generate` on the folder
 `load_exported_vlm(dir)` rebuilds the VLM from these and the HF decoder files, tensor for tensor equal to
 the checkpoint (in the dtype exported).
+
+`init_from_config(cfg, path, run_dir)` / `load_start_vlm(path)`: `interloom train --init-from CKPT` starts a
+run from such a checkpoint or exported folder (e.g. `pretrain` after `align`): its model config, weights,
+tokenizer and pixel normalisation, with the new recipe's stages, optimizer, batch and pixel budgets.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from train.config import TrainConfig
+from train.data import DataConfig
 from train.model.config import ModelConfig
-from train.model.hf import Family, export_decoder, load_pretrained_decoder
+from train.model.hf import Family, export_decoder, load_decoder_into
 from train.model.vlm import VLM
 
 log = logging.getLogger(__name__)
@@ -58,7 +63,7 @@ def load_trained_model(path: str | Path) -> tuple[VLM, TrainConfig, Path]:
     cfg = TrainConfig.model_validate(json.loads(config_path.read_text()))
     model = VLM(cfg.model)
     state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=str(ckpt / "dcp"))
+    dcp.load(state, checkpoint_id=str(ckpt / "dcp"), no_dist=True)  # this process reads every shard
     model.load_state_dict(state["model"])
     log.info(
         "loaded %s (step %s)",
@@ -94,8 +99,51 @@ def load_exported_vlm(out_dir: str | Path) -> VLM:
     if not (out / VLM_CONFIG).is_file():
         raise ValueError(f"{out}: no {VLM_CONFIG} (not written by `interloom export model`)")
     cfg = ModelConfig.model_validate_json((out / VLM_CONFIG).read_text())
-    _, decoder_state, _ = load_pretrained_decoder(out, cfg)
     rest = load_file(out / VLM_REST)
     model = VLM(cfg).to(next(iter(rest.values())).dtype)
-    model.load_state_dict(rest | {f"decoder.{k}": v for k, v in decoder_state.items()}, strict=True)
+    missing, unexpected = model.load_state_dict(rest, strict=False)
+    if unexpected or any(not k.startswith("decoder.") for k in missing):
+        raise ValueError(f"{out / VLM_REST}: does not fit {VLM_CONFIG} (unexpected {unexpected[:3]})")
+    load_decoder_into(model.decoder, out)  # the HF decoder files, shard by shard; every tensor or a ValueError
     return model.eval()
+
+
+def load_start_vlm(path: str | Path) -> VLM:
+    """The VLM of an exported folder (has interloom_model.json) or of a checkpoint / run directory."""
+    return load_exported_vlm(path) if (Path(path) / VLM_CONFIG).is_file() else load_trained_model(path)[0]
+
+
+def init_from_config(cfg: TrainConfig, path: str | Path, run_dir: str | Path) -> TrainConfig:
+    """`cfg` whose model is that of `path` (an exported folder, a checkpoint or a run directory: its latest
+    checkpoint), to start from its weights (model.init_from, loaded by `build_model`): its architecture and
+    loss weights, its tokenizer (copied to RUN_DIR/tokenizer.json) and pixel mean/std. The recipe keeps its
+    stages, optimizer, batch, pixel budgets and how attention runs (model.attention, activation
+    checkpointing, compile). The optimizer and the step start afresh."""
+    src = Path(path).resolve()
+    if (src / VLM_CONFIG).is_file():
+        model = ModelConfig.model_validate_json((src / VLM_CONFIG).read_text())
+        if not (src / DATA_CONFIG).is_file():
+            raise ValueError(f"--init-from {src}: no {DATA_CONFIG} (export it again with `interloom export model`)")
+        data = DataConfig.model_validate_json((src / DATA_CONFIG).read_text())
+        tok, start = src / "tokenizer.json", src
+    else:
+        start = find_checkpoint(src)
+        run_cfg = TrainConfig.model_validate(json.loads((start.parent / "config.json").read_text()))
+        model, data, tok = run_cfg.model, run_cfg.data, Path(run_cfg.data.tokenizer)
+    if not tok.is_file():
+        raise ValueError(f"--init-from {src}: its tokenizer {tok} is missing")
+    out = Path(run_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if tok.resolve() != (out / "tokenizer.json").resolve():
+        shutil.copyfile(tok, out / "tokenizer.json")
+    runtime = {k: getattr(cfg.model, k) for k in ("attention", "activation_checkpointing", "compile")}
+    fresh = {"init_llm": "", "init_vision": "", "init_upcycle": False, "init_from": str(start)}
+    merged = cfg.model_dump()
+    merged["model"] = model.model_dump() | runtime | fresh
+    merged["data"] |= {
+        "tokenizer": str(out / "tokenizer.json"),
+        "image_mean": list(data.image_mean),
+        "image_std": list(data.image_std),
+    }
+    log.info("init-from %s: the run starts from its model, tokenizer and pixel statistics", start)
+    return TrainConfig.model_validate(merged)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from train.data import DataConfig
+from train.data.collate import normalise
 from train.data.encode import DocumentEncoder
 from train.model.decoder import KVCache
 from train.model.vlm import VLM
@@ -83,10 +84,10 @@ def encode_prompt(
             raise ValueError(f"image {i + 1} could not be used: {dict(counters)}")
         patches_NP, (gh, gw) = got
         ids.extend([tok.img_start_id] + [tok.image_id] * ((gh // merge) * (gw // merge)) + [tok.img_end_id])
-        patches.append(torch.from_numpy(patches_NP).float() / 255.0)
+        patches.append(torch.from_numpy(normalise(patches_NP, data.image_mean, data.image_std)))
         grids.append((gh, gw))
     P = 3 * patch_size * patch_size
-    pixels_NP = ((torch.cat(patches) - data.image_mean) / data.image_std) if patches else torch.zeros(0, P)
+    pixels_NP = torch.cat(patches) if patches else torch.zeros(0, P)
     return Prompt(torch.tensor(ids, dtype=torch.long), pixels_NP, torch.tensor(grids, dtype=torch.long).view(-1, 2))
 
 

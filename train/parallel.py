@@ -38,7 +38,8 @@ DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 def build_model(cfg: TrainConfig, device: torch.device) -> VLM:
     """The VLM on `device`, seeded by run.seed (identical on every rank), its decoder loaded from
-    model.init_llm and its vision tower from model.init_vision if set, sharded with FSDP2 if configured."""
+    model.init_llm and its vision tower from model.init_vision if set (or the whole VLM from model.init_from),
+    sharded with FSDP2 if configured."""
     from train.model import VLM
 
     torch.manual_seed(cfg.run.seed)
@@ -51,6 +52,10 @@ def build_model(cfg: TrainConfig, device: torch.device) -> VLM:
         from train.model.hf.vision import init_vision
 
         init_vision(model.vision, cfg.model.init_vision)
+    if cfg.model.init_from:  # a whole interloom VLM (interloom train --init-from), before sharding
+        from train.export import load_start_vlm
+
+        model.load_state_dict(load_start_vlm(cfg.model.init_from).state_dict(), strict=True)
     model = model.to(device)
     dp, param_dtype = cfg.parallel.resolved(cfg.run.use_gpu)
     if dp == "fsdp":

@@ -243,7 +243,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(cfg.run.threads_per_worker)
     model = build_model(cfg, device)
     peak, assumed = peak_flops(device, cfg.run.peak_flops, cfg.run.cpu_peak_flops)
-    flops, total = FlopCounter.of(model), cfg.total_steps
+    flops, total = FlopCounter.of(model), cfg.last_step  # the stages' end, or run.max_steps
 
     with Checkpointer(cfg, rank, world, after_save=fault_hooks(cfg)) as ckpt:
         step = ckpt.step

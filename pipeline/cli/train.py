@@ -20,6 +20,8 @@ examples:
   interloom train debug-cpu --corpus corpus/ --val-corpus val/ --set run.eval_every=20   held-out losses
   interloom train run.yaml --corpus corpus/ --follow                     while `interloom build` writes it
   interloom train multi-gpu --corpus s3://bucket/corpus --address ray://head:10001 --set run.num_workers=16
+  interloom train align --corpus corpus/ --output runs/align --init-llm models/Qwen3-1.7B --init-vision models/Qwen2-VL-2B-Instruct
+  interloom train pretrain --corpus corpus/ --output runs/pretrain --init-from runs/align
 
 config sections: data, model, optim, stages, parallel, run (train/config.py); a recipe shows a full YAML file.
 """
@@ -33,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", help="YAML file or recipe name: debug-cpu | single-gpu | multi-gpu")
+    p.add_argument("config", help="YAML file or recipe name: debug-cpu | single-gpu | multi-gpu | align | pretrain")
     p.add_argument("--corpus", metavar="PATH", help="corpus directory or fsspec URL (sets data.corpus)")
     p.add_argument(
         "--output",
@@ -79,11 +81,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="start the vision tower from a local Hugging Face folder (a Qwen2-VL or SigLIP2 model, or its "
         "vision tower saved alone; picked by config.json model_type): its architecture (model.vision) and weights; the adapter stays new",
     )
+    p.add_argument(
+        "--init-from",
+        metavar="CKPT",
+        default=None,
+        help="start from an interloom run, checkpoint or exported folder (e.g. `pretrain` after `align`): its "
+        "model, weights, tokenizer and pixel statistics; the recipe's stages and optimizer (sets model.init_from)",
+    )
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after N optimizer steps (checkpointed); the recipe's stages and schedule are unchanged and "
+        "running again with a larger N continues (sets run.max_steps)",
+    )
     p.add_argument("--address", default=None, metavar="ADDR", help="Ray cluster address (default: a local instance)")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def resolve_config(args: argparse.Namespace):
+    """The run's TrainConfig from the command line: the recipe, its overrides, then the model folders
+    (--init-llm / --init-vision) or the checkpoint (--init-from) it starts from. Checks the corpus."""
     from corpus.config import load_config
     from train.config import TrainConfig, resolve_recipe
 
@@ -98,7 +117,15 @@ def run(args: argparse.Namespace) -> int:
         overrides.insert(0, f"run.val_corpus={args.val_corpus}")
     if args.upcycle:
         overrides.insert(0, "model.init_upcycle=true")
+    if args.max_steps is not None:
+        overrides.insert(0, f"run.max_steps={args.max_steps}")
     cfg = load_config(TrainConfig, resolve_recipe(args.config), overrides)
+    if args.init_from:
+        if args.init_llm or args.init_vision:
+            raise ValueError("--init-from brings the whole model: use it without --init-llm / --init-vision")
+        from train.export import init_from_config
+
+        cfg = init_from_config(cfg, args.init_from, cfg.run.output)
     if args.init_llm:
         from pathlib import Path
 
@@ -116,7 +143,11 @@ def run(args: argparse.Namespace) -> int:
         from corpus.format import Corpus
 
         Corpus(cfg.data.corpus)  # ValueError "not a corpus: ..." when it has no manifest
+    return cfg
 
+
+def run(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
     import ray
     import ray.train
 

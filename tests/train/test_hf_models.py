@@ -415,3 +415,84 @@ def test_train_from_pretrained_then_export_reloads_in_transformers(ray_local, de
     ids_BT = torch.randint(0, 300, (2, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (decoder_logits(model.decoder, ids_BT) - reloaded(input_ids=ids_BT).logits).abs().max() <= TOL
+
+
+# Run in a fresh process: build the decoder, reset the peak RSS (VmHWM, /proc/self/clear_refs), load, and
+# report how far the peak rose above the RSS before the load.
+_PEAK_RSS = """
+import json, sys
+from train.model.decoder import Decoder
+from train.model.hf import config_from_hf, load_decoder_into, load_pretrained_decoder, read_hf_config
+
+def kib(field):
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field))
+
+how, folder = sys.argv[1], sys.argv[2]
+decoder = Decoder(config_from_hf(read_hf_config(folder)))
+open("/proc/self/clear_refs", "w").write("5")
+before = kib("VmRSS")
+if how == "stream":
+    load_decoder_into(decoder, folder)
+else:  # the whole state dict first, then into the model: a second copy of the weights
+    decoder.load_state_dict(load_pretrained_decoder(folder)[1])
+print(json.dumps({"growth": (kib("VmHWM") - before) * 1024}))
+"""
+
+
+def test_sharded_checkpoint_loads_one_shard_at_a_time(tmp_path):
+    """A checkpoint in several shards (save_pretrained(max_shard_size=...)) loads into a built decoder with
+    `load_decoder_into` equal to the unsharded load, and its peak memory stays near one shard: the peak
+    RSS of a fresh process rises by less than twice the largest shard plus 8 MB during the load (the
+    shard's mapped pages and one tensor), far below the model's size, which the whole-state-dict load
+    (`load_pretrained_decoder` + `load_state_dict`) exceeds in the same measurement."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from train.model.hf import load_decoder_into
+
+    config = transformers.Qwen3MoeConfig(
+        vocab_size=8192,
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        intermediate_size=512,
+        moe_intermediate_size=256,
+        num_experts=16,
+        num_experts_per_tok=2,
+        norm_topk_prob=True,
+    )
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(config).float()
+    hf.save_pretrained(tmp_path / "whole")
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="8MB")
+    shards = sorted((tmp_path / "sharded").glob("*.safetensors"))
+    model_bytes = sum(p.numel() * 4 for p in hf.parameters())
+    largest = max(p.stat().st_size for p in shards)
+    assert len(shards) >= 6 and model_bytes > 60e6 and largest < 10e6
+
+    cfg, state, _ = load_pretrained_decoder(tmp_path / "whole")
+    streamed = Decoder(cfg)
+    load_decoder_into(streamed, tmp_path / "sharded")
+    got = streamed.state_dict()
+    assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
+
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), *sys.path])}
+
+    def growth(how: str) -> int:
+        run = subprocess.run(
+            [sys.executable, "-c", _PEAK_RSS, how, str(tmp_path / "sharded")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stderr
+        return json.loads(run.stdout.splitlines()[-1])["growth"]
+
+    bound = 2 * largest + 8 * 2**20
+    assert growth("stream") < bound < model_bytes
+    assert growth("state_dict") > model_bytes  # the measurement sees a second copy when there is one

@@ -93,15 +93,20 @@ def test_stages_and_schedule():
     assert math.isclose(lr_at(cfg, 499), 1e-3)
     assert math.isclose(lr_at(cfg, cfg.total_steps - 1), 0.1 * cfg.optim.lr, rel_tol=1e-3)
     # progressive resolution: each stage's pixel budget, data.* where a stage sets none
-    pre = load_config(TrainConfig, resolve_recipe("pretrain"))
-    assert [s.trainable for s in pre.stages] == ["adapter", "adapter+vision", "all"]
-    assert [(pre.stage_data(i).min_pixels, pre.stage_data(i).max_pixels) for i in range(3)] == [
-        (112 * 112, 224 * 224),
+    pre = load_config(TrainConfig, resolve_recipe("pretrain"))  # after `align` (224x224, adapter only)
+    assert [s.trainable for s in pre.stages] == ["adapter+vision", "all"]
+    assert [(pre.stage_data(i).min_pixels, pre.stage_data(i).max_pixels) for i in range(2)] == [
         (112 * 112, 448 * 448),
         (224 * 224, 896 * 896),
     ]
     assert cfg.stage_data(0) is cfg.data
-    assert [s.trainable for s in load_config(TrainConfig, resolve_recipe("align")).stages] == ["adapter"]
+    align = load_config(TrainConfig, resolve_recipe("align"))
+    assert [s.trainable for s in align.stages] == ["adapter"]
+    assert (align.stage_data(0).min_pixels, align.stage_data(0).max_pixels) == (112 * 112, 224 * 224)
+    # run.max_steps stops an invocation early without touching the stages or their schedule
+    early = load_config(TrainConfig, resolve_recipe("align"), ["run.max_steps=20"])
+    assert (early.last_step, early.total_steps, align.last_step) == (20, 2000, 2000)
+    assert early.stages == align.stages and lr_at(early, 19) == lr_at(align, 19)
 
     from train.model import VLM
 
@@ -122,6 +127,20 @@ def test_config_errors_are_clear(tmp_path):
         load_config(TrainConfig, resolve_recipe("debug-cpu"), ['stages=[{"steps": 2, "min_pixels": 8192}]'])
     with pytest.raises(ValueError, match="data.corpus is empty"):
         run_training(load_config(TrainConfig, resolve_recipe("debug-cpu"), [f"run.output={tmp_path}"]))
+    from pipeline.cli import build_parser
+    from pipeline.cli.train import resolve_config
+
+    def resolve(*argv: str) -> TrainConfig:
+        return resolve_config(build_parser().parse_args(["train", "pretrain", "--output", str(tmp_path), *argv]))
+
+    with pytest.raises(ValueError, match="--init-from brings the whole model"):
+        resolve("--init-from", str(tmp_path), "--init-llm", str(tmp_path))
+    with pytest.raises(ValueError, match="neither a checkpoint"):
+        resolve("--init-from", str(tmp_path / "nothing"))
+    with pytest.raises(ValueError, match="run.max_steps"):
+        resolve("--max-steps", "0")
+    with pytest.raises(ValueError, match=r"image_std=\[0.5, 0.0, 0.5\]"):
+        resolve("--set", "data.image_std=[0.5, 0, 0.5]")
 
 
 @pytest.mark.slow

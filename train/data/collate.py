@@ -6,6 +6,7 @@ consuming process (loader.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -63,11 +64,16 @@ def collate(rows: list[list[Piece]], seq_len: int, tok: Tokenizer, text_after_im
     )
 
 
-def normalise_pixels(batch: Batch, mean: float, std: float) -> Batch:
-    """Raw batch (uint8 pixels) -> the contract's float32 pixels (x/255 - mean) / std: in place on one
-    float32 copy (vectorised numpy, which releases the GIL), the same float32 values as the formula."""
-    x = batch.pixel_values_NP.numpy().astype(np.float32)
-    x /= np.float32(255.0)
-    x -= np.float32(mean)
-    x /= np.float32(std)
-    return replace(batch, pixel_values_NP=torch.from_numpy(x))
+def normalise(x_NP: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 patches [N, 3*p*p] (each patch channel-major) -> float32 (x/255 - mean_c) / std_c per channel c."""
+    x_N3Q = x_NP.astype(np.float32).reshape(x_NP.shape[0], 3, x_NP.shape[1] // 3)
+    x_N3Q /= np.float32(255.0)
+    x_N3Q -= np.asarray(mean, dtype=np.float32)[:, None]
+    x_N3Q /= np.asarray(std, dtype=np.float32)[:, None]
+    return x_N3Q.reshape(x_NP.shape)
+
+
+def normalise_pixels(batch: Batch, mean: Sequence[float], std: Sequence[float]) -> Batch:
+    """Raw batch (uint8 pixels) -> the contract's float32 pixels (x/255 - mean_c) / std_c per channel: in
+    place on one float32 copy (vectorised numpy, which releases the GIL)."""
+    return replace(batch, pixel_values_NP=torch.from_numpy(normalise(batch.pixel_values_NP.numpy(), mean, std)))

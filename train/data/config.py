@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from corpus.config import Section
+
+RGB = tuple[float, float, float]
 
 
 class DataConfig(Section):
@@ -20,11 +22,26 @@ class DataConfig(Section):
     max_decode_pixels: int = 40_000_000  # refuse to decode larger images (decompression bombs)
     max_aspect_ratio: float = 20.0  # longer side / shorter side; beyond it the image is dropped
     text_after_image: int = 32  # tokens after <img_end> that are the image's text for the contrastive loss
-    image_mean: float = 0.5  # pixels -> (x/255 - mean) / std
-    image_std: float = 0.5
+    # per channel (R, G, B): pixels -> (x/255 - mean_c) / std_c; one number sets all three. `--init-vision`
+    # takes the tower's own values (its preprocessor_config.json: CLIP's for Qwen2-VL, 0.5 for SigLIP2)
+    image_mean: RGB = (0.5, 0.5, 0.5)
+    image_std: RGB = (0.5, 0.5, 0.5)
     follow: bool = False  # keep reading new manifest lines while a build is writing
     poll_s: float = 2.0  # follow mode: seconds between manifest polls
     num_workers: int = 0  # torch DataLoader worker processes per rank (0 = in the training process)
     # threads of the training process that turn a batch's uint8 pixels into float32, one batch each, ahead
     # of the trainer (~30 ms per single-gpu batch here: one thread keeps up with ~30 batches/s)
     pixel_threads: int = Field(1, ge=1)
+
+    @field_validator("image_mean", "image_std", mode="before")
+    @classmethod
+    def _per_channel(cls, v: object) -> object:
+        """A single number is the same value on every channel."""
+        return (v, v, v) if isinstance(v, int | float) else v
+
+    @field_validator("image_std")
+    @classmethod
+    def _positive(cls, v: RGB) -> RGB:
+        if min(v) <= 0:
+            raise ValueError(f"data.image_std={list(v)}: every channel's std must be > 0")
+        return v

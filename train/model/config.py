@@ -150,6 +150,9 @@ class ModelConfig(Section):
     init_llm: str = ""  # a Hugging Face model folder whose decoder weights the run starts from (--init-llm)
     init_vision: str = ""  # a Hugging Face model folder whose vision tower the run starts from (--init-vision)
     init_upcycle: bool = False  # init_llm of a dense family: upcycle it into moe.n_experts experts, top-k moe.top_k
+    # an interloom checkpoint or exported folder whose whole VLM the run starts from (--init-from; e.g. the
+    # `pretrain` recipe after an `align` run)
+    init_from: str = ""
     image_token_id: int = 4  # id of <|image|>; index in SPECIAL_TOKENS when specials are added first
     # attention within documents / images (train/model/attention.py): "auto" = flex on CUDA, varlen
     # elsewhere; "varlen" = per-segment SDPA, any device; "flex" = flex_attention block masks (CUDA to

@@ -3,6 +3,8 @@
 What it does (torchtitan style: the model is ours, a converter maps names and layouts both ways):
   - `load_pretrained_decoder(dir)`: a local HF model folder (config.json + model.safetensors or a sharded
     model.safetensors.index.json; a path only, never a hub download) -> (ModelConfig, decoder state dict)
+  - `load_decoder_into(decoder, dir)`: the same folder straight into a built decoder, one shard at a time,
+    never a second copy of the weights (vocabulary resize and upcycling per tensor): what training uses
   - `upcycle(cfg, state, n_experts, top_k)`: a dense decoder -> an MoE one whose experts are copies of the
     dense FFN (sparse upcycling, Komatsuzaki et al. 2022); its first forward equals the dense model's
   - `export_decoder(decoder, out_dir)`: our decoder -> an HF folder that `transformers` loads
@@ -16,6 +18,7 @@ qk_norm, qkv_bias, tie_embeddings, rope_scaling, moe.gate, moe.d_shared, moe.sha
 from train.model.hf.checkpoint import (
     decoder_logits,
     export_decoder,
+    load_decoder_into,
     load_pretrained_decoder,
     read_hf_config,
     read_hf_state,
@@ -40,6 +43,7 @@ __all__ = [
     "decoder_logits",
     "export_decoder",
     "infer_family",
+    "load_decoder_into",
     "load_pretrained_decoder",
     "read_hf_config",
     "read_hf_state",

@@ -3,12 +3,21 @@
 A folder holds `config.json` and either `model.safetensors` or shards listed by
 `model.safetensors.index.json` ({"weight_map": {key: file}}). Tensors are read lazily, one at a time, from
 memory-mapped safetensors files. Nothing is downloaded: a path that is not such a folder is a ValueError.
+
+  load_decoder_into(decoder, dir)  the weights of a folder copied straight into a built decoder, one shard
+                                   open at a time, one tensor read at a time (peak memory: the model plus the
+                                   open shard's pages, never a second copy of the weights); with the
+                                   vocabulary resize and sparse upcycling of `--init-llm` applied per tensor.
+                                   What `build_model`, `load_exported_vlm` use
+  load_pretrained_decoder(dir)     (our config, a state dict, family): the whole state at once, for small
+                                   models and tests
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -24,6 +33,7 @@ from train.model.hf.convert import (
     config_from_hf,
     config_to_hf,
     infer_family,
+    key_map,
     mismatch,
     state_from_hf,
     state_to_hf,
@@ -42,7 +52,7 @@ def read_hf_config(model_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _weight_files(model_dir: Path) -> dict[str, Path]:
+def weight_files(model_dir: Path) -> dict[str, Path]:
     """HF key -> safetensors file that holds it."""
     if (model_dir / INDEX).is_file():
         weight_map = json.loads((model_dir / INDEX).read_text())["weight_map"]
@@ -55,7 +65,7 @@ def _weight_files(model_dir: Path) -> dict[str, Path]:
 
 def read_hf_state(model_dir: str | Path, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
     """HF tensors of a folder (all, or `keys`), read from its safetensors file(s)."""
-    files = _weight_files(Path(model_dir))
+    files = weight_files(Path(model_dir))
     with ExitStack() as stack:
         handles = {p: stack.enter_context(safe_open(p, "pt")) for p in set(files.values())}
         return {k: handles[files[k]].get_tensor(k) for k in (keys or files)}
@@ -70,7 +80,7 @@ def load_pretrained_decoder(
     hf_cfg = read_hf_config(model_dir)
     cfg = config_from_hf(hf_cfg, base, where=str(model_dir / "config.json"))
     fam = FAMILIES[hf_cfg["model_type"]]
-    files = _weight_files(model_dir)
+    files = weight_files(model_dir)
     with ExitStack() as stack:
         handles = {p: stack.enter_context(safe_open(p, "pt")) for p in set(files.values())}
 
@@ -89,6 +99,115 @@ def load_pretrained_decoder(
         cfg.vocab_size,
     )
     return cfg, state, fam
+
+
+EMBEDDING_KEYS = ("tok_embeddings.weight", "output.weight")
+ARCHITECTURE = ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "qk_norm", "qkv_bias", "tie_embeddings")
+
+
+def _fill_rows(dest_VD: torch.Tensor, src_VD: torch.Tensor, new_ids: Sequence[int]) -> None:
+    """Embedding rows: the pretrained ones where both have them; rows beyond them and the rows of `new_ids`
+    (special tokens added to the tokenizer) the mean of the pretrained rows (Hewitt 2021: a new token starts
+    as the average word, not as noise that dominates the softmax)."""
+    mean_D = src_VD.float().mean(dim=0).to(dest_VD.dtype)
+    keep = min(src_VD.shape[0], dest_VD.shape[0])
+    dest_VD[:keep].copy_(src_VD[:keep])
+    dest_VD[keep:] = mean_D
+    dest_VD[[i for i in new_ids if i < dest_VD.shape[0]]] = mean_D
+
+
+def load_decoder_into(
+    decoder: Decoder, model_dir: str | Path, new_token_ids: Sequence[int] = (), router_seed: int = 0
+) -> Family:
+    """Copy a local HF folder's weights into `decoder` (built from a config of the folder's architecture),
+    shard by shard and tensor by tensor, so that no second copy of the weights is ever held.
+
+    - the vocabulary may differ (our tokenizer adds special tokens, padded to a multiple of 64): embedding
+      and LM-head rows as `_fill_rows`
+    - a dense folder into an MoE decoder is sparse upcycling (`convert.upcycle`, Komatsuzaki et al. 2022):
+      each dense FFN tensor is copied into every expert, routers drawn N(0, 0.02) from `router_seed`, as
+      `upcycle` does, so the first forward equals the dense model's
+    Every tensor of the decoder is written exactly once, or the folder is refused (ValueError)."""
+    model_dir = Path(model_dir)
+    where = str(model_dir / "config.json")
+    hf_cfg = read_hf_config(model_dir)
+    src = config_from_hf(hf_cfg, decoder.cfg, where=where)
+    fam, dst = FAMILIES[hf_cfg["model_type"]], decoder.cfg
+    if diff := [f for f in ARCHITECTURE if getattr(src, f) != getattr(dst, f)]:
+        raise ValueError(f"{model_dir}: its {', '.join(diff)} differ from the run's decoder (model.*)")
+    src_moe = [src.is_moe_layer(i) for i in range(src.n_layers)]
+    dst_moe = [dst.is_moe_layer(i) for i in range(dst.n_layers)]
+    upcycling = not any(src_moe) and any(dst_moe)
+    experts = ("n_experts", "d_expert", "shared_hidden", "shared_gate")
+    if not upcycling and (src_moe != dst_moe or any(getattr(src.moe, f) != getattr(dst.moe, f) for f in experts)):
+        raise ValueError(f"{model_dir}: its MoE layers or experts differ from the run's model.moe")
+    targets = dict(decoder.named_parameters()) | dict(decoder.named_buffers())
+    origin: dict[str, tuple[str, int | None]] = {}  # HF key -> (our key, expert index or None)
+    for ours, hf in key_map(src, fam).items():
+        for e, key in enumerate([hf] if isinstance(hf, str) else hf):
+            origin[key] = (ours, None if isinstance(hf, str) else e)
+    files = weight_files(model_dir)
+    if missing := sorted(set(origin) - set(files)):
+        raise ValueError(f"{model_dir}: checkpoint lacks {missing[0]} (needed by {fam.model_type})")
+    by_file: dict[Path, list[str]] = {}
+    for key in origin:
+        by_file.setdefault(files[key], []).append(key)
+    written: set[str] = set()
+    with torch.no_grad():
+        for path in sorted(by_file):  # one shard mapped at a time; its pages go when it closes
+            with safe_open(path, "pt") as f:
+                for key in by_file[path]:
+                    ours, expert = origin[key]
+                    written.add(_assign(targets, ours, expert, f.get_tensor(key), upcycling, new_token_ids, key))
+        if upcycling:  # the routers upcycle() draws, in the same order
+            gen = torch.Generator().manual_seed(router_seed)
+            for i in range(dst.n_layers):
+                router = targets[f"layers.{i}.ffn.router.weight"]
+                router.copy_(torch.randn(router.shape, generator=gen) * 0.02)
+                written.add(f"layers.{i}.ffn.router.weight")
+        for key, t in targets.items():  # no HF family has the expert-selection bias: it starts at 0
+            if key.endswith("expert_bias_E"):
+                t.zero_()
+                written.add(key)
+    if left := sorted(set(targets) - written):
+        raise ValueError(f"{model_dir}: nothing in the checkpoint for {left[0]} ({len(left)} tensors)")
+    log.info("loaded %s decoder from %s (%d files, one at a time)", fam.model_type, model_dir, len(by_file))
+    return fam
+
+
+_UPCYCLED = {"w1.weight": "w1_EDF", "w3.weight": "w3_EDF", "w2.weight": "w2_EFD"}  # dense FFN -> experts
+
+
+def _assign(
+    targets: dict[str, torch.Tensor],
+    ours: str,
+    e: int | None,
+    t: torch.Tensor,
+    upcycling: bool,
+    new_token_ids: Sequence[int],
+    hf_key: str,
+) -> str:
+    """Write one HF tensor into its place in the decoder; returns the decoder key written."""
+    prefix, _, leaf = ours.rpartition(".ffn.")
+    if upcycling and leaf in _UPCYCLED:  # a dense FFN matrix -> the same matrix in every expert
+        ours = f"{prefix}.ffn.{_UPCYCLED[leaf]}"
+        _check_shape(hf_key, t.T.shape, targets[ours].shape[1:])
+        targets[ours].copy_(t.T.expand_as(targets[ours]))
+    elif ours in EMBEDDING_KEYS:
+        _check_shape(hf_key, t.shape[1:], targets[ours].shape[1:])
+        _fill_rows(targets[ours], t, new_token_ids)
+    elif e is not None:  # one expert's matrix of a stacked (E, ...) weight, transposed
+        _check_shape(hf_key, t.T.shape, targets[ours].shape[1:])
+        targets[ours][e].copy_(t.T)
+    else:
+        _check_shape(hf_key, t.shape, targets[ours].shape)
+        targets[ours].copy_(t)
+    return ours
+
+
+def _check_shape(hf_key: str, got: torch.Size, want: torch.Size) -> None:
+    if got != want:
+        raise ValueError(f"{hf_key}: shape {tuple(got)} does not fit the decoder's {tuple(want)}")
 
 
 def export_decoder(

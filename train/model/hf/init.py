@@ -5,13 +5,13 @@
 - `init_llm_config(cfg, dir, run_dir)`: the TrainConfig whose decoder is the folder's architecture and
   whose tokenizer is that extended tokenizer (written to RUN_DIR/tokenizer.json); the trainer then sizes
   the vocabulary from it as for any tokenizer (a multiple of 64)
-- `resize_vocab(state, vocab_size, new_ids)`: embedding (and untied LM head) rows cut or grown to the
-  run's vocabulary; grown rows and the rows of the added special tokens start at the mean of the
-  pretrained rows (Hewitt 2021: the new tokens start as the average word, not as noise that dominates
-  the softmax), so the model's predictions for ordinary text do not change
-- `model.init_upcycle`: a dense folder becomes an MoE of the recipe's moe.n_experts / moe.top_k by sparse
-  upcycling (convert.upcycle), its first forward equal to the dense model's
-- `init_decoder(decoder, dir)`: all of that into a built decoder (`build_model`)
+- `init_decoder(decoder, dir)`: the folder's weights into a built decoder (`build_model`), shard by shard
+  (checkpoint.load_decoder_into): embedding (and untied LM head) rows cut or grown to the run's
+  vocabulary, grown rows and the rows of the added special tokens starting at the mean of the pretrained
+  rows (Hewitt 2021: the new tokens start as the average word, not as noise that dominates the softmax),
+  so the model's predictions for ordinary text do not change; with `model.init_upcycle` a dense folder
+  becomes an MoE of the recipe's moe.n_experts / moe.top_k by sparse upcycling (as convert.upcycle), its
+  first forward equal to the dense model's
 """
 
 from __future__ import annotations
@@ -19,19 +19,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizer
 
 from train.batch import SPECIAL_TOKENS
 from train.model.decoder import Decoder
-from train.model.hf.checkpoint import load_pretrained_decoder, read_hf_config
-from train.model.hf.convert import FAMILIES, config_from_hf, upcycle, upcycle_config
+from train.model.hf.checkpoint import load_decoder_into, read_hf_config
+from train.model.hf.convert import FAMILIES, config_from_hf, upcycle_config
 from train.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
-
-EMBEDDING_KEYS = ("tok_embeddings.weight", "output.weight")
 
 
 def pretrained_tokenizer(model_dir: str | Path) -> tuple[Tokenizer, list[int]]:
@@ -67,36 +64,10 @@ def init_llm_config(cfg, model_dir: str | Path, run_dir: str | Path):
     return type(cfg).model_validate(data)
 
 
-def resize_vocab(state: dict[str, torch.Tensor], vocab_size: int, new_ids: list[int]) -> dict[str, torch.Tensor]:
-    """Embedding and LM-head rows cut or grown to `vocab_size`; rows beyond the pretrained ones and the
-    rows of `new_ids` set to the mean of the pretrained rows (tied weights stay one tensor)."""
-    out = dict(state)
-    resized: dict[int, torch.Tensor] = {}
-    for key in EMBEDDING_KEYS:
-        old_VD = state[key]
-        if id(old_VD) not in resized:
-            n_old = old_VD.shape[0]
-            mean_D = old_VD.float().mean(dim=0).to(old_VD.dtype)
-            new_VD = mean_D.expand(vocab_size, -1).clone()
-            keep = min(n_old, vocab_size)
-            new_VD[:keep] = old_VD[:keep]
-            ids = [i for i in new_ids if i < vocab_size]
-            new_VD[ids] = mean_D
-            resized[id(old_VD)] = new_VD
-        out[key] = resized[id(old_VD)]
-    return out
-
-
 def init_decoder(decoder: Decoder, model_dir: str | Path) -> None:
     """Load a pretrained folder into a decoder built from `init_llm_config`'s config (vocabulary sized from
-    the extended tokenizer): weights copied, vocabulary rows resized and initialised as above."""
-    cfg, state, fam = load_pretrained_decoder(model_dir, decoder.cfg)
+    the extended tokenizer), shard by shard (`load_decoder_into`): weights copied, vocabulary rows resized
+    and initialised as above, upcycled if the run's decoder is an MoE and the folder dense."""
     _, added = pretrained_tokenizer(model_dir)
-    if decoder.cfg.init_upcycle:
-        cfg, state = upcycle(cfg, state, decoder.cfg.moe.n_experts, decoder.cfg.moe.top_k)
-    state = resize_vocab(state, decoder.cfg.vocab_size, added)
-    arch = ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "qk_norm", "qkv_bias", "tie_embeddings")
-    if any(getattr(cfg, f) != getattr(decoder.cfg, f) for f in arch):
-        raise ValueError(f"{model_dir}: its architecture differs from model.* of the run's config")
-    decoder.load_state_dict(state, strict=True)
+    fam = load_decoder_into(decoder, model_dir, new_token_ids=added)
     log.info("decoder initialised from %s (%s), vocabulary %d", model_dir, fam.model_type, decoder.cfg.vocab_size)

@@ -4,11 +4,15 @@ Qwen2-VL's and SigLIP2's (NaFlex), picked by the folder's config.json `model_typ
 What it does:
   - `vision_config_from_hf(hf_cfg, base)`: a Qwen2-VL vision config -> our `VisionConfig` (quick_gelu MLP,
     no patch bias, LayerNorm eps 1e-6, the MLP merger to the LLM width as `merger="mlp"`, `d_out`)
-  - `vision_state_from_hf(hf_state, cfg)`: its tensors -> our `VisionEncoder` state dict
+  - `_qwen2_vl_plan` / `_siglip2_plan`: where each of the tower's tensors goes (our key, rows, transform);
+    only the tower's tensors are read, one safetensors shard open at a time, one tensor at a time
   - `load_pretrained_vision(dir, base)`: a local folder (a whole Qwen2-VL model, or its vision tower saved
     alone) -> (our VisionConfig, our VisionEncoder state dict); a path only, never a hub download
+  - `tower_pixel_stats(dir)`: the tower's per-channel pixel mean/std (its preprocessor_config.json; absent:
+    the defaults of its image processor, CLIP's for Qwen2-VL, 0.5 for SigLIP2)
   - `init_vision_config(cfg, dir)` / `init_vision(encoder, dir)`: `interloom train --init-vision DIR`
-    (the run's model.vision from the folder; the weights loaded in `build_model`, before sharding)
+    (the run's model.vision and data.image_mean/std from the folder; the weights loaded in `build_model`,
+    before sharding)
 
 Mapping (Qwen2-VL `Qwen2VisionTransformerPretrainedModel`):
   patch_embed.proj (Conv3d over T=2 frames, no bias)  -> patch_embed (Linear over 3*p*p): an image is the
@@ -37,13 +41,17 @@ of a SigLIP2 tower: `merge_with_adapter`).
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from train.model.config import VisionConfig
-from train.model.hf.checkpoint import read_hf_config, read_hf_state
+from train.model.hf.checkpoint import read_hf_config, weight_files
 from train.model.vision import VisionEncoder
 
 log = logging.getLogger(__name__)
@@ -51,6 +59,13 @@ log = logging.getLogger(__name__)
 QWEN2_VL_TYPES = ("qwen2_vl", "qwen2_vl_vision")  # a whole Qwen2-VL, or its tower saved alone
 SIGLIP2_TYPES = ("siglip2", "siglip2_vision_model")  # a whole SigLIP2, or its vision model saved alone
 VISION_TYPES = QWEN2_VL_TYPES + SIGLIP2_TYPES
+PREPROCESSOR = "preprocessor_config.json"
+# the image processors' defaults when a folder has no preprocessor_config.json (transformers'
+# OPENAI_CLIP_MEAN/STD for Qwen2VLImageProcessor, IMAGENET_STANDARD_MEAN/STD = 0.5 for Siglip2ImageProcessor)
+PIXEL_STATS = {
+    "qwen2_vl": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "siglip2": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
 
 
 def _vision_section(hf_cfg: dict, where: str) -> tuple[str, dict]:
@@ -129,41 +144,107 @@ def _siglip2_config(v: dict, base: VisionConfig | None, where: str) -> VisionCon
     return cfg
 
 
-def siglip2_state_from_hf(
-    hf_state: dict[str, torch.Tensor], cfg: VisionConfig, where: str = "checkpoint"
-) -> dict[str, torch.Tensor]:
-    """SigLIP2 vision tensors -> our VisionEncoder's, all but the (new) `merge`."""
-    prefix = next((p for p in ("model.vision_model.", "vision_model.") if any(k.startswith(p) for k in hf_state)), "")
-    hf = {k[len(prefix) :]: t for k, t in hf_state.items() if k.startswith(prefix)}
+# One HF tensor -> (our key, the rows of it the tensor fills (None: all), how the tensor is transformed).
+Target = tuple[str, slice | None, Callable[[torch.Tensor], torch.Tensor]]
 
-    def get(key: str) -> torch.Tensor:
-        if key not in hf:
-            raise ValueError(f"{where}: vision checkpoint lacks {key}")
-        return hf[key]
 
-    p, V = cfg.patch_size, cfg.d_vit
-    patch_w = get("embeddings.patch_embedding.weight")  # V, p*p*C laid out (p, p, C)
-    state = {
-        "patch_embed.weight": patch_w.view(V, p, p, 3).permute(0, 3, 1, 2).reshape(V, -1),
-        "patch_embed.bias": get("embeddings.patch_embedding.bias"),
-        "pos_embed.weight": get("embeddings.position_embedding.weight"),
-        "norm.weight": get("post_layernorm.weight"),
-        "norm.bias": get("post_layernorm.bias"),
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _qwen2_vl_plan(cfg: VisionConfig) -> dict[str, Target]:
+    """Tower-relative Qwen2-VL key -> where it goes in our VisionEncoder (module docstring's mapping)."""
+    plan: dict[str, Target] = {
+        # an image is the same frame twice: the Conv3d summed over its temporal axis is our Linear
+        "patch_embed.proj.weight": ("patch_embed.weight", None, lambda t: t.sum(dim=2).reshape(t.shape[0], -1)),
     }
-    names = {
-        "layer_norm1": "norm1",
-        "layer_norm2": "norm2",
-        "self_attn.out_proj": "attn.wo",
-        "mlp.fc1": "mlp.0",
-        "mlp.fc2": "mlp.2",
-    }
+    names = {"merger.ln_q": "norm", "merger.mlp.0": "merge.0", "merger.mlp.2": "merge.2"}
+    block = {"norm1": "norm1", "norm2": "norm2", "attn.qkv": "attn.wqkv", "attn.proj": "attn.wo"}
+    block |= {"mlp.fc1": "mlp.0", "mlp.fc2": "mlp.2"}
     for i in range(cfg.n_layers):
-        layer = f"encoder.layers.{i}"
+        names |= {f"blocks.{i}.{theirs}": f"blocks.{i}.{ours}" for theirs, ours in block.items()}
+    for theirs, ours in names.items():
+        for t in ("weight", "bias"):
+            plan[f"{theirs}.{t}"] = (f"{ours}.{t}", None, _same)
+    return plan
+
+
+def _siglip2_plan(cfg: VisionConfig) -> dict[str, Target]:
+    """Tower-relative SigLIP2 key -> where it goes in our VisionEncoder (all but the new `merge`)."""
+    p, V = cfg.patch_size, cfg.d_vit
+    plan: dict[str, Target] = {
+        # patches laid out (p, p, C) in SigLIP2, (C, p, p) in ours: the weight's columns permuted
+        "embeddings.patch_embedding.weight": (
+            "patch_embed.weight",
+            None,
+            lambda t: t.view(V, p, p, 3).permute(0, 3, 1, 2).reshape(V, -1),
+        ),
+        "embeddings.patch_embedding.bias": ("patch_embed.bias", None, _same),
+        "embeddings.position_embedding.weight": ("pos_embed.weight", None, _same),
+        "post_layernorm.weight": ("norm.weight", None, _same),
+        "post_layernorm.bias": ("norm.bias", None, _same),
+    }
+    names = {"layer_norm1": "norm1", "layer_norm2": "norm2", "self_attn.out_proj": "attn.wo"}
+    names |= {"mlp.fc1": "mlp.0", "mlp.fc2": "mlp.2"}
+    for i in range(cfg.n_layers):
         for t in ("weight", "bias"):
             for theirs, ours in names.items():
-                state[f"blocks.{i}.{ours}.{t}"] = get(f"{layer}.{theirs}.{t}")
-            state[f"blocks.{i}.attn.wqkv.{t}"] = torch.cat([get(f"{layer}.self_attn.{x}_proj.{t}") for x in "qkv"])
-    return state
+                plan[f"encoder.layers.{i}.{theirs}.{t}"] = (f"blocks.{i}.{ours}.{t}", None, _same)
+            for j, x in enumerate("qkv"):  # q, k, v -> the row blocks of our wqkv
+                plan[f"encoder.layers.{i}.self_attn.{x}_proj.{t}"] = (
+                    f"blocks.{i}.attn.wqkv.{t}",
+                    slice(j * V, (j + 1) * V),
+                    _same,
+                )
+    return plan
+
+
+TOWER_PREFIXES = {"qwen2_vl": ("model.visual.", "visual."), "siglip2": ("model.vision_model.", "vision_model.")}
+
+
+def _tower_plan(model_dir: Path, cfg: VisionConfig) -> tuple[dict[str, Target], dict[str, Path]]:
+    """(full HF key -> Target for every tower tensor, full HF key -> the safetensors file holding it); a
+    whole model's other tensors (its LLM) are never read."""
+    kind = tower_kind(model_dir)
+    plan = _siglip2_plan(cfg) if kind == "siglip2" else _qwen2_vl_plan(cfg)
+    files = weight_files(model_dir)
+    prefix = next((p for p in TOWER_PREFIXES[kind] if any(k.startswith(p) for k in files)), "")
+    if missing := [k for k in plan if prefix + k not in files]:
+        raise ValueError(f"{model_dir}: vision checkpoint lacks {missing[0]}")
+    return {prefix + k: t for k, t in plan.items()}, {prefix + k: files[prefix + k] for k in plan}
+
+
+def _read_tower(model_dir: Path, cfg: VisionConfig, write: Callable[[Target, torch.Tensor], None]) -> None:
+    """Every tower tensor of the folder, transformed, to `write`: one safetensors file open at a time, one
+    tensor read at a time."""
+    plan, files = _tower_plan(model_dir, cfg)
+    by_file: dict[Path, list[str]] = {}
+    for key, path in files.items():
+        by_file.setdefault(path, []).append(key)
+    for path in sorted(by_file):
+        with safe_open(path, "pt") as f:
+            for key in by_file[path]:
+                target = plan[key]
+                write(target, target[2](f.get_tensor(key)))
+
+
+def load_pretrained_vision(
+    model_dir: str | Path, base: VisionConfig | None = None
+) -> tuple[VisionConfig, dict[str, torch.Tensor]]:
+    """(our VisionConfig, our VisionEncoder state dict) of a local Qwen2-VL or SigLIP2 folder (a whole model
+    or its vision tower saved alone); a SigLIP2 state dict has no `merge.*` (new, see `new_vision_keys`).
+    For tests and small towers: `init_vision` writes straight into a built encoder instead."""
+    model_dir = Path(model_dir)
+    cfg = vision_config_from_hf(read_hf_config(model_dir), base, str(model_dir / "config.json"))
+    pieces: dict[str, list[tuple[int, torch.Tensor]]] = {}
+
+    def collect(target: Target, t: torch.Tensor) -> None:
+        ours, rows, _ = target
+        pieces.setdefault(ours, []).append((0 if rows is None else rows.start, t))
+
+    _read_tower(model_dir, cfg, collect)
+    state = {k: torch.cat([t for _, t in sorted(v, key=lambda x: x[0])]) for k, v in pieces.items()}
+    return cfg, state
 
 
 def new_vision_keys(cfg: VisionConfig) -> tuple[str, ...]:
@@ -171,86 +252,74 @@ def new_vision_keys(cfg: VisionConfig) -> tuple[str, ...]:
     return ("merge.",) if cfg.merge_with_adapter else ()
 
 
-def _strip_prefix(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Keys relative to the tower: drop 'model.visual.' / 'visual.' and everything that is not the tower."""
-    for prefix in ("model.visual.", "visual."):
-        if any(k.startswith(prefix) for k in hf_state):
-            return {k[len(prefix) :]: t for k, t in hf_state.items() if k.startswith(prefix)}
-    return hf_state
-
-
-def vision_state_from_hf(
-    hf_state: dict[str, torch.Tensor], cfg: VisionConfig, where: str = "checkpoint"
-) -> dict[str, torch.Tensor]:
-    hf = _strip_prefix(hf_state)
-
-    def get(key: str) -> torch.Tensor:
-        if key not in hf:
-            raise ValueError(f"{where}: vision checkpoint lacks {key}")
-        return hf[key]
-
-    conv = get("patch_embed.proj.weight")  # V, C, T, p, p
-    state = {
-        "patch_embed.weight": conv.sum(dim=2).reshape(conv.shape[0], -1),
-        "norm.weight": get("merger.ln_q.weight"),
-        "norm.bias": get("merger.ln_q.bias"),
-    }
-    for j in (0, 2):
-        for t in ("weight", "bias"):
-            state[f"merge.{j}.{t}"] = get(f"merger.mlp.{j}.{t}")
-    names = {
-        "norm1": "norm1",
-        "norm2": "norm2",
-        "attn.qkv": "attn.wqkv",
-        "attn.proj": "attn.wo",
-        "mlp.fc1": "mlp.0",
-        "mlp.fc2": "mlp.2",
-    }
-    for i in range(cfg.n_layers):
-        for theirs, ours in names.items():
-            for t in ("weight", "bias"):
-                state[f"blocks.{i}.{ours}.{t}"] = get(f"blocks.{i}.{theirs}.{t}")
-    return state
-
-
-def load_pretrained_vision(
-    model_dir: str | Path, base: VisionConfig | None = None
-) -> tuple[VisionConfig, dict[str, torch.Tensor]]:
-    """(our VisionConfig, our VisionEncoder state dict) of a local Qwen2-VL or SigLIP2 folder (a whole model
-    or its vision tower saved alone); a SigLIP2 state dict has no `merge.*` (new, see `new_vision_keys`)."""
+def tower_pixel_stats(model_dir: str | Path) -> tuple[list[float], list[float]]:
+    """(mean, std) per RGB channel of the pixels the tower was trained on, after x/255: the folder's
+    preprocessor_config.json `image_mean` / `image_std`, or its image processor's defaults (`PIXEL_STATS`)."""
     model_dir = Path(model_dir)
-    where = str(model_dir / "config.json")
-    cfg = vision_config_from_hf(read_hf_config(model_dir), base, where)
-    convert = siglip2_state_from_hf if tower_kind(model_dir) == "siglip2" else vision_state_from_hf
-    return cfg, convert(read_hf_state(model_dir), cfg, str(model_dir))
+    path = model_dir / PREPROCESSOR
+    if not path.is_file():
+        mean, std = PIXEL_STATS[tower_kind(model_dir)]
+        log.info("%s: no %s, using the %s image processor's mean/std", model_dir, PREPROCESSOR, tower_kind(model_dir))
+        return list(mean), list(std)
+    pre = json.loads(path.read_text())
+    if not pre.get("do_normalize", True) or not math.isclose(pre.get("rescale_factor", 1 / 255), 1 / 255):
+        raise ValueError(f"{path}: only do_normalize=true with rescale_factor=1/255 is supported")
+    stats = []
+    for key in ("image_mean", "image_std"):
+        v = pre.get(key)
+        v = [v] * 3 if isinstance(v, int | float) else v
+        if not isinstance(v, list) or len(v) != 3 or not all(isinstance(x, int | float) for x in v):
+            raise ValueError(f"{path}: {key}={pre.get(key)!r} is not one number or three (R, G, B)")
+        stats.append([float(x) for x in v])
+    return stats[0], stats[1]
 
 
 def init_vision_config(cfg, model_dir: str | Path):
-    """`cfg` (a TrainConfig) with the vision tower architecture of `model_dir` and model.init_vision set
-    (`interloom train --init-vision DIR`); the data's patch grid follows model.vision as always."""
+    """`cfg` (a TrainConfig) with the vision tower architecture of `model_dir`, model.init_vision set and
+    data.image_mean/std the tower's (`interloom train --init-vision DIR`); the data's patch grid follows
+    model.vision as always."""
     model_dir = Path(model_dir).resolve()
     vision = vision_config_from_hf(read_hf_config(model_dir), cfg.model.vision, str(model_dir / "config.json"))
+    mean, std = tower_pixel_stats(model_dir)
     data = cfg.model_dump()
     data["model"] |= {"vision": vision.model_dump(), "init_vision": str(model_dir)}
+    data["data"] |= {"image_mean": mean, "image_std": std}
     log.info(
-        "init-vision %s: d_vit %d, %d layers, patch %d, merged width %d",
+        "init-vision %s: d_vit %d, %d layers, patch %d, merged width %d, pixel mean %s std %s",
         model_dir,
         vision.d_vit,
         vision.n_layers,
         vision.patch_size,
         vision.out_dim,
+        mean,
+        std,
     )
     return type(cfg).model_validate(data)
 
 
 def init_vision(encoder: VisionEncoder, model_dir: str | Path) -> None:
-    """Load a pretrained tower into an encoder built from `init_vision_config`'s config (`build_model`)."""
-    cfg, state = load_pretrained_vision(model_dir, encoder.cfg)
+    """Load a pretrained tower into an encoder built from `init_vision_config`'s config (`build_model`),
+    tensor by tensor, one shard open at a time (no second copy of the tower's weights); every tensor of the
+    encoder but the new ones (`new_vision_keys`) must come from the folder."""
+    model_dir = Path(model_dir)
+    cfg = vision_config_from_hf(read_hf_config(model_dir), encoder.cfg, str(model_dir / "config.json"))
     if cfg != encoder.cfg:
         raise ValueError(f"{model_dir}: its vision tower differs from model.vision of the run's config")
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    targets = dict(encoder.named_parameters()) | dict(encoder.named_buffers())
+    filled: dict[str, int] = {}  # our key -> elements written
+
+    def write(target: Target, t: torch.Tensor) -> None:
+        ours, rows, _ = target
+        dest = targets[ours] if rows is None else targets[ours][rows]
+        if dest.shape != t.shape:
+            raise ValueError(f"{model_dir}: {ours} has shape {tuple(t.shape)} in the folder, {tuple(dest.shape)} here")
+        dest.copy_(t)
+        filled[ours] = filled.get(ours, 0) + t.numel()
+
+    with torch.no_grad():
+        _read_tower(model_dir, cfg, write)
     new = new_vision_keys(cfg)
-    left = [k for k in missing if not k.startswith(new)]
-    if left or unexpected:
-        raise ValueError(f"{model_dir}: vision tower state does not fit: missing {left}, unexpected {unexpected}")
+    left = [k for k, t in targets.items() if filled.get(k, 0) != t.numel() and not k.startswith(new)]
+    if left:
+        raise ValueError(f"{model_dir}: vision tower state does not fit: missing {left}")
     log.info("vision tower initialised from %s", model_dir)
