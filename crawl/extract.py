@@ -39,8 +39,8 @@ error of the run (`errors/extract_timeout`), which the build reports as such: th
 another run's.
 
 `ExtractStep` wraps it all as the build's "extract" step, with counted drops `html_too_large`,
-`undecodable_html`, `too_many_elements`, `too_deep`, `extract_timeout`, `no_image_candidates`,
-`no_main_content`, and the per-image drops above.
+`undecodable_html`, `too_many_elements`, `too_deep`, `extract_timeout`, `no_image_candidates` (and the image gate's
+own reasons, such as `no_usable_image`), `no_main_content`, and the per-image drops above.
 """
 
 from __future__ import annotations
@@ -115,7 +115,9 @@ class ExtractConfig(Section):
     early_cuts: bool = True
 
 
-ImageGate = Callable[[list[str]], bool]  # image URLs of a page -> whether any of them can be kept
+# image URLs of a page -> True when any of them may be kept; False (drop `no_image_candidates`) or a drop reason
+# (such as `no_usable_image`) when none can
+ImageGate = Callable[[list[str]], "bool | str"]
 
 
 class PageRefused(Exception):  # noqa: N818 - an outcome, not an error
@@ -770,7 +772,10 @@ def extract_parts(
         meta["meta_robots"] = robots
     title = _title(tree)
     records, junk = prepare_tree(tree, url, config.prefer_largest)
-    if image_gate is not None and not image_gate([r.url for r in records]):
+    verdict = True if image_gate is None else image_gate([r.url for r in records])
+    if verdict is not True:
+        if verdict:  # a reason of the gate's own: candidates there are, and every one fails the image rules
+            raise PageRefused(str(verdict), f"each of its {len(records)} image candidates fails the image rules")
         raise PageRefused(
             "no_image_candidates",
             f"none of its {len(records)} image candidates can be kept" if records else "no image passes the junk rules",
@@ -878,7 +883,8 @@ def extract_document(
 
     `timeout_s` bounds the whole extraction (raises `ExtractTimeout`); `config` holds the other options.
     `image_gate`, when given, is asked before trafilatura runs whether any of the page's image candidates
-    (after the junk rules) can become an image of the document; if not, `PageRefused("no_image_candidates")`.
+    (after the junk rules) can become an image of the document; if not, `PageRefused("no_image_candidates")`
+    (or the gate's own reason, such as `no_usable_image`).
     """
     return extract_with_drops(
         html,

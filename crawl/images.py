@@ -110,6 +110,33 @@ def process_image(raw: bytes, cfg: ImageConfig) -> ProcessedImage | str:
     return ProcessedImage(data, im.width, im.height, cfg.format, hashlib.sha1(data).hexdigest(), phash)
 
 
+def certain_drop(raw: bytes, cfg: ImageConfig) -> str | None:
+    """The drop `process_image` is certain to return for `raw`, decided from the file's header alone (no pixels
+    decoded), else None. The shorter side and the aspect ratio are those of the stored size: the EXIF
+    orientation only rotates or mirrors, which changes neither. Anything the header cannot settle (a file
+    Pillow opens but might fail to decode, an image that passes these checks) is None: left to
+    `process_image`, so a page cut on this is one the image stage would leave without images."""
+    if len(raw) > cfg.max_bytes:
+        return "too_large_bytes"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            w, h = PILImage.open(io.BytesIO(raw)).size
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
+        return "decompression_bomb"
+    except UnidentifiedImageError:
+        return "not_an_image"
+    except Exception:  # noqa: BLE001 - not settled by the header: process_image decides
+        return None
+    if w * h > cfg.max_pixels:
+        return "decompression_bomb"
+    if min(w, h) < cfg.min_side:
+        return "too_small"
+    if max(w, h) / min(w, h) > cfg.max_aspect:
+        return "bad_aspect_ratio"
+    return None
+
+
 def _to_rgb(im: PILImage.Image) -> PILImage.Image:
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")

@@ -59,7 +59,7 @@ from corpus.storage import (
     write_parquet_atomic,
 )
 from crawl.extract import ExtractConfig, ExtractStep, ImageGate
-from crawl.images import ImageConfig, ImageStep, Resolver, chain
+from crawl.images import ImageConfig, ImageStep, Resolver, certain_drop, chain
 from crawl.live.config import CrawlConfig
 from crawl.sources import NOT_IN_SOURCE, Unit, discover_units, open_source
 from filters.config import FiltersConfig
@@ -144,7 +144,7 @@ class Steps:
         extract = self.extract
         if self.cut_imageless:
             extract = copy.copy(self.extract)
-            extract.image_gate = image_gate(in_source)
+            extract.image_gate = image_gate(in_source, self.cfg.images)
         early: list[Step] = []
         if self.cfg.extract.early_cuts:
             urls = known_urls if self.cfg.dedup.url else frozenset()
@@ -158,15 +158,28 @@ class Steps:
         return [ApplyDedup(dedup_result), *self.final]
 
 
-def image_gate(in_source: Resolver | None = None) -> ImageGate:
+def image_gate(in_source: Resolver | None = None, images: ImageConfig | None = None) -> ImageGate:
     """Whether any of a page's image URLs can become an image of its document: any at all when images may be
     fetched (`in_source` None), else any whose bytes the unit's source holds (a reason string, such as
-    image_not_in_source or an over-cap image, is a certain image drop)."""
+    image_not_in_source or an over-cap image, is a certain image drop) and, with `images` (the image rules),
+    whose header does not already fail them (`crawl.images.certain_drop`: too small, aspect ratio, not an
+    image). A page with images in the source that all fail is the reason `no_usable_image`."""
     if in_source is None:
         return bool
+    verdicts: dict[str, bool] = {}  # URL -> whether its bytes may pass the image rules, once per unit
 
-    def any_in_source(urls: list[str]) -> bool:
-        return bool(urls) and any(isinstance(got, bytes) for got in in_source(urls).values())
+    def may_pass(url: str, got: bytes | str) -> bool:
+        if url not in verdicts:
+            verdicts[url] = isinstance(got, bytes) and (images is None or certain_drop(got, images) is None)
+        return verdicts[url]
+
+    def any_in_source(urls: list[str]) -> bool | str:
+        if not urls:
+            return False
+        found = in_source(urls)
+        if any(may_pass(url, got) for url, got in found.items()):
+            return True
+        return "no_usable_image" if any(isinstance(got, bytes) for got in found.values()) else False
 
     return any_in_source
 

@@ -94,6 +94,12 @@ def _hint(name: str, stage: dict[str, Any], stats: dict[str, Any], cfg: Any) -> 
             f"before extraction); {fetch}lower filters.image_count.min_images "
             f"(now {cfg.filters.image_count.min_images})"
         )
+    if base == "extract" and drops.get("no_usable_image"):  # the same cut, on the images' headers
+        return (
+            f"{drops['no_usable_image']} pages hold only images that fail the image rules by their headers "
+            f"(decided before extraction); lower images.min_side (now {cfg.images.min_side}) or raise "
+            f"images.max_aspect (now {cfg.images.max_aspect})"
+        )
     if base == "image_count":
         return _image_hint(stats, cfg)
     if base == "extract":

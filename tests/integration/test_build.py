@@ -297,6 +297,25 @@ def test_early_cuts_give_the_same_corpus(tmp_path, ray_local):
     assert _corpus_bytes(tmp_path / "cut") == _corpus_bytes(tmp_path / "full")
 
 
+def test_pages_whose_images_all_fail_the_image_rules_are_cut_with_the_same_corpus(tmp_path, ray_local):
+    """The early cut on image headers: with the default image rules (shorter side >= 150 px), a page of the
+    dev WARC whose in-WARC images all fail them by their headers (icons, spacers, thumbnails) skips trafilatura
+    as the extract drop no_usable_image; the corpus is byte-identical to the build without cuts."""
+    inputs = [str(real_path("dev", "warc", "IAH-20080430204825-00000-blackbook.warc.gz"))]
+    settings = ["ray.workers=2", "filters.image_count.min_images=1"]
+    cut = build_corpus(inputs, tmp_path / "cut", load_config(BuildConfig, None, settings), progress=False)
+    full = build_corpus(
+        inputs,
+        tmp_path / "full",
+        load_config(BuildConfig, None, [*settings, "extract.early_cuts=false"]),
+        progress=False,
+    )
+    extract_cut = next(s for s in cut["stages"] if s["name"] == "extract")
+    assert extract_cut["drops"].get("no_usable_image", 0) >= 10, extract_cut["drops"]
+    assert cut["build"]["documents"] == full["build"]["documents"] >= 1
+    assert _corpus_bytes(tmp_path / "cut") == _corpus_bytes(tmp_path / "full")
+
+
 def test_repeated_captures_are_cut_before_parsing_with_the_same_corpus(tmp_path, ray_local):
     """A WARC holding the same capture of a URL several times (same payload and headers, other fetch times
     and record ids): all but the one global URL dedup would keep (the latest, then the smallest id) are cut
