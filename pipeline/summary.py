@@ -86,20 +86,23 @@ def _setting(cfg: Any, key: str) -> Any:
 def _hint(name: str, stage: dict[str, Any], stats: dict[str, Any], cfg: Any) -> str:
     base = name.split("@", 1)[0]
     drops = stage["drops"]
-    if base == "extract" and drops.get("no_image_candidates"):  # the early cut for filters.image_count
-        where = "" if cfg.images.fetch else " and is in the inputs"
-        fetch = "" if cfg.images.fetch else "fetch their images with `--set images.fetch=true` or "
-        return (
-            f"{drops['no_image_candidates']} pages show no image that passes the junk rules{where} (decided "
-            f"before extraction); {fetch}lower filters.image_count.min_images "
-            f"(now {cfg.filters.image_count.min_images})"
-        )
-    if base == "extract" and drops.get("no_usable_image"):  # the same cut, on the images' headers
-        return (
-            f"{drops['no_usable_image']} pages hold only images that fail the image rules by their headers "
-            f"(decided before extraction); lower images.min_side (now {cfg.images.min_side}) or raise "
-            f"images.max_aspect (now {cfg.images.max_aspect})"
-        )
+    if base == "extract" and (drops.get("no_image_candidates") or drops.get("no_usable_image")):  # early cuts
+        parts = []
+        if drops.get("no_image_candidates"):
+            where = "" if cfg.images.fetch else " and is in the inputs"
+            fetch = "" if cfg.images.fetch else "fetch their images with `--set images.fetch=true` or "
+            parts.append(
+                f"{drops['no_image_candidates']} pages show no image that passes the junk rules{where} (decided "
+                f"before extraction); {fetch}lower filters.image_count.min_images "
+                f"(now {cfg.filters.image_count.min_images})"
+            )
+        if drops.get("no_usable_image"):
+            parts.append(
+                f"{drops['no_usable_image']} pages hold only images that fail the image rules by their headers "
+                f"(decided before extraction); lower images.min_side (now {cfg.images.min_side}) or raise "
+                f"images.max_aspect (now {cfg.images.max_aspect})"
+            )
+        return "; ".join(parts)
     if base == "image_count":
         return _image_hint(stats, cfg)
     if base == "extract":
