@@ -49,6 +49,10 @@ class PeakRss:
 
     def __init__(self, every: float = 0.25):
         self.every, self.peaks = every, {}  # pid -> (title, peak MiB)
+        self.cpu: dict[str, float] = {}  # pid -> CPU seconds (user + system) since the sampling began
+        self._base: dict[str, float] = {}  # pid -> CPU seconds it had used at the first sample (older workers)
+        self._first = True
+        self._tick = os.sysconf("SC_CLK_TCK")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -74,12 +78,24 @@ class PeakRss:
                 if not title.startswith("ray::"):
                     continue
                 status = Path(f"/proc/{pid}/status").read_text()
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
+            used = (int(fields[11]) + int(fields[12])) / self._tick  # utime + stime
+            if self._first:
+                self._base[pid] = used  # a worker process Ray reuses: count only what it uses from now on
+            self.cpu[pid] = used - self._base.get(pid, 0.0)
             hwm = next((ln for ln in status.splitlines() if ln.startswith("VmHWM:")), None)
             if hwm:
                 mib = int(hwm.split()[1]) / 1024
                 self.peaks[pid] = (title, max(mib, self.peaks.get(pid, ("", 0.0))[1]))
+        self._first = False
+
+    def cpu_of(self, prefix: str) -> float:
+        """CPU seconds of the processes whose title starts with `prefix` (up to each one's last sample)."""
+        return round(
+            sum(self.cpu.get(pid, 0.0) for pid, (title, _) in self.peaks.items() if title.startswith(prefix)), 2
+        )
 
     def max_of(self, prefix: str, exclude: bool = False) -> float:
         values = [mib for title, mib in self.peaks.values() if title.startswith(prefix) != exclude]
@@ -113,21 +129,31 @@ def run_build(files: list[Path], smallest: Path, workers: int, overrides: list[s
     pages = _stage(stats, "extract")["in"]
     dedup = Counter()
     for s in stats["stages"]:
-        for reason, n in s["drops"].items():
-            if "dup" in reason or s["name"].startswith("dedup"):
-                dedup[f"{s['name']}: {reason}"] += n
+        if s["name"].startswith("dedup"):
+            dedup.update({f"{s['name']}: {reason}": n for reason, n in s["drops"].items()})
+    extract_drops = _stage(stats, "extract")["drops"]
+    cut = {reason: extract_drops.get(reason, 0) for reason in ("no_image_candidates", "no_usable_image")}
     return {
         "workers": workers,
         "pages": pages,
-        "cut_no_image_candidates": _stage(stats, "extract")["drops"].get("no_image_candidates", 0),
-        "extracted": pages - _stage(stats, "extract")["drops"].get("no_image_candidates", 0),
+        "early_cuts": cut,
+        "extracted": pages - sum(cut.values()),
         "kept": stats["build"]["documents"],
         "dedup_removals": dict(dedup),
+        # images the pages show after the junk rules, and those looked up by the image stage (what a build
+        # with images.fetch=true would fetch): the basis of the image-fetching part of the sizing
+        "image_candidates": stats["items"].get("extract/image", {}).get("in", 0),
+        "image_lookups": stats["items"].get("images/image", {}).get("in", 0),
         "ray_start_s": round(ray_s, 2),
         "fixed_s": round(fixed_s, 2),
         "build_s": round(build_s, 2),
         "pages_per_s_per_core_all_in": round(pages / (build_s + ray_s) / workers, 2),
         "pages_per_s_per_core": round(pages / (build_s - fixed_s) / workers, 2),
+        # CPU seconds of the unit workers, all Ray workers (dedup tasks too), and pages per CPU second of all of
+        # them: a rate that other jobs on the machine do not skew (the driver's own CPU is left out)
+        "cpu_s_unit_workers": rss.cpu_of("ray::UnitWorker"),
+        "cpu_s_ray_workers": rss.cpu_of("ray::"),
+        "pages_per_cpu_s": round(pages / max(rss.cpu_of("ray::"), 1e-9), 2),
         "peak_rss_mib_unit_worker": rss.max_of("ray::UnitWorker"),
         "peak_rss_mib_other_ray_workers": rss.max_of("ray::UnitWorker", exclude=True),
     }
@@ -145,6 +171,7 @@ def run_datatrove(files: list[Path], tmp: Path) -> dict[str, Any]:
         "seconds": round(res.wall_s, 2),
         "cpu_s": round(res.cpu_s, 2),
         "pages_per_s_per_core": round(res.docs_in / res.wall_s, 2),
+        "pages_per_cpu_s": round(res.docs_in / res.cpu_s, 2),
     }
 
 
@@ -258,25 +285,35 @@ def main() -> None:
 
 def report(rows: dict[str, Any], workers: list[int], variants: list[str]) -> None:
     dt = rows.get("datatrove")
-    print("| what | pages | extracted | kept | Ray start s | fixed s | build s | pages/s/core steady | vs datatrove |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "| what | pages | extracted | kept | Ray start s | fixed s | build s | pages/s/core steady | vs datatrove | "
+        "pages per CPU s | vs datatrove | peak RSS/worker MiB |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for variant in variants:
         for w in workers:
             r = rows[f"build {variant} w{w}"]
             ratio = f"{r['pages_per_s_per_core'] / dt['pages_per_s_per_core']:.2f}x" if dt else "-"
+            cpu_ratio = f"{r['pages_per_cpu_s'] / dt['pages_per_cpu_s']:.2f}x" if dt else "-"
             print(
                 f"| interloom build, {variant}, {w} worker(s) | {r['pages']} | {r['extracted']} | {r['kept']} | "
-                f"{r['ray_start_s']} | {r['fixed_s']} | {r['build_s']} | {r['pages_per_s_per_core']} | {ratio} |"
+                f"{r['ray_start_s']} | {r['fixed_s']} | {r['build_s']} | {r['pages_per_s_per_core']} | {ratio} | "
+                f"{r['pages_per_cpu_s']} | {cpu_ratio} | {r['peak_rss_mib_unit_worker']} |"
             )
         if 1 in workers and 2 in workers:
             one, two = rows[f"build {variant} w1"], rows[f"build {variant} w2"]
             eff = two["pages_per_s_per_core"] / one["pages_per_s_per_core"]
+            cpu_eff = two["pages_per_cpu_s"] / one["pages_per_cpu_s"]
             rows[f"scaling_efficiency_{variant}"] = round(eff, 3)
-            print(f"scaling efficiency 1 -> 2 workers, {variant}: {eff:.2f}")
+            rows[f"cpu_efficiency_{variant}"] = round(cpu_eff, 3)
+            print(
+                f"scaling efficiency 1 -> 2 workers, {variant}: {eff:.2f} (wall, per core); "
+                f"{cpu_eff:.2f} (pages per CPU second)"
+            )
     if dt:
         print(
             f"| datatrove text-only, 1 task | {dt['pages']} | - | {dt['kept']} | - | - | {dt['seconds']} | "
-            f"{dt['pages_per_s_per_core']} | 1.00x |"
+            f"{dt['pages_per_s_per_core']} | 1.00x | {dt['pages_per_cpu_s']} | 1.00x | - |"
         )
 
 

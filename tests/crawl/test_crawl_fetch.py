@@ -19,7 +19,7 @@ from corpus.stats import Ledger
 from crawl.live.config import CrawlConfig
 from crawl.live.fetcher import Fetched, Fetcher, parse_retry_after
 from crawl.live.safety import AddressPolicy, UnsafeAddress, make_client
-from crawl.live.warc_writer import RotatingWarcWriter, closed_segments
+from crawl.live.warc_writer import RotatingWarcWriter, closed_segments, stored_as_is
 
 ALLOW = ["127.0.0.1/32"]
 
@@ -190,6 +190,41 @@ def test_warc_holds_every_response_as_received(server, tmp_path):
 
     with open(warc, "rb") as fh:
         assert sum(1 for r in WarcioIterator(fh) if r.rec_type == "response") == sum(len(v) for v in responses.values())
+
+
+def test_compressed_payloads_are_stored_as_is_and_read_back(server, tmp_path):
+    """Image responses (JPEG, PNG, ...: compressed already) go into the WARC as stored gzip members (no deflate:
+    it would cost most of an image fetch's CPU for a few percent); pages are deflated as before. Both read
+    back byte for byte with valid digests."""
+    assert stored_as_is([("Content-Type", "image/jpeg")]) and stored_as_is([("content-type", "IMAGE/PNG; x=1")])
+    assert not stored_as_is([("Content-Type", "text/html; charset=utf-8")])
+    assert not stored_as_is([("Content-Type", "image/svg+xml")]) and not stored_as_is([])
+    assert not stored_as_is([("Content-Type", "image/jpeg"), ("Content-Encoding", "gzip")])
+    photos = [p for p in server.site.photos if p.endswith((".jpg", ".png"))][:3]
+    page = next(iter(server.site.pages))
+    run_fetches(cfg(max_bytes=20_000_000), [server.url(p) for p in photos], tmp_path / "images", kind="image")
+    run_fetches(cfg(), [server.url(page)], tmp_path / "pages")
+    members = {**_members(tmp_path / "images"), **_members(tmp_path / "pages")}
+    for p in photos:
+        size, body = members[server.url(p)]
+        assert body == server.site.photos[p] and size > len(body)  # stored: never smaller than the payload
+    size, body = members[server.url(page)]
+    assert body == server.site.pages[page] and size < len(body) / 2  # an HTML page: deflated
+
+
+def _members(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Response URL -> (bytes of its gzip member, payload) of the one WARC in `folder`; digests checked."""
+    [(warc, _)] = list(closed_segments(folder, "t"))
+    starts, responses = [], {}  # member offsets; response URL -> (its offset, payload)
+    with open(warc, "rb") as fh:
+        for rec in ArchiveIterator(fh, parse_http=True):
+            starts.append(rec.stream_pos)
+            if rec.record_type == WarcRecordType.response:
+                responses[rec.headers["WARC-Target-URI"]] = (rec.stream_pos, rec.reader.read())
+    with open(warc, "rb") as fh:
+        assert all(rec.verify_block_digest() for rec in ArchiveIterator(fh, parse_http=False))
+    ends = dict(zip(starts, [*starts[1:], warc.stat().st_size]))
+    return {url: (ends[pos] - pos, body) for url, (pos, body) in responses.items()}
 
 
 def test_retry_after_parsing():
