@@ -10,7 +10,9 @@ sides; both get `--cores` cores (Ray CPUs / img2dataset processes).
   time per host, each answer decode-checked with Pillow and archived to a gzip WARC), all URLs in one call.
 - interloom, fetch + image stage: `--cores` Ray tasks (as the build's unit workers), each fetching its share
   in batches of 64 through the same resolver and running `crawl.images.process_image` on every image
-  (decode, EXIF orientation, size rules, pHash, downscale to images.max_side = 1024, JPEG q90).
+  (decode, EXIF orientation, size rules, pHash, downscale to images.max_side = 1024, JPEG q90), a batch's
+  fetch and its processing one after the other, as the build's image stage does per document.
+URLs are listed hosts round-robin (photo 1 of every host, then photo 2, ...), so a batch spans many hosts.
 - img2dataset, no resizing: `--resize_mode no`, files output, `--processes_count cores --thread_count 32`.
 - img2dataset, resizing: `--resize_mode keep_ratio_largest --image_size 1024 --resize_only_if_bigger True
   --encode_quality 90` (its default encode format is jpg).
@@ -167,7 +169,7 @@ def main() -> None:
     servers = [TestServer(site, host=f"127.0.0.{i + 2}") for i in range(args.hosts)]
     ray.init(num_cpus=args.cores, include_dashboard=False, log_to_driver=False)
     try:
-        urls = [s.url(p) for s in servers for p in site.photos]
+        urls = [s.url(p) for p in site.photos for s in servers]  # hosts round-robin: a batch spans many hosts
         rows["photo_mb_per_host"] = round(sum(len(b) for b in site.photos.values()) / 1e6, 2)
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = Path(tmp_name)
