@@ -52,7 +52,13 @@ class CrawlConfig(Section):
     actors: int = Field(2, ge=1, description="crawler (and image fetcher) actors")
     actor_num_cpus: float = Field(0.25, ge=0, description="Ray CPUs reserved per actor (they mostly wait on I/O)")
     warc_max_bytes: int = Field(100_000_000, ge=1, description="rotate a WARC file once it reaches this size")
-    warc_gzip_level: int = Field(6, ge=1, le=9, description="gzip level of WARC records (warcio's default is 9)")
+    warc_gzip_level: int = Field(
+        6,
+        ge=1,
+        le=9,
+        description="gzip level of WARC records (warcio's default is 9); responses in a compressed format "
+        "(JPEG, PNG, ...) are stored gzip members (crawl.live.warc_writer.stored_as_is)",
+    )
     warc_prefix: str = Field("crawl", pattern=r"^[A-Za-z0-9_.-]+$")
 
     @field_validator("allow_private")
