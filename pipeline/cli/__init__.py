@@ -27,12 +27,21 @@ Run `interloom COMMAND --help` for the options of each command.
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser that keeps the line breaks of descriptions and epilogs (the examples in every
+    `--help`). `add_subparsers` makes each subcommand's parser of the same class, so the commands' modules
+    only say what they add."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="interloom",
         description="Build interleaved image-text corpora on Ray, inspect them, and train a MoE VLM on them.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:

@@ -42,7 +42,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="build a corpus from WARC files or HTML folders",
         description=HELP,
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--input",

@@ -24,7 +24,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="continue a prompt with images using a trained model (KV cache)",
         description=__doc__,
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", metavar="CKPT", help="run directory, checkpoint directory or exported model folder")
     p.add_argument("--prompt", required=True, help="prompt text; each <image> marks where the next --image goes")

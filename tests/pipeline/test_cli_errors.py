@@ -115,18 +115,23 @@ def test_every_command_help_has_an_example(capsys):
     for argv in (
         ["demo"],
         ["build"],
+        ["refilter"],
         ["crawl"],
         ["inspect"],
         ["export"],
         ["quality", "train"],
         ["tokenizer", "train"],
         ["train"],
+        ["eval"],
+        ["generate"],
     ):
         with pytest.raises(SystemExit) as e:
             main([*argv, "--help"])
         assert e.value.code == 0
         out = capsys.readouterr().out
-        assert f"interloom {' '.join(argv)} " in out.split("options:", 1)[1], argv  # an example after the options
+        # an example after the options, on a line of its own (the epilog's line breaks are kept, also for the
+        # parsers of sub-subcommands such as `quality train`)
+        assert f"\n  interloom {' '.join(argv)} " in out.split("options:", 1)[1], argv
 
 
 def test_output_that_cannot_be_created_is_one_line_not_a_traceback(tmp_path, capsys):
