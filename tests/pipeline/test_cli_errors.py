@@ -149,3 +149,26 @@ def test_tokenizer_max_documents_below_one(capsys):
 def test_set_inside_a_list_says_to_set_the_list_whole(capsys):
     err = _error(capsys, ["train", "debug-cpu", "--corpus", "c", "--set", "stages.0.steps=5"])
     assert "'stages' is a list; set it whole, e.g. --set 'stages=[...]'" in err
+
+
+@pytest.mark.parametrize(
+    "setting,shown",
+    [
+        ("filters.x=abc", "filters.x: unknown key"),
+        ("images.min_side=abc", "images.min_side: Input should be a valid integer, unable to parse string"),
+        ("images=3", "images: Input should be a valid dictionary"),
+    ],
+)
+def test_bad_config_value_is_one_line_naming_the_key(capsys, setting, shown):
+    err = _error(capsys, ["build", "--set", setting, "--print-config"])
+    assert err.count("\n") == 1 and shown in err and f"--set {setting}" in err
+
+
+def test_yaml_config_with_two_problems_and_one_not_utf8_are_one_line(tmp_path, capsys):
+    f = tmp_path / "run.yaml"
+    f.write_text("images:\n  min_side: abc\nfoo: 1\n")
+    err = _error(capsys, ["build", "--config", str(f), "--print-config"])
+    assert err.count("\n") == 1 and "images.min_side: Input should be a valid integer" in err and "; foo: unknown" in err
+    f.write_bytes(b"\xff\xfeimages: {}\n")
+    err = _error(capsys, ["build", "--config", str(f), "--print-config"])
+    assert err.count("\n") == 1 and f"config file {f}: cannot read it" in err
