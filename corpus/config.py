@@ -91,7 +91,7 @@ def load_json_model(model: type[M], path: str | Path, what: str = "") -> M:
         return model.model_validate_json(text)
     except ValidationError as e:
         if any(x["type"] == "json_invalid" for x in e.errors()):
-            raise ValueError(f"{label}: not valid JSON: {e.errors()[0]['msg']}") from None
+            raise ValueError(f"{label}: {e.errors()[0]['msg']}") from None
         raise ValueError(f"{label}: {validation_problems(e)}") from None
 
 

@@ -195,7 +195,8 @@ def load_decoder_into(
     dst_moe = [dst.is_moe_layer(i) for i in range(dst.n_layers)]
     upcycling = not any(src_moe) and any(dst_moe)
     experts = ("n_experts", "d_expert", "shared_hidden", "shared_gate")
-    if not upcycling and (src_moe != dst_moe or any(getattr(src.moe, f) != getattr(dst.moe, f) for f in experts)):
+    experts_differ = any(dst_moe) and any(getattr(src.moe, f) != getattr(dst.moe, f) for f in experts)
+    if not upcycling and (src_moe != dst_moe or experts_differ):  # a dense model's moe.* fields are unused
         raise ValueError(f"{model_dir}: its MoE layers or experts differ from the run's model.moe")
     targets = dict(decoder.named_parameters()) | dict(decoder.named_buffers())
     origin: dict[str, tuple[str, int | None]] = {}  # HF key -> (our key, expert index or None)
