@@ -244,3 +244,20 @@ def test_damaged_run_directory_is_one_line(tmp_path, capsys):
         assert "Traceback" not in err
         line = next(ln for ln in err.splitlines() if ln.startswith("interloom generate: error: "))
         assert re.search(shown, line), line
+
+
+@pytest.mark.parametrize(
+    "option,shown",
+    [
+        (["--temperature", "-1"], "--temperature=-1.0: must be >= 0"),
+        (["--temperature", "nan"], "--temperature=nan: must be >= 0"),
+        (["--top-p", "5"], "--top-p=5.0: must be in (0, 1]"),
+        (["--top-p", "0"], "--top-p=0.0: must be in (0, 1]"),
+    ],
+)
+def test_bad_sampling_options_are_refused_before_the_model_loads(tmp_path, capsys, option, shown):
+    from pipeline.cli import main
+
+    assert main(["generate", str(tmp_path / "no-model"), "--prompt", "a", *option]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and shown in err
