@@ -14,9 +14,10 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Section(BaseModel):
-    """Base of every config model: unknown keys are errors, values are validated on assignment."""
+    """Base of every config model: unknown keys are errors, values are validated on assignment, and no number
+    is infinite or NaN (`--sample-files inf` ended in an OverflowError traceback)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

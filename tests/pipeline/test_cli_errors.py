@@ -168,7 +168,26 @@ def test_yaml_config_with_two_problems_and_one_not_utf8_are_one_line(tmp_path, c
     f = tmp_path / "run.yaml"
     f.write_text("images:\n  min_side: abc\nfoo: 1\n")
     err = _error(capsys, ["build", "--config", str(f), "--print-config"])
-    assert err.count("\n") == 1 and "images.min_side: Input should be a valid integer" in err and "; foo: unknown" in err
+    assert (
+        err.count("\n") == 1 and "images.min_side: Input should be a valid integer" in err and "; foo: unknown" in err
+    )
     f.write_bytes(b"\xff\xfeimages: {}\n")
     err = _error(capsys, ["build", "--config", str(f), "--print-config"])
     assert err.count("\n") == 1 and f"config file {f}: cannot read it" in err
+
+
+@pytest.mark.parametrize(
+    "argv,shown",
+    [
+        (["build", "--sample-files", "inf", "--print-config"], "input.sample_files: Input should be a finite number"),
+        (
+            ["build", "--set", "filters.language.min_score=.nan", "--print-config"],
+            "min_score: Input should be a finite",
+        ),
+        (["build", "--set", "images.max_aspect=.inf", "--print-config"], "images.max_aspect: Input should be a fin"),
+    ],
+)
+def test_infinite_or_nan_config_numbers_are_refused(capsys, argv, shown):
+    """`--sample-files inf` used to end in an OverflowError traceback; `.nan` thresholds were taken."""
+    err = _error(capsys, argv)
+    assert err.count("\n") == 1 and shown in err
