@@ -32,7 +32,28 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ValueError(f"--set {text!r}: value is not valid YAML: {_yaml_problem(e)}") from None
+    _check_size(value, f"--set {key}")
     return key.split("."), value
+
+
+MAX_CONFIG_VALUES = 100_000  # values of a config once YAML aliases are expanded
+
+
+def _check_size(tree: Any, where: str) -> None:
+    """Refuse a config that expands to more than MAX_CONFIG_VALUES values: YAML aliases share one object, so
+    a few lines of `&a [*b, *b, ...]` (an alias bomb) would make validation walk billions of them."""
+    stack, n = [tree], 0
+    while stack:
+        node = stack.pop()
+        n += 1
+        if n > MAX_CONFIG_VALUES:
+            raise ValueError(
+                f"{where}: more than {MAX_CONFIG_VALUES:,} values once YAML aliases are expanded (an alias bomb?)"
+            )
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:
@@ -120,6 +141,7 @@ def load_config(
             raise ValueError(f"config file {p}: cannot read it: {e}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {p}: top level must be a mapping, got {type(loaded).__name__}")
+        _check_size(loaded, f"config file {p}")
         tree = _deep_merge(tree, loaded)
         where = str(p)
     for text in overrides or []:

@@ -3,6 +3,8 @@ no traceback; and broken inputs inside a build counted, not silently read as not
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from conftest import real_path
 
@@ -191,3 +193,17 @@ def test_infinite_or_nan_config_numbers_are_refused(capsys, argv, shown):
     """`--sample-files inf` used to end in an OverflowError traceback; `.nan` thresholds were taken."""
     err = _error(capsys, argv)
     assert err.count("\n") == 1 and shown in err
+
+
+def test_a_yaml_alias_bomb_is_refused_not_expanded(tmp_path, capsys):
+    """Nine lines of YAML aliases name 9**9 values; validating them would run for hours. Refused by size."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    f = tmp_path / "bomb.yaml"
+    f.write_text("\n".join(lines) + "\nfilters:\n  language:\n    languages: *a8\n")
+    started = time.monotonic()
+    err = _error(capsys, ["build", "--config", str(f), "--print-config"])
+    assert "bomb.yaml: more than 100,000 values once YAML aliases are expanded" in err and err.count("\n") == 1
+    assert time.monotonic() - started < 5
+    err = _error(capsys, ["build", "--set", "filters.language.languages=" + "[" * 3 + "]" * 3, "--print-config"])
+    assert "alias" not in err  # a small value is validated as usual
