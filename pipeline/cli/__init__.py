@@ -9,6 +9,9 @@ import argparse
 import logging
 import sys
 
+from pydantic import ValidationError
+
+from corpus.config import validation_problems
 from pipeline.cli import build, crawl, demo, evaluate, export, generate, inspect, quality, refilter, tokenizer, train
 
 # subcommand modules (pipeline/cli/<command>.py), in the order `interloom --help` lists them
@@ -69,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except ValidationError as e:  # a config built from a file the command read, not through load_config
+        print(f"interloom {args.command}: error: invalid {e.title}: {validation_problems(e)}", file=sys.stderr)
+        return 2
     except ValueError as e:  # user errors: bad config, missing input, unreadable corpus
         print(f"interloom {args.command}: error: {e}", file=sys.stderr)
         return 2
