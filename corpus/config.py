@@ -14,9 +14,10 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Section(BaseModel):
-    """Base of every config model: unknown keys are errors, values are validated on assignment."""
+    """Base of every config model: unknown keys are errors, values are validated on assignment, and no number
+    is infinite or NaN (`--sample-files inf` ended in an OverflowError traceback)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -31,7 +32,28 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ValueError(f"--set {text!r}: value is not valid YAML: {_yaml_problem(e)}") from None
+    _check_size(value, f"--set {key}")
     return key.split("."), value
+
+
+MAX_CONFIG_VALUES = 100_000  # values of a config once YAML aliases are expanded
+
+
+def _check_size(tree: Any, where: str) -> None:
+    """Refuse a config that expands to more than MAX_CONFIG_VALUES values: YAML aliases share one object, so
+    a few lines of `&a [*b, *b, ...]` (an alias bomb) would make validation walk billions of them."""
+    stack, n = [tree], 0
+    while stack:
+        node = stack.pop()
+        n += 1
+        if n > MAX_CONFIG_VALUES:
+            raise ValueError(
+                f"{where}: more than {MAX_CONFIG_VALUES:,} values once YAML aliases are expanded (an alias bomb?)"
+            )
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:
@@ -59,16 +81,40 @@ def _apply(tree: dict[str, Any], path: list[str], value: Any) -> None:
 
 
 def _format_errors(err: ValidationError, where: str) -> str:
-    lines = [f"invalid config ({where}):"]
+    return f"invalid config ({where}): {validation_problems(err)}"
+
+
+def validation_problems(err: ValidationError) -> str:
+    """pydantic's multi-line report as one line: `key.path: problem (got VALUE); other.key: unknown key`."""
+    problems = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(
-            f"  {loc}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"  {loc}: {msg}"
-        )
-    return "\n".join(lines)
+            problems.append(f"{loc}: unknown key")
+            continue
+        got = repr(e.get("input"))
+        got = got if len(got) <= 80 else got[:77] + "..."
+        problems.append(f"{loc}: {e['msg']} (got {got})")
+    return "; ".join(problems)
+
+
+def load_json_model(model: type[M], path: str | Path, what: str = "") -> M:
+    """`model` validated from the JSON file at `path`; a missing, unreadable, non-JSON or invalid file is one
+    ValueError line naming the file (and `what` it is) and the offending key."""
+    p = Path(path)
+    label = f"{p}{f' ({what})' if what else ''}"
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{label}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{label}: cannot read it: {e}") from None
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as e:
+        if any(x["type"] == "json_invalid" for x in e.errors()):
+            raise ValueError(f"{label}: {e.errors()[0]['msg']}") from None
+        raise ValueError(f"{label}: {validation_problems(e)}") from None
 
 
 def load_config(
@@ -91,8 +137,11 @@ def load_config(
             loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise ValueError(f"config file {p} is not valid YAML: {_yaml_problem(e)}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"config file {p}: cannot read it: {e}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {p}: top level must be a mapping, got {type(loaded).__name__}")
+        _check_size(loaded, f"config file {p}")
         tree = _deep_merge(tree, loaded)
         where = str(p)
     for text in overrides or []:

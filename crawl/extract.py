@@ -375,7 +375,10 @@ class _ImageRecord:
 def _page_base(tree: etree._Element, url: str) -> str:
     base = tree.find(".//base[@href]")
     href = base.get("href").strip() if base is not None else ""
-    return urljoin(url, href) if href else url
+    try:
+        return urljoin(url, href) if href else url
+    except ValueError:  # <base href="http://[bad">: a URL urllib refuses; the page's own URL stays the base
+        return url
 
 
 def _unwrap_noscript_images(tree: etree._Element) -> None:
@@ -434,7 +437,12 @@ def prepare_tree(
             junk.append(((img.get("src") or "<img>")[:200], "no_url"))
             _drop_keep_tail(img)
             continue
-        absolute = urljoin(base, raw.strip())
+        try:
+            absolute = urljoin(base, raw.strip())
+        except ValueError:  # "http://[::1/a.jpg" (a broken IPv6 host): this image, not the page, is dropped
+            junk.append((raw.strip()[:200], "bad_url"))
+            _drop_keep_tail(img)
+            continue
         reason = junk_reason(absolute, int_attr(img.get("width")), int_attr(img.get("height")))
         if reason is not None:
             junk.append((absolute[:500], reason))

@@ -19,6 +19,9 @@ Damage is counted, never a quiet end of the unit:
 - bytes fastwarc cannot read (a corrupt gzip member, an unparsable WARC header) are skipped to the next record
   start (gzip member or `WARC/` line) as the drop `warc_unreadable_bytes`, naming the byte range; when no
   record start follows, the rest of the file is the drop `unit_unreadable_rest`, naming the byte offset;
+- in an uncompressed WARC, bytes between one record's end (by its Content-Length) and the next record that
+  fastwarc skipped quietly (the rest of a record a too-large Content-Length ran over, what a too-small one
+  left) are the same drops;
 - a file with no WARC record in it (empty, or not a WARC) is one counted `warc_read_error`.
 
 A folder input is confined to the folder: a page file whose resolved path lies outside it is the drop
@@ -37,6 +40,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 import brotli
@@ -221,6 +225,35 @@ def _finish(rec: WarcRecord) -> bool:
     return rec.reader.tell() < rec.content_length
 
 
+_GAP = "bytes no WARC record covers (a Content-Length that does not match its record?)"
+
+
+def _record_end(f: BinaryIO, start: int, content_length: int) -> int | None:
+    """Where the record of an uncompressed WARC starting at `start` ends: its header, the blank line, then
+    `content_length` bytes; None when the header's end is not within its first 64 KiB."""
+    for size in (1 << 12, 1 << 16):  # most WARC headers are well under 4 KiB
+        f.seek(start)
+        head = f.read(size)
+        cut = [(i, n) for i, n in ((head.find(b"\r\n\r\n"), 4), (head.find(b"\n\n"), 2)) if i >= 0]
+        if cut:
+            i, n = min(cut)
+            return start + i + n + content_length
+    return None
+
+
+def _holds_data(f: BinaryIO, start: int, end: int) -> bool:
+    """Whether bytes `start`..`end` of a file are more than the blank lines that separate records."""
+    f.seek(start)
+    while start < end:
+        chunk = f.read(min(1 << 20, end - start))
+        if not chunk:
+            return False
+        if chunk.strip():
+            return True
+        start += len(chunk)
+    return False
+
+
 # HTTP headers that shape what a page becomes (decoding, charset, robots): two captures of a URL are the same
 # page only when these are equal too
 CAPTURE_HEADERS = ("content-type", "content-encoding", "transfer-encoding", "x-robots-tag")
@@ -268,25 +301,37 @@ class WarcSource:
         record."""
         path = self.unit.path
         size = os.path.getsize(path)
+        plain = not path.endswith((".gz", ".zst"))  # records are byte ranges of the file itself
         offset = 0
         while True:
             low = offset  # where unread bytes begin if this pass fails
             error = None  # why this pass ended early
             counted = False  # whether the bytes from `low` on belong to a record the consumer has counted
-            with open(path, "rb") as f:
+            end = None  # plain files: where the last record read ends, by its Content-Length
+            with open(path, "rb") as f, open(path, "rb") as g:  # g: our own reads of record bounds
                 f.seek(offset)
                 # quirks_mode: old and odd WARCs (ClueWeb, WARC/0.18); payload decoding is ours, and lenient
                 it = ArchiveIterator(f, parse_http=False, auto_decode="none", quirks_mode=True)
                 try:
                     for rec in it:
                         start = rec.stream_pos  # fastwarc counts from the start of the file, not of the pass
+                        if end is not None and start > end and _holds_data(g, end, start):
+                            # fastwarc skipped to the next `WARC/` line quietly: bytes no record covers, e.g.
+                            # the rest of a record whose start a Content-Length too large ran over
+                            yield _Unreadable(end, start, size, _GAP)
+                        length = rec.content_length  # the consumer's parse_http() makes it the payload's
                         yield start, rec
                         low = start + 1
                         if _finish(rec):  # damaged, or it runs past the end of the file (perhaps over records)
                             error, counted = "record not readable to its end", True
                             break
+                        end = _record_end(g, start, length) if plain else None
                 except Exception as e:  # noqa: BLE001 - fastwarc raises OSError and others for damaged bytes
                     error = str(e) or type(e).__name__
+                tail = error is None and end is not None and end < size and _holds_data(g, end, size)
+            if tail and end is not None:
+                yield _Unreadable(end, None, size, _GAP)
+                return
             if error is None:
                 rest = self._unread_member(low, size)
                 if rest is not None:  # fastwarc stops quietly at a gzip member cut inside its header

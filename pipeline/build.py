@@ -422,6 +422,18 @@ def _put_json(store: Storage, rel: str, obj: Any) -> None:
     store.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True).encode("utf-8"))
 
 
+def _read_json_object(store: Storage, rel: str, doing: str = "") -> dict[str, Any]:
+    """The JSON object in corpus file `rel`; one that is not UTF-8 JSON or not an object is a ValueError
+    naming it (and what was `doing`: '--append: ...')."""
+    try:
+        data = json.loads(store.read_bytes(rel).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{doing}{store.url_of(rel)} is damaged: not JSON ({e}); nothing was written") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{doing}{store.url_of(rel)} is damaged: a JSON {type(data).__name__}, not an object")
+    return data
+
+
 def _listed_shards(store: Storage) -> list[ShardInfo]:
     """The manifest's complete entries; a torn last line (a build killed mid-append) is dropped for good."""
     if not store.exists(MANIFEST):
@@ -532,7 +544,7 @@ def _build(
 ) -> dict[str, Any]:
     identity = {"config": dump_config(cfg), "inputs": _input_ids(paths)}
     if store.exists("build.json"):
-        previous = json.loads(store.read_bytes("build.json"))
+        previous = _read_json_object(store, "build.json")
         differences = identity_differences(previous, identity)
         if differences:
             hint = " (to add inputs to a finished corpus, use --append)" if previous.get("finished_at") else ""
@@ -719,11 +731,30 @@ def _append(
     counted. The config must be the corpus's own (inputs and ray aside)."""
     if not store.exists("build.json"):
         raise ValueError(f"--append: {store.url} holds no corpus (no build.json); build it first, without --append")
-    info = json.loads(store.read_bytes("build.json"))
+    info = _read_json_object(store, "build.json", "--append: ")
     if not info.get("finished_at"):
         raise ValueError(
             f"--append: the build of {store.url} has not finished; finish it first (run its own command again, "
             f"without --append)"
+        )
+    where = f"--append: {store.url_of('build.json')} is damaged"
+    if not isinstance(info.get("config"), dict):
+        raise ValueError(f"{where}: 'config' is not an object; nothing was written")
+    units_ok = isinstance(info.get("units"), list) and all(
+        isinstance(u, dict) and isinstance(u.get("name"), str) for u in info["units"]
+    )
+    if not units_ok or not isinstance(info.get("inputs"), list):
+        raise ValueError(
+            f"{where}: 'units' is not a list of units with names, or 'inputs' not a list; nothing was written"
+        )
+    pending = info.get("appending")
+    if pending is not None and not (
+        isinstance(pending, dict)
+        and all(isinstance(pending.get(k), list) for k in ("units", "inputs"))
+        and isinstance(pending.get("old_shards"), int)
+    ):
+        raise ValueError(
+            f"{where}: 'appending' is not an append record (units, inputs, old_shards); nothing was written"
         )
     differences = config_differences(info["config"], dump_config(cfg), APPEND_FREE_SECTIONS)
     if differences:
@@ -736,13 +767,12 @@ def _append(
     skipped = [u for u in units if u.name in in_corpus]
     for u in skipped:
         log.info("%s: already in the corpus, skipped", u.path)
-    pending = info.get("appending")
     if pending and [u["name"] for u in pending["units"]] != [u.name for u in new_units]:
         raise ValueError(
             f"--append: an append of other inputs to {store.url} was interrupted; run it again to finish it "
             f"(inputs: {', '.join(pending['inputs'][:5])}{' ...' if len(pending['inputs']) > 5 else ''})"
         )
-    old_stats = json.loads(store.read_bytes("stats.json"))
+    old_stats = _check_corpus_for_append(store, info)
     if not new_units:
         stats = copy.deepcopy(old_stats)
         note = f"nothing to add: all {len(skipped)} inputs are already in the corpus (units_already_in_corpus)"
@@ -829,6 +859,51 @@ def _append(
         shutil.rmtree(awork)
         if not any(work.iterdir()):
             work.rmdir()
+    return stats
+
+
+def _check_corpus_for_append(store: Storage, info: dict[str, Any]) -> dict[str, Any]:
+    """The corpus's stats.json, after checking that what an append reads and extends is whole: stats.json
+    (the funnel it adds to), every manifest line (a torn last line only where an earlier append was
+    interrupted) and every listed shard. Damage is refused naming the file, before anything is written."""
+    doing = "--append: "
+    if not store.exists("stats.json"):
+        raise ValueError(f"{doing}{store.url_of('stats.json')} is missing; the corpus is damaged, nothing was written")
+    stats = _read_json_object(store, "stats.json", doing)
+    try:
+        int(stats["build"]["documents"])
+        Ledger.from_dict(stats)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(
+            f"{doing}{store.url_of('stats.json')} is damaged: not a build's funnel ({type(e).__name__}: {e}); "
+            f"nothing was written"
+        ) from None
+    if not store.exists(MANIFEST):
+        raise ValueError(f"{doing}{store.url_of(MANIFEST)} is missing; the corpus is damaged, nothing was written")
+    try:
+        raw = store.read_bytes(MANIFEST).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{doing}{store.url_of(MANIFEST)} is damaged: not UTF-8 ({e}); nothing was written") from None
+    lines = raw.splitlines(keepends=True)
+    shards = []
+    for n, line in enumerate(lines, 1):
+        if not line.endswith("\n") and n == len(lines) and info.get("appending"):
+            continue  # torn by the interrupted append: dropped when it resumes
+        if not line.strip():
+            continue
+        shard = parse_manifest_line(line) if line.endswith("\n") else None
+        if shard is None:
+            raise ValueError(
+                f"{doing}{store.url_of(MANIFEST)} line {n} is damaged (not a whole shard entry): "
+                f"{line.strip()[:80]!r}; nothing was written"
+            )
+        shards.append(shard)
+    for shard in shards[: (info.get("appending") or {}).get("old_shards", len(shards))]:
+        if not store.exists(f"shards/{shard.name}.tar"):
+            raise ValueError(
+                f"{doing}{store.url_of(MANIFEST)} lists {shard.name}, but {store.url_of(f'shards/{shard.name}.tar')} "
+                f"is missing; the corpus is damaged, nothing was written"
+            )
     return stats
 
 

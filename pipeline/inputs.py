@@ -3,8 +3,9 @@
 resolve_inputs(patterns, cfg) -> the input files of a build, in order:
   - a path list (`warc.paths.gz` as Common Crawl publishes it, or any `.paths`/`.txt`[.gz] file of paths or
     URLs, one per line, `#` comments) is read, local or remote; a relative entry is resolved against
-    `input.prefix` (`--input-prefix s3://commoncrawl/`), and is an error without one. WET and WAT files in
-    a list are refused: a build needs the WARC files (HTML and images);
+    `input.prefix` (`--input-prefix s3://commoncrawl/`), and is an error without one, as is one that climbs
+    out of the prefix with `..`, a URL of a scheme no fsspec file system reads, or another path list;
+  - WET and WAT files, listed or given directly, are refused: a build needs the WARC files (HTML and images);
   - a glob over a remote file system (s3://bucket/crawl/*.warc.gz), or a local glob;
   - `input.anon=true` reads s3:// inputs anonymously (public buckets such as s3://commoncrawl);
   - `input.sample_files` keeps a seeded sample of the files (N >= 1: that many; 0 < x < 1: that share, at
@@ -18,9 +19,11 @@ import gzip
 import io
 import os
 import random
+import zlib
 from typing import Any
 
 import fsspec
+from fsspec.registry import known_implementations
 from pydantic import Field
 
 from corpus.config import Section
@@ -66,8 +69,29 @@ def _derived_kind(entry: str) -> str | None:
     return next((kind for suffix, kind in _DERIVED.items() if name.endswith(suffix)), None)
 
 
+def _check_entry(entry: str, where: str, listed: bool = False) -> None:
+    """Refuse what no build can read, naming `where` it came from: WET/WAT files, URLs of a scheme no fsspec
+    file system reads, control characters, path lists inside a path list."""
+    kind = _derived_kind(entry)
+    if kind:
+        hint = "the dump's warc.paths.gz, not wet.paths.gz or wat.paths.gz" if listed else "the crawl's .warc.gz files"
+        raise ValueError(
+            f"{where}: {entry} is a {kind} file; a build needs the WARC files (HTML and images): use {hint}"
+        )
+    if any(ord(c) < 32 or ord(c) == 127 for c in entry):
+        raise ValueError(f"{where}: {entry!r} holds a control character; not a path or URL")
+    if "://" in entry:
+        scheme = entry.split("://", 1)[0].lower()
+        if scheme != "file" and scheme not in known_implementations:
+            raise ValueError(
+                f"{where}: {entry} has an unknown URL scheme {scheme!r} (known: file, s3, gs, https, ... "
+                f"any fsspec file system)"
+            )
+
+
 def read_path_list(path: str, cfg: InputConfig) -> list[str]:
-    """The entries of a path list, relative ones joined to `cfg.prefix`; WET/WAT entries are refused."""
+    """The entries of a path list, relative ones joined to `cfg.prefix`; WET/WAT entries, `..` in a relative
+    entry (it would leave the prefix), unknown URL schemes and path lists inside the list are refused."""
     try:
         if is_remote(path):
             with fsspec.open(path, "rb", **storage_options(path, cfg)) as f:
@@ -78,6 +102,8 @@ def read_path_list(path: str, cfg: InputConfig) -> list[str]:
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.GzipFile(fileobj=io.BytesIO(raw)).read()
         text = raw.decode("utf-8")
+    except zlib.error as e:
+        raise ValueError(f"--input {path}: cannot read the path list: damaged gzip data ({e})") from e
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise ValueError(f"--input {path}: cannot read the path list: {type(e).__name__}: {e}") from e
     entries = []
@@ -85,13 +111,13 @@ def read_path_list(path: str, cfg: InputConfig) -> list[str]:
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
-        kind = _derived_kind(entry)
-        if kind:
-            raise ValueError(
-                f"--input {path} line {n}: {entry} is a {kind} file; a build needs the WARC files "
-                f"(HTML and images): use the dump's warc.paths.gz, not wet.paths.gz or wat.paths.gz"
-            )
+        where = f"--input {path} line {n}"
+        _check_entry(entry, where, listed=True)
+        if is_path_list(entry):
+            raise ValueError(f"{where}: {entry} is a path list; a list names input files, not other lists")
         if "://" not in entry and not os.path.isabs(entry):
+            if ".." in entry.replace("\\", "/").split("/"):
+                raise ValueError(f"{where}: {entry} climbs out of the prefix with '..'; list paths inside it")
             if not cfg.prefix:
                 raise ValueError(
                     f"--input {path} line {n}: {entry} is a relative path; give --input-prefix "
@@ -134,7 +160,10 @@ def resolve_inputs(patterns: list[str], cfg: InputConfig | None = None) -> list[
                     raise ValueError(f"--input {pattern}: {entry} does not exist")
                 paths.append(entry)
             continue
+        _check_entry(pattern, f"--input {pattern}")
         matched = _expand(pattern, cfg)
+        for m in matched:
+            _check_entry(m, f"--input {pattern}")
         if not matched:
             raise ValueError(f"--input {pattern!r} matches no file")
         lists = [m for m in matched if is_path_list(m)]

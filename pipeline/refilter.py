@@ -91,16 +91,41 @@ def _dedup_keepers(corpus: Corpus) -> set[str]:
     return {r["id"] for r in table.to_pylist() if r["keeper"] and r["size"] > 1}
 
 
+def _corpus_json(src: Corpus, name: str) -> dict[str, Any]:
+    """A corpus's build.json / stats.json; missing or damaged is a ValueError naming it."""
+    where = f"{src.path.rstrip('/')}/{name}"
+    try:
+        data = src.read_json(name)
+    except FileNotFoundError:
+        raise ValueError(f"{where} is missing: not a corpus finished by `interloom build`") from None
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{where} is damaged: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} is damaged: a JSON {type(data).__name__}, not an object")
+    return data
+
+
 def refilter_corpus(corpus: str | Path, output: str | Path, overrides: list[str]) -> dict[str, Any]:
     """Write NEW = CORPUS with stricter thresholds applied to the stored signals. Returns NEW's stats."""
     from pipeline.build import BuildConfig
 
     src = Corpus(corpus)
-    info = src.read_json("build.json")
+    info = _corpus_json(src, "build.json")
     if not info.get("finished_at"):
         raise ValueError(f"{corpus}: the build has not finished; finish it before refiltering")
+    if not isinstance(info.get("config"), dict):
+        raise ValueError(f"{src.path.rstrip('/')}/build.json is damaged: its 'config' is not an object")
+    try:
+        built = load_config(BuildConfig, None, None, base=copy.deepcopy(info["config"]))
+    except ValueError as e:
+        raise ValueError(f"{src.path.rstrip('/')}/build.json is damaged: its {e}") from None
     cfg = load_config(BuildConfig, None, overrides, base=copy.deepcopy(info["config"]))
-    checks = stricter_thresholds(BuildConfig.model_validate(info["config"]), cfg)
+    checks = stricter_thresholds(built, cfg)
+    old_stats = _corpus_json(src, "stats.json")  # read before anything is written
+    if not isinstance(old_stats.get("stages"), list) or not isinstance(old_stats.get("items", {}), dict):
+        raise ValueError(f"{src.path.rstrip('/')}/stats.json is damaged: no 'stages' list (the build's funnel)")
+    if not isinstance(info.get("units"), list) or not all(isinstance(u, dict) and "name" in u for u in info["units"]):
+        raise ValueError(f"{src.path.rstrip('/')}/build.json is damaged: 'units' is not a list of named units")
     out = Path(output)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"--output {out}: exists and is not empty; a refilter writes a new corpus")
@@ -139,7 +164,6 @@ def refilter_corpus(corpus: str | Path, output: str | Path, overrides: list[str]
         lines += [s.line() + "\n" for s in written]
     (out / MANIFEST).write_text("".join(lines), encoding="utf-8")
     write_parquet_atomic(ledger.rejects_table(), out / "rejects" / "refilter.parquet")
-    old_stats = src.read_json("stats.json")
     stats = {
         **ledger.to_dict([STAGE]),
         "stages": [*old_stats["stages"], *ledger.to_dict([STAGE])["stages"]],

@@ -27,13 +27,16 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from corpus.config import load_json_model
 from train.config import TrainConfig
 from train.data import DataConfig
 from train.model.config import ModelConfig
 from train.model.hf import Family, export_decoder, load_decoder_into
+from train.model.hf.checkpoint import check_weight_files, open_safetensors, read_hf_config, read_tensor
 from train.model.vlm import VLM
+from train.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +63,37 @@ def load_trained_model(path: str | Path) -> tuple[VLM, TrainConfig, Path]:
     config_path = ckpt.parent / "config.json"
     if not config_path.is_file():
         raise ValueError(f"{ckpt}: no config.json in its run directory {ckpt.parent}")
-    cfg = TrainConfig.model_validate(json.loads(config_path.read_text()))
+    cfg = load_json_model(TrainConfig, config_path, "the run's config")
     model = VLM(cfg.model)
     state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=str(ckpt / "dcp"), no_dist=True)  # this process reads every shard
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    if not (ckpt / "dcp" / ".metadata").is_file():
+        raise ValueError(f"{ckpt / 'dcp'}: no .metadata (an incomplete or damaged checkpoint)")
+    dcp_log = logging.getLogger()  # DCP logs to the root logger, with tracebacks of a damaged file: ours is one line
+    level = dcp_log.level
+    dcp_log.setLevel(logging.CRITICAL)
+    try:
+        dcp.load(state, checkpoint_id=str(ckpt / "dcp"), no_dist=True)  # this process reads every shard
+    except (CheckpointException, Exception) as e:  # noqa: BLE001 -- CheckpointException is a BaseException
+        failures = list(getattr(e, "failures", {}).values())
+        cause = failures[0] if failures else e
+        cause = cause[0] if isinstance(cause, tuple) else getattr(cause, "exc", cause)  # (exception, frames)
+        why = " ".join(str(cause).split())[:300]
+        raise ValueError(f"{ckpt / 'dcp'}: cannot read the checkpoint ({type(cause).__name__}: {why})") from None
+    finally:
+        dcp_log.setLevel(level)
     model.load_state_dict(state["model"])
-    log.info(
-        "loaded %s (step %s)",
-        ckpt,
-        json.loads((ckpt / "trainer.json").read_text()).get("step") if (ckpt / "trainer.json").is_file() else "?",
-    )
+    log.info("loaded %s (step %s)", ckpt, _step(ckpt))
     return model.eval(), cfg, ckpt
+
+
+def _step(ckpt: Path) -> object:
+    """The step of a checkpoint, for the log ('?' when trainer.json is missing or damaged)."""
+    try:
+        return json.loads((ckpt / "trainer.json").read_text()).get("step", "?")
+    except (OSError, ValueError, AttributeError):
+        return "?"
 
 
 def export_model(path: str | Path, out_dir: str | Path, family: str | None = None, dtype: str = "float32") -> Family:
@@ -98,8 +121,11 @@ def load_exported_vlm(out_dir: str | Path) -> VLM:
     out = Path(out_dir)
     if not (out / VLM_CONFIG).is_file():
         raise ValueError(f"{out}: no {VLM_CONFIG} (not written by `interloom export model`)")
-    cfg = ModelConfig.model_validate_json((out / VLM_CONFIG).read_text())
-    rest = load_file(out / VLM_REST)
+    cfg = load_json_model(ModelConfig, out / VLM_CONFIG)
+    with open_safetensors(out / VLM_REST) as f:
+        rest = {k: read_tensor(f, out / VLM_REST, k) for k in f.keys()}  # noqa: SIM118 -- a safetensors handle
+    if not rest:
+        raise ValueError(f"{out / VLM_REST}: holds no tensor (the vision tower and adapter are missing)")
     model = VLM(cfg).to(next(iter(rest.values())).dtype)
     missing, unexpected = model.load_state_dict(rest, strict=False)
     if unexpected or any(not k.startswith("decoder.") for k in missing):
@@ -121,17 +147,23 @@ def init_from_config(cfg: TrainConfig, path: str | Path, run_dir: str | Path) ->
     checkpointing, compile). The optimizer and the step start afresh."""
     src = Path(path).resolve()
     if (src / VLM_CONFIG).is_file():
-        model = ModelConfig.model_validate_json((src / VLM_CONFIG).read_text())
+        model = load_json_model(ModelConfig, src / VLM_CONFIG)
         if not (src / DATA_CONFIG).is_file():
             raise ValueError(f"--init-from {src}: no {DATA_CONFIG} (export it again with `interloom export model`)")
-        data = DataConfig.model_validate_json((src / DATA_CONFIG).read_text())
+        data = load_json_model(DataConfig, src / DATA_CONFIG)
         tok, start = src / "tokenizer.json", src
+        # the weights' files are read by the workers: a damaged folder is refused here, before Ray starts
+        read_hf_config(src)
+        check_weight_files(src)
+        with open_safetensors(src / VLM_REST):
+            pass
     else:
         start = find_checkpoint(src)
-        run_cfg = TrainConfig.model_validate(json.loads((start.parent / "config.json").read_text()))
+        run_cfg = load_json_model(TrainConfig, start.parent / "config.json", "the run's config")
         model, data, tok = run_cfg.model, run_cfg.data, Path(run_cfg.data.tokenizer)
     if not tok.is_file():
         raise ValueError(f"--init-from {src}: its tokenizer {tok} is missing")
+    Tokenizer.load(tok)  # a damaged tokenizer.json: one line naming it
     out = Path(run_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if tok.resolve() != (out / "tokenizer.json").resolve():

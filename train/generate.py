@@ -15,12 +15,16 @@ Shape legend: T tokens   D model dim   V vocab   N patches   P values per patch 
 
 from __future__ import annotations
 
+import io
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image as PILImage
 
+from corpus.config import load_json_model
 from train.data import DataConfig
 from train.data.collate import normalise
 from train.data.encode import DocumentEncoder
@@ -49,21 +53,36 @@ def load_inference_model(path: str | Path) -> tuple[VLM, Path, DataConfig]:
         model = load_exported_vlm(p).float()
         if not (p / "tokenizer.json").is_file():
             raise ValueError(f"{p}: exported model has no tokenizer.json")
-        data = (
-            DataConfig.model_validate_json((p / DATA_CONFIG).read_text())
-            if (p / DATA_CONFIG).is_file()
-            else DataConfig()
-        )
+        data = load_json_model(DataConfig, p / DATA_CONFIG) if (p / DATA_CONFIG).is_file() else DataConfig()
         return model, p / "tokenizer.json", data
     model, cfg, _ = load_trained_model(p)
     return model.float(), Path(cfg.data.tokenizer), cfg.data
 
 
 def read_image_file(path: str | Path) -> bytes:
+    """The bytes of an --image file, checked to decode (before a model is loaded): a missing, truncated or
+    non-image file, or a decompression bomb, is one ValueError line naming it."""
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"--image {p}: no such file")
-    return p.read_bytes()
+        raise ValueError(f"--image {p}: {'not a file' if p.exists() else 'no such file'}")
+    data = p.read_bytes()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            with PILImage.open(io.BytesIO(data)) as im:
+                im.draft("RGB", (512, 512))  # JPEG: a reduced decode still reads every byte of the file
+                im.load()
+    except PILImage.UnidentifiedImageError:
+        raise ValueError(f"--image {p}: not an image file (no image format recognised)") from None
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        PILImage.DecompressionBombError,
+        PILImage.DecompressionBombWarning,
+    ) as e:
+        raise ValueError(f"--image {p}: not an image that decodes ({type(e).__name__}: {e})") from None
+    return data
 
 
 def encode_prompt(
@@ -81,7 +100,8 @@ def encode_prompt(
             break
         got = encoder.image(images[i], counters)
         if got is None:
-            raise ValueError(f"image {i + 1} could not be used: {dict(counters)}")
+            why = ", ".join(k.split(":", 1)[-1] for k in counters)
+            raise ValueError(f"image {i + 1} of the prompt cannot be used: {why}")
         patches_NP, (gh, gw) = got
         ids.extend([tok.img_start_id] + [tok.image_id] * ((gh // merge) * (gw // merge)) + [tok.img_end_id])
         patches.append(torch.from_numpy(normalise(patches_NP, data.image_mean, data.image_std)))

@@ -9,6 +9,9 @@ import argparse
 import logging
 import sys
 
+from pydantic import ValidationError
+
+from corpus.config import validation_problems
 from pipeline.cli import build, crawl, demo, evaluate, export, generate, inspect, quality, refilter, tokenizer, train
 
 # subcommand modules (pipeline/cli/<command>.py), in the order `interloom --help` lists them
@@ -27,12 +30,21 @@ Run `interloom COMMAND --help` for the options of each command.
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser that keeps the line breaks of descriptions and epilogs (the examples in every
+    `--help`). `add_subparsers` makes each subcommand's parser of the same class, so the commands' modules
+    only say what they add."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="interloom",
         description="Build interleaved image-text corpora on Ray, inspect them, and train a MoE VLM on them.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
@@ -60,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except ValidationError as e:  # a config built from a file the command read, not through load_config
+        print(f"interloom {args.command}: error: invalid {e.title}: {validation_problems(e)}", file=sys.stderr)
+        return 2
     except ValueError as e:  # user errors: bad config, missing input, unreadable corpus
         print(f"interloom {args.command}: error: {e}", file=sys.stderr)
         return 2

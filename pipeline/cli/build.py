@@ -42,7 +42,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="build a corpus from WARC files or HTML folders",
         description=HELP,
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--input",
@@ -50,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="GLOB",
-        help="WARC/WET/WAT or .html(.gz) files, or folders of HTML files; a glob (quote it) or an "
+        help="WARC or .html(.gz) files, or folders of HTML files; a glob (quote it) or an "
         "s3://... URL (glob too); or a path list (warc.paths.gz, a .txt of paths/URLs); repeatable",
     )
     p.add_argument(

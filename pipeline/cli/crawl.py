@@ -33,7 +33,6 @@ def register(subparsers) -> None:
         help="crawl seed URLs into WARC files (robots.txt, politeness, resumable)",
         description=__doc__,
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("seeds", help="text file with one URL per line (# comments allowed), or a Parquet file")
     p.add_argument(

@@ -36,7 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="sample -> corpus -> training -> report, on this machine",
         description=HELP,
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--output", "-o", default="demo-out", metavar="DIR", help="where everything goes (default: demo-out)"

@@ -31,7 +31,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="held-out loss (image-conditioned vs text) and retrieval recall@1/5",
         description=__doc__,
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", metavar="CKPT", help="run directory, checkpoint directory or exported model folder")
     p.add_argument("--corpus", required=True, metavar="PATH", help="held-out corpus directory or fsspec URL")

@@ -37,7 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="export a corpus (hf: Parquet for Hugging Face datasets) or a model (model: transformers folder)",
         description=EXPORT_HELP,
         epilog=EXPORT_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "format",

@@ -24,7 +24,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="continue a prompt with images using a trained model (KV cache)",
         description=__doc__,
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", metavar="CKPT", help="run directory, checkpoint directory or exported model folder")
     p.add_argument("--prompt", required=True, help="prompt text; each <image> marks where the next --image goes")
@@ -53,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens={args.max_new_tokens}: must be >= 1")
+    if not args.temperature >= 0:  # also NaN
+        raise ValueError(f"--temperature={args.temperature}: must be >= 0 (0 = greedy)")
+    if not 0 < args.top_p <= 1:
+        raise ValueError(f"--top-p={args.top_p}: must be in (0, 1]")
     images = [read_image_file(p) for p in args.images]
     model, tok_path, data = load_inference_model(args.checkpoint)
     model = model.to(args.device)

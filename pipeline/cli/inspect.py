@@ -30,7 +30,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="HTML report and summary of a corpus",
         description=HELP,
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("corpus", metavar="CORPUS", help="corpus folder (or fsspec URL) written by `interloom build`")
     p.add_argument("--output", "-o", metavar="DIR", help="report folder (default: CORPUS/report)")

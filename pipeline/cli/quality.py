@@ -35,7 +35,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "quality",
         help="train the fastText quality classifier",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="quality_command", metavar="SUBCOMMAND", required=True)
     train = sub.add_parser(
@@ -43,7 +42,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a classifier from positive and negative example documents",
         description=TRAIN_HELP,
         epilog=TRAIN_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument(
         "--positive",

@@ -25,7 +25,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="stricter thresholds on a built corpus, without re-extracting",
         description=HELP,
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("corpus", metavar="CORPUS", help="a finished corpus (folder or fsspec URL)")
     p.add_argument(

@@ -23,7 +23,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a byte-level BPE tokenizer on a corpus's text",
         description="Tokenizer commands. `interloom tokenizer train --help` for its options.",
         epilog="example:\n  interloom tokenizer train corpus/ --output tokenizer.json\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
     t = sub.add_parser(
@@ -31,7 +30,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train on CORPUS (local path or fsspec URL) and write tokenizer.json",
         description=TRAIN_HELP,
         epilog=TRAIN_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     t.add_argument("corpus", help="corpus folder or fsspec URL written by `interloom build` (has manifest.jsonl)")
     t.add_argument("--output", "-o", required=True, metavar="FILE", help="where to write tokenizer.json")

@@ -33,7 +33,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train the MoE VLM on a corpus (Ray Train); resumes a run dir",
         description=__doc__,
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", help="YAML file or recipe name: debug-cpu | single-gpu | multi-gpu | align | pretrain")
     p.add_argument("--corpus", metavar="PATH", help="corpus directory or fsspec URL (sets data.corpus)")

@@ -677,12 +677,52 @@ def _read_images(corpus: Corpus, path: str, top: int) -> dict[str, Any]:
 
 # ---- the summary ------------------------------------------------------------------------------------
 def _read_optional_json(corpus: Corpus, name: str) -> tuple[Any, str | None]:
+    """(build.json or stats.json, None), or (None, why it is left out): missing, not JSON, or (stats.json)
+    not of a funnel's shape. A damaged file costs its part of the report, not the report."""
     try:
-        return corpus.read_json(name), None
+        data = corpus.read_json(name)
     except FileNotFoundError:
         return None, f"{name} not found"
     except (OSError, ValueError) as e:
         return None, f"{name} unreadable: {e}"
+    problem = _funnel_problem(data) if name == "stats.json" else None
+    if not isinstance(data, dict):
+        problem = f"a JSON {type(data).__name__}, not an object"
+    return (None, f"{name} unreadable: {problem}") if problem else (data, None)
+
+
+def _funnel_problem(stats: Any) -> str | None:
+    """What makes `stats` no funnel (stats.json: stages [{name, in, out, drops}], items {key: {...}}, counters,
+    build), or None."""
+
+    def count_problem(where: str, s: Any) -> str | None:
+        if not isinstance(s, dict) or not all(_is_count(s.get(k)) for k in ("in", "out")):
+            return f"{where} has no whole in/out counts"
+        drops = s.get("drops", {})
+        if not isinstance(drops, dict) or not all(_is_count(c) for c in drops.values()):
+            return f"{where}: drops is not reason -> count"
+        return None
+
+    if not isinstance(stats, dict):
+        return None  # said by the caller
+    stages, items = stats.get("stages", []), stats.get("items", {})
+    if not isinstance(stages, list) or not isinstance(items, dict):
+        return "stages is not a list or items not an object"
+    for i, s in enumerate(stages):
+        if not isinstance(s, dict) or not isinstance(s.get("name"), str):
+            return f"stage {i} has no name"
+        if why := count_problem(f"stage {s['name']}", s):
+            return why
+    for key, s in items.items():
+        if why := count_problem(f"item {key}", s):
+            return why
+    if not isinstance(stats.get("counters", {}), dict) or not isinstance(stats.get("build", {}), dict):
+        return "counters or build is not an object"
+    return None
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def summarize(

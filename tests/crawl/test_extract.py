@@ -471,3 +471,22 @@ def test_image_gate_cuts_pages_without_a_keepable_image_before_trafilatura(monke
     monkeypatch.setattr(ce, "_run_trafilatura", no_trafilatura)
     out = ExtractStep(image_gate=lambda urls: False).process(pages[0], Ledger())
     assert out == Drop("no_image_candidates", "none of its 1 image candidates can be kept")
+
+
+@pytest.mark.parametrize("base", ["", "<base href='http://[broken'>"])
+def test_a_url_urllib_refuses_costs_its_image_not_the_page(base):
+    """`<img src='http://[::1/a.jpg'>` (a broken IPv6 host: urljoin raises ValueError) is the image drop
+    `bad_url`; a `<base href>` urllib refuses is ignored. The page and its other images are kept (the
+    ValueError used to drop the whole page as `error:ValueError`)."""
+    html = page(
+        f"<p>{PARA}</p><img src='http://[::1/a.jpg' width='800' height='600'><p>{PARA2}</p>"
+        f"<img src='/media/photo.jpg' width='800' height='600'><p>{PARA3}</p>",
+        head=base,
+    )
+    raw = RawPage(url="https://news.example.com/a", body=html.encode(), source="html:a.html", id="d1")
+    ledger = Ledger()
+    out = list(run_steps([raw], [ExtractStep()], ledger))
+    assert [im.url for im in out[0].image_list] == ["https://news.example.com/media/photo.jpg"]
+    rows = [r for r in ledger.rejects_table().to_pylist() if r["item"] == "image"]
+    assert {(r["reason"], r["detail"]) for r in rows} >= {("bad_url", "http://[::1/a.jpg")}
+    assert ledger.to_dict()["stages"][0]["drops"] == {} and not check_funnel(ledger.to_dict())

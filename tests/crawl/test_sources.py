@@ -327,3 +327,46 @@ def test_unknown_input_kind_is_a_clear_error(tmp_path):
     f.write_text("x")
     with pytest.raises(ValueError, match="data.csv"):
         discover_units([str(f)])
+
+
+def _set_length(record: bytes, value: int) -> bytes:
+    return re.sub(rb"Content-Length: \d+\r\n\r\n", f"Content-Length: {value}\r\n\r\n".encode(), record, count=1)
+
+
+@pytest.mark.parametrize("where", ["middle", "last"])
+def test_a_content_length_too_large_loses_no_record_quietly(tmp_path, where):
+    """An uncompressed WARC whose record claims 100 bytes more than it has runs over the start of the next
+    record; fastwarc then skips quietly to the next `WARC/` line. The bytes no record covers are a counted
+    drop (`warc_unreadable_bytes` between records, `unit_unreadable_rest` at the end), never a record gone
+    without a trace."""
+    recs = [page_record(f"http://example.com/{i}") for i in range(4)]
+    recs[1] = _set_length(recs[1], len(recs[1]) + 100)
+    pages, _, stats = _read(write_warc(tmp_path / "lie.warc", recs[: 4 if where == "middle" else 3]))
+    [read] = stats["stages"]
+    assert check_funnel(stats) == []
+    if where == "middle":  # record 2's start is eaten: 0, 1 (with 100 bytes of 2) and 3 are read
+        assert [p.url for p in pages] == ["http://example.com/0", "http://example.com/1", "http://example.com/3"]
+        assert read["drops"] == {"warc_unreadable_bytes": 1}
+    else:
+        assert len(pages) == 2 and read["drops"] == {"unit_unreadable_rest": 1}
+
+
+def test_a_content_length_too_small_counts_the_bytes_it_leaves(tmp_path):
+    recs = [page_record(f"http://example.com/{i}") for i in range(3)]
+    recs[1] = _set_length(recs[1], 10)
+    pages, _, stats = _read(write_warc(tmp_path / "short.warc", recs))
+    [read] = stats["stages"]
+    assert [p.url for p in pages] == ["http://example.com/0", "http://example.com/2"]
+    assert read["drops"] == {"http_status:2": 1, "warc_unreadable_bytes": 1} and check_funnel(stats) == []
+
+
+@pytest.mark.parametrize("name", [w for w in WARCS if w.endswith(".gz")])
+def test_an_uncompressed_copy_reads_as_the_gzip_file(tmp_path, name):
+    """No false alarm: every real WARC, decompressed, gives the same pages and the same funnel."""
+    gz = real_path("dev", "warc", name)
+    plain = tmp_path / name.removesuffix(".gz")
+    plain.write_bytes(gzip.decompress(gz.read_bytes()))
+    pages_gz, _, stats_gz = _read(gz)
+    pages_plain, _, stats_plain = _read(plain)
+    assert [p.url for p in pages_plain] == [p.url for p in pages_gz]
+    assert stats_plain["stages"] == stats_gz["stages"]

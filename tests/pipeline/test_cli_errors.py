@@ -3,6 +3,8 @@ no traceback; and broken inputs inside a build counted, not silently read as not
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from conftest import real_path
 
@@ -115,18 +117,23 @@ def test_every_command_help_has_an_example(capsys):
     for argv in (
         ["demo"],
         ["build"],
+        ["refilter"],
         ["crawl"],
         ["inspect"],
         ["export"],
         ["quality", "train"],
         ["tokenizer", "train"],
         ["train"],
+        ["eval"],
+        ["generate"],
     ):
         with pytest.raises(SystemExit) as e:
             main([*argv, "--help"])
         assert e.value.code == 0
         out = capsys.readouterr().out
-        assert f"interloom {' '.join(argv)} " in out.split("options:", 1)[1], argv  # an example after the options
+        # an example after the options, on a line of its own (the epilog's line breaks are kept, also for the
+        # parsers of sub-subcommands such as `quality train`)
+        assert f"\n  interloom {' '.join(argv)} " in out.split("options:", 1)[1], argv
 
 
 def test_output_that_cannot_be_created_is_one_line_not_a_traceback(tmp_path, capsys):
@@ -149,3 +156,59 @@ def test_tokenizer_max_documents_below_one(capsys):
 def test_set_inside_a_list_says_to_set_the_list_whole(capsys):
     err = _error(capsys, ["train", "debug-cpu", "--corpus", "c", "--set", "stages.0.steps=5"])
     assert "'stages' is a list; set it whole, e.g. --set 'stages=[...]'" in err
+
+
+@pytest.mark.parametrize(
+    "setting,shown",
+    [
+        ("filters.x=abc", "filters.x: unknown key"),
+        ("images.min_side=abc", "images.min_side: Input should be a valid integer, unable to parse string"),
+        ("images=3", "images: Input should be a valid dictionary"),
+    ],
+)
+def test_bad_config_value_is_one_line_naming_the_key(capsys, setting, shown):
+    err = _error(capsys, ["build", "--set", setting, "--print-config"])
+    assert err.count("\n") == 1 and shown in err and f"--set {setting}" in err
+
+
+def test_yaml_config_with_two_problems_and_one_not_utf8_are_one_line(tmp_path, capsys):
+    f = tmp_path / "run.yaml"
+    f.write_text("images:\n  min_side: abc\nfoo: 1\n")
+    err = _error(capsys, ["build", "--config", str(f), "--print-config"])
+    assert (
+        err.count("\n") == 1 and "images.min_side: Input should be a valid integer" in err and "; foo: unknown" in err
+    )
+    f.write_bytes(b"\xff\xfeimages: {}\n")
+    err = _error(capsys, ["build", "--config", str(f), "--print-config"])
+    assert err.count("\n") == 1 and f"config file {f}: cannot read it" in err
+
+
+@pytest.mark.parametrize(
+    "argv,shown",
+    [
+        (["build", "--sample-files", "inf", "--print-config"], "input.sample_files: Input should be a finite number"),
+        (
+            ["build", "--set", "filters.language.min_score=.nan", "--print-config"],
+            "min_score: Input should be a finite",
+        ),
+        (["build", "--set", "images.max_aspect=.inf", "--print-config"], "images.max_aspect: Input should be a fin"),
+    ],
+)
+def test_infinite_or_nan_config_numbers_are_refused(capsys, argv, shown):
+    """`--sample-files inf` used to end in an OverflowError traceback; `.nan` thresholds were taken."""
+    err = _error(capsys, argv)
+    assert err.count("\n") == 1 and shown in err
+
+
+def test_a_yaml_alias_bomb_is_refused_not_expanded(tmp_path, capsys):
+    """Nine lines of YAML aliases name 9**9 values; validating them would run for hours. Refused by size."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    f = tmp_path / "bomb.yaml"
+    f.write_text("\n".join(lines) + "\nfilters:\n  language:\n    languages: *a8\n")
+    started = time.monotonic()
+    err = _error(capsys, ["build", "--config", str(f), "--print-config"])
+    assert "bomb.yaml: more than 100,000 values once YAML aliases are expanded" in err and err.count("\n") == 1
+    assert time.monotonic() - started < 5
+    err = _error(capsys, ["build", "--set", "filters.language.languages=" + "[" * 3 + "]" * 3, "--print-config"])
+    assert "alias" not in err  # a small value is validated as usual

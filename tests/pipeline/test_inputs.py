@@ -94,3 +94,63 @@ def test_cli_errors_name_the_list_and_line(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert '"prefix": "s3://commoncrawl/"' in out and '"sample_files": 10.0' in out and '"anon": true' in out
+
+
+@pytest.mark.parametrize(
+    "listing,message",
+    [
+        (b"../outside.warc.gz\n", r"line 1: \.\./outside.warc.gz climbs out of the prefix with '\.\.'"),
+        (b"crawl-data/../../outside.warc.gz\n", r"line 1: crawl-data/\.\./\.\./outside.warc.gz climbs out"),
+        (b"# ok\ngopher://host/a.warc.gz\n", r"line 2: gopher://host/a.warc.gz has an unknown URL scheme 'gopher'"),
+        (b"\n# only comments\n   \n", r"the path list names no file"),
+        (b"crawl-data/a\x00b.warc.gz\n", r"line 1: 'crawl-data/a\\x00b.warc.gz' holds a control character"),
+        (b"crawl-data/more.paths.gz\n", r"line 1: .*more.paths.gz is a path list; a list names input files"),
+        (bytes(range(128, 256)), r"cannot read the path list: UnicodeDecodeError"),
+    ],
+)
+def test_hostile_path_list_entries_are_refused_naming_list_and_line(tmp_path, listing, message):
+    _files(tmp_path, 1)
+    (tmp_path / "outside.warc.gz").write_bytes(b"")  # what `..` would reach: it exists, and is still refused
+    path = tmp_path / "warc.paths"
+    path.write_bytes(listing)
+    with pytest.raises(ValueError, match=message):
+        resolve_inputs([str(path)], InputConfig(prefix=str(tmp_path / "crawl-data") + "/"))
+
+
+def test_a_list_that_lists_itself_is_refused(tmp_path):
+    path = tmp_path / "mine.txt"
+    path.write_text(f"{path}\n")
+    with pytest.raises(ValueError, match=r"mine.txt line 1: .*mine.txt is a path list"):
+        resolve_inputs([str(path)])
+
+
+def test_a_gzip_list_that_is_not_gzip(tmp_path):
+    files = _files(tmp_path, 1)
+    plain = tmp_path / "warc.paths.gz"  # named .gz, written as plain text: read as text
+    plain.write_text(files[0] + "\n")
+    assert resolve_inputs([str(plain)]) == files
+    packed = gzip.compress((files[0] + "\n").encode() * 50)
+    damaged = tmp_path / "damaged.paths.gz"  # gzip magic, deflate stream garbled
+    damaged.write_bytes(packed[:10] + bytes(b ^ 0xFF for b in packed[10:30]) + packed[30:])
+    with pytest.raises(ValueError, match=r"damaged.paths.gz: cannot read the path list: damaged gzip data"):
+        resolve_inputs([str(damaged)])
+    cut = tmp_path / "cut.paths.gz"
+    cut.write_bytes(packed[:20])
+    with pytest.raises(ValueError, match=r"cut.paths.gz: cannot read the path list: EOFError"):
+        resolve_inputs([str(cut)])
+
+
+@pytest.mark.parametrize("name,kind", [("a.warc.wet.gz", "WET"), ("a.warc.wat.gz", "WAT"), ("b.wet", "WET")])
+def test_wet_and_wat_files_given_directly_are_refused(tmp_path, capsys, name, kind):
+    (tmp_path / name).write_bytes(b"")
+    for pattern in (str(tmp_path / name), str(tmp_path / "*")):  # the file itself, and a glob matching it
+        with pytest.raises(ValueError, match=rf"{name} is a {kind} .*: use the crawl's .warc.gz files"):
+            resolve_inputs([pattern])
+    assert main(["build", "--input", str(tmp_path / name), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{name} is a {kind}" in err and "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_an_unknown_url_scheme_given_directly_names_the_input():
+    with pytest.raises(ValueError, match=r"--input gopher://host/\*.warc.gz: .* unknown URL scheme 'gopher'"):
+        resolve_inputs(["gopher://host/*.warc.gz"])

@@ -669,3 +669,34 @@ def test_against_estimates_from_the_id_sample(tmp_path):
     assert 100 <= c["only"]["a"]["count"] <= 400 and 100 <= c["only"]["b"]["count"] <= 400  # true: 200 each
     assert c["totals"]["documents"] == [400, 400]
     assert c["signals"]["gopher_n_words"]["b"]["count"] == 400
+
+
+@pytest.mark.parametrize(
+    "stats,why",
+    [
+        ("[1, 2]", "a JSON list, not an object"),
+        ('{"stages": "x", "build": 3}', "stages is not a list or items not an object"),
+        ('{"stages": [{"name": "read", "in": "many", "out": 1}]}', "stage read has no whole in/out counts"),
+        (
+            '{"stages": [], "items": {"extract/image": {"in": 2, "out": 1, "drops": [1]}}}',
+            "item extract/image: drops is not reason -> count",
+        ),
+    ],
+)
+def test_a_damaged_stats_json_is_a_reported_gap_not_a_crash(tmp_path, stats, why):
+    """stats.json of the wrong shape (a hand-edited or foreign corpus): the report is written without the
+    funnel and says why, for the corpus itself and as B of --against (both used to raise AttributeError or
+    TypeError)."""
+    from pipeline.report.compare import compare
+
+    root = tmp_path / "c"
+    append_manifest(root, write_shards([planted_document()], root, "good"))
+    (root / "stats.json").write_text(stats)
+    (root / "build.json").write_text('{"config": "x", "signals": [1]}')
+    summary = make_report(root, tmp_path / "r", progress=False)
+    assert summary["funnel"] is None and summary["funnel_error"] == f"stats.json unreadable: {why}"
+    assert summary["totals"]["documents"] == 1 and (tmp_path / "r" / "index.html").is_file()
+    other = tmp_path / "o"
+    append_manifest(other, write_shards([planted_document()], other, "good"))
+    (other / "stats.json").write_text('{"stages": [{"name": "read", "in": 1, "out": 1, "drops": {}}]}')
+    assert compare(other, root, progress=False)["totals"]["documents"] == [1, 1]

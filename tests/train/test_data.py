@@ -297,3 +297,30 @@ def test_package_builds_on_public_corpus_api_only():
         assert "corpus._" not in text and "Corpus._" not in text, name
     assert data.ShardPart("s.tar", 1, 3).n_documents(7) == 2  # documents 1 and 4 of 0..6
     assert not hasattr(data, "Unit")  # renamed: a crawl unit (crawl.sources.Unit) is something else
+
+
+@pytest.mark.parametrize(
+    "damage", ["index junk", "index missing", "shard truncated", "shard missing", "json not utf-8"]
+)
+def test_damaged_shards_are_skipped_and_counted(tmp_path, damage):
+    """A shard whose index or tar is damaged or missing costs only that shard: the reader skips it, counts
+    `shard_read_errors`, and reads every document of the other shards."""
+    root = build_corpus(tmp_path / "c", [3, 4])
+    c = Corpus(root)
+    shard, index = Path(c.shard_path("part-000-0000")), Path(c.index_path("part-000-0000"))
+    if damage == "index junk":
+        index.write_bytes(b"junk")
+    elif damage == "index missing":
+        index.unlink()
+    elif damage == "shard truncated":
+        shard.write_bytes(shard.read_bytes()[:700])
+    elif damage == "shard missing":
+        shard.unlink()
+    else:
+        data = shard.read_bytes()
+        at = data.index(b'"url"')
+        shard.write_bytes(data[:at] + b'"\xff\xfe"' + data[at + 5 :])  # same length: the tar stays whole
+    reader, counters = ShardReader(c), Counter()
+    got = [d.id for u in plan_parts(c.shards(), 0, 0, 1, 1)[0] for _, d in reader.read(u, 0, counters)]
+    others = [d.id for d in c.iter_shard("part-001-0000", with_images=False)]
+    assert counters["shard_read_errors"] == 1 and set(others) <= set(got) and len(got) < 7

@@ -6,6 +6,7 @@ embeddings, and a saved checkpoint round-trips through `interloom eval` / `inter
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -127,3 +128,136 @@ def test_encode_prompt_places_images_at_marks(tmp_path):
     assert ids[-1] == tok.img_end_id  # the prompt ends with the second image
     with pytest.raises(ValueError, match="1 <image> mark"):
         encode_prompt("one <image>", [buf.getvalue()] * 2, tok, data, PATCH)
+
+
+# --- damaged exported folders and --image files: one line naming the file ------------------------------
+
+
+def _exported(out) -> None:
+    """An `interloom export model` folder of a tiny dense VLM (the decoder as a qwen3 HF folder), written here."""
+    from safetensors.torch import save_file
+
+    from train.export import DATA_CONFIG, VLM_CONFIG, VLM_REST
+    from train.model.hf import export_decoder
+    from train.tokenizer import train_tokenizer
+
+    model = tiny_model(torch.float32, vocab_size=320, moe=dict(first_dense_layers=3))  # dense, moe.* as default
+    export_decoder(model.decoder, out)
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("decoder.")}, out / VLM_REST
+    )
+    (out / VLM_CONFIG).write_text(model.cfg.model_dump_json())
+    (out / DATA_CONFIG).write_text(DataConfig().model_dump_json())
+    train_tokenizer(["a photo of a cat"] * 10, vocab_size=300, min_frequency=1).save(out / "tokenizer.json")
+
+
+def _cut(name: str, n: int):
+    return lambda d: (d / name).write_bytes((d / name).read_bytes()[:n])
+
+
+EXPORT_DAMAGES = {
+    "model config not JSON": (_cut("interloom_model.json", 10), r"interloom_model.json: Invalid JSON"),
+    "model config field": (
+        lambda d: (d / "interloom_model.json").write_text('{"d_model": "wide"}'),
+        r"interloom_model.json: d_model: Input should be a valid integer.*\(got 'wide'\)",
+    ),
+    "rest missing": (lambda d: (d / "interloom_vlm.safetensors").unlink(), r"interloom_vlm.safetensors: no such file"),
+    "rest truncated": (_cut("interloom_vlm.safetensors", 300), r"interloom_vlm.safetensors: not a readable safetens"),
+    "data config a list": (
+        lambda d: (d / "interloom_data.json").write_text("[]"),
+        r"interloom_data.json: <root>: Input should be an object",
+    ),
+    "decoder config missing": (lambda d: (d / "config.json").unlink(), r"no config.json"),
+    "decoder shard garbage": (
+        lambda d: (d / "model.safetensors").write_bytes(b"\xff" * 100),
+        r"model.safetensors: not a readable safetensors file",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(EXPORT_DAMAGES))
+def test_damaged_exported_folder_is_one_line_for_generate_and_init_from(tmp_path, name):
+    import shutil
+
+    from train.config import TrainConfig
+    from train.export import init_from_config
+    from train.generate import load_inference_model
+
+    good = tmp_path / "good"
+    good.mkdir()
+    _exported(good)
+    assert load_inference_model(good)[0] is not None  # a dense model with default moe.* settings reloads
+    damage, message = EXPORT_DAMAGES[name]
+    bad = tmp_path / "bad"
+    shutil.copytree(good, bad)
+    damage(bad)
+    for read in (load_inference_model, lambda p: init_from_config(TrainConfig(), p, tmp_path / "run")):
+        with pytest.raises(ValueError, match=message) as e:
+            read(bad)
+        assert "\n" not in str(e.value)
+
+
+def test_broken_image_files_are_refused_before_the_model_loads(tmp_path, capsys):
+    from conftest import real_path
+
+    from pipeline.cli import main
+
+    edge = real_path("dev", "images", "edge_cases")
+    (tmp_path / "text.jpg").write_text("not an image")
+    (tmp_path / "empty.png").write_bytes(b"")
+    photo = sorted(real_path("dev", "images", "photos").glob("*.jpg"))[0]
+    (tmp_path / "cut.jpg").write_bytes(photo.read_bytes()[:300])
+    cases = {
+        edge / "pillow__truncated_jpeg.jpg": "not an image that decodes (OSError: image file is truncated",
+        edge / "skimage__truncated.jpg": "not an image that decodes (OSError",
+        tmp_path / "cut.jpg": "not an image that decodes (OSError",
+        tmp_path / "text.jpg": "not an image file (no image format recognised)",
+        tmp_path / "empty.png": "not an image file (no image format recognised)",
+        tmp_path: "not a file",
+        tmp_path / "nowhere.jpg": "no such file",
+    }
+    for path, shown in cases.items():
+        # no model at all: the image is refused before the checkpoint is even looked at
+        assert main(["generate", str(tmp_path / "no-model"), "--prompt", "<image> a", "--image", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err and f"--image {path}: {shown}" in err
+
+
+def test_damaged_run_directory_is_one_line(tmp_path, capsys):
+    from pipeline.cli import main
+    from train.config import TrainConfig
+
+    dcp_dir = tmp_path / "checkpoint_0000001" / "dcp"
+    dcp_dir.mkdir(parents=True)
+    cases = [
+        ('{"optim": {"lr": "fast"}', None, r"config.json \(the run's config\): Invalid JSON"),
+        ('{"optim": {"lr": "fast"}}', None, r"config.json \(the run's config\): optim.lr: Input should be a valid num"),
+        (TrainConfig().model_dump_json(), None, r"dcp: no .metadata \(an incomplete or damaged checkpoint\)"),
+        (TrainConfig().model_dump_json(), b"\x80\x04garbage", r"dcp: cannot read the checkpoint \(AssertionError: "),
+    ]
+    for config, metadata, shown in cases:
+        (tmp_path / "config.json").write_text(config)
+        if metadata is not None:
+            (dcp_dir / ".metadata").write_bytes(metadata)
+        assert main(["generate", str(tmp_path), "--prompt", "a"]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        line = next(ln for ln in err.splitlines() if ln.startswith("interloom generate: error: "))
+        assert re.search(shown, line), line
+
+
+@pytest.mark.parametrize(
+    "option,shown",
+    [
+        (["--temperature", "-1"], "--temperature=-1.0: must be >= 0"),
+        (["--temperature", "nan"], "--temperature=nan: must be >= 0"),
+        (["--top-p", "5"], "--top-p=5.0: must be in (0, 1]"),
+        (["--top-p", "0"], "--top-p=0.0: must be in (0, 1]"),
+    ],
+)
+def test_bad_sampling_options_are_refused_before_the_model_loads(tmp_path, capsys, option, shown):
+    from pipeline.cli import main
+
+    assert main(["generate", str(tmp_path / "no-model"), "--prompt", "a", *option]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and shown in err

@@ -84,10 +84,15 @@ class ShardReader:
 
     def read(self, part: ShardPart, start: int, counters: Counter) -> Iterator[tuple[int, Document]]:
         first = part.index + start * part.nparts  # document index within the shard
-        offsets = self.offsets(part.shard)
+        path = self.corpus.shard_path(part.shard)
+        try:
+            offsets = self.offsets(part.shard)  # a missing or damaged index: the shard is skipped, counted
+        except (ValueError, OSError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            counters["shard_read_errors"] += 1
+            log.warning("skipping %s: its index %s cannot be read: %s", path, self.corpus.index_path(part.shard), e)
+            return
         if first >= len(offsets):
             return
-        path = self.corpus.shard_path(part.shard)
         try:
             with self.corpus.fs.open(path, "rb") as f:
                 f.seek(offsets[first])

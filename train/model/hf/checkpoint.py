@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from train.model.config import ModelConfig
@@ -45,30 +45,86 @@ INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 
 
+def read_json_object(path: str | Path) -> dict:
+    """The JSON object in the file `path`; a file that cannot be read, is not UTF-8 JSON or holds no object
+    is one ValueError line naming it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read it ({e})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
 def read_hf_config(model_dir: str | Path) -> dict:
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         raise ValueError(f"{model_dir}: no config.json (expected a local Hugging Face model folder)")
-    return json.loads(path.read_text())
+    return read_json_object(path)
+
+
+@contextmanager
+def open_safetensors(path: Path) -> Iterator:
+    """`safe_open(path)`; a missing, truncated or garbled file is a ValueError naming it."""
+    try:
+        handle = safe_open(path, "pt")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    with handle as f:
+        yield f
+
+
+def read_tensor(f, path: Path, key: str) -> torch.Tensor:
+    """One tensor of an open safetensors file; a damaged one is a ValueError naming the file and key."""
+    try:
+        return f.get_tensor(key)
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise ValueError(f"{path}: cannot read {key} ({e})") from None
 
 
 def weight_files(model_dir: Path) -> dict[str, Path]:
-    """HF key -> safetensors file that holds it."""
-    if (model_dir / INDEX).is_file():
-        weight_map = json.loads((model_dir / INDEX).read_text())["weight_map"]
-        return {k: model_dir / f for k, f in weight_map.items()}
+    """HF key -> safetensors file that holds it. An index that is not JSON, lacks its weight_map, names a
+    file outside the folder or one that is missing is a ValueError naming the index and the file."""
+    index = model_dir / INDEX
+    if index.is_file():
+        weight_map = read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise ValueError(f"{index}: no weight_map object of tensor name -> file name")
+        files = {}
+        for name in sorted(set(weight_map.values())):
+            if Path(name).name != name or name in (".", ".."):
+                raise ValueError(f"{index}: weight_map names {name!r}, not a file of the folder")
+            if not (model_dir / name).is_file():
+                key = next(k for k, f in weight_map.items() if f == name)
+                raise ValueError(f"{index}: weight_map lists {name} (for {key}, ...), which is missing")
+            files[name] = model_dir / name
+        return {k: files[f] for k, f in weight_map.items()}
     if (model_dir / SINGLE).is_file():
-        with safe_open(model_dir / SINGLE, "pt") as f:
+        with open_safetensors(model_dir / SINGLE) as f:
             return dict.fromkeys(f.keys(), model_dir / SINGLE)
     raise ValueError(f"{model_dir}: neither {SINGLE} nor {INDEX} (only safetensors checkpoints are read)")
+
+
+def check_weight_files(model_dir: str | Path) -> None:
+    """Every safetensors file of a folder opens (its header read, no tensor): a damaged folder is refused
+    where its config is read, before a run starts, not in the middle of loading."""
+    for path in sorted(set(weight_files(Path(model_dir)).values())):
+        with open_safetensors(path):
+            pass
 
 
 def read_hf_state(model_dir: str | Path, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
     """HF tensors of a folder (all, or `keys`), read from its safetensors file(s)."""
     files = weight_files(Path(model_dir))
     with ExitStack() as stack:
-        handles = {p: stack.enter_context(safe_open(p, "pt")) for p in set(files.values())}
-        return {k: handles[files[k]].get_tensor(k) for k in (keys or files)}
+        handles = {p: stack.enter_context(open_safetensors(p)) for p in set(files.values())}
+        return {k: read_tensor(handles[files[k]], files[k], k) for k in (keys or files)}
 
 
 def load_pretrained_decoder(
@@ -82,12 +138,12 @@ def load_pretrained_decoder(
     fam = FAMILIES[hf_cfg["model_type"]]
     files = weight_files(model_dir)
     with ExitStack() as stack:
-        handles = {p: stack.enter_context(safe_open(p, "pt")) for p in set(files.values())}
+        handles = {p: stack.enter_context(open_safetensors(p)) for p in set(files.values())}
 
         def get(key: str) -> torch.Tensor:
             if key not in files:
                 raise ValueError(f"{model_dir}: checkpoint lacks {key} (needed by {fam.model_type})")
-            return handles[files[key]].get_tensor(key)
+            return read_tensor(handles[files[key]], files[key], key)
 
         state = state_from_hf(get, cfg, fam)
     log.info(
@@ -139,7 +195,8 @@ def load_decoder_into(
     dst_moe = [dst.is_moe_layer(i) for i in range(dst.n_layers)]
     upcycling = not any(src_moe) and any(dst_moe)
     experts = ("n_experts", "d_expert", "shared_hidden", "shared_gate")
-    if not upcycling and (src_moe != dst_moe or any(getattr(src.moe, f) != getattr(dst.moe, f) for f in experts)):
+    experts_differ = any(dst_moe) and any(getattr(src.moe, f) != getattr(dst.moe, f) for f in experts)
+    if not upcycling and (src_moe != dst_moe or experts_differ):  # a dense model's moe.* fields are unused
         raise ValueError(f"{model_dir}: its MoE layers or experts differ from the run's model.moe")
     targets = dict(decoder.named_parameters()) | dict(decoder.named_buffers())
     origin: dict[str, tuple[str, int | None]] = {}  # HF key -> (our key, expert index or None)
@@ -155,10 +212,11 @@ def load_decoder_into(
     written: set[str] = set()
     with torch.no_grad():
         for path in sorted(by_file):  # one shard mapped at a time; its pages go when it closes
-            with safe_open(path, "pt") as f:
+            with open_safetensors(path) as f:
                 for key in by_file[path]:
                     ours, expert = origin[key]
-                    written.add(_assign(targets, ours, expert, f.get_tensor(key), upcycling, new_token_ids, key))
+                    t = read_tensor(f, path, key)
+                    written.add(_assign(targets, ours, expert, t, upcycling, new_token_ids, f"{path}: {key}"))
         if upcycling:  # the routers upcycle() draws, in the same order
             gen = torch.Generator().manual_seed(router_seed)
             for i in range(dst.n_layers):
@@ -193,8 +251,9 @@ def _assign(
         ours = f"{prefix}.ffn.{_UPCYCLED[leaf]}"
         _check_shape(hf_key, t.T.shape, targets[ours].shape[1:])
         targets[ours].copy_(t.T.expand_as(targets[ours]))
-    elif ours in EMBEDDING_KEYS:
-        _check_shape(hf_key, t.shape[1:], targets[ours].shape[1:])
+    elif ours in EMBEDDING_KEYS:  # any number of rows (resized), the decoder's width
+        if t.dim() != 2 or t.shape[1] != targets[ours].shape[1]:
+            raise ValueError(f"{hf_key}: shape {tuple(t.shape)} is not (vocabulary, {targets[ours].shape[1]})")
         _fill_rows(targets[ours], t, new_token_ids)
     elif e is not None:  # one expert's matrix of a stacked (E, ...) weight, transposed
         _check_shape(hf_key, t.T.shape, targets[ours].shape[1:])

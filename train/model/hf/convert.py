@@ -15,11 +15,14 @@ Shape legend: E experts, D model dim, F expert hidden dim.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from pydantic import ValidationError
 
+from corpus.config import validation_problems
 from train.model.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -108,10 +111,60 @@ def _layer_pattern(is_moe: list[bool], where: str) -> dict:
     )
 
 
+@contextmanager
+def config_errors(where: str) -> Iterator[None]:
+    """A damaged config.json read into our config: a missing field, a value of the wrong type or one our
+    config refuses is one ValueError line naming the file (`where`) and the field."""
+    try:
+        yield
+    except KeyError as e:
+        raise ValueError(f"{where}: lacks the field {e.args[0]!r}") from None
+    except ValidationError as e:
+        raise ValueError(f"{where}: {validation_problems(e)}") from None
+    except (TypeError, AttributeError, ZeroDivisionError) as e:
+        raise ValueError(f"{where}: a field has a value of the wrong type or size ({e})") from None
+
+
+def check_whole_numbers(section: Mapping, fields: tuple[str, ...], where: str) -> None:
+    """Each of `fields` that `section` has is a whole number >= 1 (not a string, a float or a bool)."""
+    for key in fields:
+        v = section.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{where}: {key}={v!r} is not a whole number >= 1")
+
+
+HF_WHOLE_NUMBERS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "intermediate_size",
+    "moe_intermediate_size",
+    "num_experts",
+    "num_local_experts",
+    "num_experts_per_tok",
+    "decoder_sparse_step",
+)
+
+
 def config_from_hf(hf: Mapping, base: ModelConfig | None = None, where: str = "config.json") -> ModelConfig:
     """Our ModelConfig for an HF decoder config (dict of config.json); vision, contrastive, attention and
-    the training-only MoE fields (aux/z loss weights, bias rate) come from `base` (defaults if None)."""
+    the training-only MoE fields (aux/z loss weights, bias rate) come from `base` (defaults if None). A
+    missing or ill-typed field is a ValueError naming `where` and the field."""
+    if not isinstance(hf, Mapping):
+        raise ValueError(f"{where}: not a JSON object")
+    with config_errors(where):
+        return _config_from_hf(hf, base, where)
+
+
+def _config_from_hf(hf: Mapping, base: ModelConfig | None, where: str) -> ModelConfig:
     fam = _family(str(hf.get("model_type")), where)
+    check_whole_numbers(hf, HF_WHOLE_NUMBERS, where)
+    for key in ("rope_scaling", "rope_parameters"):
+        if hf.get(key) is not None and not isinstance(hf[key], Mapping):
+            raise ValueError(f"{where}: {key}={hf[key]!r} is not an object")
     if hf.get("hidden_act", "silu") != "silu":
         raise ValueError(f"{where}: hidden_act={hf['hidden_act']!r}; only silu (SwiGLU) is supported")
     if hf.get("attention_bias") or hf.get("mlp_bias"):
@@ -155,10 +208,7 @@ def config_from_hf(hf: Mapping, base: ModelConfig | None = None, where: str = "c
         )
     else:
         data["moe"].update({"first_dense_layers": n_layers, "moe_every": 1, "d_shared": 0, "shared_gate": False})
-    try:
-        return ModelConfig.model_validate(data)
-    except ValueError as e:
-        raise ValueError(f"{where}: {e}") from e
+    return ModelConfig.model_validate(data)
 
 
 def infer_family(cfg: ModelConfig) -> Family:

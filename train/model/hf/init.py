@@ -24,7 +24,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from train.batch import SPECIAL_TOKENS
 from train.model.decoder import Decoder
-from train.model.hf.checkpoint import load_decoder_into, read_hf_config
+from train.model.hf.checkpoint import check_weight_files, load_decoder_into, read_hf_config
 from train.model.hf.convert import FAMILIES, config_from_hf, upcycle_config
 from train.tokenizer import Tokenizer
 
@@ -36,7 +36,10 @@ def pretrained_tokenizer(model_dir: str | Path) -> tuple[Tokenizer, list[int]]:
     path = Path(model_dir) / "tokenizer.json"
     if not path.is_file():
         raise ValueError(f"{model_dir}: no tokenizer.json (the model's own tokenizer is needed for --init-llm)")
-    hf = HFTokenizer.from_file(str(path))
+    try:
+        hf = HFTokenizer.from_file(str(path))
+    except Exception as e:  # noqa: BLE001 -- tokenizers raises a bare Exception on a damaged file
+        raise ValueError(f"{path}: not a valid tokenizer.json ({e})") from None
     missing = [t for t in SPECIAL_TOKENS if hf.token_to_id(t) is None]
     hf.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
     added = [i for i in map(hf.token_to_id, missing) if i is not None]
@@ -53,6 +56,7 @@ def init_llm_config(cfg, model_dir: str | Path, run_dir: str | Path):
     tok.save(tok_path)
     hf_cfg = read_hf_config(model_dir)
     model = config_from_hf(hf_cfg, cfg.model, where=str(model_dir / "config.json"))
+    check_weight_files(model_dir)  # a damaged folder is refused here, before Ray starts, not in the workers
     if cfg.model.init_upcycle:
         if FAMILIES[hf_cfg["model_type"]].moe:
             raise ValueError(f"model.init_upcycle: {model_dir} is already an MoE ({hf_cfg['model_type']})")

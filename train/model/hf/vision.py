@@ -41,17 +41,23 @@ of a SigLIP2 tower: `merge_with_adapter`).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from train.model.config import VisionConfig
-from train.model.hf.checkpoint import read_hf_config, weight_files
+from train.model.hf.checkpoint import (
+    check_weight_files,
+    open_safetensors,
+    read_hf_config,
+    read_json_object,
+    read_tensor,
+    weight_files,
+)
+from train.model.hf.convert import check_whole_numbers, config_errors
 from train.model.vision import VisionEncoder
 
 log = logging.getLogger(__name__)
@@ -72,6 +78,8 @@ def _vision_section(hf_cfg: dict, where: str) -> tuple[str, dict]:
     """("qwen2_vl" | "siglip2", the vision part of a folder's config.json: `vision_config` of a whole
     model, or the config itself)."""
     section = hf_cfg.get("vision_config", hf_cfg)
+    if not isinstance(section, dict):
+        raise ValueError(f"{where}: vision_config={section!r} is not an object")
     types = {hf_cfg.get("model_type", ""), section.get("model_type", "")}
     if types & set(SIGLIP2_TYPES):
         return "siglip2", section
@@ -89,8 +97,30 @@ def tower_kind(model_dir: str | Path) -> str:
     return _vision_section(read_hf_config(model_dir), str(model_dir / "config.json"))[0]
 
 
+VISION_WHOLE_NUMBERS = (
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "spatial_merge_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "num_patches",
+)
+
+
 def vision_config_from_hf(hf_cfg: dict, base: VisionConfig | None = None, where: str = "config.json") -> VisionConfig:
+    """Our VisionConfig for a Qwen2-VL or SigLIP2 tower's config.json; a missing or ill-typed field is a
+    ValueError naming `where` and the field."""
+    with config_errors(where):
+        return _vision_config_from_hf(hf_cfg, base, where)
+
+
+def _vision_config_from_hf(hf_cfg: dict, base: VisionConfig | None, where: str) -> VisionConfig:
     kind, v = _vision_section(hf_cfg, where)
+    check_whole_numbers(v, VISION_WHOLE_NUMBERS, where)
     if kind == "siglip2":
         return _siglip2_config(v, base, where)
     if v.get("temporal_patch_size", 2) != 2 or v.get("in_channels", 3) != 3:
@@ -222,10 +252,13 @@ def _read_tower(model_dir: Path, cfg: VisionConfig, write: Callable[[Target, tor
     for key, path in files.items():
         by_file.setdefault(path, []).append(key)
     for path in sorted(by_file):
-        with safe_open(path, "pt") as f:
+        with open_safetensors(path) as f:
             for key in by_file[path]:
-                target = plan[key]
-                write(target, target[2](f.get_tensor(key)))
+                target, t = plan[key], read_tensor(f, path, key)
+                try:
+                    write(target, target[2](t))
+                except (ValueError, RuntimeError) as e:  # RuntimeError: a transform's view of a wrong shape
+                    raise ValueError(f"{path}: {key} of shape {tuple(t.shape)} does not fit: {e}") from None
 
 
 def load_pretrained_vision(
@@ -261,7 +294,7 @@ def tower_pixel_stats(model_dir: str | Path) -> tuple[list[float], list[float]]:
         mean, std = PIXEL_STATS[tower_kind(model_dir)]
         log.info("%s: no %s, using the %s image processor's mean/std", model_dir, PREPROCESSOR, tower_kind(model_dir))
         return list(mean), list(std)
-    pre = json.loads(path.read_text())
+    pre = read_json_object(path)
     if not pre.get("do_normalize", True) or not math.isclose(pre.get("rescale_factor", 1 / 255), 1 / 255):
         raise ValueError(f"{path}: only do_normalize=true with rescale_factor=1/255 is supported")
     stats = []
@@ -281,6 +314,7 @@ def init_vision_config(cfg, model_dir: str | Path):
     model_dir = Path(model_dir).resolve()
     vision = vision_config_from_hf(read_hf_config(model_dir), cfg.model.vision, str(model_dir / "config.json"))
     mean, std = tower_pixel_stats(model_dir)
+    check_weight_files(model_dir)  # a damaged folder is refused here, before Ray starts, not in the workers
     data = cfg.model_dump()
     data["model"] |= {"vision": vision.model_dump(), "init_vision": str(model_dir)}
     data["data"] |= {"image_mean": mean, "image_std": std}
@@ -312,7 +346,7 @@ def init_vision(encoder: VisionEncoder, model_dir: str | Path) -> None:
         ours, rows, _ = target
         dest = targets[ours] if rows is None else targets[ours][rows]
         if dest.shape != t.shape:
-            raise ValueError(f"{model_dir}: {ours} has shape {tuple(t.shape)} in the folder, {tuple(dest.shape)} here")
+            raise ValueError(f"{ours} has shape {tuple(t.shape)} in the folder, {tuple(dest.shape)} here")
         dest.copy_(t)
         filled[ours] = filled.get(ours, 0) + t.numel()
 
