@@ -126,20 +126,33 @@ class PageRefused(Exception):  # noqa: N818 - an outcome, not an error
         self.reason, self.detail = reason, detail
 
 
-def check_bounds(tree: etree._Element, config: ExtractConfig) -> None:
-    """Raise `PageRefused` when the parsed page has more elements or deeper nesting than the config allows."""
-    n_elements = depth = deepest = 0
+_COUNT_ELEMENTS = etree.XPath("count(descendant-or-self::*)")
+
+
+@lru_cache(maxsize=8)
+def _deeper_than(levels: int) -> etree.XPath:
+    """An XPath that is true when the element has a descendant `levels` levels below it (C speed)."""
+    return etree.XPath("boolean(self::*" + "/*" * levels + ")")
+
+
+def _deepest(tree: etree._Element) -> int:
+    depth = deepest = 0
     for event, _ in etree.iterwalk(tree, events=("start", "end")):
         if event == "start":
-            n_elements += 1
             depth += 1
             deepest = max(deepest, depth)
         else:
             depth -= 1
+    return deepest
+
+
+def check_bounds(tree: etree._Element, config: ExtractConfig) -> None:
+    """Raise `PageRefused` when the parsed page has more elements or deeper nesting than the config allows."""
+    n_elements = int(_COUNT_ELEMENTS(tree))
     if n_elements > config.max_elements:
         raise PageRefused("too_many_elements", f"{n_elements} elements > max_elements {config.max_elements}")
-    if deepest > config.max_depth:
-        raise PageRefused("too_deep", f"nesting depth {deepest} > max_depth {config.max_depth}")
+    if _deeper_than(config.max_depth)(tree):  # (the walk that measures the depth only for the message)
+        raise PageRefused("too_deep", f"nesting depth {_deepest(tree)} > max_depth {config.max_depth}")
 
 
 class ExtractTimeout(BaseException):
@@ -699,11 +712,29 @@ def _title(tree: etree._Element) -> str:
     return ""
 
 
+def _html_class_lookup() -> etree.ElementNamespaceClassLookup:
+    """lxml.html's element classes (HtmlElement; FormElement, InputElement ... by tag) chosen in C: lxml.html's
+    own lookup is a Python method called for every element proxy, a few percent of an extraction."""
+    fallback = etree.ElementDefaultClassLookup(
+        element=lxml.html.HtmlElement,
+        comment=lxml.html.HtmlComment,
+        pi=lxml.html.HtmlProcessingInstruction,
+        entity=lxml.html.HtmlEntity,
+    )
+    lookup = etree.ElementNamespaceClassLookup(fallback)
+    lookup.get_namespace(None).update(lxml.html.HtmlElementClassLookup._default_element_classes)
+    return lookup
+
+
+_HTML_LOOKUP = _html_class_lookup()
+
+
 def _parse(html: str) -> etree._Element | None:
     data = html.encode("utf-8", "surrogatepass")
     parser = lxml.html.HTMLParser(
         encoding="utf-8", remove_comments=True, remove_pis=True, collect_ids=False, huge_tree=False
     )
+    parser.set_element_class_lookup(_HTML_LOOKUP)
     try:
         tree = lxml.html.document_fromstring(data, parser=parser)
     except (etree.ParserError, ValueError):
