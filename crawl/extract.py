@@ -333,10 +333,35 @@ def _srcset_url(img: etree._Element) -> str | None:
     return None
 
 
+# Readability's lazy-image rule (`_fixLazyImages`): an attribute whose value is one image URL (not a srcset)
+_ONE_IMAGE_URL = re.compile(r"^\s*\S+\.(jpg|jpeg|png|webp)\S*\s*$")
+_SRCSET_LIKE = re.compile(r"\.(jpg|jpeg|png|webp)\s+\d")
+
+
+def _lazy_url(img: etree._Element) -> str | None:
+    """Readability's choice for a lazy image (no `src` and no `srcset`, or a class with "lazy"): the last
+    attribute other than src/srcset/alt whose value is a single image URL; sites list their variants smallest
+    first (`data-src`, `data-src-2x`, `data-src-4x`; `data-src` then `data-img` with `?w=960`), so that is
+    mostly the largest. None when the image is not lazy or no attribute qualifies."""
+    attrib = img.attrib
+    src, srcset = attrib.get("src"), attrib.get("srcset")
+    if ((src and src.strip()) or (srcset and srcset != "null")) and "lazy" not in (attrib.get("class") or "").lower():
+        return None
+    found = None
+    for name, value in attrib.items():
+        if name not in ("src", "srcset", "alt") and not _SRCSET_LIKE.search(value) and _ONE_IMAGE_URL.match(value):
+            found = value
+    return _real(found)
+
+
 def _image_url(img: etree._Element, prefer_largest: bool = False) -> str | None:
-    """The real (not placeholder) URL of an <img>, relative as written in the page: a lazy-loading
-    attribute, else `src`, else a high-resolution alternate, else the largest srcset / <picture> candidate.
-    With `prefer_largest`, the largest srcset candidate wins over `src`."""
+    """The real (not placeholder) URL of an <img>, relative as written in the page: Readability's lazy-image
+    choice (`_lazy_url`), else a lazy-loading attribute, else `src`, else a high-resolution alternate, else
+    the largest srcset / <picture> candidate. With `prefer_largest`, the largest srcset candidate wins over
+    `src`."""
+    url = _lazy_url(img)
+    if url:
+        return url
     for attr in _LAZY_ATTRS:
         url = _real(img.get(attr))
         if url:
