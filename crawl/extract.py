@@ -272,6 +272,9 @@ _JUNK_HOSTS = re.compile(
     r"feeds\.feedburner\.com|b\.scorecardresearch\.com|sb\.scorecardresearch\.com)$",
     re.IGNORECASE,
 )
+# the same without IGNORECASE, for lower-cased ASCII text (the same matches, faster; IGNORECASE also folds a few
+# non-ASCII characters, so other text goes to the patterns above)
+_PLACEHOLDER_LOWER, _JUNK_PATH_LOWER = re.compile(_PLACEHOLDER.pattern), re.compile(_JUNK_PATH.pattern)
 _NOT_URL = re.compile(r"[\s{}\"'<>]")  # JSON blobs or templates in an attribute, not a URL
 _STANDIN_HOST = "img.interloom.invalid"
 _STANDIN = re.compile(r"^https?://img\.interloom\.invalid/(\d+)\.png$")
@@ -302,7 +305,7 @@ def _real(url: str | None) -> str | None:
     url = url.strip()
     if (
         not url
-        or _PLACEHOLDER.search(url)
+        or (_PLACEHOLDER_LOWER.search(url.lower()) if url.isascii() else _PLACEHOLDER.search(url))
         or url.startswith("#")
         or url.lower().startswith("javascript:")
         or _NOT_URL.search(url)
@@ -396,7 +399,7 @@ def junk_reason(url: str, width: int | None, height: int | None) -> str | None:
         return "svg_or_ico"
     if _JUNK_HOSTS.search(parts.hostname or ""):
         return "tracker_host"
-    if _JUNK_PATH.search(path):
+    if (_JUNK_PATH_LOWER if path.isascii() else _JUNK_PATH).search(path):  # (`path` is lower-cased)
         return "chrome_path"
     return None
 
