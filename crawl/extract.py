@@ -505,7 +505,8 @@ _HAS_INVISIBLE = re.compile("[\u00ad\u200b\u2060\ufeff]")  # finds them much fas
 
 
 def _clean(text: str) -> str:
-    text = unicodedata.normalize("NFC", text.translate(_INVISIBLE))
+    if not text.isascii():  # (ASCII text has no invisible characters and is NFC)
+        text = unicodedata.normalize("NFC", text.translate(_INVISIBLE))
     lines = [" ".join(line.split()) for line in text.splitlines()]
     return "\n".join(line for line in lines if line).strip()
 
