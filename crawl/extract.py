@@ -59,6 +59,7 @@ from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import accumulate
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urljoin, urlsplit
@@ -594,52 +595,63 @@ class _PageText:
 
 
 def _page_text(root: etree._Element) -> _PageText:
-    raw: list[tuple[str, etree._Element]] = []  # (text without whitespace, owner) of each visible piece
-    add = raw.append  # (the walk visits every element: no function call per piece)
-    page = _PageText("", [], [], [])
+    texts: list[str] = []  # each visible piece of text without whitespace ...
+    owners: list[etree._Element] = []  # ... and the element it belongs to (for a tail: the parent)
+    add_text, add_owner = texts.append, owners.append  # (the walk visits every element: no call per piece)
     images: list[tuple[int, etree._Element]] = []  # (pieces before it, <img>)
     walker = etree.iterwalk(root, events=("start", "end"))
     for event, el in walker:  # most tails are layout whitespace: test before asking for the parent
         if event == "end":
             tail = el.tail
             if tail and not tail.isspace():
-                add(("".join(tail.split()), el.getparent()))
+                add_text("".join(tail.split()))
+                add_owner(el.getparent())
             continue
-        tag = el.tag if isinstance(el.tag, str) else ""
+        tag = el.tag
         if tag in _NOT_PAGE_TEXT:
             walker.skip_subtree()  # no "end" event follows for a skipped element: take its tail here
             tail = el.tail
             if tail and not tail.isspace():
-                add(("".join(tail.split()), el.getparent()))
+                add_text("".join(tail.split()))
+                add_owner(el.getparent())
             continue
         if tag == "img":
-            images.append((len(raw), el))
+            images.append((len(texts), el))
         text = el.text
         if text and not text.isspace():
-            add(("".join(text.split()), el))
-    # `_squash` of every piece, the invisible characters looked for once in the whole page (mostly none)
-    joined = "".join(t for t, _ in raw)
-    invisible = not joined.isascii() and _HAS_INVISIBLE.search(joined) is not None
-    chunks: list[str] = []
-    piece_start = []  # offset of each raw piece in the page text
-    pos = 0
-    for text, owner in raw:
+            add_text("".join(text.split()))
+            add_owner(el)
+    # `_squash` of every piece: the pieces are what they are unless one holds an invisible character (looked
+    # for once in the whole page) or non-NFC text; only then is each piece cleaned (and may vanish)
+    joined = "".join(texts)
+    if joined.isascii() or (
+        _HAS_INVISIBLE.search(joined) is None and all(t.isascii() or unicodedata.is_normalized("NFC", t) for t in texts)
+    ):
+        piece_start = [0, *accumulate(map(len, texts))]  # offset of each piece (every one is non-empty)
+        page = _PageText(joined, piece_start[:-1], owners, [])
+    else:
+        page = _PageText("", [], [], [])
+        invisible = _HAS_INVISIBLE.search(joined) is not None
+        chunks: list[str] = []
+        piece_start = []
+        pos = 0
+        for text, owner in zip(texts, owners):
+            piece_start.append(pos)
+            if invisible:
+                text = text.translate(_INVISIBLE)
+            if not text.isascii() and not unicodedata.is_normalized("NFC", text):
+                text = unicodedata.normalize("NFC", text)
+            if text:
+                page.piece_at.append(pos)
+                page.piece_owner.append(owner)
+                chunks.append(text)
+                pos += len(text)
         piece_start.append(pos)
-        if invisible:
-            text = text.translate(_INVISIBLE)
-        if not text.isascii() and not unicodedata.is_normalized("NFC", text):
-            text = unicodedata.normalize("NFC", text)
-        if text:
-            page.piece_at.append(pos)
-            page.piece_owner.append(owner)
-            chunks.append(text)
-            pos += len(text)
-    piece_start.append(pos)
+        page.text = "".join(chunks)
     for n_before, el in images:
         m = _STANDIN.match(el.get("src") or "")
         if m:
             page.images.append((piece_start[n_before], int(m.group(1)), el))
-    page.text = "".join(chunks)
     return page
 
 
@@ -673,7 +685,9 @@ def _image_candidates(
     for i, (kind, text) in enumerate(items):
         if kind != "text":
             continue
-        squashed = _squash(str(text).split(" | ", 1)[0])  # a table row: its first cell
+        text = str(text)
+        whole = _squash(text)
+        squashed = _squash(text.split(" | ", 1)[0]) if " | " in text else whole  # a table row: its first cell
         key = squashed[:_ANCHOR_CHARS]
         if len(key) < 2:
             continue
@@ -682,7 +696,7 @@ def _image_candidates(
             at = page.text.find(key)
         if at < 0:
             continue
-        anchors.append((i, at, at + len(_squash(str(text)))))
+        anchors.append((i, at, at + len(whole)))
         cursor = max(cursor, at + len(key))
     if not anchors:
         unplaced.update({n: "no_text_anchor" for _, n, _ in page.images})
