@@ -503,3 +503,19 @@ def test_scored_image_urls_are_percent_encoded_as_a_browser_writes_them():
     raw = "https://WWW.Example.org/up/solidarité 1.jpg?w=960&t=é#top"
     assert norm_image_url(raw) == "www.example.org/up/solidarit%C3%A9%201.jpg?w=960&t=%C3%A9"
     assert norm_image_url("http://www.example.org/up/solidarit%C3%A9%201.jpg?w=960&t=%C3%A9") == norm_image_url(raw)
+
+
+def test_class_words_by_kind_match_whole_words_in_any_case():
+    """Class/id words are matched whole (split at spaces, `_`, `-`; hyphenated kinds such as `most-read`
+    whole too), in any letter case, in ASCII and in non-ASCII attribute values alike (the ASCII fast path and
+    the IGNORECASE path agree); Readability's unlikely test is cancelled by a maybe-word such as `article`."""
+    from crawl.image_select import _attr_flags, _token_kinds
+
+    assert _token_kinds("post-Related_Stories sidebar") == {"related", "chrome"}
+    assert _token_kinds("most-read header-AD") == {"related", "chrome", "ads"}
+    assert _token_kinds("adverts loading") == set()  # no whole word of a kind
+    assert _token_kinds("FIGURE-Ünïcode Kommentare") == _token_kinds("figure-unicode kommentare") == {"media"}
+    assert _attr_flags("comment-list", "", "", "") == (frozenset({"comments"}), True, False)
+    assert _attr_flags("article-comments", "", "", "")[1] is False
+    assert _attr_flags("Seitenleiste", "SIDEBAR-ü", "", "")[:2] == (frozenset({"chrome"}), True)
+    assert _attr_flags("x", "", "", "display: NONE") == (frozenset(), False, True)
