@@ -3,8 +3,9 @@
 The pipeline of one page:
 1. `decode_html`: bytes -> str (BOM, Content-Type charset, `<meta charset>`, UTF-8, then detection);
    binary garbage raises `ValueError`.
-2. `prepare_tree`: parse with lxml and normalise every image before any extraction runs: lazy-loading
-   attributes (`data-src`, `data-original`, `data-lazy-src`, `srcset`/`data-srcset`, `<picture><source>`),
+2. `prepare_tree`: parse with lxml and normalise every image before any extraction runs: a lazy image takes
+   Readability's choice (its last attribute holding one image URL, mostly the largest variant), else
+   lazy-loading attributes (`data-src`, `data-original`, `data-lazy-src`, `srcset`/`data-srcset`, `<picture><source>`),
    `<noscript><img>` fallbacks, absolute URLs against the page URL and `<base href>`. Images that can never be
    content are removed by hard rule (`junk_reason`: no usable URL, data: URIs, pixels, icon sizes, SVG/ICO,
    tracker hosts, chrome paths such as icons/logos/avatars/spacers). Each surviving `<img>` is numbered by a
