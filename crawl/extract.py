@@ -339,7 +339,17 @@ def _srcset_url(img: etree._Element) -> str | None:
 
 
 # Readability's lazy-image rule (`_fixLazyImages`): an attribute whose value is one image URL (not a srcset)
-_ONE_IMAGE_URL = re.compile(r"^\s*\S+\.(jpg|jpeg|png|webp)\S*\s*$")
+_IMAGE_DOT = re.compile(r"\.(jpg|jpeg|png|webp)")
+
+
+def _one_image_url(value: str) -> bool:
+    r"""Readability's test `/^\s*\S+\.(jpg|jpeg|png|webp)\S*\s*$/` in linear time (the regex backtracks
+    quadratically on a long attribute value): one run of non-space characters holding `.jpg` etc. after its
+    first character."""
+    word = value.strip()
+    return bool(word) and len(word.split()) == 1 and _IMAGE_DOT.search(word, 1) is not None
+
+
 _SRCSET_LIKE = re.compile(r"\.(jpg|jpeg|png|webp)\s+\d")
 
 
@@ -354,7 +364,7 @@ def _lazy_url(img: etree._Element) -> str | None:
         return None
     found = None
     for name, value in attrib.items():
-        if name not in ("src", "srcset", "alt") and not _SRCSET_LIKE.search(value) and _ONE_IMAGE_URL.match(value):
+        if name not in ("src", "srcset", "alt") and not _SRCSET_LIKE.search(value) and _one_image_url(value):
             found = value
     return _real(found)
 
