@@ -41,7 +41,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import lxml.html
 import numpy as np
@@ -98,8 +98,15 @@ class Output:
 
 # ---- gold --------------------------------------------------------------------------------------------
 def norm_image_url(url: str) -> str:
+    """Host, path and query of an image URL, percent-encoded as a browser's URL parser writes them (the labels
+    are Readability.js's `new URL(src, page).href`: `solidarité.jpg` is `solidarit%C3%A9.jpg` there, a space
+    `%20`), so that the same URL is one string whichever extractor wrote it."""
     parts = urlsplit(url.strip())
-    return parts.netloc.lower() + parts.path + ("?" + parts.query if parts.query else "")
+    path, query = quote(parts.path, safe=_URL_SAFE), quote(parts.query, safe=_URL_SAFE)
+    return parts.netloc.lower() + path + ("?" + query if query else "")
+
+
+_URL_SAFE = "/%:@!$&'()*+,;=-._~?[]|^"  # kept as they are (existing escapes too); the rest is percent-encoded
 
 
 def load_pages(

@@ -3,8 +3,9 @@
 The pipeline of one page:
 1. `decode_html`: bytes -> str (BOM, Content-Type charset, `<meta charset>`, UTF-8, then detection);
    binary garbage raises `ValueError`.
-2. `prepare_tree`: parse with lxml and normalise every image before any extraction runs: lazy-loading
-   attributes (`data-src`, `data-original`, `data-lazy-src`, `srcset`/`data-srcset`, `<picture><source>`),
+2. `prepare_tree`: parse with lxml and normalise every image before any extraction runs: a lazy image takes
+   Readability's choice (its last attribute holding one image URL, mostly the largest variant), else
+   lazy-loading attributes (`data-src`, `data-original`, `data-lazy-src`, `srcset`/`data-srcset`, `<picture><source>`),
    `<noscript><img>` fallbacks, absolute URLs against the page URL and `<base href>`. Images that can never be
    content are removed by hard rule (`junk_reason`: no usable URL, data: URIs, pixels, icon sizes, SVG/ICO,
    tracker hosts, chrome paths such as icons/logos/avatars/spacers). Each surviving `<img>` is numbered by a
@@ -59,6 +60,7 @@ from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import accumulate
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urljoin, urlsplit
@@ -128,20 +130,33 @@ class PageRefused(Exception):  # noqa: N818 - an outcome, not an error
         self.reason, self.detail = reason, detail
 
 
-def check_bounds(tree: etree._Element, config: ExtractConfig) -> None:
-    """Raise `PageRefused` when the parsed page has more elements or deeper nesting than the config allows."""
-    n_elements = depth = deepest = 0
+_COUNT_ELEMENTS = etree.XPath("count(descendant-or-self::*)")
+
+
+@lru_cache(maxsize=8)
+def _deeper_than(levels: int) -> etree.XPath:
+    """An XPath that is true when the element has a descendant `levels` levels below it (C speed)."""
+    return etree.XPath("boolean(self::*" + "/*" * levels + ")")
+
+
+def _deepest(tree: etree._Element) -> int:
+    depth = deepest = 0
     for event, _ in etree.iterwalk(tree, events=("start", "end")):
         if event == "start":
-            n_elements += 1
             depth += 1
             deepest = max(deepest, depth)
         else:
             depth -= 1
+    return deepest
+
+
+def check_bounds(tree: etree._Element, config: ExtractConfig) -> None:
+    """Raise `PageRefused` when the parsed page has more elements or deeper nesting than the config allows."""
+    n_elements = int(_COUNT_ELEMENTS(tree))
     if n_elements > config.max_elements:
         raise PageRefused("too_many_elements", f"{n_elements} elements > max_elements {config.max_elements}")
-    if deepest > config.max_depth:
-        raise PageRefused("too_deep", f"nesting depth {deepest} > max_depth {config.max_depth}")
+    if _deeper_than(config.max_depth)(tree):  # (the walk that measures the depth only for the message)
+        raise PageRefused("too_deep", f"nesting depth {_deepest(tree)} > max_depth {config.max_depth}")
 
 
 class ExtractTimeout(BaseException):
@@ -261,6 +276,9 @@ _JUNK_HOSTS = re.compile(
     r"feeds\.feedburner\.com|b\.scorecardresearch\.com|sb\.scorecardresearch\.com)$",
     re.IGNORECASE,
 )
+# the same without IGNORECASE, for lower-cased ASCII text (the same matches, faster; IGNORECASE also folds a few
+# non-ASCII characters, so other text goes to the patterns above)
+_PLACEHOLDER_LOWER, _JUNK_PATH_LOWER = re.compile(_PLACEHOLDER.pattern), re.compile(_JUNK_PATH.pattern)
 _NOT_URL = re.compile(r"[\s{}\"'<>]")  # JSON blobs or templates in an attribute, not a URL
 _STANDIN_HOST = "img.interloom.invalid"
 _STANDIN = re.compile(r"^https?://img\.interloom\.invalid/(\d+)\.png$")
@@ -291,7 +309,7 @@ def _real(url: str | None) -> str | None:
     url = url.strip()
     if (
         not url
-        or _PLACEHOLDER.search(url)
+        or (_PLACEHOLDER_LOWER.search(url.lower()) if url.isascii() else _PLACEHOLDER.search(url))
         or url.startswith("#")
         or url.lower().startswith("javascript:")
         or _NOT_URL.search(url)
@@ -322,10 +340,45 @@ def _srcset_url(img: etree._Element) -> str | None:
     return None
 
 
+# Readability's lazy-image rule (`_fixLazyImages`): an attribute whose value is one image URL (not a srcset)
+_IMAGE_DOT = re.compile(r"\.(jpg|jpeg|png|webp)")
+
+
+def _one_image_url(value: str) -> bool:
+    r"""Readability's test `/^\s*\S+\.(jpg|jpeg|png|webp)\S*\s*$/` in linear time (the regex backtracks
+    quadratically on a long attribute value): one run of non-space characters holding `.jpg` etc. after its
+    first character."""
+    word = value.strip()
+    return bool(word) and len(word.split()) == 1 and _IMAGE_DOT.search(word, 1) is not None
+
+
+_SRCSET_LIKE = re.compile(r"\.(jpg|jpeg|png|webp)\s+\d")
+
+
+def _lazy_url(img: etree._Element) -> str | None:
+    """Readability's choice for a lazy image (no `src` and no `srcset`, or a class with "lazy"): the last
+    attribute other than src/srcset/alt whose value is a single image URL; sites list their variants smallest
+    first (`data-src`, `data-src-2x`, `data-src-4x`; `data-src` then `data-img` with `?w=960`), so that is
+    mostly the largest. None when the image is not lazy or no attribute qualifies."""
+    attrib = img.attrib
+    src, srcset = attrib.get("src"), attrib.get("srcset")
+    if ((src and src.strip()) or (srcset and srcset != "null")) and "lazy" not in (attrib.get("class") or "").lower():
+        return None
+    found = None
+    for name, value in attrib.items():
+        if name not in ("src", "srcset", "alt") and not _SRCSET_LIKE.search(value) and _one_image_url(value):
+            found = value
+    return _real(found)
+
+
 def _image_url(img: etree._Element, prefer_largest: bool = False) -> str | None:
-    """The real (not placeholder) URL of an <img>, relative as written in the page: a lazy-loading
-    attribute, else `src`, else a high-resolution alternate, else the largest srcset / <picture> candidate.
-    With `prefer_largest`, the largest srcset candidate wins over `src`."""
+    """The real (not placeholder) URL of an <img>, relative as written in the page: Readability's lazy-image
+    choice (`_lazy_url`), else a lazy-loading attribute, else `src`, else a high-resolution alternate, else
+    the largest srcset / <picture> candidate. With `prefer_largest`, the largest srcset candidate wins over
+    `src`."""
+    url = _lazy_url(img)
+    if url:
+        return url
     for attr in _LAZY_ATTRS:
         url = _real(img.get(attr))
         if url:
@@ -360,7 +413,7 @@ def junk_reason(url: str, width: int | None, height: int | None) -> str | None:
         return "svg_or_ico"
     if _JUNK_HOSTS.search(parts.hostname or ""):
         return "tracker_host"
-    if _JUNK_PATH.search(path):
+    if (_JUNK_PATH_LOWER if path.isascii() else _JUNK_PATH).search(path):  # (`path` is lower-cased)
         return "chrome_path"
     return None
 
@@ -474,7 +527,8 @@ _HAS_INVISIBLE = re.compile("[\u00ad\u200b\u2060\ufeff]")  # finds them much fas
 
 
 def _clean(text: str) -> str:
-    text = unicodedata.normalize("NFC", text.translate(_INVISIBLE))
+    if not text.isascii():  # (ASCII text has no invisible characters and is NFC)
+        text = unicodedata.normalize("NFC", text.translate(_INVISIBLE))
     lines = [" ".join(line.split()) for line in text.splitlines()]
     return "\n".join(line for line in lines if line).strip()
 
@@ -562,52 +616,63 @@ class _PageText:
 
 
 def _page_text(root: etree._Element) -> _PageText:
-    raw: list[tuple[str, etree._Element]] = []  # (text without whitespace, owner) of each visible piece
-    add = raw.append  # (the walk visits every element: no function call per piece)
-    page = _PageText("", [], [], [])
+    texts: list[str] = []  # each visible piece of text without whitespace ...
+    owners: list[etree._Element] = []  # ... and the element it belongs to (for a tail: the parent)
+    add_text, add_owner = texts.append, owners.append  # (the walk visits every element: no call per piece)
     images: list[tuple[int, etree._Element]] = []  # (pieces before it, <img>)
     walker = etree.iterwalk(root, events=("start", "end"))
     for event, el in walker:  # most tails are layout whitespace: test before asking for the parent
         if event == "end":
             tail = el.tail
             if tail and not tail.isspace():
-                add(("".join(tail.split()), el.getparent()))
+                add_text("".join(tail.split()))
+                add_owner(el.getparent())
             continue
-        tag = el.tag if isinstance(el.tag, str) else ""
+        tag = el.tag
         if tag in _NOT_PAGE_TEXT:
             walker.skip_subtree()  # no "end" event follows for a skipped element: take its tail here
             tail = el.tail
             if tail and not tail.isspace():
-                add(("".join(tail.split()), el.getparent()))
+                add_text("".join(tail.split()))
+                add_owner(el.getparent())
             continue
         if tag == "img":
-            images.append((len(raw), el))
+            images.append((len(texts), el))
         text = el.text
         if text and not text.isspace():
-            add(("".join(text.split()), el))
-    # `_squash` of every piece, the invisible characters looked for once in the whole page (mostly none)
-    joined = "".join(t for t, _ in raw)
-    invisible = not joined.isascii() and _HAS_INVISIBLE.search(joined) is not None
-    chunks: list[str] = []
-    piece_start = []  # offset of each raw piece in the page text
-    pos = 0
-    for text, owner in raw:
+            add_text("".join(text.split()))
+            add_owner(el)
+    # `_squash` of every piece: the pieces are what they are unless one holds an invisible character (looked
+    # for once in the whole page) or non-NFC text; only then is each piece cleaned (and may vanish)
+    joined = "".join(texts)
+    if joined.isascii() or (
+        _HAS_INVISIBLE.search(joined) is None and all(t.isascii() or unicodedata.is_normalized("NFC", t) for t in texts)
+    ):
+        piece_start = [0, *accumulate(map(len, texts))]  # offset of each piece (every one is non-empty)
+        page = _PageText(joined, piece_start[:-1], owners, [])
+    else:
+        page = _PageText("", [], [], [])
+        invisible = _HAS_INVISIBLE.search(joined) is not None
+        chunks: list[str] = []
+        piece_start = []
+        pos = 0
+        for text, owner in zip(texts, owners):
+            piece_start.append(pos)
+            if invisible:
+                text = text.translate(_INVISIBLE)
+            if not text.isascii() and not unicodedata.is_normalized("NFC", text):
+                text = unicodedata.normalize("NFC", text)
+            if text:
+                page.piece_at.append(pos)
+                page.piece_owner.append(owner)
+                chunks.append(text)
+                pos += len(text)
         piece_start.append(pos)
-        if invisible:
-            text = text.translate(_INVISIBLE)
-        if not text.isascii() and not unicodedata.is_normalized("NFC", text):
-            text = unicodedata.normalize("NFC", text)
-        if text:
-            page.piece_at.append(pos)
-            page.piece_owner.append(owner)
-            chunks.append(text)
-            pos += len(text)
-    piece_start.append(pos)
+        page.text = "".join(chunks)
     for n_before, el in images:
         m = _STANDIN.match(el.get("src") or "")
         if m:
             page.images.append((piece_start[n_before], int(m.group(1)), el))
-    page.text = "".join(chunks)
     return page
 
 
@@ -641,7 +706,9 @@ def _image_candidates(
     for i, (kind, text) in enumerate(items):
         if kind != "text":
             continue
-        squashed = _squash(str(text).split(" | ", 1)[0])  # a table row: its first cell
+        text = str(text)
+        whole = _squash(text)
+        squashed = _squash(text.split(" | ", 1)[0]) if " | " in text else whole  # a table row: its first cell
         key = squashed[:_ANCHOR_CHARS]
         if len(key) < 2:
             continue
@@ -650,7 +717,7 @@ def _image_candidates(
             at = page.text.find(key)
         if at < 0:
             continue
-        anchors.append((i, at, at + len(_squash(str(text)))))
+        anchors.append((i, at, at + len(whole)))
         cursor = max(cursor, at + len(key))
     if not anchors:
         unplaced.update({n: "no_text_anchor" for _, n, _ in page.images})
@@ -709,11 +776,29 @@ def _title(tree: etree._Element) -> str:
     return ""
 
 
+def _html_class_lookup() -> etree.ElementNamespaceClassLookup:
+    """lxml.html's element classes (HtmlElement; FormElement, InputElement ... by tag) chosen in C: lxml.html's
+    own lookup is a Python method called for every element proxy, a few percent of an extraction."""
+    fallback = etree.ElementDefaultClassLookup(
+        element=lxml.html.HtmlElement,
+        comment=lxml.html.HtmlComment,
+        pi=lxml.html.HtmlProcessingInstruction,
+        entity=lxml.html.HtmlEntity,
+    )
+    lookup = etree.ElementNamespaceClassLookup(fallback)
+    lookup.get_namespace(None).update(lxml.html.HtmlElementClassLookup._default_element_classes)
+    return lookup
+
+
+_HTML_LOOKUP = _html_class_lookup()
+
+
 def _parse(html: str) -> etree._Element | None:
     data = html.encode("utf-8", "surrogatepass")
     parser = lxml.html.HTMLParser(
         encoding="utf-8", remove_comments=True, remove_pis=True, collect_ids=False, huge_tree=False
     )
+    parser.set_element_class_lookup(_HTML_LOOKUP)
     try:
         tree = lxml.html.document_fromstring(data, parser=parser)
     except (etree.ParserError, ValueError):

@@ -48,6 +48,10 @@ _TOKEN_KINDS = {
 _TOKEN_RE = re.compile(
     "|".join(rf"(?:(?<=[\s_-])|^)(?P<{k}>{v})(?=[\s_-]|$)" for k, v in _TOKEN_KINDS.items()), re.IGNORECASE
 )
+# the same patterns without IGNORECASE, for lower-cased ASCII text: the same matches, several times faster
+# (`re.IGNORECASE` also folds a few non-ASCII characters, so other text goes to the patterns above)
+_TOKEN_RE_LOWER = re.compile(_TOKEN_RE.pattern)
+_WORD_RUN = re.compile(r"[^\s_-]+")  # a match of _TOKEN_RE starts where such a run starts
 _SPLIT_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
 _CHROME_URL = re.compile(
     r"(/|^|[._-])(icons?|logos?|avatars?|badges?|buttons?|btns?|sprites?|emoji|emoticons?|smil(ies|eys)|"
@@ -55,6 +59,7 @@ _CHROME_URL = re.compile(
     r"profile|users?|authors?|gravatar|rss|feed)(/|[._-]|$)",
     re.IGNORECASE,
 )
+_CHROME_URL_LOWER = re.compile(_CHROME_URL.pattern)  # for lower-cased ASCII paths
 _IMAGE_EXT = re.compile(r"\.(jpe?g|png|webp|gif|avif|bmp|tiff?)$", re.IGNORECASE)
 WORD = re.compile(r"\w{3,}")
 _ANCESTOR_LEVELS = 8  # how far up an image's wrappers are looked at
@@ -126,10 +131,10 @@ def is_ancestor(a: etree._Element, b: etree._Element) -> bool:
 
 def _link_text_len(a: etree._Element, ctx: PageContext) -> int:
     """Characters of a link's text with its whitespace squashed to single spaces, memoised per element."""
-    n = ctx.memo.get(("link_len", a))
+    n = ctx.link_len.get(a)
     if n is None:
         words = "".join(a.itertext()).split()
-        n = ctx.memo[("link_len", a)] = sum(map(len, words)) + max(0, len(words) - 1)
+        n = ctx.link_len[a] = sum(map(len, words)) + max(0, len(words) - 1)
     return n
 
 
@@ -145,9 +150,9 @@ def _grid(img: etree._Element, ctx: PageContext) -> tuple[bool, bool]:
         parent = el.getparent() if el is not None else None
         if el is None or parent is None or el is ctx.container:
             break
-        found = ctx.memo.get(("grid", el))
+        found = ctx.grid.get(el)
         if found is None:
-            found = ctx.memo[("grid", el)] = _repeats(el, parent, ctx)
+            found = ctx.grid[el] = _repeats(el, parent, ctx)
         if found[0]:
             return found
         el = parent
@@ -155,22 +160,19 @@ def _grid(img: etree._Element, ctx: PageContext) -> tuple[bool, bool]:
 
 
 def _repeats(el: etree._Element, parent: etree._Element, ctx: PageContext) -> tuple[bool, bool]:
-    key = (el.tag, el.get("class") or "")
-    cards = [
-        sib
-        for sib in islice(parent, _GRID_SIBLINGS)
-        if sib is not el
-        and sib.tag == key[0]
-        and (sib.get("class") or "") == key[1]
-        and next(sib.iter("img"), None) is not None
-    ]
+    """Whether 2+ other children among the first `_GRID_SIBLINGS` of `parent` share `el`'s tag and class and
+    hold an image, and whether 2+ of those link to another page with a title. The children of a parent are
+    grouped by (tag, class) once per page, so a grid of n cards costs n, not n * n."""
+    groups = ctx.groups.get(parent)
+    if groups is None:
+        groups = ctx.groups[parent] = {}
+        for sib in islice(parent, _GRID_SIBLINGS):
+            if next(sib.iter("img"), None) is not None:
+                groups.setdefault((sib.tag, sib.get("class") or ""), []).append(sib)
+    cards = [sib for sib in groups.get((el.tag, el.get("class") or ""), ()) if sib is not el]
     if len(cards) < 2:
         return False, False
-    titled = sum(
-        any(_link_text_len(a, ctx) >= 15 and not _is_image_href(a.get("href") or "") for a in sib.iter("a"))
-        for sib in cards
-    )
-    return True, titled >= 2
+    return True, sum(map(ctx.titled_card, cards)) >= 2
 
 
 _ALL_TEXT = etree.XPath("string()", smart_strings=False)
@@ -182,13 +184,13 @@ def _link_density(img: etree._Element, ctx: PageContext) -> float:
     for _ in range(_ANCESTOR_LEVELS):
         if el is None:
             return 0.0
-        density = ctx.memo.get(("density", el))
+        density = ctx.density.get(el)
         if density is None:
             n = len(_ALL_TEXT(el).split())
             density = -1.0
             if n >= 20:
                 density = min(1.0, sum(len(_ALL_TEXT(a).split()) for a in el.iter("a")) / n)
-            ctx.memo[("density", el)] = density
+            ctx.density[el] = density
         if density >= 0:
             return density
         el = el.getparent()
@@ -197,13 +199,27 @@ def _link_density(img: etree._Element, ctx: PageContext) -> float:
 
 def _token_kinds(words: str) -> set[str]:
     """Kinds of the words of a class/id/role string (each word matched whole, by kind)."""
-    return {kind for m in _TOKEN_RE.finditer(words) if (kind := m.lastgroup)} if words.strip() else set()
+    if not words.strip():
+        return set()
+    pattern = _TOKEN_RE
+    if words.isascii():
+        words, pattern = words.lower(), _TOKEN_RE_LOWER
+    # the matches of `finditer`, tried only where a word starts (the pattern's look-behind needs that)
+    kinds, end = set(), 0
+    for run in _WORD_RUN.finditer(words):
+        if run.start() >= end:
+            m = pattern.match(words, run.start())
+            if m is not None:
+                end = m.end()
+                if m.lastgroup:
+                    kinds.add(m.lastgroup)
+    return kinds
 
 
 def _wrapper_flags(el: etree._Element, ctx: PageContext) -> tuple[frozenset[str], bool, bool, bool]:
     """(token kinds of its class/id/role, fails Readability's unlikely test, hidden, holds a <figcaption>) of
     one element."""
-    found = ctx.memo.get(("flags", el))
+    found = ctx.flags.get(el)
     if found is None:
         get = el.get
         kinds, unlikely, hidden_style = _attr_flags(
@@ -211,7 +227,7 @@ def _wrapper_flags(el: etree._Element, ctx: PageContext) -> tuple[frozenset[str]
         )
         hidden = get("hidden") is not None or get("aria-hidden") == "true" or hidden_style
         caption = el.find("figcaption") is not None
-        found = ctx.memo[("flags", el)] = (kinds, unlikely, hidden, caption)
+        found = ctx.flags[el] = (kinds, unlikely, hidden, caption)
     return found
 
 
@@ -221,7 +237,12 @@ def _attr_flags(cls: str, id_: str, role: str, style: str) -> tuple[frozenset[st
     repeat the same class strings many times, so the answer is cached by the strings."""
     attrs = f"{cls} {id_}"
     kinds = frozenset(_token_kinds(_SPLIT_CAMEL.sub("-", f"{attrs} {role}")))
-    unlikely = bool(_UNLIKELY.search(attrs) and not _MAYBE.search(attrs)) or role in _UNLIKELY_ROLES
+    if attrs.isascii():
+        low = attrs.lower()
+        unlikely = bool(_UNLIKELY_LOWER.search(low) and not _MAYBE_LOWER.search(low))
+    else:
+        unlikely = bool(_UNLIKELY.search(attrs) and not _MAYBE.search(attrs))
+    unlikely = unlikely or role in _UNLIKELY_ROLES
     return kinds, unlikely, bool(style) and bool(_HIDDEN_STYLE.search(style))
 
 
@@ -242,8 +263,28 @@ class PageContext:
         self.starts = [b.start for b in self.blocks]
         self.last_end = max(b.end for b in self.blocks)
         self.site = (urlsplit(self.url).hostname or "").split(".")[-2:]  # the last two labels of the page host
-        # per-element results shared by the images, keyed by (kind, element): each kind its own value type
-        self.memo: dict[tuple[str, etree._Element], Any] = {}
+        # per-element results shared by the images of the page, one dict per kind
+        self.link_len: dict[etree._Element, int] = {}
+        self.grid: dict[etree._Element, tuple[bool, bool]] = {}
+        self.groups: dict[etree._Element, dict[tuple[Any, str], list[etree._Element]]] = {}
+        self.titled: dict[etree._Element, bool] = {}
+        self.density: dict[etree._Element, float] = {}
+        self.flags: dict[etree._Element, tuple[frozenset[str], bool, bool, bool]] = {}
+        self.chain: dict[etree._Element, tuple[bool, bool]] = {}
+        self.block: dict[etree._Element, tuple[int, int, bool]] = {}
+        # the container and its ancestors: an element holds the container iff it is one of them
+        self.container_chain: set[etree._Element] = (
+            set() if self.container is None else {self.container, *self.container.iterancestors()}
+        )
+
+    def titled_card(self, card: etree._Element) -> bool:
+        """Whether `card` holds a link to another page (not an image file) with 15+ characters of text."""
+        found = self.titled.get(card)
+        if found is None:
+            found = self.titled[card] = any(
+                _link_text_len(a, self) >= 15 and not _is_image_href(a.get("href") or "") for a in card.iter("a")
+            )
+        return found
 
 
 _UNLIKELY = re.compile(
@@ -253,6 +294,7 @@ _UNLIKELY = re.compile(
     re.IGNORECASE,
 )
 _MAYBE = re.compile(r"and|article|body|column|content|main|mathjax|shadow", re.IGNORECASE)
+_UNLIKELY_LOWER, _MAYBE_LOWER = re.compile(_UNLIKELY.pattern), re.compile(_MAYBE.pattern)  # lower-cased ASCII
 _UNLIKELY_ROLES = {"menu", "menubar", "complementary", "navigation", "alert", "alertdialog", "dialog"}
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
 
@@ -261,17 +303,17 @@ def _chain_flags(el: etree._Element | None, ctx: PageContext) -> tuple[bool, boo
     """(unlikely, hidden) of `el` or any ancestor below <body>, memoised per element."""
     if el is None or el.tag in ("body", "html"):
         return False, False
-    found = ctx.memo.get(("chain", el))
+    found = ctx.chain.get(el)
     if found is None:
         path = []  # the elements up to the first one already known
-        while el is not None and el.tag not in ("body", "html") and ("chain", el) not in ctx.memo:
+        while el is not None and el.tag not in ("body", "html") and el not in ctx.chain:
             path.append(el)
             el = el.getparent()
-        found = (False, False) if el is None or el.tag in ("body", "html") else ctx.memo[("chain", el)]
+        found = (False, False) if el is None or el.tag in ("body", "html") else ctx.chain[el]
         for node in reversed(path):
             _, unlikely, hidden, _ = _wrapper_flags(node, ctx)
             found = (found[0] or unlikely, found[1] or hidden)
-            ctx.memo[("chain", node)] = found
+            ctx.chain[node] = found
     return found
 
 
@@ -296,11 +338,11 @@ def _page_structure(img: etree._Element, f: dict[str, float], ctx: PageContext) 
         if block is None or block.tag in ("body", "html"):
             return
         if block.tag in _BLOCKS:
-            stats = ctx.memo.get(("block", block))
+            stats = ctx.block.get(block)
             if stats is None:
                 n_img = len(block.findall(".//img"))
                 big = n_img >= 2 or len("".join(block.itertext()).strip()) >= 25
-                stats = ctx.memo[("block", block)] = (n_img, len(block.findall(".//p")) if big else 0, big)
+                stats = ctx.block[block] = (n_img, len(block.findall(".//p")) if big else 0, big)
             n_img, n_p, big = stats
             if big:
                 f["block_images"] = math.log1p(n_img) / 4
@@ -353,8 +395,8 @@ def image_features(img: etree._Element, at: int, alt: str, url: str, ctx: PageCo
     if container is None or is_ancestor(container, img):
         f["in_container"] = 1.0
     else:
-        steps, el = 0, img.getparent()
-        while el is not None and not is_ancestor(el, container):
+        steps, el, chain = 0, img.getparent(), ctx.container_chain
+        while el is not None and el not in chain:
             steps += 1
             el = el.getparent()
         f["dom_steps_out"] = min(steps, 6) / 6
@@ -400,7 +442,9 @@ def image_features(img: etree._Element, at: int, alt: str, url: str, ctx: PageCo
             f["alt_overlap"] = len(words & ctx.text_words) / len(words)
     parts = urlsplit(url)
     path = parts.path
-    f["url_chrome"] = float(bool(_CHROME_URL.search(path)))
+    f["url_chrome"] = float(
+        bool(_CHROME_URL_LOWER.search(path.lower()) if path.isascii() else _CHROME_URL.search(path))
+    )
     f["url_no_ext"] = float(not _IMAGE_EXT.search(path))
     f["url_gif"] = float(path.lower().endswith(".gif"))
     f["same_site"] = float((parts.hostname or "").split(".")[-2:] == ctx.site)

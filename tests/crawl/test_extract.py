@@ -104,6 +104,33 @@ def test_lazy_attributes_srcset_and_picture():
     ]
 
 
+def test_lazy_images_take_readabilitys_last_url_attribute():
+    """A lazy image (no src/srcset, or a class with "lazy") takes, as Readability's `_fixLazyImages` does, the
+    last attribute holding one image URL: the largest variant where a site lists them smallest first. A
+    non-lazy image with a real src keeps the lazy-attribute / src order."""
+    html = page(
+        f"<p>{PARA}</p>"
+        "<img data-src='/g/1/360x0.jpg' data-src-2x='/g/1/640x0.jpg' data-src-4x='/g/1/940x0.jpg' alt='a'>"
+        f"<p>{PARA2}</p>"
+        "<img class='lazyload' data-src='/up/photo.jpg' data-credit='Agency' "
+        "data-img='/up/photo.jpg?strip=all&w=960' data-srcset='/up/photo.jpg?w=335 335w, /up/photo.jpg?w=480 480w'>"
+        "<img src='/real/src.jpg' data-big='/real/other.jpg'>"  # not lazy: its src stands
+        "<img class='lazy' src='/img/blank.gif' data-x='not an image' data-y='{\"a\": 1}'>"  # nothing qualifies
+        f"<p>{PARA3}</p>"
+    )
+    doc, drops = extract_with_drops(html, "https://news.example.com/articles/market.html", timeout_s=10.0)
+    urls = image_urls(doc) + [d.url for d in drops]
+    assert "https://news.example.com/g/1/940x0.jpg" in urls and not any("360x0" in u for u in urls)
+    assert "https://news.example.com/up/photo.jpg?strip=all&w=960" in urls
+    assert "https://news.example.com/real/src.jpg" in urls and not any("other.jpg" in u for u in urls)
+    assert [d.reason for d in drops if "blank.gif" in d.url or d.url == "<img>"] == ["no_url"]
+    # Readability's test is a backtracking regex (quadratic: ~17 s on this 100 KB value); ours is linear
+    blob = "a.jpg" * 20_000 + " x"
+    html = page(f"<p>{PARA}</p><img class='lazy' data-blob='{blob}' data-src='/ok.jpg'><p>{PARA2}</p>")
+    doc, drops = extract_with_drops(html, "https://news.example.com/a.html", timeout_s=5.0)
+    assert "https://news.example.com/ok.jpg" in image_urls(doc) + [d.url for d in drops]
+
+
 def test_images_between_short_cjk_paragraphs_are_placed():
     # Chinese paragraphs are short in characters and have no spaces: each is anchored in the page text
     paras = [
@@ -490,3 +517,29 @@ def test_a_url_urllib_refuses_costs_its_image_not_the_page(base):
     rows = [r for r in ledger.rejects_table().to_pylist() if r["item"] == "image"]
     assert {(r["reason"], r["detail"]) for r in rows} >= {("bad_url", "http://[::1/a.jpg")}
     assert ledger.to_dict()["stages"][0]["drops"] == {} and not check_funnel(ledger.to_dict())
+
+
+def test_scored_image_urls_are_percent_encoded_as_a_browser_writes_them():
+    """The bench compares image URLs the way Readability.js's labels write them (`new URL(src, page).href`):
+    non-ASCII and spaces percent-encoded, existing escapes kept, scheme and fragment dropped."""
+    from bench.extraction import norm_image_url
+
+    raw = "https://WWW.Example.org/up/solidarité 1.jpg?w=960&t=é#top"
+    assert norm_image_url(raw) == "www.example.org/up/solidarit%C3%A9%201.jpg?w=960&t=%C3%A9"
+    assert norm_image_url("http://www.example.org/up/solidarit%C3%A9%201.jpg?w=960&t=%C3%A9") == norm_image_url(raw)
+
+
+def test_class_words_by_kind_match_whole_words_in_any_case():
+    """Class/id words are matched whole (split at spaces, `_`, `-`; hyphenated kinds such as `most-read`
+    whole too), in any letter case, in ASCII and in non-ASCII attribute values alike (the ASCII fast path and
+    the IGNORECASE path agree); Readability's unlikely test is cancelled by a maybe-word such as `article`."""
+    from crawl.image_select import _attr_flags, _token_kinds
+
+    assert _token_kinds("post-Related_Stories sidebar") == {"related", "chrome"}
+    assert _token_kinds("most-read header-AD") == {"related", "chrome", "ads"}
+    assert _token_kinds("adverts loading") == set()  # no whole word of a kind
+    assert _token_kinds("FIGURE-Ünïcode Kommentare") == _token_kinds("figure-unicode kommentare") == {"media"}
+    assert _attr_flags("comment-list", "", "", "") == (frozenset({"comments"}), True, False)
+    assert _attr_flags("article-comments", "", "", "")[1] is False
+    assert _attr_flags("Seitenleiste", "SIDEBAR-ü", "", "")[:2] == (frozenset({"chrome"}), True)
+    assert _attr_flags("x", "", "", "display: NONE") == (frozenset(), False, True)

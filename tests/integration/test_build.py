@@ -18,6 +18,7 @@ from conftest import DEV_SETTINGS, REPO, dev_warcs, real_path
 from corpus.config import load_config
 from corpus.format import Corpus
 from corpus.stats import check_funnel
+from crawl.image_select import FEATURES
 from pipeline.build import BuildConfig, build_corpus
 
 pytestmark = pytest.mark.slow
@@ -50,6 +51,26 @@ def test_funnel_adds_up_and_chains(dev_corpus):
         if kind == "image":
             for reason, n in s["drops"].items():
                 assert logged[(stage, False, reason)] == n, (key, reason)
+
+
+def test_extract_image_drops_are_rejects_rows_with_their_reasons(dev_corpus):
+    """Every image the extract step leaves out of a kept document is a rejects row of the build (stage
+    `extract`, item `image`) with its reason: a hard rule, `image_model:<feature>` with the model's
+    probability, or a duplicate; the rows add up to the step's image counts."""
+    import collections
+
+    import pyarrow.parquet as pq
+
+    out, stats = dev_corpus
+    rows = [r for r in pq.read_table(out / "rejects").to_pylist() if r["stage"] == "extract" and r["item"] == "image"]
+    counts = stats["items"]["extract/image"]
+    assert rows and collections.Counter(r["reason"] for r in rows) == collections.Counter(counts["drops"])
+    assert counts["in"] - counts["out"] == len(rows)
+    model_rows = [r for r in rows if r["reason"].startswith("image_model:")]
+    assert model_rows and {r["reason"] for r in rows} - {r["reason"] for r in model_rows}  # model and rules
+    for r in model_rows:
+        assert r["reason"].removeprefix("image_model:") in FEATURES
+        assert re.fullmatch(r"\S+ p=0\.\d\d", r["detail"]) and r["id"] and r["url"]
 
 
 def test_images_sit_at_their_page_positions_with_bytes(dev_corpus):
