@@ -215,8 +215,14 @@ class Corpus:
         return out
 
     def read_json(self, name: str) -> Any:
+        """A JSON file of the corpus (build.json, stats.json); FileNotFoundError when it is missing, a
+        ValueError naming it when it is not UTF-8 JSON."""
         with self.fs.open(_join(self.root, name), "rb") as f:
-            return json.loads(f.read())
+            raw = f.read()
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{self.path.rstrip('/')}/{name}: not JSON ({e})") from None
 
     def shard_path(self, shard: ShardInfo | str) -> str:
         name = shard.name if isinstance(shard, ShardInfo) else shard.removesuffix(".tar")

@@ -98,7 +98,9 @@ def _corpus_json(src: Corpus, name: str) -> dict[str, Any]:
         data = src.read_json(name)
     except FileNotFoundError:
         raise ValueError(f"{where} is missing: not a corpus finished by `interloom build`") from None
-    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except ValueError as e:  # Corpus.read_json names the file
+        raise ValueError(f"the corpus is damaged: {e}") from None
+    except OSError as e:
         raise ValueError(f"{where} is damaged: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{where} is damaged: a JSON {type(data).__name__}, not an object")

@@ -30,7 +30,10 @@ def _corpus(root: Path) -> None:
 
 DAMAGES = {
     "no build.json": (lambda r: (r / "build.json").unlink(), "build.json is missing: not a corpus finished by"),
-    "build.json not JSON": (lambda r: (r / "build.json").write_text("{"), "build.json is damaged: Expecting"),
+    "build.json not JSON": (
+        lambda r: (r / "build.json").write_text("{"),
+        "the corpus is damaged: " + "{corpus}/build.json: not JSON (Expecting",
+    ),
     "build.json a list": (lambda r: (r / "build.json").write_text("[]"), "build.json is damaged: a JSON list"),
     "config of wrong type": (
         lambda r: (r / "build.json").write_text(
@@ -56,6 +59,7 @@ def test_refilter_of_a_damaged_corpus_is_one_line_and_writes_nothing(tmp_path, c
     out = tmp_path / "out"
     assert main(["refilter", str(corpus), "--set", "filters.language.min_score=0.8", "--output", str(out)]) == 2
     err = capsys.readouterr().err
+    shown = shown.format(corpus=corpus)
     assert "Traceback" not in err and err.count("\n") == 1 and shown in err, err
     assert not out.exists()
 
