@@ -193,8 +193,16 @@ class Corpus:
 
     def __init__(self, path: str | Path, storage_options: dict[str, Any] | None = None):
         self.path = str(path)
-        self.fs, self.root = fsspec.core.url_to_fs(self.path, **(storage_options or {}))
-        if not self.fs.exists(_join(self.root, MANIFEST)):
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(self.path, **(storage_options or {}))
+            found = self.fs.exists(_join(self.root, MANIFEST))
+        except ImportError as e:  # gs:// without gcsfs, ...
+            raise ValueError(f"corpus {self.path}: reading it needs a package that is not installed ({e})") from None
+        except (OSError, ValueError):
+            raise
+        except Exception as e:  # noqa: BLE001 -- each fsspec backend has its own errors (s3: NoCredentialsError)
+            raise ValueError(f"corpus {self.path}: cannot be read: {type(e).__name__}: {e}") from None
+        if not found:
             raise ValueError(f"not a corpus: {self.path} has no {MANIFEST} (run `interloom build` first)")
 
     def shards(self) -> list[ShardInfo]:

@@ -141,3 +141,12 @@ def test_damaged_shards_raise_value_error_naming_the_shard(tmp_path):
         shard.write_bytes(buf.getvalue())
         with pytest.raises(ValueError, match="x.json"):
             list(corpus.iter_documents())
+
+
+def test_a_corpus_url_whose_file_system_is_missing_is_a_value_error():
+    import importlib.util
+
+    if importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed: gs:// can be read")
+    with pytest.raises(ValueError, match=r"corpus gs://bucket/c: reading it needs a package that is not installed"):
+        Corpus("gs://bucket/c")
