@@ -150,3 +150,24 @@ def test_a_corpus_url_whose_file_system_is_missing_is_a_value_error():
         pytest.skip("gcsfs is installed: gs:// can be read")
     with pytest.raises(ValueError, match=r"corpus gs://bucket/c: reading it needs a package that is not installed"):
         Corpus("gs://bucket/c")
+
+
+def test_missing_s3_credentials_fail_at_once_not_after_retries(monkeypatch):
+    """No credentials is no transient error: it used to be retried 8 times with backoff (71 s) before the
+    build said so."""
+    import time
+
+    botocore = pytest.importorskip("botocore.exceptions")
+    pytest.importorskip("s3fs")
+    from corpus.storage import Storage, StorageError, is_transient
+
+    assert not is_transient(botocore.NoCredentialsError())
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    started = time.monotonic()
+    with pytest.raises(StorageError, match=r"look up s3://interloom-no-such-bucket/c/build.json: NoCredentialsError"):
+        Storage("s3://interloom-no-such-bucket/c").exists("build.json")
+    assert time.monotonic() - started < 10
