@@ -77,11 +77,6 @@ def discover_units(paths: list[str]) -> list[Unit]:
     units = []
     for p in sorted(set(paths)):
         path = Path(p)
-        if path.exists() and not path.is_dir() and not path.is_file():
-            raise ValueError(
-                f"input {p}: not a regular file (a device, FIFO or socket, e.g. a link to /dev/zero): "
-                f"reading it might never end"
-            )
         if path.is_dir():
             kind = "html"
             _check_html_folder(path)
