@@ -171,3 +171,17 @@ def test_missing_s3_credentials_fail_at_once_not_after_retries(monkeypatch):
     with pytest.raises(StorageError, match=r"look up s3://interloom-no-such-bucket/c/build.json: NoCredentialsError"):
         Storage("s3://interloom-no-such-bucket/c").exists("build.json")
     assert time.monotonic() - started < 10
+
+
+def test_export_hf_of_a_damaged_corpus_leaves_no_partial_dataset(tmp_path):
+    from pipeline.export import export_hf
+
+    corpus = tmp_path / "c"
+    append_manifest(corpus, write_shards(_docs(2), corpus, "a"))
+    append_manifest(corpus, write_shards(_docs(2), corpus, "b"))
+    (corpus / "shards" / "b-0000.tar").write_bytes(b"\x01 not a tar " * 100)
+    with pytest.raises(ValueError, match=r"b-0000.tar: not a readable tar .* the 1 files it had written were removed"):
+        export_hf(str(corpus), str(tmp_path / "hf"), progress=False)
+    assert list((tmp_path / "hf").glob("*.parquet")) == []
+    with pytest.raises(ValueError, match="is the corpus folder itself"):
+        export_hf(str(corpus), str(corpus), progress=False)
