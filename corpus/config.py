@@ -92,7 +92,11 @@ def validation_problems(err: ValidationError) -> str:
         if e["type"] == "extra_forbidden":
             problems.append(f"{loc}: unknown key")
             continue
-        got = repr(e.get("input"))
+        value = e.get("input")
+        if isinstance(value, dict):  # a whole section (a model validator's error): the message says what
+            problems.append(f"{loc}: {e['msg']}")
+            continue
+        got = repr(value)
         got = got if len(got) <= 80 else got[:77] + "..."
         problems.append(f"{loc}: {e['msg']} (got {got})")
     return "; ".join(problems)

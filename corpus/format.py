@@ -193,8 +193,16 @@ class Corpus:
 
     def __init__(self, path: str | Path, storage_options: dict[str, Any] | None = None):
         self.path = str(path)
-        self.fs, self.root = fsspec.core.url_to_fs(self.path, **(storage_options or {}))
-        if not self.fs.exists(_join(self.root, MANIFEST)):
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(self.path, **(storage_options or {}))
+            found = self.fs.exists(_join(self.root, MANIFEST))
+        except ImportError as e:  # gs:// without gcsfs, ...
+            raise ValueError(f"corpus {self.path}: reading it needs a package that is not installed ({e})") from None
+        except (OSError, ValueError):
+            raise
+        except Exception as e:  # noqa: BLE001 -- each fsspec backend has its own errors (s3: NoCredentialsError)
+            raise ValueError(f"corpus {self.path}: cannot be read: {type(e).__name__}: {e}") from None
+        if not found:
             raise ValueError(f"not a corpus: {self.path} has no {MANIFEST} (run `interloom build` first)")
 
     def shards(self) -> list[ShardInfo]:
@@ -215,8 +223,14 @@ class Corpus:
         return out
 
     def read_json(self, name: str) -> Any:
+        """A JSON file of the corpus (build.json, stats.json); FileNotFoundError when it is missing, a
+        ValueError naming it when it is not UTF-8 JSON."""
         with self.fs.open(_join(self.root, name), "rb") as f:
-            return json.loads(f.read())
+            raw = f.read()
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{self.path.rstrip('/')}/{name}: not JSON ({e})") from None
 
     def shard_path(self, shard: ShardInfo | str) -> str:
         name = shard.name if isinstance(shard, ShardInfo) else shard.removesuffix(".tar")

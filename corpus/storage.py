@@ -69,6 +69,8 @@ def is_transient(e: BaseException) -> bool:
         return False
     if isinstance(e, (ConnectionError, TimeoutError)):
         return True
+    if type(e).__name__.endswith(("CredentialsError", "NoRegionError")):  # botocore: no waiting brings credentials
+        return False
     module = type(e).__module__.split(".")[0]
     if module in ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "google"):
         return True

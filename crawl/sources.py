@@ -25,7 +25,8 @@ Damage is counted, never a quiet end of the unit:
 - a file with no WARC record in it (empty, or not a WARC) is one counted `warc_read_error`.
 
 A folder input is confined to the folder: a page file whose resolved path lies outside it is the drop
-`outside_input`; dangling links (`dangling_link`), FIFOs and other non-regular files (`not_a_regular_file`),
+`outside_input`; dangling links (`dangling_link`), FIFOs and other non-regular files (`not_a_regular_file`, also
+for a WARC input: a name linked to /dev/zero would be read forever),
 symbolic links to folders (`symlinked_folder`, not followed) and folders that cannot be listed
 (`unreadable_folder`) are counted drops too.
 """
@@ -225,6 +226,7 @@ def _finish(rec: WarcRecord) -> bool:
     return rec.reader.tell() < rec.content_length
 
 
+NOT_REGULAR = "not a regular file (a device, FIFO or socket), not read"
 _GAP = "bytes no WARC record covers (a Content-Length that does not match its record?)"
 
 
@@ -300,6 +302,9 @@ class WarcSource:
         is asked for; HTTP headers are parsed by the consumer (`rec.parse_http()`), so one bad header costs one
         record."""
         path = self.unit.path
+        if not stat.S_ISREG(os.stat(path).st_mode):  # /dev/zero, a FIFO: reading would never end
+            yield _Unreadable(0, None, 0, NOT_REGULAR)
+            return
         size = os.path.getsize(path)
         plain = not path.endswith((".gz", ".zst"))  # records are byte ranges of the file itself
         offset = 0
@@ -482,7 +487,9 @@ class WarcSource:
         for item in self._records():
             count.n_in += 1
             if isinstance(item, _Unreadable):
-                if seen == 0 and item.end is None:  # random bytes or text: no record at all
+                if item.error == NOT_REGULAR:
+                    ledger.drop(READ, "not_a_regular_file", item="record", detail=f"{self.unit.path}: {NOT_REGULAR}")
+                elif seen == 0 and item.end is None:  # random bytes or text: no record at all
                     ledger.drop(
                         READ,
                         "warc_read_error",

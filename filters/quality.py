@@ -21,6 +21,7 @@ import json
 import random
 import re
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,10 @@ def _html_text(path: Path) -> str:
 
     raw = path.read_bytes()
     if path.name.endswith(".gz"):
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise ValueError(f"{path}: not a readable gzip file ({e})") from None
     return trafilatura.extract(raw) or ""
 
 
@@ -61,8 +65,12 @@ def _iter_file(path: Path) -> Iterator[str]:
         with open(path, encoding="utf-8", errors="replace") as f:
             yield from (line for line in f if line.strip())
     elif name.endswith(".jsonl"):
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not UTF-8 ({e})") from None
                 if not line.strip():
                     continue
                 try:

@@ -898,6 +898,18 @@ def _check_corpus_for_append(store: Storage, info: dict[str, Any]) -> dict[str, 
                 f"{line.strip()[:80]!r}; nothing was written"
             )
         shards.append(shard)
+    for name, column in (("clusters.parquet", "id"), ("images.parquet", "phash")):  # merged at the end
+        rel = f"dedup/{name}"
+        if store.exists(rel):
+            try:
+                with store.fs.open(store.path(rel), "rb") as f:
+                    names = pq.ParquetFile(f).schema_arrow.names
+            except (OSError, pa.ArrowException) as e:
+                raise ValueError(
+                    f"{doing}{store.url_of(rel)} is damaged: not a Parquet file ({e}); nothing was written"
+                ) from None
+            if column not in names:
+                raise ValueError(f"{doing}{store.url_of(rel)} is damaged: no column {column!r}; nothing was written")
     for shard in shards[: (info.get("appending") or {}).get("old_shards", len(shards))]:
         if not store.exists(f"shards/{shard.name}.tar"):
             raise ValueError(

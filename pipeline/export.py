@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
+from fsspec.implementations.local import LocalFileSystem
 from tqdm import tqdm
 
 from corpus.format import Corpus
@@ -53,8 +54,19 @@ OBELICS_SCHEMA = pa.schema(
 def export_hf(corpus_path: str, out: str, progress: bool = True) -> list[Path]:
     corpus = Corpus(corpus_path)
     out_dir = Path(out)
+    if isinstance(corpus.fs, LocalFileSystem) and out_dir.resolve() == Path(corpus.root).resolve():
+        raise ValueError(f"export hf: the output {out} is the corpus folder itself; give another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    written: list[Path] = []
+    try:
+        return _export_shards(corpus, out_dir, written, progress)
+    except ValueError as e:  # a damaged shard (named): no partial export that would load as a smaller dataset
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise ValueError(f"{e}; export stopped, the {len(written)} files it had written were removed") from None
+
+
+def _export_shards(corpus: Corpus, out_dir: Path, written: list[Path], progress: bool) -> list[Path]:
     for shard in tqdm(corpus.shards(), desc="export hf", unit="shard", disable=not progress):
         rows = []
         for doc in corpus.iter_shard(shard):

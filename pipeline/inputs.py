@@ -87,6 +87,10 @@ def _check_entry(entry: str, where: str, listed: bool = False) -> None:
                 f"{where}: {entry} has an unknown URL scheme {scheme!r} (known: file, s3, gs, https, ... "
                 f"any fsspec file system)"
             )
+        try:
+            fsspec.get_filesystem_class(scheme)
+        except ImportError as e:  # gs:// without gcsfs, ...: fsspec knows the scheme, its package is missing
+            raise ValueError(f"{where}: reading {scheme}:// needs a package that is not installed ({e})") from None
 
 
 def read_path_list(path: str, cfg: InputConfig) -> list[str]:
@@ -94,8 +98,14 @@ def read_path_list(path: str, cfg: InputConfig) -> list[str]:
     entry (it would leave the prefix), unknown URL schemes and path lists inside the list are refused."""
     try:
         if is_remote(path):
-            with fsspec.open(path, "rb", **storage_options(path, cfg)) as f:
-                raw = f.read()
+            try:
+                with fsspec.open(path, "rb", **storage_options(path, cfg)) as f:
+                    raw = f.read()
+            except (OSError, EOFError):
+                raise
+            except Exception as e:  # noqa: BLE001 -- each fsspec backend has its own errors (no credentials, ...)
+                hint = " (a public bucket: --set input.anon=true)" if "Credentials" in type(e).__name__ else ""
+                raise ValueError(f"--input {path}: cannot read the path list: {type(e).__name__}: {e}{hint}") from e
         else:
             with open(os.path.expanduser(path), "rb") as f:
                 raw = f.read()
@@ -130,7 +140,7 @@ def read_path_list(path: str, cfg: InputConfig) -> list[str]:
     return entries
 
 
-def _expand(pattern: str, cfg: InputConfig) -> list[str]:
+def _expand(pattern: str, cfg: InputConfig) -> list[str]:  # (a remote pattern's errors: expand_input)
     if is_remote(pattern):
         return expand_input(pattern, storage_options(pattern, cfg))
     return sorted(glob.glob(os.path.expanduser(pattern), recursive=True))

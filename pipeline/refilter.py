@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,9 @@ def _corpus_json(src: Corpus, name: str) -> dict[str, Any]:
         data = src.read_json(name)
     except FileNotFoundError:
         raise ValueError(f"{where} is missing: not a corpus finished by `interloom build`") from None
-    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except ValueError as e:  # Corpus.read_json names the file
+        raise ValueError(f"the corpus is damaged: {e}") from None
+    except OSError as e:
         raise ValueError(f"{where} is damaged: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{where} is damaged: a JSON {type(data).__name__}, not an object")
@@ -151,17 +154,26 @@ def refilter_corpus(corpus: str | Path, output: str | Path, overrides: list[str]
                 dropped_keepers += doc.id in keepers
 
     lines = []
-    for index, unit in enumerate(info["units"]):
-        prefix = f"{cfg.output.shard_prefix}-{index:05d}"
-        written = write_shards(
-            kept(shards_of.get(unit["name"], [])),
-            out,
-            prefix,
-            unit=unit["name"],
-            max_bytes=cfg.output.max_shard_bytes,
-            max_docs=cfg.output.max_shard_docs,
-        )
-        lines += [s.line() + "\n" for s in written]
+    fresh = not out.exists()
+    try:
+        for index, unit in enumerate(info["units"]):
+            prefix = f"{cfg.output.shard_prefix}-{index:05d}"
+            written = write_shards(
+                kept(shards_of.get(unit["name"], [])),
+                out,
+                prefix,
+                unit=unit["name"],
+                max_bytes=cfg.output.max_shard_bytes,
+                max_docs=cfg.output.max_shard_docs,
+            )
+            lines += [s.line() + "\n" for s in written]
+    except ValueError as e:  # a damaged shard of the source (Corpus.iter_shard names it): no half corpus left
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
+        else:  # it was empty: all in it is ours
+            for p in out.iterdir():
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        raise ValueError(f"{e}; the refilter stopped, nothing was written to {out}") from None
     (out / MANIFEST).write_text("".join(lines), encoding="utf-8")
     write_parquet_atomic(ledger.rejects_table(), out / "rejects" / "refilter.parquet")
     stats = {

@@ -28,21 +28,21 @@ RECIPES = Path(__file__).resolve().parent / "recipes"
 
 
 class OptimConfig(Section):
-    lr: float = 3e-4  # peak learning rate (a stage may override it)
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the end of each stage
-    warmup_steps: int = 100  # linear warmup at the start of each stage
-    weight_decay: float = 0.1  # on matrices only (model.param_groups)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    lr: float = Field(3e-4, ge=0)  # peak learning rate (a stage may override it)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine decays to lr * min_lr_ratio at the end of each stage
+    warmup_steps: int = Field(100, ge=0)  # linear warmup at the start of each stage
+    weight_decay: float = Field(0.1, ge=0)  # on matrices only (model.param_groups)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float = Field(1.0, ge=0)  # max global grad norm; 0 disables clipping
     grad_accum: int = Field(1, ge=1)  # micro-batches per optimizer step
 
 
 class StageConfig(Section):
     trainable: Literal["adapter", "adapter+vision", "all"] = "all"
     steps: int = Field(1000, ge=1)
-    lr: float | None = None  # None: optim.lr
+    lr: float | None = Field(None, ge=0)  # None: optim.lr
     # the stage's pixel budget per image (progressive resolution, Yi-VL: low in `align`, higher later);
     # None: data.min_pixels / data.max_pixels. The loader is rebuilt at the stage boundary, same position.
     min_pixels: int | None = Field(None, ge=1)

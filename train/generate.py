@@ -59,6 +59,20 @@ def load_inference_model(path: str | Path) -> tuple[VLM, Path, DataConfig]:
     return model.float(), Path(cfg.data.tokenizer), cfg.data
 
 
+def torch_device(name: str) -> torch.device:
+    """`--device NAME` as a torch device this machine has; otherwise one ValueError line (torch raises a
+    RuntimeError for a misspelt name and fails only when the model moves for a missing CUDA)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name!r}: not a torch device ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: this machine has no CUDA device (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def read_image_file(path: str | Path) -> bytes:
     """The bytes of an --image file, checked to decode (before a model is loaded): a missing, truncated or
     non-image file, or a decompression bomb, is one ValueError line naming it."""

@@ -360,6 +360,8 @@ class Crawler:
 
     def iter_pages(self, seeds: Iterable[str], batch: int = 16) -> Iterator[RawPage]:
         """Crawl; yield each HTML page as it is archived. Stopping early kills the actors (resumable)."""
+        for _ in read_state(self.output, self.cfg.warc_prefix + "-a"):  # a damaged state: refused before Ray
+            pass
         if not ray.is_initialized():
             ray.init(include_dashboard=False, ignore_reinit_error=True)
         self.output.mkdir(parents=True, exist_ok=True)

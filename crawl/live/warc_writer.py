@@ -37,11 +37,20 @@ def closed_segments(directory: Path, prefix: str = "") -> Iterator[tuple[Path, P
 
 
 def read_state(directory: Path, prefix: str = "") -> Iterator[dict[str, Any]]:
+    """The URL outcomes of the closed WARC files of a crawl folder; a damaged state line (not UTF-8 JSON, no
+    `url`) is a ValueError naming the file and line."""
     for _, state in closed_segments(directory, prefix):
-        with open(state, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    yield json.loads(line)
+        with open(state, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    entry = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                    raise ValueError(f"{state} line {n}: damaged crawl state, not JSON ({e})") from None
+                if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+                    raise ValueError(f"{state} line {n}: damaged crawl state, not an object with a 'url'")
+                yield entry
 
 
 def clean_unfinished(directory: Path, prefix: str) -> list[str]:

@@ -43,19 +43,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    import torch
-
     from corpus.format import Corpus
     from train.data import Loader
     from train.evaluate import evaluate, retrieval_recall
-    from train.generate import load_inference_model
+    from train.generate import load_inference_model, torch_device
 
     if args.batches < 1:
         raise ValueError(f"--batches={args.batches}: must be >= 1")
+    device = torch_device(args.device)
     Corpus(args.corpus)  # ValueError "not a corpus: ..." before the model loads
     model, tok_path, data = load_inference_model(args.checkpoint)
     data = data.model_copy(update={"corpus": args.corpus, "follow": False, "num_workers": 0})
-    device, image_id = torch.device(args.device), model.cfg.image_token_id
+    image_id = model.cfg.image_token_id
     model = model.to(device)
 
     def batches():

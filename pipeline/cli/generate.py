@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from train.generate import encode_prompt, generate, load_inference_model, read_image_file
+    from train.generate import encode_prompt, generate, load_inference_model, read_image_file, torch_device
     from train.tokenizer import Tokenizer
 
     if args.max_new_tokens < 1:
@@ -56,9 +56,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--temperature={args.temperature}: must be >= 0 (0 = greedy)")
     if not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p={args.top_p}: must be in (0, 1]")
+    device = torch_device(args.device)
     images = [read_image_file(p) for p in args.images]
     model, tok_path, data = load_inference_model(args.checkpoint)
-    model = model.to(args.device)
+    model = model.to(device)
     tok = Tokenizer.load(tok_path)
     prompt = encode_prompt(args.prompt, images, tok, data, model.cfg.vision.patch_size, model.cfg.vision.merge)
     new = generate(model, prompt, args.max_new_tokens, args.temperature, args.top_p, args.seed, tok.eos_id)

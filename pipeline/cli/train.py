@@ -141,7 +141,9 @@ def resolve_config(args: argparse.Namespace):
     if not cfg.data.follow:
         from corpus.format import Corpus
 
-        Corpus(cfg.data.corpus)  # ValueError "not a corpus: ..." when it has no manifest
+        # ValueError "not a corpus: ..." without a manifest, naming the line of a damaged one; before Ray starts
+        if not Corpus(cfg.data.corpus).shards():
+            raise ValueError(f"--corpus {cfg.data.corpus}: its manifest lists no shard (no document to train on)")
     return cfg
 
 

@@ -311,3 +311,22 @@ def test_urls_the_client_cannot_send_are_counted_drops_not_a_lost_batch(server, 
         "out": 1,
         "drops": {"bad_url": len(bad)},
     }
+
+
+@pytest.mark.parametrize(
+    "state,shown",
+    [
+        (b'{"url": "http://example.com/", "status": 200}\n{"url": \n', "line 2: damaged crawl state, not JSON"),
+        (b'{"status": 200}\n', "line 1: damaged crawl state, not an object with a 'url'"),
+        (b'{"url": "http://example.com/\xff"}\n', "line 1: damaged crawl state, not JSON"),
+    ],
+)
+def test_resuming_over_a_damaged_crawl_state_names_file_and_line(tmp_path, state, shown):
+    """A closed WARC's state sidecar that is damaged: the resume is refused before any actor starts (its
+    JSONDecodeError / KeyError used to end the crawl actors)."""
+    from crawl.live.crawler import Crawler
+
+    (tmp_path / "crawl-a00-00000.warc.gz").write_bytes(b"")
+    (tmp_path / "crawl-a00-00000.state.jsonl").write_bytes(state)
+    with pytest.raises(ValueError, match=f"crawl-a00-00000.state.jsonl {shown}"):
+        next(Crawler(CrawlConfig(), tmp_path, progress=False).iter_pages(["http://example.com/"]))

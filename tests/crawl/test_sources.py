@@ -370,3 +370,14 @@ def test_an_uncompressed_copy_reads_as_the_gzip_file(tmp_path, name):
     pages_plain, _, stats_plain = _read(plain)
     assert [p.url for p in pages_plain] == [p.url for p in pages_gz]
     assert stats_plain["stages"] == stats_gz["stages"]
+
+
+@pytest.mark.parametrize("name", ["zero.warc", "pipe.warc.gz"])
+def test_a_warc_input_that_is_no_regular_file_is_a_counted_drop_not_a_hang(tmp_path, name):
+    """A WARC name linked to /dev/zero, or a FIFO: reading it never ended; now one `not_a_regular_file`."""
+    if name == "zero.warc":
+        (tmp_path / name).symlink_to("/dev/zero")
+    else:
+        os.mkfifo(tmp_path / name)
+    pages, _, stats = _read(tmp_path / name)
+    assert pages == [] and stats["stages"][0]["drops"] == {"not_a_regular_file": 1} and check_funnel(stats) == []

@@ -192,3 +192,16 @@ def test_example_readers_and_cli(tmp_path):
         QualityFilter(QualityConfig())
     with pytest.raises(ValueError, match="labels"):
         QualityFilter(QualityConfig(model_path=str(out), label="good")).setup()
+
+
+def test_damaged_example_files_name_the_file_and_line(tmp_path):
+    """A .jsonl with a byte that is not UTF-8, an .html.gz that is not gzip: ValueError naming the file (and
+    line), not a UnicodeDecodeError or BadGzipFile without one."""
+    jsonl = tmp_path / "ex.jsonl"
+    jsonl.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"ex.jsonl:2: not UTF-8"):
+        list(iter_examples([jsonl]))
+    page = tmp_path / "page.html.gz"
+    page.write_bytes(b"<html>plain, not gzip</html>")
+    with pytest.raises(ValueError, match=r"page.html.gz: not a readable gzip file"):
+        list(iter_examples([page]))

@@ -8,6 +8,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from corpus.config import dump_config, load_config
@@ -63,6 +65,14 @@ DAMAGES = {
     "manifest escapes": (
         lambda r: (r / "manifest.jsonl").write_text(json.dumps(SHARD | {"name": "../../x"}) + "\n"),
         r"manifest.jsonl line 1 is damaged",
+    ),
+    "dedup clusters not Parquet": (
+        lambda r: (r / "dedup").mkdir() or (r / "dedup" / "clusters.parquet").write_bytes(b"PAR1 junk"),
+        r"dedup/clusters.parquet is damaged: not a Parquet file",
+    ),
+    "dedup images without phash": (
+        lambda r: (r / "dedup").mkdir() or pq.write_table(pa.table({"x": [1]}), r / "dedup" / "images.parquet"),
+        r"dedup/images.parquet is damaged: no column 'phash'",
     ),
     "shard missing": (
         lambda r: (r / "shards" / "part-00000-0000.tar").unlink(),

@@ -212,3 +212,14 @@ def test_a_yaml_alias_bomb_is_refused_not_expanded(tmp_path, capsys):
     assert time.monotonic() - started < 5
     err = _error(capsys, ["build", "--set", "filters.language.languages=" + "[" * 3 + "]" * 3, "--print-config"])
     assert "alias" not in err  # a small value is validated as usual
+
+
+def test_train_on_a_damaged_or_empty_manifest_is_refused_before_ray_starts(tmp_path, capsys):
+    damaged, empty = tmp_path / "damaged", tmp_path / "empty"
+    damaged.mkdir()
+    empty.mkdir()
+    (damaged / "manifest.jsonl").write_text('{"name": "part-0\n')
+    (empty / "manifest.jsonl").write_text("")
+    for corpus, shown in ((damaged, "manifest.jsonl line 1: not a shard entry"), (empty, "lists no shard")):
+        err = _error(capsys, ["train", "debug-cpu", "--corpus", str(corpus), "--output", str(tmp_path / "run")])
+        assert err.count("\n") == 1 and shown in err

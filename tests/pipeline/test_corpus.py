@@ -141,3 +141,47 @@ def test_damaged_shards_raise_value_error_naming_the_shard(tmp_path):
         shard.write_bytes(buf.getvalue())
         with pytest.raises(ValueError, match="x.json"):
             list(corpus.iter_documents())
+
+
+def test_a_corpus_url_whose_file_system_is_missing_is_a_value_error():
+    import importlib.util
+
+    if importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed: gs:// can be read")
+    with pytest.raises(ValueError, match=r"corpus gs://bucket/c: reading it needs a package that is not installed"):
+        Corpus("gs://bucket/c")
+
+
+def test_missing_s3_credentials_fail_at_once_not_after_retries(monkeypatch):
+    """No credentials is no transient error: it used to be retried 8 times with backoff (71 s) before the
+    build said so."""
+    import time
+
+    botocore = pytest.importorskip("botocore.exceptions")
+    pytest.importorskip("s3fs")
+    from corpus.storage import Storage, StorageError, is_transient
+
+    assert not is_transient(botocore.NoCredentialsError())
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    started = time.monotonic()
+    with pytest.raises(StorageError, match=r"look up s3://interloom-no-such-bucket/c/build.json: NoCredentialsError"):
+        Storage("s3://interloom-no-such-bucket/c").exists("build.json")
+    assert time.monotonic() - started < 10
+
+
+def test_export_hf_of_a_damaged_corpus_leaves_no_partial_dataset(tmp_path):
+    from pipeline.export import export_hf
+
+    corpus = tmp_path / "c"
+    append_manifest(corpus, write_shards(_docs(2), corpus, "a"))
+    append_manifest(corpus, write_shards(_docs(2), corpus, "b"))
+    (corpus / "shards" / "b-0000.tar").write_bytes(b"\x01 not a tar " * 100)
+    with pytest.raises(ValueError, match=r"b-0000.tar: not a readable tar .* the 1 files it had written were removed"):
+        export_hf(str(corpus), str(tmp_path / "hf"), progress=False)
+    assert list((tmp_path / "hf").glob("*.parquet")) == []
+    with pytest.raises(ValueError, match="is the corpus folder itself"):
+        export_hf(str(corpus), str(corpus), progress=False)

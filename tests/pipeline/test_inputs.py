@@ -154,3 +154,19 @@ def test_wet_and_wat_files_given_directly_are_refused(tmp_path, capsys, name, ki
 def test_an_unknown_url_scheme_given_directly_names_the_input():
     with pytest.raises(ValueError, match=r"--input gopher://host/\*.warc.gz: .* unknown URL scheme 'gopher'"):
         resolve_inputs(["gopher://host/*.warc.gz"])
+
+
+def test_a_scheme_whose_package_is_missing_is_one_line(tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed: gs:// can be read")
+    with pytest.raises(ValueError, match=r"--input gs://bucket/a.warc.gz: reading gs:// needs a package .*gcsfs"):
+        resolve_inputs(["gs://bucket/a.warc.gz"])
+    listing = tmp_path / "mine.txt"
+    listing.write_text("gs://bucket/a.warc.gz\n")
+    with pytest.raises(ValueError, match=r"mine.txt line 1: reading gs:// needs a package"):
+        resolve_inputs([str(listing)])
+    assert main(["build", "--input", "gs://bucket/warc.paths", "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the path list: ImportError" in err and "Traceback" not in err

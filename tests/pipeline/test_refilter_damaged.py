@@ -30,7 +30,10 @@ def _corpus(root: Path) -> None:
 
 DAMAGES = {
     "no build.json": (lambda r: (r / "build.json").unlink(), "build.json is missing: not a corpus finished by"),
-    "build.json not JSON": (lambda r: (r / "build.json").write_text("{"), "build.json is damaged: Expecting"),
+    "build.json not JSON": (
+        lambda r: (r / "build.json").write_text("{"),
+        "the corpus is damaged: " + "{corpus}/build.json: not JSON (Expecting",
+    ),
     "build.json a list": (lambda r: (r / "build.json").write_text("[]"), "build.json is damaged: a JSON list"),
     "config of wrong type": (
         lambda r: (r / "build.json").write_text(
@@ -56,6 +59,7 @@ def test_refilter_of_a_damaged_corpus_is_one_line_and_writes_nothing(tmp_path, c
     out = tmp_path / "out"
     assert main(["refilter", str(corpus), "--set", "filters.language.min_score=0.8", "--output", str(out)]) == 2
     err = capsys.readouterr().err
+    shown = shown.format(corpus=corpus)
     assert "Traceback" not in err and err.count("\n") == 1 and shown in err, err
     assert not out.exists()
 
@@ -67,3 +71,15 @@ def test_the_undamaged_corpus_refilters(tmp_path):
         main(["refilter", str(corpus), "--set", "filters.language.min_score=0.8", "--output", str(tmp_path / "o")]) == 0
     )
     assert json.loads((tmp_path / "o" / "stats.json").read_text())["build"]["documents"] == 2
+
+
+def test_a_damaged_shard_stops_the_refilter_without_a_half_corpus(tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    _corpus(corpus)
+    shard = corpus / "shards" / "part-00000-0000.tar"
+    shard.write_bytes(shard.read_bytes()[:1500])
+    out = tmp_path / "out"
+    assert main(["refilter", str(corpus), "--set", "filters.language.min_score=0.8", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "part-00000-0000.tar: not a readable tar stream" in err
+    assert "nothing was written" in err and not out.exists()

@@ -261,3 +261,20 @@ def test_bad_sampling_options_are_refused_before_the_model_loads(tmp_path, capsy
     assert main(["generate", str(tmp_path / "no-model"), "--prompt", "a", *option]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and shown in err
+
+
+@pytest.mark.parametrize(
+    "device,shown",
+    [("bogus", "--device 'bogus': not a torch device"), ("cuda:99", "--device 'cuda:99': this machine has")],
+)
+def test_a_device_this_machine_lacks_is_one_line_before_the_model_loads(tmp_path, capsys, device, shown):
+    """A misspelt --device was a torch RuntimeError traceback after the model had loaded."""
+    from pipeline.cli import main
+
+    for argv in (
+        ["generate", str(tmp_path / "no-model"), "--prompt", "a", "--device", device],
+        ["eval", str(tmp_path / "no-model"), "--corpus", str(tmp_path), "--device", device],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and shown in err, err

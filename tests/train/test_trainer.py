@@ -156,3 +156,24 @@ def test_fsdp2_run_resumes_bit_identically_on_ray(ray_local, corpus, tmp_path):
     assert sorted(losses(run)) == [1, 2, 3, 4] and losses(run) == losses(reference)
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss"]) and r["label_tokens"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize(
+    "setting,shown",
+    [
+        ("data.batch_size=0", "data.batch_size: Input should be greater than or equal to 1"),
+        ("data.seq_len=1", "data.seq_len: Input should be greater than or equal to 2"),
+        ("data.poll_s=0", "data.poll_s: Input should be greater than 0"),
+        ("optim.beta2=1.5", "optim.beta2: Input should be less than 1"),
+        ("optim.lr=-1", "optim.lr: Input should be greater than or equal to 0"),
+        ("model.moe.n_experts=0", "model.moe.n_experts: Input should be greater than or equal to 1"),
+        ("model.vision.patch_size=0", "model.vision.patch_size: Input should be greater than or equal to 1"),
+        ("model.norm_eps=0", "model.norm_eps: Input should be greater than 0"),
+    ],
+)
+def test_out_of_range_values_are_refused_naming_the_key(setting, shown):
+    """Values no run can use are config errors before Ray starts (data.batch_size=0 failed inside the Ray
+    workers; data.seq_len=1 ran to the end on rows of one token, which have nothing to predict)."""
+    with pytest.raises(ValueError, match=shown) as e:
+        load_config(TrainConfig, resolve_recipe("debug-cpu"), [setting])
+    assert "\n" not in str(e.value)

@@ -16,11 +16,11 @@ from corpus.config import Section
 class MoEConfig(Section):
     """Mixture-of-experts FFN: top-k softmax router in fp32, always-on shared expert(s), SwiGLU experts."""
 
-    n_experts: int = 8
-    top_k: int = 2
+    n_experts: int = Field(8, ge=1)
+    top_k: int = Field(2, ge=1)
     n_shared_experts: int = 1  # shared expert hidden size = n_shared_experts * d_expert; 0 disables it
-    d_expert: int = 256  # hidden size F of each routed expert
-    d_shared: int | None = None  # hidden size of the shared expert; None = n_shared_experts * d_expert
+    d_expert: int = Field(256, ge=1)  # hidden size F of each routed expert
+    d_shared: int | None = Field(None, ge=0)  # hidden size of the shared expert; None = n_shared_experts * d_expert
     shared_gate: bool = False  # scale the shared expert's output per token by sigmoid(w . x) (qwen2_moe)
     aux_loss_weight: float = 0.01  # load-balance loss E * sum_e f_e * P_e (minimum 1.0 when balanced)
     z_loss_weight: float = 0.001  # router z-loss mean(logsumexp(logits)^2)
@@ -70,18 +70,18 @@ class MoEConfig(Section):
 class VisionConfig(Section):
     """Native-resolution ViT: patch embedding, 2D RoPE, per-image attention, 2x2 patch merge."""
 
-    patch_size: int = 14  # debug recipes use 8
-    d_vit: int = 256
-    n_layers: int = 4
-    n_heads: int = 4
-    merge: int = 2  # merge x merge neighbouring patches become one image token
+    patch_size: int = Field(14, ge=1)  # debug recipes use 8
+    d_vit: int = Field(256, ge=1)
+    n_layers: int = Field(4, ge=1)
+    n_heads: int = Field(4, ge=1)
+    merge: int = Field(2, ge=1)  # merge x merge neighbouring patches become one image token
     rope_theta: float = 10000.0
     # options that make the tower equal to pretrained ones (train/model/hf/vision.py: Qwen2-VL's, SigLIP2's ViT)
     pos_embed: Literal["rope2d", "learned"] = "rope2d"
     # "learned": a pos_grid x pos_grid table of position embeddings added after the patch embedding,
     # resized bilinearly (antialiased) to each image's patch grid, and no RoPE (SigLIP2 NaFlex)
-    pos_grid: int = 16
-    mlp_ratio: float = 4.0  # block MLP hidden size = mlp_ratio * d_vit
+    pos_grid: int = Field(16, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)  # block MLP hidden size = mlp_ratio * d_vit
     mlp_act: Literal["gelu", "quick_gelu", "gelu_tanh"] = "gelu"
     # quick_gelu: x * sigmoid(1.702 x) (CLIP, Qwen2-VL); gelu_tanh: the tanh approximation (SigLIP2)
     patch_bias: bool = True  # a bias on the patch embedding (Qwen2-VL's Conv3d has none)
@@ -89,7 +89,7 @@ class VisionConfig(Section):
     merger: Literal["linear", "mlp"] = "linear"
     # "linear": the m*m concatenated patches -> Linear -> d_out; "mlp": Linear(m*m*V, m*m*V) -> GELU ->
     # Linear -> d_out (Qwen2-VL's PatchMerger; its LayerNorm ln_q is our final `norm`)
-    d_out: int | None = None  # width of the merged image tokens (the adapter's input); None = d_vit
+    d_out: int | None = Field(None, ge=1)  # width of the merged image tokens (the adapter's input); None = d_vit
     merge_with_adapter: bool = False
     # the merge is new and trains with the adapter (its "adapter" stage): a pretrained tower without a
     # merger of its own (SigLIP2), whose merge `--init-vision` leaves at its init
@@ -131,19 +131,19 @@ class RopeScalingConfig(Section):
 
 
 class ModelConfig(Section):
-    vocab_size: int = 32000
-    d_model: int = 512
-    n_layers: int = 8
-    n_heads: int = 8
-    n_kv_heads: int = 4
-    d_ffn: int = 1024  # hidden size of dense SwiGLU layers (see moe.first_dense_layers / moe_every)
+    vocab_size: int = Field(32000, ge=1)
+    d_model: int = Field(512, ge=1)
+    n_layers: int = Field(8, ge=1)
+    n_heads: int = Field(8, ge=1)
+    n_kv_heads: int = Field(4, ge=1)
+    d_ffn: int = Field(1024, ge=1)  # hidden size of dense SwiGLU layers (see moe.first_dense_layers / moe_every)
     rope_theta: float = 10000.0
     rope_scaling: RopeScalingConfig = RopeScalingConfig()
-    norm_eps: float = 1e-5
+    norm_eps: float = Field(1e-5, gt=0)
     # options that make the decoder equal to pretrained families (train/model/hf/): an attention head
     # width other than d_model / n_heads (Qwen3), RMSNorm of each query/key head before RoPE (Qwen3),
     # biases on the q/k/v projections (Qwen2), an LM head that shares the token embedding matrix
-    head_dim: int | None = None  # None = d_model // n_heads
+    head_dim: int | None = Field(None, ge=1)  # None = d_model // n_heads
     qk_norm: bool = False
     qkv_bias: bool = False
     tie_embeddings: bool = False
