@@ -158,7 +158,7 @@ def test_missing_s3_credentials_fail_at_once_not_after_retries(monkeypatch):
     import time
 
     botocore = pytest.importorskip("botocore.exceptions")
-    pytest.importorskip("s3fs")
+    s3fs = pytest.importorskip("s3fs")
     from corpus.storage import Storage, StorageError, is_transient
 
     assert not is_transient(botocore.NoCredentialsError())
@@ -167,6 +167,10 @@ def test_missing_s3_credentials_fail_at_once_not_after_retries(monkeypatch):
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    # fsspec caches filesystem instances by their arguments, not by the environment: an S3 test that ran
+    # before in this worker leaves an instance holding its (now stopped) moto endpoint and credentials.
+    s3fs.S3FileSystem.clear_instance_cache()
     started = time.monotonic()
     with pytest.raises(StorageError, match=r"look up s3://interloom-no-such-bucket/c/build.json: NoCredentialsError"):
         Storage("s3://interloom-no-such-bucket/c").exists("build.json")
