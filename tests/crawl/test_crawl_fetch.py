@@ -10,6 +10,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # webserver.py, crawl_fixtures.py (importlib mode)
 
 import asyncio
+import base64
+import hashlib
 
 import pytest
 from crawl_fixtures import server, site  # noqa: E402,F401 - fixtures
@@ -311,3 +313,50 @@ def test_urls_the_client_cannot_send_are_counted_drops_not_a_lost_batch(server, 
         "out": 1,
         "drops": {"bad_url": len(bad)},
     }
+
+
+def test_exchange_records_keep_their_layout_and_digests(tmp_path):
+    """A response record's WARC headers come in one fixed order (the bytes of an archive do not change with how
+    the writer digests), its payload digest is the SHA-1 of the payload and its block digest verifies;
+    the request record (no body) has the payload digest of no bytes."""
+    payload = bytes(range(256)) * 2000  # 512,000 bytes: the size where warcio spills a buffer to disk
+    w = RotatingWarcWriter(tmp_path, "t", 1 << 30)
+    w.write_exchange(
+        "http://h.test/a.png",
+        method="GET",
+        target="/a.png",
+        request_headers=[("Host", "h.test")],
+        status=200,
+        reason="OK",
+        http_version="HTTP/1.1",
+        response_headers=[("Content-Type", "image/png")],
+        payload=payload,
+        date="2026-01-01T00:00:00Z",
+        ip="127.0.0.2",
+    )
+    w.close()
+    [(warc, _)] = list(closed_segments(tmp_path, "t"))
+    with open(warc, "rb") as fh:  # (type, WARC headers in order, block digest verified) per record
+        records = [
+            (r.record_type, list(r.headers), r.verify_block_digest()) for r in ArchiveIterator(fh, parse_http=False)
+        ]
+    assert [(t, ok) for t, _, ok in records] == [
+        (WarcRecordType.warcinfo, True),
+        (WarcRecordType.response, True),
+        (WarcRecordType.request, True),
+    ]
+    response, request = dict(records[1][1]), dict(records[2][1])
+    assert [k for k, _ in records[1][1]] == [
+        "WARC-Date",
+        "WARC-IP-Address",
+        "WARC-Type",
+        "WARC-Record-ID",
+        "WARC-Target-URI",
+        "WARC-Payload-Digest",
+        "WARC-Block-Digest",
+        "Content-Type",
+        "Content-Length",
+    ]
+    sha1 = base64.b32encode(hashlib.sha1(payload).digest()).decode()
+    assert response["WARC-Payload-Digest"] == f"sha1:{sha1}"
+    assert request["WARC-Payload-Digest"] == "sha1:3I42H3S6NNFQ2MSVX7XZKYAYSCX5QBYJ"  # SHA-1 of no bytes
