@@ -319,7 +319,7 @@ def test_exchange_records_keep_their_layout_and_digests(tmp_path):
     """A response record's WARC headers come in one fixed order (the bytes of an archive do not change with how
     the writer digests), its payload digest is the SHA-1 of the payload and its block digest verifies;
     the request record (no body) has the payload digest of no bytes."""
-    payload = bytes(range(256)) * 2000  # 512,000 bytes: the size where warcio spills a buffer to disk
+    payload = bytes(range(256)) * 2400  # 614,400 bytes: over 512 KiB, where warcio spills a buffer to disk
     w = RotatingWarcWriter(tmp_path, "t", 1 << 30)
     w.write_exchange(
         "http://h.test/a.png",
