@@ -89,8 +89,10 @@ def process_image(raw: bytes, cfg: ImageConfig) -> ProcessedImage | str:
         return "not_an_image"
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
         return "truncated_image" if "truncated" in str(e).lower() else "corrupt_image"
+    fresh = False  # im is a new plain image of its own (not the decoder's object)
     try:
-        im = ImageOps.exif_transpose(im)
+        im = ImageOps.exif_transpose(im)  # a new image: turned, or a copy when there is nothing to turn
+        fresh = True
     except Exception:  # noqa: BLE001 - a broken EXIF block: keep the pixels as stored
         pass
     w, h = im.size
@@ -98,7 +100,8 @@ def process_image(raw: bytes, cfg: ImageConfig) -> ProcessedImage | str:
         return "too_small"
     if max(w, h) / min(w, h) > cfg.max_aspect:
         return "bad_aspect_ratio"
-    im = _to_rgb(im)
+    if not (fresh and im.mode == "RGB"):  # convert("RGB") of an RGB image would only copy it again
+        im = _to_rgb(im)
     phash = str(imagehash.phash(im))
     if max(w, h) > cfg.max_side:
         scale = cfg.max_side / max(w, h)

@@ -169,8 +169,15 @@ class RotatingWarcWriter:
         extra = {"WARC-Date": date}
         if ip:
             extra["WARC-IP-Address"] = ip
+        # length given: warcio then digests the payload once here and the block once on writing; without it, it
+        # digests the payload again and copies it through a temporary file twice (same bytes either way)
         resp = self._writer.create_warc_record(
-            url, "response", payload=io.BytesIO(payload), http_headers=http, warc_headers_dict=extra
+            url,
+            "response",
+            payload=io.BytesIO(payload),
+            length=len(payload),
+            http_headers=http,
+            warc_headers_dict=extra,
         )
         rid = resp.rec_headers.get_header("WARC-Record-ID")
         req_http = StatusAndHeaders(f"{method} {target} {http_version}", request_headers, is_http_request=True)
@@ -178,6 +185,7 @@ class RotatingWarcWriter:
             url,
             "request",
             payload=io.BytesIO(b""),
+            length=0,
             http_headers=req_http,
             warc_headers_dict={"WARC-Date": date, "WARC-Concurrent-To": rid},
         )

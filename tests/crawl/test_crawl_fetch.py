@@ -10,6 +10,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # webserver.py, crawl_fixtures.py (importlib mode)
 
 import asyncio
+import base64
+import hashlib
 
 import pytest
 from crawl_fixtures import server, site  # noqa: E402,F401 - fixtures
@@ -330,3 +332,50 @@ def test_resuming_over_a_damaged_crawl_state_names_file_and_line(tmp_path, state
     (tmp_path / "crawl-a00-00000.state.jsonl").write_bytes(state)
     with pytest.raises(ValueError, match=f"crawl-a00-00000.state.jsonl {shown}"):
         next(Crawler(CrawlConfig(), tmp_path, progress=False).iter_pages(["http://example.com/"]))
+
+
+def test_exchange_records_keep_their_layout_and_digests(tmp_path):
+    """A response record's WARC headers come in one fixed order (the bytes of an archive do not change with how
+    the writer digests), its payload digest is the SHA-1 of the payload and its block digest verifies;
+    the request record (no body) has the payload digest of no bytes."""
+    payload = bytes(range(256)) * 2400  # 614,400 bytes: over 512 KiB, where warcio spills a buffer to disk
+    w = RotatingWarcWriter(tmp_path, "t", 1 << 30)
+    w.write_exchange(
+        "http://h.test/a.png",
+        method="GET",
+        target="/a.png",
+        request_headers=[("Host", "h.test")],
+        status=200,
+        reason="OK",
+        http_version="HTTP/1.1",
+        response_headers=[("Content-Type", "image/png")],
+        payload=payload,
+        date="2026-01-01T00:00:00Z",
+        ip="127.0.0.2",
+    )
+    w.close()
+    [(warc, _)] = list(closed_segments(tmp_path, "t"))
+    with open(warc, "rb") as fh:  # (type, WARC headers in order, block digest verified) per record
+        records = [
+            (r.record_type, list(r.headers), r.verify_block_digest()) for r in ArchiveIterator(fh, parse_http=False)
+        ]
+    assert [(t, ok) for t, _, ok in records] == [
+        (WarcRecordType.warcinfo, True),
+        (WarcRecordType.response, True),
+        (WarcRecordType.request, True),
+    ]
+    response, request = dict(records[1][1]), dict(records[2][1])
+    assert [k for k, _ in records[1][1]] == [
+        "WARC-Date",
+        "WARC-IP-Address",
+        "WARC-Type",
+        "WARC-Record-ID",
+        "WARC-Target-URI",
+        "WARC-Payload-Digest",
+        "WARC-Block-Digest",
+        "Content-Type",
+        "Content-Length",
+    ]
+    sha1 = base64.b32encode(hashlib.sha1(payload).digest()).decode()
+    assert response["WARC-Payload-Digest"] == f"sha1:{sha1}"
+    assert request["WARC-Payload-Digest"] == "sha1:3I42H3S6NNFQ2MSVX7XZKYAYSCX5QBYJ"  # SHA-1 of no bytes
