@@ -3,7 +3,7 @@
 A unit of work is one input: a WARC/WARC.gz file, or a folder of `.html`/`.html.gz` files.
 Every record read is accounted for in the `read` stage of the ledger: it becomes a page (out) or a drop
 with a reason (`record_type:request`, `image_resource`, `not_html:text/css`, `http_status:404`,
-`revisit_duplicate`, `warc_read_error`, ...).
+`revisit_duplicate`, `page_url_not_http`, `warc_read_error`, ...).
 
 WARC reading is two passes with fastwarc: pass 1 indexes image responses (by normalised URL and by payload
 digest, so revisit records of images resolve too), pass 2 streams HTML pages. Payloads are decoded here,
@@ -214,6 +214,15 @@ def _headers(rec) -> dict[str, str]:
 def _warc_header(rec: WarcRecord, name: str) -> str:
     """A WARC header's value, "" when the record lacks it."""
     return rec.headers.get(name) or ""
+
+
+def _is_web_url(url: str) -> bool:
+    """Whether a page's target URI is an http(s) URL with a host (urlsplit raises on e.g. `http://[::1`)."""
+    try:
+        parts = urlsplit(url.strip())
+        return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        return False
 
 
 def _finish(rec: WarcRecord) -> bool:
@@ -475,6 +484,8 @@ class WarcSource:
             return f"http_status:{status}"
         if ctype not in HTML_TYPES:
             return f"not_html:{ctype or 'unknown'}"
+        if not _is_web_url(_warc_header(rec, "WARC-Target-URI")):
+            return "page_url_not_http"  # javascript:, data:, urn:, empty, unparsable: no page to resolve images on
         return None
 
     def pages(self, ledger: Ledger) -> Iterator[RawPage]:
@@ -513,6 +524,8 @@ class WarcSource:
             reason, detail, body = self._reason(offset, rec), "", b""
             if reason == "warc_read_error":
                 detail = f"{name}: record at byte {offset}: WARC header without Content-Length (cut short?)"
+            elif reason == "page_url_not_http":
+                detail = f"{name}: record at byte {offset}: WARC-Target-URI {url[:200]!r} is not an http(s) URL"
             if reason is None:
                 try:
                     body = read_payload(rec, self.max_html_bytes)
@@ -551,7 +564,7 @@ class WarcSource:
 
 class HtmlFolderSource:
     """Pages from `.html`/`.html.gz` files (a folder, recursively, or a single file). The page URL is the
-    page's canonical link when it names one, else the file's `file://` URL. Pages and the images referenced
+    file's `file://` URL. Pages and the images referenced
     by relative URLs are read only from inside the unit's folder: a link out of it is a counted drop."""
 
     def __init__(self, unit: Unit, max_html_bytes: int = MAX_HTML_BYTES, max_image_bytes: int = MAX_IMAGE_BYTES):

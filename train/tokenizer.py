@@ -7,6 +7,9 @@ gets ordinary byte tokens for it, never the image placeholder id (no placeholder
 
 from __future__ import annotations
 
+import itertools
+import logging
+import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -16,6 +19,8 @@ from tqdm import tqdm
 
 from corpus.format import Corpus
 from train.batch import SPECIAL_TOKENS
+
+log = logging.getLogger(__name__)
 
 
 class Tokenizer:
@@ -85,18 +90,45 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency:
     return Tokenizer(hf)
 
 
-def corpus_texts(corpus: str | Path, max_documents: int | None = None) -> Iterator[str]:
-    """Text blocks of a corpus, in manifest order (images are not read)."""
-    docs = Corpus(corpus).iter_documents(with_images=False)
-    for i, doc in enumerate(tqdm(docs, desc="tokenizer: reading text", unit="doc", leave=False)):
-        if max_documents is not None and i >= max_documents:
-            return
-        yield from doc.text_blocks
+def corpus_texts(
+    corpus: str | Path, max_documents: int | None = None, skipped: list[str] | None = None
+) -> Iterator[str]:
+    """Text blocks of a corpus, in manifest order (images are not read). A damaged shard (not a tar, cut
+    short, a sample that does not decode, or missing) is skipped from where it breaks, logged, and named in
+    `skipped` as "path: why", as the training loader does; the documents before the damage are read."""
+    c = Corpus(corpus)
+    bar = tqdm(desc="tokenizer: reading text", unit="doc", leave=False)
+    n = 0
+    try:
+        for shard in c.shards():
+            path = c.shard_path(shard)
+            try:
+                for doc in c.iter_shard(shard, with_images=False):
+                    if max_documents is not None and n >= max_documents:
+                        return
+                    n += 1
+                    bar.update()
+                    yield from doc.text_blocks
+            except (ValueError, OSError, tarfile.TarError) as e:
+                log.warning("tokenizer: skipping the rest of %s: %s", path, e)
+                if skipped is not None:
+                    skipped.append(f"{path}: {e}")
+    finally:
+        bar.close()
 
 
 def train_from_corpus(
     corpus: str | Path, output: str | Path, vocab_size: int = 2048, max_documents: int | None = None
-) -> Tokenizer:
-    tok = train_tokenizer(corpus_texts(corpus, max_documents), vocab_size=vocab_size)
+) -> tuple[Tokenizer, list[str]]:
+    """Train on `corpus` and save to `output`; returns the tokenizer and the damaged shards skipped."""
+    skipped: list[str] = []
+    texts = corpus_texts(corpus, max_documents, skipped)
+    first = next(texts, None)
+    if first is None:
+        raise ValueError(
+            f"{corpus}: no text to train a tokenizer on"
+            + (f" ({len(skipped)} damaged shard(s) skipped: {skipped[0]})" if skipped else "")
+        )
+    tok = train_tokenizer(itertools.chain([first], texts), vocab_size=vocab_size)
     tok.save(output)
-    return tok
+    return tok, skipped

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 TRAIN_HELP = """\
 Train the byte-level BPE tokenizer of the VLM on the text blocks of a corpus (images are not read) and
@@ -51,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_documents is not None and args.max_documents < 1:
         raise ValueError(f"--max-documents {args.max_documents}: read at least 1 document (leave it out for all)")
-    tok = train_from_corpus(args.corpus, args.output, args.vocab_size, args.max_documents)
+    tok, skipped = train_from_corpus(args.corpus, args.output, args.vocab_size, args.max_documents)
     print(f"tokenizer: {tok.vocab_size} tokens -> {args.output}")
+    if skipped:
+        print(f"tokenizer: {len(skipped)} damaged shard(s) skipped from where they broke:", file=sys.stderr)
+        for line in skipped:
+            print(f"  {line}", file=sys.stderr)
     return 0

@@ -381,3 +381,18 @@ def test_a_warc_input_that_is_no_regular_file_is_a_counted_drop_not_a_hang(tmp_p
         os.mkfifo(tmp_path / name)
     pages, _, stats = _read(tmp_path / name)
     assert pages == [] and stats["stages"][0]["drops"] == {"not_a_regular_file": 1} and check_funnel(stats) == []
+
+
+def test_pages_whose_target_uri_is_not_a_web_url_are_counted_drops(tmp_path):
+    """An HTML response archived under a javascript:, data: or empty target URI, or one urlsplit cannot
+    parse, is no web page (its images could not be resolved, its URL would reach the corpus and the report):
+    each is the drop `page_url_not_http` naming the URI; the web pages around them are read."""
+    odd = ["javascript:alert(document.cookie)", "data:text/html,<b>x</b>", "", "http://[::1/x", "https:///no-host"]
+    records = [page_record("http://h.test/0.html")]
+    records += [warc_record(u, http_response(page_html(f"odd {i}"))) for i, u in enumerate(odd)]
+    records.append(page_record("HTTPS://h.test/1.html"))
+    pages, _, ledger = _read_capped(write_warc(tmp_path / "odd.warc.gz", records))
+    assert [p.url for p in pages] == ["http://h.test/0.html", "HTTPS://h.test/1.html"]
+    assert ledger.to_dict()["stages"][0] == {"name": "read", "in": 7, "out": 2, "drops": {"page_url_not_http": 5}}
+    assert [r["reason"] for r in ledger.rejects] == ["page_url_not_http"] * 5
+    assert "'javascript:alert(document.cookie)' is not an http(s) URL" in ledger.rejects[0]["detail"]

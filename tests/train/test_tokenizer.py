@@ -22,7 +22,8 @@ def corpus(tmp_path_factory):
 
 
 def test_train_save_load_round_trip(corpus, tmp_path):
-    tok = train_from_corpus(corpus, tmp_path / "tokenizer.json", vocab_size=600)
+    tok, skipped = train_from_corpus(corpus, tmp_path / "tokenizer.json", vocab_size=600)
+    assert skipped == []
     assert 256 + len(SPECIAL_TOKENS) < tok.vocab_size <= 600
     again = Tokenizer.load(tmp_path / "tokenizer.json")
     assert [again.hf.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
@@ -84,3 +85,41 @@ def test_cli(corpus, tmp_path):
         text=True,
     )
     assert r.returncode == 2 and "not a corpus" in r.stderr
+
+
+def _text_corpus(root: Path, names: list[str]) -> Path:
+    from corpus.format import append_manifest, write_shards
+    from corpus.record import Document, make_doc_id
+
+    for name in names:
+        docs = []
+        for i in range(20):
+            d = Document(id=make_doc_id(f"{name}#{i}"), url=f"https://ex.org/{name}/{i}", source=f"{name}#{i}")
+            d.append_text(f"shard {name} says unique{name}token and more words {i} " * 10)
+            docs.append(d)
+        append_manifest(root, write_shards(docs, root, name))
+    return root
+
+
+def test_a_damaged_shard_is_skipped_and_named_not_the_end_of_training(tmp_path):
+    """Like the training loader: one damaged shard of three costs its own documents only, and the CLI
+    names it; a corpus with nothing readable is a one-line error."""
+    corpus = _text_corpus(tmp_path / "c", ["a", "b", "d"])
+    (corpus / "shards" / "b-0000.tar").write_bytes(b"\x01 not a tar " * 100)
+    tok, skipped = train_from_corpus(corpus, tmp_path / "t.json", vocab_size=400)
+    assert len(skipped) == 1 and "b-0000.tar" in skipped[0] and "not a readable tar" in skipped[0]
+    # the shard after the damaged one was read (its word is learned), the damaged one's was not
+    assert len(tok.encode(" uniquedtoken")) < len(tok.encode(" uniquebtoken"))
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "tokenizer", "train", str(corpus), "-o", str(tmp_path / "u.json")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "1 damaged shard(s) skipped" in r.stderr and "b-0000.tar: not a readable tar" in r.stderr
+
+    for name in ("a", "d"):
+        (corpus / "shards" / f"{name}-0000.tar").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"no text to train a tokenizer on \(3 damaged shard\(s\) skipped"):
+        train_from_corpus(corpus, tmp_path / "v.json", vocab_size=300)
