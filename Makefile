@@ -42,7 +42,7 @@ lint: $(VENV)/.test
 	$(VENV)/bin/lint-imports
 
 test: lint browser
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=15
 
 test-fast: $(VENV)/.test
 	$(PY) -m pytest -q -ra -m "not slow and not browser"
