@@ -265,6 +265,45 @@ def _holds_data(f: BinaryIO, start: int, end: int) -> bool:
     return False
 
 
+def _member_end(m: mmap.mmap, start: int, stop: int) -> int | None:
+    """Where the gzip member at `start` ends (None: it is damaged or does not end before `stop`); inflated in
+    bounded pieces, the output thrown away."""
+    d = zlib.decompressobj(31)
+    pos = start
+    try:
+        while pos < stop and not d.eof:
+            fed = min(stop, pos + (1 << 16))
+            d.decompress(m[pos:fed], 1 << 20)
+            while d.unconsumed_tail and not d.eof:
+                d.decompress(d.unconsumed_tail, 1 << 20)
+            pos = fed
+    except zlib.error:
+        return None
+    return pos - len(d.unused_data) if d.eof else None
+
+
+def _gzip_holds_data(m: mmap.mmap, start: int, end: int) -> bool:
+    """Whether bytes `start`..`end` of a gzip WARC are more than empty gzip members and blank bytes: e.g. a
+    member fastwarc skipped quietly because it holds no WARC record (an unknown version line, other text)."""
+    while start < end:
+        if not m[start:end].strip():
+            return False
+        d = zlib.decompressobj(31)
+        try:
+            if d.decompress(m[start : min(end, start + (1 << 16))], 4096).strip():
+                return True
+        except zlib.error:
+            return True  # not gzip at all
+        nxt = _member_end(m, start, end)
+        if nxt is None:
+            return True
+        start = nxt
+    return False
+
+
+_SKIPPED_MEMBER = "gzip member(s) holding no WARC record fastwarc reads (no or an unknown WARC/ version line?)"
+
+
 # HTTP headers that shape what a page becomes (decoding, charset, robots): two captures of a URL are the same
 # page only when these are equal too
 CAPTURE_HEADERS = ("content-type", "content-encoding", "transfer-encoding", "x-robots-tag")
@@ -303,8 +342,17 @@ class WarcSource:
         self._too_large: set[int] = set()  # file offsets of image records over max_image_bytes
         self._captures: dict[tuple[str, ...], list[tuple[str, str]]] = {}  # capture_key -> [(fetched_at, id)]
         self._indexed = False
+        self._file: BinaryIO | None = None  # for `_find`
 
     def _records(self) -> Iterator[tuple[int, WarcRecord] | _Unreadable]:
+        try:
+            yield from self._read_records()
+        finally:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def _read_records(self) -> Iterator[tuple[int, WarcRecord] | _Unreadable]:
         """(file offset, record) for every record fastwarc can read, and an `_Unreadable` for each stretch it
         cannot: after a read error, or a record that runs past the end of the file, reading starts again at
         the next record start (a gzip member, a `WARC/` line). The consumer reads each record before the next
@@ -322,6 +370,8 @@ class WarcSource:
             error = None  # why this pass ended early
             counted = False  # whether the bytes from `low` on belong to a record the consumer has counted
             end = None  # plain files: where the last record read ends, by its Content-Length
+            last = None  # gzip files: where the last record read starts
+            restart = None  # gzip files: where to read on after members fastwarc skipped with records in them
             with open(path, "rb") as f, open(path, "rb") as g:  # g: our own reads of record bounds
                 f.seek(offset)
                 # quirks_mode: old and odd WARCs (ClueWeb, WARC/0.18); payload decoding is ours, and lenient
@@ -333,6 +383,18 @@ class WarcSource:
                             # fastwarc skipped to the next `WARC/` line quietly: bytes no record covers, e.g.
                             # the rest of a record whose start a Content-Length too large ran over
                             yield _Unreadable(end, start, size, _GAP)
+                        skipped = self._skipped_members(offset, start, False) if last is None else None
+                        skipped = self._skipped_members(last, start) if last is not None else skipped
+                        if skipped is not None:
+                            # fastwarc may have skipped good records with the bad member: read on from the
+                            # first member it reads a record at
+                            resume = self._record_member(skipped, start)
+                            if resume != skipped:
+                                yield _Unreadable(skipped, resume or start, size, _SKIPPED_MEMBER)
+                            if resume is not None and resume > offset:  # (always forward)
+                                restart = resume
+                                break
+                        last = start
                         length = rec.content_length  # the consumer's parse_http() makes it the payload's
                         yield start, rec
                         low = start + 1
@@ -343,13 +405,30 @@ class WarcSource:
                 except Exception as e:  # noqa: BLE001 - fastwarc raises OSError and others for damaged bytes
                     error = str(e) or type(e).__name__
                 tail = error is None and end is not None and end < size and _holds_data(g, end, size)
+            if restart is not None:
+                offset = restart
+                continue
             if tail and end is not None:
                 yield _Unreadable(end, None, size, _GAP)
                 return
             if error is None:
                 rest = self._unread_member(low, size)
+                if rest is not None and rest > offset:
+                    # fastwarc stopped quietly before a member that may hold a record (after an empty member):
+                    # read on from there
+                    skipped = self._skipped_members(offset, rest, False) if last is None else None
+                    skipped = self._skipped_members(last, rest) if last is not None else skipped
+                    if skipped is not None:
+                        yield _Unreadable(skipped, rest, size, _SKIPPED_MEMBER)
+                    offset = rest
+                    continue
                 if rest is not None:  # fastwarc stops quietly at a gzip member cut inside its header
                     yield _Unreadable(rest, None, size, "a gzip member that ends before its WARC record does")
+                    return
+                skipped = self._skipped_members(offset, size, False) if last is None else None
+                skipped = self._skipped_members(last, size) if last is not None else skipped
+                if skipped is not None:
+                    yield _Unreadable(skipped, None, size, _SKIPPED_MEMBER)
                 return
             nxt = self._next_record_start(max(low, offset + 1), size)  # always forward
             if not counted and low < size:
@@ -377,6 +456,55 @@ class WarcSource:
                 pos += 1
         return None
 
+    def _skipped_members(self, after: int, before: int, record: bool = True) -> int | None:
+        """In a gzip WARC, where bytes begin that fastwarc skipped quietly between `after` and `before` (the
+        next record's start, or the file's end): whole gzip members whose text is no WARC record. With
+        `record`, `after` is where a record read starts and the skipped bytes can begin only after its member
+        (the usual case, none, is decided by one search for a member start). None when there are none."""
+        if not self.unit.path.endswith(".gz") or before <= after:
+            return None
+        if record and self._find(GZIP_MAGIC, after + 1, before) < 0:
+            return None
+        with open(self.unit.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            end = _member_end(m, after, before) if record else after
+            if end is None or end >= before:
+                return None
+            return end if _gzip_holds_data(m, end, before) else None
+
+    def _find(self, marker: bytes, start: int, end: int) -> int:
+        """The first offset of `marker` in bytes `start`..`end` of the file, or -1 (read in pieces; the file
+        stays open for the next search)."""
+        if self._file is None or self._file.closed:
+            self._file = open(self.unit.path, "rb")  # noqa: SIM115 - closed when `_records` ends
+        f = self._file
+        pos = start
+        while pos < end:
+            f.seek(pos)
+            piece = f.read(min(1 << 20, end - pos))
+            if not piece:
+                return -1
+            at = piece.find(marker)
+            if at >= 0 and pos + at + len(marker) <= end:
+                return pos + at
+            pos += max(1, len(piece) - len(marker) + 1)
+        return -1
+
+    def _record_member(self, start: int, before: int) -> int | None:
+        """The first gzip member from `start` (a member start) up to `before` at which fastwarc reads a record
+        that starts there, or None."""
+        with open(self.unit.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            pos: int | None = start
+            while pos is not None and pos < before:
+                f.seek(pos)
+                try:
+                    rec = next(iter(ArchiveIterator(f, parse_http=False, auto_decode="none", quirks_mode=True)))
+                    if rec.stream_pos == pos:
+                        return pos
+                except Exception:  # noqa: BLE001, S110 - no record here: try the next member
+                    pass
+                pos = _member_end(m, pos, before)
+        return None
+
     def _unread_member(self, after: int, size: int) -> int | None:
         """Offset of a gzip member at or after `after` that fastwarc ended on without reading it: one whose
         first bytes inflate to the start of a WARC record (or to nothing yet, cut that short)."""
@@ -385,11 +513,12 @@ class WarcSource:
         with open(self.unit.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
             pos = after
             while (pos := m.find(GZIP_MAGIC, pos)) >= 0:
+                d = zlib.decompressobj(31)
                 try:
-                    head = zlib.decompressobj(31).decompress(m[pos : pos + 4096], 5)
+                    head = d.decompress(m[pos : pos + 4096], 5)
                 except zlib.error:
                     head = b"-"
-                if b"WARC/".startswith(head):
+                if b"WARC/".startswith(head) and not (d.eof and not head):  # (an empty member holds nothing)
                     return pos
                 pos += 1
         return None

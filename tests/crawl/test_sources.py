@@ -290,6 +290,22 @@ def test_unreadable_bytes_are_skipped_to_the_next_record_and_counted(tmp_path):
     assert len(data) - len(recs[5]) < offset <= len(data) and size == len(data) + len(junk)
 
 
+def test_gzip_members_that_hold_no_warc_record_are_counted_and_swallow_no_records(tmp_path):
+    """In a .warc.gz, a whole gzip member whose text is no WARC record fastwarc reads (an unknown version line,
+    plain text) is a counted drop, first, between records or last; fastwarc skipped it quietly, and with it
+    the good record after it. An empty gzip member is nothing to count and stops no reading."""
+    recs = [page_record(f"http://m.test/{i}.html") for i in range(4)]
+    odd = page_record("http://m.test/odd.html").replace(b"WARC/1.0", b"WARC/9.9", 1)
+    members = [b"hello", recs[0], odd, recs[1], b"", recs[2], b"not a record", recs[3], b"", b"bye"]
+    warc = tmp_path / "members.warc.gz"
+    warc.write_bytes(b"".join(gzip.compress(m) for m in members))
+    pages, _, ledger = _read_capped(warc)
+    assert [p.url for p in pages] == [f"http://m.test/{i}.html" for i in range(4)]
+    read = ledger.to_dict()["stages"][0]
+    assert read == {"name": "read", "in": 8, "out": 4, "drops": {"warc_unreadable_bytes": 3, "unit_unreadable_rest": 1}}
+    assert all("gzip member" in r["detail"] for r in ledger.rejects)
+
+
 @pytest.mark.parametrize("suffix", [".warc", ".warc.gz"])
 def test_record_running_past_the_end_swallows_no_records(tmp_path, suffix):
     """A WARC Content-Length far beyond the file: that record is one read error, the records fastwarc would
