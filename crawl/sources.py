@@ -343,6 +343,7 @@ class WarcSource:
         self._captures: dict[tuple[str, ...], list[tuple[str, str]]] = {}  # capture_key -> [(fetched_at, id)]
         self._indexed = False
         self._file: BinaryIO | None = None  # for `_find`
+        self._first_with_id: dict[str, int] = {}  # WARC-Record-ID -> offset of the first record with it
 
     def _records(self) -> Iterator[tuple[int, WarcRecord] | _Unreadable]:
         try:
@@ -532,6 +533,7 @@ class WarcSource:
             if isinstance(item, _Unreadable):
                 continue  # pass 2 meets the same bytes and counts them
             offset, rec = item
+            self._first_with_id.setdefault(_warc_header(rec, "WARC-Record-ID"), offset)
             rtype = rec.record_type
             if rtype not in (WarcRecordType.response, WarcRecordType.resource, WarcRecordType.revisit):
                 continue
@@ -546,7 +548,7 @@ class WarcSource:
             if rtype != WarcRecordType.revisit and digest:
                 self._all_digests.add(digest)
             if captures and self._reason(offset, rec) is None:
-                self._add_capture(rec, url, name)
+                self._add_capture(offset, rec, url, name)
                 continue
             if not _content_type(rec).startswith("image/"):
                 continue
@@ -573,7 +575,7 @@ class WarcSource:
                 self.images.add(url, self._digests[digest])
         self._indexed = True
 
-    def _add_capture(self, rec: WarcRecord, url: str, name: str) -> None:
+    def _add_capture(self, offset: int, rec: WarcRecord, url: str, name: str) -> None:
         """Record an HTML page of pass 1 under its capture key, when pass 2 will read it whole."""
         try:
             body = read_payload(rec, self.max_html_bytes)
@@ -581,9 +583,16 @@ class WarcSource:
             return
         if _finish(rec):
             return
-        rid = _warc_header(rec, "WARC-Record-ID").strip("<>")
-        entry = (_warc_header(rec, "WARC-Date"), make_doc_id(f"warc:{name}#{rid}"))
+        entry = (_warc_header(rec, "WARC-Date"), make_doc_id(self._source(offset, rec, name)))
         self._captures.setdefault(capture_key(url, body, _headers(rec)), []).append(entry)
+
+    def _source(self, offset: int, rec: WarcRecord, name: str) -> str:
+        """Where a page comes from, `warc:FILE#RECORD-ID`, which makes its document id. A record whose id an
+        earlier record of the file already has (a writer that repeats ids, or none) gets its byte offset too,
+        so that two pages never share a document id."""
+        rid = _warc_header(rec, "WARC-Record-ID")
+        source = f"warc:{name}#{rid.strip('<>')}"
+        return source if self._first_with_id.get(rid, offset) == offset else f"{source}@{offset}"
 
     def same_captures(self, page: RawPage) -> list[tuple[str, str]]:
         """(fetched_at, document id) of every page of this file with the page's URL, payload and shaping
@@ -670,8 +679,7 @@ class WarcSource:
             if reason is not None:
                 ledger.drop(READ, reason, url=url, item="record", detail=detail)
                 continue
-            rid = _warc_header(rec, "WARC-Record-ID").strip("<>")
-            source = f"warc:{name}#{rid}"
+            source = self._source(offset, rec, name)
             count.n_out += 1
             yield RawPage(
                 url=url,
@@ -705,6 +713,14 @@ class HtmlFolderSource:
 
     def index_images(self, captures: bool = False) -> None:
         """Nothing to index: local images are read on demand."""
+
+    def _source(self, offset: int, rec: WarcRecord, name: str) -> str:
+        """Where a page comes from, `warc:FILE#RECORD-ID`, which makes its document id. A record whose id an
+        earlier record of the file already has (a writer that repeats ids, or none) gets its byte offset too,
+        so that two pages never share a document id."""
+        rid = _warc_header(rec, "WARC-Record-ID")
+        source = f"warc:{name}#{rid.strip('<>')}"
+        return source if self._first_with_id.get(rid, offset) == offset else f"{source}@{offset}"
 
     def same_captures(self, page: RawPage) -> list[tuple[str, str]]:
         """A folder holds each page once."""

@@ -307,6 +307,26 @@ def test_gzip_members_that_hold_no_warc_record_are_counted_and_swallow_no_record
 
 
 @pytest.mark.parametrize("suffix", [".warc", ".warc.gz"])
+def test_pages_whose_records_repeat_an_id_or_have_none_get_distinct_document_ids(tmp_path, suffix):
+    """A writer that repeats a WARC-Record-ID (or writes none) gave different pages one document id, and the
+    build failed in dedup ("staged documents have duplicate ids"). The first record keeps its id."""
+    recs = [page_record(f"http://r.test/{i}.html") for i in range(5)]
+    first_id = re.search(rb"WARC-Record-ID: (<[^>]*>)", recs[0]).group(1)
+    recs[1] = re.sub(rb"WARC-Record-ID: <[^>]*>", b"WARC-Record-ID: " + first_id, recs[1])
+    recs[2] = re.sub(rb"WARC-Record-ID: <[^>]*>", b"WARC-Record-ID: " + first_id, recs[2])
+    recs[3] = re.sub(rb"WARC-Record-ID: <[^>]*>\r\n", b"", recs[3])
+    recs[4] = re.sub(rb"WARC-Record-ID: <[^>]*>\r\n", b"", recs[4])
+    warc = write_warc(tmp_path / f"ids{suffix}", recs)
+    source = open_source(discover_units([str(warc)])[0])
+    source.index_images(captures=True)
+    pages = list(source.pages(Ledger()))
+    assert [p.url for p in pages] == [f"http://r.test/{i}.html" for i in range(5)]
+    assert len({p.id for p in pages}) == 5
+    assert pages[0].source == f"warc:{warc.name}#{first_id.decode().strip('<>')}"
+    assert all(source.same_captures(p) == [(p.fetched_at, p.id)] for p in pages)  # pass 1 names them alike
+
+
+@pytest.mark.parametrize("suffix", [".warc", ".warc.gz"])
 def test_record_running_past_the_end_swallows_no_records(tmp_path, suffix):
     """A WARC Content-Length far beyond the file: that record is one read error, the records fastwarc would
     read as its content are read as records."""
