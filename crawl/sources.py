@@ -39,7 +39,7 @@ import os
 import stat
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
@@ -66,11 +66,33 @@ GZIP_MAGIC = b"\x1f\x8b\x08"
 
 @dataclass(frozen=True)
 class Unit:
-    """One unit of work: an input file or folder; `name` is stable and file-system safe."""
+    """One unit of work: an input file or folder; `name` is stable and file-system safe. Documents are named by
+    the input's file (or folder) name, or by `label` when another input of the build has that name too
+    (`label_shared_names`)."""
 
     path: str
     kind: str  # "warc" | "html"
     name: str
+    label: str = ""
+
+    @property
+    def source_name(self) -> str:
+        """The name that document sources (and so document ids) of this unit start with."""
+        return self.label or Path(self.path).name
+
+
+def label_shared_names(units: list[Unit], taken: set[str] | frozenset[str] = frozenset()) -> list[Unit]:
+    """The units, each whose file or folder name an earlier unit (or `taken`, the names of a corpus's units)
+    already has labelled with its unit name: two folders both named `html`, or two WARCs named alike in two
+    folders, would give their documents the same ids (`html:html/index.html`), which dedup refuses."""
+    seen = set(taken)
+    out = []
+    for u in units:
+        if u.source_name in seen:
+            u = replace(u, label=u.name)
+        seen.add(u.source_name)
+        out.append(u)
+    return out
 
 
 def discover_units(paths: list[str]) -> list[Unit]:
@@ -91,6 +113,8 @@ def discover_units(paths: list[str]) -> list[Unit]:
             )
         digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.name)[:60]
+        if any(u.name == f"{safe}-{digest}" for u in units):
+            continue  # one input given twice (`a/x.warc.gz`, `./a/x.warc.gz`: same name and resolved path)
         units.append(Unit(str(path), kind, f"{safe}-{digest}"))
     return units
 
@@ -528,7 +552,6 @@ class WarcSource:
         """Pass 1: image responses and image revisits, by URL and payload digest; with `captures`, also the
         HTML pages by `capture_key` (see `same_captures`)."""
         revisits: list[tuple[str, str]] = []
-        name = Path(self.unit.path).name
         for item in self._records():
             if isinstance(item, _Unreadable):
                 continue  # pass 2 meets the same bytes and counts them
@@ -548,7 +571,7 @@ class WarcSource:
             if rtype != WarcRecordType.revisit and digest:
                 self._all_digests.add(digest)
             if captures and self._reason(offset, rec) is None:
-                self._add_capture(offset, rec, url, name)
+                self._add_capture(offset, rec, url)
                 continue
             if not _content_type(rec).startswith("image/"):
                 continue
@@ -575,7 +598,7 @@ class WarcSource:
                 self.images.add(url, self._digests[digest])
         self._indexed = True
 
-    def _add_capture(self, offset: int, rec: WarcRecord, url: str, name: str) -> None:
+    def _add_capture(self, offset: int, rec: WarcRecord, url: str) -> None:
         """Record an HTML page of pass 1 under its capture key, when pass 2 will read it whole."""
         try:
             body = read_payload(rec, self.max_html_bytes)
@@ -583,15 +606,15 @@ class WarcSource:
             return
         if _finish(rec):
             return
-        entry = (_warc_header(rec, "WARC-Date"), make_doc_id(self._source(offset, rec, name)))
+        entry = (_warc_header(rec, "WARC-Date"), make_doc_id(self._source(offset, rec)))
         self._captures.setdefault(capture_key(url, body, _headers(rec)), []).append(entry)
 
-    def _source(self, offset: int, rec: WarcRecord, name: str) -> str:
+    def _source(self, offset: int, rec: WarcRecord) -> str:
         """Where a page comes from, `warc:FILE#RECORD-ID`, which makes its document id. A record whose id an
         earlier record of the file already has (a writer that repeats ids, or none) gets its byte offset too,
         so that two pages never share a document id."""
         rid = _warc_header(rec, "WARC-Record-ID")
-        source = f"warc:{name}#{rid.strip('<>')}"
+        source = f"warc:{self.unit.source_name}#{rid.strip('<>')}"
         return source if self._first_with_id.get(rid, offset) == offset else f"{source}@{offset}"
 
     def same_captures(self, page: RawPage) -> list[tuple[str, str]]:
@@ -679,7 +702,7 @@ class WarcSource:
             if reason is not None:
                 ledger.drop(READ, reason, url=url, item="record", detail=detail)
                 continue
-            source = self._source(offset, rec, name)
+            source = self._source(offset, rec)
             count.n_out += 1
             yield RawPage(
                 url=url,
@@ -714,12 +737,12 @@ class HtmlFolderSource:
     def index_images(self, captures: bool = False) -> None:
         """Nothing to index: local images are read on demand."""
 
-    def _source(self, offset: int, rec: WarcRecord, name: str) -> str:
+    def _source(self, offset: int, rec: WarcRecord) -> str:
         """Where a page comes from, `warc:FILE#RECORD-ID`, which makes its document id. A record whose id an
         earlier record of the file already has (a writer that repeats ids, or none) gets its byte offset too,
         so that two pages never share a document id."""
         rid = _warc_header(rec, "WARC-Record-ID")
-        source = f"warc:{name}#{rid.strip('<>')}"
+        source = f"warc:{self.unit.source_name}#{rid.strip('<>')}"
         return source if self._first_with_id.get(rid, offset) == offset else f"{source}@{offset}"
 
     def same_captures(self, page: RawPage) -> list[tuple[str, str]]:
@@ -774,7 +797,7 @@ class HtmlFolderSource:
                 ledger.drop(READ, "unreadable_file", url=str(path), item="record", detail=str(e))
                 continue
             rel = path.name if not top.is_dir() else path.relative_to(top).as_posix()
-            source = f"html:{top.name}/{rel}"
+            source = f"html:{self.unit.source_name}/{rel}"
             count.n_out += 1
             yield RawPage(url=path.resolve().as_uri(), body=body, source=source, id=make_doc_id(source))
 
