@@ -433,7 +433,7 @@ def _read_json_object(store: Storage, rel: str, doing: str = "") -> dict[str, An
     naming it (and what was `doing`: '--append: ...')."""
     try:
         data = json.loads(store.read_bytes(rel).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # (nested thousands deep)
         raise ValueError(f"{doing}{store.url_of(rel)} is damaged: not JSON ({e}); nothing was written") from None
     if not isinstance(data, dict):
         raise ValueError(f"{doing}{store.url_of(rel)} is damaged: a JSON {type(data).__name__}, not an object")
