@@ -48,7 +48,7 @@ import brotli
 from fastwarc.warc import ArchiveIterator, WarcRecord, WarcRecordType
 
 from corpus.record import make_doc_id
-from corpus.stats import Ledger
+from corpus.stats import Ledger, as_text
 from crawl.page import RawPage
 from crawl.urls import normalize_url
 
@@ -111,7 +111,7 @@ def discover_units(paths: list[str]) -> list[Unit]:
             raise ValueError(
                 f"input {p}: not a WARC file ({', '.join(WARC_SUFFIXES)}), an HTML file or a folder of HTML files"
             )
-        digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+        digest = hashlib.sha1(os.fsencode(path.resolve())).hexdigest()[:8]  # (the same bytes for a UTF-8 name)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.name)[:60]
         if any(u.name == f"{safe}-{digest}" for u in units):
             continue  # one input given twice (`a/x.warc.gz`, `./a/x.warc.gz`: same name and resolved path)
@@ -614,7 +614,7 @@ class WarcSource:
         earlier record of the file already has (a writer that repeats ids, or none) gets its byte offset too,
         so that two pages never share a document id."""
         rid = _warc_header(rec, "WARC-Record-ID")
-        source = f"warc:{self.unit.source_name}#{rid.strip('<>')}"
+        source = as_text(f"warc:{self.unit.source_name}#{rid.strip('<>')}")  # (a file name that is not UTF-8)
         return source if self._first_with_id.get(rid, offset) == offset else f"{source}@{offset}"
 
     def same_captures(self, page: RawPage) -> list[tuple[str, str]]:
@@ -737,14 +737,6 @@ class HtmlFolderSource:
     def index_images(self, captures: bool = False) -> None:
         """Nothing to index: local images are read on demand."""
 
-    def _source(self, offset: int, rec: WarcRecord) -> str:
-        """Where a page comes from, `warc:FILE#RECORD-ID`, which makes its document id. A record whose id an
-        earlier record of the file already has (a writer that repeats ids, or none) gets its byte offset too,
-        so that two pages never share a document id."""
-        rid = _warc_header(rec, "WARC-Record-ID")
-        source = f"warc:{self.unit.source_name}#{rid.strip('<>')}"
-        return source if self._first_with_id.get(rid, offset) == offset else f"{source}@{offset}"
-
     def same_captures(self, page: RawPage) -> list[tuple[str, str]]:
         """A folder holds each page once."""
         return []
@@ -797,7 +789,7 @@ class HtmlFolderSource:
                 ledger.drop(READ, "unreadable_file", url=str(path), item="record", detail=str(e))
                 continue
             rel = path.name if not top.is_dir() else path.relative_to(top).as_posix()
-            source = f"html:{self.unit.source_name}/{rel}"
+            source = as_text(f"html:{self.unit.source_name}/{rel}")  # (a file name that is not UTF-8)
             count.n_out += 1
             yield RawPage(url=path.resolve().as_uri(), body=body, source=source, id=make_doc_id(source))
 

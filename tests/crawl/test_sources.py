@@ -4,8 +4,10 @@ import random
 import re
 import tracemalloc
 import zlib
+from pathlib import Path
 
 import brotli
+import pyarrow as pa
 import pytest
 from _warcgen import deflate_bomb, http_response, page_html, page_record, warc_record, write_warc
 from conftest import real_path
@@ -324,6 +326,35 @@ def test_pages_whose_records_repeat_an_id_or_have_none_get_distinct_document_ids
     assert len({p.id for p in pages}) == 5
     assert pages[0].source == f"warc:{warc.name}#{first_id.decode().strip('<>')}"
     assert all(source.same_captures(p) == [(p.fetched_at, p.id)] for p in pages)  # pass 1 names them alike
+
+
+def test_file_names_that_are_not_utf8_are_read_and_stored(tmp_path):
+    """A page file, a folder, a link or a WARC whose name is not UTF-8 (Python keeps such bytes as surrogates):
+    the unit was refused by a UnicodeEncodeError (discover_units, the document id) that ended the build; now
+    its documents and drops name it with \\xNN escapes, which Parquet stores."""
+    site = os.fsencode(tmp_path / "site")
+    os.makedirs(os.path.join(site, b"dir\xff"))
+    for name in (b"ok.html", b"bad\xfe.html", os.path.join(b"dir\xff", b"x.html")):
+        with open(os.path.join(site, name), "wb") as f:
+            f.write(page_html("t"))
+    os.symlink(b"/nonexistent", os.path.join(site, b"gone\xfd.html"))
+    warc = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"w\xff.warc.gz"))
+    write_warc(Path(warc), [page_record("http://u.test/a.html")])
+    pages, ledger = [], Ledger()
+    for unit in discover_units([os.fsdecode(site), warc]):
+        source = open_source(unit)
+        source.index_images()
+        pages += list(source.pages(ledger))
+    assert sorted(p.source for p in pages)[:3] == [
+        "html:site/bad\\xfe.html",
+        "html:site/dir\\xff/x.html",
+        "html:site/ok.html",
+    ]
+    assert pages[-1].source.startswith("warc:w\\xff.warc.gz#")
+    [drop] = ledger.rejects
+    assert drop["reason"] == "dangling_link" and drop["url"].endswith("gone\\xfd.html")
+    assert ledger.rejects_table().num_rows == 1
+    assert pa.Table.from_pylist([{"source": p.source, "url": p.url} for p in pages]).num_rows == 4
 
 
 @pytest.mark.parametrize("suffix", [".warc", ".warc.gz"])
