@@ -176,7 +176,7 @@ def parse_manifest_line(line: str) -> ShardInfo | None:
         shard = ShardInfo(
             **{k: d[k] for k in ("name", "documents", "images", "bytes", "sha256")}, unit=d.get("unit", "")
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # (RecursionError: JSON nested thousands deep)
         return None
     if not isinstance(shard.name, str) or not _SHARD_NAME.match(shard.name) or shard.name in (".", ".."):
         return None
@@ -229,7 +229,7 @@ class Corpus:
             raw = f.read()
         try:
             return json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # (nested thousands deep)
             raise ValueError(f"{self.path.rstrip('/')}/{name}: not JSON ({e})") from None
 
     def shard_path(self, shard: ShardInfo | str) -> str:
@@ -304,7 +304,7 @@ def _iter_tar_documents(fileobj, with_images: bool, where: str) -> Iterator[Docu
             if suffix == "json":
                 try:
                     current = Document.from_json(data)
-                except (ValueError, TypeError, AttributeError, KeyError) as e:  # valid JSON, wrong shape too
+                except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as e:  # wrong shape, too deep
                     raise ValueError(f"{where}: member {info.name}: {e}") from None
             elif current is None:
                 raise ValueError(f"{where}: member {info.name} comes before its {key}.json")

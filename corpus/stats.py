@@ -36,6 +36,17 @@ TEXT_CHARS = 2000  # characters of a rejected document's text kept in its reject
 TEXT_PER_REASON = 20  # rejected documents per (stage, reason) whose text is kept, per unit of work
 
 
+def as_text(s: str) -> str:
+    """`s` as text that can be stored (UTF-8): the characters Python keeps for bytes that are not UTF-8 (in a
+    file name) become `\\xNN` escapes; any other string is returned as it is."""
+    if s.isascii():
+        return s
+    try:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate surrogateescape does not make
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def sample_key(doc_id: str, seed: int = 0) -> float:
     """A uniform key in [0, 1) from a document id: the rejected documents of a reason with the smallest keys
     keep their text, so each unit keeps the same ones on a re-run and the report can take the smallest
@@ -102,11 +113,11 @@ class Ledger:
         key = sample_key(id) if id else 1.0
         row = {
             "id": id,
-            "url": url,
+            "url": as_text(url),
             "stage": stage,
             "item": item,
             "reason": reason,
-            "detail": detail[:500],
+            "detail": as_text(detail[:500]),
             "signals": json.dumps(signals, allow_nan=True) if signals else "",
             "text": "",
             "key": key,

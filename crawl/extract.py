@@ -26,10 +26,10 @@ The pipeline of one page:
    docs/benchmarks.md, "Extraction quality", has the in-sample and site-grouped cross-validated numbers.
 
 What a page costs is bounded by the page itself, never by the clock, so that the same input gives the same
-corpus on an idle and on a loaded machine: `extract.max_html_bytes` (checked before decoding),
-`extract.max_elements` and `extract.max_depth` (checked on the parsed tree, before trafilatura; libxml2
-itself stops nesting at 256 levels). Each is a counted drop (`html_too_large`, `too_many_elements`,
-`too_deep`).
+corpus on an idle and on a loaded machine: `extract.max_html_bytes` (checked before decoding), MAX_ATTRIBUTES
+attributes in one tag (checked before parsing: libxml2's cost grows with their square), `extract.max_elements`
+and `extract.max_depth` (checked on the parsed tree, before trafilatura; libxml2 itself stops nesting at 256
+levels). Each is a counted drop (`html_too_large`, `too_many_attributes`, `too_many_elements`, `too_deep`).
 
 The per-document time limit (`extract.timeout_s`, generous) is only a safety net for a page the bounds do
 not catch. It is a real stop: `SIGALRM` (via `signal.setitimer`) interrupts the extraction. That needs the
@@ -40,8 +40,8 @@ error of the run (`errors/extract_timeout`), which the build reports as such: th
 another run's.
 
 `ExtractStep` wraps it all as the build's "extract" step, with counted drops `html_too_large`,
-`undecodable_html`, `too_many_elements`, `too_deep`, `extract_timeout`, `no_image_candidates` (and the image gate's
-own reasons, such as `no_usable_image`), `no_main_content`, and the per-image drops above.
+`undecodable_html`, `too_many_attributes`, `too_many_elements`, `too_deep`, `extract_timeout`, `no_image_candidates`
+(and the image gate's own reasons, such as `no_usable_image`), `no_main_content`, and the per-image drops above.
 """
 
 from __future__ import annotations
@@ -148,6 +148,33 @@ def _deepest(tree: etree._Element) -> int:
         else:
             depth -= 1
     return deepest
+
+
+# libxml2 checks each attribute of a start tag against the ones before it: a tag of n attributes costs n*n
+# (100,000 attributes, under 1 MB: ~30 s in one C call the time limit cannot interrupt; a 5 MB page: many
+# minutes). A page with a tag of more attributes than this is the drop `too_many_attributes`, before parsing.
+MAX_ATTRIBUTES = 1000
+_NAME = r"[^\s/>][^\s/>=]*+"
+_VALUE = r"""(?:"[^"]*+"|'[^']*+'|[^\s>]*+)"""
+_ATTRS = r"(?:[\s/]*+" + _NAME + r"(?:\s*+=\s*+" + _VALUE + r")?+){0," + str(MAX_ATTRIBUTES) + r"}+[\s/]*+(?:>|\Z)"
+# the page read once, left to right, as HTML tokenizes it (text, comments, script/style text, tags with their
+# attributes, other `<`), every tag holding at most MAX_ATTRIBUTES attributes: where it stops early, a tag
+# has more. Possessive, so it never backtracks: linear in the page (~10 ms per MB).
+_WITHIN_ATTRIBUTES = re.compile(
+    r"(?:[^<]++|<!--.*?(?:-->|\Z)|<(?i:script|style)(?=[\s/>])" + _ATTRS + r".*?(?=</(?i:script|style)|\Z)"
+    r"|<[A-Za-z][^\s/>]*+" + _ATTRS + r"|<(?![A-Za-z]))*+",
+    re.DOTALL,
+)
+
+
+def check_attributes(html: str) -> None:
+    """Raise `PageRefused` when a start tag of the page has more than MAX_ATTRIBUTES attributes."""
+    end = _WITHIN_ATTRIBUTES.match(html).end()
+    if end < len(html):
+        raise PageRefused(
+            "too_many_attributes",
+            f"the tag at character {end} ({html[end : end + 40]!r}...) has more than {MAX_ATTRIBUTES} attributes",
+        )
 
 
 def check_bounds(tree: etree._Element, config: ExtractConfig) -> None:
@@ -855,6 +882,7 @@ def extract_parts(
 ) -> ExtractParts | None:
     """Parse, normalise the images, run trafilatura and describe every image (None: no main content).
     Raises `PageRefused` for a page over the bounds or (with `image_gate`) without a keepable image."""
+    check_attributes(html)
     tree = _parse(html)
     if tree is None:
         return None
@@ -992,8 +1020,8 @@ def extract_document(
 
 
 class ExtractStep(Step):
-    """RawPage -> Document. Drops: html_too_large, undecodable_html, too_many_elements, too_deep,
-    no_image_candidates, extract_timeout (also counted as the run error `errors/extract_timeout`),
+    """RawPage -> Document. Drops: html_too_large, undecodable_html, too_many_attributes, too_many_elements,
+    too_deep, no_image_candidates, extract_timeout (also counted as the run error `errors/extract_timeout`),
     no_main_content; the images left out of a kept document are item drops `extract/image` with their
     reasons (rejects rows)."""
 

@@ -39,7 +39,7 @@ import os
 import stat
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
@@ -48,7 +48,7 @@ import brotli
 from fastwarc.warc import ArchiveIterator, WarcRecord, WarcRecordType
 
 from corpus.record import make_doc_id
-from corpus.stats import Ledger
+from corpus.stats import Ledger, as_text
 from crawl.page import RawPage
 from crawl.urls import normalize_url
 
@@ -66,11 +66,33 @@ GZIP_MAGIC = b"\x1f\x8b\x08"
 
 @dataclass(frozen=True)
 class Unit:
-    """One unit of work: an input file or folder; `name` is stable and file-system safe."""
+    """One unit of work: an input file or folder; `name` is stable and file-system safe. Documents are named by
+    the input's file (or folder) name, or by `label` when another input of the build has that name too
+    (`label_shared_names`)."""
 
     path: str
     kind: str  # "warc" | "html"
     name: str
+    label: str = ""
+
+    @property
+    def source_name(self) -> str:
+        """The name that document sources (and so document ids) of this unit start with."""
+        return self.label or Path(self.path).name
+
+
+def label_shared_names(units: list[Unit], taken: set[str] | frozenset[str] = frozenset()) -> list[Unit]:
+    """The units, each whose file or folder name an earlier unit (or `taken`, the names of a corpus's units)
+    already has labelled with its unit name: two folders both named `html`, or two WARCs named alike in two
+    folders, would give their documents the same ids (`html:html/index.html`), which dedup refuses."""
+    seen = set(taken)
+    out = []
+    for u in units:
+        if u.source_name in seen:
+            u = replace(u, label=u.name)
+        seen.add(u.source_name)
+        out.append(u)
+    return out
 
 
 def discover_units(paths: list[str]) -> list[Unit]:
@@ -89,8 +111,10 @@ def discover_units(paths: list[str]) -> list[Unit]:
             raise ValueError(
                 f"input {p}: not a WARC file ({', '.join(WARC_SUFFIXES)}), an HTML file or a folder of HTML files"
             )
-        digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+        digest = hashlib.sha1(os.fsencode(path.resolve())).hexdigest()[:8]  # (the same bytes for a UTF-8 name)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.name)[:60]
+        if any(u.name == f"{safe}-{digest}" for u in units):
+            continue  # one input given twice (`a/x.warc.gz`, `./a/x.warc.gz`: same name and resolved path)
         units.append(Unit(str(path), kind, f"{safe}-{digest}"))
     return units
 
@@ -265,6 +289,45 @@ def _holds_data(f: BinaryIO, start: int, end: int) -> bool:
     return False
 
 
+def _member_end(m: mmap.mmap, start: int, stop: int) -> int | None:
+    """Where the gzip member at `start` ends (None: it is damaged or does not end before `stop`); inflated in
+    bounded pieces, the output thrown away."""
+    d = zlib.decompressobj(31)
+    pos = start
+    try:
+        while pos < stop and not d.eof:
+            fed = min(stop, pos + (1 << 16))
+            d.decompress(m[pos:fed], 1 << 20)
+            while d.unconsumed_tail and not d.eof:
+                d.decompress(d.unconsumed_tail, 1 << 20)
+            pos = fed
+    except zlib.error:
+        return None
+    return pos - len(d.unused_data) if d.eof else None
+
+
+def _gzip_holds_data(m: mmap.mmap, start: int, end: int) -> bool:
+    """Whether bytes `start`..`end` of a gzip WARC are more than empty gzip members and blank bytes: e.g. a
+    member fastwarc skipped quietly because it holds no WARC record (an unknown version line, other text)."""
+    while start < end:
+        if not m[start:end].strip():
+            return False
+        d = zlib.decompressobj(31)
+        try:
+            if d.decompress(m[start : min(end, start + (1 << 16))], 4096).strip():
+                return True
+        except zlib.error:
+            return True  # not gzip at all
+        nxt = _member_end(m, start, end)
+        if nxt is None:
+            return True
+        start = nxt
+    return False
+
+
+_SKIPPED_MEMBER = "gzip member(s) holding no WARC record fastwarc reads (no or an unknown WARC/ version line?)"
+
+
 # HTTP headers that shape what a page becomes (decoding, charset, robots): two captures of a URL are the same
 # page only when these are equal too
 CAPTURE_HEADERS = ("content-type", "content-encoding", "transfer-encoding", "x-robots-tag")
@@ -303,8 +366,18 @@ class WarcSource:
         self._too_large: set[int] = set()  # file offsets of image records over max_image_bytes
         self._captures: dict[tuple[str, ...], list[tuple[str, str]]] = {}  # capture_key -> [(fetched_at, id)]
         self._indexed = False
+        self._file: BinaryIO | None = None  # for `_find`
+        self._first_with_id: dict[str, int] = {}  # WARC-Record-ID -> offset of the first record with it
 
     def _records(self) -> Iterator[tuple[int, WarcRecord] | _Unreadable]:
+        try:
+            yield from self._read_records()
+        finally:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def _read_records(self) -> Iterator[tuple[int, WarcRecord] | _Unreadable]:
         """(file offset, record) for every record fastwarc can read, and an `_Unreadable` for each stretch it
         cannot: after a read error, or a record that runs past the end of the file, reading starts again at
         the next record start (a gzip member, a `WARC/` line). The consumer reads each record before the next
@@ -322,6 +395,8 @@ class WarcSource:
             error = None  # why this pass ended early
             counted = False  # whether the bytes from `low` on belong to a record the consumer has counted
             end = None  # plain files: where the last record read ends, by its Content-Length
+            last = None  # gzip files: where the last record read starts
+            restart = None  # gzip files: where to read on after members fastwarc skipped with records in them
             with open(path, "rb") as f, open(path, "rb") as g:  # g: our own reads of record bounds
                 f.seek(offset)
                 # quirks_mode: old and odd WARCs (ClueWeb, WARC/0.18); payload decoding is ours, and lenient
@@ -333,6 +408,18 @@ class WarcSource:
                             # fastwarc skipped to the next `WARC/` line quietly: bytes no record covers, e.g.
                             # the rest of a record whose start a Content-Length too large ran over
                             yield _Unreadable(end, start, size, _GAP)
+                        skipped = self._skipped_members(offset, start, False) if last is None else None
+                        skipped = self._skipped_members(last, start) if last is not None else skipped
+                        if skipped is not None:
+                            # fastwarc may have skipped good records with the bad member: read on from the
+                            # first member it reads a record at
+                            resume = self._record_member(skipped, start)
+                            if resume != skipped:
+                                yield _Unreadable(skipped, resume or start, size, _SKIPPED_MEMBER)
+                            if resume is not None and resume > offset:  # (always forward)
+                                restart = resume
+                                break
+                        last = start
                         length = rec.content_length  # the consumer's parse_http() makes it the payload's
                         yield start, rec
                         low = start + 1
@@ -343,13 +430,30 @@ class WarcSource:
                 except Exception as e:  # noqa: BLE001 - fastwarc raises OSError and others for damaged bytes
                     error = str(e) or type(e).__name__
                 tail = error is None and end is not None and end < size and _holds_data(g, end, size)
+            if restart is not None:
+                offset = restart
+                continue
             if tail and end is not None:
                 yield _Unreadable(end, None, size, _GAP)
                 return
             if error is None:
                 rest = self._unread_member(low, size)
+                if rest is not None and rest > offset:
+                    # fastwarc stopped quietly before a member that may hold a record (after an empty member):
+                    # read on from there
+                    skipped = self._skipped_members(offset, rest, False) if last is None else None
+                    skipped = self._skipped_members(last, rest) if last is not None else skipped
+                    if skipped is not None:
+                        yield _Unreadable(skipped, rest, size, _SKIPPED_MEMBER)
+                    offset = rest
+                    continue
                 if rest is not None:  # fastwarc stops quietly at a gzip member cut inside its header
                     yield _Unreadable(rest, None, size, "a gzip member that ends before its WARC record does")
+                    return
+                skipped = self._skipped_members(offset, size, False) if last is None else None
+                skipped = self._skipped_members(last, size) if last is not None else skipped
+                if skipped is not None:
+                    yield _Unreadable(skipped, None, size, _SKIPPED_MEMBER)
                 return
             nxt = self._next_record_start(max(low, offset + 1), size)  # always forward
             if not counted and low < size:
@@ -377,6 +481,55 @@ class WarcSource:
                 pos += 1
         return None
 
+    def _skipped_members(self, after: int, before: int, record: bool = True) -> int | None:
+        """In a gzip WARC, where bytes begin that fastwarc skipped quietly between `after` and `before` (the
+        next record's start, or the file's end): whole gzip members whose text is no WARC record. With
+        `record`, `after` is where a record read starts and the skipped bytes can begin only after its member
+        (the usual case, none, is decided by one search for a member start). None when there are none."""
+        if not self.unit.path.endswith(".gz") or before <= after:
+            return None
+        if record and self._find(GZIP_MAGIC, after + 1, before) < 0:
+            return None
+        with open(self.unit.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            end = _member_end(m, after, before) if record else after
+            if end is None or end >= before:
+                return None
+            return end if _gzip_holds_data(m, end, before) else None
+
+    def _find(self, marker: bytes, start: int, end: int) -> int:
+        """The first offset of `marker` in bytes `start`..`end` of the file, or -1 (read in pieces; the file
+        stays open for the next search)."""
+        if self._file is None or self._file.closed:
+            self._file = open(self.unit.path, "rb")  # noqa: SIM115 - closed when `_records` ends
+        f = self._file
+        pos = start
+        while pos < end:
+            f.seek(pos)
+            piece = f.read(min(1 << 20, end - pos))
+            if not piece:
+                return -1
+            at = piece.find(marker)
+            if at >= 0 and pos + at + len(marker) <= end:
+                return pos + at
+            pos += max(1, len(piece) - len(marker) + 1)
+        return -1
+
+    def _record_member(self, start: int, before: int) -> int | None:
+        """The first gzip member from `start` (a member start) up to `before` at which fastwarc reads a record
+        that starts there, or None."""
+        with open(self.unit.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            pos: int | None = start
+            while pos is not None and pos < before:
+                f.seek(pos)
+                try:
+                    rec = next(iter(ArchiveIterator(f, parse_http=False, auto_decode="none", quirks_mode=True)))
+                    if rec.stream_pos == pos:
+                        return pos
+                except Exception:  # noqa: BLE001, S110 - no record here: try the next member
+                    pass
+                pos = _member_end(m, pos, before)
+        return None
+
     def _unread_member(self, after: int, size: int) -> int | None:
         """Offset of a gzip member at or after `after` that fastwarc ended on without reading it: one whose
         first bytes inflate to the start of a WARC record (or to nothing yet, cut that short)."""
@@ -385,11 +538,12 @@ class WarcSource:
         with open(self.unit.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
             pos = after
             while (pos := m.find(GZIP_MAGIC, pos)) >= 0:
+                d = zlib.decompressobj(31)
                 try:
-                    head = zlib.decompressobj(31).decompress(m[pos : pos + 4096], 5)
+                    head = d.decompress(m[pos : pos + 4096], 5)
                 except zlib.error:
                     head = b"-"
-                if b"WARC/".startswith(head):
+                if b"WARC/".startswith(head) and not (d.eof and not head):  # (an empty member holds nothing)
                     return pos
                 pos += 1
         return None
@@ -398,11 +552,11 @@ class WarcSource:
         """Pass 1: image responses and image revisits, by URL and payload digest; with `captures`, also the
         HTML pages by `capture_key` (see `same_captures`)."""
         revisits: list[tuple[str, str]] = []
-        name = Path(self.unit.path).name
         for item in self._records():
             if isinstance(item, _Unreadable):
                 continue  # pass 2 meets the same bytes and counts them
             offset, rec = item
+            self._first_with_id.setdefault(_warc_header(rec, "WARC-Record-ID"), offset)
             rtype = rec.record_type
             if rtype not in (WarcRecordType.response, WarcRecordType.resource, WarcRecordType.revisit):
                 continue
@@ -417,7 +571,7 @@ class WarcSource:
             if rtype != WarcRecordType.revisit and digest:
                 self._all_digests.add(digest)
             if captures and self._reason(offset, rec) is None:
-                self._add_capture(rec, url, name)
+                self._add_capture(offset, rec, url)
                 continue
             if not _content_type(rec).startswith("image/"):
                 continue
@@ -444,7 +598,7 @@ class WarcSource:
                 self.images.add(url, self._digests[digest])
         self._indexed = True
 
-    def _add_capture(self, rec: WarcRecord, url: str, name: str) -> None:
+    def _add_capture(self, offset: int, rec: WarcRecord, url: str) -> None:
         """Record an HTML page of pass 1 under its capture key, when pass 2 will read it whole."""
         try:
             body = read_payload(rec, self.max_html_bytes)
@@ -452,9 +606,16 @@ class WarcSource:
             return
         if _finish(rec):
             return
-        rid = _warc_header(rec, "WARC-Record-ID").strip("<>")
-        entry = (_warc_header(rec, "WARC-Date"), make_doc_id(f"warc:{name}#{rid}"))
+        entry = (_warc_header(rec, "WARC-Date"), make_doc_id(self._source(offset, rec)))
         self._captures.setdefault(capture_key(url, body, _headers(rec)), []).append(entry)
+
+    def _source(self, offset: int, rec: WarcRecord) -> str:
+        """Where a page comes from, `warc:FILE#RECORD-ID`, which makes its document id. A record whose id an
+        earlier record of the file already has (a writer that repeats ids, or none) gets its byte offset too,
+        so that two pages never share a document id."""
+        rid = _warc_header(rec, "WARC-Record-ID")
+        source = as_text(f"warc:{self.unit.source_name}#{rid.strip('<>')}")  # (a file name that is not UTF-8)
+        return source if self._first_with_id.get(rid, offset) == offset else f"{source}@{offset}"
 
     def same_captures(self, page: RawPage) -> list[tuple[str, str]]:
         """(fetched_at, document id) of every page of this file with the page's URL, payload and shaping
@@ -541,8 +702,7 @@ class WarcSource:
             if reason is not None:
                 ledger.drop(READ, reason, url=url, item="record", detail=detail)
                 continue
-            rid = _warc_header(rec, "WARC-Record-ID").strip("<>")
-            source = f"warc:{name}#{rid}"
+            source = self._source(offset, rec)
             count.n_out += 1
             yield RawPage(
                 url=url,
@@ -629,7 +789,7 @@ class HtmlFolderSource:
                 ledger.drop(READ, "unreadable_file", url=str(path), item="record", detail=str(e))
                 continue
             rel = path.name if not top.is_dir() else path.relative_to(top).as_posix()
-            source = f"html:{top.name}/{rel}"
+            source = as_text(f"html:{self.unit.source_name}/{rel}")  # (a file name that is not UTF-8)
             count.n_out += 1
             yield RawPage(url=path.resolve().as_uri(), body=body, source=source, id=make_doc_id(source))
 

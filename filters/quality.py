@@ -76,7 +76,7 @@ def _iter_file(path: Path) -> Iterator[str]:
                 try:
                     row = json.loads(line)
                     yield str(row["text"])
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as e:  # (nested too deep)
                     raise ValueError(f"{path}:{n}: expected a JSON object with a 'text' field ({e})") from None
     elif name.endswith((".html", ".htm", ".html.gz")):
         yield _html_text(path)

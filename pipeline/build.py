@@ -61,7 +61,7 @@ from corpus.storage import (
 from crawl.extract import ExtractConfig, ExtractStep, ImageGate
 from crawl.images import ImageConfig, ImageStep, Resolver, certain_drop, chain
 from crawl.live.config import CrawlConfig
-from crawl.sources import NOT_IN_SOURCE, Unit, discover_units, open_source
+from crawl.sources import NOT_IN_SOURCE, Unit, discover_units, label_shared_names, open_source
 from filters.config import FiltersConfig
 from filters.dedup import ApplyDedup, DedupConfig, DedupResult, InDocumentImageDedup, normalize_url, run_dedup
 from filters.registry import declared_signals, document_steps, text_steps
@@ -230,6 +230,7 @@ class UnitWorker:
                     str(fetch_input(unit.path, scratch, storage_options(unit.path, self.cfg.input))),
                     unit.kind,
                     unit.name,
+                    unit.label,
                 )
                 return self._run_unit(local, unit, out)
             finally:
@@ -264,7 +265,7 @@ class UnitWorker:
                 n_docs += len(batch)
         os.replace(tmp, out / "docs.parquet")
         write_parquet_atomic(ledger.rejects_table(), out / "rejects.parquet")
-        summary = {"unit": asdict(reported), "documents": n_docs, "ledger": ledger.to_dict()}
+        summary = {"unit": _unit_dict(reported), "documents": n_docs, "ledger": ledger.to_dict()}
         _write_json_atomic(out / "DONE.json", summary)
         return summary
 
@@ -357,7 +358,12 @@ def make_units(paths: list[str]) -> list[Unit]:
         [probe] = discover_units([name])  # the kind from the file name; a remote folder is not an input
         digest = hashlib.sha1(url.encode()).hexdigest()[:8]
         remote.append(Unit(url, probe.kind, probe.name.rsplit("-", 1)[0] + f"-{digest}"))
-    return local + remote
+    return label_shared_names(local + remote)
+
+
+def _unit_dict(unit: Unit) -> dict[str, Any]:
+    """A unit as build.json and DONE.json record it (the label only where there is one)."""
+    return {k: v for k, v in asdict(unit).items() if k != "label" or v}
 
 
 def init_ray(cfg: RayConfig) -> None:
@@ -427,7 +433,7 @@ def _read_json_object(store: Storage, rel: str, doing: str = "") -> dict[str, An
     naming it (and what was `doing`: '--append: ...')."""
     try:
         data = json.loads(store.read_bytes(rel).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # (nested thousands deep)
         raise ValueError(f"{doing}{store.url_of(rel)} is damaged: not JSON ({e}); nothing was written") from None
     if not isinstance(data, dict):
         raise ValueError(f"{doing}{store.url_of(rel)} is damaged: a JSON {type(data).__name__}, not an object")
@@ -562,7 +568,7 @@ def _build(
             "versions": _versions(),
             "started_at": _now(),
             "finished_at": None,
-            "units": [asdict(u) for u in units],
+            "units": [_unit_dict(u) for u in units],
             "signals": declared_signals(cfg.filters),
         }
         _put_json(store, "build.json", info)
@@ -763,7 +769,9 @@ def _append(
             f"a corpus is built by one config: append with its settings (see {store.url_of('build.json')})"
         )
     in_corpus = {u["name"] for u in info["units"]}
-    new_units = [u for u in units if u.name not in in_corpus]
+    # a new input named like one of the corpus (another folder's x.warc.gz) must not give its documents their ids
+    corpus_names = {u.get("label") or Path(str(u.get("path", ""))).name for u in info["units"]}
+    new_units = label_shared_names([u for u in units if u.name not in in_corpus], corpus_names)
     skipped = [u for u in units if u.name in in_corpus]
     for u in skipped:
         log.info("%s: already in the corpus, skipped", u.path)
@@ -782,7 +790,7 @@ def _append(
     if not pending:
         pending = {
             "inputs": _input_ids([u.path for u in new_units]),
-            "units": [asdict(u) for u in new_units],
+            "units": [_unit_dict(u) for u in new_units],
             "skipped": len(skipped),
             "started_at": _now(),
             "old_shards": len(_listed_shards(store)),

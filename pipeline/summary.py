@@ -105,6 +105,8 @@ def _hint(name: str, stage: dict[str, Any], stats: dict[str, Any], cfg: Any) -> 
         return "; ".join(parts)
     if base == "image_count":
         return _image_hint(stats, cfg)
+    if base == "extract" and not drops.get("no_main_content"):  # refused pages: too large, deep, undecodable, ...
+        return "these pages were refused before extraction (broken or hostile HTML); docs/build.md lists each reason"
     if base == "extract":
         return (
             f"trafilatura found no main content in many pages (navigation, index and media pages); "

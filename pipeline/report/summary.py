@@ -219,7 +219,7 @@ class SignalStats:
         for _, _, raw, reason in sorted(self.candidates, key=lambda c: c[1]):
             try:
                 sig = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 sig = {}
             rows.append(
                 (
@@ -384,7 +384,7 @@ def _signal_columns(signals: pa.ChunkedArray, scan: IndexScan) -> dict[str, np.n
         for raw in col.to_pylist():
             try:
                 sig = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 scan.invalid_signals += 1
                 continue
             for name, value in sig.items() if isinstance(sig, dict) else ():
@@ -587,7 +587,7 @@ REJECT_COLUMNS = ("id", "url", "stage", "item", "reason", "detail", "signals", "
 def _json_object(raw: str) -> dict[str, Any]:
     try:
         value = json.loads(raw) if raw else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
 

@@ -403,6 +403,38 @@ def test_pages_are_bounded_by_their_size_not_by_the_clock():
         ExtractConfig(max_depth=300)  # libxml2 stops nesting at 256: a larger bound could never fire
 
 
+def test_a_tag_with_too_many_attributes_is_refused_before_parsing():
+    """libxml2 compares each attribute of a tag with the ones before it: 100,000 attributes (under 1 MB) held
+    one C call ~30 s, past the reach of the time limit. More than MAX_ATTRIBUTES in one tag is the counted drop
+    too_many_attributes, decided by one linear scan; as many in a tag, in a script's text or in a comment
+    are no drop, nor is a quoted value holding `<` or `>`."""
+    import time
+
+    from crawl.extract import MAX_ATTRIBUTES
+
+    def attrs(n: int) -> str:
+        return " ".join(f"a{i}=1" for i in range(n))
+
+    crowded = page(f"<p {attrs(100_000)}>{PARA}</p>")
+    fine = page(
+        f"<p {attrs(MAX_ATTRIBUTES)}>{PARA}</p><script>if (a<b {attrs(5000)}) {{}}</script><!-- <i {attrs(5000)} -->"
+        f"<p title=\"<b {attrs(50)} > <i\" class='x>y'>{PARA}</p>"
+    )
+    pages = [
+        RawPage(url="https://x.example/crowded", body=crowded.encode(), source="c", id="c"),
+        RawPage(url="https://x.example/fine", body=fine.encode(), source="f", id="f"),
+    ]
+    ledger = Ledger()
+    started = time.monotonic()
+    assert [d.id for d in run_steps(pages, [ExtractStep()], ledger)] == ["f"]
+    assert time.monotonic() - started < 10
+    assert ledger.to_dict()["stages"][0]["drops"] == {"too_many_attributes": 1}
+    [row] = ledger.rejects
+    assert (
+        row["detail"].startswith("the tag at character ") and f"more than {MAX_ATTRIBUTES} attributes" in row["detail"]
+    )
+
+
 def test_time_limit_refuses_outside_the_main_thread():
     import threading
 

@@ -4,8 +4,10 @@ import random
 import re
 import tracemalloc
 import zlib
+from pathlib import Path
 
 import brotli
+import pyarrow as pa
 import pytest
 from _warcgen import deflate_bomb, http_response, page_html, page_record, warc_record, write_warc
 from conftest import real_path
@@ -288,6 +290,71 @@ def test_unreadable_bytes_are_skipped_to_the_next_record_and_counted(tmp_path):
     [rest] = [r for r in ledger.rejects if r["reason"] == "unit_unreadable_rest"]
     offset, size = map(int, re.search(r"unreadable from byte (\d+) of (\d+) to the end", rest["detail"]).groups())
     assert len(data) - len(recs[5]) < offset <= len(data) and size == len(data) + len(junk)
+
+
+def test_gzip_members_that_hold_no_warc_record_are_counted_and_swallow_no_records(tmp_path):
+    """In a .warc.gz, a whole gzip member whose text is no WARC record fastwarc reads (an unknown version line,
+    plain text) is a counted drop, first, between records or last; fastwarc skipped it quietly, and with it
+    the good record after it. An empty gzip member is nothing to count and stops no reading."""
+    recs = [page_record(f"http://m.test/{i}.html") for i in range(4)]
+    odd = page_record("http://m.test/odd.html").replace(b"WARC/1.0", b"WARC/9.9", 1)
+    members = [b"hello", recs[0], odd, recs[1], b"", recs[2], b"not a record", recs[3], b"", b"bye"]
+    warc = tmp_path / "members.warc.gz"
+    warc.write_bytes(b"".join(gzip.compress(m) for m in members))
+    pages, _, ledger = _read_capped(warc)
+    assert [p.url for p in pages] == [f"http://m.test/{i}.html" for i in range(4)]
+    read = ledger.to_dict()["stages"][0]
+    assert read == {"name": "read", "in": 8, "out": 4, "drops": {"warc_unreadable_bytes": 3, "unit_unreadable_rest": 1}}
+    assert all("gzip member" in r["detail"] for r in ledger.rejects)
+
+
+@pytest.mark.parametrize("suffix", [".warc", ".warc.gz"])
+def test_pages_whose_records_repeat_an_id_or_have_none_get_distinct_document_ids(tmp_path, suffix):
+    """A writer that repeats a WARC-Record-ID (or writes none) gave different pages one document id, and the
+    build failed in dedup ("staged documents have duplicate ids"). The first record keeps its id."""
+    recs = [page_record(f"http://r.test/{i}.html") for i in range(5)]
+    first_id = re.search(rb"WARC-Record-ID: (<[^>]*>)", recs[0]).group(1)
+    recs[1] = re.sub(rb"WARC-Record-ID: <[^>]*>", b"WARC-Record-ID: " + first_id, recs[1])
+    recs[2] = re.sub(rb"WARC-Record-ID: <[^>]*>", b"WARC-Record-ID: " + first_id, recs[2])
+    recs[3] = re.sub(rb"WARC-Record-ID: <[^>]*>\r\n", b"", recs[3])
+    recs[4] = re.sub(rb"WARC-Record-ID: <[^>]*>\r\n", b"", recs[4])
+    warc = write_warc(tmp_path / f"ids{suffix}", recs)
+    source = open_source(discover_units([str(warc)])[0])
+    source.index_images(captures=True)
+    pages = list(source.pages(Ledger()))
+    assert [p.url for p in pages] == [f"http://r.test/{i}.html" for i in range(5)]
+    assert len({p.id for p in pages}) == 5
+    assert pages[0].source == f"warc:{warc.name}#{first_id.decode().strip('<>')}"
+    assert all(source.same_captures(p) == [(p.fetched_at, p.id)] for p in pages)  # pass 1 names them alike
+
+
+def test_file_names_that_are_not_utf8_are_read_and_stored(tmp_path):
+    """A page file, a folder, a link or a WARC whose name is not UTF-8 (Python keeps such bytes as surrogates):
+    the unit was refused by a UnicodeEncodeError (discover_units, the document id) that ended the build; now
+    its documents and drops name it with \\xNN escapes, which Parquet stores."""
+    site = os.fsencode(tmp_path / "site")
+    os.makedirs(os.path.join(site, b"dir\xff"))
+    for name in (b"ok.html", b"bad\xfe.html", os.path.join(b"dir\xff", b"x.html")):
+        with open(os.path.join(site, name), "wb") as f:
+            f.write(page_html("t"))
+    os.symlink(b"/nonexistent", os.path.join(site, b"gone\xfd.html"))
+    warc = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"w\xff.warc.gz"))
+    write_warc(Path(warc), [page_record("http://u.test/a.html")])
+    pages, ledger = [], Ledger()
+    for unit in discover_units([os.fsdecode(site), warc]):
+        source = open_source(unit)
+        source.index_images()
+        pages += list(source.pages(ledger))
+    assert sorted(p.source for p in pages)[:3] == [
+        "html:site/bad\\xfe.html",
+        "html:site/dir\\xff/x.html",
+        "html:site/ok.html",
+    ]
+    assert pages[-1].source.startswith("warc:w\\xff.warc.gz#")
+    [drop] = ledger.rejects
+    assert drop["reason"] == "dangling_link" and drop["url"].endswith("gone\\xfd.html")
+    assert ledger.rejects_table().num_rows == 1
+    assert pa.Table.from_pylist([{"source": p.source, "url": p.url} for p in pages]).num_rows == 4
 
 
 @pytest.mark.parametrize("suffix", [".warc", ".warc.gz"])

@@ -201,6 +201,9 @@ def test_damaged_example_files_name_the_file_and_line(tmp_path):
     jsonl.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
     with pytest.raises(ValueError, match=r"ex.jsonl:2: not UTF-8"):
         list(iter_examples([jsonl]))
+    jsonl.write_text('{"text": "fine"}\n' + "[" * 100_000 + "]" * 100_000 + "\n")  # json's RecursionError
+    with pytest.raises(ValueError, match=r"ex.jsonl:2: expected a JSON object"):
+        list(iter_examples([jsonl]))
     page = tmp_path / "page.html.gz"
     page.write_bytes(b"<html>plain, not gzip</html>")
     with pytest.raises(ValueError, match=r"page.html.gz: not a readable gzip file"):

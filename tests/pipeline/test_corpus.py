@@ -131,6 +131,7 @@ def test_damaged_shards_raise_value_error_naming_the_shard(tmp_path):
         list(corpus.iter_documents())
     for body in (
         b"[1, 2]",
+        b"[" * 100_000 + b"]" * 100_000,  # nested too deep for json (a RecursionError escaped)
         b'{"id": "x", "url": "u", "source": "s", "texts": ["a"], "images": [null], "signals": ["not", "a", "dict"]}',
     ):
         buf = io.BytesIO()
@@ -141,6 +142,21 @@ def test_damaged_shards_raise_value_error_naming_the_shard(tmp_path):
         shard.write_bytes(buf.getvalue())
         with pytest.raises(ValueError, match="x.json"):
             list(corpus.iter_documents())
+
+
+def test_json_nested_thousands_deep_is_damage_naming_the_file(tmp_path):
+    """A manifest line, build.json or stats.json nested 100,000 deep: a ValueError naming the file, as for any
+    other damaged JSON (json's RecursionError reached inspect, refilter and the loader as a traceback)."""
+    [info] = write_shards(_docs(1), tmp_path, "p")
+    append_manifest(tmp_path, [info])
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "build.json").write_text(deep)
+    with pytest.raises(ValueError, match=r"build.json: not JSON \(maximum recursion depth"):
+        Corpus(tmp_path).read_json("build.json")
+    with (tmp_path / "manifest.jsonl").open("a") as f:
+        f.write(deep + "\n")
+    with pytest.raises(ValueError, match="manifest.jsonl line 2: not a shard entry"):
+        Corpus(tmp_path).shards()
 
 
 def test_a_corpus_url_whose_file_system_is_missing_is_a_value_error():

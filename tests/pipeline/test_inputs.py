@@ -170,3 +170,32 @@ def test_a_scheme_whose_package_is_missing_is_one_line(tmp_path, capsys):
     assert main(["build", "--input", "gs://bucket/warc.paths", "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "cannot read the path list: ImportError" in err and "Traceback" not in err
+
+
+def test_inputs_named_alike_give_their_documents_distinct_ids(tmp_path, monkeypatch):
+    """Documents are named by their input's file or folder name: two folders both named `html`, or a WARC and
+    its copy in another folder, gave documents the same ids and the build failed in dedup ("staged documents
+    have duplicate ids"). The first input of a name keeps it; one input given twice is one unit."""
+    from _warcgen import page_record, write_warc
+
+    from corpus.stats import Ledger
+    from crawl.sources import open_source
+    from pipeline.build import make_units
+
+    monkeypatch.chdir(tmp_path)
+    for site in ("site1", "site2"):
+        (tmp_path / site / "html").mkdir(parents=True)
+        (tmp_path / site / "html" / "index.html").write_text(f"<html><body><p>{site}</p></body></html>")
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        write_warc(tmp_path / folder / "x.warc.gz", [page_record("http://x.test/p.html")])
+    units = make_units(["site1/html", "site2/html/", "a/x.warc.gz", "./a/x.warc.gz", "b/x.warc.gz"])
+    assert [u.path for u in units] == ["a/x.warc.gz", "b/x.warc.gz", "site1/html", "site2/html"]
+    assert [bool(u.label) for u in units] == [False, True, False, True]
+    pages = []
+    for u in units:
+        source = open_source(u)
+        source.index_images()
+        pages += list(source.pages(Ledger()))
+    assert [p.source.split("#")[0].split("/")[0] for p in pages[::2]] == ["warc:x.warc.gz", "html:html"]
+    assert len({p.id for p in pages}) == 4

@@ -671,6 +671,26 @@ def test_against_estimates_from_the_id_sample(tmp_path):
     assert c["signals"]["gopher_n_words"]["b"]["count"] == 400
 
 
+def test_json_nested_thousands_deep_in_stats_build_and_signals_is_no_crash(tmp_path):
+    """stats.json, build.json and the index's signals JSON nested 100,000 deep: the report is written without
+    them (json's RecursionError was a traceback)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "c"
+    append_manifest(root, write_shards([planted_document()], root, "good"))
+    deep = "[" * 100_000 + "]" * 100_000
+    (root / "stats.json").write_text(deep)
+    (root / "build.json").write_text(deep)
+    index = root / "index" / "good-0000.parquet"
+    table = pq.read_table(index)
+    i = table.column_names.index("signals")
+    pq.write_table(table.set_column(i, "signals", pa.array([deep] * table.num_rows, table.schema.field(i).type)), index)
+    summary = make_report(root, tmp_path / "r", progress=False)
+    assert summary["funnel"] is None and "maximum recursion depth" in summary["funnel_error"]
+    assert summary["totals"]["documents"] == 1 and (tmp_path / "r" / "index.html").is_file()
+
+
 @pytest.mark.parametrize(
     "stats,why",
     [

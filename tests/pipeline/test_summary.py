@@ -57,3 +57,17 @@ def test_a_large_share_kept_gets_no_advice_and_errors_are_counted():
         "filters.c4.min_num_sentences=5; loosen these or set "
         "filters.c4.enabled=false"
     )
+
+
+def test_pages_refused_before_extraction_get_no_trafilatura_advice():
+    """Extract drops that are not no_main_content (hostile pages: too many attributes, too deep, undecodable) are
+    no matter of trafilatura's focus; the note used to say it found no main content."""
+    stats = {
+        "stages": [_stage("extract", 10, {"too_many_attributes": 7, "too_deep": 3})],
+        "items": {},
+        "counters": {},
+    }
+    assert explain(stats, BuildConfig())[1] == (
+        "extract removed 10 of 10 (too_many_attributes 7, too_deep 3): these pages were refused before extraction "
+        "(broken or hostile HTML); docs/build.md lists each reason"
+    )
