@@ -169,7 +169,9 @@ _WITHIN_ATTRIBUTES = re.compile(
 
 def check_attributes(html: str) -> None:
     """Raise `PageRefused` when a start tag of the page has more than MAX_ATTRIBUTES attributes."""
-    end = _WITHIN_ATTRIBUTES.match(html).end()
+    match = _WITHIN_ATTRIBUTES.match(html)
+    assert match is not None  # the pattern matches the empty string
+    end = match.end()
     if end < len(html):
         raise PageRefused(
             "too_many_attributes",

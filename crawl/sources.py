@@ -97,7 +97,7 @@ def label_shared_names(units: list[Unit], taken: set[str] | frozenset[str] = fro
 
 def discover_units(paths: list[str]) -> list[Unit]:
     """Turn resolved input paths into units, sorted by path (the order defines shard numbering)."""
-    units = []
+    units: list[Unit] = []
     for p in sorted(set(paths)):
         path = Path(p)
         if path.is_dir():
