@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import tarfile
 import threading
 import time
 from collections import Counter
@@ -324,3 +325,52 @@ def test_damaged_shards_are_skipped_and_counted(tmp_path, damage):
     got = [d.id for u in plan_parts(c.shards(), 0, 0, 1, 1)[0] for _, d in reader.read(u, 0, counters)]
     others = [d.id for d in c.iter_shard("part-001-0000", with_images=False)]
     assert counters["shard_read_errors"] == 1 and set(others) <= set(got) and len(got) < 7
+
+
+def _edit_last_sample(shard: Path, edit) -> None:
+    """Rewrite a shard with its last sample's JSON edited by `edit(obj)` (the earlier offsets stay)."""
+    with tarfile.open(shard) as t:
+        members = [(info.name, t.extractfile(info).read()) for info in t]  # type: ignore[union-attr]
+    last = [n for n, _ in members if n.endswith(".json")][-1]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        for name, data in members:
+            if name == last:
+                obj = json.loads(data)
+                edit(obj)
+                data = json.dumps(obj).encode()  # (ensure_ascii: a lone surrogate stays a \ud800 escape)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    shard.write_bytes(buf.getvalue())
+
+
+def _first_image(obj: dict) -> int:
+    return next(i for i, im in enumerate(obj["images"]) if im is not None)
+
+
+SAMPLE_DAMAGE = {
+    "text not a string": lambda o: o["texts"].__setitem__(0, 12345),
+    "text a list": lambda o: o["texts"].__setitem__(0, ["a"]),
+    "position with neither": lambda o: o["texts"].__setitem__(0, None),
+    "position with both": lambda o: o["texts"].__setitem__(_first_image(o), "text"),
+    "lone surrogate": lambda o: o["texts"].__setitem__(0, "a \ud800 b"),
+    "image not an object": lambda o: o["images"].__setitem__(_first_image(o), "x.jpg"),
+    "image width a string": lambda o: o["images"][_first_image(o)].__setitem__("width", "wide"),
+}
+
+
+@pytest.mark.parametrize("damage", list(SAMPLE_DAMAGE))
+def test_a_sample_json_of_the_wrong_shape_skips_its_shard_and_training_goes_on(tmp_path, corpus, damage):
+    """A sample whose JSON parses but is no document (a text that is a number or a list, a position holding
+    neither or both a text and an image, a lone surrogate escape no tokenizer takes, an image that is no
+    object) is damage like a torn tar: the reader skips the shard from there and counts it, and the loader
+    trains on (the encoder used to end the run with TypeError/KeyError)."""
+    root = build_corpus(tmp_path / "c", [3, 4])
+    c = Corpus(root)
+    _edit_last_sample(Path(c.shard_path("part-000-0000")), SAMPLE_DAMAGE[damage])
+    reader, counters = ShardReader(c), Counter()
+    got = [d.id for u in plan_parts(c.shards(), 0, 0, 1, 1)[0] for _, d in reader.read(u, 0, counters)]
+    assert counters["shard_read_errors"] == 1 and len(got) == 6
+    ld = Loader(DataConfig(**CFG), corpus[1], PATCH, corpus=str(root))
+    assert len(take(ld, 12)) == 12 and ld.counters()["shard_read_errors"] >= 1
