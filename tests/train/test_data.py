@@ -374,3 +374,19 @@ def test_a_sample_json_of_the_wrong_shape_skips_its_shard_and_training_goes_on(t
     assert counters["shard_read_errors"] == 1 and len(got) == 6
     ld = Loader(DataConfig(**CFG), corpus[1], PATCH, corpus=str(root))
     assert len(take(ld, 12)) == 12 and ld.counters()["shard_read_errors"] >= 1
+
+
+def test_a_shard_member_over_the_cap_is_damage_not_read_into_memory(tmp_path, corpus, monkeypatch):
+    """A member larger than any sample the build writes (a forged multi-GB JSON or image) is refused by its tar
+    header, before its bytes are read: the shard is skipped and counted (it was read whole into memory)."""
+    import corpus.format as cf
+
+    root = build_corpus(tmp_path / "c", [3, 4])
+    c = Corpus(root)
+    monkeypatch.setattr(cf, "MAX_MEMBER_BYTES", 1 << 20)
+    _edit_last_sample(Path(c.shard_path("part-000-0000")), lambda o: o["texts"].__setitem__(0, "x" * (2 << 20)))
+    reader, counters = ShardReader(c), Counter()
+    got = [d.id for u in plan_parts(c.shards(), 0, 0, 1, 1)[0] for _, d in reader.read(u, 0, counters)]
+    assert counters["shard_read_errors"] == 1 and len(got) == 6
+    with pytest.raises(ValueError, match=r"part-000-0000.tar: member \w+\.json holds \d+ bytes, over 1048576"):
+        list(c.iter_shard("part-000-0000", with_images=False))
