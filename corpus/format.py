@@ -309,6 +309,8 @@ def _iter_tar_documents(fileobj, with_images: bool, where: str) -> Iterator[Docu
                 raise ValueError(f"{where}: member {info.name} holds {info.size} bytes, over {MAX_MEMBER_BYTES}")
             data = tar.extractfile(info).read() if (suffix == "json" or with_images) else b""
             if suffix == "json":
+                if current is not None:  # (a sample of another key was handed on above)
+                    raise ValueError(f"{where}: member {info.name}: a second sample with the key {key}")
                 try:
                     current = Document.from_json(data)
                 except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as e:  # wrong shape, too deep

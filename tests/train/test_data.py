@@ -390,3 +390,26 @@ def test_a_shard_member_over_the_cap_is_damage_not_read_into_memory(tmp_path, co
     assert counters["shard_read_errors"] == 1 and len(got) == 6
     with pytest.raises(ValueError, match=r"part-000-0000.tar: member \w+\.json holds \d+ bytes, over 1048576"):
         list(c.iter_shard("part-000-0000", with_images=False))
+
+
+def test_a_sample_key_given_twice_is_damage_not_a_quiet_swap(tmp_path):
+    """Two samples with one key in a row (a forged or doubly written shard): the second replaced the first
+    without a word; now the shard is damage, skipped from there and counted."""
+    root = build_corpus(tmp_path / "c", [3, 4])
+    c = Corpus(root)
+    shard = Path(c.shard_path("part-000-0000"))
+    with tarfile.open(shard) as t:
+        members = [(info.name, t.extractfile(info).read()) for info in t]  # type: ignore[union-attr]
+    last = [k for k, (n, _) in enumerate(members) if n.endswith(".json")][-1]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        for name, data in members[: last + 1] + [members[last]] + members[last + 1 :]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    shard.write_bytes(buf.getvalue())
+    reader, counters = ShardReader(c), Counter()
+    got = [d.id for u in plan_parts(c.shards(), 0, 0, 1, 1)[0] for _, d in reader.read(u, 0, counters)]
+    assert counters["shard_read_errors"] == 1 and len(got) == 6
+    with pytest.raises(ValueError, match="a second sample with the key"):
+        list(c.iter_shard("part-000-0000", with_images=False))
