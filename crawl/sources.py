@@ -803,16 +803,22 @@ def _read_page_file(path: Path, limit: int) -> bytes:
         raise PayloadTooLarge(f"over {limit} bytes stored")
     if not path.name.lower().endswith(".gz"):
         return raw
-    d = zlib.decompressobj(31)
-    try:
-        body = d.decompress(raw, limit + 1)
-    except zlib.error as e:
-        raise OSError(f"{path}: not gzip data, or corrupt ({e})") from e
-    if len(body) > limit:
-        raise PayloadTooLarge(f"inflates to more than {limit} bytes ({len(raw)} bytes stored)")
-    if not d.eof:
-        raise OSError(f"{path}: gzip data cut short")
-    return body
+    out, view, pos = bytearray(), memoryview(raw), 0
+    while True:  # every gzip member, as gunzip reads them (cat a.gz b.gz, bgzip's blocks: one page)
+        d = zlib.decompressobj(31)
+        while not d.eof:
+            if pos >= len(raw):
+                raise OSError(f"{path}: gzip data cut short")
+            piece = view[pos : pos + (1 << 16)]  # in pieces: the bytes left after a member are never copied whole
+            try:
+                out += d.decompress(piece, limit + 1 - len(out))
+            except zlib.error as e:
+                raise OSError(f"{path}: not gzip data, or corrupt ({e})") from e
+            if len(out) > limit:
+                raise PayloadTooLarge(f"inflates to more than {limit} bytes ({len(raw)} bytes stored)")
+            pos += len(piece) - len(d.unused_data)
+        if raw[pos : pos + 2] != b"\x1f\x8b":  # bytes after the last member, as gunzip, are left
+            return bytes(out)
 
 
 class _LocalImages:

@@ -191,6 +191,28 @@ def test_html_folder_gzip_bomb_and_oversized_files_are_counted_drops(tmp_path):
     assert src.images.fetch_many([url]) == {url: "too_large_bytes"}
 
 
+def test_a_page_file_of_several_gzip_members_is_read_whole(tmp_path):
+    """gunzip reads every member of a .gz file (cat a.gz b.gz, bgzip's 64 KB blocks); the reader took the
+    first member only, and the rest of the page was lost without a word. Bytes after the last member are
+    left (as gunzip does); a member cut short is the drop unreadable_file; many tiny members cost linear time."""
+    import time
+
+    html = b"<html><body>" + b"".join(b"<p>paragraph %d</p>" % i for i in range(5000)) + b"</body></html>"
+    pieces = [html[i : i + 1000] for i in range(0, len(html), 1000)]
+    (tmp_path / "blocks.html.gz").write_bytes(b"".join(gzip.compress(p) for p in pieces))
+    (tmp_path / "trailing.html.gz").write_bytes(gzip.compress(html) + b"not gzip")
+    (tmp_path / "cut.html.gz").write_bytes(gzip.compress(html[:500]) + gzip.compress(html)[:100])
+    (tmp_path / "empties.html.gz").write_bytes(gzip.compress(b"") * 200_000 + gzip.compress(html))  # 4 MB
+    unit = discover_units([str(tmp_path)])[0]
+    ledger = Ledger()
+    started = time.process_time()
+    pages = {p.source.rsplit("/", 1)[1]: p.body for p in open_source(unit).pages(ledger)}
+    assert time.process_time() - started < 10
+    assert pages == {"blocks.html.gz": html, "empties.html.gz": html, "trailing.html.gz": html}
+    assert ledger.to_dict()["stages"][0]["drops"] == {"unreadable_file": 1}
+    assert "cut.html.gz: gzip data cut short" in ledger.rejects[0]["detail"]
+
+
 # ---- hostile WARCs (issue 11) ---------------------------------------------------------------------------
 def _read_capped(path, **caps):
     src = open_source(discover_units([str(path)])[0], **caps)
