@@ -176,15 +176,24 @@ def dechunk(raw: bytes) -> bytes | None:
 
 
 def _inflate_zlib(raw: bytes, limit: int) -> bytes | None:
-    """gzip or zlib stream -> at most `limit` bytes (PayloadTooLarge past it); None when `raw` is not one."""
-    d = zlib.decompressobj(47)  # 47: auto-detect gzip/zlib header
-    try:
-        out = d.decompress(raw, limit + 1)  # inflates no further than limit + 1 bytes, whatever the ratio
-    except zlib.error:
-        return None
-    if len(out) > limit:
-        raise PayloadTooLarge(f"inflates to more than {limit} bytes ({len(raw)} bytes stored)")
-    return out  # a stream cut short gives what it holds
+    """gzip or zlib stream -> at most `limit` bytes (PayloadTooLarge past it); None when `raw` is not one. A
+    gzip body of several members (as gunzip and browsers read it) gives them all; a stream cut short, or a
+    damaged member after the first, gives what came before."""
+    out, view, pos, first = bytearray(), memoryview(raw), 0, True
+    while True:
+        d = zlib.decompressobj(47)  # 47: auto-detect gzip/zlib header
+        while not d.eof and pos < len(raw):
+            piece = view[pos : pos + (1 << 16)]  # in pieces: the bytes left after a member are never copied whole
+            try:
+                out += d.decompress(piece, limit + 1 - len(out))  # no further than limit + 1, whatever the ratio
+            except zlib.error:
+                return None if first else bytes(out)
+            if len(out) > limit:
+                raise PayloadTooLarge(f"inflates to more than {limit} bytes ({len(raw)} bytes stored)")
+            pos += len(piece) - len(d.unused_data)
+        if not d.eof or raw[pos : pos + 2] != b"\x1f\x8b":
+            return bytes(out)
+        first = False
 
 
 def _inflate_brotli(raw: bytes, limit: int) -> bytes | None:

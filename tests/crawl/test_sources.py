@@ -125,6 +125,18 @@ def test_lenient_payload_decoding():
     assert decode_payload(gzip.compress(b"<p>x</p>"), {"content-encoding": "gzip"}) == b"<p>x</p>"
 
 
+def test_a_gzip_body_of_several_members_is_decoded_whole_and_capped():
+    """A Content-Encoding: gzip body of several members (as gunzip and browsers read it) decoded to its first
+    member only: the rest of the page was lost without a word. Every member counts toward the byte cap."""
+    html = b"<html><body>" + b"".join(b"<p>paragraph %d</p>" % i for i in range(3000)) + b"</body></html>"
+    body = b"".join(gzip.compress(html[i : i + 700]) for i in range(0, len(html), 700))
+    assert decode_payload(body, {"content-encoding": "gzip"}) == html
+    assert decode_payload(body + b"junk", {"content-encoding": "gzip"}) == html
+    assert decode_payload(body[:-5], {"content-encoding": "gzip"}) == html  # a cut trailer: the text is all there
+    with pytest.raises(PayloadTooLarge):
+        decode_payload(gzip.compress(b" " * 600_000) * 9, {"content-encoding": "gzip"}, limit=5_000_000)
+
+
 def test_html_folder_source(tmp_path):
     (tmp_path / "a.html").write_text("<html><body><p>hello</p></body></html>")
     (tmp_path / "sub").mkdir()
