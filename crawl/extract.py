@@ -1,7 +1,8 @@
 """HTML -> interleaved `Document`: main content in reading order, images kept at their positions.
 
 The pipeline of one page:
-1. `decode_html`: bytes -> str (BOM, Content-Type charset, `<meta charset>`, UTF-8, then detection);
+1. `decode_html`: bytes -> str (BOM, Content-Type charset, `<meta charset>`, UTF-8, then detection; a label
+   that lies is skipped: UTF-16/32 for bytes without a NUL, codecs no browser knows such as utf-7);
    binary garbage raises `ValueError`.
 2. `prepare_tree`: parse with lxml and normalise every image before any extraction runs: a lazy image takes
    Readability's choice (its last attribute holding one image URL, mostly the largest variant), else
@@ -208,9 +209,18 @@ def _garbage_share(text: str) -> float:
     return len(_GARBAGE_CHARS.findall(sample)) / len(sample)
 
 
+# Python codecs no browser knows as a charset that turn ordinary bytes into other text (escape sequences read as
+# characters, `+...-` as base64, lone surrogates): a label naming one is a lie, not an encoding
+_NOT_CHARSETS = frozenset({"utf-7", "unicode-escape", "raw-unicode-escape", "punycode", "idna"})
+
+
 def _try_decode(body: bytes, charset: str) -> str | None:
     try:
-        codecs.lookup(charset)
+        name = codecs.lookup(charset).name
+        if name in _NOT_CHARSETS:
+            return None
+        if name.startswith(("utf-16", "utf-32")) and b"\x00" not in body[:4096]:
+            return None  # HTML in UTF-16/32 has NUL bytes in its ASCII markup; without: the label lies (WHATWG)
         return body.decode(charset)
     except (LookupError, UnicodeDecodeError, ValueError):
         return None

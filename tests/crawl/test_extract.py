@@ -339,6 +339,23 @@ def test_decode_html_charsets():
     assert decode_html(text.encode("utf-16"), None) == text  # BOM
 
 
+def test_charset_labels_that_lie_are_skipped():
+    """A UTF-8 page labelled UTF-16 without a BOM (the header, or `<meta charset=utf-16>`, which WHATWG reads
+    as UTF-8 for this reason) decoded to CJK-looking garbage that became a document; Python codecs no browser
+    knows (utf-7, unicode_escape, raw_unicode_escape) turned `+...-` and `\\u...` into other text, lone
+    surrogates included. Such labels are skipped: the page decodes as the next candidate (meta, UTF-8)."""
+    text = "<html><head><title>Köln +AGEAYgBj- \\ud800 \\n</title></head><body><p>Grüße, ça va?</p></body></html>"
+    body = text.encode("utf-8")
+    body += b" " * (len(body) % 2)  # (an even length: UTF-16 decodes it without an error)
+    for label in ("utf-16", "UTF-16LE", "utf-16be", "utf-32", "utf-7", "unicode_escape", "raw_unicode_escape"):
+        assert decode_html(body, label).rstrip() == text, label
+    meta = b"<html><head><meta charset='utf-16'></head><body><p>Gr\xc3\xbc\xc3\x9fe</p></body></html>"
+    assert "Grüße" in decode_html(meta + b" " * (len(meta) % 2), None)
+    utf16 = text.encode("utf-16-le")  # a real UTF-16 page without a BOM keeps its label
+    assert decode_html(utf16, "utf-16le") == text
+    assert decode_html("<p>Grüße</p>".encode("utf-16"), "utf-7") == "<p>Grüße</p>"  # the BOM first
+
+
 def test_undecodable_and_too_large_are_counted_drops():
     binary = bytes(range(256)) * 4  # control bytes everywhere: not text in any charset
     with pytest.raises(ValueError):
