@@ -234,18 +234,28 @@ def test_pixels_are_pillow_bicubic_patches_normalised_once_per_batch(corpus):
             assert torch.equal(getattr(got, name), getattr(raw, name)), name
 
 
+def unknown_pixel_format_dds() -> bytes:
+    """A DDS file whose pixel format flags are 0: Pillow opens it with NotImplementedError, no OSError."""
+    buf = io.BytesIO()
+    PILImage.new("RGB", (64, 48)).save(buf, "DDS")
+    data = buf.getvalue()
+    return data[:80] + b"\x00\x00\x00\x00" + data[84:]
+
+
 def test_bad_images_are_dropped_and_counted(tmp_path, corpus):
     doc = make_documents(1, images_per_doc=2)[0]
     broken = (REAL / "images" / "edge_cases" / "skimage__truncated.jpg").read_bytes()[:200]
     doc.append_image(Image(url="https://example.org/broken.jpg", format="jpeg", data=broken))
     doc.append_image(Image(url="https://example.org/not-an-image.png", format="png", data=b"\x00" * 64))
+    # a DDS of unknown pixel format: Pillow raises NotImplementedError, which used to end the training run
+    doc.append_image(Image(url="https://example.org/odd.dds", format="dds", data=unknown_pixel_format_dds()))
     doc.append_text("closing words")
     infos = write_shards([doc], tmp_path / "c", "bad")
     append_manifest(tmp_path / "c", infos)
     ld = Loader(DataConfig(**CFG), corpus[1], PATCH, corpus=str(tmp_path / "c"))
     b = take(ld, 1)[0]
     cnt = ld.counters()
-    assert cnt["images_dropped:undecodable"] >= 2 and cnt["images_kept"] >= 2
+    assert cnt["images_dropped:undecodable"] >= 3 and cnt["images_kept"] >= 2
     assert cnt["images"] == cnt["images_kept"] + cnt["images_dropped:undecodable"]
     assert b.n_images >= 1
 
