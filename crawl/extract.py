@@ -30,7 +30,9 @@ What a page costs is bounded by the page itself, never by the clock, so that the
 corpus on an idle and on a loaded machine: `extract.max_html_bytes` (checked before decoding), MAX_ATTRIBUTES
 attributes in one tag (checked before parsing: libxml2's cost grows with their square), `extract.max_elements`
 and `extract.max_depth` (checked on the parsed tree, before trafilatura; libxml2 itself stops nesting at 256
-levels). Each is a counted drop (`html_too_large`, `too_many_attributes`, `too_many_elements`, `too_deep`).
+levels), MAX_IMAGE_BLOCKS blocks holding only an image in a row (trafilatura's Readability fallback: their
+square). Each is a counted drop (`html_too_large`, `too_many_attributes`, `too_many_elements`, `too_deep`,
+`too_many_image_blocks`).
 
 The per-document time limit (`extract.timeout_s`, generous) is only a safety net for a page the bounds do
 not catch. It is a real stop: `SIGALRM` (via `signal.setitimer`) interrupts the extraction. That needs the
@@ -41,7 +43,8 @@ error of the run (`errors/extract_timeout`), which the build reports as such: th
 another run's.
 
 `ExtractStep` wraps it all as the build's "extract" step, with counted drops `html_too_large`,
-`undecodable_html`, `too_many_attributes`, `too_many_elements`, `too_deep`, `extract_timeout`, `no_image_candidates`
+`undecodable_html`, `too_many_attributes`, `too_many_elements`, `too_deep`, `too_many_image_blocks`,
+`extract_timeout`, `no_image_candidates`
 (and the image gate's own reasons, such as `no_usable_image`), `no_main_content`, and the per-image drops above.
 """
 
@@ -180,13 +183,51 @@ def check_attributes(html: str) -> None:
         )
 
 
+# trafilatura's Readability fallback looks, for each block without text (a div, table, ul, section, ... holding
+# only an image), along its siblings for the nearest one with text: a row of n such image blocks costs n*n
+# text_content calls (10,000 `<div><img></div>` in a row, 0.5 MB: ~50 s; 10,000 `<ul><li><img>`: ~200 s,
+# past the time limit). A page with a longer row than this is the drop `too_many_image_blocks`, before it runs.
+MAX_IMAGE_BLOCKS = 1000
+_TEXTLESS = etree.XPath("//*[not(normalize-space())]")
+_IMAGE_BLOCKS = etree.XPath(
+    "//*[self::div or self::table or self::ul or self::aside or self::header or self::footer or self::section]"
+    "[descendant::img][not(normalize-space())]"
+)
+
+
+def _image_block_row(tree: etree._Element) -> int:
+    """The most blocks holding an image and no text among consecutive siblings without text (elements with
+    text end a row; text between them does not: Readability reads the siblings' own text)."""
+    blocks = _IMAGE_BLOCKS(tree)
+    if len(blocks) <= MAX_IMAGE_BLOCKS:
+        return len(blocks)
+    textless, counted = set(_TEXTLESS(tree)), set(blocks)
+    longest = 0
+    for parent in {b.getparent() for b in blocks}:
+        row = 0
+        for child in parent:
+            if child not in textless:
+                row = 0
+            elif child in counted:
+                row += 1
+                longest = max(longest, row)
+    return longest
+
+
 def check_bounds(tree: etree._Element, config: ExtractConfig) -> None:
-    """Raise `PageRefused` when the parsed page has more elements or deeper nesting than the config allows."""
+    """Raise `PageRefused` when the parsed page has more elements or deeper nesting than the config allows,
+    or a row of more than MAX_IMAGE_BLOCKS image blocks without text."""
     n_elements = int(_COUNT_ELEMENTS(tree))
     if n_elements > config.max_elements:
         raise PageRefused("too_many_elements", f"{n_elements} elements > max_elements {config.max_elements}")
     if _deeper_than(config.max_depth)(tree):  # (the walk that measures the depth only for the message)
         raise PageRefused("too_deep", f"nesting depth {_deepest(tree)} > max_depth {config.max_depth}")
+    row = _image_block_row(tree)
+    if row > MAX_IMAGE_BLOCKS:
+        raise PageRefused(
+            "too_many_image_blocks",
+            f"{row} blocks holding an image and no text in a row > {MAX_IMAGE_BLOCKS} (Readability's cost: their square)",
+        )
 
 
 class ExtractTimeout(BaseException):
@@ -1048,7 +1089,7 @@ def extract_document(
 
 class ExtractStep(Step):
     """RawPage -> Document. Drops: html_too_large, undecodable_html, too_many_attributes, too_many_elements,
-    too_deep, no_image_candidates, extract_timeout (also counted as the run error `errors/extract_timeout`),
+    too_deep, too_many_image_blocks, no_image_candidates, extract_timeout (also counted as the run error `errors/extract_timeout`),
     no_main_content; the images left out of a kept document are item drops `extract/image` with their
     reasons (rejects rows)."""
 

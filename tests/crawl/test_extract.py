@@ -440,6 +440,32 @@ def test_noscript_fallbacks_cost_time_linear_in_the_page():
     assert [im.get("src") for im in tree.iter("img")] == ["/real.jpg"]
 
 
+def test_a_long_row_of_image_blocks_is_refused_before_trafilatura():
+    """trafilatura's Readability fallback scans the siblings of every block holding only an image for the
+    nearest one with text: 20,000 `<div><img></div>` in a row (1 MB) took ~180 s, 10,000 `<ul><li><img>` ~200 s,
+    past the time limit (an extract_timeout, an error of the run). More than MAX_IMAGE_BLOCKS of them in a
+    row is the counted drop too_many_image_blocks, decided before trafilatura runs, in well under a second;
+    as many broken into shorter rows by blocks with text are extracted."""
+    from crawl.extract import MAX_IMAGE_BLOCKS
+
+    gallery = "".join(f'<div class="thumb"><img src="/g/{i}.jpg"></div>' for i in range(20_000))
+    lists = "".join(f'<ul><li><img src="/l/{i}.jpg"></li></ul>' for i in range(MAX_IMAGE_BLOCKS + 1))
+    rows = "".join(
+        f'<div><img src="/r/{i}.jpg"></div>' + (f"<div>{PARA}</div>" if i % 500 == 499 else "") for i in range(1500)
+    )
+    pages = [
+        RawPage(url=f"https://x.example/{name}", body=page(f"<p>{PARA}</p>{body}").encode(), source=name, id=name)
+        for name, body in [("gallery", gallery), ("lists", lists), ("rows", rows)]
+    ]
+    ledger = Ledger()
+    started = time.process_time()
+    kept = list(run_steps(pages[:2], [ExtractStep()], ledger))
+    assert time.process_time() - started < 10 and kept == []
+    assert ledger.to_dict()["stages"][0]["drops"] == {"too_many_image_blocks": 2}
+    assert ledger.rejects[0]["detail"].startswith("20000 blocks holding an image and no text in a row > 1000")
+    assert [d.id for d in run_steps(pages[2:], [ExtractStep()], Ledger())] == ["rows"]
+
+
 def test_a_tag_with_too_many_attributes_is_refused_before_parsing():
     """libxml2 compares each attribute of a tag with the ones before it: 100,000 attributes (under 1 MB) held
     one C call ~30 s, past the reach of the time limit. More than MAX_ATTRIBUTES in one tag is the counted drop
