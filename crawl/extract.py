@@ -30,9 +30,9 @@ What a page costs is bounded by the page itself, never by the clock, so that the
 corpus on an idle and on a loaded machine: `extract.max_html_bytes` (checked before decoding), MAX_ATTRIBUTES
 attributes in one tag (checked before parsing: libxml2's cost grows with their square), `extract.max_elements`
 and `extract.max_depth` (checked on the parsed tree, before trafilatura; libxml2 itself stops nesting at 256
-levels), MAX_IMAGE_BLOCKS blocks holding only an image in a row (trafilatura's Readability fallback: their
-square). Each is a counted drop (`html_too_large`, `too_many_attributes`, `too_many_elements`, `too_deep`,
-`too_many_image_blocks`).
+levels), MAX_PARAGRAPH_CHILDREN child elements of one <p> and MAX_IMAGE_BLOCKS blocks holding only an image
+in a row (trafilatura's costs: their square). Each is a counted drop (`html_too_large`, `too_many_attributes`,
+`too_many_elements`, `too_deep`, `crowded_paragraph`, `too_many_image_blocks`).
 
 The per-document time limit (`extract.timeout_s`, generous) is only a safety net for a page the bounds do
 not catch. It is a real stop: `SIGALRM` (via `signal.setitimer`) interrupts the extraction. That needs the
@@ -43,7 +43,8 @@ error of the run (`errors/extract_timeout`), which the build reports as such: th
 another run's.
 
 `ExtractStep` wraps it all as the build's "extract" step, with counted drops `html_too_large`,
-`undecodable_html`, `too_many_attributes`, `too_many_elements`, `too_deep`, `too_many_image_blocks`,
+`undecodable_html`, `too_many_attributes`, `too_many_elements`, `too_deep`, `crowded_paragraph`,
+`too_many_image_blocks`,
 `extract_timeout`, `no_image_candidates`
 (and the image gate's own reasons, such as `no_usable_image`), `no_main_content`, and the per-image drops above.
 """
@@ -195,6 +196,13 @@ _IMAGE_BLOCKS = etree.XPath(
 )
 
 
+# trafilatura's paragraph pass costs the square of a <p>'s child elements (40,000 <b> in one <p>, 0.5 MB: ~10 s,
+# 100,000: minutes), while 40,000 in a <div>, <li> or <td> cost ~1 s: a <p> with more child elements than this
+# is the drop `crowded_paragraph`, before it runs
+MAX_PARAGRAPH_CHILDREN = 10_000
+_CROWDED_PARAGRAPH = etree.XPath(f"boolean(//p[count(*) > {MAX_PARAGRAPH_CHILDREN}])")
+
+
 def _image_block_row(tree: etree._Element) -> int:
     """The most blocks holding an image and no text among consecutive siblings without text (elements with
     text end a row; text between them does not: Readability reads the siblings' own text)."""
@@ -216,12 +224,16 @@ def _image_block_row(tree: etree._Element) -> int:
 
 def check_bounds(tree: etree._Element, config: ExtractConfig) -> None:
     """Raise `PageRefused` when the parsed page has more elements or deeper nesting than the config allows,
-    or a row of more than MAX_IMAGE_BLOCKS image blocks without text."""
+    a <p> of more than MAX_PARAGRAPH_CHILDREN child elements, or a row of more than MAX_IMAGE_BLOCKS image
+    blocks without text."""
     n_elements = int(_COUNT_ELEMENTS(tree))
     if n_elements > config.max_elements:
         raise PageRefused("too_many_elements", f"{n_elements} elements > max_elements {config.max_elements}")
     if _deeper_than(config.max_depth)(tree):  # (the walk that measures the depth only for the message)
         raise PageRefused("too_deep", f"nesting depth {_deepest(tree)} > max_depth {config.max_depth}")
+    if _CROWDED_PARAGRAPH(tree):
+        crowded = max(len(p) for p in tree.iter("p"))
+        raise PageRefused("crowded_paragraph", f"a <p> with {crowded} child elements > {MAX_PARAGRAPH_CHILDREN}")
     row = _image_block_row(tree)
     if row > MAX_IMAGE_BLOCKS:
         raise PageRefused(
@@ -1089,7 +1101,7 @@ def extract_document(
 
 class ExtractStep(Step):
     """RawPage -> Document. Drops: html_too_large, undecodable_html, too_many_attributes, too_many_elements,
-    too_deep, too_many_image_blocks, no_image_candidates, extract_timeout (also counted as the run error `errors/extract_timeout`),
+    too_deep, crowded_paragraph, too_many_image_blocks, no_image_candidates, extract_timeout (also counted as the run error `errors/extract_timeout`),
     no_main_content; the images left out of a kept document are item drops `extract/image` with their
     reasons (rejects rows)."""
 

@@ -466,6 +466,25 @@ def test_a_long_row_of_image_blocks_is_refused_before_trafilatura():
     assert [d.id for d in run_steps(pages[2:], [ExtractStep()], Ledger())] == ["rows"]
 
 
+def test_a_paragraph_of_too_many_child_elements_is_refused_before_trafilatura():
+    """trafilatura's paragraph pass costs the square of a <p>'s child elements: 99,000 <span> in one <p> (2 MB,
+    within max_elements) took ~200 s, past the time limit. More than MAX_PARAGRAPH_CHILDREN is the counted drop
+    crowded_paragraph, decided before trafilatura runs; as many in a <div> are extracted."""
+    from crawl.extract import MAX_PARAGRAPH_CHILDREN
+
+    words = "".join(f"<b>w{i} </b>" for i in range(MAX_PARAGRAPH_CHILDREN + 1))
+    pages = [
+        RawPage(url=f"https://x.example/{name}", body=page(f"<p>{PARA}</p>{body}").encode(), source=name, id=name)
+        for name, body in [("p", f"<p>{words}</p>"), ("div", f"<div>{words}</div>")]
+    ]
+    ledger = Ledger()
+    started = time.process_time()
+    assert [d.id for d in run_steps(pages, [ExtractStep()], ledger)] == ["div"]
+    assert time.process_time() - started < 10
+    assert ledger.to_dict()["stages"][0]["drops"] == {"crowded_paragraph": 1}
+    assert ledger.rejects[0]["detail"] == "a <p> with 10001 child elements > 10000"
+
+
 def test_a_tag_with_too_many_attributes_is_refused_before_parsing():
     """libxml2 compares each attribute of a tag with the ones before it: 100,000 attributes (under 1 MB) held
     one C call ~30 s, past the reach of the time limit. More than MAX_ATTRIBUTES in one tag is the counted drop
