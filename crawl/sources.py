@@ -3,7 +3,7 @@
 A unit of work is one input: a WARC/WARC.gz file, or a folder of `.html`/`.html.gz` files.
 Every record read is accounted for in the `read` stage of the ledger: it becomes a page (out) or a drop
 with a reason (`record_type:request`, `image_resource`, `not_html:text/css`, `http_status:404`,
-`revisit_duplicate`, `page_url_not_http`, `warc_read_error`, ...).
+`revisit_duplicate`, `page_url_not_http`, `bad_http_status`, `warc_read_error`, ...).
 
 WARC reading is two passes with fastwarc: pass 1 indexes image responses (by normalised URL and by payload
 digest, so revisit records of images resolve too), pass 2 streams HTML pages. Payloads are decoded here,
@@ -650,6 +650,8 @@ class WarcSource:
         status = rec.http_headers.status_code if rec.http_headers is not None else 200
         if ctype.startswith("image/"):
             return "image_too_large" if offset in self._too_large else "image_resource"
+        if status is None:
+            return "bad_http_status"  # an empty or garbled response block: no status line to read
         if status != 200:
             return f"http_status:{status}"
         if ctype not in HTML_TYPES:
@@ -694,6 +696,8 @@ class WarcSource:
             reason, detail, body = self._reason(offset, rec), "", b""
             if reason == "warc_read_error":
                 detail = f"{name}: record at byte {offset}: WARC header without Content-Length (cut short?)"
+            elif reason == "bad_http_status":
+                detail = f"{name}: record at byte {offset}: no HTTP status line (an empty or garbled response block)"
             elif reason == "page_url_not_http":
                 detail = f"{name}: record at byte {offset}: WARC-Target-URI {url[:200]!r} is not an http(s) URL"
             if reason is None:

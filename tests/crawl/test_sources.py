@@ -497,3 +497,22 @@ def test_pages_whose_target_uri_is_not_a_web_url_are_counted_drops(tmp_path):
     assert ledger.to_dict()["stages"][0] == {"name": "read", "in": 7, "out": 2, "drops": {"page_url_not_http": 5}}
     assert [r["reason"] for r in ledger.rejects] == ["page_url_not_http"] * 5
     assert "'javascript:alert(document.cookie)' is not an http(s) URL" in ledger.rejects[0]["detail"]
+
+
+def test_a_response_without_a_readable_status_line_is_a_named_drop(tmp_path):
+    """A response record whose block is empty (Content-Length 0) or whose status line is garbage was counted as
+    `http_status:None`; it is the drop bad_http_status naming the record, and reading goes on."""
+    url = "http://example.com/"
+    records = [
+        warc_record(url + "empty", b""),
+        warc_record(url + "garbage", b"GARBAGE\r\nContent-Type: text/html\r\n\r\n" + page_html("g")),
+        warc_record(url + "huge", http_response(page_html("h"), status="99999999999999999999 OK")),
+        page_record(url + "ok"),
+    ]
+    unit = discover_units([str(write_warc(tmp_path / "s.warc.gz", records))])[0]
+    src = open_source(unit)
+    src.index_images()
+    ledger = Ledger()
+    assert [p.url for p in src.pages(ledger)] == [url + "ok"]
+    assert ledger.to_dict()["stages"][0]["drops"] == {"bad_http_status": 3}
+    assert all("no HTTP status line" in r["detail"] for r in ledger.rejects)
