@@ -38,6 +38,10 @@ from corpus.record import INDEX_SCHEMA, Document, index_row
 from corpus.storage import write_parquet_atomic
 
 MANIFEST = "manifest.jsonl"
+# the most bytes a reader takes from one shard member (a sample's JSON or an image): no sample the build writes
+# comes near it (pages are capped at extract.max_html_bytes, images re-encoded at images.max_side); a larger
+# member is damage, refused before it is read into memory
+MAX_MEMBER_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -282,7 +286,8 @@ class Corpus:
 def iter_tar_documents(fileobj, with_images: bool = True, where: str = "") -> Iterator[Document]:
     """Decode samples from a shard stream. Only JSON and raw image bytes are read: nothing is unpickled.
 
-    A damaged shard (not a tar, truncated, a sample JSON of the wrong shape) raises ValueError naming `where`."""
+    A damaged shard (not a tar, truncated, a sample JSON of the wrong shape, a member over MAX_MEMBER_BYTES)
+    raises ValueError naming `where`."""
     try:
         yield from _iter_tar_documents(fileobj, with_images, where)
     except tarfile.TarError as e:
@@ -300,8 +305,12 @@ def _iter_tar_documents(fileobj, with_images: bool, where: str) -> Iterator[Docu
             if current is not None and key != current.id:
                 yield _attach(current, members, with_images, where)
                 current, members = None, {}
+            if (suffix == "json" or with_images) and info.size > MAX_MEMBER_BYTES:
+                raise ValueError(f"{where}: member {info.name} holds {info.size} bytes, over {MAX_MEMBER_BYTES}")
             data = tar.extractfile(info).read() if (suffix == "json" or with_images) else b""
             if suffix == "json":
+                if current is not None:  # (a sample of another key was handed on above)
+                    raise ValueError(f"{where}: member {info.name}: a second sample with the key {key}")
                 try:
                     current = Document.from_json(data)
                 except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as e:  # wrong shape, too deep

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -44,7 +45,17 @@ class Image:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Image:
-        known = {k: d[k] for k in IMAGE_FIELDS if k in d}
+        """An image from its JSON object; ValueError when it is not one (not an object, no url, a field of
+        the wrong type)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"an image must be a JSON object, got {type(d).__name__}")
+        known = {k: d[k] for k in IMAGE_FIELDS if d.get(k) is not None}
+        if "url" not in known:
+            raise ValueError("an image lacks its url")
+        for k, v in known.items():
+            want = int if k in ("width", "height") else str
+            if not isinstance(v, want) or isinstance(v, bool):
+                raise ValueError(f"image field {k} must be {want.__name__}, got {v!r:.40}")
         return cls(**known)
 
 
@@ -126,9 +137,22 @@ class Document:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Document:
+        """A document from its JSON object; ValueError when it is not one: a field missing, texts/images not
+        lists, a position holding neither or both a text and an image, a text that is not a string."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a document must be a JSON object, got {type(d).__name__}")
         missing = [k for k in ("id", "url", "source", "texts", "images") if k not in d]
         if missing:
             raise ValueError(f"document record lacks field(s) {missing}")
+        texts, images = d["texts"], d["images"]
+        if not (isinstance(texts, list) and isinstance(images, list)):
+            raise ValueError(f"document {d['id']!r:.40}: texts and images must be lists")
+        for i, (t, im) in enumerate(zip(texts, images)):
+            if (t is None) == (im is None):
+                held = "neither a text nor" if t is None else "both a text and"
+                raise ValueError(f"document {d['id']!r:.40}: position {i} holds {held} an image")
+            if t is not None and not isinstance(t, str):
+                raise ValueError(f"document {d['id']!r:.40}: text at position {i} is not a string")
         doc = cls(
             id=str(d["id"]),
             url=str(d["url"]),
@@ -148,7 +172,21 @@ class Document:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Document:
-        return cls.from_dict(json.loads(raw))
+        """A document from its JSON; ValueError when that is not a document (see `from_dict`) or holds a lone
+        surrogate escape (`"\\ud800"`: no text, and no tokenizer or UTF-8 writer takes it)."""
+        d = json.loads(raw)
+        escaped = _ESCAPED_SURROGATE_B.search(raw) if isinstance(raw, bytes) else _ESCAPED_SURROGATE.search(raw)
+        if escaped:
+            try:
+                json.dumps(d, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("a string holds a lone surrogate (a \\ud800-\\udfff escape)") from None
+        return cls.from_dict(d)
+
+
+# a JSON escape of a UTF-16 surrogate: in a valid pair (an emoji another writer escaped) or alone (not text)
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+_ESCAPED_SURROGATE_B = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def make_doc_id(source: str) -> str:

@@ -1,7 +1,8 @@
 """HTML -> interleaved `Document`: main content in reading order, images kept at their positions.
 
 The pipeline of one page:
-1. `decode_html`: bytes -> str (BOM, Content-Type charset, `<meta charset>`, UTF-8, then detection);
+1. `decode_html`: bytes -> str (BOM, Content-Type charset, `<meta charset>`, UTF-8, then detection; a label
+   that lies is skipped: UTF-16/32 for bytes without a NUL, codecs no browser knows such as utf-7);
    binary garbage raises `ValueError`.
 2. `prepare_tree`: parse with lxml and normalise every image before any extraction runs: a lazy image takes
    Readability's choice (its last attribute holding one image URL, mostly the largest variant), else
@@ -29,7 +30,9 @@ What a page costs is bounded by the page itself, never by the clock, so that the
 corpus on an idle and on a loaded machine: `extract.max_html_bytes` (checked before decoding), MAX_ATTRIBUTES
 attributes in one tag (checked before parsing: libxml2's cost grows with their square), `extract.max_elements`
 and `extract.max_depth` (checked on the parsed tree, before trafilatura; libxml2 itself stops nesting at 256
-levels). Each is a counted drop (`html_too_large`, `too_many_attributes`, `too_many_elements`, `too_deep`).
+levels), MAX_PARAGRAPH_CHILDREN child elements of one <p> and MAX_IMAGE_BLOCKS blocks holding only an image
+in a row (trafilatura's costs: their square). Each is a counted drop (`html_too_large`, `too_many_attributes`,
+`too_many_elements`, `too_deep`, `crowded_paragraph`, `too_many_image_blocks`).
 
 The per-document time limit (`extract.timeout_s`, generous) is only a safety net for a page the bounds do
 not catch. It is a real stop: `SIGALRM` (via `signal.setitimer`) interrupts the extraction. That needs the
@@ -40,7 +43,9 @@ error of the run (`errors/extract_timeout`), which the build reports as such: th
 another run's.
 
 `ExtractStep` wraps it all as the build's "extract" step, with counted drops `html_too_large`,
-`undecodable_html`, `too_many_attributes`, `too_many_elements`, `too_deep`, `extract_timeout`, `no_image_candidates`
+`undecodable_html`, `too_many_attributes`, `too_many_elements`, `too_deep`, `crowded_paragraph`,
+`too_many_image_blocks`,
+`extract_timeout`, `no_image_candidates`
 (and the image gate's own reasons, such as `no_usable_image`), `no_main_content`, and the per-image drops above.
 """
 
@@ -179,13 +184,62 @@ def check_attributes(html: str) -> None:
         )
 
 
+# trafilatura's Readability fallback looks, for each block without text (a div, table, ul, section, ... holding
+# only an image), along its siblings for the nearest one with text: a row of n such image blocks costs n*n
+# text_content calls (10,000 `<div><img></div>` in a row, 0.5 MB: ~50 s; 10,000 `<ul><li><img>`: ~200 s,
+# past the time limit). A page with a longer row than this is the drop `too_many_image_blocks`, before it runs.
+MAX_IMAGE_BLOCKS = 1000
+_TEXTLESS = etree.XPath("//*[not(normalize-space())]")
+_IMAGE_BLOCKS = etree.XPath(
+    "//*[self::div or self::table or self::ul or self::aside or self::header or self::footer or self::section]"
+    "[descendant::img][not(normalize-space())]"
+)
+
+
+# trafilatura's paragraph pass costs the square of a <p>'s child elements (40,000 <b> in one <p>, 0.5 MB: ~10 s,
+# 100,000: minutes), while 40,000 in a <div>, <li> or <td> cost ~1 s: a <p> with more child elements than this
+# is the drop `crowded_paragraph`, before it runs
+MAX_PARAGRAPH_CHILDREN = 10_000
+_CROWDED_PARAGRAPH = etree.XPath(f"boolean(//p[count(*) > {MAX_PARAGRAPH_CHILDREN}])")
+
+
+def _image_block_row(tree: etree._Element) -> int:
+    """The most blocks holding an image and no text among consecutive siblings without text (elements with
+    text end a row; text between them does not: Readability reads the siblings' own text)."""
+    blocks = _IMAGE_BLOCKS(tree)
+    if len(blocks) <= MAX_IMAGE_BLOCKS:
+        return len(blocks)
+    textless, counted = set(_TEXTLESS(tree)), set(blocks)
+    longest = 0
+    for parent in {b.getparent() for b in blocks}:
+        row = 0
+        for child in parent:
+            if child not in textless:
+                row = 0
+            elif child in counted:
+                row += 1
+                longest = max(longest, row)
+    return longest
+
+
 def check_bounds(tree: etree._Element, config: ExtractConfig) -> None:
-    """Raise `PageRefused` when the parsed page has more elements or deeper nesting than the config allows."""
+    """Raise `PageRefused` when the parsed page has more elements or deeper nesting than the config allows,
+    a <p> of more than MAX_PARAGRAPH_CHILDREN child elements, or a row of more than MAX_IMAGE_BLOCKS image
+    blocks without text."""
     n_elements = int(_COUNT_ELEMENTS(tree))
     if n_elements > config.max_elements:
         raise PageRefused("too_many_elements", f"{n_elements} elements > max_elements {config.max_elements}")
     if _deeper_than(config.max_depth)(tree):  # (the walk that measures the depth only for the message)
         raise PageRefused("too_deep", f"nesting depth {_deepest(tree)} > max_depth {config.max_depth}")
+    if _CROWDED_PARAGRAPH(tree):
+        crowded = max(len(p) for p in tree.iter("p"))
+        raise PageRefused("crowded_paragraph", f"a <p> with {crowded} child elements > {MAX_PARAGRAPH_CHILDREN}")
+    row = _image_block_row(tree)
+    if row > MAX_IMAGE_BLOCKS:
+        raise PageRefused(
+            "too_many_image_blocks",
+            f"{row} blocks holding an image and no text in a row > {MAX_IMAGE_BLOCKS} (Readability's cost: their square)",
+        )
 
 
 class ExtractTimeout(BaseException):
@@ -208,9 +262,18 @@ def _garbage_share(text: str) -> float:
     return len(_GARBAGE_CHARS.findall(sample)) / len(sample)
 
 
+# Python codecs no browser knows as a charset that turn ordinary bytes into other text (escape sequences read as
+# characters, `+...-` as base64, lone surrogates): a label naming one is a lie, not an encoding
+_NOT_CHARSETS = frozenset({"utf-7", "unicode-escape", "raw-unicode-escape", "punycode", "idna"})
+
+
 def _try_decode(body: bytes, charset: str) -> str | None:
     try:
-        codecs.lookup(charset)
+        name = codecs.lookup(charset).name
+        if name in _NOT_CHARSETS:
+            return None
+        if name.startswith(("utf-16", "utf-32")) and b"\x00" not in body[:4096]:
+            return None  # HTML in UTF-16/32 has NUL bytes in its ASCII markup; without: the label lies (WHATWG)
         return body.decode(charset)
     except (LookupError, UnicodeDecodeError, ValueError):
         return None
@@ -466,13 +529,25 @@ def _page_base(tree: etree._Element, url: str) -> str:
 def _unwrap_noscript_images(tree: etree._Element) -> None:
     """Replace `<noscript>` elements that hold an <img> by their images (the no-JS fallback of a lazy image)
     and remove the lazy stand-ins it replaces: an <img> (or the images of an element) just before it, or,
-    when the parent holds only this one noscript, the parent's other images (blurred previews, empty tags)."""
+    when the parent holds only this one noscript, the parent's other images (blurred previews, empty tags).
+    Linear in the page: how many noscripts an element holds is counted once and kept up to date as they
+    are unwrapped (counting them again for each, 100,000 sibling noscripts in 4 MB took minutes)."""
+    held: dict[etree._Element, int] = {}  # element -> noscripts in it now, for the parents asked about
+
+    def removed(ns: etree._Element, n: int) -> None:  # `ns` (and n - 1 noscripts inside it) leave the tree
+        el = ns.getparent()
+        while el is not None:
+            if el in held:
+                held[el] -= n
+            el = el.getparent()
+
     for ns in list(tree.iter("noscript")):
         imgs = list(ns.iter("img"))
         parent = ns.getparent()
         if not imgs or parent is None:
             continue
         if len("".join(ns.itertext()).strip()) > 200:  # a parser artefact wrapping real content: keep it all
+            removed(ns, 1)
             ns.drop_tag()
             continue
         prev = ns.getprevious()
@@ -481,16 +556,19 @@ def _unwrap_noscript_images(tree: etree._Element) -> None:
             stand_ins = [prev]
         elif prev is not None and prev.find(".//noscript") is None and prev.find(".//img") is not None:
             stand_ins = list(prev.iter("img"))
-        if len(parent.findall(".//noscript")) == 1:
-            stand_ins += [el for el in parent.iter("img") if el not in stand_ins and not _inside(el, ns)]
+        if parent not in held:
+            held[parent] = len(parent.findall(".//noscript"))
+        if held[parent] == 1:
+            known = set(stand_ins)
+            stand_ins += [el for el in parent.iter("img") if el not in known and not _inside(el, ns)]
         if len(stand_ins) <= 3 * len(imgs):  # never clear a whole gallery for one fallback
             for el in stand_ins:
                 _drop_keep_tail(el)
-        idx = parent.index(ns)
-        for k, img in enumerate(imgs):
+        for img in imgs:
             copy = deepcopy(img)
             copy.tail = None
-            parent.insert(idx + k, copy)
+            ns.addprevious(copy)  # (in order, each just before the noscript)
+        removed(ns, 1 + len(ns.findall(".//noscript")))
         _drop_keep_tail(ns)
 
 
@@ -1023,7 +1101,7 @@ def extract_document(
 
 class ExtractStep(Step):
     """RawPage -> Document. Drops: html_too_large, undecodable_html, too_many_attributes, too_many_elements,
-    too_deep, no_image_candidates, extract_timeout (also counted as the run error `errors/extract_timeout`),
+    too_deep, crowded_paragraph, too_many_image_blocks, no_image_candidates, extract_timeout (also counted as the run error `errors/extract_timeout`),
     no_main_content; the images left out of a kept document are item drops `extract/image` with their
     reasons (rejects rows)."""
 

@@ -3,7 +3,7 @@
 A unit of work is one input: a WARC/WARC.gz file, or a folder of `.html`/`.html.gz` files.
 Every record read is accounted for in the `read` stage of the ledger: it becomes a page (out) or a drop
 with a reason (`record_type:request`, `image_resource`, `not_html:text/css`, `http_status:404`,
-`revisit_duplicate`, `page_url_not_http`, `warc_read_error`, ...).
+`revisit_duplicate`, `page_url_not_http`, `bad_http_status`, `warc_read_error`, ...).
 
 WARC reading is two passes with fastwarc: pass 1 indexes image responses (by normalised URL and by payload
 digest, so revisit records of images resolve too), pass 2 streams HTML pages. Payloads are decoded here,
@@ -176,15 +176,24 @@ def dechunk(raw: bytes) -> bytes | None:
 
 
 def _inflate_zlib(raw: bytes, limit: int) -> bytes | None:
-    """gzip or zlib stream -> at most `limit` bytes (PayloadTooLarge past it); None when `raw` is not one."""
-    d = zlib.decompressobj(47)  # 47: auto-detect gzip/zlib header
-    try:
-        out = d.decompress(raw, limit + 1)  # inflates no further than limit + 1 bytes, whatever the ratio
-    except zlib.error:
-        return None
-    if len(out) > limit:
-        raise PayloadTooLarge(f"inflates to more than {limit} bytes ({len(raw)} bytes stored)")
-    return out  # a stream cut short gives what it holds
+    """gzip or zlib stream -> at most `limit` bytes (PayloadTooLarge past it); None when `raw` is not one. A
+    gzip body of several members (as gunzip and browsers read it) gives them all; a stream cut short, or a
+    damaged member after the first, gives what came before."""
+    out, view, pos, first = bytearray(), memoryview(raw), 0, True
+    while True:
+        d = zlib.decompressobj(47)  # 47: auto-detect gzip/zlib header
+        while not d.eof and pos < len(raw):
+            piece = view[pos : pos + (1 << 16)]  # in pieces: the bytes left after a member are never copied whole
+            try:
+                out += d.decompress(piece, limit + 1 - len(out))  # no further than limit + 1, whatever the ratio
+            except zlib.error:
+                return None if first else bytes(out)
+            if len(out) > limit:
+                raise PayloadTooLarge(f"inflates to more than {limit} bytes ({len(raw)} bytes stored)")
+            pos += len(piece) - len(d.unused_data)
+        if not d.eof or raw[pos : pos + 2] != b"\x1f\x8b":
+            return bytes(out)
+        first = False
 
 
 def _inflate_brotli(raw: bytes, limit: int) -> bytes | None:
@@ -641,6 +650,8 @@ class WarcSource:
         status = rec.http_headers.status_code if rec.http_headers is not None else 200
         if ctype.startswith("image/"):
             return "image_too_large" if offset in self._too_large else "image_resource"
+        if status is None:
+            return "bad_http_status"  # an empty or garbled response block: no status line to read
         if status != 200:
             return f"http_status:{status}"
         if ctype not in HTML_TYPES:
@@ -685,6 +696,8 @@ class WarcSource:
             reason, detail, body = self._reason(offset, rec), "", b""
             if reason == "warc_read_error":
                 detail = f"{name}: record at byte {offset}: WARC header without Content-Length (cut short?)"
+            elif reason == "bad_http_status":
+                detail = f"{name}: record at byte {offset}: no HTTP status line (an empty or garbled response block)"
             elif reason == "page_url_not_http":
                 detail = f"{name}: record at byte {offset}: WARC-Target-URI {url[:200]!r} is not an http(s) URL"
             if reason is None:
@@ -803,16 +816,22 @@ def _read_page_file(path: Path, limit: int) -> bytes:
         raise PayloadTooLarge(f"over {limit} bytes stored")
     if not path.name.lower().endswith(".gz"):
         return raw
-    d = zlib.decompressobj(31)
-    try:
-        body = d.decompress(raw, limit + 1)
-    except zlib.error as e:
-        raise OSError(f"{path}: not gzip data, or corrupt ({e})") from e
-    if len(body) > limit:
-        raise PayloadTooLarge(f"inflates to more than {limit} bytes ({len(raw)} bytes stored)")
-    if not d.eof:
-        raise OSError(f"{path}: gzip data cut short")
-    return body
+    out, view, pos = bytearray(), memoryview(raw), 0
+    while True:  # every gzip member, as gunzip reads them (cat a.gz b.gz, bgzip's blocks: one page)
+        d = zlib.decompressobj(31)
+        while not d.eof:
+            if pos >= len(raw):
+                raise OSError(f"{path}: gzip data cut short")
+            piece = view[pos : pos + (1 << 16)]  # in pieces: the bytes left after a member are never copied whole
+            try:
+                out += d.decompress(piece, limit + 1 - len(out))
+            except zlib.error as e:
+                raise OSError(f"{path}: not gzip data, or corrupt ({e})") from e
+            if len(out) > limit:
+                raise PayloadTooLarge(f"inflates to more than {limit} bytes ({len(raw)} bytes stored)")
+            pos += len(piece) - len(d.unused_data)
+        if raw[pos : pos + 2] != b"\x1f\x8b":  # bytes after the last member, as gunzip, are left
+            return bytes(out)
 
 
 class _LocalImages:

@@ -35,15 +35,15 @@ def write_thumbnail(data: bytes | None, path: Path) -> tuple[int, int] | str:
             if im.size[0] * im.size[1] > MAX_PIXELS:
                 return "too_many_pixels"
             im.load()
+            if im.mode not in ("RGB", "L"):
+                rgba = im.convert("RGBA")
+                im = PILImage.new("RGB", rgba.size, (255, 255, 255))
+                im.paste(rgba, mask=rgba.split()[-1])
+            im.thumbnail((THUMB_SIDE, THUMB_SIDE))
     except (UnidentifiedImageError, PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
         return "not_decodable"
-    except (OSError, SyntaxError, ValueError):
+    except Exception:  # noqa: BLE001 - OSError and what Pillow's decoders raise untyped (NotImplementedError, ...)
         return "corrupt"
-    if im.mode not in ("RGB", "L"):
-        rgba = im.convert("RGBA")
-        im = PILImage.new("RGB", rgba.size, (255, 255, 255))
-        im.paste(rgba, mask=rgba.split()[-1])
-    im.thumbnail((THUMB_SIDE, THUMB_SIDE))
     im.save(path, format="JPEG", quality=82)
     return im.size
 

@@ -18,10 +18,13 @@ from corpus.steps import Drop, run_steps
 from crawl.extract import (
     ExtractConfig,
     ExtractStep,
+    _parse,
+    _unwrap_noscript_images,
     decode_html,
     extract_document,
     extract_with_drops,
     largest_srcset_candidate,
+    prepare_tree,
 )
 from crawl.image_select import FEATURES, ImageModel, fit_logistic
 from crawl.page import RawPage
@@ -336,6 +339,23 @@ def test_decode_html_charsets():
     assert decode_html(text.encode("utf-16"), None) == text  # BOM
 
 
+def test_charset_labels_that_lie_are_skipped():
+    """A UTF-8 page labelled UTF-16 without a BOM (the header, or `<meta charset=utf-16>`, which WHATWG reads
+    as UTF-8 for this reason) decoded to CJK-looking garbage that became a document; Python codecs no browser
+    knows (utf-7, unicode_escape, raw_unicode_escape) turned `+...-` and `\\u...` into other text, lone
+    surrogates included. Such labels are skipped: the page decodes as the next candidate (meta, UTF-8)."""
+    text = "<html><head><title>Köln +AGEAYgBj- \\ud800 \\n</title></head><body><p>Grüße, ça va?</p></body></html>"
+    body = text.encode("utf-8")
+    body += b" " * (len(body) % 2)  # (an even length: UTF-16 decodes it without an error)
+    for label in ("utf-16", "UTF-16LE", "utf-16be", "utf-32", "utf-7", "unicode_escape", "raw_unicode_escape"):
+        assert decode_html(body, label).rstrip() == text, label
+    meta = b"<html><head><meta charset='utf-16'></head><body><p>Gr\xc3\xbc\xc3\x9fe</p></body></html>"
+    assert "Grüße" in decode_html(meta + b" " * (len(meta) % 2), None)
+    utf16 = text.encode("utf-16-le")  # a real UTF-16 page without a BOM keeps its label
+    assert decode_html(utf16, "utf-16le") == text
+    assert decode_html("<p>Grüße</p>".encode("utf-16"), "utf-7") == "<p>Grüße</p>"  # the BOM first
+
+
 def test_undecodable_and_too_large_are_counted_drops():
     binary = bytes(range(256)) * 4  # control bytes everywhere: not text in any charset
     with pytest.raises(ValueError):
@@ -401,6 +421,68 @@ def test_pages_are_bounded_by_their_size_not_by_the_clock():
     assert ExtractConfig().timeout_s >= 60
     with pytest.raises(ValueError, match="max_depth"):
         ExtractConfig(max_depth=300)  # libxml2 stops nesting at 256: a larger bound could never fire
+
+
+def test_noscript_fallbacks_cost_time_linear_in_the_page():
+    """Each <noscript> image fallback counted the noscripts of its parent again: 90,000 siblings (4 MB,
+    within max_elements) took ~100 s, at the reach of the time limit (an extract_timeout, an error of the run).
+    Now ~1 s, the fallbacks unwrapped as before."""
+    fallbacks = "".join(f'<noscript><img src="/n/{i}.jpg"></noscript>' for i in range(90_000))
+    html = page(f"<p>{PARA}</p>{fallbacks}<p>{PARA}</p>")
+    started = time.process_time()
+    tree = _parse(html)
+    prepare_tree(tree, "https://x.example/a.html")
+    assert time.process_time() - started < 15
+    assert not tree.findall(".//noscript")  # (each fallback image stands in for the one before it: 1 left)
+    # one fallback beside its lazy stand-in: the stand-in goes, the fallback image takes its place
+    tree = _parse(page('<div><img src="blank.gif"><noscript><img src="/real.jpg"></noscript></div>'))
+    _unwrap_noscript_images(tree)
+    assert [im.get("src") for im in tree.iter("img")] == ["/real.jpg"]
+
+
+def test_a_long_row_of_image_blocks_is_refused_before_trafilatura():
+    """trafilatura's Readability fallback scans the siblings of every block holding only an image for the
+    nearest one with text: 20,000 `<div><img></div>` in a row (1 MB) took ~180 s, 10,000 `<ul><li><img>` ~200 s,
+    past the time limit (an extract_timeout, an error of the run). More than MAX_IMAGE_BLOCKS of them in a
+    row is the counted drop too_many_image_blocks, decided before trafilatura runs, in well under a second;
+    as many broken into shorter rows by blocks with text are extracted."""
+    from crawl.extract import MAX_IMAGE_BLOCKS
+
+    gallery = "".join(f'<div class="thumb"><img src="/g/{i}.jpg"></div>' for i in range(20_000))
+    lists = "".join(f'<ul><li><img src="/l/{i}.jpg"></li></ul>' for i in range(MAX_IMAGE_BLOCKS + 1))
+    rows = "".join(
+        f'<div><img src="/r/{i}.jpg"></div>' + (f"<div>{PARA}</div>" if i % 500 == 499 else "") for i in range(1500)
+    )
+    pages = [
+        RawPage(url=f"https://x.example/{name}", body=page(f"<p>{PARA}</p>{body}").encode(), source=name, id=name)
+        for name, body in [("gallery", gallery), ("lists", lists), ("rows", rows)]
+    ]
+    ledger = Ledger()
+    started = time.process_time()
+    kept = list(run_steps(pages[:2], [ExtractStep()], ledger))
+    assert time.process_time() - started < 10 and kept == []
+    assert ledger.to_dict()["stages"][0]["drops"] == {"too_many_image_blocks": 2}
+    assert ledger.rejects[0]["detail"].startswith("20000 blocks holding an image and no text in a row > 1000")
+    assert [d.id for d in run_steps(pages[2:], [ExtractStep()], Ledger())] == ["rows"]
+
+
+def test_a_paragraph_of_too_many_child_elements_is_refused_before_trafilatura():
+    """trafilatura's paragraph pass costs the square of a <p>'s child elements: 99,000 <span> in one <p> (2 MB,
+    within max_elements) took ~200 s, past the time limit. More than MAX_PARAGRAPH_CHILDREN is the counted drop
+    crowded_paragraph, decided before trafilatura runs; as many in a <div> are extracted."""
+    from crawl.extract import MAX_PARAGRAPH_CHILDREN
+
+    words = "".join(f"<b>w{i} </b>" for i in range(MAX_PARAGRAPH_CHILDREN + 1))
+    pages = [
+        RawPage(url=f"https://x.example/{name}", body=page(f"<p>{PARA}</p>{body}").encode(), source=name, id=name)
+        for name, body in [("p", f"<p>{words}</p>"), ("div", f"<div>{words}</div>")]
+    ]
+    ledger = Ledger()
+    started = time.process_time()
+    assert [d.id for d in run_steps(pages, [ExtractStep()], ledger)] == ["div"]
+    assert time.process_time() - started < 10
+    assert ledger.to_dict()["stages"][0]["drops"] == {"crowded_paragraph": 1}
+    assert ledger.rejects[0]["detail"] == "a <p> with 10001 child elements > 10000"
 
 
 def test_a_tag_with_too_many_attributes_is_refused_before_parsing():

@@ -125,6 +125,18 @@ def test_lenient_payload_decoding():
     assert decode_payload(gzip.compress(b"<p>x</p>"), {"content-encoding": "gzip"}) == b"<p>x</p>"
 
 
+def test_a_gzip_body_of_several_members_is_decoded_whole_and_capped():
+    """A Content-Encoding: gzip body of several members (as gunzip and browsers read it) decoded to its first
+    member only: the rest of the page was lost without a word. Every member counts toward the byte cap."""
+    html = b"<html><body>" + b"".join(b"<p>paragraph %d</p>" % i for i in range(3000)) + b"</body></html>"
+    body = b"".join(gzip.compress(html[i : i + 700]) for i in range(0, len(html), 700))
+    assert decode_payload(body, {"content-encoding": "gzip"}) == html
+    assert decode_payload(body + b"junk", {"content-encoding": "gzip"}) == html
+    assert decode_payload(body[:-5], {"content-encoding": "gzip"}) == html  # a cut trailer: the text is all there
+    with pytest.raises(PayloadTooLarge):
+        decode_payload(gzip.compress(b" " * 600_000) * 9, {"content-encoding": "gzip"}, limit=5_000_000)
+
+
 def test_html_folder_source(tmp_path):
     (tmp_path / "a.html").write_text("<html><body><p>hello</p></body></html>")
     (tmp_path / "sub").mkdir()
@@ -189,6 +201,28 @@ def test_html_folder_gzip_bomb_and_oversized_files_are_counted_drops(tmp_path):
     assert ledger.to_dict()["stages"][0]["drops"] == {"html_too_large": 2}
     url = pages[0].url.rsplit("/", 1)[0] + "/photo.jpg"
     assert src.images.fetch_many([url]) == {url: "too_large_bytes"}
+
+
+def test_a_page_file_of_several_gzip_members_is_read_whole(tmp_path):
+    """gunzip reads every member of a .gz file (cat a.gz b.gz, bgzip's 64 KB blocks); the reader took the
+    first member only, and the rest of the page was lost without a word. Bytes after the last member are
+    left (as gunzip does); a member cut short is the drop unreadable_file; many tiny members cost linear time."""
+    import time
+
+    html = b"<html><body>" + b"".join(b"<p>paragraph %d</p>" % i for i in range(5000)) + b"</body></html>"
+    pieces = [html[i : i + 1000] for i in range(0, len(html), 1000)]
+    (tmp_path / "blocks.html.gz").write_bytes(b"".join(gzip.compress(p) for p in pieces))
+    (tmp_path / "trailing.html.gz").write_bytes(gzip.compress(html) + b"not gzip")
+    (tmp_path / "cut.html.gz").write_bytes(gzip.compress(html[:500]) + gzip.compress(html)[:100])
+    (tmp_path / "empties.html.gz").write_bytes(gzip.compress(b"") * 200_000 + gzip.compress(html))  # 4 MB
+    unit = discover_units([str(tmp_path)])[0]
+    ledger = Ledger()
+    started = time.process_time()
+    pages = {p.source.rsplit("/", 1)[1]: p.body for p in open_source(unit).pages(ledger)}
+    assert time.process_time() - started < 10
+    assert pages == {"blocks.html.gz": html, "empties.html.gz": html, "trailing.html.gz": html}
+    assert ledger.to_dict()["stages"][0]["drops"] == {"unreadable_file": 1}
+    assert "cut.html.gz: gzip data cut short" in ledger.rejects[0]["detail"]
 
 
 # ---- hostile WARCs (issue 11) ---------------------------------------------------------------------------
@@ -463,3 +497,22 @@ def test_pages_whose_target_uri_is_not_a_web_url_are_counted_drops(tmp_path):
     assert ledger.to_dict()["stages"][0] == {"name": "read", "in": 7, "out": 2, "drops": {"page_url_not_http": 5}}
     assert [r["reason"] for r in ledger.rejects] == ["page_url_not_http"] * 5
     assert "'javascript:alert(document.cookie)' is not an http(s) URL" in ledger.rejects[0]["detail"]
+
+
+def test_a_response_without_a_readable_status_line_is_a_named_drop(tmp_path):
+    """A response record whose block is empty (Content-Length 0) or whose status line is garbage was counted as
+    `http_status:None`; it is the drop bad_http_status naming the record, and reading goes on."""
+    url = "http://example.com/"
+    records = [
+        warc_record(url + "empty", b""),
+        warc_record(url + "garbage", b"GARBAGE\r\nContent-Type: text/html\r\n\r\n" + page_html("g")),
+        warc_record(url + "huge", http_response(page_html("h"), status="99999999999999999999 OK")),
+        page_record(url + "ok"),
+    ]
+    unit = discover_units([str(write_warc(tmp_path / "s.warc.gz", records))])[0]
+    src = open_source(unit)
+    src.index_images()
+    ledger = Ledger()
+    assert [p.url for p in src.pages(ledger)] == [url + "ok"]
+    assert ledger.to_dict()["stages"][0]["drops"] == {"bad_http_status": 3}
+    assert all("no HTTP status line" in r["detail"] for r in ledger.rejects)

@@ -720,3 +720,17 @@ def test_a_damaged_stats_json_is_a_reported_gap_not_a_crash(tmp_path, stats, why
     append_manifest(other, write_shards([planted_document()], other, "good"))
     (other / "stats.json").write_text('{"stages": [{"name": "read", "in": 1, "out": 1, "drops": {}}]}')
     assert compare(other, root, progress=False)["totals"]["documents"] == [1, 1]
+
+
+def test_a_thumbnail_of_an_image_pillow_fails_on_untyped_is_a_reason(tmp_path):
+    """inspect renders thumbnails of shard images: a DDS of unknown pixel format (Pillow's NotImplementedError)
+    or a mode it cannot convert ended the report with a traceback; now the block says why it has no picture."""
+    from pipeline.report.docs import write_thumbnail
+
+    buf = io.BytesIO()
+    PILImage.new("RGB", (64, 48)).save(buf, "DDS")
+    dds = buf.getvalue()
+    assert write_thumbnail(dds[:80] + b"\x00\x00\x00\x00" + dds[84:], tmp_path / "a.jpg") == "corrupt"
+    buf = io.BytesIO()
+    PILImage.new("RGB", (64, 48), (200, 10, 10)).save(buf, "PNG")
+    assert write_thumbnail(buf.getvalue(), tmp_path / "b.jpg") == (64, 48)

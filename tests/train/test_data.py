@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import tarfile
 import threading
 import time
 from collections import Counter
@@ -233,18 +234,28 @@ def test_pixels_are_pillow_bicubic_patches_normalised_once_per_batch(corpus):
             assert torch.equal(getattr(got, name), getattr(raw, name)), name
 
 
+def unknown_pixel_format_dds() -> bytes:
+    """A DDS file whose pixel format flags are 0: Pillow opens it with NotImplementedError, no OSError."""
+    buf = io.BytesIO()
+    PILImage.new("RGB", (64, 48)).save(buf, "DDS")
+    data = buf.getvalue()
+    return data[:80] + b"\x00\x00\x00\x00" + data[84:]
+
+
 def test_bad_images_are_dropped_and_counted(tmp_path, corpus):
     doc = make_documents(1, images_per_doc=2)[0]
     broken = (REAL / "images" / "edge_cases" / "skimage__truncated.jpg").read_bytes()[:200]
     doc.append_image(Image(url="https://example.org/broken.jpg", format="jpeg", data=broken))
     doc.append_image(Image(url="https://example.org/not-an-image.png", format="png", data=b"\x00" * 64))
+    # a DDS of unknown pixel format: Pillow raises NotImplementedError, which used to end the training run
+    doc.append_image(Image(url="https://example.org/odd.dds", format="dds", data=unknown_pixel_format_dds()))
     doc.append_text("closing words")
     infos = write_shards([doc], tmp_path / "c", "bad")
     append_manifest(tmp_path / "c", infos)
     ld = Loader(DataConfig(**CFG), corpus[1], PATCH, corpus=str(tmp_path / "c"))
     b = take(ld, 1)[0]
     cnt = ld.counters()
-    assert cnt["images_dropped:undecodable"] >= 2 and cnt["images_kept"] >= 2
+    assert cnt["images_dropped:undecodable"] >= 3 and cnt["images_kept"] >= 2
     assert cnt["images"] == cnt["images_kept"] + cnt["images_dropped:undecodable"]
     assert b.n_images >= 1
 
@@ -324,3 +335,91 @@ def test_damaged_shards_are_skipped_and_counted(tmp_path, damage):
     got = [d.id for u in plan_parts(c.shards(), 0, 0, 1, 1)[0] for _, d in reader.read(u, 0, counters)]
     others = [d.id for d in c.iter_shard("part-001-0000", with_images=False)]
     assert counters["shard_read_errors"] == 1 and set(others) <= set(got) and len(got) < 7
+
+
+def _edit_last_sample(shard: Path, edit) -> None:
+    """Rewrite a shard with its last sample's JSON edited by `edit(obj)` (the earlier offsets stay)."""
+    with tarfile.open(shard) as t:
+        members = [(info.name, t.extractfile(info).read()) for info in t]  # type: ignore[union-attr]
+    last = [n for n, _ in members if n.endswith(".json")][-1]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        for name, data in members:
+            if name == last:
+                obj = json.loads(data)
+                edit(obj)
+                data = json.dumps(obj).encode()  # (ensure_ascii: a lone surrogate stays a \ud800 escape)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    shard.write_bytes(buf.getvalue())
+
+
+def _first_image(obj: dict) -> int:
+    return next(i for i, im in enumerate(obj["images"]) if im is not None)
+
+
+SAMPLE_DAMAGE = {
+    "text not a string": lambda o: o["texts"].__setitem__(0, 12345),
+    "text a list": lambda o: o["texts"].__setitem__(0, ["a"]),
+    "position with neither": lambda o: o["texts"].__setitem__(0, None),
+    "position with both": lambda o: o["texts"].__setitem__(_first_image(o), "text"),
+    "lone surrogate": lambda o: o["texts"].__setitem__(0, "a \ud800 b"),
+    "image not an object": lambda o: o["images"].__setitem__(_first_image(o), "x.jpg"),
+    "image width a string": lambda o: o["images"][_first_image(o)].__setitem__("width", "wide"),
+}
+
+
+@pytest.mark.parametrize("damage", list(SAMPLE_DAMAGE))
+def test_a_sample_json_of_the_wrong_shape_skips_its_shard_and_training_goes_on(tmp_path, corpus, damage):
+    """A sample whose JSON parses but is no document (a text that is a number or a list, a position holding
+    neither or both a text and an image, a lone surrogate escape no tokenizer takes, an image that is no
+    object) is damage like a torn tar: the reader skips the shard from there and counts it, and the loader
+    trains on (the encoder used to end the run with TypeError/KeyError)."""
+    root = build_corpus(tmp_path / "c", [3, 4])
+    c = Corpus(root)
+    _edit_last_sample(Path(c.shard_path("part-000-0000")), SAMPLE_DAMAGE[damage])
+    reader, counters = ShardReader(c), Counter()
+    got = [d.id for u in plan_parts(c.shards(), 0, 0, 1, 1)[0] for _, d in reader.read(u, 0, counters)]
+    assert counters["shard_read_errors"] == 1 and len(got) == 6
+    ld = Loader(DataConfig(**CFG), corpus[1], PATCH, corpus=str(root))
+    assert len(take(ld, 12)) == 12 and ld.counters()["shard_read_errors"] >= 1
+
+
+def test_a_shard_member_over_the_cap_is_damage_not_read_into_memory(tmp_path, corpus, monkeypatch):
+    """A member larger than any sample the build writes (a forged multi-GB JSON or image) is refused by its tar
+    header, before its bytes are read: the shard is skipped and counted (it was read whole into memory)."""
+    import corpus.format as cf
+
+    root = build_corpus(tmp_path / "c", [3, 4])
+    c = Corpus(root)
+    monkeypatch.setattr(cf, "MAX_MEMBER_BYTES", 1 << 20)
+    _edit_last_sample(Path(c.shard_path("part-000-0000")), lambda o: o["texts"].__setitem__(0, "x" * (2 << 20)))
+    reader, counters = ShardReader(c), Counter()
+    got = [d.id for u in plan_parts(c.shards(), 0, 0, 1, 1)[0] for _, d in reader.read(u, 0, counters)]
+    assert counters["shard_read_errors"] == 1 and len(got) == 6
+    with pytest.raises(ValueError, match=r"part-000-0000.tar: member \w+\.json holds \d+ bytes, over 1048576"):
+        list(c.iter_shard("part-000-0000", with_images=False))
+
+
+def test_a_sample_key_given_twice_is_damage_not_a_quiet_swap(tmp_path):
+    """Two samples with one key in a row (a forged or doubly written shard): the second replaced the first
+    without a word; now the shard is damage, skipped from there and counted."""
+    root = build_corpus(tmp_path / "c", [3, 4])
+    c = Corpus(root)
+    shard = Path(c.shard_path("part-000-0000"))
+    with tarfile.open(shard) as t:
+        members = [(info.name, t.extractfile(info).read()) for info in t]  # type: ignore[union-attr]
+    last = [k for k, (n, _) in enumerate(members) if n.endswith(".json")][-1]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        for name, data in members[: last + 1] + [members[last]] + members[last + 1 :]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    shard.write_bytes(buf.getvalue())
+    reader, counters = ShardReader(c), Counter()
+    got = [d.id for u in plan_parts(c.shards(), 0, 0, 1, 1)[0] for _, d in reader.read(u, 0, counters)]
+    assert counters["shard_read_errors"] == 1 and len(got) == 6
+    with pytest.raises(ValueError, match="a second sample with the key"):
+        list(c.iter_shard("part-000-0000", with_images=False))

@@ -207,7 +207,12 @@ def test_broken_image_files_are_refused_before_the_model_loads(tmp_path, capsys)
     (tmp_path / "empty.png").write_bytes(b"")
     photo = sorted(real_path("dev", "images", "photos").glob("*.jpg"))[0]
     (tmp_path / "cut.jpg").write_bytes(photo.read_bytes()[:300])
+    buf = io.BytesIO()
+    PILImage.new("RGB", (64, 48)).save(buf, "DDS")
+    dds = buf.getvalue()
+    (tmp_path / "odd.dds").write_bytes(dds[:80] + b"\x00\x00\x00\x00" + dds[84:])  # pixel format flags 0
     cases = {
+        tmp_path / "odd.dds": "not an image that decodes (NotImplementedError: Unknown pixel format flags 0)",
         edge / "pillow__truncated_jpeg.jpg": "not an image that decodes (OSError: image file is truncated",
         edge / "skimage__truncated.jpg": "not an image that decodes (OSError",
         tmp_path / "cut.jpg": "not an image that decodes (OSError",

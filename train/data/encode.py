@@ -119,15 +119,10 @@ class DocumentEncoder:
                 im = im if im.mode == "RGB" else im.convert("RGB")
                 im.load()
                 x_HWC = np.array(im)  # writable: torch.from_numpy below
-        except (
-            OSError,
-            ValueError,
-            SyntaxError,
-            PILImage.DecompressionBombError,
-            PILImage.DecompressionBombWarning,
-        ) as e:
+        except Exception as e:  # noqa: BLE001 - OSError, bombs, and what Pillow's decoders raise untyped
+            # (NotImplementedError for a DDS of unknown pixel format, ...): the image is dropped, never the run
             counters["images_dropped:undecodable"] += 1
-            log.debug("undecodable image: %s", e)
+            log.debug("undecodable image: %s: %s", type(e).__name__, e)
             return None
         if gh * gw * p * p > cfg.max_pixels:
             counters["images_dropped:aspect_ratio"] += 1
