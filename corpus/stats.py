@@ -171,6 +171,37 @@ class Ledger:
         return json.dumps(self.to_dict(stage_order), indent=2, sort_keys=False)
 
 
+@dataclass
+class DeferredLedger(Ledger):
+    """A ledger whose drops are held back, to be replayed later into another ledger in the order they came
+    (`replay`): what lets a runner work on later items before an earlier item is finished while the rejects
+    (their order, the text sample kept per reason) come out as if the items had gone one by one. Counts
+    (stages, items, counters) add up here and are moved over with the drops; merging counts does not depend
+    on order. Counts objects handed out (`stage()`, `item()`) stay valid across `replay`."""
+
+    held: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+
+    def drop(self, stage: str, reason: str, **kw: Any) -> None:
+        self.held.append((stage, reason, kw))
+
+    def replay(self, into: Ledger) -> None:
+        """Move everything recorded so far into `into` (counts added, drops recorded there in order), leaving
+        this ledger empty (its counts objects zeroed in place)."""
+        for name, c in self.stages.items():
+            into.stage(name).merge(c)
+            c.n_in, c.n_out = 0, 0
+            c.drops.clear()
+        for name, c in self.items.items():
+            into.items.setdefault(name, StageCount()).merge(c)
+            c.n_in, c.n_out = 0, 0
+            c.drops.clear()
+        into.counters.update(self.counters)
+        self.counters.clear()
+        held, self.held = self.held, []
+        for stage, reason, kw in held:
+            into.drop(stage, reason, **kw)
+
+
 def check_funnel(stats: dict[str, Any]) -> list[str]:
     """Return the violations of the funnel contract (empty when it adds up)."""
     problems = []
