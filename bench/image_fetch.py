@@ -157,7 +157,8 @@ def run_img2dataset(exe: str, urls: list[str], cores: int, tmp: Path, resize: bo
 
 def _img2dataset(exe: str, urls: list[str], cores: int, tmp: Path, resize: bool) -> dict[str, Any]:
     tmp.mkdir(exist_ok=True)
-    out = tmp / ("i2d-resize" if resize else "i2d")
+    # a new folder per run: img2dataset skips the shards an output folder already holds
+    out = tmp / f"i2d-{'resize' if resize else 'fetch'}-{time.monotonic_ns()}"
     url_list = tmp / "urls.txt"
     url_list.write_text("".join(u + "\n" for u in urls))
     cmd = [
