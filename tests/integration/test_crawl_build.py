@@ -112,3 +112,31 @@ def test_image_look_ahead_builds_the_same_corpus_byte_for_byte(ray_local, server
     for ahead in (1, 8):
         assert built[ahead].keys() == built[0].keys()
         assert [k for k in built[0] if built[ahead][k] != built[0][k]] == []
+
+
+def test_image_look_ahead_with_a_warc_that_ends_in_a_page(ray_local, server, site, tmp_path):
+    """The source's own checks under the look-ahead: a WARC whose last record is a page (its read count is
+    compared with its start value after the last page) and read drops between pages; every image fetched
+    from the loopback server. The same corpus byte for byte with look-ahead 0 and 8."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from _warcgen import http_response, warc_record, write_warc
+
+    records = [warc_record(server.url("/robots.txt"), http_response(b"User-agent: *", "text/plain"))]
+    for i, (path, html) in enumerate(sorted(site.pages.items())):
+        if i % 4 == 1:
+            records.append(warc_record(server.url(f"/data{i}.json"), http_response(b"{}", "application/json")))
+        records.append(warc_record(server.url(path), http_response(html)))
+    warc = write_warc(tmp_path / "pages.warc.gz", records)
+    built = {}
+    for ahead in (0, 8):
+        cfg = load_config(
+            BuildConfig,
+            None,
+            [*CRAWL, "images.fetch=true", "extract.early_cuts=false", f"ray.image_prefetch_docs={ahead}"],
+        )
+        stats = build_corpus([str(warc)], tmp_path / f"c{ahead}", cfg, progress=False)
+        read = next(s for s in stats["stages"] if s["name"] == "read")
+        assert read["in"] == len(records) and sum(read["drops"].values()) == len(records) - len(site.pages)
+        built[ahead] = _corpus_files(tmp_path / f"c{ahead}")
+    assert built[8].keys() == built[0].keys()
+    assert [k for k in built[0] if built[8][k] != built[0][k]] == []
