@@ -171,6 +171,45 @@ class Ledger:
         return json.dumps(self.to_dict(stage_order), indent=2, sort_keys=False)
 
 
+@dataclass
+class DeferredLedger(Ledger):
+    """A ledger whose drops are held back, to be replayed later into another ledger in the order they came
+    (`replay`): what lets a runner work on later items before an earlier item is finished while the rejects
+    (their order, the text sample kept per reason) come out as if the items had gone one by one. Counts
+    (stages, items, counters) add up here as usual and only what they grew by since the last `replay` is
+    moved over (merging counts does not depend on order); the counts objects handed out (`stage()`,
+    `item()`) keep their values, so a caller that compares a count with an earlier value of it (a source's
+    "no record read" check) sees what it would see in a plain ledger."""
+
+    held: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    _moved_stages: dict[str, StageCount] = field(default_factory=dict, repr=False)
+    _moved_items: dict[str, StageCount] = field(default_factory=dict, repr=False)
+    _moved_counters: Counter = field(default_factory=Counter, repr=False)
+
+    def drop(self, stage: str, reason: str, **kw: Any) -> None:
+        self.held.append((stage, reason, kw))
+
+    def replay(self, into: Ledger) -> None:
+        """Move what was recorded since the last replay into `into`: counts added, drops recorded there in
+        order."""
+        for mine, moved, theirs in (
+            (self.stages, self._moved_stages, into.stages),
+            (self.items, self._moved_items, into.items),
+        ):
+            for name, c in mine.items():
+                m = moved.setdefault(name, StageCount())
+                t = theirs.setdefault(name, StageCount())
+                t.n_in += c.n_in - m.n_in
+                t.n_out += c.n_out - m.n_out
+                t.drops.update({k: v - m.drops.get(k, 0) for k, v in c.drops.items()})
+                moved[name] = StageCount(c.n_in, c.n_out, Counter(c.drops))
+        into.counters.update({k: v - self._moved_counters.get(k, 0) for k, v in self.counters.items()})
+        self._moved_counters = Counter(self.counters)
+        held, self.held = self.held, []
+        for stage, reason, kw in held:
+            into.drop(stage, reason, **kw)
+
+
 def check_funnel(stats: dict[str, Any]) -> list[str]:
     """Return the violations of the funnel contract (empty when it adds up)."""
     problems = []

@@ -14,11 +14,12 @@ runs a chain of steps holds `Resources.covering(steps)`.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol, cast
 
-from corpus.stats import Ledger
+from corpus.stats import DeferredLedger, Ledger
 
 
 @dataclass(frozen=True)
@@ -231,27 +232,115 @@ def run_steps(items: Iterable[Any], steps: list[Step], ledger: Ledger) -> Iterat
     for step in steps:
         ledger.stage(step.name)  # stages appear in pipeline order even when nothing reaches them
     for item in items:
-        for step in steps:
-            count = ledger.stage(step.name)
-            count.n_in += 1
+        out = _through(item, steps, ledger)
+        if out is not _DROPPED:
+            yield out
+
+
+_DROPPED = object()
+
+
+def _through(item: Any, steps: list[Step], ledger: Ledger) -> Any:
+    """`item` through `steps` (counted in `ledger`): the item out of the last one, or _DROPPED."""
+    for step in steps:
+        count = ledger.stage(step.name)
+        count.n_in += 1
+        try:
+            out = step.process(item, ledger)
+        except Exception as e:  # noqa: BLE001 - a failing record is a counted drop, by contract
+            out = Drop(f"error:{type(e).__name__}", str(e))
+        if isinstance(out, Drop):
+            doc_id, url = _ident(item)
+            ledger.drop(
+                step.name,
+                out.reason,
+                id=doc_id,
+                url=url,
+                item="document" if doc_id else "record",
+                detail=out.detail,
+                signals=_signals(item),
+                text=_text(item) if doc_id else None,
+            )
+            return _DROPPED
+        count.n_out += 1
+        item = out
+    return item
+
+
+class Prefetching(Protocol):
+    """A step that can start slow work for an item (I/O elsewhere: fetching its images) before the item
+    reaches it. `prefetch` only starts work: what `process` then decides and records must not depend on
+    whether or when `prefetch` ran (the results are the same, only sooner)."""
+
+    name: str
+
+    def prefetch(self, item: Any) -> None: ...
+
+    def prefetch_full(self) -> bool:
+        """True while the work started and not yet taken by `process` is at its bound (stop looking ahead)."""
+        ...
+
+
+def run_steps_ahead(
+    items: Iterable[Any],
+    source_ledger: DeferredLedger,
+    steps: list[Step],
+    ledger: Ledger,
+    at: int,
+    ahead: int,
+) -> Iterator[Any]:
+    """`run_steps` with a look-ahead: `steps[at]` (a `Prefetching` step) gets `prefetch(item)` for up to
+    `ahead` later items while an item is in the steps from `at` on, so that (say) the images of the next
+    documents are fetched while this one's are processed, and the next pages extracted while this one's
+    images are fetched. The outcome is that of `run_steps`, event for event: the items come out in the same
+    order and `ledger` ends with the same counts and the same rejects in the same order. The steps before
+    `at` run ahead into held-back ledgers (`DeferredLedger`), replayed into `ledger` just before the item
+    goes on, as does `source_ledger`, the ledger `items` (a source) records its own drops in.
+
+    What this needs of the steps: the steps before `at` and the steps from `at` on share no state that the
+    order between them could change (each group still sees its items in order), and `prefetch` changes no
+    outcome (see `Prefetching`). `ahead` items ahead at most (counting only items that reach `steps[at]`;
+    those dropped before it are held as their ledger events only, at most `4 * ahead` of them), and fewer
+    while the step says it is full."""
+    if ahead < 1:
+        raise ValueError("ahead must be >= 1 (run_steps is the runner without look-ahead)")
+    for step in steps:
+        ledger.stage(step.name)
+    before, after = steps[:at], steps[at:]
+    prefetching = cast(Prefetching, steps[at])
+    waiting: deque[tuple[Any, DeferredLedger, DeferredLedger]] = deque()  # (item or _DROPPED, source's, steps')
+    n_ahead = 0  # items in `waiting` that reached steps[at]
+    it = iter(items)
+    exhausted = False
+    while True:
+        while (
+            not exhausted
+            and n_ahead < ahead
+            and len(waiting) < 4 * ahead
+            and not (n_ahead and prefetching.prefetch_full())
+        ):
             try:
-                out = step.process(item, ledger)
-            except Exception as e:  # noqa: BLE001 - a failing record is a counted drop, by contract
-                out = Drop(f"error:{type(e).__name__}", str(e))
-            if isinstance(out, Drop):
-                doc_id, url = _ident(item)
-                ledger.drop(
-                    step.name,
-                    out.reason,
-                    id=doc_id,
-                    url=url,
-                    item="document" if doc_id else "record",
-                    detail=out.detail,
-                    signals=_signals(item),
-                    text=_text(item) if doc_id else None,
-                )
+                item = next(it)
+            except StopIteration:
+                exhausted = True
                 break
-            count.n_out += 1
-            item = out
-        else:
-            yield item
+            from_source = DeferredLedger()
+            source_ledger.replay(from_source)  # the source's drops up to and including this item
+            held = DeferredLedger()
+            out = _through(item, before, held)
+            if out is not _DROPPED:
+                prefetching.prefetch(out)
+                n_ahead += 1
+            waiting.append((out, from_source, held))
+        if not waiting:
+            break
+        out, from_source, held = waiting.popleft()
+        from_source.replay(ledger)
+        held.replay(ledger)
+        if out is _DROPPED:
+            continue
+        n_ahead -= 1
+        out = _through(out, after, ledger)
+        if out is not _DROPPED:
+            yield out
+    source_ledger.replay(ledger)  # the source's drops after its last item

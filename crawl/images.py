@@ -29,6 +29,10 @@ from corpus.steps import Step, drop_images
 
 # resolver: list of URLs -> {url: bytes | drop reason}
 Resolver = Callable[[list[str]], dict[str, "bytes | str"]]
+# a request already sent: called, it waits for and returns what the resolver would have returned
+Pending = Callable[[], dict[str, "bytes | str"]]
+# submit: list of URLs -> Pending (a resolver that does not wait: the answers are fetched meanwhile)
+Submit = Callable[[list[str]], Pending]
 
 
 class ImageConfig(Section):
@@ -57,6 +61,26 @@ def chain(first: Resolver, then: Resolver, when: str) -> Resolver:
         return got
 
     return resolve
+
+
+def chain_submit(first: Resolver, then: Submit, when: str) -> Submit:
+    """`chain(first, then, when)` as a `Submit`: `first` is asked at once, `then` is sent the URLs it
+    answered with `when`, and the answers come together when the `Pending` is called."""
+
+    def submit(urls: list[str]) -> Pending:
+        got = first(urls)
+        missing = [u for u, v in got.items() if v == when]
+        if not missing:
+            return lambda: got
+        later = then(missing)
+
+        def result() -> dict[str, bytes | str]:
+            got.update(later())
+            return got
+
+        return result
+
+    return submit
 
 
 @dataclass
@@ -150,23 +174,64 @@ def _to_rgb(im: PILImage.Image) -> PILImage.Image:
 
 
 class ImageStep(Step):
-    """Resolve and process every image of a document; failures are item drops (stage `images`)."""
+    """Resolve and process every image of a document; failures are item drops (stage `images`).
+
+    With `submit` (a resolver that does not wait, e.g. the live image fetcher's) the step can be told of a
+    document before it gets there (`prefetch`, see `corpus.steps.run_steps_ahead`): the URLs that document
+    would ask the resolver for are requested at once and fetched while earlier documents are worked on.
+    The requests are the ones `process` would make, in the same order and grouping (one per document, the
+    URLs not already answered or asked for), so the answers, and with them every outcome, are the same;
+    only sooner. At most `prefetch_images` URLs are waited on at a time (`prefetch_full`)."""
 
     name = "images"
 
-    def __init__(self, cfg: ImageConfig, resolver: Resolver):
+    def __init__(self, cfg: ImageConfig, resolver: Resolver, submit: Submit | None = None, prefetch_images: int = 256):
         self.cfg = cfg
         self.resolver = resolver
+        self.submit = submit
+        self.prefetch_images = prefetch_images
         self._cache: dict[str, ProcessedImage | str] = {}  # url -> result, within one unit
+        self._pending: dict[str, Pending] = {}  # url -> the request sent ahead that answers it
+
+    def prefetch(self, doc: Document) -> None:
+        """Send the request `process(doc)` would send, now (nothing without `submit`)."""
+        if self.submit is None:
+            return
+        missing = [u for u in dict.fromkeys(im.url for im in doc.image_list) if u not in self._cache]
+        missing = [u for u in missing if u not in self._pending]
+        if missing:
+            pending = self.submit(missing)
+            for u in missing:
+                self._pending[u] = pending
+
+    def prefetch_full(self) -> bool:
+        return len(self._pending) >= self.prefetch_images
 
     def process(self, doc: Document, ledger: Ledger) -> Document:
         urls = [im.url for im in doc.image_list]
         missing = [u for u in dict.fromkeys(urls) if u not in self._cache]
+        for pending in dict.fromkeys(self._pending[u] for u in missing if u in self._pending):
+            self._take(pending)
+        missing = [u for u in missing if u not in self._cache]
         if missing:
-            for url, got in self.resolver(missing).items():
-                self._cache[url] = got if isinstance(got, str) else self._process(got)
+            self._answer(self.resolver(missing))
         drop_images(doc, ledger, self.name, self._fill)
         return doc
+
+    def _take(self, pending: Pending) -> None:
+        """The answers of a request sent ahead; if it failed, its URLs are no longer pending (a later
+        document asks for them again, as it would have without the look-ahead) and the error is this
+        document's."""
+        try:
+            got = pending()
+        finally:
+            for u in [u for u, p in self._pending.items() if p is pending]:
+                del self._pending[u]
+        self._answer(got)
+
+    def _answer(self, got: dict[str, bytes | str]) -> None:
+        for url, answer in got.items():
+            self._cache[url] = answer if isinstance(answer, str) else self._process(answer)
 
     def _process(self, data: bytes) -> ProcessedImage | str:
         try:

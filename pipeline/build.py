@@ -48,8 +48,8 @@ from corpus.config import Section, dump_config, flatten_config
 from corpus.format import MANIFEST, Corpus, ShardInfo, parse_manifest_line, write_shards
 from corpus.record import STAGED_SCHEMA, documents_to_staged_table, staged_table_to_documents
 from corpus.runner import Stage, map_actors, map_tasks
-from corpus.stats import Ledger, check_funnel
-from corpus.steps import Resources, Step, run_steps
+from corpus.stats import DeferredLedger, Ledger, check_funnel
+from corpus.steps import Resources, Step, run_steps, run_steps_ahead
 from corpus.storage import (
     Storage,
     StorageError,
@@ -59,7 +59,7 @@ from corpus.storage import (
     write_parquet_atomic,
 )
 from crawl.extract import ExtractConfig, ExtractStep, ImageGate
-from crawl.images import ImageConfig, ImageStep, Resolver, certain_drop, chain
+from crawl.images import ImageConfig, ImageStep, Resolver, Submit, certain_drop, chain, chain_submit
 from crawl.live.config import CrawlConfig
 from crawl.sources import NOT_IN_SOURCE, Unit, discover_units, label_shared_names, open_source
 from filters.config import FiltersConfig
@@ -90,6 +90,19 @@ class RayConfig(Section):
     address: str | None = Field(None, description="Ray cluster address; None starts a local instance")
     workers: int = Field(0, ge=0, description="unit workers (actors); 0 = one per CPU Ray sees")
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local instance (None = all)")
+    image_prefetch_docs: int = Field(
+        8,
+        ge=0,
+        description="with images.fetch: a unit worker extracts and filters up to this many documents ahead "
+        "and sends their image requests at once, so fetching overlaps the work on earlier documents (the "
+        "outcome is the same, event for event); 0 = one document at a time",
+    )
+    image_prefetch_images: int = Field(
+        256,
+        ge=1,
+        description="with image_prefetch_docs: stop looking ahead while this many image URLs are requested "
+        "and not yet processed (bounds a worker's memory: at most this many answers of up to crawl.max_bytes)",
+    )
 
 
 class BuildConfig(Section):
@@ -135,12 +148,14 @@ class Steps:
         in_source: Resolver | None = None,
         known_urls: frozenset[str] = frozenset(),
         same_captures: Callable[[Any], list[tuple[str, str]]] | None = None,
+        submit: Submit | None = None,
     ) -> list[Step]:
         """Phase 1, after reading. The image step is per unit: it resolves images from that unit. With the
         early cut on, so is extraction: `in_source` (the unit's own image lookup, None when images may be
         fetched) says whether a page's image can be had at all. Cut before parsing (filters.urlrules):
         `known_urls`, the normalised URLs of the corpus being appended to, and the repeated captures
-        `same_captures` (the unit's source) finds."""
+        `same_captures` (the unit's source) finds. `submit`: the resolver's non-waiting form, for the image
+        step's look-ahead (`ray.image_prefetch_docs`)."""
         extract = self.extract
         if self.cut_imageless:
             extract = copy.copy(self.extract)
@@ -150,7 +165,7 @@ class Steps:
             urls = known_urls if self.cfg.dedup.url else frozenset()
             captures = same_captures if self.cut_captures else None
             early = [UrlRules(optout=self.cut_optout, known_urls=urls, same_captures=captures)]
-        images = ImageStep(self.cfg.images, resolver)
+        images = ImageStep(self.cfg.images, resolver, submit, self.cfg.ray.image_prefetch_images)
         return [*early, extract, *self.text, images, self.image_dedup, *self.document]
 
     def write(self, dedup_result) -> list[Step]:
@@ -246,15 +261,24 @@ class UnitWorker:
         self.steps.setup()
         resolver: Resolver = source.images.fetch_many
         in_source: Resolver | None = resolver
+        submit: Submit | None = None
         if getattr(self, "fetcher", None) is not None:
             resolver = chain(resolver, self.fetcher.fetch_many, when=NOT_IN_SOURCE)
             in_source = None
-        steps = self.steps.unit(resolver, in_source, self._known[1], source.same_captures)
+            if self.cfg.ray.image_prefetch_docs:
+                submit = chain_submit(source.images.fetch_many, self.fetcher.submit, when=NOT_IN_SOURCE)
+        steps = self.steps.unit(resolver, in_source, self._known[1], source.same_captures, submit)
+        if submit is not None:  # fetching overlaps the work on earlier documents; the same outcome
+            held = DeferredLedger()
+            at = next(i for i, s in enumerate(steps) if isinstance(s, ImageStep))
+            docs = run_steps_ahead(source.pages(held), held, steps, ledger, at, self.cfg.ray.image_prefetch_docs)
+        else:
+            docs = run_steps(source.pages(ledger), steps, ledger)
         tmp = out / "docs.parquet.tmp"
         n_docs = 0
         with pq.ParquetWriter(tmp, STAGED_SCHEMA) as writer:
             batch = []
-            for doc in run_steps(source.pages(ledger), steps, ledger):
+            for doc in docs:
                 batch.append(doc)
                 if len(batch) >= self.cfg.output.staged_batch_docs:
                     writer.write_table(documents_to_staged_table(batch))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import io
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,13 @@ class FetchResolver:
         ]
 
     def fetch_many(self, urls: list[str]) -> dict[str, bytes | str]:
+        return self.submit(urls)()
+
+    __call__ = fetch_many
+
+    def submit(self, urls: list[str]) -> Callable[[], dict[str, bytes | str]]:
+        """Send the requests of `fetch_many(urls)` to the actors now; the returned function waits for the
+        answers and returns what `fetch_many` would (`crawl.images.Submit`: the image stage's look-ahead)."""
         out: dict[str, bytes | str] = {}
         groups: dict[int, list[str]] = {}
         for url in dict.fromkeys(urls):
@@ -175,11 +183,13 @@ class FetchResolver:
             else:
                 groups.setdefault(partition(host_key(url), len(self.actors)), []).append(url)
         refs = [self.actors[i].fetch_many.remote(g) for i, g in groups.items()]
-        for part in ray.get(refs):
-            out.update(part)
-        return {u: out[u] for u in dict.fromkeys(urls)}
 
-    __call__ = fetch_many
+        def result() -> dict[str, bytes | str]:
+            for part in ray.get(refs):
+                out.update(part)
+            return {u: out[u] for u in dict.fromkeys(urls)}
+
+        return result
 
     def close(self) -> Ledger:
         """Close the actors' WARC files, stop the actors, and return their merged counts."""

@@ -4,6 +4,7 @@ pages and photos: a corpus built straight from a crawl equals the corpus rebuilt
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -73,3 +74,69 @@ def test_images_not_in_the_source_are_fetched_and_archived(ray_local, server, tm
     assert list((tmp_path / "fx" / "images").glob("*.warc.gz"))  # fetched images archived
     docs = list(Corpus(tmp_path / "b").iter_documents())
     assert all(im.data for d in docs for im in d.image_list) and any(d.image_list for d in docs)
+
+
+def _corpus_files(root: Path) -> dict[str, bytes]:
+    """Every file a build wrote but build.json (start and end times) and the WARCs of fetched images (record
+    ids and dates); stats.json without its elapsed seconds."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and rel != "build.json" and not rel.startswith("crawl/"):
+            out[rel] = p.read_bytes()
+    stats = json.loads(out.pop("stats.json"))
+    stats["build"] = {k: v for k, v in stats["build"].items() if "second" not in k and "elapsed" not in k}
+    out["stats.json"] = json.dumps(stats, sort_keys=True).encode()
+    return out
+
+
+def test_image_look_ahead_builds_the_same_corpus_byte_for_byte(ray_local, server, tmp_path):
+    """ray.image_prefetch_docs (the image stage's look-ahead while fetching) changes when images are
+    fetched, never what the build writes: shards, index, manifest, stats and rejects as one document at a
+    time."""
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text(server.url("/index.html") + "\n")
+    build_corpus([], tmp_path / "a", load_config(BuildConfig, None, [*CRAWL, f"input.crawl_seeds={seeds}"]))
+    warcs = sorted(str(p) for p in (tmp_path / "a" / "crawl").glob("crawl-*.warc.gz"))
+    built = {}
+    for ahead in (0, 1, 8):
+        fetch = load_config(
+            BuildConfig,
+            None,
+            [*CRAWL, "images.fetch=true", "extract.early_cuts=false", f"ray.image_prefetch_docs={ahead}"],
+        )
+        stats = build_corpus(warcs, tmp_path / f"b{ahead}", fetch, progress=False)
+        assert stats["items"]["images/image"]["out"] > 0
+        built[ahead] = _corpus_files(tmp_path / f"b{ahead}")
+    assert any(k.startswith("shards/") for k in built[0]) and any(k.startswith("rejects/") for k in built[0])
+    for ahead in (1, 8):
+        assert built[ahead].keys() == built[0].keys()
+        assert [k for k in built[0] if built[ahead][k] != built[0][k]] == []
+
+
+def test_image_look_ahead_with_a_warc_that_ends_in_a_page(ray_local, server, site, tmp_path):
+    """The source's own checks under the look-ahead: a WARC whose last record is a page (its read count is
+    compared with its start value after the last page) and read drops between pages; every image fetched
+    from the loopback server. The same corpus byte for byte with look-ahead 0 and 8."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from _warcgen import http_response, warc_record, write_warc
+
+    records = [warc_record(server.url("/robots.txt"), http_response(b"User-agent: *", "text/plain"))]
+    for i, (path, html) in enumerate(sorted(site.pages.items())):
+        if i % 4 == 1:
+            records.append(warc_record(server.url(f"/data{i}.json"), http_response(b"{}", "application/json")))
+        records.append(warc_record(server.url(path), http_response(html)))
+    warc = write_warc(tmp_path / "pages.warc.gz", records)
+    built = {}
+    for ahead in (0, 8):
+        cfg = load_config(
+            BuildConfig,
+            None,
+            [*CRAWL, "images.fetch=true", "extract.early_cuts=false", f"ray.image_prefetch_docs={ahead}"],
+        )
+        stats = build_corpus([str(warc)], tmp_path / f"c{ahead}", cfg, progress=False)
+        read = next(s for s in stats["stages"] if s["name"] == "read")
+        assert read["in"] == len(records) and sum(read["drops"].values()) == len(records) - len(site.pages)
+        built[ahead] = _corpus_files(tmp_path / f"c{ahead}")
+    assert built[8].keys() == built[0].keys()
+    assert [k for k in built[0] if built[8][k] != built[0][k]] == []
