@@ -1,7 +1,7 @@
 """The image stage: give each image position of a document its bytes, checked and normalised.
 
 For every image of a document: look its bytes up through a resolver (the same WARC, local files, or the
-live image fetcher), then decode with Pillow, apply the EXIF orientation, refuse decompression bombs and
+live image fetcher), then decode with Pillow (the web's formats only, `corpus.imagefile`), apply the EXIF orientation, refuse decompression bombs and
 files over the byte cap, drop images under a minimum side or outside the aspect-ratio band, re-encode to
 one standard format with a maximum side, and record sha1 (of the stored bytes) and pHash (of the
 EXIF-corrected image). Each failure is an item drop with its reason; the document goes on with the images
@@ -23,6 +23,7 @@ from PIL import ImageOps, UnidentifiedImageError
 from pydantic import Field
 
 from corpus.config import Section
+from corpus.imagefile import open_image, unsupported_format
 from corpus.record import Document, Image
 from corpus.stats import Ledger
 from corpus.steps import Step, drop_images
@@ -100,7 +101,7 @@ def process_image(raw: bytes, cfg: ImageConfig) -> ProcessedImage | str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PILImage.DecompressionBombWarning)
-            im = PILImage.open(io.BytesIO(raw))
+            im = open_image(raw)
             w, h = im.size
             if w * h > cfg.max_pixels:
                 return "decompression_bomb"
@@ -110,7 +111,7 @@ def process_image(raw: bytes, cfg: ImageConfig) -> ProcessedImage | str:
     except PILImage.DecompressionBombWarning:
         return "decompression_bomb"
     except UnidentifiedImageError:
-        return "not_an_image"
+        return _unidentified(raw)
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
         return "truncated_image" if "truncated" in str(e).lower() else "corrupt_image"
     fresh = False  # im is a new plain image of its own (not the decoder's object)
@@ -148,11 +149,11 @@ def certain_drop(raw: bytes, cfg: ImageConfig) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PILImage.DecompressionBombWarning)
-            w, h = PILImage.open(io.BytesIO(raw)).size
+            w, h = open_image(raw).size
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
         return "decompression_bomb"
     except UnidentifiedImageError:
-        return "not_an_image"
+        return _unidentified(raw)
     except Exception:  # noqa: BLE001 - not settled by the header: process_image decides
         return None
     if w * h > cfg.max_pixels:
@@ -162,6 +163,12 @@ def certain_drop(raw: bytes, cfg: ImageConfig) -> str | None:
     if max(w, h) / min(w, h) > cfg.max_aspect:
         return "bad_aspect_ratio"
     return None
+
+
+def _unidentified(raw: bytes) -> str:
+    """The drop of bytes `open_image` does not open: a format outside `WEB_FORMATS` (EPS, PSD, ...: never
+    decoded) or no image at all."""
+    return "unsupported_image_format" if unsupported_format(raw) else "not_an_image"
 
 
 def _to_rgb(im: PILImage.Image) -> PILImage.Image:

@@ -15,7 +15,6 @@ Shape legend: T tokens   D model dim   V vocab   N patches   P values per patch 
 
 from __future__ import annotations
 
-import io
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import torch
 from PIL import Image as PILImage
 
 from corpus.config import load_json_model
+from corpus.imagefile import WEB_FORMATS, open_image, unsupported_format
 from train.data import DataConfig
 from train.data.collate import normalise
 from train.data.encode import DocumentEncoder
@@ -83,11 +83,13 @@ def read_image_file(path: str | Path) -> bytes:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PILImage.DecompressionBombWarning)
-            with PILImage.open(io.BytesIO(data)) as im:
+            with open_image(data) as im:
                 im.draft("RGB", (512, 512))  # JPEG: a reduced decode still reads every byte of the file
                 im.load()
     except PILImage.UnidentifiedImageError:
-        raise ValueError(f"--image {p}: not an image file (no image format recognised)") from None
+        fmt = unsupported_format(data)
+        known = f"a {fmt} file" if fmt else "not an image file"
+        raise ValueError(f"--image {p}: {known}; images are read in {', '.join(WEB_FORMATS)}") from None
     except Exception as e:  # noqa: BLE001 - OSError, bombs, and what Pillow's decoders raise untyped
         raise ValueError(f"--image {p}: not an image that decodes ({type(e).__name__}: {e})") from None
     return data

@@ -2,7 +2,8 @@
 
 `ImageFetcher` (async, one event loop): fetches many URLs concurrently across hosts, one at a time per host
 with the crawler's politeness, robots.txt, safety checks, retries and byte cap; then checks the answer is an
-image (HTML or text -> `not_an_image`; Pillow cannot identify it -> `not_an_image`; fails to decode ->
+image (HTML or text -> `not_an_image`; Pillow cannot identify it -> `not_an_image`; a format outside the
+web's (`corpus.imagefile.WEB_FORMATS`: EPS, PSD, ...) -> `unsupported_image_format`; fails to decode ->
 `truncated_image` / `corrupt_image`) and honours `X-Robots-Tag: noai` / `noimageai` (`optout_noai`).
 Every response is archived to WARC. Outcomes are counted as items of stage `fetch_images`.
 
@@ -20,7 +21,6 @@ so per-host politeness holds cluster-wide.
 from __future__ import annotations
 
 import asyncio
-import io
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +30,7 @@ import ray
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
+from corpus.imagefile import open_image, unsupported_format
 from corpus.stats import Ledger
 from crawl.live.config import CrawlConfig
 from crawl.live.fetcher import Fetched, Fetcher
@@ -60,16 +61,16 @@ def check_image(got: Fetched, max_pixels: int = 178_956_970) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PILImage.DecompressionBombWarning)
-            with PILImage.open(io.BytesIO(got.body)) as im:
+            with open_image(got.body) as im:
                 if im.size[0] * im.size[1] > max_pixels:
                     return "too_large"
                 im.verify()
-            with PILImage.open(io.BytesIO(got.body)) as im:
+            with open_image(got.body) as im:
                 im.load()  # verify() does not decode pixels; truncation shows here
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
         return "too_large"
     except UnidentifiedImageError:
-        return "not_an_image"
+        return "unsupported_image_format" if unsupported_format(got.body) else "not_an_image"
     except (OSError, SyntaxError, ValueError) as e:
         return "truncated_image" if "truncated" in str(e).lower() else "corrupt_image"
     return None

@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
 from corpus.record import Document
@@ -24,10 +22,11 @@ from filters.dedup.graph import connected_components, pairs_in_groups
 def image_phash(data: bytes) -> str:
     """pHash (64 bit, 16 hex chars) of encoded image bytes, on RGB after EXIF orientation is applied."""
     import imagehash
-    from PIL import Image as PILImage
     from PIL import ImageOps
 
-    with PILImage.open(io.BytesIO(data)) as im:
+    from corpus.imagefile import open_image
+
+    with open_image(data) as im:
         rgb = ImageOps.exif_transpose(im).convert("RGB")
     return str(imagehash.phash(rgb))
 

@@ -8,7 +8,6 @@ Images are decoded with Pillow under a pixel cap; one that cannot be decoded bec
 
 from __future__ import annotations
 
-import io
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
 from corpus.format import Corpus
+from corpus.imagefile import open_image
 from corpus.record import Document
 
 THUMB_SIDE = 640
@@ -31,7 +31,7 @@ def write_thumbnail(data: bytes | None, path: Path) -> tuple[int, int] | str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PILImage.DecompressionBombWarning)
-            im = PILImage.open(io.BytesIO(data))
+            im = open_image(data)
             if im.size[0] * im.size[1] > MAX_PIXELS:
                 return "too_many_pixels"
             im.load()

@@ -379,3 +379,28 @@ def test_exchange_records_keep_their_layout_and_digests(tmp_path):
     sha1 = base64.b32encode(hashlib.sha1(payload).digest()).decode()
     assert response["WARC-Payload-Digest"] == f"sha1:{sha1}"
     assert request["WARC-Payload-Digest"] == "sha1:3I42H3S6NNFQ2MSVX7XZKYAYSCX5QBYJ"  # SHA-1 of no bytes
+
+
+def test_fetched_images_are_checked_in_the_web_formats_only():
+    """The fetcher's image check decodes the web's formats (corpus.imagefile.WEB_FORMATS) only: an intact
+    PPM or EPS answer is the drop unsupported_image_format (before, a PPM was decoded and passed on, an EPS
+    started Ghostscript where installed), bytes that are no image stay not_an_image."""
+    import io
+
+    from PIL import Image as PILImage
+
+    from crawl.live.image_fetcher import check_image
+
+    def answer(fmt: str | None, body: bytes = b"") -> Fetched:
+        if fmt:
+            buf = io.BytesIO()
+            PILImage.new("RGB", (64, 48), (1, 2, 3)).save(buf, format=fmt)
+            body = buf.getvalue()
+        url = "http://example.org/x"
+        return Fetched(url, url, 200, {"content-type": "image/whatever"}, body, "2026-01-01T00:00:00Z")
+
+    assert check_image(answer("PNG")) is None
+    assert check_image(answer("WEBP")) is None
+    assert check_image(answer("PPM")) == "unsupported_image_format"
+    assert check_image(answer("EPS")) == "unsupported_image_format"
+    assert check_image(answer(None, b"\x00\x01garbage")) == "not_an_image"

@@ -164,3 +164,43 @@ def test_certain_drop_is_never_wrong_on_real_files(min_side, max_aspect):
     assert certain_drop(_png_header_only(20_000, 20_000), cfg) == "decompression_bomb"
     assert certain_drop(_png(min_side - 1, min_side * 2), cfg) == "too_small"
     assert certain_drop(_png(min_side, min_side), cfg) is None
+
+
+def _saved(fmt: str, size=(400, 300), **kw) -> bytes:
+    buf = io.BytesIO()
+    PILImage.new("RGB", size, (200, 40, 90)).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "ICO", "MPO"])
+def test_the_web_formats_are_decoded(fmt):
+    """Every format of corpus.imagefile.WEB_FORMATS a browser shows is decoded and re-encoded as before."""
+    size = (256, 200) if fmt == "ICO" else (400, 300)  # ICO holds at most 256 px
+    kw = {"sizes": [size]} if fmt == "ICO" else {}
+    got = process_image(_saved(fmt, size, **kw), ImageConfig(min_side=150))
+    assert not isinstance(got, str), got
+    assert (got.width, got.height) == size and got.data[:2] == b"\xff\xd8"
+    assert certain_drop(_saved(fmt, size, **kw), ImageConfig(min_side=150)) is None
+
+
+@pytest.mark.parametrize("fmt", ["PPM", "TGA", "SGI", "PCX", "DDS", "EPS", "QOI"])
+def test_formats_outside_the_web_are_never_decoded(fmt, monkeypatch):
+    """Pillow decodes ~40 formats (EPS through Ghostscript, where installed); the image stage decodes the
+    web's only: an intact file in another format is the drop unsupported_image_format, named apart from
+    bytes that are no image at all, and decided from the header by the early cut alike. Before, a PPM, TGA,
+    SGI, PCX, DDS or QOI image was decoded and kept, and an EPS was handed to Ghostscript."""
+    from PIL import EpsImagePlugin
+
+    if fmt not in PILImage.SAVE:
+        pytest.skip(f"this Pillow cannot write {fmt}")
+    raw = _saved(fmt)
+    with PILImage.open(io.BytesIO(raw)) as im:
+        assert im.format == fmt  # an intact file Pillow itself identifies
+
+    def ghostscript(*args, **kwargs):
+        raise AssertionError("Ghostscript was started on crawled bytes")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    assert process_image(raw, CFG) == "unsupported_image_format"
+    assert certain_drop(raw, CFG) == "unsupported_image_format"
+    assert process_image(b"<svg xmlns='http://www.w3.org/2000/svg'/>", CFG) == "not_an_image"

@@ -211,13 +211,15 @@ def test_broken_image_files_are_refused_before_the_model_loads(tmp_path, capsys)
     PILImage.new("RGB", (64, 48)).save(buf, "DDS")
     dds = buf.getvalue()
     (tmp_path / "odd.dds").write_bytes(dds[:80] + b"\x00\x00\x00\x00" + dds[84:])  # pixel format flags 0
+    (tmp_path / "intact.dds").write_bytes(dds)
     cases = {
-        tmp_path / "odd.dds": "not an image that decodes (NotImplementedError: Unknown pixel format flags 0)",
+        tmp_path / "odd.dds": "not an image file; images are read in JPEG, PNG, GIF",
+        tmp_path / "intact.dds": "a DDS file; images are read in JPEG, PNG, GIF",
         edge / "pillow__truncated_jpeg.jpg": "not an image that decodes (OSError: image file is truncated",
         edge / "skimage__truncated.jpg": "not an image that decodes (OSError",
         tmp_path / "cut.jpg": "not an image that decodes (OSError",
-        tmp_path / "text.jpg": "not an image file (no image format recognised)",
-        tmp_path / "empty.png": "not an image file (no image format recognised)",
+        tmp_path / "text.jpg": "not an image file; images are read in JPEG, PNG, GIF",
+        tmp_path / "empty.png": "not an image file; images are read in JPEG, PNG, GIF",
         tmp_path: "not a file",
         tmp_path / "nowhere.jpg": "no such file",
     }

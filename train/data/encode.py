@@ -16,7 +16,6 @@ its document and counted by reason; the document stays.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import warnings
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image as PILImage
 from PIL import ImageOps
 
+from corpus.imagefile import open_image
 from corpus.record import Document
 from train.batch import IGNORE_INDEX
 from train.data.config import DataConfig
@@ -100,7 +100,7 @@ class DocumentEncoder:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", PILImage.DecompressionBombWarning)
-                im = PILImage.open(io.BytesIO(data))
+                im = open_image(data)
                 if im.width * im.height > cfg.max_decode_pixels:
                     counters["images_dropped:too_large"] += 1
                     return None
