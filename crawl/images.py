@@ -1,9 +1,9 @@
 """The image stage: give each image position of a document its bytes, checked and normalised.
 
 For every image of a document: look its bytes up through a resolver (the same WARC, local files, or the
-live image fetcher), then decode with Pillow (the web's formats only, `corpus.imagefile`), apply the EXIF orientation, refuse decompression bombs and
-files over the byte cap, drop images under a minimum side or outside the aspect-ratio band, re-encode to
-one standard format with a maximum side, and record sha1 (of the stored bytes) and pHash (of the
+live image fetcher), then decode with Pillow (the web's formats only, `corpus.imagefile`), apply the EXIF
+orientation, refuse decompression bombs and files over the byte cap, drop images under a minimum side or
+outside the aspect-ratio band, re-encode to one standard format with a maximum side, and record sha1 (of the stored bytes) and pHash (of the
 EXIF-corrected image). Each failure is an item drop with its reason; the document goes on with the images
 that passed (document rules on image counts come later).
 """
