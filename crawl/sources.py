@@ -24,6 +24,10 @@ Damage is counted, never a quiet end of the unit:
   left) are the same drops;
 - a file with no WARC record in it (empty, or not a WARC) is one counted `warc_read_error`.
 
+A page's `fetched_at` is its WARC-Date, normalised by `warc_date`: kept as written in the standard's form,
+rewritten to ISO 8601 from another readable form, else "" (counters `read/warc_date_normalised`,
+`read/warc_date_unreadable`); garbage never reaches the corpus.
+
 A folder input is confined to the folder: a page file whose resolved path lies outside it is the drop
 `outside_input`; dangling links (`dangling_link`), FIFOs and other non-regular files (`not_a_regular_file`, also
 for a WARC input: a name linked to /dev/zero would be read forever),
@@ -36,10 +40,13 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import re
 import stat
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
@@ -247,6 +254,51 @@ def _headers(rec) -> dict[str, str]:
 def _warc_header(rec: WarcRecord, name: str) -> str:
     """A WARC header's value, "" when the record lacks it."""
     return rec.headers.get(name) or ""
+
+
+# WARC-Date as the WARC standard writes it (W3C-DTF to the second, optional fraction, Z or an offset)
+_WARC_DATE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:\d\d)", re.ASCII)
+# ClueWeb09's writer: the day of the year after the month, and an offset without a colon
+_ORDINAL_DATE = re.compile(r"(\d{4})-(\d\d)-(\d{3})T(\d\d:\d\d:\d\d)([+-]\d\d)(\d\d)", re.ASCII)
+_DIGITS14 = re.compile(r"\d{14}", re.ASCII)  # ARC and CDX timestamps, UTC
+MAX_DATE_CHARS = 64
+
+
+def warc_date(value: str) -> tuple[str, str]:
+    """A record's WARC-Date as the document's `fetched_at`, and what was done to it: a date as the standard
+    writes it is kept as written ("ok"); a date in another readable form (an ISO 8601 variant, an HTTP date,
+    a 14-digit ARC timestamp, ClueWeb09's day of the year) is rewritten to ISO 8601 ("normalised"); a date
+    that is missing or names no moment is "" ("unreadable"), never garbage in the corpus."""
+    value = value.strip()
+    if not value or len(value) > MAX_DATE_CHARS:
+        return "", "unreadable"
+    if _WARC_DATE.fullmatch(value):
+        try:
+            datetime.fromisoformat(value)
+            return value, "ok"
+        except ValueError:
+            return "", "unreadable"  # the right shape, no such moment (month 13, 25 o'clock)
+    dt: datetime | None = None
+    try:
+        if m := _ORDINAL_DATE.fullmatch(value):
+            year, month, day, clock, hours, minutes = m.groups()
+            dt = datetime.fromisoformat(f"{year}-01-01T{clock}{hours}:{minutes}") + timedelta(days=int(day) - 1)
+            if dt.year != int(year) or dt.month != int(month):
+                dt = None  # a day of the year outside the month it names
+        elif _DIGITS14.fullmatch(value):
+            dt = datetime.strptime(value, "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+        elif value[:4].isdigit():
+            dt = datetime.fromisoformat(value)
+        else:
+            dt = parsedate_to_datetime(value)
+    except (ValueError, TypeError, OverflowError, IndexError):
+        dt = None
+    if dt is None:
+        return "", "unreadable"
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)  # as URL dedup reads a date without an offset
+    text = dt.isoformat()
+    return (text[:-6] + "Z" if text.endswith("+00:00") else text), "normalised"
 
 
 def _is_web_url(url: str) -> bool:
@@ -615,7 +667,7 @@ class WarcSource:
             return
         if _finish(rec):
             return
-        entry = (_warc_header(rec, "WARC-Date"), make_doc_id(self._source(offset, rec)))
+        entry = (warc_date(_warc_header(rec, "WARC-Date"))[0], make_doc_id(self._source(offset, rec)))
         self._captures.setdefault(capture_key(url, body, _headers(rec)), []).append(entry)
 
     def _source(self, offset: int, rec: WarcRecord) -> str:
@@ -716,12 +768,15 @@ class WarcSource:
                 ledger.drop(READ, reason, url=url, item="record", detail=detail)
                 continue
             source = self._source(offset, rec)
+            fetched_at, how = warc_date(_warc_header(rec, "WARC-Date"))
+            if how != "ok":  # the page goes on, its date rewritten or left empty
+                ledger.counters[f"{READ}/warc_date_{how}"] += 1
             count.n_out += 1
             yield RawPage(
                 url=url,
                 body=body,
                 source=source,
-                fetched_at=_warc_header(rec, "WARC-Date"),
+                fetched_at=fetched_at,
                 headers=_headers(rec),
                 id=make_doc_id(source),
             )

@@ -516,3 +516,37 @@ def test_a_response_without_a_readable_status_line_is_a_named_drop(tmp_path):
     assert [p.url for p in src.pages(ledger)] == [url + "ok"]
     assert ledger.to_dict()["stages"][0]["drops"] == {"bad_http_status": 3}
     assert all("no HTTP status line" in r["detail"] for r in ledger.rejects)
+
+
+def test_a_warc_date_that_names_no_moment_is_left_empty_and_counted(tmp_path):
+    """A WARC-Date reached the document's fetched_at as written, garbage included ('garbage', month 13, 5,000
+    characters). A date as the standard writes it is kept as written; one in another readable form (an HTTP
+    date, a 14-digit ARC timestamp, ClueWeb09's day of the year, a date alone) is rewritten to ISO 8601 and
+    counted (read/warc_date_normalised); one that names no moment is "" and counted
+    (read/warc_date_unreadable). Every page goes on, and the pass-1 capture entry sees the same date."""
+    dates = {
+        "2024-05-01T12:00:00Z": "2024-05-01T12:00:00Z",
+        "2024-05-01T12:00:00.123456789+05:30": "2024-05-01T12:00:00.123456789+05:30",
+        "2008-10-294T05:21:46-0700": "2008-10-20T05:21:46-07:00",
+        "Tue, 01 May 2024 12:00:00 GMT": "2024-05-01T12:00:00Z",
+        "20240501120000": "2024-05-01T12:00:00Z",
+        "2024-05-01": "2024-05-01T00:00:00Z",
+        "garbage": "",
+        "2024-13-45T99:99:99Z": "",
+        "2024-02-30T00:00:00Z": "",
+        "2008-02-294T05:21:46-0700": "",
+        "x" * 5000: "",
+        "": "",
+    }
+    records = [
+        warc_record(f"http://h.test/{i}.html", http_response(page_html(f"p{i}")), date=d) for i, d in enumerate(dates)
+    ]
+    unit = discover_units([str(write_warc(tmp_path / "d.warc.gz", records))])[0]
+    src = open_source(unit)
+    src.index_images(captures=True)
+    ledger = Ledger()
+    pages = list(src.pages(ledger))
+    assert [p.fetched_at for p in pages] == list(dates.values())
+    assert all(src.same_captures(p) == [(p.fetched_at, p.id)] for p in pages)
+    assert ledger.to_dict()["counters"] == {"read/warc_date_normalised": 4, "read/warc_date_unreadable": 6}
+    assert ledger.to_dict()["stages"][0]["drops"] == {}
