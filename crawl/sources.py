@@ -69,6 +69,7 @@ IMAGE_TOO_LARGE = "too_large_bytes"  # the image stage's reason for an image ove
 MAX_HTML_BYTES = 5_000_000
 MAX_IMAGE_BYTES = 20 << 20
 GZIP_MAGIC = b"\x1f\x8b\x08"
+MAX_CODINGS = 4  # content codings undone for one payload (`Content-Encoding: gzip, gzip`)
 
 
 @dataclass(frozen=True)
@@ -227,13 +228,21 @@ def decode_payload(raw: bytes, headers: dict[str, str], limit: int = MAX_HTML_BY
         dechunked = dechunk(raw)
         if dechunked is not None:
             raw = dechunked
-    encoding = headers.get("content-encoding", "").strip().lower()
-    decoded = None
-    if encoding in ("gzip", "x-gzip", "deflate") and raw[:2] in (b"\x1f\x8b", b"\x78\x9c", b"\x78\x01", b"\x78\xda"):
-        decoded = _inflate_zlib(raw, limit)
-    elif encoding == "br":
-        decoded = _inflate_brotli(raw, limit)
-    return raw if decoded is None else decoded  # not encoded after all (or corrupt): extraction decides
+    # a list of codings (`gzip, gzip`; `identity, br`) was applied in order: undone last first, each one only
+    # when the bytes really are so encoded, at most MAX_CODINGS of them (each inflation stops at `limit`)
+    codings = [c.strip() for c in headers.get("content-encoding", "").lower().split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    if len(codings) > MAX_CODINGS:
+        return raw  # not decoded: extraction counts it
+    for coding in reversed(codings):
+        decoded = None
+        if coding in ("gzip", "x-gzip", "deflate") and raw[:2] in (b"\x1f\x8b", b"\x78\x9c", b"\x78\x01", b"\x78\xda"):
+            decoded = _inflate_zlib(raw, limit)
+        elif coding == "br":
+            decoded = _inflate_brotli(raw, limit)
+        if decoded is not None:  # else not encoded after all (or corrupt): extraction decides
+            raw = decoded
+    return raw
 
 
 def read_payload(rec: WarcRecord, limit: int) -> bytes:
@@ -248,7 +257,13 @@ def _content_type(rec) -> str:
 
 def _headers(rec) -> dict[str, str]:
     h = rec.http_headers
-    return {} if h is None else {k.lower(): v for k, v in h.items()}
+    if h is None:
+        return {}
+    headers = {k.lower(): v for k, v in h.items()}
+    codings = [v for k, v in h.items() if k.lower() == "content-encoding"]
+    if len(codings) > 1:  # a header repeated is one list (RFC 9110 5.3); other headers: the last one, as before
+        headers["content-encoding"] = ", ".join(codings)
+    return headers
 
 
 def _warc_header(rec: WarcRecord, name: str) -> str:

@@ -281,6 +281,33 @@ def test_encoded_payload_under_the_cap_is_decoded(encoding):
     assert decode_payload(body, {"content-encoding": encoding}) == body  # stored decoded: kept as it is
 
 
+def test_a_list_of_content_codings_is_undone_last_first(tmp_path):
+    """`Content-Encoding: gzip, gzip` (or `identity, br`, or the header given twice) names codings applied in
+    order; only a lone coding was decoded, so such a page reached extraction as compressed bytes and was the
+    drop undecodable_html. Each coding is now undone, last first, when the bytes are so encoded; each inflation
+    stops at the cap; more than MAX_CODINGS codings are left undecoded (extraction counts the page)."""
+    body = page_html("layered")
+    twice = gzip.compress(gzip.compress(body))
+    assert decode_payload(twice, {"content-encoding": "gzip, gzip"}) == body
+    assert decode_payload(gzip.compress(brotli.compress(body)), {"content-encoding": "br, x-gzip"}) == body
+    assert decode_payload(brotli.compress(body), {"content-encoding": "identity, br"}) == body
+    assert decode_payload(gzip.compress(body), {"content-encoding": "gzip, gzip"}) == body  # stored half decoded
+    with pytest.raises(PayloadTooLarge):
+        decode_payload(twice, {"content-encoding": "gzip, gzip"}, len(body) - 1)
+    deep = body
+    for _ in range(5):
+        deep = gzip.compress(deep)
+    assert decode_payload(deep, {"content-encoding": ", ".join(["gzip"] * 5)}) == deep
+    block = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Encoding: gzip\r\nContent-Encoding: gzip\r\n\r\n"
+    records = [
+        warc_record("http://h.test/list.html", http_response(twice, headers={"Content-Encoding": "gzip, gzip"})),
+        warc_record("http://h.test/twice.html", block + twice),
+    ]
+    pages, _, ledger = _read_capped(write_warc(tmp_path / "codings.warc.gz", records))
+    assert [p.body for p in pages] == [body, body]
+    assert ledger.to_dict()["stages"][0] == {"name": "read", "in": 2, "out": 2, "drops": {}}
+
+
 @pytest.mark.parametrize("suffix", [".warc", ".warc.gz"])
 def test_huge_http_header_costs_one_record_and_reading_goes_on(tmp_path, suffix):
     """2 pages, a response with a 2 MB HTTP header line, 5 pages: 7 pages and one counted drop."""
