@@ -255,6 +255,14 @@ def _content_type(rec) -> str:
     return (rec.http_content_type or "").split(";")[0].strip().lower()
 
 
+def _payload_type(rec) -> str:
+    """The media type of a record's payload: its HTTP Content-Type, else (a resource record, which holds the
+    payload with no HTTP header) its WARC Content-Type."""
+    if rec.record_type != WarcRecordType.resource:
+        return _content_type(rec)
+    return _content_type(rec) or _warc_header(rec, "Content-Type").split(";")[0].strip().lower()
+
+
 def _headers(rec) -> dict[str, str]:
     h = rec.http_headers
     if h is None:
@@ -649,8 +657,8 @@ class WarcSource:
             if captures and self._reason(offset, rec) is None:
                 self._add_capture(offset, rec, url)
                 continue
-            if not _content_type(rec).startswith("image/"):
-                continue
+            if not _payload_type(rec).startswith("image/"):
+                continue  # (an image resource record has its type in the WARC header only)
             if rtype == WarcRecordType.revisit:
                 if digest:
                     revisits.append((url, digest))
@@ -713,7 +721,7 @@ class WarcSource:
             return f"record_type:{str(rec.record_type).rsplit('.', 1)[-1]}"
         if rec.http_headers is None and rec.record_type == WarcRecordType.response:
             return "not_http"  # e.g. dns: records
-        ctype = _content_type(rec) or _warc_header(rec, "Content-Type").split(";")[0].lower()
+        ctype = _payload_type(rec)
         status = rec.http_headers.status_code if rec.http_headers is not None else 200
         if ctype.startswith("image/"):
             return "image_too_large" if offset in self._too_large else "image_resource"

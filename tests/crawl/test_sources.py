@@ -577,3 +577,27 @@ def test_a_warc_date_that_names_no_moment_is_left_empty_and_counted(tmp_path):
     assert all(src.same_captures(p) == [(p.fetched_at, p.id)] for p in pages)
     assert ledger.to_dict()["counters"] == {"read/warc_date_normalised": 4, "read/warc_date_unreadable": 6}
     assert ledger.to_dict()["stages"][0]["drops"] == {}
+
+
+def test_an_image_resource_record_is_indexed_for_the_pages_that_show_it(tmp_path):
+    """A resource record holds its payload with no HTTP header, its type in the WARC Content-Type. Pass 2
+    counted an image resource record as image_resource, but pass 1 looked only at the HTTP Content-Type and
+    never indexed it, so every page showing it lost the image as image_not_in_source. It is now indexed; a
+    response record without HTTP headers is still not_http and not indexed."""
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 64  # the source stores bytes; decoding is the image stage's work
+
+    def typed(url, block, rtype, ctype):
+        return warc_record(url, block, rtype=rtype).replace(b"application/http; msgtype=response", ctype.encode())
+
+    records = [
+        typed("http://h.test/a.png", png, "resource", "image/png"),
+        typed("http://h.test/b.png", png, "response", "image/png"),
+        typed("http://h.test/p.html", page_html("p", '<img src="a.png">'), "resource", "text/html; charset=utf-8"),
+    ]
+    pages, src, ledger = _read(write_warc(tmp_path / "res.warc.gz", records))
+    assert [p.url for p in pages] == ["http://h.test/p.html"]
+    assert src.images.fetch_many(["http://h.test/a.png", "http://h.test/b.png"]) == {
+        "http://h.test/a.png": png,
+        "http://h.test/b.png": "image_not_in_source",
+    }
+    assert ledger["stages"][0] == {"name": "read", "in": 3, "out": 1, "drops": {"image_resource": 1, "not_http": 1}}
