@@ -279,6 +279,13 @@ def _warc_header(rec: WarcRecord, name: str) -> str:
     return rec.headers.get(name) or ""
 
 
+def _target_uri(rec: WarcRecord) -> str:
+    """A record's WARC-Target-URI, without the angle brackets the WARC 1.0 grammar put around it (an erratum
+    of the standard, which wget since 1.19.4 follows: `<http://example.com/>`)."""
+    uri = _warc_header(rec, "WARC-Target-URI").strip()
+    return uri[1:-1].strip() if uri[:1] == "<" and uri[-1:] == ">" else uri
+
+
 # WARC-Date as the WARC standard writes it (W3C-DTF to the second, optional fraction, Z or an offset)
 _WARC_DATE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:\d\d)", re.ASCII)
 # ClueWeb09's writer: the day of the year after the month, and an offset without a colon
@@ -650,7 +657,7 @@ class WarcSource:
                 rec.parse_http(auto_decode="none", quirks_mode=True)
             except Exception:  # noqa: BLE001, S112 - pass 2 counts the record as bad_http_header
                 continue
-            url = _warc_header(rec, "WARC-Target-URI")
+            url = _target_uri(rec)
             digest = _warc_header(rec, "WARC-Payload-Digest")
             if rtype != WarcRecordType.revisit and digest:
                 self._all_digests.add(digest)
@@ -731,7 +738,7 @@ class WarcSource:
             return f"http_status:{status}"
         if ctype not in HTML_TYPES:
             return f"not_html:{ctype or 'unknown'}"
-        if not _is_web_url(_warc_header(rec, "WARC-Target-URI")):
+        if not _is_web_url(_target_uri(rec)):
             return "page_url_not_http"  # javascript:, data:, urn:, empty, unparsable: no page to resolve images on
         return None
 
@@ -760,7 +767,7 @@ class WarcSource:
                 continue
             seen += 1
             offset, rec = item
-            url = _warc_header(rec, "WARC-Target-URI")
+            url = _target_uri(rec)
             try:
                 rec.parse_http(auto_decode="none", quirks_mode=True)
             except Exception as e:  # noqa: BLE001 - e.g. "Maximum header length exceeded": this record only

@@ -601,3 +601,24 @@ def test_an_image_resource_record_is_indexed_for_the_pages_that_show_it(tmp_path
         "http://h.test/b.png": "image_not_in_source",
     }
     assert ledger["stages"][0] == {"name": "read", "in": 3, "out": 1, "drops": {"image_resource": 1, "not_http": 1}}
+
+
+def test_a_target_uri_in_angle_brackets_is_read_as_its_uri(tmp_path):
+    """wget since 1.19.4 writes `WARC-Target-URI: <http://...>` as the WARC 1.0 grammar said (an erratum fixed
+    in WARC 1.1). Its pages were the drop page_url_not_http and its images were indexed under the bracketed
+    text, so no page found them. The brackets are now taken off: the page is read under its URL, and the
+    image is found by the URL pages give."""
+
+    def bracketed(record: bytes, url: str) -> bytes:
+        return record.replace(f"WARC-Target-URI: {url}".encode(), f"WARC-Target-URI: <{url}>".encode())
+
+    image = warc_record("http://h.test/i.png", http_response(b"\x89PNG\r\n\x1a\n", "image/png"))
+    records = [
+        bracketed(image, "http://h.test/i.png"),
+        bracketed(page_record("http://h.test/a.html"), "http://h.test/a.html"),
+        page_record("http://h.test/b.html"),
+    ]
+    pages, src, ledger = _read(write_warc(tmp_path / "wget.warc.gz", records))
+    assert [p.url for p in pages] == ["http://h.test/a.html", "http://h.test/b.html"]
+    assert src.images.fetch_many(["http://h.test/i.png"]) == {"http://h.test/i.png": b"\x89PNG\r\n\x1a\n"}
+    assert ledger["stages"][0] == {"name": "read", "in": 3, "out": 2, "drops": {"image_resource": 1}}
