@@ -69,6 +69,9 @@ IMAGE_TOO_LARGE = "too_large_bytes"  # the image stage's reason for an image ove
 MAX_HTML_BYTES = 5_000_000
 MAX_IMAGE_BYTES = 20 << 20
 GZIP_MAGIC = b"\x1f\x8b\x08"
+# headers whose repeats are one list: the codings to undo, and robots directives (an opt-out given in the first
+# of two X-Robots-Tag headers must not be lost to the second)
+LIST_HEADERS = ("content-encoding", "transfer-encoding", "x-robots-tag")
 MAX_CODINGS = 4  # content codings undone for one payload (`Content-Encoding: gzip, gzip`)
 
 
@@ -268,9 +271,10 @@ def _headers(rec) -> dict[str, str]:
     if h is None:
         return {}
     headers = {k.lower(): v for k, v in h.items()}
-    codings = [v for k, v in h.items() if k.lower() == "content-encoding"]
-    if len(codings) > 1:  # a header repeated is one list (RFC 9110 5.3); other headers: the last one, as before
-        headers["content-encoding"] = ", ".join(codings)
+    for name in LIST_HEADERS:  # a header repeated is one list (RFC 9110 5.3); other headers: the last one
+        values = [v for k, v in h.items() if k.lower() == name]
+        if len(values) > 1:
+            headers[name] = ", ".join(values)
     return headers
 
 

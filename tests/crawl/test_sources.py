@@ -622,3 +622,23 @@ def test_a_target_uri_in_angle_brackets_is_read_as_its_uri(tmp_path):
     assert [p.url for p in pages] == ["http://h.test/a.html", "http://h.test/b.html"]
     assert src.images.fetch_many(["http://h.test/i.png"]) == {"http://h.test/i.png": b"\x89PNG\r\n\x1a\n"}
     assert ledger["stages"][0] == {"name": "read", "in": 3, "out": 2, "drops": {"image_resource": 1}}
+
+
+def test_repeated_robots_headers_are_one_list_and_keep_an_opt_out(tmp_path):
+    """A response with `X-Robots-Tag: noai` then `X-Robots-Tag: noindex` kept only the last header, so the
+    page's opt-out was lost and the page went into the corpus. A repeated X-Robots-Tag (as Transfer- and
+    Content-Encoding) is one list, as RFC 9110 reads it: the opt-out is seen and the page is the drop
+    optout_noai; other repeated headers keep their last value as before."""
+    from corpus.steps import run_steps
+    from filters.urlrules import UrlRules
+
+    block = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nX-Robots-Tag: noai\r\nX-Robots-Tag: noindex\r\n"
+        b"X-Powered-By: a\r\nX-Powered-By: b\r\n\r\n" + page_html("opted out")
+    )
+    records = [warc_record("http://h.test/out.html", block), page_record("http://h.test/in.html")]
+    pages, _, _ = _read(write_warc(tmp_path / "robots.warc.gz", records))
+    assert pages[0].headers["x-robots-tag"] == "noai, noindex" and pages[0].headers["x-powered-by"] == "b"
+    ledger = Ledger()
+    assert [p.url for p in run_steps(pages, [UrlRules(optout=True)], ledger)] == ["http://h.test/in.html"]
+    assert ledger.to_dict()["stages"][0]["drops"] == {"optout_noai": 1}
