@@ -258,6 +258,9 @@ def _content_type(rec) -> str:
     return (rec.http_content_type or "").split(";")[0].strip().lower()
 
 
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}", re.ASCII)
+
+
 def _payload_type(rec) -> str:
     """The media type of a record's payload: its HTTP Content-Type, else (a resource record, which holds the
     payload with no HTTP header) its WARC Content-Type."""
@@ -736,12 +739,14 @@ class WarcSource:
         status = rec.http_headers.status_code if rec.http_headers is not None else 200
         if ctype.startswith("image/"):
             return "image_too_large" if offset in self._too_large else "image_resource"
-        if status is None:
-            return "bad_http_status"  # an empty or garbled response block: no status line to read
+        if status is None or not 100 <= status <= 999:
+            return "bad_http_status"  # an empty or garbled response block: no (three-digit) status to read
         if status != 200:
             return f"http_status:{status}"
         if ctype not in HTML_TYPES:
-            return f"not_html:{ctype or 'unknown'}"
+            # a reason names the type only when it is one (RFC 6838 names): a garbled header would put control
+            # characters (terminal escapes) into stats.json and the summary, and a new reason per record
+            return f"not_html:{ctype or 'unknown'}" if not ctype or _MEDIA_TYPE.fullmatch(ctype) else "not_html:invalid"
         if not _is_web_url(_target_uri(rec)):
             return "page_url_not_http"  # javascript:, data:, urn:, empty, unparsable: no page to resolve images on
         return None
@@ -784,6 +789,10 @@ class WarcSource:
                 detail = f"{name}: record at byte {offset}: WARC header without Content-Length (cut short?)"
             elif reason == "bad_http_status":
                 detail = f"{name}: record at byte {offset}: no HTTP status line (an empty or garbled response block)"
+            elif reason == "not_html:invalid":
+                detail = (
+                    f"{name}: record at byte {offset}: Content-Type {_payload_type(rec)[:200]!r} names no media type"
+                )
             elif reason == "page_url_not_http":
                 detail = f"{name}: record at byte {offset}: WARC-Target-URI {url[:200]!r} is not an http(s) URL"
             if reason is None:

@@ -485,7 +485,8 @@ def test_a_content_length_too_small_counts_the_bytes_it_leaves(tmp_path):
     pages, _, stats = _read(write_warc(tmp_path / "short.warc", recs))
     [read] = stats["stages"]
     assert [p.url for p in pages] == ["http://example.com/0", "http://example.com/2"]
-    assert read["drops"] == {"http_status:2": 1, "warc_unreadable_bytes": 1} and check_funnel(stats) == []
+    # (the block cut to "HTTP/1.1 2": no three-digit status)
+    assert read["drops"] == {"bad_http_status": 1, "warc_unreadable_bytes": 1} and check_funnel(stats) == []
 
 
 @pytest.mark.parametrize("name", [w for w in WARCS if w.endswith(".gz")])
@@ -642,3 +643,23 @@ def test_repeated_robots_headers_are_one_list_and_keep_an_opt_out(tmp_path):
     ledger = Ledger()
     assert [p.url for p in run_steps(pages, [UrlRules(optout=True)], ledger)] == ["http://h.test/in.html"]
     assert ledger.to_dict()["stages"][0]["drops"] == {"optout_noai": 1}
+
+
+def test_a_garbled_content_type_or_status_makes_no_reason_of_its_own(tmp_path):
+    """The read drop for a non-HTML response named its Content-Type as written: a garbled header put control
+    characters (a terminal escape) into stats.json, the rejects and the end-of-build summary, and each
+    distinct garbage a reason of its own; a status of any size was `http_status:N` too. A Content-Type that is
+    no media type name (RFC 6838) is now `not_html:invalid`, named in the detail; a status that is not three
+    digits is bad_http_status; real types and statuses are named as before."""
+    body = page_html("p")
+    types = ["text/x\x1b[31mred", "\x01\x02", "a" * 300 + "/b", "weird", "text/plain", "application/x-javascript"]
+    records = [warc_record(f"http://h.test/{i}.html", http_response(body, content_type=c)) for i, c in enumerate(types)]
+    records += [warc_record(f"http://h.test/s{s}", http_response(body, status=f"{s} X")) for s in (2**31 - 1, 99, 404)]
+    _, _, ledger = _read(write_warc(tmp_path / "types.warc.gz", records))
+    assert ledger["stages"][0]["drops"] == {
+        "not_html:invalid": 4,
+        "not_html:text/plain": 1,
+        "not_html:application/x-javascript": 1,
+        "bad_http_status": 2,
+        "http_status:404": 1,
+    }
