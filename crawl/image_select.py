@@ -453,11 +453,16 @@ def image_features(img: etree._Element, at: int, alt: str, url: str, ctx: PageCo
     return [f[name] for name in FEATURES]
 
 
+MAX_ATTR_DIGITS = 9  # a declared width or height of more digits is no size (int() refuses over 4,300 digits)
+
+
 def int_attr(value: str | None) -> int | None:
+    """A declared width or height (`640`, `640.5`, `640px`), None when there is none or it is no size."""
     if not value:
         return None
     m = re.match(r"\s*(\d+)(\.\d+)?\s*(px)?\s*$", value)
-    return int(m.group(1)) if m else None
+    digits = m.group(1).lstrip("0") or "0" if m else ""
+    return int(digits) if digits and len(digits) <= MAX_ATTR_DIGITS else None
 
 
 # ---- the model -----------------------------------------------------------------------------------------

@@ -24,6 +24,10 @@ Damage is counted, never a quiet end of the unit:
   left) are the same drops;
 - a file with no WARC record in it (empty, or not a WARC) is one counted `warc_read_error`.
 
+A page's `fetched_at` is its WARC-Date, normalised by `warc_date`: kept as written in the standard's form,
+rewritten to ISO 8601 from another readable form, else "" (counters `read/warc_date_normalised`,
+`read/warc_date_unreadable`); garbage never reaches the corpus.
+
 A folder input is confined to the folder: a page file whose resolved path lies outside it is the drop
 `outside_input`; dangling links (`dangling_link`), FIFOs and other non-regular files (`not_a_regular_file`, also
 for a WARC input: a name linked to /dev/zero would be read forever),
@@ -36,10 +40,13 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import re
 import stat
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
@@ -62,6 +69,10 @@ IMAGE_TOO_LARGE = "too_large_bytes"  # the image stage's reason for an image ove
 MAX_HTML_BYTES = 5_000_000
 MAX_IMAGE_BYTES = 20 << 20
 GZIP_MAGIC = b"\x1f\x8b\x08"
+# headers whose repeats are one list: the codings to undo, and robots directives (an opt-out given in the first
+# of two X-Robots-Tag headers must not be lost to the second)
+LIST_HEADERS = ("content-encoding", "transfer-encoding", "x-robots-tag")
+MAX_CODINGS = 4  # content codings undone for one payload (`Content-Encoding: gzip, gzip`)
 
 
 @dataclass(frozen=True)
@@ -220,13 +231,21 @@ def decode_payload(raw: bytes, headers: dict[str, str], limit: int = MAX_HTML_BY
         dechunked = dechunk(raw)
         if dechunked is not None:
             raw = dechunked
-    encoding = headers.get("content-encoding", "").strip().lower()
-    decoded = None
-    if encoding in ("gzip", "x-gzip", "deflate") and raw[:2] in (b"\x1f\x8b", b"\x78\x9c", b"\x78\x01", b"\x78\xda"):
-        decoded = _inflate_zlib(raw, limit)
-    elif encoding == "br":
-        decoded = _inflate_brotli(raw, limit)
-    return raw if decoded is None else decoded  # not encoded after all (or corrupt): extraction decides
+    # a list of codings (`gzip, gzip`; `identity, br`) was applied in order: undone last first, each one only
+    # when the bytes really are so encoded, at most MAX_CODINGS of them (each inflation stops at `limit`)
+    codings = [c.strip() for c in headers.get("content-encoding", "").lower().split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    if len(codings) > MAX_CODINGS:
+        return raw  # not decoded: extraction counts it
+    for coding in reversed(codings):
+        decoded = None
+        if coding in ("gzip", "x-gzip", "deflate") and raw[:2] in (b"\x1f\x8b", b"\x78\x9c", b"\x78\x01", b"\x78\xda"):
+            decoded = _inflate_zlib(raw, limit)
+        elif coding == "br":
+            decoded = _inflate_brotli(raw, limit)
+        if decoded is not None:  # else not encoded after all (or corrupt): extraction decides
+            raw = decoded
+    return raw
 
 
 def read_payload(rec: WarcRecord, limit: int) -> bytes:
@@ -239,14 +258,84 @@ def _content_type(rec) -> str:
     return (rec.http_content_type or "").split(";")[0].strip().lower()
 
 
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}", re.ASCII)
+
+
+def _payload_type(rec) -> str:
+    """The media type of a record's payload: its HTTP Content-Type, else (a resource record, which holds the
+    payload with no HTTP header) its WARC Content-Type."""
+    if rec.record_type != WarcRecordType.resource:
+        return _content_type(rec)
+    return _content_type(rec) or _warc_header(rec, "Content-Type").split(";")[0].strip().lower()
+
+
 def _headers(rec) -> dict[str, str]:
     h = rec.http_headers
-    return {} if h is None else {k.lower(): v for k, v in h.items()}
+    if h is None:
+        return {}
+    headers = {k.lower(): v for k, v in h.items()}
+    for name in LIST_HEADERS:  # a header repeated is one list (RFC 9110 5.3); other headers: the last one
+        values = [v for k, v in h.items() if k.lower() == name]
+        if len(values) > 1:
+            headers[name] = ", ".join(values)
+    return headers
 
 
 def _warc_header(rec: WarcRecord, name: str) -> str:
     """A WARC header's value, "" when the record lacks it."""
     return rec.headers.get(name) or ""
+
+
+def _target_uri(rec: WarcRecord) -> str:
+    """A record's WARC-Target-URI, without the angle brackets the WARC 1.0 grammar put around it (an erratum
+    of the standard, which wget since 1.19.4 follows: `<http://example.com/>`)."""
+    uri = _warc_header(rec, "WARC-Target-URI").strip()
+    return uri[1:-1].strip() if uri[:1] == "<" and uri[-1:] == ">" else uri
+
+
+# WARC-Date as the WARC standard writes it (W3C-DTF to the second, optional fraction, Z or an offset)
+_WARC_DATE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:\d\d)", re.ASCII)
+# ClueWeb09's writer: the day of the year after the month, and an offset without a colon
+_ORDINAL_DATE = re.compile(r"(\d{4})-(\d\d)-(\d{3})T(\d\d:\d\d:\d\d)([+-]\d\d)(\d\d)", re.ASCII)
+_DIGITS14 = re.compile(r"\d{14}", re.ASCII)  # ARC and CDX timestamps, UTC
+MAX_DATE_CHARS = 64
+
+
+def warc_date(value: str) -> tuple[str, str]:
+    """A record's WARC-Date as the document's `fetched_at`, and what was done to it: a date as the standard
+    writes it is kept as written ("ok"); a date in another readable form (an ISO 8601 variant, an HTTP date,
+    a 14-digit ARC timestamp, ClueWeb09's day of the year) is rewritten to ISO 8601 ("normalised"); a date
+    that is missing or names no moment is "" ("unreadable"), never garbage in the corpus."""
+    value = value.strip()
+    if not value or len(value) > MAX_DATE_CHARS:
+        return "", "unreadable"
+    if _WARC_DATE.fullmatch(value):
+        try:
+            datetime.fromisoformat(value)
+            return value, "ok"
+        except ValueError:
+            return "", "unreadable"  # the right shape, no such moment (month 13, 25 o'clock)
+    dt: datetime | None = None
+    try:
+        if m := _ORDINAL_DATE.fullmatch(value):
+            year, month, day, clock, hours, minutes = m.groups()
+            dt = datetime.fromisoformat(f"{year}-01-01T{clock}{hours}:{minutes}") + timedelta(days=int(day) - 1)
+            if dt.year != int(year) or dt.month != int(month):
+                dt = None  # a day of the year outside the month it names
+        elif _DIGITS14.fullmatch(value):
+            dt = datetime.strptime(value, "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+        elif value[:4].isdigit():
+            dt = datetime.fromisoformat(value)
+        else:
+            dt = parsedate_to_datetime(value)
+    except (ValueError, TypeError, OverflowError, IndexError):
+        dt = None
+    if dt is None:
+        return "", "unreadable"
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)  # as URL dedup reads a date without an offset
+    text = dt.isoformat()
+    return (text[:-6] + "Z" if text.endswith("+00:00") else text), "normalised"
 
 
 def _is_web_url(url: str) -> bool:
@@ -575,15 +664,15 @@ class WarcSource:
                 rec.parse_http(auto_decode="none", quirks_mode=True)
             except Exception:  # noqa: BLE001, S112 - pass 2 counts the record as bad_http_header
                 continue
-            url = _warc_header(rec, "WARC-Target-URI")
+            url = _target_uri(rec)
             digest = _warc_header(rec, "WARC-Payload-Digest")
             if rtype != WarcRecordType.revisit and digest:
                 self._all_digests.add(digest)
             if captures and self._reason(offset, rec) is None:
                 self._add_capture(offset, rec, url)
                 continue
-            if not _content_type(rec).startswith("image/"):
-                continue
+            if not _payload_type(rec).startswith("image/"):
+                continue  # (an image resource record has its type in the WARC header only)
             if rtype == WarcRecordType.revisit:
                 if digest:
                     revisits.append((url, digest))
@@ -615,7 +704,7 @@ class WarcSource:
             return
         if _finish(rec):
             return
-        entry = (_warc_header(rec, "WARC-Date"), make_doc_id(self._source(offset, rec)))
+        entry = (warc_date(_warc_header(rec, "WARC-Date"))[0], make_doc_id(self._source(offset, rec)))
         self._captures.setdefault(capture_key(url, body, _headers(rec)), []).append(entry)
 
     def _source(self, offset: int, rec: WarcRecord) -> str:
@@ -646,17 +735,19 @@ class WarcSource:
             return f"record_type:{str(rec.record_type).rsplit('.', 1)[-1]}"
         if rec.http_headers is None and rec.record_type == WarcRecordType.response:
             return "not_http"  # e.g. dns: records
-        ctype = _content_type(rec) or _warc_header(rec, "Content-Type").split(";")[0].lower()
+        ctype = _payload_type(rec)
         status = rec.http_headers.status_code if rec.http_headers is not None else 200
         if ctype.startswith("image/"):
             return "image_too_large" if offset in self._too_large else "image_resource"
-        if status is None:
-            return "bad_http_status"  # an empty or garbled response block: no status line to read
+        if status is None or not 100 <= status <= 999:
+            return "bad_http_status"  # an empty or garbled response block: no (three-digit) status to read
         if status != 200:
             return f"http_status:{status}"
         if ctype not in HTML_TYPES:
-            return f"not_html:{ctype or 'unknown'}"
-        if not _is_web_url(_warc_header(rec, "WARC-Target-URI")):
+            # a reason names the type only when it is one (RFC 6838 names): a garbled header would put control
+            # characters (terminal escapes) into stats.json and the summary, and a new reason per record
+            return f"not_html:{ctype or 'unknown'}" if not ctype or _MEDIA_TYPE.fullmatch(ctype) else "not_html:invalid"
+        if not _is_web_url(_target_uri(rec)):
             return "page_url_not_http"  # javascript:, data:, urn:, empty, unparsable: no page to resolve images on
         return None
 
@@ -685,7 +776,7 @@ class WarcSource:
                 continue
             seen += 1
             offset, rec = item
-            url = _warc_header(rec, "WARC-Target-URI")
+            url = _target_uri(rec)
             try:
                 rec.parse_http(auto_decode="none", quirks_mode=True)
             except Exception as e:  # noqa: BLE001 - e.g. "Maximum header length exceeded": this record only
@@ -698,6 +789,10 @@ class WarcSource:
                 detail = f"{name}: record at byte {offset}: WARC header without Content-Length (cut short?)"
             elif reason == "bad_http_status":
                 detail = f"{name}: record at byte {offset}: no HTTP status line (an empty or garbled response block)"
+            elif reason == "not_html:invalid":
+                detail = (
+                    f"{name}: record at byte {offset}: Content-Type {_payload_type(rec)[:200]!r} names no media type"
+                )
             elif reason == "page_url_not_http":
                 detail = f"{name}: record at byte {offset}: WARC-Target-URI {url[:200]!r} is not an http(s) URL"
             if reason is None:
@@ -716,12 +811,15 @@ class WarcSource:
                 ledger.drop(READ, reason, url=url, item="record", detail=detail)
                 continue
             source = self._source(offset, rec)
+            fetched_at, how = warc_date(_warc_header(rec, "WARC-Date"))
+            if how != "ok":  # the page goes on, its date rewritten or left empty
+                ledger.counters[f"{READ}/warc_date_{how}"] += 1
             count.n_out += 1
             yield RawPage(
                 url=url,
                 body=body,
                 source=source,
-                fetched_at=_warc_header(rec, "WARC-Date"),
+                fetched_at=fetched_at,
                 headers=_headers(rec),
                 id=make_doc_id(source),
             )

@@ -111,7 +111,7 @@ def read_path_list(path: str, cfg: InputConfig) -> list[str]:
                 raw = f.read()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.GzipFile(fileobj=io.BytesIO(raw)).read()
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a list saved by an editor that writes a byte order mark
     except zlib.error as e:
         raise ValueError(f"--input {path}: cannot read the path list: damaged gzip data ({e})") from e
     except (OSError, EOFError, UnicodeDecodeError) as e:

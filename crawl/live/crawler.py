@@ -94,7 +94,7 @@ def read_seeds(path: str | Path, column: str = "url") -> list[str]:
         seeds = [str(u) for u in pq.read_table(p, columns=[column]).column(column).to_pylist() if u]
     else:
         try:
-            lines = p.read_text(encoding="utf-8").splitlines()
+            lines = p.read_text(encoding="utf-8-sig").splitlines()  # (a byte order mark is no part of a URL)
         except UnicodeDecodeError as e:
             raise ValueError(
                 f"seed file {p}: not UTF-8 text ({e.reason} at byte {e.start}); give a text file "

@@ -281,6 +281,33 @@ def test_encoded_payload_under_the_cap_is_decoded(encoding):
     assert decode_payload(body, {"content-encoding": encoding}) == body  # stored decoded: kept as it is
 
 
+def test_a_list_of_content_codings_is_undone_last_first(tmp_path):
+    """`Content-Encoding: gzip, gzip` (or `identity, br`, or the header given twice) names codings applied in
+    order; only a lone coding was decoded, so such a page reached extraction as compressed bytes and was the
+    drop undecodable_html. Each coding is now undone, last first, when the bytes are so encoded; each inflation
+    stops at the cap; more than MAX_CODINGS codings are left undecoded (extraction counts the page)."""
+    body = page_html("layered")
+    twice = gzip.compress(gzip.compress(body))
+    assert decode_payload(twice, {"content-encoding": "gzip, gzip"}) == body
+    assert decode_payload(gzip.compress(brotli.compress(body)), {"content-encoding": "br, x-gzip"}) == body
+    assert decode_payload(brotli.compress(body), {"content-encoding": "identity, br"}) == body
+    assert decode_payload(gzip.compress(body), {"content-encoding": "gzip, gzip"}) == body  # stored half decoded
+    with pytest.raises(PayloadTooLarge):
+        decode_payload(twice, {"content-encoding": "gzip, gzip"}, len(body) - 1)
+    deep = body
+    for _ in range(5):
+        deep = gzip.compress(deep)
+    assert decode_payload(deep, {"content-encoding": ", ".join(["gzip"] * 5)}) == deep
+    block = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Encoding: gzip\r\nContent-Encoding: gzip\r\n\r\n"
+    records = [
+        warc_record("http://h.test/list.html", http_response(twice, headers={"Content-Encoding": "gzip, gzip"})),
+        warc_record("http://h.test/twice.html", block + twice),
+    ]
+    pages, _, ledger = _read_capped(write_warc(tmp_path / "codings.warc.gz", records))
+    assert [p.body for p in pages] == [body, body]
+    assert ledger.to_dict()["stages"][0] == {"name": "read", "in": 2, "out": 2, "drops": {}}
+
+
 @pytest.mark.parametrize("suffix", [".warc", ".warc.gz"])
 def test_huge_http_header_costs_one_record_and_reading_goes_on(tmp_path, suffix):
     """2 pages, a response with a 2 MB HTTP header line, 5 pages: 7 pages and one counted drop."""
@@ -458,7 +485,8 @@ def test_a_content_length_too_small_counts_the_bytes_it_leaves(tmp_path):
     pages, _, stats = _read(write_warc(tmp_path / "short.warc", recs))
     [read] = stats["stages"]
     assert [p.url for p in pages] == ["http://example.com/0", "http://example.com/2"]
-    assert read["drops"] == {"http_status:2": 1, "warc_unreadable_bytes": 1} and check_funnel(stats) == []
+    # (the block cut to "HTTP/1.1 2": no three-digit status)
+    assert read["drops"] == {"bad_http_status": 1, "warc_unreadable_bytes": 1} and check_funnel(stats) == []
 
 
 @pytest.mark.parametrize("name", [w for w in WARCS if w.endswith(".gz")])
@@ -516,3 +544,122 @@ def test_a_response_without_a_readable_status_line_is_a_named_drop(tmp_path):
     assert [p.url for p in src.pages(ledger)] == [url + "ok"]
     assert ledger.to_dict()["stages"][0]["drops"] == {"bad_http_status": 3}
     assert all("no HTTP status line" in r["detail"] for r in ledger.rejects)
+
+
+def test_a_warc_date_that_names_no_moment_is_left_empty_and_counted(tmp_path):
+    """A WARC-Date reached the document's fetched_at as written, garbage included ('garbage', month 13, 5,000
+    characters). A date as the standard writes it is kept as written; one in another readable form (an HTTP
+    date, a 14-digit ARC timestamp, ClueWeb09's day of the year, a date alone) is rewritten to ISO 8601 and
+    counted (read/warc_date_normalised); one that names no moment is "" and counted
+    (read/warc_date_unreadable). Every page goes on, and the pass-1 capture entry sees the same date."""
+    dates = {
+        "2024-05-01T12:00:00Z": "2024-05-01T12:00:00Z",
+        "2024-05-01T12:00:00.123456789+05:30": "2024-05-01T12:00:00.123456789+05:30",
+        "2008-10-294T05:21:46-0700": "2008-10-20T05:21:46-07:00",
+        "Tue, 01 May 2024 12:00:00 GMT": "2024-05-01T12:00:00Z",
+        "20240501120000": "2024-05-01T12:00:00Z",
+        "2024-05-01": "2024-05-01T00:00:00Z",
+        "garbage": "",
+        "2024-13-45T99:99:99Z": "",
+        "2024-02-30T00:00:00Z": "",
+        "2008-02-294T05:21:46-0700": "",
+        "x" * 5000: "",
+        "": "",
+    }
+    records = [
+        warc_record(f"http://h.test/{i}.html", http_response(page_html(f"p{i}")), date=d) for i, d in enumerate(dates)
+    ]
+    unit = discover_units([str(write_warc(tmp_path / "d.warc.gz", records))])[0]
+    src = open_source(unit)
+    src.index_images(captures=True)
+    ledger = Ledger()
+    pages = list(src.pages(ledger))
+    assert [p.fetched_at for p in pages] == list(dates.values())
+    assert all(src.same_captures(p) == [(p.fetched_at, p.id)] for p in pages)
+    assert ledger.to_dict()["counters"] == {"read/warc_date_normalised": 4, "read/warc_date_unreadable": 6}
+    assert ledger.to_dict()["stages"][0]["drops"] == {}
+
+
+def test_an_image_resource_record_is_indexed_for_the_pages_that_show_it(tmp_path):
+    """A resource record holds its payload with no HTTP header, its type in the WARC Content-Type. Pass 2
+    counted an image resource record as image_resource, but pass 1 looked only at the HTTP Content-Type and
+    never indexed it, so every page showing it lost the image as image_not_in_source. It is now indexed; a
+    response record without HTTP headers is still not_http and not indexed."""
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 64  # the source stores bytes; decoding is the image stage's work
+
+    def typed(url, block, rtype, ctype):
+        return warc_record(url, block, rtype=rtype).replace(b"application/http; msgtype=response", ctype.encode())
+
+    records = [
+        typed("http://h.test/a.png", png, "resource", "image/png"),
+        typed("http://h.test/b.png", png, "response", "image/png"),
+        typed("http://h.test/p.html", page_html("p", '<img src="a.png">'), "resource", "text/html; charset=utf-8"),
+    ]
+    pages, src, ledger = _read(write_warc(tmp_path / "res.warc.gz", records))
+    assert [p.url for p in pages] == ["http://h.test/p.html"]
+    assert src.images.fetch_many(["http://h.test/a.png", "http://h.test/b.png"]) == {
+        "http://h.test/a.png": png,
+        "http://h.test/b.png": "image_not_in_source",
+    }
+    assert ledger["stages"][0] == {"name": "read", "in": 3, "out": 1, "drops": {"image_resource": 1, "not_http": 1}}
+
+
+def test_a_target_uri_in_angle_brackets_is_read_as_its_uri(tmp_path):
+    """wget since 1.19.4 writes `WARC-Target-URI: <http://...>` as the WARC 1.0 grammar said (an erratum fixed
+    in WARC 1.1). Its pages were the drop page_url_not_http and its images were indexed under the bracketed
+    text, so no page found them. The brackets are now taken off: the page is read under its URL, and the
+    image is found by the URL pages give."""
+
+    def bracketed(record: bytes, url: str) -> bytes:
+        return record.replace(f"WARC-Target-URI: {url}".encode(), f"WARC-Target-URI: <{url}>".encode())
+
+    image = warc_record("http://h.test/i.png", http_response(b"\x89PNG\r\n\x1a\n", "image/png"))
+    records = [
+        bracketed(image, "http://h.test/i.png"),
+        bracketed(page_record("http://h.test/a.html"), "http://h.test/a.html"),
+        page_record("http://h.test/b.html"),
+    ]
+    pages, src, ledger = _read(write_warc(tmp_path / "wget.warc.gz", records))
+    assert [p.url for p in pages] == ["http://h.test/a.html", "http://h.test/b.html"]
+    assert src.images.fetch_many(["http://h.test/i.png"]) == {"http://h.test/i.png": b"\x89PNG\r\n\x1a\n"}
+    assert ledger["stages"][0] == {"name": "read", "in": 3, "out": 2, "drops": {"image_resource": 1}}
+
+
+def test_repeated_robots_headers_are_one_list_and_keep_an_opt_out(tmp_path):
+    """A response with `X-Robots-Tag: noai` then `X-Robots-Tag: noindex` kept only the last header, so the
+    page's opt-out was lost and the page went into the corpus. A repeated X-Robots-Tag (as Transfer- and
+    Content-Encoding) is one list, as RFC 9110 reads it: the opt-out is seen and the page is the drop
+    optout_noai; other repeated headers keep their last value as before."""
+    from corpus.steps import run_steps
+    from filters.urlrules import UrlRules
+
+    block = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nX-Robots-Tag: noai\r\nX-Robots-Tag: noindex\r\n"
+        b"X-Powered-By: a\r\nX-Powered-By: b\r\n\r\n" + page_html("opted out")
+    )
+    records = [warc_record("http://h.test/out.html", block), page_record("http://h.test/in.html")]
+    pages, _, _ = _read(write_warc(tmp_path / "robots.warc.gz", records))
+    assert pages[0].headers["x-robots-tag"] == "noai, noindex" and pages[0].headers["x-powered-by"] == "b"
+    ledger = Ledger()
+    assert [p.url for p in run_steps(pages, [UrlRules(optout=True)], ledger)] == ["http://h.test/in.html"]
+    assert ledger.to_dict()["stages"][0]["drops"] == {"optout_noai": 1}
+
+
+def test_a_garbled_content_type_or_status_makes_no_reason_of_its_own(tmp_path):
+    """The read drop for a non-HTML response named its Content-Type as written: a garbled header put control
+    characters (a terminal escape) into stats.json, the rejects and the end-of-build summary, and each
+    distinct garbage a reason of its own; a status of any size was `http_status:N` too. A Content-Type that is
+    no media type name (RFC 6838) is now `not_html:invalid`, named in the detail; a status that is not three
+    digits is bad_http_status; real types and statuses are named as before."""
+    body = page_html("p")
+    types = ["text/x\x1b[31mred", "\x01\x02", "a" * 300 + "/b", "weird", "text/plain", "application/x-javascript"]
+    records = [warc_record(f"http://h.test/{i}.html", http_response(body, content_type=c)) for i, c in enumerate(types)]
+    records += [warc_record(f"http://h.test/s{s}", http_response(body, status=f"{s} X")) for s in (2**31 - 1, 99, 404)]
+    _, _, ledger = _read(write_warc(tmp_path / "types.warc.gz", records))
+    assert ledger["stages"][0]["drops"] == {
+        "not_html:invalid": 4,
+        "not_html:text/plain": 1,
+        "not_html:application/x-javascript": 1,
+        "bad_http_status": 2,
+        "http_status:404": 1,
+    }

@@ -83,6 +83,14 @@ def test_whole_warcs_have_no_read_error():
         assert "warc_read_error" not in stats["stages"][0]["drops"], name
 
 
+def test_a_seed_file_that_starts_with_a_byte_order_mark_loses_no_seed(tmp_path):
+    """A seed list saved by an editor that writes a UTF-8 byte order mark (Notepad, CRLF): the mark was read as
+    part of the first URL, which the crawl then dropped (bad_scheme). The mark is skipped."""
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_bytes("\ufeffhttp://h.test/a\r\n# c\r\nhttp://h.test/b\r\n".encode())
+    assert read_seeds(seeds) == ["http://h.test/a", "http://h.test/b"]
+
+
 def test_bad_seed_files_name_the_file(tmp_path):
     binary = tmp_path / "seeds.txt"
     binary.write_bytes(b"\xff\xd8\xff\xe0 jpeg")

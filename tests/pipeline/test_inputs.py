@@ -40,6 +40,19 @@ def test_a_gzip_path_list_resolves_relative_entries_against_the_prefix(tmp_path)
         resolve_inputs([str(missing)])
 
 
+def test_a_path_list_that_starts_with_a_byte_order_mark_is_read(tmp_path):
+    """A path list saved by an editor that writes a UTF-8 byte order mark (Notepad) with CRLF line ends: the
+    mark was read as part of the first entry, so an absolute path was refused as 'a relative path' (the mark
+    invisible in the message), and with --input-prefix joined into a URL no file has. The mark is skipped."""
+    files = _files(tmp_path, 2)
+    listing = tmp_path / "mine.txt"
+    listing.write_bytes(f"\ufeff{files[1]}\r\n\r\n# comment\r\n{files[0]}\r\n".encode())
+    assert resolve_inputs([str(listing)]) == [files[1], files[0]]
+    relative = tmp_path / "warc.paths.gz"
+    relative.write_bytes(gzip.compress("\ufeffcrawl-data/part-01.warc.gz\n".encode()))
+    assert resolve_inputs([str(relative)], InputConfig(prefix=str(tmp_path))) == [files[1]]
+
+
 @pytest.mark.parametrize(
     "entry,kind", [("crawl-data/x/wet/CC-MAIN-1.warc.wet.gz", "WET"), ("crawl-data/x/wat/CC-MAIN-1.warc.wat.gz", "WAT")]
 )
