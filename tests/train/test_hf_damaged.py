@@ -63,6 +63,14 @@ DAMAGES = {
     "config not JSON": (lambda d: (d / "config.json").write_text("{oops"), r"config.json: not valid JSON"),
     "config not UTF-8": (lambda d: (d / "config.json").write_bytes(b"\xff\xfe{"), r"config.json: cannot read it"),
     "config a list": (lambda d: (d / "config.json").write_text("[1]"), r"config.json: holds a JSON list, not an"),
+    "config nested deep": (
+        lambda d: (d / "config.json").write_text('{"a":' * 100_000 + "1" + "}" * 100_000),
+        r"config.json: not valid JSON \(nested too deep\)",
+    ),
+    "index nested deep": (
+        lambda d: (d / "model.safetensors.index.json").write_text("[" * 100_000 + "]" * 100_000),
+        r"model.safetensors.index.json: not valid JSON \(nested too deep\)",
+    ),
     "field missing": (_edit_json("config.json", lambda c: c.pop("hidden_size")), r"lacks the field 'hidden_size'"),
     "field a string": (
         _edit_json("config.json", lambda c: c.update(num_hidden_layers="two")),

@@ -55,6 +55,8 @@ def read_json_object(path: str | Path) -> dict:
         raise ValueError(f"{path}: cannot read it ({e})") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:  # arrays or objects nested thousands deep
+        raise ValueError(f"{path}: not valid JSON (nested too deep)") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: holds a JSON {type(data).__name__}, not an object")
     return data
