@@ -80,6 +80,44 @@ DAMAGES = {
         _edit_json("config.json", lambda c: c.update(rope_scaling="yes")),
         r"config.json: rope_scaling='yes' is not an object",
     ),
+    "rope theta a string": (
+        _edit_json("config.json", lambda c: c.update(rope_theta="big")),
+        r"config.json: rope_theta='big' is not a number",
+    ),
+    "rope theta negative": (
+        _edit_json("config.json", lambda c: c.update(rope_theta=-1.0)),
+        r"config.json: rope_theta: Input should be greater than 0",
+    ),
+    "llama3 rope factor 0": (
+        _edit_json(
+            "config.json",
+            lambda c: c.update(
+                rope_scaling={
+                    "rope_type": "llama3",
+                    "factor": 8.0,
+                    "low_freq_factor": 0.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 8192,
+                }
+            ),
+        ),
+        r"config.json: rope_scaling.low_freq_factor: Input should be greater than 0",
+    ),
+    "llama3 rope factors equal": (
+        _edit_json(
+            "config.json",
+            lambda c: c.update(
+                rope_scaling={
+                    "rope_type": "llama3",
+                    "factor": 8.0,
+                    "low_freq_factor": 4.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 8192,
+                }
+            ),
+        ),
+        r"config.json: rope_scaling: .*high_freq_factor=4.0 must exceed low_freq_factor=4.0",
+    ),
     "eps a string": (
         _edit_json("config.json", lambda c: c.update(rms_norm_eps="tiny")),
         r"config.json: norm_eps: Input should be a valid number.* \(got 'tiny'\)",
