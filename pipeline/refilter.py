@@ -167,12 +167,14 @@ def refilter_corpus(corpus: str | Path, output: str | Path, overrides: list[str]
                 max_docs=cfg.output.max_shard_docs,
             )
             lines += [s.line() + "\n" for s in written]
-    except ValueError as e:  # a damaged shard of the source (Corpus.iter_shard names it): no half corpus left
+    except (ValueError, OSError) as e:  # a damaged or missing shard of the source (named): no half corpus left
         if fresh:
             shutil.rmtree(out, ignore_errors=True)
         else:  # it was empty: all in it is ours
             for p in out.iterdir():
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+            raise  # the file system refused (the output's disk full, ...): the CLI names the file
         raise ValueError(f"{e}; the refilter stopped, nothing was written to {out}") from None
     (out / MANIFEST).write_text("".join(lines), encoding="utf-8")
     write_parquet_atomic(ledger.rejects_table(), out / "rejects" / "refilter.parquet")

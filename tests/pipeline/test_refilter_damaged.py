@@ -83,3 +83,15 @@ def test_a_damaged_shard_stops_the_refilter_without_a_half_corpus(tmp_path, caps
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "part-00000-0000.tar: not a readable tar stream" in err
     assert "nothing was written" in err and not out.exists()
+
+
+def test_a_missing_shard_stops_the_refilter_without_a_half_corpus(tmp_path, capsys):
+    """A manifest line whose shard file is gone: FileNotFoundError left --output holding index/ and shards/."""
+    corpus = tmp_path / "corpus"
+    _corpus(corpus)
+    (corpus / "shards" / "part-00000-0000.tar").unlink()
+    out = tmp_path / "out"
+    assert main(["refilter", str(corpus), "--set", "filters.language.min_score=0.8", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "part-00000-0000.tar" in err and "No such file" in err
+    assert "nothing was written" in err and not out.exists()
