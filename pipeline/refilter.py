@@ -139,6 +139,17 @@ def refilter_corpus(corpus: str | Path, output: str | Path, overrides: list[str]
     shards_of: dict[str, list[ShardInfo]] = {}
     for s in src.shards():
         shards_of.setdefault(s.unit, []).append(s)
+    names = [u["name"] for u in info["units"]]
+    # every shard is written under its unit, once: a unit named twice (its shards written twice) or a shard
+    # of a unit build.json does not name (its documents left out without a word) is damage
+    if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"{src.path.rstrip('/')}/build.json is damaged: 'units' names a unit twice or not by a string")
+    unnamed = sorted(set(shards_of) - set(names))
+    if unnamed:
+        raise ValueError(
+            f"{src.path.rstrip('/')}/{MANIFEST} lists shards of unit {unnamed[0]!r}, which build.json's 'units' "
+            f"does not name: the corpus is damaged"
+        )
 
     def kept(shards: list[ShardInfo]):
         nonlocal dropped_keepers

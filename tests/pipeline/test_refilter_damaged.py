@@ -28,6 +28,10 @@ def _corpus(root: Path) -> None:
     (root / "stats.json").write_text(json.dumps({"stages": [], "items": {}, "build": {"documents": 3}}))
 
 
+def _edit_build(root: Path, **fields) -> None:
+    (root / "build.json").write_text(json.dumps(json.loads((root / "build.json").read_text()) | fields))
+
+
 DAMAGES = {
     "no build.json": (lambda r: (r / "build.json").unlink(), "build.json is missing: not a corpus finished by"),
     "build.json not JSON": (
@@ -44,6 +48,18 @@ DAMAGES = {
     "units not a list": (
         lambda r: (r / "build.json").write_text(json.dumps({"finished_at": "x", "config": {}, "units": 5})),
         "build.json is damaged: 'units' is not a list",
+    ),
+    "units named twice": (
+        lambda r: _edit_build(r, units=[{"name": "u"}, {"name": "u"}]),
+        "build.json is damaged: 'units' names a unit twice or not by a string",
+    ),
+    "unit named by a number": (
+        lambda r: _edit_build(r, units=[{"name": 5}]),
+        "build.json is damaged: 'units' names a unit twice or not by a string",
+    ),
+    "shards of a unit build.json lacks": (
+        lambda r: _edit_build(r, units=[{"name": "other"}]),
+        "manifest.jsonl lists shards of unit 'u', which build.json's 'units' does not name",
     ),
     "no stats.json": (lambda r: (r / "stats.json").unlink(), "stats.json is missing"),
     "stats.json without stages": (lambda r: (r / "stats.json").write_text("{}"), "stats.json is damaged: no 'stages'"),
