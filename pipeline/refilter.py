@@ -87,9 +87,13 @@ def _dedup_keepers(corpus: Corpus) -> set[str]:
     path = f"{corpus.root}/dedup/clusters.parquet"
     if not corpus.fs.exists(path):
         return set()
-    with corpus.fs.open(path, "rb") as f:
-        table = pq.read_table(f, columns=["id", "keeper", "size"])
-    return {r["id"] for r in table.to_pylist() if r["keeper"] and r["size"] > 1}
+    try:
+        with corpus.fs.open(path, "rb") as f:
+            rows = pq.read_table(f, columns=["id", "keeper", "size"]).to_pylist()
+        return {r["id"] for r in rows if r["keeper"] and r["size"] > 1}
+    except (ValueError, OSError, TypeError) as e:  # not Parquet (ArrowInvalid), a column missing or null
+        why = " ".join(str(e).split())[:200]
+        raise ValueError(f"{corpus.path.rstrip('/')}/dedup/clusters.parquet is damaged: {why}") from None
 
 
 def _corpus_json(src: Corpus, name: str) -> dict[str, Any]:

@@ -32,6 +32,19 @@ def _edit_build(root: Path, **fields) -> None:
     (root / "build.json").write_text(json.dumps(json.loads((root / "build.json").read_text()) | fields))
 
 
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _parquet(path: Path, columns: dict) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({k: pa.array(v, pa.int64() if k == "size" else None) for k, v in columns.items()}), path)
+
+
 DAMAGES = {
     "no build.json": (lambda r: (r / "build.json").unlink(), "build.json is missing: not a corpus finished by"),
     "build.json not JSON": (
@@ -60,6 +73,18 @@ DAMAGES = {
     "shards of a unit build.json lacks": (
         lambda r: _edit_build(r, units=[{"name": "other"}]),
         "manifest.jsonl lists shards of unit 'u', which build.json's 'units' does not name",
+    ),
+    "clusters.parquet not Parquet": (
+        lambda r: _write(r / "dedup" / "clusters.parquet", b"garbage"),
+        "dedup/clusters.parquet is damaged: Could not open Parquet input source",
+    ),
+    "clusters.parquet without its columns": (
+        lambda r: _parquet(r / "dedup" / "clusters.parquet", {"x": [1]}),
+        "dedup/clusters.parquet is damaged: No match for FieldRef.Name(id)",
+    ),
+    "clusters.parquet with a null size": (
+        lambda r: _parquet(r / "dedup" / "clusters.parquet", {"id": ["a"], "keeper": [True], "size": [None]}),
+        "dedup/clusters.parquet is damaged: '>' not supported",
     ),
     "no stats.json": (lambda r: (r / "stats.json").unlink(), "stats.json is missing"),
     "stats.json without stages": (lambda r: (r / "stats.json").write_text("{}"), "stats.json is damaged: no 'stages'"),
