@@ -17,6 +17,7 @@ and counted (`shard_read_errors`).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tarfile
 from collections import Counter
@@ -76,10 +77,25 @@ class ShardReader:
     def __init__(self, corpus: Corpus):
         self.corpus = corpus
         self._offsets: dict[str, list[int]] = {}
+        self._documents: dict[str, int] = {}  # manifest: shard name -> documents
 
     def offsets(self, shard: str) -> list[int]:
+        """The byte offset of each document of `shard`, from its index; a ValueError naming the index when it
+        does not list one increasing offset per document the manifest counts (a part of a split shard would
+        start at the wrong document, or find no offset and read nothing, without a word)."""
         if shard not in self._offsets:
-            self._offsets[shard] = self.corpus.read_index(shard, columns=["offset"]).column("offset").to_pylist()
+            offsets = self.corpus.read_index(shard, columns=["offset"]).column("offset").to_pylist()
+            if shard not in self._documents:  # (follow mode: the manifest grew since)
+                self._documents = {s.name: s.documents for s in self.corpus.shards()}
+            documents = self._documents.get(shard)
+            where = self.corpus.index_path(shard)
+            if documents is not None and len(offsets) != documents:
+                raise ValueError(f"{where}: {len(offsets)} rows, but the manifest counts {documents} documents")
+            if not all(isinstance(o, int) for o in offsets) or any(b <= a for a, b in itertools.pairwise(offsets)):
+                raise ValueError(f"{where}: its offsets are not increasing byte offsets")
+            if offsets and offsets[0] < 0:
+                raise ValueError(f"{where}: its offsets are not increasing byte offsets")
+            self._offsets[shard] = offsets
         return self._offsets[shard]
 
     def read(self, part: ShardPart, start: int, counters: Counter) -> Iterator[tuple[int, Document]]:
