@@ -236,13 +236,19 @@ class Corpus:
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # (nested thousands deep)
             raise ValueError(f"{self.path.rstrip('/')}/{name}: not JSON ({e})") from None
 
+    def _name(self, shard: ShardInfo | str) -> str:
+        """A shard's file name; a ValueError when it is no plain file name (a shard column of a damaged index
+        naming ../../x must not make a reader open a file outside the corpus)."""
+        name = shard.name if isinstance(shard, ShardInfo) else str(shard).removesuffix(".tar")
+        if not _SHARD_NAME.match(name) or name in (".", ".."):
+            raise ValueError(f"{self.path}: shard name {name[:80]!r} is not a plain file name of the corpus")
+        return name
+
     def shard_path(self, shard: ShardInfo | str) -> str:
-        name = shard.name if isinstance(shard, ShardInfo) else shard.removesuffix(".tar")
-        return _join(self.root, "shards", f"{name}.tar")
+        return _join(self.root, "shards", f"{self._name(shard)}.tar")
 
     def index_path(self, shard: ShardInfo | str) -> str:
-        name = shard.name if isinstance(shard, ShardInfo) else shard.removesuffix(".tar")
-        return _join(self.root, "index", f"{name}.parquet")
+        return _join(self.root, "index", f"{self._name(shard)}.parquet")
 
     def read_index(self, shard: ShardInfo | str, columns: list[str] | None = None) -> pa.Table:
         with self.fs.open(self.index_path(shard), "rb") as f:

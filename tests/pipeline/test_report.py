@@ -734,3 +734,38 @@ def test_a_thumbnail_of_an_image_pillow_fails_on_untyped_is_a_reason(tmp_path):
     buf = io.BytesIO()
     PILImage.new("RGB", (64, 48), (200, 10, 10)).save(buf, "PNG")
     assert write_thumbnail(buf.getvalue(), tmp_path / "b.jpg") == (64, 48)
+
+
+def _set_index_column(index: Path, column: str, values: list) -> None:
+    table = pq.read_table(index)
+    pq.write_table(table.set_column(table.column_names.index(column), column, pa.array(values)), index)
+
+
+@pytest.mark.parametrize(
+    "column,value,why",
+    [
+        ("shard", "../../secret.tar", "rows whose shard is not index-0000.tar"),
+        ("shard", None, "rows whose shard is not index-0000.tar"),
+        ("offset", None, "rows without a byte offset"),
+        ("n_words", "many", "columns of the wrong type"),
+    ],
+)
+def test_an_index_pointing_outside_its_shard_is_left_out_not_followed(tmp_path, column, value, why):
+    """An index row's shard column is where inspect reads the sampled document from: '../../secret.tar' made
+    it open a tar outside the corpus and show its documents in the report; a null shard or offset and a
+    word count stored as text were TypeError/ValueError tracebacks. Now such an index is left out, named."""
+    outside = tmp_path / "o"
+    other = planted_document()
+    other.id, other.source = make_doc_id("test:secret"), "test:secret"
+    write_shards([other], outside, "secret")
+    (tmp_path / "secret.tar").write_bytes((outside / "shards" / "secret-0000.tar").read_bytes())
+    root = tmp_path / "c"
+    append_manifest(root, write_shards([planted_document()], root, "index"))
+    _set_index_column(root / "index" / "index-0000.parquet", column, [value])
+    summary = make_report(root, tmp_path / "r", progress=False)
+    assert len(summary["index_errors"]) == 1 and summary["index_errors"][0].startswith(
+        f"index of shard index-0000: {why}"
+    )
+    assert "secret" not in (tmp_path / "r" / "index.html").read_text().replace("secret.tar", "")
+    with pytest.raises(ValueError, match=r"shard name '\.\./\.\./secret' is not a plain file name"):
+        Corpus(root).read_document("../../secret.tar", 0)
