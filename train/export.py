@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import save_file
 
 from corpus.config import load_json_model
+from train.checkpoint import safe_reader
 from train.config import TrainConfig
 from train.data import DataConfig
 from train.model.config import ModelConfig
@@ -70,11 +71,13 @@ def load_trained_model(path: str | Path) -> tuple[VLM, TrainConfig, Path]:
 
     if not (ckpt / "dcp" / ".metadata").is_file():
         raise ValueError(f"{ckpt / 'dcp'}: no .metadata (an incomplete or damaged checkpoint)")
+    safe_reader(ckpt / "dcp").read_metadata()  # a .metadata that is no DCP metadata: one line naming it
     dcp_log = logging.getLogger()  # DCP logs to the root logger, with tracebacks of a damaged file: ours is one line
     level = dcp_log.level
     dcp_log.setLevel(logging.CRITICAL)
     try:
-        dcp.load(state, checkpoint_id=str(ckpt / "dcp"), no_dist=True)  # this process reads every shard
+        # this process reads every shard; the .metadata pickle through safe_reader (never a bare pickle.load)
+        dcp.load(state, storage_reader=safe_reader(ckpt / "dcp"), no_dist=True)
     except (CheckpointException, Exception) as e:  # noqa: BLE001 -- CheckpointException is a BaseException
         failures = list(getattr(e, "failures", {}).values())
         cause = failures[0] if failures else e
