@@ -292,8 +292,8 @@ class Corpus:
 def iter_tar_documents(fileobj, with_images: bool = True, where: str = "") -> Iterator[Document]:
     """Decode samples from a shard stream. Only JSON and raw image bytes are read: nothing is unpickled.
 
-    A damaged shard (not a tar, truncated, a sample JSON of the wrong shape, a member over MAX_MEMBER_BYTES)
-    raises ValueError naming `where`."""
+    A damaged shard (not a tar, truncated, a sample JSON of the wrong shape, a member over MAX_MEMBER_BYTES,
+    a member that is no file: a symlink, hard link, folder or device) raises ValueError naming `where`."""
     try:
         yield from _iter_tar_documents(fileobj, with_images, where)
     except tarfile.TarError as e:
@@ -305,8 +305,9 @@ def _iter_tar_documents(fileobj, with_images: bool, where: str) -> Iterator[Docu
     members: dict[str, bytes] = {}
     with tarfile.open(fileobj=fileobj, mode="r|") as tar:
         for info in tar:
-            if not info.isfile():
-                continue
+            if not info.isfile():  # the writer writes only files: a link, folder or device is damage, not skipped
+                kind = "link" if info.issym() or info.islnk() else "folder" if info.isdir() else "special file"
+                raise ValueError(f"{where}: member {info.name[:200]} is a {kind}, not a file")
             key, _, suffix = info.name.partition(".")
             if current is not None and key != current.id:
                 yield _attach(current, members, with_images, where)
