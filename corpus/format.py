@@ -286,7 +286,10 @@ class Corpus:
         p = _join(self.root, "build.json")
         if not self.fs.exists(p):
             return False
-        return bool(self.read_json("build.json").get("finished_at"))
+        info = self.read_json("build.json")
+        if not isinstance(info, dict):  # (a list or a string: AttributeError from .get before)
+            raise ValueError(f"{self.path.rstrip('/')}/build.json: holds a JSON {type(info).__name__}, not an object")
+        return bool(info.get("finished_at"))
 
 
 def iter_tar_documents(fileobj, with_images: bool = True, where: str = "") -> Iterator[Document]:

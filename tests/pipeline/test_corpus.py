@@ -175,6 +175,18 @@ def test_a_member_that_is_no_file_is_damage_not_skipped(tmp_path, kind, shown):
         list(Corpus(tmp_path).iter_documents(with_images=False))
 
 
+def test_a_build_json_that_is_no_object_is_damage_naming_it(tmp_path):
+    """Following a corpus (train --follow) asks build.json whether the build has finished: a build.json holding
+    a list or a string was an AttributeError traceback in the loader; now a ValueError naming the file."""
+    append_manifest(tmp_path, write_shards(_docs(1), tmp_path, "p"))
+    for body, kind in (("[1]", "list"), ('"done"', "str")):
+        (tmp_path / "build.json").write_text(body)
+        with pytest.raises(ValueError, match=rf"build.json: holds a JSON {kind}, not an object"):
+            Corpus(tmp_path).is_finished()
+        with pytest.raises(ValueError, match="build.json: holds a JSON"):
+            list(Corpus(tmp_path).follow(poll_s=0))
+
+
 def test_json_nested_thousands_deep_is_damage_naming_the_file(tmp_path):
     """A manifest line, build.json or stats.json nested 100,000 deep: a ValueError naming the file, as for any
     other damaged JSON (json's RecursionError reached inspect, refilter and the loader as a traceback)."""
