@@ -769,3 +769,16 @@ def test_an_index_pointing_outside_its_shard_is_left_out_not_followed(tmp_path, 
     assert "secret" not in (tmp_path / "r" / "index.html").read_text().replace("secret.tar", "")
     with pytest.raises(ValueError, match=r"shard name '\.\./\.\./secret' is not a plain file name"):
         Corpus(root).read_document("../../secret.tar", 0)
+
+
+def test_against_an_index_column_of_another_type_is_a_reported_gap(tmp_path):
+    """inspect A --against B where B's index stores n_words as text: pyarrow's sum had no kernel for it
+    (ArrowNotImplementedError traceback); now that index is left out of B and named."""
+    from pipeline.report.compare import compare
+
+    for name in ("a", "b"):
+        append_manifest(tmp_path / name, write_shards([planted_document()], tmp_path / name, "s"))
+    _set_index_column(tmp_path / "b" / "index" / "s-0000.parquet", "n_words", ["many"])
+    result = compare(tmp_path / "a", tmp_path / "b", progress=False)
+    assert result["totals"]["documents"] == [1, 0]
+    assert any("index of shard s-0000: ArrowInvalid: Failed to parse string" in e for e in result["errors"])
