@@ -35,7 +35,14 @@ from train.config import TrainConfig
 from train.data import DataConfig
 from train.model.config import ModelConfig
 from train.model.hf import Family, export_decoder, load_decoder_into
-from train.model.hf.checkpoint import check_weight_files, open_safetensors, read_hf_config, read_tensor
+from train.model.hf.checkpoint import (
+    check_decoder_fits,
+    check_weight_files,
+    header_tensor,
+    open_safetensors,
+    read_hf_config,
+    read_tensor,
+)
 from train.model.vlm import VLM
 from train.tokenizer import Tokenizer
 
@@ -119,12 +126,32 @@ def export_model(path: str | Path, out_dir: str | Path, family: str | None = Non
     return fam
 
 
+def check_exported_fits(cfg: ModelConfig, out: Path) -> None:
+    """Every tensor of an exported folder has the shape `cfg` (interloom_model.json) gives it, read from the
+    safetensors headers against a VLM built on the meta device: a config claiming sizes the weights lack is
+    refused naming the tensor before a VLM of that size is allocated."""
+    try:
+        with torch.device("meta"):
+            want = {k: tuple(v.shape) for k, v in VLM(cfg).state_dict().items() if not k.startswith("decoder.")}
+    except (RuntimeError, OverflowError) as e:  # sizes past what a tensor can hold
+        raise ValueError(f"{out / VLM_CONFIG}: no model has these sizes ({' '.join(str(e).split())[:200]})") from None
+    with open_safetensors(out / VLM_REST) as f:
+        got = {k: tuple(header_tensor(f, out / VLM_REST, k).shape) for k in f.keys()}  # noqa: SIM118
+    for k in sorted(want.keys() | got.keys()):
+        if want.get(k) != got.get(k):
+            raise ValueError(
+                f"{out / VLM_REST}: {k} is {got.get(k, 'missing')}, {VLM_CONFIG} needs {want.get(k, 'none')}"
+            )
+    check_decoder_fits(cfg, out, exact_vocab=True)
+
+
 def load_exported_vlm(out_dir: str | Path) -> VLM:
     """The VLM of an `export_model` folder: decoder from the HF files, the rest from interloom_vlm.safetensors."""
     out = Path(out_dir)
     if not (out / VLM_CONFIG).is_file():
         raise ValueError(f"{out}: no {VLM_CONFIG} (not written by `interloom export model`)")
     cfg = load_json_model(ModelConfig, out / VLM_CONFIG)
+    check_exported_fits(cfg, out)
     with open_safetensors(out / VLM_REST) as f:
         rest = {k: read_tensor(f, out / VLM_REST, k) for k in f.keys()}  # noqa: SIM118 -- a safetensors handle
     if not rest:
@@ -160,6 +187,7 @@ def init_from_config(cfg: TrainConfig, path: str | Path, run_dir: str | Path) ->
         check_weight_files(src)
         with open_safetensors(src / VLM_REST):
             pass
+        check_exported_fits(model, src)
     else:
         start = find_checkpoint(src)
         run_cfg = load_json_model(TrainConfig, start.parent / "config.json", "the run's config")

@@ -71,6 +71,18 @@ DAMAGES = {
         lambda d: (d / "model.safetensors.index.json").write_text("[" * 100_000 + "]" * 100_000),
         r"model.safetensors.index.json: not valid JSON \(nested too deep\)",
     ),
+    "hidden size the weights lack": (
+        _edit_json("config.json", lambda c: c.update(hidden_size=2**40)),
+        r"safetensors: (lm_head|model.embed_tokens).weight: shape \(128, 64\) is not \(vocabulary, 1099511627776\)",
+    ),
+    "layers the weights lack": (
+        _edit_json("config.json", lambda c: c.update(num_hidden_layers=10**9)),
+        r"good-layers the weights lack: the config says 1000000000 decoder layers, the weights hold 2",
+    ),
+    "ffn size the weights lack": (
+        _edit_json("config.json", lambda c: c.update(intermediate_size=2**30)),
+        r"safetensors: model.layers.0.mlp.\w+_proj.weight: shape \(\d+, \d+\) does not fit the decoder's \(\d+, \d+\)",
+    ),
     "field missing": (_edit_json("config.json", lambda c: c.pop("hidden_size")), r"lacks the field 'hidden_size'"),
     "field a string": (
         _edit_json("config.json", lambda c: c.update(num_hidden_layers="two")),
@@ -253,3 +265,37 @@ def test_wrong_shape_tower_tensor_names_shard_and_key(tower, tmp_path):
     shard = _wrong_shape(bad, "blocks.1.mlp.fc2.weight")
     with pytest.raises(ValueError, match=rf"{shard}: blocks.1.mlp.fc2.weight of shape \(3, 3\) does not fit"):
         init_vision(VisionEncoder(cfg.model.vision), bad)
+
+
+@pytest.mark.parametrize(
+    "edit,shown",
+    [
+        ({"vocab_size": 2**40}, r"model.embed_tokens.weight has 128 rows, the config 1099511627776"),
+        ({"vision": {"d_vit": 2**20}}, r"interloom_vlm.safetensors: \S+ is \(.*\), interloom_model.json needs"),
+        ({"vision": {"d_vit": 2**30}}, r"interloom_model.json: no model has these sizes \(Storage size calculation"),
+    ],
+)
+def test_an_exported_config_claiming_sizes_its_weights_lack_is_refused_before_allocating(folder, tmp_path, edit, shown):
+    """eval / generate / --init-from of an `export model` folder build the VLM of interloom_model.json, then
+    read the weights: a config claiming a vocabulary or tower its weights lack had a VLM of that size
+    allocated first (2**40 rows: a RuntimeError from the allocator). Now the headers are checked against a
+    VLM on the meta device and the folder is refused naming the tensor."""
+    from safetensors.torch import save_file as save
+
+    from train.export import VLM_CONFIG, VLM_REST, load_exported_vlm
+    from train.model.vlm import VLM
+
+    out = tmp_path / "exported"
+    shutil.copytree(folder, out)
+    cfg = ModelConfig.model_validate(TrainConfig().model.model_dump() | SMALL | {"vision": {"d_vit": 32, "n_heads": 2}})
+    cfg = cfg.model_copy(update={"moe": cfg.moe.model_copy(update={"first_dense_layers": 2})})
+    rest = {k: v.contiguous() for k, v in VLM(cfg).state_dict().items() if not k.startswith("decoder.")}
+    save(rest, out / VLM_REST)
+    data = cfg.model_dump()
+    (out / VLM_CONFIG).write_text(json.dumps(data))
+    load_exported_vlm(out)  # the folder as written loads
+    for key, value in edit.items():
+        data[key] = data[key] | value if isinstance(value, dict) else value
+    (out / VLM_CONFIG).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=shown):
+        load_exported_vlm(out)
