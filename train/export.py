@@ -25,6 +25,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -72,13 +73,14 @@ def load_trained_model(path: str | Path) -> tuple[VLM, TrainConfig, Path]:
     if not config_path.is_file():
         raise ValueError(f"{ckpt}: no config.json in its run directory {ckpt.parent}")
     cfg = load_json_model(TrainConfig, config_path, "the run's config")
-    model = VLM(cfg.model)
-    state = {"model": model.state_dict()}
     from torch.distributed.checkpoint.api import CheckpointException
 
     if not (ckpt / "dcp" / ".metadata").is_file():
         raise ValueError(f"{ckpt / 'dcp'}: no .metadata (an incomplete or damaged checkpoint)")
-    safe_reader(ckpt / "dcp").read_metadata()  # a .metadata that is no DCP metadata: one line naming it
+    metadata = safe_reader(ckpt / "dcp").read_metadata()  # a .metadata that is no DCP metadata: one line naming it
+    _check_checkpoint_fits(cfg.model, metadata, ckpt)
+    model = VLM(cfg.model)
+    state = {"model": model.state_dict()}
     dcp_log = logging.getLogger()  # DCP logs to the root logger, with tracebacks of a damaged file: ours is one line
     level = dcp_log.level
     dcp_log.setLevel(logging.CRITICAL)
@@ -96,6 +98,25 @@ def load_trained_model(path: str | Path) -> tuple[VLM, TrainConfig, Path]:
     model.load_state_dict(state["model"])
     log.info("loaded %s (step %s)", ckpt, _step(ckpt))
     return model.eval(), cfg, ckpt
+
+
+def _check_checkpoint_fits(cfg: ModelConfig, metadata: Any, ckpt: Path) -> None:
+    """Every model tensor the run's config.json implies has that shape in the checkpoint's metadata, compared
+    on a VLM built on the meta device: a config.json claiming sizes the checkpoint lacks is one line naming
+    the tensor before a VLM of that size is allocated."""
+    try:
+        with torch.device("meta"):
+            want = {f"model.{k}": tuple(v.shape) for k, v in VLM(cfg).state_dict().items()}
+    except (RuntimeError, OverflowError) as e:  # sizes past what a tensor can hold
+        why = " ".join(str(e).split())[:200]
+        raise ValueError(f"{ckpt.parent / 'config.json'}: no model has these sizes ({why})") from None
+    held = metadata.state_dict_metadata
+    for key, shape in want.items():
+        got = tuple(getattr(held.get(key), "size", None) or ()) if key in held else None
+        if got != shape:
+            raise ValueError(
+                f"{ckpt / 'dcp'}: {key} is {got or 'missing'} in the checkpoint, the run's config.json needs {shape}"
+            )
 
 
 def _step(ckpt: Path) -> object:

@@ -6,6 +6,7 @@ embeddings, and a saved checkpoint round-trips through `interloom eval` / `inter
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import numpy as np
@@ -293,6 +294,36 @@ def test_a_checkpoint_metadata_pickle_runs_no_code(tmp_path, capsys):
     back = {"w": torch.zeros(2, 3), "b": torch.zeros(2, dtype=torch.bfloat16), "meta": {"step": 0}}
     dcp.load(back, storage_reader=safe_reader(tmp_path / "good"), no_dist=True)
     assert torch.equal(back["w"], state["w"]) and torch.equal(back["b"], state["b"]) and back["meta"] == {"step": 3}
+
+
+def test_a_run_config_claiming_sizes_its_checkpoint_lacks_is_refused_before_allocating(tmp_path, capsys):
+    """A run directory whose config.json claims a model its checkpoint does not hold (a vocabulary of 2**40
+    rows): generate/eval/export built that VLM before reading the checkpoint (an allocator RuntimeError
+    traceback; smaller claims simply allocate). Now the checkpoint's metadata is compared with a VLM on the
+    meta device first, one line naming the tensor."""
+    import torch.distributed.checkpoint as dcp
+
+    from pipeline.cli import main
+    from train.config import TrainConfig
+    from train.model.config import ModelConfig
+    from train.model.vlm import VLM
+
+    small = {"vocab_size": 128, "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "d_ffn": 128}
+    cfg = ModelConfig.model_validate(
+        ModelConfig().model_dump() | small | {"vision": {"patch_size": 8, "d_vit": 32, "n_layers": 1, "n_heads": 2}}
+    )
+    dcp.save({"model": VLM(cfg).state_dict()}, checkpoint_id=str(tmp_path / "checkpoint_0000001" / "dcp"))
+    (tmp_path / "config.json").write_text(TrainConfig(model=cfg).model_dump_json())
+    for claim, shown in (
+        ({"vocab_size": 2**40}, r"model.decoder.tok_embeddings.weight is \(128, 64\) in the checkpoint, the run's "),
+        ({"n_layers": 3}, r"model.decoder.layers.2.\S+ is missing in the checkpoint"),
+    ):
+        data = TrainConfig(model=cfg).model_dump(mode="json")
+        data["model"] |= claim
+        (tmp_path / "config.json").write_text(json.dumps(data))
+        assert main(["generate", str(tmp_path), "--prompt", "a"]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.count("\n") == 1 and re.search(shown, err), err
 
 
 @pytest.mark.parametrize(
