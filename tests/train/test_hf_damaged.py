@@ -222,6 +222,14 @@ def tower(tmp_path_factory) -> Path:
 
 
 TOWER_DAMAGES = {
+    "depth the weights lack": (
+        _edit_json("config.json", lambda c: c.update(depth=10**9)),
+        r"tower: the config says 1000000000 vision layers, the weights hold 2",
+    ),
+    "width the weights lack": (
+        _edit_json("config.json", lambda c: c.update(embed_dim=2**20, num_heads=4)),
+        r"safetensors: \S+ of shape \(.*\) does not fit: ",
+    ),
     "field missing": (_edit_json("config.json", lambda c: c.pop("depth")), r"config.json: lacks the field 'depth'"),
     "field a float": (
         _edit_json("config.json", lambda c: c.update(patch_size=4.5)),
