@@ -212,6 +212,10 @@ def init_from_config(cfg: TrainConfig, path: str | Path, run_dir: str | Path) ->
     else:
         start = find_checkpoint(src)
         run_cfg = load_json_model(TrainConfig, start.parent / "config.json", "the run's config")
+        if not (start / "dcp" / ".metadata").is_file():
+            raise ValueError(f"{start / 'dcp'}: no .metadata (an incomplete or damaged checkpoint)")
+        # the workers build this model and read the checkpoint: a damaged or oversized claim is refused here
+        _check_checkpoint_fits(run_cfg.model, safe_reader(start / "dcp").read_metadata(), start)
         model, data, tok = run_cfg.model, run_cfg.data, Path(run_cfg.data.tokenizer)
     if not tok.is_file():
         raise ValueError(f"--init-from {src}: its tokenizer {tok} is missing")

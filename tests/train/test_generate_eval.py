@@ -305,6 +305,7 @@ def test_a_run_config_claiming_sizes_its_checkpoint_lacks_is_refused_before_allo
 
     from pipeline.cli import main
     from train.config import TrainConfig
+    from train.export import init_from_config
     from train.model.config import ModelConfig
     from train.model.vlm import VLM
 
@@ -324,6 +325,8 @@ def test_a_run_config_claiming_sizes_its_checkpoint_lacks_is_refused_before_allo
         assert main(["generate", str(tmp_path), "--prompt", "a"]) == 2
         err = capsys.readouterr().err
         assert "Traceback" not in err and err.count("\n") == 1 and re.search(shown, err), err
+        with pytest.raises(ValueError, match=shown):  # --init-from RUN: refused before the workers build it
+            init_from_config(TrainConfig(), tmp_path, tmp_path / "new-run")
 
 
 @pytest.mark.parametrize(
