@@ -782,3 +782,24 @@ def test_against_an_index_column_of_another_type_is_a_reported_gap(tmp_path):
     result = compare(tmp_path / "a", tmp_path / "b", progress=False)
     assert result["totals"]["documents"] == [1, 0]
     assert any("index of shard s-0000: ArrowInvalid: Failed to parse string" in e for e in result["errors"])
+
+
+def test_an_index_whose_offsets_point_at_other_documents_shows_none_of_them(tmp_path):
+    """An index whose offsets are increasing but shifted (row i pointing at document i+1): the report showed
+    each sampled row's neighbour as if it were that document (the wrong text under a keeper's id, without a
+    word). Now a document whose id is not the index's is a load error naming both ids."""
+    root = tmp_path / "c"
+    docs = []
+    for k in range(3):
+        d = planted_document()
+        d.id, d.source = make_doc_id(f"test:{k}"), f"test:{k}"
+        docs.append(d)
+    append_manifest(root, write_shards(docs, root, "s"))
+    index = root / "index" / "s-0000.parquet"
+    offsets = pq.read_table(index).column("offset").to_pylist()
+    _set_index_column(index, "offset", offsets[1:] + [offsets[-1] + 1])  # shifted; the last points mid-member
+    summary = make_report(root, tmp_path / "r", progress=False)
+    errors = summary["sample"]["load_errors"]
+    assert len(errors) == 3 and sum("the index names document" in e for e in errors) == 2
+    html = (tmp_path / "r" / "index.html").read_text()
+    assert json.loads(html.split('id="report-data">')[1].split("</script>")[0])["documents"] == []
