@@ -432,14 +432,15 @@ def test_a_sample_key_given_twice_is_damage_not_a_quiet_swap(tmp_path):
         (lambda o: [], "0 rows, but the manifest counts 4 documents"),
         (lambda o: [o[0]] * len(o), "its offsets are not increasing byte offsets"),
         (lambda o: [None] * len(o), "its offsets are not increasing byte offsets"),
+        (lambda o: [*o[1:], o[-1] + 512], "names document"),  # increasing, but each row at the next document
     ],
-    ids=["fewer rows", "no rows", "one offset repeated", "null offsets"],
+    ids=["fewer rows", "no rows", "one offset repeated", "null offsets", "shifted by one"],
 )
 def test_an_index_that_disagrees_with_its_shard_is_damage_not_a_quiet_loss(tmp_path, damage, shown, caplog):
     """A split shard (fewer shards than slots) is read from its index's offsets: an index listing fewer rows
     than the manifest's documents left the later parts with no offset to start from (documents lost without
-    a word), a repeated offset started a part at the wrong document, a null one was a TypeError that ended
-    the run. Now the shard is skipped and counted, naming its index; the other shard is read whole."""
+    a word), a repeated or shifted offset started a part at the wrong document (one read twice, one never), a
+    null one was a TypeError that ended the run. Now the shard is skipped and counted, naming its index; the other shard is read whole."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

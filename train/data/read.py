@@ -77,6 +77,7 @@ class ShardReader:
     def __init__(self, corpus: Corpus):
         self.corpus = corpus
         self._offsets: dict[str, list[int]] = {}
+        self._ids: dict[str, list[str]] = {}  # the index's document ids, to check where a part starts
         self._documents: dict[str, int] = {}  # manifest: shard name -> documents
 
     def offsets(self, shard: str) -> list[int]:
@@ -84,7 +85,9 @@ class ShardReader:
         does not list one increasing offset per document the manifest counts (a part of a split shard would
         start at the wrong document, or find no offset and read nothing, without a word)."""
         if shard not in self._offsets:
-            offsets = self.corpus.read_index(shard, columns=["offset"]).column("offset").to_pylist()
+            table = self.corpus.read_index(shard, columns=["offset", "id"])
+            offsets = table.column("offset").to_pylist()
+            self._ids[shard] = table.column("id").to_pylist()
             if shard not in self._documents:  # (follow mode: the manifest grew since)
                 self._documents = {s.name: s.documents for s in self.corpus.shards()}
             documents = self._documents.get(shard)
@@ -113,6 +116,11 @@ class ShardReader:
             with self.corpus.fs.open(path, "rb") as f:
                 f.seek(offsets[first])
                 for j, doc in enumerate(iter_tar_documents(f, with_images=True, where=path), start=first):
+                    if j == first and doc.id != self._ids[part.shard][first]:  # offsets shifted: parts would
+                        raise ValueError(  # start at other documents, some read twice, some never
+                            f"{self.corpus.index_path(part.shard)} names document {self._ids[part.shard][first]} "
+                            f"at byte {offsets[first]}, the shard holds {doc.id} there"
+                        )
                     if (j - part.index) % part.nparts == 0:
                         yield (j - part.index) // part.nparts, doc
         except (ValueError, OSError, tarfile.TarError) as e:
