@@ -213,7 +213,7 @@ class Corpus:
         with self.fs.open(_join(self.root, MANIFEST), "rb") as f:
             raw = f.read().decode("utf-8", errors="replace")
         # only complete lines count: a line still being appended has no newline yet
-        out = []
+        out, seen = [], set()
         for i, ln in enumerate(raw.splitlines(keepends=True), 1):
             if not ln.endswith("\n") or not ln.strip():
                 continue
@@ -223,6 +223,9 @@ class Corpus:
                     f"{self.path}/{MANIFEST} line {i}: not a shard entry (JSON with name, "
                     f"documents, images, bytes, sha256; the name a plain file name): {ln.strip()[:80]!r}"
                 )
+            if shard.name in seen:  # every reader would take its documents twice (training, refilter, export)
+                raise ValueError(f"{self.path}/{MANIFEST} line {i}: lists shard {shard.name} a second time")
+            seen.add(shard.name)
             out.append(shard)
         return out
 

@@ -187,6 +187,17 @@ def test_a_build_json_that_is_no_object_is_damage_naming_it(tmp_path):
             list(Corpus(tmp_path).follow(poll_s=0))
 
 
+def test_a_manifest_listing_a_shard_twice_is_damage(tmp_path):
+    """A manifest line appended twice (a copied or doubly written manifest): every reader took the shard's
+    documents twice (the loader trained on them twice, refilter and export hf wrote them twice). Now it is
+    damage naming the line, as any bad manifest line is."""
+    append_manifest(tmp_path, write_shards(_docs(2), tmp_path, "p"))
+    line = (tmp_path / "manifest.jsonl").read_text()
+    (tmp_path / "manifest.jsonl").write_text(line + line)
+    with pytest.raises(ValueError, match=r"manifest.jsonl line 2: lists shard p-0000 a second time"):
+        Corpus(tmp_path).shards()
+
+
 def test_json_nested_thousands_deep_is_damage_naming_the_file(tmp_path):
     """A manifest line, build.json or stats.json nested 100,000 deep: a ValueError naming the file, as for any
     other damaged JSON (json's RecursionError reached inspect, refilter and the loader as a traceback)."""
