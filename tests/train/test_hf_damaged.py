@@ -307,3 +307,23 @@ def test_an_exported_config_claiming_sizes_its_weights_lack_is_refused_before_al
     (out / VLM_CONFIG).write_text(json.dumps(data))
     with pytest.raises(ValueError, match=shown):
         load_exported_vlm(out)
+
+
+def test_a_moe_config_claiming_experts_its_weights_lack_is_refused_at_once(tmp_path):
+    """An MoE folder (mixtral, 4 experts) whose config.json claims 10**7 experts: the checks listed an HF key
+    per expert and layer (10**5 took a second, 10**7 gigabytes of strings) before finding the first one
+    missing. The expert count is now read from the weights' names first."""
+    import time
+
+    base = TrainConfig().model
+    moe = base.moe.model_dump() | {"first_dense_layers": 0, "n_experts": 4, "top_k": 2, "d_expert": 32}
+    moe |= {"n_shared_experts": 0, "d_shared": 0, "shared_gate": False}
+    good = tmp_path / "good"
+    export_decoder(Decoder(ModelConfig.model_validate(base.model_dump() | SMALL | {"moe": moe})), good)
+    bpe_tokenizer(good, ["hello world, a tiny model folder"])
+    init_llm_config(TrainConfig(), good, tmp_path)  # the folder as written is taken
+    _edit_json("config.json", lambda c: c.update(num_local_experts=10**7))(good)
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=r"good: the config says 10000000 experts, the weights hold 4"):
+        init_llm_config(TrainConfig(), good, tmp_path)
+    assert time.monotonic() - started < 2

@@ -184,6 +184,7 @@ def header_tensor(f, path: Path, key: str) -> torch.Tensor:
 
 
 _LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.")
+_EXPERT_KEY = re.compile(r"\.experts\.(\d+)\.")
 
 
 def check_decoder_fits(cfg: ModelConfig, model_dir: str | Path, exact_vocab: bool = False) -> None:
@@ -198,6 +199,11 @@ def check_decoder_fits(cfg: ModelConfig, model_dir: str | Path, exact_vocab: boo
     held = max(layers) + 1 if layers else 0
     if cfg.n_layers != held:
         raise ValueError(f"{model_dir}: the config says {cfg.n_layers} decoder layers, the weights hold {held}")
+    experts = {int(m.group(1)) for k in files if (m := _EXPERT_KEY.search(k))}
+    if experts and cfg.moe.n_experts != max(experts) + 1:  # (a dense folder upcycled has none)
+        raise ValueError(
+            f"{model_dir}: the config says {cfg.moe.n_experts} experts, the weights hold {max(experts) + 1}"
+        )
     if exact_vocab and "model.embed_tokens.weight" in files:
         path = files["model.embed_tokens.weight"]
         with open_safetensors(path) as f:
