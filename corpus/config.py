@@ -32,6 +32,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ValueError(f"--set {text!r}: value is not valid YAML: {_yaml_problem(e)}") from None
+    except (RecursionError, ValueError) as e:
+        raise ValueError(f"--set {key}: value is not valid YAML: {_unreadable(e)}") from None
     _check_size(value, f"--set {key}")
     return key.split("."), value
 
@@ -54,6 +56,14 @@ def _check_size(tree: Any, where: str) -> None:
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
+
+
+def _unreadable(e: RecursionError | ValueError) -> str:
+    """What PyYAML's constructor raised outside YAMLError: a value nested thousands deep (its composer
+    recurses), an integer of more digits than Python converts (sys.get_int_max_str_digits)."""
+    if isinstance(e, RecursionError):
+        return "nested too deep"
+    return " ".join(str(e).split())
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:
@@ -143,6 +153,8 @@ def load_config(
             raise ValueError(f"config file {p} is not valid YAML: {_yaml_problem(e)}") from None
         except (OSError, UnicodeDecodeError) as e:
             raise ValueError(f"config file {p}: cannot read it: {e}") from None
+        except (RecursionError, ValueError) as e:
+            raise ValueError(f"config file {p} is not valid YAML: {_unreadable(e)}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {p}: top level must be a mapping, got {type(loaded).__name__}")
         _check_size(loaded, f"config file {p}")

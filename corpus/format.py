@@ -213,7 +213,7 @@ class Corpus:
         with self.fs.open(_join(self.root, MANIFEST), "rb") as f:
             raw = f.read().decode("utf-8", errors="replace")
         # only complete lines count: a line still being appended has no newline yet
-        out = []
+        out, seen = [], set()
         for i, ln in enumerate(raw.splitlines(keepends=True), 1):
             if not ln.endswith("\n") or not ln.strip():
                 continue
@@ -223,6 +223,9 @@ class Corpus:
                     f"{self.path}/{MANIFEST} line {i}: not a shard entry (JSON with name, "
                     f"documents, images, bytes, sha256; the name a plain file name): {ln.strip()[:80]!r}"
                 )
+            if shard.name in seen:  # every reader would take its documents twice (training, refilter, export)
+                raise ValueError(f"{self.path}/{MANIFEST} line {i}: lists shard {shard.name} a second time")
+            seen.add(shard.name)
             out.append(shard)
         return out
 
@@ -236,13 +239,19 @@ class Corpus:
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # (nested thousands deep)
             raise ValueError(f"{self.path.rstrip('/')}/{name}: not JSON ({e})") from None
 
+    def _name(self, shard: ShardInfo | str) -> str:
+        """A shard's file name; a ValueError when it is no plain file name (a shard column of a damaged index
+        naming ../../x must not make a reader open a file outside the corpus)."""
+        name = shard.name if isinstance(shard, ShardInfo) else str(shard).removesuffix(".tar")
+        if not _SHARD_NAME.match(name) or name in (".", ".."):
+            raise ValueError(f"{self.path}: shard name {name[:80]!r} is not a plain file name of the corpus")
+        return name
+
     def shard_path(self, shard: ShardInfo | str) -> str:
-        name = shard.name if isinstance(shard, ShardInfo) else shard.removesuffix(".tar")
-        return _join(self.root, "shards", f"{name}.tar")
+        return _join(self.root, "shards", f"{self._name(shard)}.tar")
 
     def index_path(self, shard: ShardInfo | str) -> str:
-        name = shard.name if isinstance(shard, ShardInfo) else shard.removesuffix(".tar")
-        return _join(self.root, "index", f"{name}.parquet")
+        return _join(self.root, "index", f"{self._name(shard)}.parquet")
 
     def read_index(self, shard: ShardInfo | str, columns: list[str] | None = None) -> pa.Table:
         with self.fs.open(self.index_path(shard), "rb") as f:
@@ -280,14 +289,17 @@ class Corpus:
         p = _join(self.root, "build.json")
         if not self.fs.exists(p):
             return False
-        return bool(self.read_json("build.json").get("finished_at"))
+        info = self.read_json("build.json")
+        if not isinstance(info, dict):  # (a list or a string: AttributeError from .get before)
+            raise ValueError(f"{self.path.rstrip('/')}/build.json: holds a JSON {type(info).__name__}, not an object")
+        return bool(info.get("finished_at"))
 
 
 def iter_tar_documents(fileobj, with_images: bool = True, where: str = "") -> Iterator[Document]:
     """Decode samples from a shard stream. Only JSON and raw image bytes are read: nothing is unpickled.
 
-    A damaged shard (not a tar, truncated, a sample JSON of the wrong shape, a member over MAX_MEMBER_BYTES)
-    raises ValueError naming `where`."""
+    A damaged shard (not a tar, truncated, a sample JSON of the wrong shape, a member over MAX_MEMBER_BYTES,
+    a member that is no file: a symlink, hard link, folder or device) raises ValueError naming `where`."""
     try:
         yield from _iter_tar_documents(fileobj, with_images, where)
     except tarfile.TarError as e:
@@ -299,8 +311,9 @@ def _iter_tar_documents(fileobj, with_images: bool, where: str) -> Iterator[Docu
     members: dict[str, bytes] = {}
     with tarfile.open(fileobj=fileobj, mode="r|") as tar:
         for info in tar:
-            if not info.isfile():
-                continue
+            if not info.isfile():  # the writer writes only files: a link, folder or device is damage, not skipped
+                kind = "link" if info.issym() or info.islnk() else "folder" if info.isdir() else "special file"
+                raise ValueError(f"{where}: member {info.name[:200]} is a {kind}, not a file")
             key, _, suffix = info.name.partition(".")
             if current is not None and key != current.id:
                 yield _attach(current, members, with_images, where)

@@ -87,9 +87,13 @@ def _dedup_keepers(corpus: Corpus) -> set[str]:
     path = f"{corpus.root}/dedup/clusters.parquet"
     if not corpus.fs.exists(path):
         return set()
-    with corpus.fs.open(path, "rb") as f:
-        table = pq.read_table(f, columns=["id", "keeper", "size"])
-    return {r["id"] for r in table.to_pylist() if r["keeper"] and r["size"] > 1}
+    try:
+        with corpus.fs.open(path, "rb") as f:
+            rows = pq.read_table(f, columns=["id", "keeper", "size"]).to_pylist()
+        return {r["id"] for r in rows if r["keeper"] and r["size"] > 1}
+    except (ValueError, OSError, TypeError) as e:  # not Parquet (ArrowInvalid), a column missing or null
+        why = " ".join(str(e).split())[:200]
+        raise ValueError(f"{corpus.path.rstrip('/')}/dedup/clusters.parquet is damaged: {why}") from None
 
 
 def _corpus_json(src: Corpus, name: str) -> dict[str, Any]:
@@ -139,6 +143,17 @@ def refilter_corpus(corpus: str | Path, output: str | Path, overrides: list[str]
     shards_of: dict[str, list[ShardInfo]] = {}
     for s in src.shards():
         shards_of.setdefault(s.unit, []).append(s)
+    names = [u["name"] for u in info["units"]]
+    # every shard is written under its unit, once: a unit named twice (its shards written twice) or a shard
+    # of a unit build.json does not name (its documents left out without a word) is damage
+    if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"{src.path.rstrip('/')}/build.json is damaged: 'units' names a unit twice or not by a string")
+    unnamed = sorted(set(shards_of) - set(names))
+    if unnamed:
+        raise ValueError(
+            f"{src.path.rstrip('/')}/{MANIFEST} lists shards of unit {unnamed[0]!r}, which build.json's 'units' "
+            f"does not name: the corpus is damaged"
+        )
 
     def kept(shards: list[ShardInfo]):
         nonlocal dropped_keepers
@@ -167,12 +182,14 @@ def refilter_corpus(corpus: str | Path, output: str | Path, overrides: list[str]
                 max_docs=cfg.output.max_shard_docs,
             )
             lines += [s.line() + "\n" for s in written]
-    except ValueError as e:  # a damaged shard of the source (Corpus.iter_shard names it): no half corpus left
+    except (ValueError, OSError) as e:  # a damaged or missing shard of the source (named): no half corpus left
         if fresh:
             shutil.rmtree(out, ignore_errors=True)
         else:  # it was empty: all in it is ours
             for p in out.iterdir():
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+            raise  # the file system refused (the output's disk full, ...): the CLI names the file
         raise ValueError(f"{e}; the refilter stopped, nothing was written to {out}") from None
     (out / MANIFEST).write_text("".join(lines), encoding="utf-8")
     write_parquet_atomic(ledger.rejects_table(), out / "rejects" / "refilter.parquet")

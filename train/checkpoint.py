@@ -14,12 +14,14 @@ every rank (Ray Train gathers the ranks' files into it):
   trainer.json      step, stage, world size (rank 0)
   rank_R.json       the loader position of rank R (train/data state_dict)
   rank_R_rng.pt     torch RNG states of rank R (tensors only; loaded with weights_only=True)
+dcp/.metadata is a pickle: it is read by `safe_reader`, which allows only the classes DCP writes.
 `after_save` hooks run after each save (the resume tests inject a worker failure there, train/faults.py).
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -36,6 +38,62 @@ if TYPE_CHECKING:
     from train.data import Loader
 
 AfterSave = Callable[[int, int], None]  # (step, rank)
+
+
+# What a DCP .metadata file may name when it is unpickled (what torch's FileSystemWriter writes): DCP reads it
+# with a bare pickle.load, so a checkpoint folder from elsewhere (export model, eval, generate, --init-from)
+# could run any code; `safe_reader` refuses every other global.
+_DCP_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+        "TensorProperties",
+        "MetadataIndex",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
+    },
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},
+    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},
+    "collections": {"OrderedDict"},
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if name in _DCP_GLOBALS.get(module, ()) or (
+            module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        ):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"names {module}.{name}, which a checkpoint's metadata never holds")
+
+
+def safe_reader(dcp_dir: str | Path):
+    """A DCP storage reader of `dcp_dir` whose .metadata is unpickled with only the globals DCP writes
+    (`_DCP_GLOBALS`, torch dtypes); anything else is an UnpicklingError naming the file, nothing runs. The
+    tensor files are read by DCP with torch.load(weights_only=True)."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+            path = self._get_metadata_path(kwargs.get("rank"))
+            with self.fs.create_stream(path, "rb") as f:
+                try:
+                    metadata = _MetadataUnpickler(f).load()
+                except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+                    raise ValueError(f"{path}: not a checkpoint's metadata ({e})") from None
+            if not isinstance(metadata, Metadata):
+                raise ValueError(f"{path}: not a checkpoint's metadata (a {type(metadata).__name__})")
+            storage_meta = getattr(metadata, "storage_meta", None) or StorageMeta()
+            storage_meta.load_id = self.load_id
+            metadata.storage_meta = storage_meta
+            return metadata
+
+    return SafeReader(str(dcp_dir))
 
 
 def save_checkpoint(
@@ -61,7 +119,7 @@ def load_checkpoint(path: Path, state: TrainState, loader: Loader, rank: int) ->
 
     model_sd, optim_sd = get_state_dict(state.model, state.optimizer)
     sd: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
-    dcp.load(sd, checkpoint_id=str(path / "dcp"))
+    dcp.load(sd, storage_reader=safe_reader(path / "dcp"))
     set_state_dict(state.model, state.optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
     loader.load_state_dict(json.loads((path / f"rank_{rank}.json").read_text()))
     rng = torch.load(path / f"rank_{rank}_rng.pt", weights_only=True)

@@ -25,16 +25,25 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
 from corpus.config import load_json_model
+from train.checkpoint import safe_reader
 from train.config import TrainConfig
 from train.data import DataConfig
 from train.model.config import ModelConfig
 from train.model.hf import Family, export_decoder, load_decoder_into
-from train.model.hf.checkpoint import check_weight_files, open_safetensors, read_hf_config, read_tensor
+from train.model.hf.checkpoint import (
+    check_decoder_fits,
+    check_weight_files,
+    header_tensor,
+    open_safetensors,
+    read_hf_config,
+    read_tensor,
+)
 from train.model.vlm import VLM
 from train.tokenizer import Tokenizer
 
@@ -64,17 +73,20 @@ def load_trained_model(path: str | Path) -> tuple[VLM, TrainConfig, Path]:
     if not config_path.is_file():
         raise ValueError(f"{ckpt}: no config.json in its run directory {ckpt.parent}")
     cfg = load_json_model(TrainConfig, config_path, "the run's config")
-    model = VLM(cfg.model)
-    state = {"model": model.state_dict()}
     from torch.distributed.checkpoint.api import CheckpointException
 
     if not (ckpt / "dcp" / ".metadata").is_file():
         raise ValueError(f"{ckpt / 'dcp'}: no .metadata (an incomplete or damaged checkpoint)")
+    metadata = safe_reader(ckpt / "dcp").read_metadata()  # a .metadata that is no DCP metadata: one line naming it
+    _check_checkpoint_fits(cfg.model, metadata, ckpt)
+    model = VLM(cfg.model)
+    state = {"model": model.state_dict()}
     dcp_log = logging.getLogger()  # DCP logs to the root logger, with tracebacks of a damaged file: ours is one line
     level = dcp_log.level
     dcp_log.setLevel(logging.CRITICAL)
     try:
-        dcp.load(state, checkpoint_id=str(ckpt / "dcp"), no_dist=True)  # this process reads every shard
+        # this process reads every shard; the .metadata pickle through safe_reader (never a bare pickle.load)
+        dcp.load(state, storage_reader=safe_reader(ckpt / "dcp"), no_dist=True)
     except (CheckpointException, Exception) as e:  # noqa: BLE001 -- CheckpointException is a BaseException
         failures = list(getattr(e, "failures", {}).values())
         cause = failures[0] if failures else e
@@ -86,6 +98,25 @@ def load_trained_model(path: str | Path) -> tuple[VLM, TrainConfig, Path]:
     model.load_state_dict(state["model"])
     log.info("loaded %s (step %s)", ckpt, _step(ckpt))
     return model.eval(), cfg, ckpt
+
+
+def _check_checkpoint_fits(cfg: ModelConfig, metadata: Any, ckpt: Path) -> None:
+    """Every model tensor the run's config.json implies has that shape in the checkpoint's metadata, compared
+    on a VLM built on the meta device: a config.json claiming sizes the checkpoint lacks is one line naming
+    the tensor before a VLM of that size is allocated."""
+    try:
+        with torch.device("meta"):
+            want = {f"model.{k}": tuple(v.shape) for k, v in VLM(cfg).state_dict().items()}
+    except (RuntimeError, OverflowError) as e:  # sizes past what a tensor can hold
+        why = " ".join(str(e).split())[:200]
+        raise ValueError(f"{ckpt.parent / 'config.json'}: no model has these sizes ({why})") from None
+    held = metadata.state_dict_metadata
+    for key, shape in want.items():
+        got = tuple(getattr(held.get(key), "size", None) or ()) if key in held else None
+        if got != shape:
+            raise ValueError(
+                f"{ckpt / 'dcp'}: {key} is {got or 'missing'} in the checkpoint, the run's config.json needs {shape}"
+            )
 
 
 def _step(ckpt: Path) -> object:
@@ -116,12 +147,32 @@ def export_model(path: str | Path, out_dir: str | Path, family: str | None = Non
     return fam
 
 
+def check_exported_fits(cfg: ModelConfig, out: Path) -> None:
+    """Every tensor of an exported folder has the shape `cfg` (interloom_model.json) gives it, read from the
+    safetensors headers against a VLM built on the meta device: a config claiming sizes the weights lack is
+    refused naming the tensor before a VLM of that size is allocated."""
+    try:
+        with torch.device("meta"):
+            want = {k: tuple(v.shape) for k, v in VLM(cfg).state_dict().items() if not k.startswith("decoder.")}
+    except (RuntimeError, OverflowError) as e:  # sizes past what a tensor can hold
+        raise ValueError(f"{out / VLM_CONFIG}: no model has these sizes ({' '.join(str(e).split())[:200]})") from None
+    with open_safetensors(out / VLM_REST) as f:
+        got = {k: tuple(header_tensor(f, out / VLM_REST, k).shape) for k in f.keys()}  # noqa: SIM118
+    for k in sorted(want.keys() | got.keys()):
+        if want.get(k) != got.get(k):
+            raise ValueError(
+                f"{out / VLM_REST}: {k} is {got.get(k, 'missing')}, {VLM_CONFIG} needs {want.get(k, 'none')}"
+            )
+    check_decoder_fits(cfg, out, exact_vocab=True)
+
+
 def load_exported_vlm(out_dir: str | Path) -> VLM:
     """The VLM of an `export_model` folder: decoder from the HF files, the rest from interloom_vlm.safetensors."""
     out = Path(out_dir)
     if not (out / VLM_CONFIG).is_file():
         raise ValueError(f"{out}: no {VLM_CONFIG} (not written by `interloom export model`)")
     cfg = load_json_model(ModelConfig, out / VLM_CONFIG)
+    check_exported_fits(cfg, out)
     with open_safetensors(out / VLM_REST) as f:
         rest = {k: read_tensor(f, out / VLM_REST, k) for k in f.keys()}  # noqa: SIM118 -- a safetensors handle
     if not rest:
@@ -157,9 +208,14 @@ def init_from_config(cfg: TrainConfig, path: str | Path, run_dir: str | Path) ->
         check_weight_files(src)
         with open_safetensors(src / VLM_REST):
             pass
+        check_exported_fits(model, src)
     else:
         start = find_checkpoint(src)
         run_cfg = load_json_model(TrainConfig, start.parent / "config.json", "the run's config")
+        if not (start / "dcp" / ".metadata").is_file():
+            raise ValueError(f"{start / 'dcp'}: no .metadata (an incomplete or damaged checkpoint)")
+        # the workers build this model and read the checkpoint: a damaged or oversized claim is refused here
+        _check_checkpoint_fits(run_cfg.model, safe_reader(start / "dcp").read_metadata(), start)
         model, data, tok = run_cfg.model, run_cfg.data, Path(run_cfg.data.tokenizer)
     if not tok.is_file():
         raise ValueError(f"--init-from {src}: its tokenizer {tok} is missing")

@@ -68,6 +68,9 @@ class Tokenizer:
         return self.hf.decode(list(ids), skip_special_tokens=False)
 
 
+MAX_VOCAB = 2**31 - 1
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2) -> Tokenizer:
     """Train a byte-level BPE on `texts`. The 256 byte symbols are always in the vocabulary, so any text
     encodes (no unknown token); vocab_size counts them, the special tokens and the merges."""
@@ -76,6 +79,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency:
         raise ValueError(
             f"vocab_size={vocab_size} must exceed {n_min} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)"
         )
+    if vocab_size > MAX_VOCAB:  # tokenizers' trainer raised OverflowError past its integer type
+        raise ValueError(f"vocab_size={vocab_size} is over {MAX_VOCAB:,} (token ids are 32-bit)")
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.decoder = decoders.ByteLevel()

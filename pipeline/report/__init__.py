@@ -52,7 +52,10 @@ def make_report(
         (shard, off, doc_id) for doc_id, (shard, off) in scan.found_ids.items() if doc_id not in sampled_ids
     )
     documents, load_errors = load_documents(
-        corpus, [(s, o, "sample") for s, o, _ in wanted] + [(s, o, "keeper") for s, o, _ in keepers], out, progress
+        corpus,
+        [(s, o, "sample", i) for s, o, i in wanted] + [(s, o, "keeper", i) for s, o, i in keepers],
+        out,
+        progress,
     )
     for d in documents:  # a sampled document that is also a cluster keeper links from the dedup view too
         if d["role"] == "sample" and d["id"] in scan.found_ids:

@@ -91,20 +91,24 @@ def document_json(doc: Document, n: int, role: str, shard: str, offset: int, ass
 
 
 def load_documents(
-    corpus: Corpus, wanted: list[tuple[str, int, str]], out_dir: Path, progress: bool = True
+    corpus: Corpus, wanted: list[tuple[str, int, str, str]], out_dir: Path, progress: bool = True
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Read (shard, offset, role) documents; returns their JSON and the errors of unreadable ones."""
+    """Read (shard, offset, role, id) documents; returns their JSON and the errors of unreadable ones (a
+    document whose id is not the one the index gives at that offset is an error, not shown in its place)."""
     assets = out_dir / "assets" / "img"
     assets.mkdir(parents=True, exist_ok=True)
     docs: list[dict[str, Any]] = []
     errors: list[str] = []
-    for shard, offset, role in tqdm(
+    for shard, offset, role, doc_id in tqdm(
         wanted, desc="reading sampled documents", unit="doc", disable=not progress or not wanted
     ):
         try:
             doc = corpus.read_document(shard, offset)
         except (OSError, ValueError, StopIteration) as e:
             errors.append(f"{shard}@{offset}: {type(e).__name__}: {e}")
+            continue
+        if doc.id != doc_id:  # the index's offsets do not match its shard
+            errors.append(f"{shard}@{offset}: the index names document {doc_id}, the shard holds {doc.id} there")
             continue
         docs.append(document_json(doc, len(docs), role, shard, offset, assets))
     return docs, errors

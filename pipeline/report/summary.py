@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from corpus.format import Corpus
+from corpus.record import INDEX_SCHEMA
 
 TOKENS_PER_WORD = 1.3  # rough English BPE ratio; the report says it is an estimate
 INDEX_COLUMNS = ["id", "url", "source", "lang", "n_words", "n_images", "image_meta", "signals", "shard", "offset"]
@@ -427,11 +428,32 @@ def scan_index(
         except (OSError, KeyError, pa.ArrowException) as e:  # listed but unreadable: reported, not fatal
             scan.errors.append(f"index of shard {shard.name}: {type(e).__name__}: {e}")
             continue
+        table, problem = _checked_index(table, shard.name)
+        if problem:
+            scan.errors.append(f"index of shard {shard.name}: {problem}")
+            continue
         scan.shards += 1
         _scan_table(scan, table, want_ids_arr, want_phash_arr)
         bar.set_postfix(documents=scan.documents)
     bar.close()
     return scan
+
+
+def _checked_index(table: pa.Table, name: str) -> tuple[pa.Table, str]:
+    """(the index table in the writer's column types, "") or (table, what is wrong): a column of another
+    type (n_words as text), or rows that do not point into this index's own shard at a byte offset (a null
+    or negative offset, another shard's name, or a path such as ../../x that would read a tar outside the
+    corpus). The report leaves such an index out, as one it cannot read."""
+    try:
+        table = table.cast(pa.schema([INDEX_SCHEMA.field(c) for c in table.column_names]))
+    except (pa.ArrowException, KeyError) as e:
+        return table, f"columns of the wrong type ({type(e).__name__}: {e})"
+    if not pc.all(pc.fill_null(pc.equal(table["shard"], f"{name}.tar"), False)).as_py() and table.num_rows:
+        return table, f"rows whose shard is not {name}.tar"
+    for column, what in (("offset", "a byte offset"), ("n_words", "a word count"), ("n_images", "an image count")):
+        if table[column].null_count or (table.num_rows and pc.min(table[column]).as_py() < 0):
+            return table, f"rows without {what}"
+    return table, ""
 
 
 SOURCE_FILE_RE = r"^(?P<file>[^#]*)"  # "warc:<file>#<record-id>" -> "warc:<file>"

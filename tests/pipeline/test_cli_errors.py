@@ -222,6 +222,22 @@ def test_a_yaml_alias_bomb_is_refused_not_expanded(tmp_path, capsys):
     assert "alias" not in err  # a small value is validated as usual
 
 
+def test_yaml_nested_thousands_deep_or_a_huge_integer_is_one_line(tmp_path, capsys):
+    """A config file or --set value nested 50,000 deep (PyYAML's composer recursed: RecursionError traceback)
+    and an integer of 5,000 digits (int() refused it with a ValueError that named no file)."""
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("images:\n  min_side: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    big = tmp_path / "big.yaml"
+    big.write_text("images:\n  min_side: " + "9" * 5_000 + "\n")
+    for argv, shown in (
+        (["build", "--config", str(deep), "--print-config"], "deep.yaml is not valid YAML: nested too deep"),
+        (["build", "--config", str(big), "--print-config"], "big.yaml is not valid YAML: Exceeds the limit"),
+        (["build", "--set", "images.min_side=" + "[" * 50_000, "--print-config"], "--set images.min_side: value"),
+    ):
+        err = _error(capsys, argv)
+        assert err.count("\n") == 1 and shown in err and "Traceback" not in err
+
+
 def test_train_on_a_damaged_or_empty_manifest_is_refused_before_ray_starts(tmp_path, capsys):
     damaged, empty = tmp_path / "damaged", tmp_path / "empty"
     damaged.mkdir()

@@ -144,6 +144,60 @@ def test_damaged_shards_raise_value_error_naming_the_shard(tmp_path):
             list(corpus.iter_documents())
 
 
+@pytest.mark.parametrize(
+    "kind,shown",
+    [("SYMTYPE", "a link"), ("LNKTYPE", "a link"), ("DIRTYPE", "a folder"), ("FIFOTYPE", "a special file")],
+)
+def test_a_member_that_is_no_file_is_damage_not_skipped(tmp_path, kind, shown):
+    """A shard member that is a symlink, hard link, folder or FIFO (the writer writes only files) was skipped
+    without a word: a shard holding a sample's JSON as a link to /etc/passwd read as a shard of no document,
+    one holding an image as a hard link as a sample lacking its image. Now it is damage naming the member
+    (readers count it: the loader's shard_read_errors, inspect's load errors, refilter stops). Nothing is
+    ever written or followed."""
+    import tarfile
+
+    [doc] = _docs(1)
+    good = tmp_path / "good"
+    [info] = write_shards([doc], good, "p")
+    members = []
+    with tarfile.open(good / "shards" / "p-0000.tar") as tar:
+        for m in tar.getmembers():
+            members.append((m, tar.extractfile(m).read()))
+    link = tarfile.TarInfo(members[-1][0].name)
+    link.type, link.linkname = getattr(tarfile, kind), "/etc/passwd"
+    append_manifest(tmp_path, [info])
+    (tmp_path / "shards").mkdir()
+    with tarfile.open(tmp_path / "shards" / "p-0000.tar", "w") as tar:
+        for m, data in members[:-1]:
+            tar.addfile(m, io.BytesIO(data))
+        tar.addfile(link)
+    with pytest.raises(ValueError, match=rf"p-0000.tar: member {link.name} is {shown}, not a file"):
+        list(Corpus(tmp_path).iter_documents(with_images=False))
+
+
+def test_a_build_json_that_is_no_object_is_damage_naming_it(tmp_path):
+    """Following a corpus (train --follow) asks build.json whether the build has finished: a build.json holding
+    a list or a string was an AttributeError traceback in the loader; now a ValueError naming the file."""
+    append_manifest(tmp_path, write_shards(_docs(1), tmp_path, "p"))
+    for body, kind in (("[1]", "list"), ('"done"', "str")):
+        (tmp_path / "build.json").write_text(body)
+        with pytest.raises(ValueError, match=rf"build.json: holds a JSON {kind}, not an object"):
+            Corpus(tmp_path).is_finished()
+        with pytest.raises(ValueError, match="build.json: holds a JSON"):
+            list(Corpus(tmp_path).follow(poll_s=0))
+
+
+def test_a_manifest_listing_a_shard_twice_is_damage(tmp_path):
+    """A manifest line appended twice (a copied or doubly written manifest): every reader took the shard's
+    documents twice (the loader trained on them twice, refilter and export hf wrote them twice). Now it is
+    damage naming the line, as any bad manifest line is."""
+    append_manifest(tmp_path, write_shards(_docs(2), tmp_path, "p"))
+    line = (tmp_path / "manifest.jsonl").read_text()
+    (tmp_path / "manifest.jsonl").write_text(line + line)
+    with pytest.raises(ValueError, match=r"manifest.jsonl line 2: lists shard p-0000 a second time"):
+        Corpus(tmp_path).shards()
+
+
 def test_json_nested_thousands_deep_is_damage_naming_the_file(tmp_path):
     """A manifest line, build.json or stats.json nested 100,000 deep: a ValueError naming the file, as for any
     other damaged JSON (json's RecursionError reached inspect, refilter and the loader as a traceback)."""

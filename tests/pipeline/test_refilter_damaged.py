@@ -28,6 +28,23 @@ def _corpus(root: Path) -> None:
     (root / "stats.json").write_text(json.dumps({"stages": [], "items": {}, "build": {"documents": 3}}))
 
 
+def _edit_build(root: Path, **fields) -> None:
+    (root / "build.json").write_text(json.dumps(json.loads((root / "build.json").read_text()) | fields))
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _parquet(path: Path, columns: dict) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({k: pa.array(v, pa.int64() if k == "size" else None) for k, v in columns.items()}), path)
+
+
 DAMAGES = {
     "no build.json": (lambda r: (r / "build.json").unlink(), "build.json is missing: not a corpus finished by"),
     "build.json not JSON": (
@@ -44,6 +61,30 @@ DAMAGES = {
     "units not a list": (
         lambda r: (r / "build.json").write_text(json.dumps({"finished_at": "x", "config": {}, "units": 5})),
         "build.json is damaged: 'units' is not a list",
+    ),
+    "units named twice": (
+        lambda r: _edit_build(r, units=[{"name": "u"}, {"name": "u"}]),
+        "build.json is damaged: 'units' names a unit twice or not by a string",
+    ),
+    "unit named by a number": (
+        lambda r: _edit_build(r, units=[{"name": 5}]),
+        "build.json is damaged: 'units' names a unit twice or not by a string",
+    ),
+    "shards of a unit build.json lacks": (
+        lambda r: _edit_build(r, units=[{"name": "other"}]),
+        "manifest.jsonl lists shards of unit 'u', which build.json's 'units' does not name",
+    ),
+    "clusters.parquet not Parquet": (
+        lambda r: _write(r / "dedup" / "clusters.parquet", b"garbage"),
+        "dedup/clusters.parquet is damaged: Could not open Parquet input source",
+    ),
+    "clusters.parquet without its columns": (
+        lambda r: _parquet(r / "dedup" / "clusters.parquet", {"x": [1]}),
+        "dedup/clusters.parquet is damaged: No match for FieldRef.Name(id)",
+    ),
+    "clusters.parquet with a null size": (
+        lambda r: _parquet(r / "dedup" / "clusters.parquet", {"id": ["a"], "keeper": [True], "size": [None]}),
+        "dedup/clusters.parquet is damaged: '>' not supported",
     ),
     "no stats.json": (lambda r: (r / "stats.json").unlink(), "stats.json is missing"),
     "stats.json without stages": (lambda r: (r / "stats.json").write_text("{}"), "stats.json is damaged: no 'stages'"),
@@ -82,4 +123,16 @@ def test_a_damaged_shard_stops_the_refilter_without_a_half_corpus(tmp_path, caps
     assert main(["refilter", str(corpus), "--set", "filters.language.min_score=0.8", "--output", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "part-00000-0000.tar: not a readable tar stream" in err
+    assert "nothing was written" in err and not out.exists()
+
+
+def test_a_missing_shard_stops_the_refilter_without_a_half_corpus(tmp_path, capsys):
+    """A manifest line whose shard file is gone: FileNotFoundError left --output holding index/ and shards/."""
+    corpus = tmp_path / "corpus"
+    _corpus(corpus)
+    (corpus / "shards" / "part-00000-0000.tar").unlink()
+    out = tmp_path / "out"
+    assert main(["refilter", str(corpus), "--set", "filters.language.min_score=0.8", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "part-00000-0000.tar" in err and "No such file" in err
     assert "nothing was written" in err and not out.exists()

@@ -736,3 +736,72 @@ def test_a_thumbnail_of_an_image_pillow_fails_on_untyped_is_a_reason(tmp_path):
     buf = io.BytesIO()
     PILImage.new("RGB", (64, 48), (200, 10, 10)).save(buf, "PNG")
     assert write_thumbnail(buf.getvalue(), tmp_path / "b.jpg") == (64, 48)
+
+
+def _set_index_column(index: Path, column: str, values: list) -> None:
+    table = pq.read_table(index)
+    pq.write_table(table.set_column(table.column_names.index(column), column, pa.array(values)), index)
+
+
+@pytest.mark.parametrize(
+    "column,value,why",
+    [
+        ("shard", "../../secret.tar", "rows whose shard is not index-0000.tar"),
+        ("shard", None, "rows whose shard is not index-0000.tar"),
+        ("offset", None, "rows without a byte offset"),
+        ("n_words", "many", "columns of the wrong type"),
+    ],
+)
+def test_an_index_pointing_outside_its_shard_is_left_out_not_followed(tmp_path, column, value, why):
+    """An index row's shard column is where inspect reads the sampled document from: '../../secret.tar' made
+    it open a tar outside the corpus and show its documents in the report; a null shard or offset and a
+    word count stored as text were TypeError/ValueError tracebacks. Now such an index is left out, named."""
+    outside = tmp_path / "o"
+    other = planted_document()
+    other.id, other.source = make_doc_id("test:secret"), "test:secret"
+    write_shards([other], outside, "secret")
+    (tmp_path / "secret.tar").write_bytes((outside / "shards" / "secret-0000.tar").read_bytes())
+    root = tmp_path / "c"
+    append_manifest(root, write_shards([planted_document()], root, "index"))
+    _set_index_column(root / "index" / "index-0000.parquet", column, [value])
+    summary = make_report(root, tmp_path / "r", progress=False)
+    assert len(summary["index_errors"]) == 1 and summary["index_errors"][0].startswith(
+        f"index of shard index-0000: {why}"
+    )
+    assert "secret" not in (tmp_path / "r" / "index.html").read_text().replace("secret.tar", "")
+    with pytest.raises(ValueError, match=r"shard name '\.\./\.\./secret' is not a plain file name"):
+        Corpus(root).read_document("../../secret.tar", 0)
+
+
+def test_against_an_index_column_of_another_type_is_a_reported_gap(tmp_path):
+    """inspect A --against B where B's index stores n_words as text: pyarrow's sum had no kernel for it
+    (ArrowNotImplementedError traceback); now that index is left out of B and named."""
+    from pipeline.report.compare import compare
+
+    for name in ("a", "b"):
+        append_manifest(tmp_path / name, write_shards([planted_document()], tmp_path / name, "s"))
+    _set_index_column(tmp_path / "b" / "index" / "s-0000.parquet", "n_words", ["many"])
+    result = compare(tmp_path / "a", tmp_path / "b", progress=False)
+    assert result["totals"]["documents"] == [1, 0]
+    assert any("index of shard s-0000: ArrowInvalid: Failed to parse string" in e for e in result["errors"])
+
+
+def test_an_index_whose_offsets_point_at_other_documents_shows_none_of_them(tmp_path):
+    """An index whose offsets are increasing but shifted (row i pointing at document i+1): the report showed
+    each sampled row's neighbour as if it were that document (the wrong text under a keeper's id, without a
+    word). Now a document whose id is not the index's is a load error naming both ids."""
+    root = tmp_path / "c"
+    docs = []
+    for k in range(3):
+        d = planted_document()
+        d.id, d.source = make_doc_id(f"test:{k}"), f"test:{k}"
+        docs.append(d)
+    append_manifest(root, write_shards(docs, root, "s"))
+    index = root / "index" / "s-0000.parquet"
+    offsets = pq.read_table(index).column("offset").to_pylist()
+    _set_index_column(index, "offset", offsets[1:] + [offsets[-1] + 1])  # shifted; the last points mid-member
+    summary = make_report(root, tmp_path / "r", progress=False)
+    errors = summary["sample"]["load_errors"]
+    assert len(errors) == 3 and sum("the index names document" in e for e in errors) == 2
+    html = (tmp_path / "r" / "index.html").read_text()
+    assert json.loads(html.split('id="report-data">')[1].split("</script>")[0])["documents"] == []

@@ -423,3 +423,38 @@ def test_a_sample_key_given_twice_is_damage_not_a_quiet_swap(tmp_path):
     assert counters["shard_read_errors"] == 1 and len(got) == 6
     with pytest.raises(ValueError, match="a second sample with the key"):
         list(c.iter_shard("part-000-0000", with_images=False))
+
+
+@pytest.mark.parametrize(
+    "damage,shown",
+    [
+        (lambda o: o[:1], "1 rows, but the manifest counts 4 documents"),
+        (lambda o: [], "0 rows, but the manifest counts 4 documents"),
+        (lambda o: [o[0]] * len(o), "its offsets are not increasing byte offsets"),
+        (lambda o: [None] * len(o), "its offsets are not increasing byte offsets"),
+        (lambda o: [*o[1:], o[-1] + 512], "names document"),  # increasing, but each row at the next document
+    ],
+    ids=["fewer rows", "no rows", "one offset repeated", "null offsets", "shifted by one"],
+)
+def test_an_index_that_disagrees_with_its_shard_is_damage_not_a_quiet_loss(tmp_path, damage, shown, caplog):
+    """A split shard (fewer shards than slots) is read from its index's offsets: an index listing fewer rows
+    than the manifest's documents left the later parts with no offset to start from (documents lost without
+    a word), a repeated or shifted offset started a part at the wrong document (one read twice, one never), a
+    null one was a TypeError that ended the run. Now the shard is skipped and counted, naming its index; the other shard is read whole."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = build_corpus(tmp_path / "c", [4, 3])
+    c = Corpus(root)
+    index = Path(c.index_path("part-000-0000"))
+    table = pq.read_table(index)
+    offsets = damage(table.column("offset").to_pylist())
+    table = table.slice(0, len(offsets)) if len(offsets) < table.num_rows else table
+    i = table.column_names.index("offset")
+    pq.write_table(table.set_column(i, "offset", pa.array(offsets, table.schema.field(i).type)), index)
+    reader, counters = ShardReader(c), Counter()
+    slots = plan_parts(c.shards(), 0, 0, 1, 4)  # 4 slots, 2 shards: each shard read in 2 parts
+    got = [d.id for parts in slots for u in parts for _, d in reader.read(u, 0, counters)]
+    others = [d.id for d in c.iter_shard("part-001-0000", with_images=False)]
+    assert counters["shard_read_errors"] >= 1 and sorted(got) == sorted(others)
+    assert shown in caplog.text and "part-000-0000.parquet" in caplog.text

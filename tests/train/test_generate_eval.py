@@ -6,6 +6,7 @@ embeddings, and a saved checkpoint round-trips through `interloom eval` / `inter
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import numpy as np
@@ -240,7 +241,11 @@ def test_damaged_run_directory_is_one_line(tmp_path, capsys):
         ('{"optim": {"lr": "fast"}', None, r"config.json \(the run's config\): Invalid JSON"),
         ('{"optim": {"lr": "fast"}}', None, r"config.json \(the run's config\): optim.lr: Input should be a valid num"),
         (TrainConfig().model_dump_json(), None, r"dcp: no .metadata \(an incomplete or damaged checkpoint\)"),
-        (TrainConfig().model_dump_json(), b"\x80\x04garbage", r"dcp: cannot read the checkpoint \(AssertionError: "),
+        (
+            TrainConfig().model_dump_json(),
+            b"\x80\x04garbage",
+            r"dcp/.metadata: not a checkpoint's metadata \(pickle data was truncated\)",
+        ),
     ]
     for config, metadata, shown in cases:
         (tmp_path / "config.json").write_text(config)
@@ -251,6 +256,79 @@ def test_damaged_run_directory_is_one_line(tmp_path, capsys):
         assert "Traceback" not in err
         line = next(ln for ln in err.splitlines() if ln.startswith("interloom generate: error: "))
         assert re.search(shown, line), line
+
+
+class _Planted:
+    """Unpickled, it creates the file `marker` (what any pickled global could do)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_metadata_pickle_runs_no_code(tmp_path, capsys):
+    """A checkpoint's dcp/.metadata is a pickle, which DCP read with pickle.load: a run directory from elsewhere
+    given to generate, eval, export model or --init-from ran the code it named (here: builtins.open creating a
+    file). Now only the classes DCP writes are unpickled; anything else is one line naming the file."""
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+
+    from pipeline.cli import main
+    from train.checkpoint import safe_reader
+    from train.config import TrainConfig
+
+    dcp_dir = tmp_path / "checkpoint_0000001" / "dcp"
+    dcp_dir.mkdir(parents=True)
+    (tmp_path / "config.json").write_text(TrainConfig().model_dump_json())
+    marker = tmp_path / "ran"
+    (dcp_dir / ".metadata").write_bytes(pickle.dumps(_Planted(str(marker))))
+    for argv in (["generate", str(tmp_path), "--prompt", "a"], ["export", "model", str(tmp_path), str(tmp_path / "o")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and not marker.exists()
+        assert re.search(r"dcp/.metadata: not a checkpoint's metadata \(names (io|builtins).open, which", err)
+    # what DCP itself writes still loads through the safe reader
+    state = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2, dtype=torch.bfloat16), "meta": {"step": 3}}
+    dcp.save(state, checkpoint_id=str(tmp_path / "good"), no_dist=True)
+    back = {"w": torch.zeros(2, 3), "b": torch.zeros(2, dtype=torch.bfloat16), "meta": {"step": 0}}
+    dcp.load(back, storage_reader=safe_reader(tmp_path / "good"), no_dist=True)
+    assert torch.equal(back["w"], state["w"]) and torch.equal(back["b"], state["b"]) and back["meta"] == {"step": 3}
+
+
+def test_a_run_config_claiming_sizes_its_checkpoint_lacks_is_refused_before_allocating(tmp_path, capsys):
+    """A run directory whose config.json claims a model its checkpoint does not hold (a vocabulary of 2**40
+    rows): generate/eval/export built that VLM before reading the checkpoint (an allocator RuntimeError
+    traceback; smaller claims simply allocate). Now the checkpoint's metadata is compared with a VLM on the
+    meta device first, one line naming the tensor."""
+    import torch.distributed.checkpoint as dcp
+
+    from pipeline.cli import main
+    from train.config import TrainConfig
+    from train.export import init_from_config
+    from train.model.config import ModelConfig
+    from train.model.vlm import VLM
+
+    small = {"vocab_size": 128, "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "d_ffn": 128}
+    cfg = ModelConfig.model_validate(
+        ModelConfig().model_dump() | small | {"vision": {"patch_size": 8, "d_vit": 32, "n_layers": 1, "n_heads": 2}}
+    )
+    dcp.save({"model": VLM(cfg).state_dict()}, checkpoint_id=str(tmp_path / "checkpoint_0000001" / "dcp"))
+    (tmp_path / "config.json").write_text(TrainConfig(model=cfg).model_dump_json())
+    for claim, shown in (
+        ({"vocab_size": 2**40}, r"model.decoder.tok_embeddings.weight is \(128, 64\) in the checkpoint, the run's "),
+        ({"n_layers": 3}, r"model.decoder.layers.2.\S+ is missing in the checkpoint"),
+    ):
+        data = TrainConfig(model=cfg).model_dump(mode="json")
+        data["model"] |= claim
+        (tmp_path / "config.json").write_text(json.dumps(data))
+        assert main(["generate", str(tmp_path), "--prompt", "a"]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.count("\n") == 1 and re.search(shown, err), err
+        with pytest.raises(ValueError, match=shown):  # --init-from RUN: refused before the workers build it
+            init_from_config(TrainConfig(), tmp_path, tmp_path / "new-run")
 
 
 @pytest.mark.parametrize(

@@ -63,6 +63,26 @@ DAMAGES = {
     "config not JSON": (lambda d: (d / "config.json").write_text("{oops"), r"config.json: not valid JSON"),
     "config not UTF-8": (lambda d: (d / "config.json").write_bytes(b"\xff\xfe{"), r"config.json: cannot read it"),
     "config a list": (lambda d: (d / "config.json").write_text("[1]"), r"config.json: holds a JSON list, not an"),
+    "config nested deep": (
+        lambda d: (d / "config.json").write_text('{"a":' * 100_000 + "1" + "}" * 100_000),
+        r"config.json: not valid JSON \(nested too deep\)",
+    ),
+    "index nested deep": (
+        lambda d: (d / "model.safetensors.index.json").write_text("[" * 100_000 + "]" * 100_000),
+        r"model.safetensors.index.json: not valid JSON \(nested too deep\)",
+    ),
+    "hidden size the weights lack": (
+        _edit_json("config.json", lambda c: c.update(hidden_size=2**40)),
+        r"safetensors: (lm_head|model.embed_tokens).weight: shape \(128, 64\) is not \(vocabulary, 1099511627776\)",
+    ),
+    "layers the weights lack": (
+        _edit_json("config.json", lambda c: c.update(num_hidden_layers=10**9)),
+        r"good-layers the weights lack: the config says 1000000000 decoder layers, the weights hold 2",
+    ),
+    "ffn size the weights lack": (
+        _edit_json("config.json", lambda c: c.update(intermediate_size=2**30)),
+        r"safetensors: model.layers.0.mlp.\w+_proj.weight: shape \(\d+, \d+\) does not fit the decoder's \(\d+, \d+\)",
+    ),
     "field missing": (_edit_json("config.json", lambda c: c.pop("hidden_size")), r"lacks the field 'hidden_size'"),
     "field a string": (
         _edit_json("config.json", lambda c: c.update(num_hidden_layers="two")),
@@ -71,6 +91,44 @@ DAMAGES = {
     "rope not an object": (
         _edit_json("config.json", lambda c: c.update(rope_scaling="yes")),
         r"config.json: rope_scaling='yes' is not an object",
+    ),
+    "rope theta a string": (
+        _edit_json("config.json", lambda c: c.update(rope_theta="big")),
+        r"config.json: rope_theta='big' is not a number",
+    ),
+    "rope theta negative": (
+        _edit_json("config.json", lambda c: c.update(rope_theta=-1.0)),
+        r"config.json: rope_theta: Input should be greater than 0",
+    ),
+    "llama3 rope factor 0": (
+        _edit_json(
+            "config.json",
+            lambda c: c.update(
+                rope_scaling={
+                    "rope_type": "llama3",
+                    "factor": 8.0,
+                    "low_freq_factor": 0.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 8192,
+                }
+            ),
+        ),
+        r"config.json: rope_scaling.low_freq_factor: Input should be greater than 0",
+    ),
+    "llama3 rope factors equal": (
+        _edit_json(
+            "config.json",
+            lambda c: c.update(
+                rope_scaling={
+                    "rope_type": "llama3",
+                    "factor": 8.0,
+                    "low_freq_factor": 4.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 8192,
+                }
+            ),
+        ),
+        r"config.json: rope_scaling: .*high_freq_factor=4.0 must exceed low_freq_factor=4.0",
     ),
     "eps a string": (
         _edit_json("config.json", lambda c: c.update(rms_norm_eps="tiny")),
@@ -164,6 +222,14 @@ def tower(tmp_path_factory) -> Path:
 
 
 TOWER_DAMAGES = {
+    "depth the weights lack": (
+        _edit_json("config.json", lambda c: c.update(depth=10**9)),
+        r"tower: the config says 1000000000 vision layers, the weights hold 2",
+    ),
+    "width the weights lack": (
+        _edit_json("config.json", lambda c: c.update(embed_dim=2**20, num_heads=4)),
+        r"safetensors: \S+ of shape \(.*\) does not fit: ",
+    ),
     "field missing": (_edit_json("config.json", lambda c: c.pop("depth")), r"config.json: lacks the field 'depth'"),
     "field a float": (
         _edit_json("config.json", lambda c: c.update(patch_size=4.5)),
@@ -207,3 +273,57 @@ def test_wrong_shape_tower_tensor_names_shard_and_key(tower, tmp_path):
     shard = _wrong_shape(bad, "blocks.1.mlp.fc2.weight")
     with pytest.raises(ValueError, match=rf"{shard}: blocks.1.mlp.fc2.weight of shape \(3, 3\) does not fit"):
         init_vision(VisionEncoder(cfg.model.vision), bad)
+
+
+@pytest.mark.parametrize(
+    "edit,shown",
+    [
+        ({"vocab_size": 2**40}, r"model.embed_tokens.weight has 128 rows, the config 1099511627776"),
+        ({"vision": {"d_vit": 2**20}}, r"interloom_vlm.safetensors: \S+ is \(.*\), interloom_model.json needs"),
+        ({"vision": {"d_vit": 2**30}}, r"interloom_model.json: no model has these sizes \(Storage size calculation"),
+    ],
+)
+def test_an_exported_config_claiming_sizes_its_weights_lack_is_refused_before_allocating(folder, tmp_path, edit, shown):
+    """eval / generate / --init-from of an `export model` folder build the VLM of interloom_model.json, then
+    read the weights: a config claiming a vocabulary or tower its weights lack had a VLM of that size
+    allocated first (2**40 rows: a RuntimeError from the allocator). Now the headers are checked against a
+    VLM on the meta device and the folder is refused naming the tensor."""
+    from safetensors.torch import save_file as save
+
+    from train.export import VLM_CONFIG, VLM_REST, load_exported_vlm
+    from train.model.vlm import VLM
+
+    out = tmp_path / "exported"
+    shutil.copytree(folder, out)
+    cfg = ModelConfig.model_validate(TrainConfig().model.model_dump() | SMALL | {"vision": {"d_vit": 32, "n_heads": 2}})
+    cfg = cfg.model_copy(update={"moe": cfg.moe.model_copy(update={"first_dense_layers": 2})})
+    rest = {k: v.contiguous() for k, v in VLM(cfg).state_dict().items() if not k.startswith("decoder.")}
+    save(rest, out / VLM_REST)
+    data = cfg.model_dump()
+    (out / VLM_CONFIG).write_text(json.dumps(data))
+    load_exported_vlm(out)  # the folder as written loads
+    for key, value in edit.items():
+        data[key] = data[key] | value if isinstance(value, dict) else value
+    (out / VLM_CONFIG).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=shown):
+        load_exported_vlm(out)
+
+
+def test_a_moe_config_claiming_experts_its_weights_lack_is_refused_at_once(tmp_path):
+    """An MoE folder (mixtral, 4 experts) whose config.json claims 10**7 experts: the checks listed an HF key
+    per expert and layer (10**5 took a second, 10**7 gigabytes of strings) before finding the first one
+    missing. The expert count is now read from the weights' names first."""
+    import time
+
+    base = TrainConfig().model
+    moe = base.moe.model_dump() | {"first_dense_layers": 0, "n_experts": 4, "top_k": 2, "d_expert": 32}
+    moe |= {"n_shared_experts": 0, "d_shared": 0, "shared_gate": False}
+    good = tmp_path / "good"
+    export_decoder(Decoder(ModelConfig.model_validate(base.model_dump() | SMALL | {"moe": moe})), good)
+    bpe_tokenizer(good, ["hello world, a tiny model folder"])
+    init_llm_config(TrainConfig(), good, tmp_path)  # the folder as written is taken
+    _edit_json("config.json", lambda c: c.update(num_local_experts=10**7))(good)
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=r"good: the config says 10000000 experts, the weights hold 4"):
+        init_llm_config(TrainConfig(), good, tmp_path)
+    assert time.monotonic() - started < 2

@@ -50,6 +50,9 @@ def test_unknown_bytes_encode(tmp_path):
 def test_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="must exceed"):
         train_tokenizer(["x"], vocab_size=100)
+    # --vocab-size 10**20 was an OverflowError traceback from tokenizers' trainer
+    with pytest.raises(ValueError, match=r"vocab_size=100000000000000000000 is over 2,147,483,647"):
+        train_tokenizer(["x"], vocab_size=10**20)
     with pytest.raises(ValueError, match="not found"):
         Tokenizer.load(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{not json")

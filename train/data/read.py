@@ -17,6 +17,7 @@ and counted (`shard_read_errors`).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tarfile
 from collections import Counter
@@ -76,10 +77,28 @@ class ShardReader:
     def __init__(self, corpus: Corpus):
         self.corpus = corpus
         self._offsets: dict[str, list[int]] = {}
+        self._ids: dict[str, list[str]] = {}  # the index's document ids, to check where a part starts
+        self._documents: dict[str, int] = {}  # manifest: shard name -> documents
 
     def offsets(self, shard: str) -> list[int]:
+        """The byte offset of each document of `shard`, from its index; a ValueError naming the index when it
+        does not list one increasing offset per document the manifest counts (a part of a split shard would
+        start at the wrong document, or find no offset and read nothing, without a word)."""
         if shard not in self._offsets:
-            self._offsets[shard] = self.corpus.read_index(shard, columns=["offset"]).column("offset").to_pylist()
+            table = self.corpus.read_index(shard, columns=["offset", "id"])
+            offsets = table.column("offset").to_pylist()
+            self._ids[shard] = table.column("id").to_pylist()
+            if shard not in self._documents:  # (follow mode: the manifest grew since)
+                self._documents = {s.name: s.documents for s in self.corpus.shards()}
+            documents = self._documents.get(shard)
+            where = self.corpus.index_path(shard)
+            if documents is not None and len(offsets) != documents:
+                raise ValueError(f"{where}: {len(offsets)} rows, but the manifest counts {documents} documents")
+            if not all(isinstance(o, int) for o in offsets) or any(b <= a for a, b in itertools.pairwise(offsets)):
+                raise ValueError(f"{where}: its offsets are not increasing byte offsets")
+            if offsets and offsets[0] < 0:
+                raise ValueError(f"{where}: its offsets are not increasing byte offsets")
+            self._offsets[shard] = offsets
         return self._offsets[shard]
 
     def read(self, part: ShardPart, start: int, counters: Counter) -> Iterator[tuple[int, Document]]:
@@ -97,6 +116,11 @@ class ShardReader:
             with self.corpus.fs.open(path, "rb") as f:
                 f.seek(offsets[first])
                 for j, doc in enumerate(iter_tar_documents(f, with_images=True, where=path), start=first):
+                    if j == first and doc.id != self._ids[part.shard][first]:  # offsets shifted: parts would
+                        raise ValueError(  # start at other documents, some read twice, some never
+                            f"{self.corpus.index_path(part.shard)} names document {self._ids[part.shard][first]} "
+                            f"at byte {offsets[first]}, the shard holds {doc.id} there"
+                        )
                     if (j - part.index) % part.nparts == 0:
                         yield (j - part.index) // part.nparts, doc
         except (ValueError, OSError, tarfile.TarError) as e:

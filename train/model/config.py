@@ -75,7 +75,7 @@ class VisionConfig(Section):
     n_layers: int = Field(4, ge=1)
     n_heads: int = Field(4, ge=1)
     merge: int = Field(2, ge=1)  # merge x merge neighbouring patches become one image token
-    rope_theta: float = 10000.0
+    rope_theta: float = Field(10000.0, gt=0)
     # options that make the tower equal to pretrained ones (train/model/hf/vision.py: Qwen2-VL's, SigLIP2's ViT)
     pos_embed: Literal["rope2d", "learned"] = "rope2d"
     # "learned": a pos_grid x pos_grid table of position embeddings added after the patch embedding,
@@ -124,10 +124,18 @@ class RopeScalingConfig(Section):
     high ones (wavelength < original_max_position / high_freq_factor) kept, smooth in between."""
 
     kind: Literal["none", "llama3"] = "none"
-    factor: float = 8.0
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_position: int = 8192
+    factor: float = Field(8.0, gt=0)
+    low_freq_factor: float = Field(1.0, gt=0)
+    high_freq_factor: float = Field(4.0, gt=0)
+    original_max_position: int = Field(8192, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> RopeScalingConfig:
+        if self.kind == "llama3" and self.high_freq_factor <= self.low_freq_factor:
+            raise ValueError(
+                f"high_freq_factor={self.high_freq_factor} must exceed low_freq_factor={self.low_freq_factor}"
+            )
+        return self
 
 
 class ModelConfig(Section):
@@ -137,7 +145,7 @@ class ModelConfig(Section):
     n_heads: int = Field(8, ge=1)
     n_kv_heads: int = Field(4, ge=1)
     d_ffn: int = Field(1024, ge=1)  # hidden size of dense SwiGLU layers (see moe.first_dense_layers / moe_every)
-    rope_theta: float = 10000.0
+    rope_theta: float = Field(10000.0, gt=0)
     rope_scaling: RopeScalingConfig = RopeScalingConfig()
     norm_eps: float = Field(1e-5, gt=0)
     # options that make the decoder equal to pretrained families (train/model/hf/): an attention head

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -55,6 +56,8 @@ def read_json_object(path: str | Path) -> dict:
         raise ValueError(f"{path}: cannot read it ({e})") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:  # arrays or objects nested thousands deep
+        raise ValueError(f"{path}: not valid JSON (nested too deep)") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: holds a JSON {type(data).__name__}, not an object")
     return data
@@ -172,8 +175,55 @@ def _fill_rows(dest_VD: torch.Tensor, src_VD: torch.Tensor, new_ids: Sequence[in
     dest_VD[[i for i in new_ids if i < dest_VD.shape[0]]] = mean_D
 
 
+def header_tensor(f, path: Path, key: str) -> torch.Tensor:
+    """A tensor of the shape the safetensors header gives `key`, on the meta device (nothing read)."""
+    try:
+        return torch.empty(f.get_slice(key).get_shape(), device="meta")
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise ValueError(f"{path}: cannot read {key} ({e})") from None
+
+
+_LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.")
+_EXPERT_KEY = re.compile(r"\.experts\.(\d+)\.")
+
+
+def check_decoder_fits(cfg: ModelConfig, model_dir: str | Path, exact_vocab: bool = False) -> None:
+    """The folder's weights have the shapes a decoder of `cfg` needs, checked from the safetensors headers
+    against a decoder built on the meta device (no memory): a config that claims sizes its weights lack
+    (hidden_size 2**40, 10**9 layers, 10**6 experts) is refused naming the tensor before a worker allocates
+    a decoder of that size. `exact_vocab`: the embedding has exactly cfg.vocab_size rows (an exported
+    folder; --init-llm resizes the vocabulary to the tokenizer's)."""
+    model_dir = Path(model_dir)
+    files = weight_files(model_dir)
+    layers = {int(m.group(1)) for k in files if (m := _LAYER_KEY.match(k))}
+    held = max(layers) + 1 if layers else 0
+    if cfg.n_layers != held:
+        raise ValueError(f"{model_dir}: the config says {cfg.n_layers} decoder layers, the weights hold {held}")
+    experts = {int(m.group(1)) for k in files if (m := _EXPERT_KEY.search(k))}
+    if experts and cfg.moe.n_experts != max(experts) + 1:  # (a dense folder upcycled has none)
+        raise ValueError(
+            f"{model_dir}: the config says {cfg.moe.n_experts} experts, the weights hold {max(experts) + 1}"
+        )
+    if exact_vocab and "model.embed_tokens.weight" in files:
+        path = files["model.embed_tokens.weight"]
+        with open_safetensors(path) as f:
+            rows = header_tensor(f, path, "model.embed_tokens.weight").shape[0]
+        if rows != cfg.vocab_size:
+            raise ValueError(f"{path}: model.embed_tokens.weight has {rows} rows, the config {cfg.vocab_size}")
+    try:
+        with torch.device("meta"):
+            decoder = Decoder(cfg)
+    except (RuntimeError, OverflowError) as e:  # sizes past what a tensor can hold
+        raise ValueError(f"{model_dir}: no decoder has the config's sizes ({' '.join(str(e).split())[:200]})") from None
+    load_decoder_into(decoder, model_dir, shapes_only=True)
+
+
 def load_decoder_into(
-    decoder: Decoder, model_dir: str | Path, new_token_ids: Sequence[int] = (), router_seed: int = 0
+    decoder: Decoder,
+    model_dir: str | Path,
+    new_token_ids: Sequence[int] = (),
+    router_seed: int = 0,
+    shapes_only: bool = False,
 ) -> Family:
     """Copy a local HF folder's weights into `decoder` (built from a config of the folder's architecture),
     shard by shard and tensor by tensor, so that no second copy of the weights is ever held.
@@ -183,7 +233,8 @@ def load_decoder_into(
     - a dense folder into an MoE decoder is sparse upcycling (`convert.upcycle`, Komatsuzaki et al. 2022):
       each dense FFN tensor is copied into every expert, routers drawn N(0, 0.02) from `router_seed`, as
       `upcycle` does, so the first forward equals the dense model's
-    Every tensor of the decoder is written exactly once, or the folder is refused (ValueError)."""
+    Every tensor of the decoder is written exactly once, or the folder is refused (ValueError).
+    `shapes_only` (a decoder on the meta device): only the headers are read, to check every shape."""
     model_dir = Path(model_dir)
     where = str(model_dir / "config.json")
     hf_cfg = read_hf_config(model_dir)
@@ -215,13 +266,14 @@ def load_decoder_into(
             with open_safetensors(path) as f:
                 for key in by_file[path]:
                     ours, expert = origin[key]
-                    t = read_tensor(f, path, key)
+                    t = header_tensor(f, path, key) if shapes_only else read_tensor(f, path, key)
                     written.add(_assign(targets, ours, expert, t, upcycling, new_token_ids, f"{path}: {key}"))
         if upcycling:  # the routers upcycle() draws, in the same order
             gen = torch.Generator().manual_seed(router_seed)
             for i in range(dst.n_layers):
                 router = targets[f"layers.{i}.ffn.router.weight"]
-                router.copy_(torch.randn(router.shape, generator=gen) * 0.02)
+                if not shapes_only:
+                    router.copy_(torch.randn(router.shape, generator=gen) * 0.02)
                 written.add(f"layers.{i}.ffn.router.weight")
         for key, t in targets.items():  # no HF family has the expert-selection bias: it starts at 0
             if key.endswith("expert_bias_E"):
@@ -229,7 +281,8 @@ def load_decoder_into(
                 written.add(key)
     if left := sorted(set(targets) - written):
         raise ValueError(f"{model_dir}: nothing in the checkpoint for {left[0]} ({len(left)} tensors)")
-    log.info("loaded %s decoder from %s (%d files, one at a time)", fam.model_type, model_dir, len(by_file))
+    if not shapes_only:
+        log.info("loaded %s decoder from %s (%d files, one at a time)", fam.model_type, model_dir, len(by_file))
     return fam
 
 

@@ -78,6 +78,8 @@ def _rope(hf: Mapping, where: str) -> tuple[float, dict]:
     scaling = dict(hf.get("rope_scaling") or params)
     theta = hf.get("rope_theta", params.get("rope_theta", 10000.0))
     kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)):
+        raise ValueError(f"{where}: rope_theta={theta!r} is not a number")
     if kind == "default":
         return float(theta), {"kind": "none"}
     if kind == "llama3":

@@ -24,7 +24,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from train.batch import SPECIAL_TOKENS
 from train.model.decoder import Decoder
-from train.model.hf.checkpoint import check_weight_files, load_decoder_into, read_hf_config
+from train.model.hf.checkpoint import check_decoder_fits, check_weight_files, load_decoder_into, read_hf_config
 from train.model.hf.convert import FAMILIES, config_from_hf, upcycle_config
 from train.tokenizer import Tokenizer
 
@@ -61,6 +61,7 @@ def init_llm_config(cfg, model_dir: str | Path, run_dir: str | Path):
         if FAMILIES[hf_cfg["model_type"]].moe:
             raise ValueError(f"model.init_upcycle: {model_dir} is already an MoE ({hf_cfg['model_type']})")
         model = upcycle_config(model, cfg.model.moe.n_experts, cfg.model.moe.top_k)
+    check_decoder_fits(model, model_dir)  # every weight's shape from the headers, before a worker allocates
     data = cfg.model_dump()
     data["model"] = model.model_dump() | {"init_llm": str(model_dir)}
     data["data"]["tokenizer"] = str(tok_path)

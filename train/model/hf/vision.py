@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,6 +52,7 @@ import torch
 from train.model.config import VisionConfig
 from train.model.hf.checkpoint import (
     check_weight_files,
+    header_tensor,
     open_safetensors,
     read_hf_config,
     read_json_object,
@@ -244,9 +246,11 @@ def _tower_plan(model_dir: Path, cfg: VisionConfig) -> tuple[dict[str, Target], 
     return {prefix + k: t for k, t in plan.items()}, {prefix + k: files[prefix + k] for k in plan}
 
 
-def _read_tower(model_dir: Path, cfg: VisionConfig, write: Callable[[Target, torch.Tensor], None]) -> None:
+def _read_tower(
+    model_dir: Path, cfg: VisionConfig, write: Callable[[Target, torch.Tensor], None], shapes_only: bool = False
+) -> None:
     """Every tower tensor of the folder, transformed, to `write`: one safetensors file open at a time, one
-    tensor read at a time."""
+    tensor read at a time (`shapes_only`: meta tensors of the headers' shapes, nothing read)."""
     plan, files = _tower_plan(model_dir, cfg)
     by_file: dict[Path, list[str]] = {}
     for key, path in files.items():
@@ -254,7 +258,8 @@ def _read_tower(model_dir: Path, cfg: VisionConfig, write: Callable[[Target, tor
     for path in sorted(by_file):
         with open_safetensors(path) as f:
             for key in by_file[path]:
-                target, t = plan[key], read_tensor(f, path, key)
+                t = header_tensor(f, path, key) if shapes_only else read_tensor(f, path, key)
+                target = plan[key]
                 try:
                     write(target, target[2](t))
                 except (ValueError, RuntimeError) as e:  # RuntimeError: a transform's view of a wrong shape
@@ -315,6 +320,7 @@ def init_vision_config(cfg, model_dir: str | Path):
     vision = vision_config_from_hf(read_hf_config(model_dir), cfg.model.vision, str(model_dir / "config.json"))
     mean, std = tower_pixel_stats(model_dir)
     check_weight_files(model_dir)  # a damaged folder is refused here, before Ray starts, not in the workers
+    check_tower_fits(vision, model_dir)
     data = cfg.model_dump()
     data["model"] |= {"vision": vision.model_dump(), "init_vision": str(model_dir)}
     data["data"] |= {"image_mean": mean, "image_std": std}
@@ -331,7 +337,30 @@ def init_vision_config(cfg, model_dir: str | Path):
     return type(cfg).model_validate(data)
 
 
-def init_vision(encoder: VisionEncoder, model_dir: str | Path) -> None:
+_TOWER_LAYER = re.compile(r"(?:^|\.)(?:blocks|encoder\.layers)\.(\d+)\.")
+
+
+def check_tower_fits(cfg: VisionConfig, model_dir: str | Path) -> None:
+    """The folder's tower has the layer count and every tensor the shape `cfg` gives it, checked from the
+    safetensors headers against an encoder on the meta device: a config.json claiming sizes its weights
+    lack (depth 10**9, a width of 2**30) is refused naming them before a worker allocates such a tower."""
+    model_dir = Path(model_dir)
+    files = weight_files(model_dir)
+    prefixes = TOWER_PREFIXES[tower_kind(model_dir)]
+    tower = [k for k in files if k.startswith(prefixes)] or list(files)  # a whole model, or its tower alone
+    layers = {int(m.group(1)) for k in tower if (m := _TOWER_LAYER.search(k))}
+    held = max(layers) + 1 if layers else 0
+    if cfg.n_layers != held:
+        raise ValueError(f"{model_dir}: the config says {cfg.n_layers} vision layers, the weights hold {held}")
+    try:
+        with torch.device("meta"):
+            encoder = VisionEncoder(cfg)
+    except (RuntimeError, OverflowError) as e:  # sizes past what a tensor can hold
+        raise ValueError(f"{model_dir}: no tower has the config's sizes ({' '.join(str(e).split())[:200]})") from None
+    init_vision(encoder, model_dir, shapes_only=True)
+
+
+def init_vision(encoder: VisionEncoder, model_dir: str | Path, shapes_only: bool = False) -> None:
     """Load a pretrained tower into an encoder built from `init_vision_config`'s config (`build_model`),
     tensor by tensor, one shard open at a time (no second copy of the tower's weights); every tensor of the
     encoder but the new ones (`new_vision_keys`) must come from the folder."""
@@ -351,9 +380,10 @@ def init_vision(encoder: VisionEncoder, model_dir: str | Path) -> None:
         filled[ours] = filled.get(ours, 0) + t.numel()
 
     with torch.no_grad():
-        _read_tower(model_dir, cfg, write)
+        _read_tower(model_dir, cfg, write, shapes_only)
     new = new_vision_keys(cfg)
     left = [k for k, t in targets.items() if filled.get(k, 0) != t.numel() and not k.startswith(new)]
     if left:
         raise ValueError(f"{model_dir}: vision tower state does not fit: missing {left}")
-    log.info("vision tower initialised from %s", model_dir)
+    if not shapes_only:
+        log.info("vision tower initialised from %s", model_dir)
