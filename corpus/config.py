@@ -20,6 +20,36 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a mapping naming one key twice: PyYAML keeps the last value without a
+    word, so a run file setting `min_images` twice (an edit that did not replace the old line) silently ran
+    with whichever came last. Keys brought in by a merge (`<<: *defaults`) may still be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class names it
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"key {key!r} given twice (first at line {first.line + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`a.b.c=value` -> (["a","b","c"], value parsed as YAML, so 3 -> int, [en,de] -> list)."""
     if "=" not in text:
@@ -29,7 +59,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key:
         raise ValueError(f"--set {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ValueError(f"--set {text!r}: value is not valid YAML: {_yaml_problem(e)}") from None
     except (RecursionError, ValueError) as e:
@@ -148,7 +178,7 @@ def load_config(
         if not p.is_file():
             raise ValueError(f"config file not found: {p}")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            loaded = _load_yaml(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise ValueError(f"config file {p} is not valid YAML: {_yaml_problem(e)}") from None
         except (OSError, UnicodeDecodeError) as e:
