@@ -5,7 +5,8 @@ Ghostscript, when it is installed) and many are large parsers that web images ne
 FITS, DDS, SGI, ...). Images of a web corpus come in a handful of formats, so every decode of bytes
 read from the web, from a shard or from a user's file goes through `open_image`, which tries only those
 (`WEB_FORMATS`). Bytes in another format raise `PIL.UnidentifiedImageError`, as non-image bytes do;
-`unsupported_format` tells the two apart for a drop reason, from the header alone (no pixels decoded).
+`unsupported_format` tells the two apart from the header alone (no pixels decoded), `unidentified_reason`
+names the drop.
 """
 
 from __future__ import annotations
@@ -35,3 +36,9 @@ def unsupported_format(data: bytes) -> str | None:
     except Exception:  # noqa: BLE001 - not an image, a bomb, or a header parser of a format we never decode
         return None
     return fmt if fmt is not None and fmt not in WEB_FORMATS else None
+
+
+def unidentified_reason(data: bytes) -> str:
+    """The drop reason of bytes `open_image` does not open: `unsupported_image_format` (a format outside
+    `WEB_FORMATS`, never decoded) or `not_an_image`."""
+    return "unsupported_image_format" if unsupported_format(data) else "not_an_image"

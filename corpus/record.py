@@ -247,6 +247,12 @@ INDEX_SCHEMA = pa.schema(
 )
 
 
+def in_index_types(table: pa.Table) -> pa.Table:
+    """An index table (any subset of INDEX_SCHEMA's columns) cast to the writer's column types: an index
+    whose column has another type (n_words as text) raises pa.ArrowException, an unknown column KeyError."""
+    return table.cast(pa.schema([INDEX_SCHEMA.field(c) for c in table.column_names]))
+
+
 def _image_row(im: Image | None, with_data: bool) -> dict[str, Any] | None:
     if im is None:
         return None

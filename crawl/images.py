@@ -23,7 +23,7 @@ from PIL import ImageOps, UnidentifiedImageError
 from pydantic import Field
 
 from corpus.config import Section
-from corpus.imagefile import open_image, unsupported_format
+from corpus.imagefile import open_image, unidentified_reason
 from corpus.record import Document, Image
 from corpus.stats import Ledger
 from corpus.steps import Step, drop_images
@@ -111,7 +111,7 @@ def process_image(raw: bytes, cfg: ImageConfig) -> ProcessedImage | str:
     except PILImage.DecompressionBombWarning:
         return "decompression_bomb"
     except UnidentifiedImageError:
-        return _unidentified(raw)
+        return unidentified_reason(raw)
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
         return "truncated_image" if "truncated" in str(e).lower() else "corrupt_image"
     fresh = False  # im is a new plain image of its own (not the decoder's object)
@@ -153,7 +153,7 @@ def certain_drop(raw: bytes, cfg: ImageConfig) -> str | None:
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
         return "decompression_bomb"
     except UnidentifiedImageError:
-        return _unidentified(raw)
+        return unidentified_reason(raw)
     except Exception:  # noqa: BLE001 - not settled by the header: process_image decides
         return None
     if w * h > cfg.max_pixels:
@@ -163,12 +163,6 @@ def certain_drop(raw: bytes, cfg: ImageConfig) -> str | None:
     if max(w, h) / min(w, h) > cfg.max_aspect:
         return "bad_aspect_ratio"
     return None
-
-
-def _unidentified(raw: bytes) -> str:
-    """The drop of bytes `open_image` does not open: a format outside `WEB_FORMATS` (EPS, PSD, ...: never
-    decoded) or no image at all."""
-    return "unsupported_image_format" if unsupported_format(raw) else "not_an_image"
 
 
 def _to_rgb(im: PILImage.Image) -> PILImage.Image:

@@ -25,7 +25,6 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -37,6 +36,7 @@ from train.data import DataConfig
 from train.model.config import ModelConfig
 from train.model.hf import Family, export_decoder, load_decoder_into
 from train.model.hf.checkpoint import (
+    build_on_meta,
     check_decoder_fits,
     check_weight_files,
     header_tensor,
@@ -75,10 +75,7 @@ def load_trained_model(path: str | Path) -> tuple[VLM, TrainConfig, Path]:
     cfg = load_json_model(TrainConfig, config_path, "the run's config")
     from torch.distributed.checkpoint.api import CheckpointException
 
-    if not (ckpt / "dcp" / ".metadata").is_file():
-        raise ValueError(f"{ckpt / 'dcp'}: no .metadata (an incomplete or damaged checkpoint)")
-    metadata = safe_reader(ckpt / "dcp").read_metadata()  # a .metadata that is no DCP metadata: one line naming it
-    _check_checkpoint_fits(cfg.model, metadata, ckpt)
+    _check_checkpoint_fits(cfg.model, ckpt)
     model = VLM(cfg.model)
     state = {"model": model.state_dict()}
     dcp_log = logging.getLogger()  # DCP logs to the root logger, with tracebacks of a damaged file: ours is one line
@@ -100,16 +97,16 @@ def load_trained_model(path: str | Path) -> tuple[VLM, TrainConfig, Path]:
     return model.eval(), cfg, ckpt
 
 
-def _check_checkpoint_fits(cfg: ModelConfig, metadata: Any, ckpt: Path) -> None:
+def _check_checkpoint_fits(cfg: ModelConfig, ckpt: Path) -> None:
     """Every model tensor the run's config.json implies has that shape in the checkpoint's metadata, compared
     on a VLM built on the meta device: a config.json claiming sizes the checkpoint lacks is one line naming
-    the tensor before a VLM of that size is allocated."""
-    try:
-        with torch.device("meta"):
-            want = {f"model.{k}": tuple(v.shape) for k, v in VLM(cfg).state_dict().items()}
-    except (RuntimeError, OverflowError) as e:  # sizes past what a tensor can hold
-        why = " ".join(str(e).split())[:200]
-        raise ValueError(f"{ckpt.parent / 'config.json'}: no model has these sizes ({why})") from None
+    the tensor before a VLM of that size is allocated. A missing .metadata, or one that is no DCP metadata
+    (read by `safe_reader`), is one line naming it."""
+    if not (ckpt / "dcp" / ".metadata").is_file():
+        raise ValueError(f"{ckpt / 'dcp'}: no .metadata (an incomplete or damaged checkpoint)")
+    metadata = safe_reader(ckpt / "dcp").read_metadata()
+    vlm = build_on_meta(lambda: VLM(cfg), ckpt.parent / "config.json", "model")
+    want = {f"model.{k}": tuple(v.shape) for k, v in vlm.state_dict().items()}
     held = metadata.state_dict_metadata
     for key, shape in want.items():
         got = tuple(getattr(held.get(key), "size", None) or ()) if key in held else None
@@ -151,11 +148,8 @@ def check_exported_fits(cfg: ModelConfig, out: Path) -> None:
     """Every tensor of an exported folder has the shape `cfg` (interloom_model.json) gives it, read from the
     safetensors headers against a VLM built on the meta device: a config claiming sizes the weights lack is
     refused naming the tensor before a VLM of that size is allocated."""
-    try:
-        with torch.device("meta"):
-            want = {k: tuple(v.shape) for k, v in VLM(cfg).state_dict().items() if not k.startswith("decoder.")}
-    except (RuntimeError, OverflowError) as e:  # sizes past what a tensor can hold
-        raise ValueError(f"{out / VLM_CONFIG}: no model has these sizes ({' '.join(str(e).split())[:200]})") from None
+    vlm = build_on_meta(lambda: VLM(cfg), out / VLM_CONFIG, "model")
+    want = {k: tuple(v.shape) for k, v in vlm.state_dict().items() if not k.startswith("decoder.")}
     with open_safetensors(out / VLM_REST) as f:
         got = {k: tuple(header_tensor(f, out / VLM_REST, k).shape) for k in f.keys()}  # noqa: SIM118
     for k in sorted(want.keys() | got.keys()):
@@ -212,10 +206,8 @@ def init_from_config(cfg: TrainConfig, path: str | Path, run_dir: str | Path) ->
     else:
         start = find_checkpoint(src)
         run_cfg = load_json_model(TrainConfig, start.parent / "config.json", "the run's config")
-        if not (start / "dcp" / ".metadata").is_file():
-            raise ValueError(f"{start / 'dcp'}: no .metadata (an incomplete or damaged checkpoint)")
         # the workers build this model and read the checkpoint: a damaged or oversized claim is refused here
-        _check_checkpoint_fits(run_cfg.model, safe_reader(start / "dcp").read_metadata(), start)
+        _check_checkpoint_fits(run_cfg.model, start)
         model, data, tok = run_cfg.model, run_cfg.data, Path(run_cfg.data.tokenizer)
     if not tok.is_file():
         raise ValueError(f"--init-from {src}: its tokenizer {tok} is missing")

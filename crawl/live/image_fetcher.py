@@ -30,7 +30,7 @@ import ray
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
-from corpus.imagefile import open_image, unsupported_format
+from corpus.imagefile import open_image, unidentified_reason
 from corpus.stats import Ledger
 from crawl.live.config import CrawlConfig
 from crawl.live.fetcher import Fetched, Fetcher
@@ -70,7 +70,7 @@ def check_image(got: Fetched, max_pixels: int = 178_956_970) -> str | None:
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
         return "too_large"
     except UnidentifiedImageError:
-        return "unsupported_image_format" if unsupported_format(got.body) else "not_an_image"
+        return unidentified_reason(got.body)
     except (OSError, SyntaxError, ValueError) as e:
         return "truncated_image" if "truncated" in str(e).lower() else "corrupt_image"
     return None

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from corpus.format import Corpus
-from corpus.record import INDEX_SCHEMA
+from corpus.record import in_index_types
 from corpus.stats import sample_key
 from pipeline.report.charts import fmt, overlay_svg
 from pipeline.report.render import _asset, esc, link
@@ -75,7 +75,7 @@ def scan_side(path: str | Path, edges: dict[str, list[float]], k: int = SAMPLE_K
         try:
             table = corpus.read_index(shard, columns=COLUMNS)
             # in the writer's types: a column of another type (n_words as text) is an unreadable index
-            table = table.cast(pa.schema([INDEX_SCHEMA.field(c) for c in table.column_names]))
+            table = in_index_types(table)
         except (OSError, KeyError, pa.ArrowException) as e:
             side.errors.append(f"index of shard {shard.name}: {type(e).__name__}: {e}")
             continue

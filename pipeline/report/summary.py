@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from corpus.format import Corpus
-from corpus.record import INDEX_SCHEMA
+from corpus.record import in_index_types
 
 TOKENS_PER_WORD = 1.3  # rough English BPE ratio; the report says it is an estimate
 INDEX_COLUMNS = ["id", "url", "source", "lang", "n_words", "n_images", "image_meta", "signals", "shard", "offset"]
@@ -445,7 +445,7 @@ def _checked_index(table: pa.Table, name: str) -> tuple[pa.Table, str]:
     or negative offset, another shard's name, or a path such as ../../x that would read a tar outside the
     corpus). The report leaves such an index out, as one it cannot read."""
     try:
-        table = table.cast(pa.schema([INDEX_SCHEMA.field(c) for c in table.column_names]))
+        table = in_index_types(table)
     except (pa.ArrowException, KeyError) as e:
         return table, f"columns of the wrong type ({type(e).__name__}: {e})"
     if not pc.all(pc.fill_null(pc.equal(table["shard"], f"{name}.tar"), False)).as_py() and table.num_rows:

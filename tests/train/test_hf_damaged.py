@@ -58,6 +58,18 @@ def _wrong_shape(d: Path, key: str) -> Path:
     return shard
 
 
+def _llama3_rope(low_freq_factor: float, high_freq_factor: float):
+    """A damage: config.json's rope_scaling made llama3 with these frequency factors."""
+    scaling = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": low_freq_factor,
+        "high_freq_factor": high_freq_factor,
+        "original_max_position_embeddings": 8192,
+    }
+    return _edit_json("config.json", lambda c: c.update(rope_scaling=scaling))
+
+
 DAMAGES = {
     "config missing": (lambda d: (d / "config.json").unlink(), r"good-config missing: no config.json"),
     "config not JSON": (lambda d: (d / "config.json").write_text("{oops"), r"config.json: not valid JSON"),
@@ -101,33 +113,11 @@ DAMAGES = {
         r"config.json: rope_theta: Input should be greater than 0",
     ),
     "llama3 rope factor 0": (
-        _edit_json(
-            "config.json",
-            lambda c: c.update(
-                rope_scaling={
-                    "rope_type": "llama3",
-                    "factor": 8.0,
-                    "low_freq_factor": 0.0,
-                    "high_freq_factor": 4.0,
-                    "original_max_position_embeddings": 8192,
-                }
-            ),
-        ),
+        _llama3_rope(low_freq_factor=0.0, high_freq_factor=4.0),
         r"config.json: rope_scaling.low_freq_factor: Input should be greater than 0",
     ),
     "llama3 rope factors equal": (
-        _edit_json(
-            "config.json",
-            lambda c: c.update(
-                rope_scaling={
-                    "rope_type": "llama3",
-                    "factor": 8.0,
-                    "low_freq_factor": 4.0,
-                    "high_freq_factor": 4.0,
-                    "original_max_position_embeddings": 8192,
-                }
-            ),
-        ),
+        _llama3_rope(low_freq_factor=4.0, high_freq_factor=4.0),
         r"config.json: rope_scaling: .*high_freq_factor=4.0 must exceed low_freq_factor=4.0",
     ),
     "eps a string": (

@@ -94,9 +94,11 @@ class ShardReader:
             where = self.corpus.index_path(shard)
             if documents is not None and len(offsets) != documents:
                 raise ValueError(f"{where}: {len(offsets)} rows, but the manifest counts {documents} documents")
-            if not all(isinstance(o, int) for o in offsets) or any(b <= a for a, b in itertools.pairwise(offsets)):
-                raise ValueError(f"{where}: its offsets are not increasing byte offsets")
-            if offsets and offsets[0] < 0:
+            if (
+                not all(isinstance(o, int) for o in offsets)
+                or (offsets and offsets[0] < 0)
+                or any(b <= a for a, b in itertools.pairwise(offsets))
+            ):
                 raise ValueError(f"{where}: its offsets are not increasing byte offsets")
             self._offsets[shard] = offsets
         return self._offsets[shard]

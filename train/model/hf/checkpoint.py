@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -183,6 +184,28 @@ def header_tensor(f, path: Path, key: str) -> torch.Tensor:
         raise ValueError(f"{path}: cannot read {key} ({e})") from None
 
 
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+def build_on_meta(build: Callable[[], M], where: str | Path, what: str) -> M:
+    """`build()` on the meta device: the module's tensors have shapes and no memory. A config whose sizes are
+    past what a tensor can hold is a ValueError naming `where` (`what`: the module, for the message)."""
+    try:
+        with torch.device("meta"):
+            return build()
+    except (RuntimeError, OverflowError) as e:
+        raise ValueError(f"{where}: no {what} has these sizes ({' '.join(str(e).split())[:200]})") from None
+
+
+def check_layer_count(n_layers: int, keys: Iterable[str], layer_key: re.Pattern[str], where: Path, what: str) -> None:
+    """The weights `keys` hold layers 0..n_layers-1 by `layer_key` (group 1: the layer number), or a
+    ValueError naming `where` and both counts (`what`: "decoder", "vision")."""
+    layers = {int(m.group(1)) for k in keys if (m := layer_key.search(k))}
+    held = max(layers) + 1 if layers else 0
+    if n_layers != held:
+        raise ValueError(f"{where}: the config says {n_layers} {what} layers, the weights hold {held}")
+
+
 _LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.")
 _EXPERT_KEY = re.compile(r"\.experts\.(\d+)\.")
 
@@ -195,10 +218,7 @@ def check_decoder_fits(cfg: ModelConfig, model_dir: str | Path, exact_vocab: boo
     folder; --init-llm resizes the vocabulary to the tokenizer's)."""
     model_dir = Path(model_dir)
     files = weight_files(model_dir)
-    layers = {int(m.group(1)) for k in files if (m := _LAYER_KEY.match(k))}
-    held = max(layers) + 1 if layers else 0
-    if cfg.n_layers != held:
-        raise ValueError(f"{model_dir}: the config says {cfg.n_layers} decoder layers, the weights hold {held}")
+    check_layer_count(cfg.n_layers, files, _LAYER_KEY, model_dir, "decoder")
     experts = {int(m.group(1)) for k in files if (m := _EXPERT_KEY.search(k))}
     if experts and cfg.moe.n_experts != max(experts) + 1:  # (a dense folder upcycled has none)
         raise ValueError(
@@ -210,12 +230,9 @@ def check_decoder_fits(cfg: ModelConfig, model_dir: str | Path, exact_vocab: boo
             rows = header_tensor(f, path, "model.embed_tokens.weight").shape[0]
         if rows != cfg.vocab_size:
             raise ValueError(f"{path}: model.embed_tokens.weight has {rows} rows, the config {cfg.vocab_size}")
-    try:
-        with torch.device("meta"):
-            decoder = Decoder(cfg)
-    except (RuntimeError, OverflowError) as e:  # sizes past what a tensor can hold
-        raise ValueError(f"{model_dir}: no decoder has the config's sizes ({' '.join(str(e).split())[:200]})") from None
-    load_decoder_into(decoder, model_dir, shapes_only=True)
+    load_decoder_into(
+        build_on_meta(lambda: Decoder(cfg), model_dir / "config.json", "decoder"), model_dir, shapes_only=True
+    )
 
 
 def load_decoder_into(

@@ -51,6 +51,8 @@ import torch
 
 from train.model.config import VisionConfig
 from train.model.hf.checkpoint import (
+    build_on_meta,
+    check_layer_count,
     check_weight_files,
     header_tensor,
     open_safetensors,
@@ -348,16 +350,10 @@ def check_tower_fits(cfg: VisionConfig, model_dir: str | Path) -> None:
     files = weight_files(model_dir)
     prefixes = TOWER_PREFIXES[tower_kind(model_dir)]
     tower = [k for k in files if k.startswith(prefixes)] or list(files)  # a whole model, or its tower alone
-    layers = {int(m.group(1)) for k in tower if (m := _TOWER_LAYER.search(k))}
-    held = max(layers) + 1 if layers else 0
-    if cfg.n_layers != held:
-        raise ValueError(f"{model_dir}: the config says {cfg.n_layers} vision layers, the weights hold {held}")
-    try:
-        with torch.device("meta"):
-            encoder = VisionEncoder(cfg)
-    except (RuntimeError, OverflowError) as e:  # sizes past what a tensor can hold
-        raise ValueError(f"{model_dir}: no tower has the config's sizes ({' '.join(str(e).split())[:200]})") from None
-    init_vision(encoder, model_dir, shapes_only=True)
+    check_layer_count(cfg.n_layers, tower, _TOWER_LAYER, model_dir, "vision")
+    init_vision(
+        build_on_meta(lambda: VisionEncoder(cfg), model_dir / "config.json", "tower"), model_dir, shapes_only=True
+    )
 
 
 def init_vision(encoder: VisionEncoder, model_dir: str | Path, shapes_only: bool = False) -> None:
